@@ -1,0 +1,1 @@
+"""The `pcamlab` command line: a thin adapter, one library call per command."""

@@ -1,0 +1,257 @@
+"""One typed, nested run configuration.
+
+Precedence: dataclass defaults < YAML file < ``--set section.field=value`` overrides. Unknown keys
+and wrong types fail at load time with a suggestion. The resolved config is written into every run
+folder and every checkpoint.
+
+Example:
+    >>> from pcamlab.config import load_config
+    >>> config = load_config("configs/default.yaml", overrides=["train.epochs=3"])
+    >>> config.train.epochs
+    3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pcamlab.errors import ConfigError, did_you_mean
+
+__all__ = [
+    "DataConfig",
+    "AugmentConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "EvaluateConfig",
+    "RunConfig",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "apply_overrides",
+]
+
+
+@dataclass
+class DataConfig:
+    path: str = "sample"  # dataset root; "sample" is the real PCam sample shipped inside the package
+    format: str = "auto"  # h5 | folders | kaggle | auto (detected from the files present)
+    train_split: str = "train"  # split the model learns from
+    valid_split: str = "valid"  # split used for early stopping and threshold choice
+    test_split: str = "test"  # split held out for the final evaluation
+    valid_fraction: float = 0.1  # held-out fraction when the data has no valid split (Kaggle layout)
+    seed: int = 0  # seed of any split the data has to make itself
+    cache: str = "auto"  # ram | stream | auto: decode once into RAM when it fits memory_budget_gb
+    memory_budget_gb: float = 4.0  # RAM the decoded training images may use before streaming
+    num_workers: int = 0  # DataLoader worker processes when streaming (0 = in the main process)
+    skip_bad: bool = False  # skip unreadable files instead of stopping (their count is reported)
+
+
+@dataclass
+class AugmentConfig:
+    dihedral: bool = True  # the 8 flips/rotations: tissue has no canonical orientation
+    brightness: float = 0.0  # max relative brightness change (0 = off)
+    contrast: float = 0.0  # max relative contrast change (0 = off)
+    saturation: float = 0.0  # max relative saturation change (0 = off)
+    hue: float = 0.0  # max hue shift as a fraction of the colour wheel (0 = off, 0.5 = any)
+    hed: float = 0.0  # HED stain jitter strength (Tellez et al. 2018 use ~0.05; 0 = off)
+    blur: float = 0.0  # probability of a gaussian blur (0 = off)
+    blur_sigma: float = 1.0  # max sigma of that blur, in pixels
+    crop_scale: float = 1.0  # random resized crop: minimum area fraction kept (1 = off)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "simple-cnn"  # a registered model; `pcamlab models` lists them
+    options: dict[str, Any] = field(default_factory=dict)  # builder keyword arguments (width, dropout...)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10  # passes over the training split
+    batch_size: int = 64  # patches per optimiser step
+    optimizer: str = "adamw"  # sgd | adam | adamw
+    learning_rate: float = 2e-3  # peak learning rate
+    weight_decay: float = 1e-4  # L2 penalty (decoupled for adamw)
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = True  # Nesterov momentum for SGD
+    scheduler: str = "cosine"  # none | step | exponential | cosine
+    warmup_epochs: float = 0.5  # linear warm-up before the schedule (fraction of epochs allowed)
+    step_size: int = 5  # epochs between decays for the step schedule
+    gamma: float = 0.5  # decay factor for step / exponential schedules
+    monitor: str = "val_auc"  # val_auc | val_loss: picks the best checkpoint and drives early stopping
+    patience: int = 5  # epochs without improvement before stopping (0 = never stop early)
+    min_delta: float = 0.0  # smallest change of the monitored value that counts as improvement
+    precision: str = "auto"  # auto | fp32 | bf16: auto = bf16 autocast where the hardware has it
+    channels_last: bool = True  # NHWC memory layout, faster for convolutions on CPU and GPU
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0  # seeds weight init, shuffling and augmentation
+    max_steps_per_epoch: int = 0  # cap on optimiser steps per epoch (0 = a full epoch)
+    time_budget_minutes: float = 0.0  # stop training after this many minutes (0 = no limit)
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+
+
+@dataclass
+class EvaluateConfig:
+    threshold: float = 0.5  # decision threshold on the predicted probability of class 1
+    tta: bool = False  # average predictions over the 8 dihedral transforms
+    batch_size: int = 256  # patches per inference batch
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.format": ("auto", "h5", "folders", "kaggle"),
+    "data.cache": ("auto", "ram", "stream"),
+    "train.optimizer": ("sgd", "adam", "adamw"),
+    "train.scheduler": ("none", "step", "exponential", "cosine"),
+    "train.monitor": ("val_auc", "val_loss"),
+    "train.precision": ("auto", "fp32", "bf16"),
+}
+
+
+def _check_choice(path: str, value: Any) -> None:
+    allowed = CHOICES.get(path)
+    if allowed is not None and value not in allowed:
+        raise ConfigError(
+            f"{path} must be one of {list(allowed)}; got {value!r}{did_you_mean(value, allowed)}"
+        )
+
+
+def _coerce(path: str, value: Any, annotation: Any) -> Any:
+    """Convert ``value`` to the field's declared type or raise a ConfigError naming the field."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return value
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping; got {type(value).__name__} {value!r}")
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{path} must be true or false; got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{path} must be an integer; got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{path} must be an integer; got {value!r}") from None
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{path} must be a number; got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{path} must be a number; got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{path} must be a string; got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    instance = cls()
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key {path!r}; {prefix.rstrip('.') or 'the top level'} has "
+                f"{names}{did_you_mean(key, names)}"
+            )
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path} must be a mapping of its fields; got {value!r}")
+            setattr(instance, key, _build(annotation, value, f"{path}."))
+        else:
+            coerced = _coerce(path, value, annotation)
+            _check_choice(path, coerced)
+            setattr(instance, key, coerced)
+    return instance
+
+
+def config_from_dict(values: dict[str, Any] | None) -> RunConfig:
+    """Build a RunConfig from nested plain values, validating every key and type."""
+    return _build(RunConfig, values or {}, "")
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """The config as nested plain values (YAML/JSON safe)."""
+    return dataclasses.asdict(config)
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override's right-hand side with YAML rules (numbers, booleans, lists, strings)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.field=value`` overrides to nested plain values (returns a new dict)."""
+    result = yaml.safe_load(yaml.safe_dump(values)) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override must look like section.field=value; got {item!r}")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(
+                f"override key must name a section and a field, e.g. train.epochs=5; got {key!r}"
+            )
+        node = result
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key!r} goes inside {part!r}, which is not a section")
+            node = child
+        node[parts[-1]] = _parse_value(text)
+    return result
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with one-line errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass a YAML file from configs/")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: fix the syntax") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections; got {values!r}")
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load defaults, then the YAML file (if any), then ``section.field=value`` overrides."""
+    values = read_yaml(path) if path else {}
+    values = apply_overrides(values, overrides or [])
+    return config_from_dict(values)

@@ -1,0 +1,50 @@
+"""Errors a person can act on.
+
+Every pcamlab error says what is wrong, what was received, and how to fix it, in one line. The CLI
+prints the message and exits with ``exit_code`` (2 for usage/config/data problems, 1 for failures
+at run time).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "PcamlabError",
+    "ConfigError",
+    "DataError",
+    "CheckpointError",
+    "RunError",
+    "did_you_mean",
+]
+
+
+class PcamlabError(Exception):
+    """Base class of every error pcamlab raises on purpose."""
+
+    exit_code = 2
+
+
+class ConfigError(PcamlabError, ValueError):
+    """A config file, override or option is invalid."""
+
+
+class DataError(PcamlabError, ValueError):
+    """A dataset is missing, malformed or inconsistent."""
+
+
+class CheckpointError(PcamlabError, ValueError):
+    """A checkpoint cannot be read or does not match what is asked of it."""
+
+
+class RunError(PcamlabError, RuntimeError):
+    """A failure while running (training diverged, an output folder exists, ...)."""
+
+    exit_code = 1
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """Return `` (did you mean 'x'?)`` for the closest choice, or an empty string."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

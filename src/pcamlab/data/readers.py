@@ -1,0 +1,872 @@
+"""Readers of PCam patches in the three on-disk layouts, behind one contract.
+
+Every reader returns ``(image, label)`` pairs where ``image`` is a ``numpy.ndarray`` uint8
+``(96, 96, 3)`` RGB and ``label`` an ``int`` in {0, 1} (``-1`` for the unlabeled Kaggle ``test``
+split). Layouts:
+
+- ``h5``: the official release, ``camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5``.
+- ``folders``: class folders ``<root>/<split>/{0,1}/*.{jpg,jpeg,png,tif,tiff}``, also the course
+  layout ``<root>/train+val/{train,valid}/{0,1}/``. The embedded sample (``root="sample"``) is one.
+- ``kaggle``: ``<root>/train/*.tif`` + ``<root>/train_labels.csv`` (Kaggle "Histopathologic Cancer
+  Detection"), split into ``train``/``valid`` by a seeded stratified fraction; ``<root>/test/*.tif``
+  gives the unlabeled ``test`` split.
+
+A new layout is one class registered in :data:`READERS` with ``detect``, ``splits``, ``__len__``,
+``__getitem__``, ``name`` and ``validate``.
+
+Example:
+    >>> from pcamlab.data import open_split, load_split_arrays
+    >>> reader = open_split("sample", "train")
+    >>> image, label = reader[0]
+    >>> images, labels, skipped = load_split_arrays(reader)
+    >>> images.shape
+    (800, 96, 96, 3)
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from pcamlab.errors import ConfigError, DataError, did_you_mean
+from pcamlab.registry import Registry
+
+__all__ = [
+    "PATCH_SIZE",
+    "IMAGE_SUFFIXES",
+    "READERS",
+    "PatchReader",
+    "BadImageError",
+    "H5Reader",
+    "FoldersReader",
+    "KaggleReader",
+    "sample_root",
+    "detect_format",
+    "available_splits",
+    "open_split",
+    "load_split_arrays",
+    "decode_image_file",
+    "check_image_array",
+]
+
+PATCH_SIZE = 96  # PCam patches are 96x96 pixels at 10x (level 2)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+H5_PATTERN = "camelyonpatch_level_2_split_{split}_{kind}.h5"
+H5_SPLITS = ("train", "valid", "test")
+KAGGLE_LABELS = "train_labels.csv"
+COURSE_FOLDER = "train+val"
+
+READERS: Registry[type[PatchReader]] = Registry("data format")
+
+_RESIZE_FIX = f"PCam patches are {PATCH_SIZE}x{PATCH_SIZE}; crop or resize your patches to that size"
+
+
+class BadImageError(DataError):
+    """One image file cannot be used (unreadable, truncated, wrong size or colour mode).
+
+    ``load_split_arrays(..., skip_bad=True)`` skips these and counts them; every other
+    :class:`DataError` (layout, labels, counts) always stops.
+    """
+
+
+def sample_root() -> Path:
+    """Folder of the real PCam sample shipped in the package (800 train + 200 valid patches)."""
+    return Path(__file__).resolve().parent / "sample"
+
+
+def _resolve_root(root: str | os.PathLike) -> Path:
+    if str(root) == "sample":
+        return sample_root()
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"dataset root {str(path)!r} does not exist; pass a folder holding PCam data "
+            "(official .h5 files, class folders or the Kaggle layout) or 'sample' for the shipped sample"
+        )
+    if not path.is_dir():
+        raise DataError(
+            f"dataset root {str(path)!r} is a file, not a folder; pass the folder that holds it "
+            f"({str(path.parent)!r})"
+        )
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Image decoding and checks shared by the file-based readers.
+
+_MODE_FIXES = {
+    "1": "is 1-bit black and white",
+    "L": "is 8-bit grayscale",
+    "LA": "is grayscale with alpha",
+    "P": "is a palette image",
+    "PA": "is a palette image with alpha",
+    "RGBA": "is RGB with an alpha channel (RGBA)",
+    "RGBX": "is RGB with a padding channel (RGBX)",
+    "CMYK": "is CMYK",
+    "YCbCr": "is YCbCr",
+    "LAB": "is CIE Lab",
+    "HSV": "is HSV",
+    "I": "is 32-bit integer grayscale",
+    "F": "is 32-bit float grayscale",
+}
+
+
+def _mode_message(name: str, mode: str) -> str:
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        what = f"is {'16' if mode.startswith('I;16') else '32'}-bit grayscale (mode {mode!r})"
+        how = "rescale it to 8 bits per channel and save as RGB, e.g. with numpy (value >> 8) then Pillow"
+    else:
+        what = f"{_MODE_FIXES.get(mode, 'is not RGB')} (mode {mode!r})"
+        how = "convert it, e.g. Image.open(path).convert('RGB').save(path)"
+    return f"image {name} {what}; pcamlab needs 8-bit RGB H&E patches: {how}"
+
+
+def check_image_array(image: np.ndarray, name: str) -> np.ndarray:
+    """Check that a decoded array is a uint8 ``(96, 96, 3)`` RGB patch and return it.
+
+    Args:
+        image: decoded pixels.
+        name: file or row shown in the error message.
+
+    Raises:
+        BadImageError: wrong dtype (e.g. 16-bit), channel count or size, with the fix.
+    """
+    if image.dtype != np.uint8:
+        raise BadImageError(
+            f"image {name} has dtype {image.dtype} ({image.dtype.itemsize * 8}-bit); pcamlab needs "
+            "8-bit RGB: rescale to uint8 (e.g. (image >> 8).astype('uint8') for 16-bit)"
+        )
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 2)):
+        raise BadImageError(
+            f"image {name} is grayscale (shape {image.shape}); pcamlab needs RGB H&E patches: "
+            "convert it to 3 channels, e.g. Image.open(path).convert('RGB').save(path)"
+        )
+    if image.ndim != 3 or image.shape[2] != 3:
+        channels = image.shape[2] if image.ndim == 3 else "?"
+        raise BadImageError(
+            f"image {name} has shape {image.shape} ({channels} channels); pcamlab needs (H, W, 3) RGB: "
+            "drop the alpha/extra channels, e.g. Image.open(path).convert('RGB').save(path)"
+        )
+    if image.shape[:2] != (PATCH_SIZE, PATCH_SIZE):
+        raise BadImageError(
+            f"image {name} is {image.shape[1]}x{image.shape[0]} pixels (width x height); {_RESIZE_FIX}"
+        )
+    return image
+
+
+def _unreadable(name: str, error: Exception) -> BadImageError:
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if reason.startswith("cannot identify image file"):
+        reason = "not a recognised image format"
+    return BadImageError(
+        f"cannot decode image {name} ({reason}): the file is truncated or not an image; copy it again "
+        "from the source, delete it, or pass skip_bad=True (config data.skip_bad: true) to skip such files"
+    )
+
+
+def decode_image_file(path: Path) -> np.ndarray:
+    """Decode one image file into uint8 ``(96, 96, 3)`` RGB, with one-line errors.
+
+    JPEG/PNG/TIFF decode with Pillow; a TIFF Pillow cannot read (e.g. 16-bit RGB) falls back to
+    tifffile so the error can say what it holds.
+
+    Raises:
+        BadImageError: unreadable or truncated file, non-RGB mode, 16-bit data or wrong size.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    name = str(path)
+    try:
+        with Image.open(path) as image:
+            if image.mode != "RGB":
+                raise BadImageError(_mode_message(name, image.mode))
+            if image.size != (PATCH_SIZE, PATCH_SIZE):
+                raise BadImageError(
+                    f"image {name} is {image.size[0]}x{image.size[1]} pixels (width x height); "
+                    f"{_RESIZE_FIX}"
+                )
+            image.load()
+            array = np.asarray(image, dtype=np.uint8)
+    except BadImageError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            raise _unreadable(name, error) from None
+        array = _decode_tiff(path, error)
+    return check_image_array(array, name)
+
+
+def _decode_tiff(path: Path, pillow_error: Exception) -> np.ndarray:
+    import tifffile
+
+    try:
+        return np.asarray(tifffile.imread(path))
+    except Exception:  # tifffile raises many types; the Pillow error is the clearer one
+        raise _unreadable(str(path), pillow_error) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# The reader contract.
+
+
+class PatchReader:
+    """Base of every reader: a sized, indexable split of ``(image, label)`` pairs.
+
+    Attributes:
+        root: dataset folder (the resolved one, e.g. below ``train+val/`` for the course layout).
+        split: split name, e.g. ``"train"``.
+        format: registered name of the layout (``"h5"``, ``"folders"``, ``"kaggle"``).
+        labels: int64 array ``(N,)`` of every label, read without decoding any image.
+        skip_bad: default of ``load_split_arrays(..., skip_bad=...)`` for this reader.
+    """
+
+    format = ""
+    #: what detection looks for, listed in "no recognisable layout" errors.
+    looks_for = ""
+
+    root: Path
+    split: str
+    labels: np.ndarray
+    skip_bad: bool
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        """Whether ``root`` looks like this layout (cheap: file names only)."""
+        raise NotImplementedError
+
+    @classmethod
+    def splits(cls, root: Path, **options) -> list[str]:
+        """Splits present under ``root``."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        raise NotImplementedError
+
+    def name(self, index: int) -> str:
+        """File (or file and row) of item ``index``, for messages."""
+        raise NotImplementedError
+
+    def _check_index(self, index: int) -> int:
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for split {self.split!r} of {len(self)} patches")
+        return index
+
+    def _check_labels(self, where: str) -> None:
+        allowed = (-1, 0, 1) if getattr(self, "unlabeled", False) else (0, 1)
+        bad = np.flatnonzero(~np.isin(self.labels, allowed))
+        if bad.size:
+            first = int(bad[0])
+            raise DataError(
+                f"{where}: label {int(self.labels[first])} at {self.name(first)} ({bad.size} bad labels); "
+                "labels must be 0 (no tumour) or 1 (tumour in the centre 32x32 region): fix the labels"
+            )
+
+    def class_counts(self) -> dict[int, int]:
+        """Number of patches per label, e.g. ``{0: 400, 1: 400}``."""
+        values, counts = np.unique(self.labels, return_counts=True)
+        return {int(value): int(count) for value, count in zip(values, counts)}
+
+    def validate(self) -> dict:
+        """Check the whole split cheaply: counts, labels and every image's size and mode.
+
+        Images are not decoded (file headers only; HDF5: dataset shape and dtype), so unreadable
+        or truncated files are found when loading. Raises :class:`DataError` with the fix.
+
+        Returns:
+            ``{"format", "split", "count", "class_counts"}``.
+        """
+        if len(self) == 0:
+            raise DataError(f"split {self.split!r} under {str(self.root)!r} is empty; add patches to it")
+        self._check_labels(f"split {self.split!r}")
+        self._validate_images()
+        return {
+            "format": self.format,
+            "split": self.split,
+            "count": len(self),
+            "class_counts": self.class_counts(),
+        }
+
+    def _validate_images(self) -> None:
+        """Per-layout cheap image checks (headers only)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, count={len(self)})"
+
+
+def _unknown_split(root: Path, split: str, available: list[str], layout: str) -> DataError:
+    return DataError(
+        f"split {split!r} not found in {layout} dataset {str(root)!r}; available splits: {available}"
+        f"{did_you_mean(split, available)}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Official HDF5 files.
+
+
+@READERS.register("h5")
+class H5Reader(PatchReader):
+    """The official PCam HDF5 files: ``camelyonpatch_level_2_split_<split>_{x,y}.h5``.
+
+    ``x`` holds dataset ``x`` uint8 ``(N, 96, 96, 3)``, ``y`` holds dataset ``y`` uint8 ``(N, 1, 1, 1)``.
+    Labels are read once at open; the image file is opened lazily on the first ``__getitem__`` and
+    re-opened in a forked process (the pid is stored), so the reader can go into DataLoader workers.
+    Images are read one row at a time (``x[i]``), which is what the (1, 96, 96, 3) chunking favours.
+    """
+
+    format = "h5"
+    looks_for = "h5: camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5"
+
+    def __init__(self, root: Path, split: str, *, skip_bad: bool = False, **options):
+        self.root, self.split, self.skip_bad = root, split, skip_bad
+        available = self.splits(root)
+        self.x_path = root / H5_PATTERN.format(split=split, kind="x")
+        self.y_path = root / H5_PATTERN.format(split=split, kind="y")
+        present = [path for path in (self.x_path, self.y_path) if path.exists()]
+        gzipped = [Path(f"{path}.gz") for path in (self.x_path, self.y_path) if Path(f"{path}.gz").exists()]
+        if split not in available:
+            if gzipped:
+                raise DataError(
+                    f"{str(gzipped[0])!r} is still gzip-compressed; decompress it first: gunzip -k {gzipped[0]}"
+                )
+            if len(present) == 1:
+                missing = self.y_path if present[0] == self.x_path else self.x_path
+                raise DataError(
+                    f"{str(missing)!r} is missing (found {present[0].name}); each split needs both the "
+                    "_x (images) and _y (labels) files: download or copy the missing one"
+                )
+            raise _unknown_split(root, split, available, "h5")
+        self._file = None
+        self._images = None
+        self._pid = None
+        self.count = self._check_x()
+        self.labels = self._read_labels()
+        if len(self.labels) != self.count:
+            raise DataError(
+                f"{self.x_path.name} has {self.count} images but {self.y_path.name} has {len(self.labels)} "
+                f"labels in {str(root)!r}; the _x and _y files of one split must match: use the pair from "
+                "the same release"
+            )
+        self._check_labels(f"{str(self.y_path)!r} dataset 'y'")
+
+    @classmethod
+    def _present(cls, root: Path, suffix: str = "") -> list[str]:
+        return [
+            split
+            for split in H5_SPLITS
+            if all((root / (H5_PATTERN.format(split=split, kind=kind) + suffix)).exists() for kind in "xy")
+        ]
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return any(root.glob("camelyonpatch_level_2_split_*.h5")) or any(
+            root.glob("camelyonpatch_level_2_split_*.h5.gz")
+        )
+
+    @classmethod
+    def splits(cls, root: Path, **options) -> list[str]:
+        return cls._present(root)
+
+    @staticmethod
+    def _open(path: Path):
+        import h5py
+
+        try:
+            return h5py.File(path, "r")
+        except OSError as error:
+            raise DataError(
+                f"cannot open {str(path)!r} as HDF5 ({str(error).splitlines()[0]}): the file is truncated "
+                "or not HDF5; download it again (the official files come gzipped: gunzip them first)"
+            ) from None
+
+    @staticmethod
+    def _dataset(file, name: str, path: Path):
+        if name not in file:
+            names = list(file.keys())
+            raise DataError(
+                f"{str(path)!r} has no dataset {name!r} (it has {names}); official PCam files hold "
+                f"dataset {name!r}: rename it, e.g. with h5py: f[{name!r}] = f[{names[0] if names else 'old'!r}]"
+            )
+        return file[name]
+
+    def _check_x(self) -> int:
+        with self._open(self.x_path) as file:
+            images = self._dataset(file, "x", self.x_path)
+            shape, dtype = tuple(images.shape), images.dtype
+        if dtype != np.uint8:
+            raise DataError(
+                f"{str(self.x_path)!r} dataset 'x' has dtype {dtype}; it must be uint8 RGB: convert it, "
+                "e.g. x = np.clip(x, 0, 255).astype('uint8') (times 255 first if it is in [0, 1])"
+            )
+        if len(shape) != 4 or shape[1:] != (PATCH_SIZE, PATCH_SIZE, 3):
+            raise DataError(
+                f"{str(self.x_path)!r} dataset 'x' has shape {shape}; it must be (N, {PATCH_SIZE}, "
+                f"{PATCH_SIZE}, 3) uint8 RGB, channels last: transpose (N, 3, H, W) data to (N, H, W, 3) "
+                "and crop or resize to 96x96"
+            )
+        return shape[0]
+
+    def _read_labels(self) -> np.ndarray:
+        with self._open(self.y_path) as file:
+            labels = self._dataset(file, "y", self.y_path)
+            shape, dtype = tuple(labels.shape), labels.dtype
+            if not (len(shape) >= 1 and all(size == 1 for size in shape[1:])):
+                raise DataError(
+                    f"{str(self.y_path)!r} dataset 'y' has shape {shape}; it must be (N, 1, 1, 1) or (N,), "
+                    "one label per image: reshape it"
+                )
+            if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_)):
+                raise DataError(
+                    f"{str(self.y_path)!r} dataset 'y' has dtype {dtype}; it must be an integer type "
+                    "(uint8 0/1 in the official files): convert it with astype('uint8')"
+                )
+            values = labels[()]  # whole dataset in one read: N bytes
+        return np.asarray(values).reshape(shape[0]).astype(np.int64)
+
+    def _ensure_open(self):
+        if self._images is None or self._pid != os.getpid():
+            # A forked worker must not share the parent's HDF5 handle: open a fresh one.
+            self._file = self._open(self.x_path)
+            self._images = self._file["x"]
+            self._pid = os.getpid()
+        return self._images
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        index = self._check_index(index)
+        images = self._ensure_open()
+        try:
+            image = images[index]  # (96, 96, 3) uint8, one chunk
+        except (OSError, RuntimeError) as error:
+            raise _unreadable(self.name(index), error) from None
+        return image, int(self.labels[index])
+
+    def name(self, index: int) -> str:
+        return f"{self.x_path} row {index}"
+
+    def close(self) -> None:
+        """Close the image file (it re-opens on the next read)."""
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = self._images = self._pid = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_file"] = state["_images"] = state["_pid"] = None  # h5py handles do not pickle
+        return state
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Class folders.
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+    )  # dot files (e.g. macOS ._name.jpg) are metadata, not images
+
+
+@READERS.register("folders")
+class FoldersReader(PatchReader):
+    """Class folders ``<root>/<split>/{0,1}/*.{jpg,jpeg,png,tif,tiff}`` (folder name = label).
+
+    The course layout ``<root>/train+val/{train,valid}/{0,1}/`` is found and descended into, and
+    so is a root that holds the class folders ``{0,1}/`` directly (its split is then its own folder
+    name). Items are ordered by label, then file name. Decoding uses Pillow (TIFFs that Pillow cannot
+    read fall back to tifffile).
+    """
+
+    format = "folders"
+    looks_for = (
+        "folders: <root>/<split>/{0,1}/*.{jpg,jpeg,png,tif,tiff}, or <root>/train+val/{train,valid}/{0,1}/"
+    )
+
+    def __init__(self, root: Path, split: str, *, skip_bad: bool = False, **options):
+        base = self.base(root)
+        self.root, self.split, self.skip_bad = base, split, skip_bad
+        available = self.splits(root)
+        if split not in available:
+            raise _unknown_split(base, split, available, "folders")
+        folder = self._split_folder(base, split)
+        self.files: list[Path] = []
+        labels: list[int] = []
+        for label in (0, 1):
+            class_folder = folder / str(label)
+            if not class_folder.is_dir():
+                continue
+            files = _image_files(class_folder)
+            if not files:
+                others = sorted(path.name for path in class_folder.iterdir())[:3]
+                seen = f" (it holds {others}...)" if others else ""
+                raise DataError(
+                    f"class folder {str(class_folder)!r} has no images{seen}; put its "
+                    f"{'/'.join(IMAGE_SUFFIXES)} patches there or remove the folder"
+                )
+            self.files += files
+            labels += [label] * len(files)
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    @staticmethod
+    def base(root: Path) -> Path:
+        """The folder that holds the split folders (descends into ``train+val/``)."""
+        course = root / COURSE_FOLDER
+        return course if course.is_dir() else root
+
+    @staticmethod
+    def _has_classes(folder: Path) -> bool:
+        return (folder / "0").is_dir() or (folder / "1").is_dir()
+
+    @classmethod
+    def _split_folder(cls, base: Path, split: str) -> Path:
+        return base if cls._has_classes(base) and split == base.name else base / split
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return bool(cls.splits(root))
+
+    @classmethod
+    def splits(cls, root: Path, **options) -> list[str]:
+        base = cls.base(root)
+        if cls._has_classes(base):
+            return [base.name]
+        return sorted(
+            child.name for child in base.iterdir() if child.is_dir() and cls._has_classes(child)
+        )
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        index = self._check_index(index)
+        return decode_image_file(self.files[index]), int(self.labels[index])
+
+    def name(self, index: int) -> str:
+        return str(self.files[index])
+
+    def _validate_images(self) -> None:
+        _validate_headers(self.files)
+
+
+def _validate_headers(files: list[Path]) -> None:
+    """Read every file's header (not its pixels) to check size and colour mode."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                mode, size = image.mode, image.size
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            if path.suffix.lower() in (".tif", ".tiff"):
+                decode_image_file(path)  # tifffile fallback says what is wrong
+                continue
+            raise _unreadable(str(path), OSError("not a recognised image")) from None
+        if mode != "RGB":
+            raise BadImageError(_mode_message(str(path), mode))
+        if size != (PATCH_SIZE, PATCH_SIZE):
+            raise BadImageError(
+                f"image {path} is {size[0]}x{size[1]} pixels (width x height); {_RESIZE_FIX}"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Kaggle "Histopathologic Cancer Detection".
+
+_KAGGLE_ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+@READERS.register("kaggle")
+class KaggleReader(PatchReader):
+    """Kaggle layout: ``train/<id>.tif`` with ``train_labels.csv`` (header ``id,label``), ``test/<id>.tif``.
+
+    Kaggle ships no validation split, so ``train`` and ``valid`` are made from the labelled images by
+    a stratified split: for each class, ids sorted, permuted with ``numpy.random.default_rng(seed)``,
+    and the first ``round(valid_fraction * count)`` go to ``valid``. The same seed gives the same split.
+
+    The ``test`` split (a ``test/`` folder) has NO labels: ``labels`` is all ``-1`` and items return
+    label ``-1``. Evaluation refuses unlabeled splits; use it for prediction only.
+    """
+
+    format = "kaggle"
+    looks_for = "kaggle: <root>/train/*.tif with <root>/train_labels.csv (id,label), optional <root>/test/*.tif"
+
+    def __init__(
+        self,
+        root: Path,
+        split: str,
+        *,
+        valid_fraction: float = 0.1,
+        seed: int = 0,
+        skip_bad: bool = False,
+        **options,
+    ):
+        self.root, self.split, self.skip_bad = root, split, skip_bad
+        self.valid_fraction, self.seed = valid_fraction, seed
+        available = self.splits(root)
+        if split not in available:
+            raise _unknown_split(root, split, available, "kaggle")
+        self.unlabeled = split == "test"
+        if self.unlabeled:
+            self.files = _image_files(root / "test")
+            if not self.files:
+                raise DataError(f"Kaggle test folder {str(root / 'test')!r} has no .tif images; add them or remove it")
+            self.labels = np.full(len(self.files), -1, dtype=np.int64)
+            return
+        if not 0.0 < valid_fraction < 1.0:
+            raise ConfigError(
+                f"data.valid_fraction must be between 0 and 1 (exclusive) to split the Kaggle train set; "
+                f"got {valid_fraction!r}: use e.g. 0.1"
+            )
+        ids, labels = self._read_csv(root)
+        files = self._match_files(root, ids)
+        chosen = self._split_indices(ids, labels, split)
+        self.files = [files[index] for index in chosen]
+        self.ids = [ids[index] for index in chosen]
+        self.labels = labels[chosen]
+        if len(self.files) == 0:
+            raise DataError(
+                f"Kaggle split {split!r} of {str(root)!r} is empty with valid_fraction={valid_fraction}; "
+                "add labelled images or change data.valid_fraction"
+            )
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return (root / KAGGLE_LABELS).is_file() and (root / "train").is_dir()
+
+    @classmethod
+    def splits(cls, root: Path, **options) -> list[str]:
+        found = ["train", "valid"] if cls.detect(root) else []
+        if (root / "test").is_dir():
+            found.append("test")
+        return found
+
+    @staticmethod
+    def _read_csv(root: Path) -> tuple[list[str], np.ndarray]:
+        path = root / KAGGLE_LABELS
+        ids, labels, seen = [], [], {}
+        with open(path, newline="") as handle:
+            rows = csv.reader(handle)
+            header = next(rows, None)
+            if header is None or [cell.strip().lower() for cell in header[:2]] != ["id", "label"]:
+                raise DataError(
+                    f"{str(path)!r} line 1 is {header!r}; the header must be 'id,label' (Kaggle format): "
+                    "add or fix the header row"
+                )
+            for line, row in enumerate(rows, start=2):
+                if not row or not "".join(row).strip():
+                    continue
+                if len(row) < 2:
+                    raise DataError(f"{str(path)!r} line {line} is {row!r}; each row must be 'id,label': fix it")
+                image_id, text = row[0].strip(), row[1].strip()
+                if not _KAGGLE_ID.match(image_id):
+                    raise DataError(
+                        f"{str(path)!r} line {line} has id {image_id!r}; ids are file names without .tif: fix it"
+                    )
+                if text not in ("0", "1"):
+                    raise DataError(
+                        f"{str(path)!r} line {line} (id {image_id}) has label {text!r}; labels must be 0 or 1: "
+                        "fix the row"
+                    )
+                if image_id in seen:
+                    raise DataError(
+                        f"{str(path)!r} line {line} repeats id {image_id} (first on line {seen[image_id]}); "
+                        "each image must be listed once: remove the duplicate row"
+                    )
+                seen[image_id] = line
+                ids.append(image_id)
+                labels.append(int(text))
+        if not ids:
+            raise DataError(f"{str(path)!r} has no rows; it must list 'id,label' for every train/*.tif")
+        return ids, np.asarray(labels, dtype=np.int64)
+
+    @staticmethod
+    def _match_files(root: Path, ids: list[str]) -> list[Path]:
+        folder = root / "train"
+        on_disk = {path.stem: path for path in _image_files(folder)}
+        missing = [image_id for image_id in ids if image_id not in on_disk]
+        if missing:
+            raise DataError(
+                f"{str(root / KAGGLE_LABELS)!r} lists {len(missing)} ids with no file in {str(folder)!r}, "
+                f"e.g. {missing[0]}.tif; copy the missing images or delete their rows"
+            )
+        listed = set(ids)
+        extra = sorted(stem for stem in on_disk if stem not in listed)
+        if extra:
+            raise DataError(
+                f"{len(extra)} images in {str(folder)!r} have no row in {KAGGLE_LABELS}, e.g. "
+                f"{on_disk[extra[0]].name}; add 'id,label' rows for them or move them out of train/"
+            )
+        return [on_disk[image_id] for image_id in ids]
+
+    def _split_indices(self, ids: list[str], labels: np.ndarray, split: str) -> np.ndarray:
+        generator = np.random.default_rng(self.seed)
+        valid = []
+        for label in (0, 1):
+            members = np.flatnonzero(labels == label)
+            # sorted by id, so the split does not depend on the order of the CSV rows
+            members = members[np.argsort(np.asarray(ids, dtype=object)[members], kind="stable")]
+            count = int(round(self.valid_fraction * len(members)))
+            valid.append(generator.permutation(members)[:count])
+        valid_indices = np.sort(np.concatenate(valid))
+        if split == "valid":
+            return valid_indices
+        return np.setdiff1d(np.arange(len(labels)), valid_indices)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        index = self._check_index(index)
+        return decode_image_file(self.files[index]), int(self.labels[index])
+
+    def name(self, index: int) -> str:
+        return str(self.files[index])
+
+    def _validate_images(self) -> None:
+        _validate_headers(self.files)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public functions.
+
+
+def detect_format(root: str | os.PathLike) -> str:
+    """Name of the layout found in ``root``: ``"h5"``, ``"folders"`` or ``"kaggle"``.
+
+    Args:
+        root: dataset folder, or ``"sample"`` for the shipped sample.
+
+    Raises:
+        DataError: the folder does not exist or matches no layout (the message lists what was looked for).
+
+    Example:
+        >>> detect_format("sample")
+        'folders'
+    """
+    path = _resolve_root(root)
+    for name in ("h5", "kaggle", "folders"):  # most specific file names first
+        if READERS.get(name).detect(path):
+            return name
+    entries = sorted(child.name for child in path.iterdir())
+    shown = f"{entries[:8]}{'...' if len(entries) > 8 else ''}" if entries else "nothing"
+    looked = "; ".join(READERS.get(name).looks_for for name in READERS.names())
+    raise DataError(
+        f"no recognisable PCam layout in {str(path)!r} (it holds {shown}); looked for {looked}: "
+        "arrange the files like one of these or pass the folder that holds them"
+    )
+
+
+def _reader_class(path: Path, format: str) -> type[PatchReader]:
+    if format == "auto":
+        return READERS.get(detect_format(path))
+    cls = READERS.get(format, field="data.format")
+    if not cls.detect(path):
+        raise DataError(
+            f"{str(path)!r} is not in the {format} layout (looked for {cls.looks_for}); "
+            "fix data.format (or use auto) or point data.path at the right folder"
+        )
+    return cls
+
+
+def available_splits(root: str | os.PathLike, format: str = "auto") -> list[str]:
+    """Splits present in ``root``, e.g. ``["train", "valid"]``.
+
+    Example:
+        >>> available_splits("sample")
+        ['train', 'valid']
+    """
+    path = _resolve_root(root)
+    return _reader_class(path, format).splits(path)
+
+
+def open_split(
+    root: str | os.PathLike,
+    split: str,
+    format: str = "auto",
+    *,
+    valid_fraction: float = 0.1,
+    seed: int = 0,
+    skip_bad: bool = False,
+) -> PatchReader:
+    """Open one split of a dataset as a :class:`PatchReader` (no image is decoded yet).
+
+    Args:
+        root: dataset folder, or ``"sample"`` for the real sample shipped in the package.
+        split: e.g. ``"train"``, ``"valid"``, ``"test"``.
+        format: ``"auto"`` (detected), ``"h5"``, ``"folders"`` or ``"kaggle"``.
+        valid_fraction: Kaggle layout only: fraction of labelled images held out as ``valid``.
+        seed: Kaggle layout only: seed of that stratified split.
+        skip_bad: default for ``load_split_arrays``: skip unreadable images instead of stopping.
+
+    Raises:
+        DataError: missing folder, unknown layout or split, bad labels or counts (one line with the fix).
+        ConfigError: unknown ``format`` or invalid ``valid_fraction``.
+
+    Example:
+        >>> reader = open_split("sample", "valid")
+        >>> len(reader), reader.class_counts()
+        (200, {0: 100, 1: 100})
+    """
+    path = _resolve_root(root)
+    cls = _reader_class(path, format)
+    reader = cls(path, split, valid_fraction=valid_fraction, seed=seed, skip_bad=skip_bad)
+    if len(reader) == 0:
+        raise DataError(f"split {split!r} of {str(reader.root)!r} is empty; add patches to it")
+    return reader
+
+
+def load_split_arrays(
+    reader: PatchReader,
+    *,
+    skip_bad: bool = False,
+    progress: Callable[[int, int], object] | None = None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Decode a whole split into memory.
+
+    Args:
+        reader: an opened split.
+        skip_bad: skip images that cannot be used (unreadable, truncated, wrong size or mode) and
+            count them, instead of raising. ``reader.skip_bad`` also turns this on.
+        progress: optional ``progress(done, total)`` callable, called every 256 images and at the end.
+
+    Returns:
+        ``(images, labels, skipped)``: uint8 ``(N, 96, 96, 3)``, int64 ``(N,)`` and the number of
+        images skipped (N = ``len(reader) - skipped``).
+
+    Raises:
+        BadImageError: an image cannot be used and ``skip_bad`` is off.
+
+    Example:
+        >>> images, labels, skipped = load_split_arrays(open_split("sample", "valid"))
+        >>> images.shape, labels.shape, skipped
+        ((200, 96, 96, 3), (200,), 0)
+    """
+    skip_bad = skip_bad or getattr(reader, "skip_bad", False)
+    total = len(reader)
+    images = np.empty((total, PATCH_SIZE, PATCH_SIZE, 3), dtype=np.uint8)
+    labels = np.empty(total, dtype=np.int64)
+    kept = 0
+    for index in range(total):
+        try:
+            image, label = reader[index]
+        except BadImageError:
+            if not skip_bad:
+                raise
+        else:
+            images[kept] = image
+            labels[kept] = label
+            kept += 1
+        if progress is not None and ((index + 1) % 256 == 0 or index + 1 == total):
+            progress(index + 1, total)
+    return images[:kept], labels[:kept], total - kept

@@ -137,9 +137,14 @@ def check_image_array(image: np.ndarray, name: str) -> np.ndarray:
         BadImageError: wrong dtype (e.g. 16-bit), channel count or size, with the fix.
     """
     if image.dtype != np.uint8:
+        how = (
+            "(image * 255).round().astype('uint8') for floats in [0, 1]"
+            if np.issubdtype(image.dtype, np.floating)
+            else "(image >> 8).astype('uint8') for 16-bit"
+        )
         raise BadImageError(
             f"image {name} has dtype {image.dtype} ({image.dtype.itemsize * 8}-bit); pcamlab needs "
-            "8-bit RGB: rescale to uint8 (e.g. (image >> 8).astype('uint8') for 16-bit)"
+            f"8-bit RGB: rescale it to uint8, e.g. {how}, and save it again"
         )
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 2)):
         raise BadImageError(
@@ -262,13 +267,14 @@ class PatchReader:
             raise IndexError(f"index {index} out of range for split {self.split!r} of {len(self)} patches")
         return index
 
-    def _check_labels(self, where: str) -> None:
-        allowed = (-1, 0, 1) if getattr(self, "unlabeled", False) else (0, 1)
+    def _check_labels(self, where: str, locate: Callable[[int], str] | None = None) -> None:
+        allowed = (-1,) if getattr(self, "unlabeled", False) else (0, 1)
         bad = np.flatnonzero(~np.isin(self.labels, allowed))
         if bad.size:
             first = int(bad[0])
             raise DataError(
-                f"{where}: label {int(self.labels[first])} at {self.name(first)} ({bad.size} bad labels); "
+                f"{where}: label {int(self.labels[first])} at {(locate or self.name)(first)} "
+                f"({bad.size} bad labels); "
                 "labels must be 0 (no tumour) or 1 (tumour in the centre 32x32 region): fix the labels"
             )
 
@@ -358,7 +364,7 @@ class H5Reader(PatchReader):
                 f"labels in {str(root)!r}; the _x and _y files of one split must match: use the pair from "
                 "the same release"
             )
-        self._check_labels(f"{str(self.y_path)!r} dataset 'y'")
+        self._check_labels(f"{str(self.y_path)!r} dataset 'y'", locate=lambda index: f"row {index}")
 
     @classmethod
     def _present(cls, root: Path, suffix: str = "") -> list[str]:

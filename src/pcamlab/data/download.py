@@ -398,16 +398,20 @@ def _decompress(
     """Stream-decompress ``archive`` into ``final.tmp``, check it, then move it into place."""
     temporary = final.with_name(final.name + ".tmp")
     try:
-        with gzip.open(archive, "rb") as source, open(temporary, "wb") as target, tqdm(
-            unit="B", unit_scale=True, unit_divisor=1024, desc=f"unpacking {final.name}",
-            disable=not progress, leave=False,
+        # The bar counts compressed bytes consumed: the gzip trailer holds the unpacked size only
+        # modulo 4 GiB, which train_x (7.3 GB) exceeds.
+        with open(archive, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as source, open(
+            temporary, "wb"
+        ) as target, tqdm(
+            total=archive.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=f"unpacking {final.name}", disable=not progress, leave=False,
         ) as bar:
             while True:
                 chunk = source.read(chunk_size)
                 if not chunk:
                     break
                 target.write(chunk)
-                bar.update(len(chunk))
+                bar.update(raw.tell() - bar.n)
         _check_shape(entry, temporary)
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         temporary.unlink(missing_ok=True)

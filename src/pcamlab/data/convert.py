@@ -1,0 +1,266 @@
+"""Convert a PCam dataset between the official HDF5 layout, class folders and the Kaggle layout.
+
+The output is written into a temporary sibling folder ``<dst>.tmp-<pid>-<random>`` and renamed to
+``dst`` only when every split is written, so a failed or interrupted conversion never leaves a
+half-written ``dst``. An existing ``dst`` is refused.
+
+What each target holds:
+
+- ``h5``: ``camelyonpatch_level_2_split_<split>_{x,y}.h5`` per labelled split (``x`` uint8
+  (N, 96, 96, 3) chunked (1, 96, 96, 3) gzip, ``y`` uint8 (N, 1, 1, 1)), readable row by row.
+- ``folders``: ``<split>/<label>/<name>.png`` (lossless) or ``.jpg`` with ``image_format="jpg"``
+  (quality 95; JPEG source files are copied byte for byte instead of being re-encoded).
+- ``kaggle``: the labelled splits ``train`` and ``valid`` together in ``train/<id>.tif`` +
+  ``train_labels.csv`` (Kaggle has no validation split; the Kaggle reader makes one with
+  ``valid_fraction``/``seed``); a ``test`` split goes to ``test/<id>.tif`` and, when it has labels,
+  to ``test_labels.csv`` so they are not lost (the Kaggle reader does not read that file).
+
+Unlabeled splits (the Kaggle ``test`` split) cannot go into ``h5`` or ``folders`` (both need a
+label per image); they are left out and listed in the result's ``"skipped_splits"``.
+
+Example:
+    >>> from pcamlab.data.convert import convert
+    >>> result = convert("sample", "data/sample-h5", to="h5")
+    >>> result["counts"]
+    {'train': 800, 'valid': 200}
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from pcamlab.data.readers import (
+    H5_PATTERN,
+    BadImageError,
+    PatchReader,
+    _resolve_root,
+    available_splits,
+    detect_format,
+    open_split,
+)
+from pcamlab.errors import ConfigError, RunError, did_you_mean
+
+__all__ = ["TARGETS", "IMAGE_FORMATS", "convert"]
+
+TARGETS = ("h5", "folders", "kaggle")
+IMAGE_FORMATS = ("png", "jpg")
+JPEG_QUALITY = 95  # when re-encoding is unavoidable; PCam's own JPEG copies use 75
+
+
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    to: str = "h5",
+    format: str = "auto",
+    progress: Callable[[int, int], object] | None = None,
+    *,
+    image_format: str = "png",
+    splits: list[str] | None = None,
+    valid_fraction: float = 0.1,
+    seed: int = 0,
+    skip_bad: bool = False,
+) -> dict:
+    """Write the dataset at ``src`` into a new folder ``dst`` in the layout ``to``.
+
+    Args:
+        src: dataset folder (any layout ``open_split`` reads) or ``"sample"``.
+        dst: folder to create; must not exist.
+        to: ``"h5"``, ``"folders"`` or ``"kaggle"``.
+        format: layout of ``src`` (``"auto"`` detects it).
+        progress: optional ``progress(done, total)`` callable over all images of all splits.
+        image_format: ``"png"`` (lossless, default) or ``"jpg"``, for ``to="folders"``.
+        splits: splits to convert (default: every split of ``src``).
+        valid_fraction: for a Kaggle ``src``: fraction of labelled images that form ``valid``.
+        seed: for a Kaggle ``src``: seed of that split.
+        skip_bad: leave out unreadable images (counted in ``"skipped_images"``) instead of stopping.
+
+    Returns:
+        ``{"path": dst, "format": to, "source_format", "counts": {split: n}, "skipped_images": n,
+        "skipped_splits": [...]}``.
+
+    Raises:
+        ConfigError: unknown ``to``, ``image_format`` or split.
+        RunError: ``dst`` already exists.
+        DataError: the source cannot be read (its one-line message names the file).
+    """
+    if to not in TARGETS:
+        raise ConfigError(f"convert target must be one of {list(TARGETS)}; got {to!r}{did_you_mean(to, TARGETS)}")
+    if image_format not in IMAGE_FORMATS:
+        raise ConfigError(
+            f"image format must be one of {list(IMAGE_FORMATS)}; got {image_format!r}"
+            f"{did_you_mean(image_format, IMAGE_FORMATS)}"
+        )
+    source = _resolve_root(src)
+    source_format = detect_format(source) if format == "auto" else format
+    present = available_splits(source, source_format)
+    chosen = list(present) if splits is None else list(splits)
+    for split in chosen:
+        if split not in present:
+            raise ConfigError(
+                f"split {split!r} is not in {str(source)!r}; it has {present}{did_you_mean(split, present)}"
+            )
+    destination = Path(dst).expanduser()
+    if destination.exists():
+        raise RunError(
+            f"convert destination {str(destination)!r} already exists; pass a new folder or delete it first"
+        )
+    readers = [
+        open_split(source, split, source_format, valid_fraction=valid_fraction, seed=seed, skip_bad=skip_bad)
+        for split in chosen
+    ]
+    skipped_splits = []
+    if to in ("h5", "folders"):
+        skipped_splits = [reader.split for reader in readers if getattr(reader, "unlabeled", False)]
+        readers = [reader for reader in readers if reader.split not in skipped_splits]
+
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = destination.parent / f"{destination.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
+    temporary.mkdir()
+    writer = _WRITERS[to]
+    counter = _Counter(sum(len(reader) for reader in readers), progress, skip_bad)
+    counts = {}
+    try:
+        for reader in readers:
+            counts[reader.split] = writer(reader, temporary, counter, image_format)
+        if to == "kaggle":
+            _finish_kaggle(temporary)
+        os.rename(temporary, destination)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return {
+        "path": destination,
+        "format": to,
+        "source_format": source_format,
+        "counts": counts,
+        "skipped_images": counter.skipped,
+        "skipped_splits": skipped_splits,
+    }
+
+
+class _Counter:
+    """Reads items, skipping bad ones when asked, and reports progress over every split."""
+
+    def __init__(self, total: int, progress: Callable[[int, int], object] | None, skip_bad: bool):
+        self.total, self.progress, self.skip_bad = total, progress, skip_bad
+        self.done = self.skipped = 0
+        self.used_ids: set[str] = set()  # Kaggle ids written so far, unique across splits
+
+    def items(self, reader: PatchReader):
+        """Yield ``(index, image, label)`` of every usable item."""
+        for index in range(len(reader)):
+            try:
+                image, label = reader[index]
+            except BadImageError:
+                if not (self.skip_bad or reader.skip_bad):
+                    raise
+                self.skipped += 1
+            else:
+                yield index, image, label
+            self.done += 1
+            if self.progress is not None and (self.done % 256 == 0 or self.done == self.total):
+                self.progress(self.done, self.total)
+
+
+def _stem(reader: PatchReader, index: int) -> str:
+    """A file name stem for item ``index`` that keeps the source's own name where it has one."""
+    files = getattr(reader, "files", None)
+    if files is not None:
+        return files[index].stem
+    return f"{index:07d}"  # h5: the row number
+
+
+def _unique(stem: str, used: set[str]) -> str:
+    name, number = stem, 1
+    while name in used:
+        name, number = f"{stem}_{number}", number + 1
+    used.add(name)
+    return name
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _write_h5(reader: PatchReader, folder: Path, counter: _Counter, image_format: str) -> int:
+    import h5py
+
+    x_path = folder / H5_PATTERN.format(split=reader.split, kind="x")
+    y_path = folder / H5_PATTERN.format(split=reader.split, kind="y")
+    labels = []
+    with h5py.File(x_path, "w") as file:
+        images = file.create_dataset(
+            "x", shape=(len(reader), 96, 96, 3), maxshape=(None, 96, 96, 3), dtype=np.uint8,
+            chunks=(1, 96, 96, 3), compression="gzip", compression_opts=4,
+        )
+        for _, image, label in counter.items(reader):
+            images[len(labels)] = image  # one chunk per row, like the official files
+            labels.append(label)
+        images.resize(len(labels), axis=0)  # rows of skipped images are dropped
+    with h5py.File(y_path, "w") as file:
+        file.create_dataset("y", data=np.asarray(labels, dtype=np.uint8).reshape(-1, 1, 1, 1))
+    return len(labels)
+
+
+def _write_folders(reader: PatchReader, folder: Path, counter: _Counter, image_format: str) -> int:
+    from PIL import Image
+
+    files = getattr(reader, "files", None)
+    used: dict[int, set[str]] = {0: set(), 1: set()}
+    for label in (0, 1):
+        (folder / reader.split / str(label)).mkdir(parents=True, exist_ok=True)
+    count = 0
+    for index, image, label in counter.items(reader):
+        name = _unique(_stem(reader, index), used[label]) + "." + image_format
+        path = folder / reader.split / str(label) / name
+        source = files[index] if files is not None else None
+        if image_format == "jpg" and source is not None and source.suffix.lower() in (".jpg", ".jpeg"):
+            shutil.copyfile(source, path)  # keep the original JPEG bytes: no second compression
+        elif image_format == "jpg":
+            Image.fromarray(image).save(path, quality=JPEG_QUALITY)
+        else:
+            Image.fromarray(image).save(path)
+        count += 1
+    for label in (0, 1):
+        class_folder = folder / reader.split / str(label)
+        if not any(class_folder.iterdir()):
+            class_folder.rmdir()  # an empty class folder would not read back
+    return count
+
+
+def _write_kaggle(reader: PatchReader, folder: Path, counter: _Counter, image_format: str) -> int:
+    from PIL import Image
+
+    is_test = reader.split == "test"
+    images_folder = folder / ("test" if is_test else "train")
+    images_folder.mkdir(exist_ok=True)
+    labels_path = folder / ("test_labels.csv" if is_test else "train_labels.csv")
+    ids = getattr(reader, "ids", None)
+    prefix = "" if ids is not None or reader.split in ("train", "test") else f"{reader.split}_"
+    rows = []
+    used = counter.used_ids
+    for index, image, label in counter.items(reader):
+        stem = ids[index] if ids is not None else _stem(reader, index)
+        identifier = _unique(prefix + stem, used)
+        Image.fromarray(image).save(images_folder / f"{identifier}.tif")
+        rows.append(f"{identifier},{label}")
+    if rows and not (is_test and getattr(reader, "unlabeled", False)):
+        with open(labels_path, "a") as handle:
+            if handle.tell() == 0:
+                handle.write("id,label\n")
+            handle.write("\n".join(rows) + "\n")
+    return len(rows)
+
+
+def _finish_kaggle(folder: Path) -> None:
+    (folder / "train").mkdir(exist_ok=True)
+    if not (folder / "train_labels.csv").exists():
+        (folder / "train_labels.csv").write_text("id,label\n")
+
+
+_WRITERS = {"h5": _write_h5, "folders": _write_folders, "kaggle": _write_kaggle}

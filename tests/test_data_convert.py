@@ -1,0 +1,121 @@
+"""Conversion between layouts keeps pixels (where lossless) and labels, and is atomic."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from pcamlab.data import available_splits, detect_format, load_split_arrays, open_split
+from pcamlab.data.convert import convert
+from pcamlab.errors import ConfigError, RunError
+from tests.fixtures_data import sample_patches, tiny_splits, write_bad_image, write_folders, write_h5, write_kaggle
+
+
+def _keys(images, labels):
+    return sorted((hashlib.sha256(image.tobytes()).hexdigest(), int(label)) for image, label in zip(images, labels))
+
+
+def _all(root, splits=("train", "valid"), **options):
+    parts = [load_split_arrays(open_split(root, split, **options)) for split in splits]
+    return np.concatenate([part[0] for part in parts]), np.concatenate([part[1] for part in parts])
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return tiny_splits(train=8, valid=6, seed=1)
+
+
+def test_round_trip_h5_folders_kaggle_h5_is_lossless(tmp_path, splits):
+    source = write_h5(tmp_path / "h5", splits)
+    folders = convert(source, tmp_path / "folders", to="folders")
+    assert folders["counts"] == {"train": 8, "valid": 6} and folders["source_format"] == "h5"
+    assert detect_format(tmp_path / "folders") == "folders"
+    for split, (images, labels) in splits.items():  # folders keep each split and its order
+        loaded, loaded_labels, _ = load_split_arrays(open_split(tmp_path / "folders", split))
+        np.testing.assert_array_equal(loaded, images)
+        np.testing.assert_array_equal(loaded_labels, labels)
+
+    kaggle = convert(tmp_path / "folders", tmp_path / "kaggle", to="kaggle")
+    assert kaggle["counts"] == {"train": 8, "valid": 6}
+    assert detect_format(tmp_path / "kaggle") == "kaggle"
+    expected = _keys(*_all(source))
+    assert _keys(*_all(tmp_path / "kaggle")) == expected  # train+valid merged, re-split by the reader
+
+    back = convert(tmp_path / "kaggle", tmp_path / "back", to="h5", valid_fraction=0.3, seed=2)
+    assert back["counts"] == {"train": 10, "valid": 4}  # round(0.3 * 7) = 2 per class
+    assert _keys(*_all(tmp_path / "back")) == expected
+
+
+def test_h5_output_has_the_official_layout(tmp_path, splits):
+    import h5py
+
+    convert(write_folders(tmp_path / "src", splits), tmp_path / "out", to="h5")
+    with h5py.File(tmp_path / "out" / "camelyonpatch_level_2_split_valid_x.h5") as file:
+        assert list(file) == ["x"] and file["x"].shape == (6, 96, 96, 3) and file["x"].dtype == np.uint8
+        assert file["x"].chunks == (1, 96, 96, 3)
+    with h5py.File(tmp_path / "out" / "camelyonpatch_level_2_split_valid_y.h5") as file:
+        assert file["y"].shape == (6, 1, 1, 1) and file["y"].dtype == np.uint8
+        assert file["y"][()].ravel().tolist() == splits["valid"][1].tolist()
+
+
+def test_jpg_folders_copy_jpeg_sources_byte_for_byte(tmp_path):
+    result = convert("sample", tmp_path / "jpg", to="folders", image_format="jpg", splits=["valid"])
+    assert result["counts"] == {"valid": 200} and available_splits(tmp_path / "jpg") == ["valid"]
+    from pcamlab.data import sample_root
+
+    original = sorted((sample_root() / "valid" / "1").iterdir())[5]
+    assert (tmp_path / "jpg" / "valid" / "1" / original.name).read_bytes() == original.read_bytes()
+
+
+def test_jpg_folders_from_h5_are_close_to_the_pixels(tmp_path, splits):
+    convert(write_h5(tmp_path / "h5", splits), tmp_path / "jpg", to="folders", image_format="jpg")
+    images, labels, _ = load_split_arrays(open_split(tmp_path / "jpg", "train"))
+    np.testing.assert_array_equal(labels, splits["train"][1])
+    assert np.abs(images.astype(int) - splits["train"][0].astype(int)).mean() < 4
+
+
+def test_kaggle_test_split_goes_to_test_folder_and_unlabeled_is_skipped_for_h5(tmp_path):
+    images, labels = sample_patches(8)
+    test_images, _ = sample_patches(4, "valid")
+    source = write_kaggle(tmp_path / "kaggle", images, labels, test_images=test_images)
+    result = convert(source, tmp_path / "h5", to="h5", valid_fraction=0.25)
+    assert result["skipped_splits"] == ["test"] and set(result["counts"]) == {"train", "valid"}
+    assert available_splits(tmp_path / "h5") == ["train", "valid"]
+    again = convert(source, tmp_path / "kaggle2", to="kaggle", valid_fraction=0.25)
+    assert again["counts"]["test"] == 4 and not (tmp_path / "kaggle2" / "test_labels.csv").exists()
+    assert len(open_split(tmp_path / "kaggle2", "test")) == 4
+
+
+def test_labelled_test_split_keeps_its_labels_beside_kaggle(tmp_path, splits):
+    source = write_h5(tmp_path / "h5", {"train": splits["train"], "test": splits["valid"]})
+    convert(source, tmp_path / "kaggle", to="kaggle")
+    rows = (tmp_path / "kaggle" / "test_labels.csv").read_text().split()
+    assert rows[0] == "id,label" and [int(row[-1]) for row in rows[1:]] == splits["valid"][1].tolist()
+
+
+def test_existing_destination_is_refused_and_failure_leaves_nothing(tmp_path, splits):
+    source = write_folders(tmp_path / "src", splits)
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(RunError, match="already exists"):
+        convert(source, tmp_path / "taken", to="h5")
+    write_bad_image(source / "valid" / "1" / "zzz.png", "truncated")
+    with pytest.raises(Exception, match="zzz.png"):
+        convert(source, tmp_path / "out", to="h5")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["src", "taken"]  # no dst, no tmp folder
+    result = convert(source, tmp_path / "out", to="h5", skip_bad=True)
+    assert result["skipped_images"] == 1 and result["counts"] == {"train": 8, "valid": 6}
+
+
+def test_progress_and_bad_options(tmp_path, splits):
+    source = write_h5(tmp_path / "h5", splits)
+    calls = []
+    convert(source, tmp_path / "out", to="kaggle", progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (14, 14)
+    with pytest.raises(ConfigError, match="did you mean 'folders'"):
+        convert(source, tmp_path / "x", to="folder")
+    with pytest.raises(ConfigError, match="'png', 'jpg'"):
+        convert(source, tmp_path / "x", to="folders", image_format="webp")
+    with pytest.raises(ConfigError, match="did you mean 'valid'"):
+        convert(source, tmp_path / "x", to="folders", splits=["vaild"])

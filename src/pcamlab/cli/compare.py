@@ -1,0 +1,38 @@
+"""``pcamlab compare RUN... [--sort roc_auc] [--format table|csv|markdown]``: runs side by side."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="compare the metrics of several run folders in one table",
+        description=(
+            "Compare run folders: one row per metrics.json (the run folder and its eval-* subfolders) with "
+            "facts from summary.json, config.yaml and history.csv. Best first."
+        ),
+    )
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by pcamlab train --out")
+    parser.add_argument("--sort", default="roc_auc", metavar="COLUMN", help="column to rank by (default: roc_auc)")
+    parser.add_argument(
+        "--format", default="table", choices=["table", "csv", "markdown"], help="output format (default: table)"
+    )
+    parser.add_argument(
+        "--all-columns", action="store_true", help="show every known column, not only the key ones (csv always does)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pcamlab.evaluate.compare import COLUMNS, compare_runs, format_rows
+
+    rows = compare_runs(args.runs, sort_by=args.sort)
+    columns = None
+    if args.all_columns:
+        columns = [column for column in COLUMNS if column == "run" or any(row.get(column) is not None for row in rows)]
+    print(format_rows(rows, args.format, columns), end="")
+    return 0

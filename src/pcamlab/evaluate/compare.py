@@ -1,0 +1,306 @@
+"""Side-by-side comparison of run folders: key metrics in one table (terminal, CSV or Markdown).
+
+Each run contributes one row per ``metrics.json`` it holds (the run folder itself and its ``eval-*``
+or other subfolders), with facts about the run from ``summary.json``, ``config.yaml`` and
+``history.csv``. A run that has not been evaluated yet still gets one row, with empty metrics.
+
+Example:
+    >>> from pcamlab.evaluate.compare import compare_runs, format_rows
+    >>> rows = compare_runs(["runs/baseline", "runs/resnet18"], sort_by="roc_auc")
+    >>> print(format_rows(rows, "markdown"))
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pcamlab.errors import ConfigError, DataError, did_you_mean
+
+__all__ = [
+    "COLUMNS",
+    "KEY_COLUMNS",
+    "LOWER_IS_BETTER",
+    "FORMATS",
+    "compare_runs",
+    "format_table",
+    "format_csv",
+    "format_markdown",
+    "format_rows",
+]
+
+# Output columns, in order, with the keys each is looked up under (first found wins). A key with a dot
+# must match the flattened path exactly; a plain key also matches the last part of a nested path.
+METRIC_ALIASES: dict[str, tuple[str, ...]] = {
+    "split": ("split",),
+    "n": ("n", "num_samples", "patches"),
+    "roc_auc": ("roc_auc", "auc", "auroc"),
+    "roc_auc_ci_low": ("roc_auc_ci.0", "roc_auc_ci_low"),
+    "roc_auc_ci_high": ("roc_auc_ci.1", "roc_auc_ci_high"),
+    "pr_auc": ("pr_auc", "average_precision"),
+    "accuracy": ("accuracy",),
+    "balanced_accuracy": ("balanced_accuracy",),
+    "sensitivity": ("recall", "sensitivity", "tpr"),
+    "specificity": ("specificity", "tnr"),
+    "f1": ("f1",),
+    "threshold": ("threshold",),
+    "brier": ("brier", "brier_score"),
+    "ece": ("ece", "expected_calibration_error"),
+    "log_loss": ("log_loss",),
+}
+SUMMARY_ALIASES: dict[str, tuple[str, ...]] = {
+    "model": ("model.name", "model_name", "model"),
+    "parameters": ("parameters", "num_parameters", "params", "model.parameters"),
+    "epochs": ("epochs_run", "epochs_completed", "epochs"),
+    "best_epoch": ("best_epoch",),
+    "best_val_auc": ("best_val_auc",),
+    "train_seconds": ("train_seconds", "training_seconds", "total_seconds", "seconds", "elapsed_seconds"),
+}
+COLUMNS = ("run", "evaluation", "model", *METRIC_ALIASES, "parameters", "epochs", "best_epoch", "best_val_auc", "train_seconds")
+# The compact set the terminal table and Markdown show by default (CSV has every column).
+KEY_COLUMNS = (
+    "run", "evaluation", "model", "split", "n", "roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "accuracy",
+    "sensitivity", "specificity", "threshold", "ece", "parameters", "epochs", "train_seconds",
+)
+LOWER_IS_BETTER = frozenset({"brier", "ece", "log_loss", "train_seconds", "parameters"})
+TEXT_COLUMNS = frozenset({"run", "evaluation", "model", "split"})
+FORMATS = ("table", "csv", "markdown")
+
+
+def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings and short lists as ``{"a.b": value, "ci.0": low}``."""
+    flat: dict[str, Any] = {}
+    if isinstance(values, Mapping):
+        for key, value in values.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+    elif isinstance(values, (list, tuple)) and 0 < len(values) <= 4:
+        for index, value in enumerate(values):
+            flat.update(_flatten(value, f"{prefix}{index}."))
+    else:
+        flat[prefix.rstrip(".")] = values
+    return flat
+
+
+def _lookup(flat: Mapping[str, Any], aliases: Sequence[str]) -> Any:
+    """The first alias found: exact flattened path first, then the shallowest path ending in it."""
+    for alias in aliases:
+        if alias in flat and _usable(flat[alias]):
+            return flat[alias]
+    for alias in aliases:
+        if "." in alias:
+            continue
+        matches = sorted((key for key in flat if key.endswith("." + alias) and _usable(flat[key])), key=lambda k: k.count("."))
+        if matches:
+            return flat[matches[0]]
+    return None
+
+
+def _usable(value: Any) -> bool:
+    if value is None or isinstance(value, (list, tuple, Mapping)):
+        return False
+    return not (isinstance(value, float) and math.isnan(value))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{str(path)!r} is not readable JSON ({error}); re-run the step that writes it") from None
+    if not isinstance(values, dict):
+        raise DataError(f"{str(path)!r} must hold a JSON object; got {type(values).__name__}")
+    return values
+
+
+def _run_facts(run_dir: Path) -> dict[str, Any]:
+    """Model, size and training facts from summary.json, config.yaml and history.csv (when present)."""
+    facts: dict[str, Any] = {}
+    summary_path = run_dir / "summary.json"
+    flat = _flatten(_read_json(summary_path)) if summary_path.is_file() else {}
+    for column, aliases in SUMMARY_ALIASES.items():
+        facts[column] = _lookup(flat, aliases)
+    config_path = run_dir / "config.yaml"
+    if facts["model"] is None and config_path.is_file():
+        import yaml
+
+        try:
+            config = yaml.safe_load(config_path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            config = None
+        if isinstance(config, dict) and isinstance(config.get("model"), dict):
+            facts["model"] = config["model"].get("name")
+    history_path = run_dir / "history.csv"
+    if history_path.is_file() and (facts["epochs"] is None or facts["best_val_auc"] is None):
+        try:
+            with history_path.open(newline="") as stream:
+                rows = list(csv.DictReader(stream))
+        except (OSError, UnicodeDecodeError, csv.Error):
+            rows = []
+        if rows and facts["epochs"] is None:
+            facts["epochs"] = len(rows)
+        scores = []
+        for index, row in enumerate(rows, start=1):
+            try:
+                scores.append((float(row.get("val_auc") or "nan"), int(float(row.get("epoch") or index))))
+            except ValueError:
+                continue
+        scores = [(score, epoch) for score, epoch in scores if not math.isnan(score)]
+        if scores and facts["best_val_auc"] is None:
+            best = max(scores)
+            facts["best_val_auc"] = best[0]
+            if facts["best_epoch"] is None:
+                facts["best_epoch"] = best[1]
+    return facts
+
+
+def _metric_files(run_dir: Path) -> list[Path]:
+    files = [run_dir / "metrics.json"] if (run_dir / "metrics.json").is_file() else []
+    files += sorted(path for path in run_dir.glob("*/metrics.json") if path.parent.name != "tensorboard")
+    return files
+
+
+def _sort_key(row: Mapping[str, Any], column: str) -> tuple[int, Any]:
+    value = row.get(column)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return (1, 0)  # missing values last, whatever the direction
+    if column in TEXT_COLUMNS or not isinstance(value, (int, float)):
+        return (0, str(value))
+    return (0, value if column in LOWER_IS_BETTER else -value)
+
+
+def compare_runs(run_dirs: Sequence[str | Path], sort_by: str = "roc_auc") -> list[dict[str, Any]]:
+    """Key metrics of several runs, one row per evaluation, best first.
+
+    Args:
+        run_dirs: run folders written by ``pcamlab train --out`` (evaluated or not).
+        sort_by: a column of :data:`COLUMNS`. Scores sort best first (descending, or ascending for
+            :data:`LOWER_IS_BETTER` columns such as brier, ece, log_loss); text sorts A-Z; rows
+            missing the value come last.
+
+    Returns:
+        list of dicts with every key of :data:`COLUMNS` (None where unknown). ``run`` is the folder
+        name, ``evaluation`` the subfolder holding the metrics.json ("" for the run folder itself,
+        None when the run has no metrics.json).
+
+    Raises:
+        ConfigError: unknown ``sort_by`` or no run folder given.
+        DataError: a run folder is missing, or its metrics.json / summary.json is not readable JSON.
+
+    Example:
+        >>> compare_runs(["runs/a", "runs/b"])[0]["roc_auc"]
+        0.951
+    """
+    if sort_by not in COLUMNS:
+        raise ConfigError(f"sort_by must be one of {list(COLUMNS)}; got {sort_by!r}{did_you_mean(sort_by, COLUMNS)}")
+    if isinstance(run_dirs, (str, Path)) or not run_dirs:
+        raise ConfigError(f"run_dirs must be a non-empty list of run folders; got {run_dirs!r}")
+    rows: list[dict[str, Any]] = []
+    for run_dir in map(Path, run_dirs):
+        if not run_dir.is_dir():
+            raise DataError(f"run folder {str(run_dir)!r} does not exist; pass folders written by pcamlab train --out")
+        facts = _run_facts(run_dir)
+        files = _metric_files(run_dir)
+        if not files:
+            rows.append({**dict.fromkeys(COLUMNS), **facts, "run": run_dir.name, "evaluation": None})
+            continue
+        for path in files:
+            flat = _flatten(_read_json(path))
+            row = dict.fromkeys(COLUMNS)
+            row.update(facts)
+            row["run"] = run_dir.name
+            row["evaluation"] = "" if path.parent == run_dir else path.parent.name
+            for column, aliases in METRIC_ALIASES.items():
+                row[column] = _lookup(flat, aliases)
+            rows.append(row)
+    return sorted(rows, key=lambda row: _sort_key(row, sort_by))
+
+
+def _present_columns(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None, default: Sequence[str] = COLUMNS
+) -> list[str]:
+    """The columns asked for, or those of ``default`` that at least one row has a value in."""
+    if columns is not None:
+        unknown = [column for column in columns if column not in COLUMNS]
+        if unknown:
+            raise ConfigError(
+                f"columns must be among {list(COLUMNS)}; got {unknown[0]!r}{did_you_mean(unknown[0], COLUMNS)}"
+            )
+        return list(columns)
+    return [column for column in default if column == "run" or any(row.get(column) not in (None, "") for row in rows)]
+
+
+def _text(value: Any, precise: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "" if precise else "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        if precise:
+            return repr(value)
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Rows as an aligned plain-text table for the terminal (numbers right-aligned, '-' = unknown).
+
+    Without ``columns``, shows the :data:`KEY_COLUMNS` that have a value in some row.
+    """
+    columns = _present_columns(rows, columns, KEY_COLUMNS)
+    cells = [[_text(row.get(column)) for column in columns] for row in rows]
+    widths = [max([len(column)] + [len(line[index]) for line in cells]) for index, column in enumerate(columns)]
+    numeric = [
+        column not in TEXT_COLUMNS and all(isinstance(row.get(column), (int, float, type(None))) for row in rows)
+        for column in columns
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(
+            value.rjust(width) if is_number else value.ljust(width)
+            for value, width, is_number in zip(values, widths, numeric)
+        ).rstrip()
+
+    return "\n".join([line(columns), line(["-" * width for width in widths]), *(line(values) for values in cells)]) + "\n"
+
+
+def format_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Rows as CSV with a header line (every column with a value, full precision, empty cell = unknown)."""
+    columns = _present_columns(rows, columns)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_text(row.get(column), precise=True) for column in columns])
+    return buffer.getvalue()
+
+
+def format_markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Rows as a GitHub-flavoured Markdown table ('-' = unknown); default columns as format_table."""
+    columns = _present_columns(rows, columns, KEY_COLUMNS)
+
+    def cell(value: Any) -> str:
+        return _text(value).replace("|", "\\|")
+
+    numeric = [column not in TEXT_COLUMNS for column in columns]
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "| " + " | ".join("---:" if is_number else "---" for is_number in numeric) + " |",
+    ]
+    lines += ["| " + " | ".join(cell(row.get(column)) for column in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def format_rows(rows: Sequence[Mapping[str, Any]], format: str = "table", columns: Sequence[str] | None = None) -> str:
+    """Format rows as ``table``, ``csv`` or ``markdown``.
+
+    Raises:
+        ConfigError: unknown format.
+    """
+    formatters = {"table": format_table, "csv": format_csv, "markdown": format_markdown}
+    if format not in formatters:
+        raise ConfigError(f"format must be one of {list(FORMATS)}; got {format!r}{did_you_mean(format, FORMATS)}")
+    return formatters[format](rows, columns)

@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from pcamlab.errors import ConfigError, did_you_mean
 from pcamlab.explain._common import conv_layers, new_figure, resolve_layer, save_figure
 
-__all__ = ["conv_layers", "plot_first_layer_filters", "plot_layer_filters", "REDUCTIONS"]
+__all__ = ["conv_layers", "first_layer_tiles", "plot_first_layer_filters", "plot_layer_filters", "REDUCTIONS"]
 
 REDUCTIONS = ("mean", "first")  # how a deep filter's input channels become one tile
 
@@ -48,6 +49,25 @@ def _first_rgb_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
     return name, conv
 
 
+def first_layer_tiles(model: nn.Module) -> np.ndarray:
+    """The first conv layer's filters as RGB images, each min-max scaled on its own to [0, 1].
+
+    Returns:
+        float32 array (out_channels, k, k, 3); a constant filter becomes all zeros.
+
+    Raises:
+        ConfigError: the model has no conv layer or its first one does not take RGB input.
+    """
+    _, conv = _first_rgb_conv(model)
+    weights = conv.weight.detach().float().cpu()  # (out_channels, 3, k, k)
+    count = weights.shape[0]
+    flat = weights.reshape(count, -1)
+    low = flat.min(dim=1).values.view(count, 1, 1, 1)
+    high = flat.max(dim=1).values.view(count, 1, 1, 1)
+    scaled = (weights - low) / (high - low).clamp_min(1e-12)  # (out_channels, 3, k, k) in [0, 1]
+    return scaled.permute(0, 2, 3, 1).numpy()  # (out_channels, k, k, 3)
+
+
 def plot_first_layer_filters(model: nn.Module, path: str | Path) -> Path:
     """Draw the first conv layer's filters as RGB tiles in a grid.
 
@@ -68,13 +88,8 @@ def plot_first_layer_filters(model: nn.Module, path: str | Path) -> Path:
         >>> plot_first_layer_filters(build_model(ModelConfig("baseline")), "filters.png")
     """
     name, conv = _first_rgb_conv(model)
-    weights = conv.weight.detach().float().cpu()  # (out_channels, 3, k, k)
-    count = weights.shape[0]
-    flat = weights.reshape(count, -1)
-    low = flat.min(dim=1).values.view(count, 1, 1, 1)
-    high = flat.max(dim=1).values.view(count, 1, 1, 1)
-    scaled = (weights - low) / (high - low).clamp_min(1e-12)  # (out_channels, 3, k, k) in [0, 1]
-    tiles = scaled.permute(0, 2, 3, 1).numpy()  # (out_channels, k, k, 3)
+    tiles = first_layer_tiles(model)  # (out_channels, k, k, 3)
+    count = tiles.shape[0]
 
     rows, columns = _grid(count)
     figure, axes = new_figure(rows, columns, tile_inches=0.9)

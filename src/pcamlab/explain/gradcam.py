@@ -36,7 +36,14 @@ from pcamlab.explain._common import (
 )
 from pcamlab.explain.feature_maps import eval_mode
 
-__all__ = ["GradCAM", "overlay", "plot_gradcam_gallery", "plot_confident_mistakes", "error_groups"]
+__all__ = [
+    "GradCAM",
+    "overlay",
+    "plot_gradcam_gallery",
+    "plot_confident_mistakes",
+    "error_groups",
+    "rank_mistakes",
+]
 
 
 class GradCAM:
@@ -240,6 +247,19 @@ def error_groups(labels: Sequence[int], probs: Sequence[float], threshold: float
     return groups
 
 
+def rank_mistakes(labels: Sequence[int], probs: Sequence[float], threshold: float = 0.5) -> np.ndarray:
+    """Indices of the misclassified patches, most confident mistake first.
+
+    A patch is misclassified when ``(prob >= threshold) != (label == 1)``; its confidence is
+    ``|label - prob|`` (a normal patch scored 0.99 comes before one scored 0.6).
+    """
+    labels = np.asarray(labels).reshape(-1)
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    wrong = np.flatnonzero((probs >= threshold) != (labels == 1))
+    error = np.abs(labels[wrong] - probs[wrong])
+    return wrong[np.argsort(-error, kind="stable")]
+
+
 GALLERY_GROUPS = {
     "true_positive": "True positives (tumour, called tumour)",
     "false_positive": "False positives (normal, called tumour)",
@@ -368,9 +388,8 @@ def plot_confident_mistakes(
     images, labels, probs = _check_predictions(images, labels, probs)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"n must be a positive integer; got {n!r}")
-    wrong = np.flatnonzero((probs >= threshold) != (labels == 1))
-    error = np.abs(labels[wrong] - probs[wrong])
-    worst = wrong[np.argsort(-error, kind="stable")][:n]
+    wrong = rank_mistakes(labels, probs, threshold)
+    worst = wrong[:n]
     columns = min(8, max(1, len(worst)))
     rows = max(1, -(-len(worst) // columns))
     figure, axes = new_figure(rows, columns, tile_inches=1.4, title_inches=0.6)

@@ -1,0 +1,198 @@
+"""``pcamlab data``: inspect (``info``), convert (``convert``) and download (``download``) datasets.
+
+A thin adapter: each subcommand calls one library function (``pcamlab.data.info.dataset_info``,
+``pcamlab.data.convert.convert``, ``pcamlab.data.download.download_pcam``), imported inside the
+command so ``pcamlab --help`` stays fast, and prints what it did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["register"]
+
+FORMATS = ["auto", "h5", "folders", "kaggle"]
+
+
+def register(subparsers) -> None:
+    """Add ``pcamlab data`` and its subcommands to the top-level parser."""
+    parser = subparsers.add_parser(
+        "data",
+        help="inspect, convert and download PCam datasets",
+        description="Inspect, convert and download PCam datasets (h5, class folders, Kaggle layout).",
+    )
+    commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", title="subcommands")
+    parser.set_defaults(func=lambda args: _print_help(parser))
+
+    info = commands.add_parser(
+        "info",
+        help="counts, class balance, pixel statistics, duplicates/leakage, contact sheets",
+        description="Describe every split of a dataset; with --out also write info.json and pictures.",
+    )
+    info.add_argument("path", help="dataset folder, or 'sample' for the real sample shipped in pcamlab")
+    info.add_argument("--format", default="auto", choices=FORMATS, help="layout (default: detected)")
+    info.add_argument("--out", help="folder for info.json, contact_<split>.png (and augment.png)")
+    info.add_argument("--augment", action="store_true", help="also draw augmented patches (needs --out)")
+    info.add_argument("--config", help="run config YAML whose augment section --augment uses")
+    info.add_argument("--per-class", type=int, default=16, help="patches per class on each contact sheet")
+    info.add_argument("--seed", type=int, default=0, help="seed of the drawn patches and of Kaggle splits")
+    info.add_argument("--valid-fraction", type=float, default=0.1, help="Kaggle layout: held-out fraction")
+    info.add_argument("--skip-bad", action="store_true", help="count unreadable images instead of stopping")
+    info.set_defaults(func=run_info)
+
+    convert = commands.add_parser(
+        "convert",
+        help="write a dataset in another layout (h5, class folders, Kaggle)",
+        description="Convert SRC into a new folder DST (written atomically; DST must not exist).",
+    )
+    convert.add_argument("src", help="source dataset folder, or 'sample'")
+    convert.add_argument("dst", help="new folder to create")
+    convert.add_argument("--to", required=True, choices=["h5", "folders", "kaggle"], help="target layout")
+    convert.add_argument("--format", default="auto", choices=FORMATS, help="source layout (default: detected)")
+    convert.add_argument(
+        "--image-format", default="png", choices=["png", "jpg"],
+        help="image files for --to folders: png (lossless, default) or jpg (JPEG sources copied as they are)",
+    )
+    convert.add_argument("--splits", nargs="+", help="splits to convert (default: all)")
+    convert.add_argument("--valid-fraction", type=float, default=0.1, help="Kaggle source: held-out fraction")
+    convert.add_argument("--seed", type=int, default=0, help="Kaggle source: seed of the train/valid split")
+    convert.add_argument("--skip-bad", action="store_true", help="leave out unreadable images, count them")
+    convert.set_defaults(func=run_convert)
+
+    download = commands.add_parser(
+        "download",
+        help="download the official PCam HDF5 files (verified, resumable)",
+        description="Download, verify (md5) and decompress the official PCam files into DIR.",
+    )
+    download.add_argument("dataset", choices=["pcam"], help="dataset to download")
+    download.add_argument("dest", metavar="DIR", help="folder to fill (created if missing)")
+    download.add_argument("--base-url", help="folder URL of a mirror (default: Zenodo record 2546921)")
+    download.add_argument(
+        "--files", nargs="+", help="files or groups, e.g. valid_x valid_y, valid, meta, all (default: six x/y files)"
+    )
+    download.set_defaults(func=run_download)
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _progress_bar(description: str):
+    """A ``progress(done, total)`` callable drawing a tqdm bar on stderr, and a closer."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit="img", file=sys.stderr, disable=None, leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return progress, bar.close
+
+
+def _format_table(info: dict) -> str:
+    header = ["split", "images", "label 0", "label 1", "unlabeled", "positive", "mean R G B", "std R G B", "dupl.", "skipped"]
+    rows = []
+    for split, summary in info["splits"].items():
+        counts = summary["class_counts"]
+        fraction = summary["positive_fraction"]
+        rows.append([
+            split,
+            str(summary["count"]),
+            str(counts.get("0", 0)),
+            str(counts.get("1", 0)),
+            str(counts.get("-1", 0)),
+            "-" if fraction is None else f"{100 * fraction:.1f}%",
+            " ".join(f"{value:.3f}" for value in summary["mean"]),
+            " ".join(f"{value:.3f}" for value in summary["std"]),
+            str(summary["duplicate_copies"]),
+            str(summary["skipped"]),
+        ])
+    if all(row[4] == "0" for row in rows):  # no unlabeled split: drop that column
+        header, rows = header[:4] + header[5:], [row[:4] + row[5:] for row in rows]
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    lines = ["  ".join(cell.rjust(width) if index else cell.ljust(width) for index, (cell, width) in enumerate(zip(row, widths))) for row in [header, *rows]]
+    shapes = {tuple(summary["image_shape"] or ()) for summary in info["splits"].values()}
+    dtypes = {summary["dtype"] for summary in info["splits"].values()}
+    shape_text = ", ".join("x".join(str(size) for size in shape) for shape in shapes)
+    lines.insert(0, f"dataset {info['root']} (format {info['format']}; images {shape_text} {', '.join(dtypes)})")
+    lines.append("mean/std per channel on the [0, 1] scale; dupl. = exact duplicate copies within the split")
+    if info["duplicates_across"]:
+        for item in info["duplicates_across"]:
+            lines.append(f"shared between {item['splits'][0]} and {item['splits'][1]}: {item['patches']} patches")
+    for warning in info["warnings"]:
+        lines.append(f"warning: {warning}")
+    return "\n".join(lines)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from pcamlab.data import open_split
+    from pcamlab.data.info import augment_sheet, contact_sheet, dataset_info
+    from pcamlab.errors import ConfigError
+
+    if args.augment and not args.out:
+        raise ConfigError("--augment writes a picture and needs --out DIR; add --out (e.g. --out runs/data-info)")
+    progress, close = _progress_bar("reading")
+    try:
+        info = dataset_info(
+            args.path, args.format, valid_fraction=args.valid_fraction, seed=args.seed,
+            skip_bad=args.skip_bad, progress=progress,
+        )
+    finally:
+        close()
+    print(_format_table(info))
+    if not args.out:
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "info.json"]
+    (out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    options = dict(valid_fraction=args.valid_fraction, seed=args.seed, skip_bad=args.skip_bad)
+    for split in info["splits"]:
+        reader = open_split(args.path, split, info["format"], **options)
+        written.append(contact_sheet(reader, out / f"contact_{split}.png", per_class=args.per_class, seed=args.seed))
+    if args.augment:
+        from pcamlab.config import load_config
+
+        config = load_config(args.config).augment if args.config else None
+        first = next(iter(info["splits"]))
+        reader = open_split(args.path, first, info["format"], **options)
+        written.append(augment_sheet(reader, out / "augment.png", config, seed=args.seed))
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from pcamlab.data.convert import convert
+
+    progress, close = _progress_bar("converting")
+    try:
+        result = convert(
+            args.src, args.dst, to=args.to, format=args.format, progress=progress,
+            image_format=args.image_format, splits=args.splits, valid_fraction=args.valid_fraction,
+            seed=args.seed, skip_bad=args.skip_bad,
+        )
+    finally:
+        close()
+    counts = ", ".join(f"{split} {count}" for split, count in result["counts"].items())
+    print(f"wrote {result['path']} ({result['format']}, from {result['source_format']}): {counts} images")
+    if result["skipped_images"]:
+        print(f"skipped {result['skipped_images']} unreadable images")
+    if result["skipped_splits"]:
+        print(f"left out unlabeled splits {result['skipped_splits']} ({result['format']} needs labels)")
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from pcamlab.data.download import download_pcam
+
+    paths = download_pcam(args.dest, base_url=args.base_url, files=args.files, progress=True)
+    for path in paths:
+        print(path)
+    print(f"ready: pcamlab data info {args.dest}")
+    return 0

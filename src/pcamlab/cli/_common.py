@@ -1,0 +1,29 @@
+"""Small helpers shared by the command modules (argument groups and progress callbacks)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config FILE and repeated --set section.field=value."""
+    parser.add_argument("--config", metavar="FILE", help="YAML run config (see configs/); defaults otherwise")
+    parser.add_argument(
+        "--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+        help="override one config field, e.g. --set train.epochs=5 (repeatable)",
+    )
+
+
+def progress_bar(description: str, enabled: bool = True):
+    """A ``progress(done, total)`` callable drawing a tqdm bar on stderr, and the bar to close."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=0, desc=description, unit="patch", disable=not enabled or not sys.stderr.isatty(), leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar

@@ -1,0 +1,63 @@
+"""``pcamlab evaluate``: score a checkpoint on a labelled split."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="metrics, ROC and confusion matrix of a checkpoint on a labelled split",
+        description="Evaluate a checkpoint: writes metrics.json, predictions.csv, roc.png, pr.png, "
+        "confusion_matrix.png, reliability.png and score_histogram.png.",
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a .safetensors file from a run folder")
+    parser.add_argument("--data", required=True, metavar="PATH", help="dataset root, or 'sample'")
+    parser.add_argument("--split", default="valid", help="split to score: valid or test (default valid)")
+    parser.add_argument("--format", default="auto", choices=["auto", "h5", "folders", "kaggle"])
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: <run>/eval-<split>)")
+    parser.add_argument("--tta", action="store_true", help="average over the 8 dihedral transforms")
+    parser.add_argument("--threshold", type=float, help="decision threshold (default: the checkpoint's)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--force", action="store_true", help="replace an earlier evaluation in --out")
+    parser.set_defaults(func=run)
+
+
+def format_metrics(metrics: dict) -> str:
+    """A short human-readable block of the key metrics."""
+    ci = metrics.get("roc_auc_ci") or [float("nan"), float("nan")]
+    auc = metrics.get("roc_auc")
+    lines = [
+        f"patches      {metrics['n']} ({metrics['n_positive']} tumour)",
+        f"ROC AUC      {auc:.4f}  (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if auc is not None else "ROC AUC      undefined",
+        f"threshold    {metrics['threshold']:.3f}",
+        f"accuracy     {metrics['accuracy']:.4f}",
+        f"precision    {metrics['precision']:.4f}",
+        f"recall       {metrics['recall']:.4f}",
+        f"specificity  {metrics['specificity']:.4f}",
+        f"F1           {metrics['f1']:.4f}",
+        f"confusion    TP {metrics['tp']}  FP {metrics['fp']}  TN {metrics['tn']}  FN {metrics['fn']}",
+    ]
+    effect = metrics.get("tta_effect")
+    if effect:
+        lines.append(f"TTA          AUC {effect['roc_auc_without_tta']:.4f} -> {effect['roc_auc_with_tta']:.4f}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pcamlab.cli._common import progress_bar
+    from pcamlab.evaluate.run import evaluate_checkpoint
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}{'-tta' if args.tta else ''}"
+    update, bar = progress_bar("decoding")
+    metrics = evaluate_checkpoint(
+        args.checkpoint, args.data, args.split, out, format=args.format, tta=args.tta,
+        threshold=args.threshold, batch_size=args.batch_size, device=args.device, force=args.force, progress=update,
+    )
+    bar.close()
+    print(format_metrics(metrics))
+    print(f"written to {out}/ (metrics.json, predictions.csv, roc.png, pr.png, confusion_matrix.png, ...)")
+    return 0

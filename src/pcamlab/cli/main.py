@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "pcamlab.cli.train",
     "pcamlab.cli.evaluate",
     "pcamlab.cli.predict",
+    "pcamlab.cli.export",
     "pcamlab.cli.models",
     "pcamlab.cli.data",
     "pcamlab.cli.explain",

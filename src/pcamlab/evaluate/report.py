@@ -195,7 +195,9 @@ def _format_value(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "n/a"
-        return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.4g}"
+        if abs(value) < 10:
+            return f"{value:.4f}"
+        return f"{value:.0f}" if value.is_integer() else f"{value:.2f}"
     if isinstance(value, (list, tuple)):
         if len(value) == 2 and all(isinstance(item, (int, float)) for item in value):
             return f"[{_format_value(float(value[0]))}, {_format_value(float(value[1]))}]"
@@ -471,7 +473,7 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
             columns.extend(key for key, value in row.items() if key not in columns and not isinstance(value, (Mapping, list)))
         header = "".join(f"<th>{_escape(METRIC_DESCRIPTIONS.get(column, (column, ''))[0])}</th>" for column in columns)
         body = "".join(
-            f"<tr><th>{_escape(row_name)}</th>"
+            f"<tr><th>{_escape(str(row_name).replace('_', ' '))}</th>"
             + "".join(
                 f'<td class="{"number" if _is_number(row.get(column)) else ""}">{_escape(_format_value(row.get(column)))}</td>'
                 for column in columns

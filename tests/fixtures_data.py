@@ -6,7 +6,7 @@ labels into one on-disk layout, so readers can be compared across formats; ``wri
 keyword options make the broken variants the error tests need.
 
 Example:
-    >>> from tests.fixtures_data import sample_patches, write_h5
+    >>> from fixtures_data import sample_patches, write_h5  # tests/ is on sys.path under pytest
     >>> images, labels = sample_patches(8)
     >>> root = write_h5(tmp_path / "h5", {"train": (images, labels)})
 """

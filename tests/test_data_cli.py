@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from pcamlab.cli.main import main
-from tests.fixtures_data import tiny_splits, write_h5
+from fixtures_data import tiny_splits, write_h5
 
 
 def test_data_info_prints_table_and_writes_outputs(tmp_path, capsys):

@@ -10,7 +10,7 @@ import pytest
 from pcamlab.data import available_splits, detect_format, load_split_arrays, open_split
 from pcamlab.data.convert import convert
 from pcamlab.errors import ConfigError, RunError
-from tests.fixtures_data import sample_patches, tiny_splits, write_bad_image, write_folders, write_h5, write_kaggle
+from fixtures_data import sample_patches, tiny_splits, write_bad_image, write_folders, write_h5, write_kaggle
 
 
 def _keys(images, labels):

@@ -10,7 +10,7 @@ import pytest
 
 from pcamlab.data import BadImageError, available_splits, detect_format, load_split_arrays, open_split
 from pcamlab.errors import ConfigError, DataError
-from tests.fixtures_data import (
+from fixtures_data import (
     kaggle_id,
     sample_patches,
     write_bad_image,

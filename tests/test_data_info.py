@@ -9,7 +9,7 @@ from PIL import Image
 from pcamlab.data import open_split
 from pcamlab.data.info import augment_sheet, contact_sheet, dataset_info
 from pcamlab.errors import ConfigError
-from tests.fixtures_data import sample_patches, tiny_splits, write_folders, write_h5
+from fixtures_data import sample_patches, tiny_splits, write_folders, write_h5
 
 
 def test_counts_balance_and_channel_statistics(tmp_path):

@@ -18,7 +18,7 @@ from pcamlab.data import (
     sample_root,
 )
 from pcamlab.data.readers import decode_image_file
-from tests.fixtures_data import (
+from fixtures_data import (
     kaggle_id,
     sample_files,
     sample_patches,

@@ -80,7 +80,7 @@ class _SkippingDataset(torch.utils.data.Dataset):
             if not self.skip_bad:
                 raise
             return None
-        return torch.from_numpy(np.ascontiguousarray(image)), int(label)
+        return torch.from_numpy(np.require(image, np.uint8, ["C", "W"])), int(label)  # Pillow arrays are read-only
 
 
 def _collate(items: list) -> Batch:
@@ -107,7 +107,7 @@ class StreamingBatches:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.num_workers = num_workers
-        self.dataset = _SkippingDataset(reader, skip_bad)
+        self.dataset = _SkippingDataset(reader, skip_bad or getattr(reader, "skip_bad", False))  # as load_split_arrays
         self.skipped = 0  # grows as epochs meet unreadable files
 
     def __len__(self) -> int:

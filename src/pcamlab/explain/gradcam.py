@@ -261,9 +261,9 @@ def rank_mistakes(labels: Sequence[int], probs: Sequence[float], threshold: floa
 
 
 GALLERY_GROUPS = {
-    "true_positive": "True positives (tumour, called tumour)",
-    "false_positive": "False positives (normal, called tumour)",
-    "false_negative": "False negatives (tumour, missed)",
+    "true_positive": "True positives\n(tumour, called tumour)",
+    "false_positive": "False positives\n(normal, called tumour)",
+    "false_negative": "False negatives\n(tumour, missed)",
 }
 
 
@@ -329,10 +329,10 @@ def plot_gradcam_gallery(
     for group_row, (name, title) in enumerate(GALLERY_GROUPS.items()):
         indices = chosen[name]
         image_axes, overlay_axes = axes[2 * group_row], axes[2 * group_row + 1]
-        image_axes[0].set_ylabel("patch", fontsize=7)
+        image_axes[0].set_ylabel(title, fontsize=7, fontweight="bold")
         overlay_axes[0].set_ylabel("Grad-CAM", fontsize=7)
         if len(indices) == 0:
-            image_axes[0].text(0.0, 0.5, f"{title}: none in this set", fontsize=8, transform=image_axes[0].transAxes)
+            image_axes[0].text(0.05, 0.5, "none in this set", fontsize=8, transform=image_axes[0].transAxes)
         for column in range(per_group):
             if column >= len(indices):
                 if column > 0 or len(indices) > 0:
@@ -344,8 +344,7 @@ def plot_gradcam_gallery(
             _draw_centre_box(image_axes[column], images.shape[1])
             overlay_axes[column].imshow(overlay(images[index], cams[position[index]]), interpolation="nearest")
             _draw_centre_box(overlay_axes[column], images.shape[1])
-            caption = f"p={probs[index]:.2f}"
-            image_axes[column].set_title(f"{title}\n{caption}" if column == 0 else caption, fontsize=7, loc="left" if column == 0 else "center")
+            image_axes[column].set_title(f"p={probs[index]:.2f}", fontsize=7, pad=2)
     counts = ", ".join(f"{name.replace('_', ' ')}s {len(groups[name])}" for name in GALLERY_GROUPS)
     figure.suptitle(
         f"Grad-CAM: where the network found evidence of tumour (threshold {threshold:.2f}; {counts})",

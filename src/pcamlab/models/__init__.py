@@ -1,0 +1,42 @@
+"""Model registry and architectures (plain torch).
+
+Every model maps float (B, 3, H, W) normalised input to LOGITS (B, 1); probability = sigmoid(logit),
+which equals Keras' ``Dense(1, activation="sigmoid")``. Add an architecture as one file in this
+folder with one ``@register_model("name")`` builder, and import it below: names are registered here,
+explicitly, so they never depend on import order.
+
+Example:
+    >>> from pcamlab.config import ModelConfig
+    >>> from pcamlab.models import build_model, list_models, model_summary
+    >>> model = build_model(ModelConfig(name="baseline"))
+    >>> model_summary(model)
+    {'parameters': 166977, 'flops': ...}
+"""
+
+from __future__ import annotations
+
+# Import every model module so that its builder is registered (keep this list explicit).
+from pcamlab.models import baseline, simple_cnn  # noqa: F401
+from pcamlab.models.factory import (
+    MODELS,
+    build_model,
+    count_flops,
+    first_conv,
+    list_models,
+    model_description,
+    model_options,
+    model_summary,
+    register_model,
+)
+
+__all__ = [
+    "MODELS",
+    "register_model",
+    "build_model",
+    "list_models",
+    "model_options",
+    "model_description",
+    "model_summary",
+    "count_flops",
+    "first_conv",
+]

@@ -1,0 +1,91 @@
+"""``baseline``: the classic course CNN, layer for layer.
+
+Keras original::
+
+    Conv2D(32, 3, activation="relu", padding="same") > MaxPool2D(4)
+    Conv2D(64, 3, activation="relu", padding="same") > MaxPool2D(4)
+    Flatten > Dense(64, activation="relu") > Dense(1, activation="sigmoid")
+
+Here the last layer returns the logit; sigmoid(logit) is the Keras output. Weights start like Keras
+(Glorot-uniform, zero biases) unless ``init`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pcamlab.errors import ConfigError
+from pcamlab.models.factory import register_model
+from pcamlab.models.layers import check_activation, initialise, make_activation
+
+__all__ = ["BaselineCNN", "build_baseline"]
+
+
+class BaselineCNN(nn.Module):
+    """Conv-pool blocks, flatten, one hidden dense layer, one logit."""
+
+    def __init__(self, filters: list[int], dense_units: int, dropout: float, pool_size: int,
+                 activation: str, input_size: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels, size = 3, input_size
+        for out_channels in filters:
+            layers += [
+                nn.Conv2d(in_channels, out_channels, 3, padding=1),
+                make_activation(activation),
+                nn.MaxPool2d(pool_size),
+            ]
+            in_channels, size = out_channels, size // pool_size
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_channels * size * size, dense_units),
+            make_activation(activation),
+            nn.Dropout(dropout),
+            nn.Linear(dense_units, 1),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.features(images)  # (B, 64, 6, 6) with the defaults
+        return self.classifier(features)  # (B, 1) logits
+
+
+@register_model("baseline")
+def build_baseline(
+    filters: list[int] = (32, 64),
+    dense_units: int = 64,
+    dropout: float = 0.0,
+    pool_size: int = 4,
+    activation: str = "relu",
+    input_size: int = 96,
+    init: str = "xavier",
+) -> nn.Module:
+    """Classic course CNN: 2 x (conv 3x3 + max-pool 4x4), dense 64, logit (fixed 96x96 input).
+
+    Args:
+        filters: output channels of each conv + pool block (one block per entry).
+        dense_units: width of the hidden dense layer.
+        dropout: dropout before the logit layer (0 = none, as in the original).
+        pool_size: max-pool window and stride after each convolution.
+        activation: activation after each conv and the hidden dense layer.
+        input_size: patch side the flatten layer is sized for (the model accepts only that size).
+        init: weight initialisation; ``xavier`` = Keras' Glorot-uniform with zero biases.
+    """
+    filters = list(filters)
+    if not filters or any(value < 1 for value in filters):
+        raise ConfigError(f"model.options.filters must be a non-empty list of positive integers; got {filters!r}")
+    if dense_units < 1:
+        raise ConfigError(f"model.options.dense_units must be >= 1; got {dense_units}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"model.options.dropout must be in [0, 1); got {dropout}")
+    if pool_size < 1:
+        raise ConfigError(f"model.options.pool_size must be >= 1; got {pool_size}")
+    if input_size // pool_size ** len(filters) < 1:
+        raise ConfigError(
+            f"model.options: {len(filters)} pools of {pool_size} shrink a {input_size}px patch to nothing; "
+            f"use fewer filters entries or a smaller pool_size"
+        )
+    check_activation(activation, "model.options.activation")
+    model = BaselineCNN(filters, dense_units, dropout, pool_size, activation, input_size)
+    return initialise(model, init)

@@ -1,0 +1,265 @@
+"""The model registry and the functions everyone else uses: build, list, summarise.
+
+A model file registers one builder with ``@register_model("name")``. A builder is a plain function
+whose keyword arguments (all with defaults and type annotations) are the model's options, i.e. what a
+user may put under ``model.options`` in YAML. ``build_model`` checks those options against the
+builder's signature before calling it, so a typo or a wrong type fails at load time with one line.
+
+Every model takes float (B, 3, H, W) normalised input and returns LOGITS of shape (B, 1). The
+sigmoid is applied by the loss (``BCEWithLogitsLoss``) and at prediction time; logit + sigmoid is
+exactly Keras' ``Dense(1, activation="sigmoid")``, split so the loss stays numerically stable.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from pcamlab.config import ModelConfig
+from pcamlab.errors import ConfigError, did_you_mean
+from pcamlab.registry import Registry
+
+__all__ = [
+    "MODELS",
+    "register_model",
+    "build_model",
+    "list_models",
+    "model_options",
+    "model_description",
+    "model_summary",
+    "count_flops",
+    "first_conv",
+]
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a model builder under ``name`` (a decorator).
+
+    Example:
+        >>> @register_model("tiny")
+        ... def build_tiny(width: int = 8) -> nn.Module:
+        ...     '''A tiny CNN.'''
+        ...     ...
+    """
+    return MODELS.register(name)
+
+
+def list_models() -> list[str]:
+    """Names of every registered model, sorted."""
+    return MODELS.names()
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The options of model ``name`` with their default values."""
+    builder = MODELS.get(name, field="model.name")
+    return {
+        key: parameter.default
+        for key, parameter in inspect.signature(builder).parameters.items()
+        if parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+    }
+
+
+def model_description(name: str) -> str:
+    """First line of the builder's docstring: a one-line description of model ``name``."""
+    builder = MODELS.get(name, field="model.name")
+    return (inspect.getdoc(builder) or "").strip().splitlines()[0] if builder.__doc__ else ""
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _check_type(value: Any, annotation: Any, path: str) -> Any:
+    """Return ``value`` (ints widened to float where a float is declared) or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+        if value is None and type(None) in members:
+            return None
+        for member in members:
+            if member is type(None):
+                continue
+            try:
+                return _check_type(value, member, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{path} must be {_type_name(annotation)}; got {value!r}")
+    if origin is typing.Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(
+                f"{path} must be one of {list(allowed)}; got {value!r}{did_you_mean(value, allowed)}"
+            )
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false; got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer; got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number; got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string; got {value!r}")
+        return value
+    if origin in (list, tuple) or annotation in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list; got {value!r}")
+        arguments = typing.get_args(annotation)
+        item_type = arguments[0] if arguments else Any
+        return [_check_type(item, item_type, f"{path}[{index}]") for index, item in enumerate(value)]
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping; got {value!r}")
+        return dict(value)
+    return value
+
+
+def _validated_options(name: str, builder: Callable[..., nn.Module], options: dict[str, Any]) -> dict:
+    signature = inspect.signature(builder)
+    hints = typing.get_type_hints(builder)
+    allowed = [
+        key for key, parameter in signature.parameters.items()
+        if parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    checked = {}
+    for key, value in options.items():
+        if key not in allowed:
+            raise ConfigError(
+                f"model.options.{key} is not an option of {name!r}; options are {allowed}"
+                f"{did_you_mean(key, allowed)}"
+            )
+        checked[key] = _check_type(value, hints.get(key, Any), f"model.options.{key}")
+    return checked
+
+
+def build_model(config: ModelConfig | str, **options: Any) -> nn.Module:
+    """Build the model a config names, with its options checked against the builder's signature.
+
+    Args:
+        config: a :class:`pcamlab.config.ModelConfig` (``name`` + ``options``) or just a model name.
+        **options: extra options that override ``config.options`` (handy in tests and notebooks).
+
+    Returns:
+        An ``nn.Module`` in training mode mapping float (B, 3, H, W) to logits (B, 1).
+
+    Raises:
+        ConfigError: unknown model name, unknown option, or an option of the wrong type or value.
+
+    Example:
+        >>> model = build_model(ModelConfig(name="simple-cnn", options={"width": 16}))
+        >>> model(torch.zeros(2, 3, 96, 96)).shape
+        torch.Size([2, 1])
+    """
+    if isinstance(config, str):
+        config = ModelConfig(name=config)
+    if not isinstance(config.options, dict):
+        raise ConfigError(f"model.options must be a mapping; got {config.options!r}")
+    builder = MODELS.get(config.name, field="model.name")
+    merged = {**config.options, **options}
+    return builder(**_validated_options(config.name, builder, merged))
+
+
+def _conv_macs(module: nn.Conv2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+    kernel_area = module.kernel_size[0] * module.kernel_size[1]
+    per_output = (module.in_channels // module.groups) * kernel_area
+    return output[0].numel() * per_output  # one sample
+
+
+def _conv_transpose_macs(module: nn.ConvTranspose2d, inputs: tuple[torch.Tensor, ...],
+                         output: torch.Tensor) -> int:
+    kernel_area = module.kernel_size[0] * module.kernel_size[1]
+    per_input = (module.out_channels // module.groups) * kernel_area
+    return inputs[0][0].numel() * per_input  # every input pixel scatters one kernel
+
+
+def _linear_macs(module: nn.Linear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+    return output[0].numel() * module.in_features
+
+
+def count_flops(model: nn.Module, input_size: int = 96) -> int:
+    """Forward FLOPs for ONE patch of ``input_size`` x ``input_size``, counted as 2 x multiply-adds.
+
+    What is counted: the multiply-adds of every ``nn.Conv2d`` (``in_channels / groups x kernel area``
+    per output value), ``nn.ConvTranspose2d`` (``out_channels / groups x kernel area`` per input
+    value) and ``nn.Linear`` (``in_features`` per output value), plus any module that defines a
+    ``count_macs(inputs, output) -> int`` method (used by the group convolutions of
+    ``p4m-densenet``). Not counted: biases, batch-norm, activations, pooling, additions and
+    concatenations (together a few percent for these networks).
+    """
+    total = 0
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        if hasattr(module, "count_macs"):
+            total += int(module.count_macs(inputs, output))
+        elif isinstance(module, nn.ConvTranspose2d):
+            total += _conv_transpose_macs(module, inputs, output)
+        elif isinstance(module, nn.Conv2d):
+            total += _conv_macs(module, inputs, output)
+        elif isinstance(module, nn.Linear):
+            total += _linear_macs(module, inputs, output)
+
+    handles = [
+        module.register_forward_hook(hook)
+        for module in model.modules()
+        if hasattr(module, "count_macs") or isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
+    ]
+    was_training = model.training
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, input_size, input_size, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return 2 * total
+
+
+def model_summary(model_or_name: nn.Module | str, input_size: int = 96) -> dict[str, int]:
+    """Parameter count and forward FLOPs per patch (see :func:`count_flops` for what is counted).
+
+    Args:
+        model_or_name: a built model, or a registered name (built with default options).
+        input_size: side of the square input patch in pixels.
+
+    Returns:
+        ``{"parameters": int, "flops": int}``.
+
+    Example:
+        >>> model_summary("baseline")["parameters"]
+        166977
+    """
+    model = build_model(model_or_name) if isinstance(model_or_name, str) else model_or_name
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    return {"parameters": int(parameters), "flops": count_flops(model, input_size)}
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    """The first convolution that reads the RGB input (its ``weight`` is (C_out, 3, k, k)): for filter pictures."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == 3:
+            return module
+    raise ConfigError(
+        f"model {type(model).__name__} has no Conv2d reading 3 input channels; filter pictures need one"
+    )

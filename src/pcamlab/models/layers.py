@@ -1,0 +1,98 @@
+"""Small building blocks shared by the model files: activations, conv-bn-act blocks, initialisation.
+
+Plain torch only (no torchvision/timm).
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from pcamlab.errors import ConfigError, did_you_mean
+
+__all__ = [
+    "ACTIVATIONS",
+    "INITIALISATIONS",
+    "make_activation",
+    "check_activation",
+    "ConvBlock",
+    "initialise",
+]
+
+# Activation names accepted everywhere a model takes an ``activation`` option.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "prelu": nn.PReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
+
+# Weight initialisation schemes: "default" keeps torch's own (kaiming-uniform with a=sqrt(5)).
+INITIALISATIONS = ("default", "kaiming", "xavier", "orthogonal")
+
+
+def check_activation(name: str, field: str) -> str:
+    """Raise a one-line ConfigError unless ``name`` is a known activation; return it."""
+    if name not in ACTIVATIONS:
+        raise ConfigError(
+            f"{field} must be one of {list(ACTIVATIONS)}; got {name!r}{did_you_mean(name, ACTIVATIONS)}"
+        )
+    return name
+
+
+def make_activation(name: str, field: str = "model.options.activation") -> nn.Module:
+    """A fresh activation module by name (``leaky_relu`` has torch's slope 0.01; Keras' default is 0.3)."""
+    check_activation(name, field)
+    if name in ("relu", "leaky_relu", "elu", "silu"):
+        return ACTIVATIONS[name](inplace=True)
+    return ACTIVATIONS[name]()
+
+
+class ConvBlock(nn.Sequential):
+    """Conv2d (no bias) > BatchNorm2d > activation, 'same' padding for odd kernels."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 activation: str = "relu", groups: int = 1):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
+                      padding=kernel_size // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(out_channels),
+            make_activation(activation),
+        )
+
+
+def initialise(model: nn.Module, scheme: str, field: str = "model.options.init") -> nn.Module:
+    """Re-initialise every Conv/ConvTranspose/Linear weight of ``model`` in place; biases become 0.
+
+    Args:
+        model: the network.
+        scheme: ``default`` (leave torch's init), ``kaiming`` (He normal, fan-out, for ReLU nets),
+            ``xavier`` (Glorot uniform, Keras' default), ``orthogonal``.
+        field: config path used in the error message.
+
+    Returns:
+        The same model, for chaining.
+    """
+    if scheme not in INITIALISATIONS:
+        raise ConfigError(
+            f"{field} must be one of {list(INITIALISATIONS)}; got {scheme!r}"
+            f"{did_you_mean(scheme, INITIALISATIONS)}"
+        )
+    if scheme == "default":
+        return model
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            if scheme == "kaiming":
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif scheme == "xavier":
+                nn.init.xavier_uniform_(module.weight)
+            else:
+                nn.init.orthogonal_(module.weight, gain=math.sqrt(2.0))
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model

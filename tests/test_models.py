@@ -1,0 +1,219 @@
+"""Every registered model: forward/backward at small size, layouts, precision, options, summaries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pcamlab.config import ModelConfig
+from pcamlab.errors import ConfigError
+from pcamlab.models import (
+    build_model,
+    count_flops,
+    first_conv,
+    list_models,
+    model_description,
+    model_options,
+    model_summary,
+)
+
+# Small settings for models whose defaults are too big for a 2-core test run. A model that is not
+# listed here but has a ``width`` option is built with width 4; others with their defaults.
+SMALL_OPTIONS: dict[str, dict] = {
+    "baseline": {"filters": [4, 8], "dense_units": 8},
+    "simple-cnn": {"width": 4},
+    "densenet-small": {"growth_rate": 4, "initial_channels": 8},
+    "p4m-densenet": {"growth_rate": 2, "initial_channels": 2},
+}
+
+
+def small_model(name: str) -> nn.Module:
+    options = SMALL_OPTIONS.get(name)
+    if options is None:
+        options = {"width": 4} if "width" in model_options(name) else {}
+    torch.manual_seed(0)
+    return build_model(ModelConfig(name=name, options=options))
+
+
+def images(batch: int = 2, size: int = 96) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(batch, 3, size, size, generator=generator)
+
+
+def test_the_presets_of_part_one_are_registered():
+    assert {"baseline", "simple-cnn"} <= set(list_models())
+    assert list_models() == sorted(list_models())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward_gives_logits_and_a_gradient_for_every_parameter(name):
+    model = small_model(name).train()
+    logits = model(images())
+    assert logits.shape == (2, 1)
+    assert torch.isfinite(logits).all()
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([[0.0], [1.0]]))
+    loss.backward()
+    missing = [key for key, parameter in model.named_parameters() if parameter.grad is None]
+    assert not missing, f"{name}: parameters without a gradient: {missing}"
+    for key, parameter in model.named_parameters():
+        assert torch.isfinite(parameter.grad).all(), f"{name}: non-finite gradient in {key}"
+    assert any(parameter.grad.abs().sum() > 0 for parameter in model.parameters())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_channels_last_and_bf16_autocast_match_the_plain_forward(name):
+    model = small_model(name).eval()
+    batch = images()
+    with torch.no_grad():
+        reference = model(batch)
+        model = model.to(memory_format=torch.channels_last)
+        channels_last = model(batch.contiguous(memory_format=torch.channels_last))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low_precision = model(batch.contiguous(memory_format=torch.channels_last))
+    assert channels_last.shape == (2, 1)
+    torch.testing.assert_close(channels_last, reference, rtol=1e-4, atol=1e-4)
+    assert low_precision.shape == (2, 1)
+    assert torch.isfinite(low_precision.float()).all()
+    # bf16 has ~3 significant digits: close to fp32, but not bit-equal
+    assert (low_precision.float() - reference).abs().max() < 0.1 * (reference.abs().max() + 1)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_has_a_one_line_description_and_a_summary(name):
+    assert model_description(name)
+    summary = model_summary(small_model(name))
+    assert summary["parameters"] > 0 and summary["flops"] > 0
+
+
+def test_baseline_is_the_classic_course_cnn_exactly():
+    model = build_model(ModelConfig(name="baseline"))
+    convolutions = [module for module in model.modules() if isinstance(module, nn.Conv2d)]
+    denses = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    pools = [module for module in model.modules() if isinstance(module, nn.MaxPool2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convolutions] == [
+        (3, 32, (3, 3), (1, 1)),
+        (32, 64, (3, 3), (1, 1)),
+    ]
+    assert [pool.kernel_size for pool in pools] == [4, 4]
+    assert [(d.in_features, d.out_features) for d in denses] == [(64 * 6 * 6, 64), (64, 1)]
+    assert not any(isinstance(module, nn.BatchNorm2d) for module in model.modules())
+    # Keras' Glorot-uniform start: zero biases, weights within the Glorot limit
+    assert all((c.bias == 0).all() for c in convolutions)
+    limit = (6 / (3 * 9 + 32 * 9)) ** 0.5
+    assert convolutions[0].weight.abs().max() <= limit
+
+
+def test_summary_counts_parameters_and_two_flops_per_multiply_add():
+    summary = model_summary("baseline")
+    parameters = (3 * 9 * 32 + 32) + (32 * 9 * 64 + 64) + (2304 * 64 + 64) + (64 + 1)
+    multiply_adds = 96 * 96 * 32 * 27 + 24 * 24 * 64 * 32 * 9 + 2304 * 64 + 64
+    assert summary == {"parameters": parameters, "flops": 2 * multiply_adds}
+
+
+def test_count_flops_handles_grouped_and_transposed_convolutions_and_input_size():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),  # 8x8 out: 64 * 8 * 27 MACs
+        nn.Conv2d(8, 8, 3, padding=1, groups=4),  # 64 * 8 * 2 * 9
+        nn.ConvTranspose2d(8, 4, 2, stride=2),  # every input value scatters 4 * 4: 64 * 8 * 16
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 1),  # 4
+    )
+    expected = 64 * 8 * 27 + 64 * 8 * 2 * 9 + 64 * 8 * 16 + 4
+    assert count_flops(model, input_size=8) == 2 * expected
+    assert model.training  # restored after counting
+
+
+def test_simple_cnn_is_in_the_flops_budget_and_fully_convolutional():
+    summary = model_summary("simple-cnn")
+    assert 0.2e9 <= summary["flops"] <= 0.65e9
+    model = small_model("simple-cnn").eval()
+    for size in (32, 64, 128):
+        assert model(images(1, size)).shape == (1, 1)
+
+
+def test_simple_cnn_depth_and_width_options_change_the_network():
+    def convolutions(**options):
+        model = build_model(ModelConfig(name="simple-cnn", options=options))
+        return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+    assert convolutions(width=8, depth=1) == [8, 16, 32, 64]
+    assert convolutions(width=8, depth=[1, 2, 1, 3]) == [8, 16, 16, 32, 64, 64, 64]
+
+
+def test_first_conv_is_the_layer_that_reads_rgb():
+    convolution = first_conv(build_model(ModelConfig(name="baseline")))
+    assert convolution.weight.shape == (32, 3, 3, 3)
+    with pytest.raises(ConfigError, match="no Conv2d reading 3 input channels"):
+        first_conv(nn.Sequential(nn.Flatten(), nn.Linear(3, 1)))
+
+
+def test_build_model_accepts_a_name_and_keyword_overrides():
+    model = build_model("simple-cnn", width=4, dropout=0.0)
+    assert first_conv(model).out_channels == 4
+
+
+def test_unknown_option_names_the_field_lists_the_options_and_suggests():
+    with pytest.raises(ConfigError) as error:
+        build_model(ModelConfig(name="simple-cnn", options={"widht": 16}))
+    message = str(error.value)
+    assert message.startswith("model.options.widht is not an option of 'simple-cnn'; options are [")
+    assert "'width'" in message and message.endswith("(did you mean 'width'?)")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"width": "16"}, "model.options.width must be an integer; got '16'"),
+        ({"width": 16.5}, "model.options.width must be an integer; got 16.5"),
+        ({"dropout": "high"}, "model.options.dropout must be a number; got 'high'"),
+        ({"activation": "rellu"}, "(did you mean 'relu'?)"),
+        ({"depth": True}, "model.options.depth must be"),
+        ({"dropout": 1.5}, "model.options.dropout must be in [0, 1); got 1.5"),
+        ({"init": "he"}, "model.options.init must be one of"),
+    ],
+)
+def test_wrong_option_types_and_values_are_one_line_config_errors(options, expected):
+    with pytest.raises(ConfigError) as error:
+        build_model(ModelConfig(name="simple-cnn", options=options))
+    assert expected in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_integer_is_accepted_where_a_number_is_expected():
+    model = build_model(ModelConfig(name="simple-cnn", options={"width": 4, "dropout": 0}))
+    assert model.dropout.p == 0.0
+
+
+def test_unknown_model_name_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"model.name must be one of .*got 'simple-cn' \(did you mean 'simple-cnn'\?\)"):
+        build_model(ModelConfig(name="simple-cn"))
+
+
+def test_baseline_options_are_checked():
+    with pytest.raises(ConfigError, match="shrink a 96px patch to nothing"):
+        build_model(ModelConfig(name="baseline", options={"filters": [8, 8, 8, 8], "pool_size": 4}))
+    with pytest.raises(ConfigError, match=r"model.options.filters\[1\] must be an integer"):
+        build_model(ModelConfig(name="baseline", options={"filters": [8, "x"]}))
+
+
+def test_simple_cnn_learns_a_trivial_task():
+    """A few AdamW steps separate bright from dark patches (a model that cannot learn fails this)."""
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.randn(16, 3, 32, 32, generator=generator) * 0.1
+    labels = (torch.arange(16) % 2).float().unsqueeze(1)
+    batch = batch + (labels * 2 - 1).view(16, 1, 1, 1)  # class 1 bright, class 0 dark
+    torch.manual_seed(0)
+    model = build_model("simple-cnn", width=4, dropout=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(15):
+        loss = nn.functional.binary_cross_entropy_with_logits(model(batch), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        predictions = (model(batch) > 0).float()
+    assert (predictions == labels).float().mean() == 1.0

@@ -87,7 +87,7 @@ def test_report_embeds_everything_and_explains_it(tmp_path):
     # the pieces of the run are all there
     assert "0.9832" in page and "[0.9712, 0.9912]" in page and "Sensitivity (recall)" in page
     assert "bootstrap resamples held one class only" in page  # evaluation warnings are listed
-    assert "youden" in page and "high sensitivity" in page  # nested threshold table
+    assert "Metrics at other thresholds" in page and "high sensitivity" in page  # nested threshold table
     assert "Best validation AUC 0.8800 at epoch 2" in page
     assert "data.train.tumour" in page and "9171" in page
     assert "&lt;b&gt;not bold&lt;/b&gt;" in page and "<b>not bold</b>" not in page

@@ -58,10 +58,15 @@ SUMMARY_ALIASES: dict[str, tuple[str, ...]] = {
     "parameters": ("parameters", "num_parameters", "params", "model.parameters"),
     "epochs": ("epochs_run", "epochs_completed", "epochs"),
     "best_epoch": ("best_epoch",),
-    "best_val_auc": ("best_val_auc",),
-    "train_seconds": ("train_seconds", "training_seconds", "total_seconds", "seconds", "elapsed_seconds"),
+    "flops_per_patch": ("flops_per_patch", "flops"),
+    "best_val_auc": ("best_val_auc", "best.val_auc"),
+    "train_seconds": ("train_seconds", "training_seconds", "wall_seconds", "total_seconds", "seconds", "elapsed_seconds"),
+    "images_per_second": ("train_images_per_second_median", "images_per_second"),
 }
-COLUMNS = ("run", "evaluation", "model", *METRIC_ALIASES, "parameters", "epochs", "best_epoch", "best_val_auc", "train_seconds")
+COLUMNS = (
+    "run", "evaluation", "model", *METRIC_ALIASES, "parameters", "flops_per_patch", "epochs", "best_epoch",
+    "best_val_auc", "train_seconds", "images_per_second",
+)
 # The compact set the terminal table and Markdown show by default (CSV has every column).
 KEY_COLUMNS = (
     "run", "evaluation", "model", "split", "n", "roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "accuracy",

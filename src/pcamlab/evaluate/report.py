@@ -192,6 +192,8 @@ def _format_value(value: Any) -> str:
         return "n/a"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, int) and abs(value) >= 10000:
+        return f"{value:,}"
     if isinstance(value, float):
         if math.isnan(value):
             return "n/a"
@@ -329,15 +331,31 @@ def _summary_section(run_dir: Path) -> tuple[str, dict[str, Any]]:
         return _note(problem), {}
     if not isinstance(values, dict):
         return _note(f"summary.json holds a {type(values).__name__}, not a mapping; it is left out."), {}
-    rows = []
-    for key, value in _flatten(values).items():
-        css = "number" if _is_number(value) else ""
-        rows.append(f'<tr><th>{_escape(key)}</th><td class="{css}">{_escape(_format_value(value))}</td></tr>')
-    table = f"<table>{''.join(rows)}</table>" if rows else _note("summary.json is empty.")
-    return (
+    flat = _flatten(values)
+    if not flat:
+        return _note("summary.json is empty."), values
+
+    def table(items: list[tuple[str, Any]]) -> str:
+        rows = [
+            f'<tr><th>{_escape(key)}</th><td class="{"number" if _is_number(value) else ""}">'
+            f"{_escape(_format_value(value))}</td></tr>"
+            for key, value in items
+        ]
+        return f"<table>{''.join(rows)}</table>"
+
+    data_items = [(key, value) for key, value in flat.items() if key.split(".")[0] in ("data", "dataset")]
+    other_items = [(key, value) for key, value in flat.items() if key.split(".")[0] not in ("data", "dataset")]
+    parts = [
         '<p class="meaning">What this means: how many patches of each class the model learned from and was '
-        "checked on, and facts about the run (time, best epoch).</p>" + table
-    ), values
+        "checked on, and facts about the run (time, best epoch).</p>"
+    ]
+    if data_items:
+        parts.append(table(data_items))
+    else:
+        parts.append(_note("summary.json has no data section."))
+    if other_items:
+        parts.append(f"<details{'' if data_items else ' open'}><summary>Run facts ({len(other_items)})</summary>{table(other_items)}</details>")
+    return "".join(parts), values
 
 
 def _read_history_rows(path: Path) -> list[dict[str, str]]:
@@ -354,7 +372,7 @@ def _history_summary(rows: list[dict[str, str]]) -> str:
 
     scores = [(number(row.get("val_auc")), row.get("epoch", str(index + 1))) for index, row in enumerate(rows)]
     scores = [(value, epoch) for value, epoch in scores if not math.isnan(value)]
-    text = f"{len(rows)} epochs recorded."
+    text = f"{len(rows)} epoch{'' if len(rows) == 1 else 's'} recorded."
     if scores:
         best, epoch = max(scores, key=lambda item: item[0])
         text += f" Best validation AUC {best:.4f} at epoch {_escape(epoch)}."
@@ -454,7 +472,13 @@ def _metric_rows(metrics: Mapping[str, Any]) -> tuple[list[tuple[str, Any]], dic
 
 def _metrics_table(metrics: Mapping[str, Any]) -> str:
     scalars, tables, warnings = _metric_rows(metrics)
+    context = [(key, value) for key, value in scalars if not _is_number(value) and not isinstance(value, (list, tuple))
+               and key.split(".")[-1] not in METRIC_DESCRIPTIONS]
+    scalars = [item for item in scalars if item not in context]
     parts = []
+    if context:
+        cells = "".join(f"<tr><th>{_escape(key)}</th><td>{_escape(_format_value(value))}</td></tr>" for key, value in context)
+        parts.append(f"<table>{cells}</table>")
     if scalars:
         rows = []
         for key, value in scalars:
@@ -481,7 +505,8 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
             + "</tr>"
             for row_name, row in table.items()
         )
-        parts.append(f"<h4>{_escape(name.replace('_', ' '))}</h4><table><tr><th></th>{header}</tr>{body}</table>")
+        heading = "Metrics at other thresholds" if name == "at_thresholds" else name.replace("_", " ").capitalize()
+        parts.append(f"<h4>{_escape(heading)}</h4><table><tr><th></th>{header}</tr>{body}</table>")
     if warnings:
         parts.append("<p><b>Warnings from the evaluation:</b></p><ul>" + "".join(f"<li>{_escape(w)}</li>" for w in warnings) + "</ul>")
     return "".join(parts) or _note("this metrics.json holds no values.")

@@ -1,0 +1,327 @@
+"""Export a checkpoint to ONNX or TorchScript, verified against torch before the file is kept.
+
+The exported graph is, by default, a DEPLOYMENT model: it takes what a slide-tiling pipeline has,
+**uint8 RGB patches (B, H, W, 3)** (channels last, no scaling), applies the checkpoint's
+normalisation ``(image / 255 - mean) / std`` inside, and returns two outputs of shape (B,):
+``probability`` (sigmoid of the logit, class 1 = tumour) and ``logit``. Nothing of pcamlab is then
+needed at inference time. ``input_kind="float"`` exports the bare network instead (normalised float
+(B, 3, H, W) in, same outputs), for runtimes that prepare tensors themselves.
+
+The batch axis is dynamic; H and W are fixed at the contract's patch size. The ONNX file carries the
+input contract, the run config and the checkpoint metadata as JSON in ``metadata_props`` (keys in
+:data:`pcamlab.deploy.predictors.ONNX_METADATA_KEYS`); the TorchScript file carries the contract as
+the extra file ``pcamlab_contract.json``.
+
+Verification: a few REAL patches of the shipped sample (``open_split("sample", "valid")``) are run
+through the exported file (onnxruntime, or ``torch.jit.load``) at two batch sizes and compared with
+the checkpoint's torch probabilities; the file is kept only when the largest absolute difference is
+within ``tolerance`` (1e-4). The file is written beside the target and renamed into place, so a
+failed export leaves nothing behind.
+
+Exporters: ``dynamo`` is ``torch.onnx.export(..., dynamo=True)`` (torch.export based; opset 18);
+``legacy`` is the TorchScript-based ``dynamo=False`` path (opset 17). ``auto`` tries dynamo and falls
+back to legacy if it raises. TorchScript itself is deprecated in torch 2.13 (still works; prefer ONNX).
+
+Example:
+    >>> report = export_checkpoint("runs/demo/best.safetensors", "runs/demo/model.onnx")
+    >>> report["max_abs_diff"] < 1e-4
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pcamlab.errors import ConfigError, RunError, did_you_mean
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "EXPORTERS",
+    "INPUT_KINDS",
+    "UInt8PatchModel",
+    "NormalisedInputModel",
+    "export_checkpoint",
+    "export_onnx",
+    "verification_patches",
+    "default_export_path",
+]
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+EXPORTERS = ("auto", "dynamo", "legacy")
+INPUT_KINDS = ("uint8", "float")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
+VERIFY_PATCHES = 16  # real sample patches run through the exported file
+DEFAULT_TOLERANCE = 1e-4  # largest allowed |probability difference| between torch and the export
+
+
+class UInt8PatchModel(nn.Module):
+    """uint8 RGB patches (B, H, W, 3) in; ``(probability, logit)``, each (B,), out.
+
+    The normalisation is the checkpoint contract's, written with the same operations as
+    :func:`pcamlab.evaluate.predict.to_model_input` so that the exported graph matches torch.
+    """
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images.permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W) in [0, 1]
+        x = (x - self.mean) / self.std
+        logit = self.model(x).reshape(-1)  # (B, 1) -> (B,)
+        return torch.sigmoid(logit), logit
+
+
+class NormalisedInputModel(nn.Module):
+    """Normalised float (B, 3, H, W) in; ``(probability, logit)``, each (B,), out."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logit = self.model(x).reshape(-1)  # (B, 1) -> (B,)
+        return torch.sigmoid(logit), logit
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {list(allowed)}; got {value!r}{did_you_mean(value, allowed)}")
+    return value
+
+
+def default_export_path(checkpoint_path: str | os.PathLike, format: str) -> Path:
+    """``runs/x/best.safetensors`` -> ``runs/x/best.onnx`` (or ``best.pt`` for TorchScript)."""
+    return Path(checkpoint_path).with_suffix(SUFFIXES[format])
+
+
+def verification_patches(patch_size: int, count: int = VERIFY_PATCHES) -> np.ndarray:
+    """``count`` real patches of the shipped sample's valid split, both classes (uint8 (N, H, W, 3)).
+
+    Falls back to seeded random pixels only when the model's patch size is not the sample's 96.
+    """
+    from pcamlab.data import PATCH_SIZE, open_split
+
+    if patch_size != PATCH_SIZE:
+        return np.random.default_rng(0).integers(0, 256, (count, patch_size, patch_size, 3), dtype=np.uint8)
+    reader = open_split("sample", "valid")
+    indices = np.linspace(0, len(reader) - 1, count).round().astype(int)  # spread over both class folders
+    return np.stack([reader[int(index)][0] for index in indices])  # (count, 96, 96, 3)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporters' deprecation warnings and the 'torchvision is not installed' log lines."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.onnx._internal.exporter._registration",
+                                                     "torch.export", "torch._export")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+def export_onnx(
+    module: nn.Module,
+    example: torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    exporter: str = "auto",
+    opset: int | None = None,
+    properties: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Export ``module`` (one input ``images``, outputs ``probability`` and ``logit``) to one ONNX file.
+
+    Args:
+        module: a model in eval mode whose forward takes one tensor with a leading batch axis.
+        example: an example input (batch size >= 2, so the batch axis cannot be specialised to 1).
+        path: the ``.onnx`` file to write (weights inside it, no external data file).
+        exporter: ``dynamo``, ``legacy`` or ``auto`` (dynamo, falling back to legacy).
+        opset: ONNX opset (default 18 for dynamo, 17 for legacy; at least 17).
+        properties: string ``metadata_props`` to store in the file.
+
+    Returns:
+        ``{"exporter": used, "opset": int, "dynamo_error": str | None}``.
+    """
+    import onnx
+
+    _choice("exporter", exporter, EXPORTERS)
+    if opset is not None and opset < 17:
+        raise ConfigError(f"opset must be 17 or newer; got {opset}")
+    path = Path(path)
+    names = {"input_names": ["images"], "output_names": ["probability", "logit"]}
+    dynamo_error = None
+    used = None
+    if exporter in ("auto", "dynamo"):
+        try:
+            batch = torch.export.Dim("batch", min=1, max=1 << 20)
+            with _quiet_exporter():
+                torch.onnx.export(
+                    module, (example,), str(path), dynamo=True, external_data=False, verbose=False,
+                    dynamic_shapes={"images": {0: batch}}, opset_version=opset or 18, **names,
+                )
+            used = "dynamo"
+        except Exception as error:  # the dynamo exporter raises many types on unsupported graphs
+            if exporter == "dynamo":
+                raise RunError(
+                    f"the dynamo ONNX exporter failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+                    "retry with --exporter legacy"
+                ) from None
+            dynamo_error = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    if used is None:
+        with _quiet_exporter():
+            torch.onnx.export(
+                module, (example,), str(path), dynamo=False, opset_version=opset or 17,
+                dynamic_axes={"images": {0: "batch"}, "probability": {0: "batch"}, "logit": {0: "batch"}},
+                **names,
+            )
+        used = "legacy"
+    model = onnx.load(str(path))
+    if properties:
+        onnx.helper.set_model_props(model, properties)
+    model.doc_string = (
+        "pcamlab detector of metastases in PCam H&E patches: input 'images', outputs 'probability' and "
+        "'logit' (class 1 = tumour); see metadata 'pcamlab.contract'"
+    )
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    opset_used = max(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+    return {"exporter": used, "opset": int(opset_used), "dynamo_error": dynamo_error}
+
+
+def export_checkpoint(
+    checkpoint: Any,
+    out: str | os.PathLike | None = None,
+    *,
+    format: str = "onnx",
+    input_kind: str = "uint8",
+    exporter: str = "auto",
+    opset: int | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Export a checkpoint for deployment and verify the file against torch on real patches.
+
+    Args:
+        checkpoint: a ``.safetensors`` path or a loaded :class:`pcamlab.train.checkpoint.Checkpoint`.
+        out: file to write; default the checkpoint path with ``.onnx`` / ``.pt``.
+        format: ``onnx`` or ``torchscript``.
+        input_kind: ``uint8`` (NHWC patches, normalisation inside: the deployment form) or ``float``
+            (normalised NCHW; ONNX only).
+        exporter: ONNX exporter, ``auto`` | ``dynamo`` | ``legacy`` (see the module docstring).
+        opset: ONNX opset (>= 17; default per exporter).
+        tolerance: largest allowed absolute difference of probabilities between torch and the file.
+        force: replace an existing ``out``.
+
+    Returns:
+        ``{"path", "format", "input_kind", "exporter", "opset", "max_abs_diff", "patches",
+        "batch_sizes", "bytes", "dynamo_error"}``.
+
+    Raises:
+        ConfigError: unknown format, exporter or input kind, or an opset below 17.
+        RunError: ``out`` exists without ``force``, or the verification difference exceeds ``tolerance``
+            (nothing is written then).
+        CheckpointError: the checkpoint cannot be loaded.
+
+    Example:
+        >>> export_checkpoint("runs/demo/best.safetensors", format="onnx")["path"]
+        PosixPath('runs/demo/best.onnx')
+    """
+    from pcamlab.config import config_to_dict
+    from pcamlab.deploy.predictors import (
+        ONNX_METADATA_KEYS,
+        TORCHSCRIPT_CONTRACT_FILE,
+        TORCHSCRIPT_INPUT_FILE,
+        OnnxPredictor,
+        TorchScriptPredictor,
+    )
+    from pcamlab.evaluate.predict import predict_proba, to_model_input
+    from pcamlab.train.checkpoint import Checkpoint, load_checkpoint
+
+    _choice("--format", format, EXPORT_FORMATS)
+    _choice("--input", input_kind, INPUT_KINDS)
+    _choice("--exporter", exporter, EXPORTERS)
+    if format == "torchscript" and input_kind != "uint8":
+        raise ConfigError("TorchScript export takes uint8 patches only; drop --input float or use --format onnx")
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = load_checkpoint(checkpoint, device="cpu")
+    if out is None:
+        if checkpoint.path is None:
+            raise ConfigError("pass out=... : this checkpoint was not loaded from a file, so no default name exists")
+        out = default_export_path(checkpoint.path, format)
+    out = Path(out)
+    if out.exists() and not force:
+        raise RunError(f"{str(out)!r} already exists; choose another --out or pass --force to replace it")
+
+    contract = checkpoint.contract
+    model = checkpoint.model.to("cpu").float().eval()
+    size = int(contract.get("patch_size", 96))
+    wrapped = (UInt8PatchModel(model, contract["mean"], contract["std"]) if input_kind == "uint8"
+               else NormalisedInputModel(model)).eval()
+    patches = verification_patches(size)  # (N, H, W, 3) uint8
+    expected = predict_proba(model, patches, contract)  # torch fp32 reference, (N,)
+    example_uint8 = torch.from_numpy(patches[:2].copy())
+    example = example_uint8 if input_kind == "uint8" else to_model_input(example_uint8, contract).contiguous()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(handle)
+    report: dict[str, Any] = {"format": format, "input_kind": input_kind, "dynamo_error": None}
+    try:
+        if format == "onnx":
+            properties = {
+                ONNX_METADATA_KEYS["contract"]: json.dumps(contract),
+                ONNX_METADATA_KEYS["config"]: json.dumps(config_to_dict(checkpoint.config)),
+                ONNX_METADATA_KEYS["metadata"]: json.dumps(checkpoint.metadata),
+                ONNX_METADATA_KEYS["input"]: input_kind,
+            }
+            report.update(export_onnx(wrapped, example, temporary, exporter=exporter, opset=opset,
+                                      properties=properties))
+            predictor = OnnxPredictor(temporary)
+        else:
+            with _quiet_exporter(), torch.no_grad():
+                traced = torch.jit.trace(wrapped, example)
+                torch.jit.save(traced, temporary, _extra_files={
+                    TORCHSCRIPT_CONTRACT_FILE: json.dumps(contract), TORCHSCRIPT_INPUT_FILE: input_kind,
+                })
+            with _quiet_exporter():
+                predictor = TorchScriptPredictor(temporary)
+            report.update({"exporter": "torch.jit.trace", "opset": None})
+        # Two batch sizes: the whole set, and an odd size that checks the batch axis is dynamic.
+        batch_sizes = [len(patches), 3]
+        with _quiet_exporter():
+            got = np.concatenate([predictor.predict_proba(patches, batch_size=batch_sizes[0]),
+                                  predictor.predict_proba(patches, batch_size=batch_sizes[1])])
+        difference = float(np.max(np.abs(got - np.concatenate([expected, expected]))))
+        if not difference <= tolerance:
+            raise RunError(
+                f"exported {format} model disagrees with torch on {len(patches)} sample patches: max |probability "
+                f"difference| {difference:.3g} > {tolerance:g}; nothing was written (try --exporter legacy)"
+            )
+        os.replace(temporary, out)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    report.update({
+        "path": out, "max_abs_diff": difference, "patches": len(patches), "batch_sizes": batch_sizes,
+        "bytes": out.stat().st_size, "tolerance": tolerance,
+    })
+    return report

@@ -1,0 +1,47 @@
+"""``pcamlab predict``: probabilities for patches on disk (images, folders, ``_x.h5``) into a CSV."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="predict image files, folders or an _x.h5 file into a CSV",
+        description="Predict the probability of tumour for every patch of the inputs and write a CSV "
+        "(patch, probability, predicted, class_name) at the model's decision threshold. MODEL is a "
+        "checkpoint (.safetensors) or a file written by pcamlab export (.onnx, .pt).",
+    )
+    parser.add_argument("checkpoint", metavar="MODEL", help="checkpoint .safetensors, or exported .onnx / .pt")
+    parser.add_argument("inputs", metavar="INPUT", nargs="+",
+                        help="image files (jpg/png/tif), folders of them (recursive), PCam-style _x.h5 files")
+    parser.add_argument("--out", default="predictions.csv", metavar="FILE", help="CSV to write (default predictions.csv)")
+    parser.add_argument("--tta", action="store_true", help="average over the 8 dihedral transforms")
+    parser.add_argument("--batch-size", type=int, default=256, help="patches per forward pass (default 256)")
+    parser.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch checkpoints only)")
+    parser.add_argument("--skip-bad", action="store_true", help="skip unusable image files instead of stopping")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pcamlab.cli._common import progress_bar
+    from pcamlab.deploy import predict_files
+
+    update, bar = progress_bar("predicting")
+    result = predict_files(
+        args.checkpoint, args.inputs, args.out, tta=args.tta, batch_size=args.batch_size,
+        threshold=args.threshold, device=args.device, force=args.force, skip_bad=args.skip_bad, progress=update,
+    )
+    bar.close()
+    positive = int(result.predicted.sum())
+    print(
+        f"{len(result.names)} patches: {positive} predicted {result.class_names[1]}, "
+        f"{len(result.names) - positive} {result.class_names[0]} (threshold {result.threshold:.3f}"
+        f"{', TTA' if args.tta else ''})"
+    )
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unusable files, first: {result.skipped[0]}")
+    print(f"written to {result.out}")
+    return 0

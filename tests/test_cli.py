@@ -1,0 +1,70 @@
+"""The command line end to end: train a few steps, evaluate, reload, and fail cleanly on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from fixtures_data import sample_patches, write_folders
+
+from pcamlab.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory):
+    images, labels = sample_patches(24, split="train", seed=3)
+    valid_images, valid_labels = sample_patches(12, split="valid", seed=4)
+    return write_folders(tmp_path_factory.mktemp("folders"), {"train": (images, labels), "valid": (valid_images, valid_labels)})
+
+
+def test_help_lists_every_command_fast():
+    result = subprocess.run([sys.executable, "-m", "pcamlab", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for command in ("demo", "train", "evaluate"):
+        assert f"    {command} " in result.stdout
+    # --help must not import torch (it stays fast)
+    probe = "import sys, pcamlab.cli.main as m; m.build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_train_then_evaluate_reproduces_the_validation_auc(tiny_folders, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main([
+        "train", "--data", str(tiny_folders), "--out", str(run), "--no-progress",
+        "--set", "model.name=baseline", "--set", "model.options={filters: [8, 16], dense_units: 16}",
+        "--set", "train.epochs=2", "--set", "train.batch_size=8",
+    ])
+    assert code == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert "epoch   2" in capsys.readouterr().out
+
+    code = main(["evaluate", str(run / "best.safetensors"), "--data", str(tiny_folders), "--split", "valid"])
+    assert code == 0
+    metrics = json.loads((run / "eval-valid" / "metrics.json").read_text())
+    assert metrics["roc_auc"] == pytest.approx(summary["best"]["val_auc"], abs=1e-6)
+    assert metrics["n"] == 12
+    for name in ("roc.png", "confusion_matrix.png", "pr.png", "predictions.csv"):
+        assert (run / "eval-valid" / name).stat().st_size > 0
+    assert "ROC AUC" in capsys.readouterr().out
+
+    # a second evaluation into the same folder is refused, not silently overwritten
+    assert main(["evaluate", str(run / "best.safetensors"), "--data", str(tiny_folders)]) == 1
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--data", "/no/such/folder", "--out", "{tmp}/r"], "does not exist"),
+        (["train", "--data", "sample", "--out", "{tmp}/r", "--set", "train.optimiser=sgd"], "did you mean 'optimizer'"),
+        (["train", "--data", "sample", "--out", "{tmp}/r", "--set", "model.name=resnet19"], "model.name must be one of"),
+        (["evaluate", "{tmp}/missing.safetensors", "--data", "sample"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(argv, message, tmp_path, capsys):
+    code = main([part.replace("{tmp}", str(tmp_path)) for part in argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and err.startswith("pcamlab: error: ")

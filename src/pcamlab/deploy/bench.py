@@ -1,0 +1,414 @@
+"""Throughput benchmark: training and inference images/s against the machine's measured peak.
+
+For every model, batch size, precision (``fp32``; ``bf16`` = ``torch.autocast`` to bfloat16) and
+memory layout (channels_last on/off) :func:`run_bench` measures
+
+- training images/s: forward + backward + AdamW step on synthetic normalised input (the data
+  pipeline is NOT included), median over the timed steps after warm-up;
+- inference images/s: forward under ``torch.inference_mode``, median likewise;
+- with ``onnx=True``, inference images/s of the model exported to ONNX (float NCHW input) and run by
+  onnxruntime (fp32, one row per model and batch size);
+- with ``compile=True``, inference images/s after ``torch.compile`` (compilation time excluded).
+
+FLOPs per patch come from :func:`pcamlab.models.model_summary` (2 x multiply-adds of the forward
+pass). The peak is measured with a large square matmul in fp32 and in bf16 (best of a few repeats),
+at the start and again at the end of the run, keeping the better one. The fraction of peak is
+``images/s x FLOPs per image / peak`` for inference and ``x 3`` (forward + backward = about three
+forwards) for training, against the peak of the row's precision. Timings on a shared machine are
+noisy: repeat the run and compare.
+
+Example:
+    >>> rows = run_bench(["baseline"], precisions=["fp32"], batch_sizes=[32], steps=5)
+    >>> print(format_table(rows))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pcamlab.errors import ConfigError, RunError, did_you_mean
+
+__all__ = [
+    "PRECISIONS",
+    "COLUMNS",
+    "run_bench",
+    "measure_peak_flops",
+    "time_steps",
+    "format_table",
+    "write_results",
+]
+
+PRECISIONS = ("fp32", "bf16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+# Keys of every row, in table / CSV order.
+COLUMNS = [
+    "model", "runtime", "precision", "channels_last", "batch_size", "parameters", "flops_per_image",
+    "train_images_per_second", "train_step_ms", "train_fraction_of_peak",
+    "inference_images_per_second", "inference_batch_ms", "inference_fraction_of_peak",
+    "peak_flops", "threads", "device", "steps", "warmup",
+]
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[], object], steps: int, warmup: int, device: torch.device) -> float:
+    """Median seconds of ``step()`` over ``steps`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    _synchronize(device)
+    durations = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        _synchronize(device)
+        durations.append(time.perf_counter() - start)
+    return statistics.median(durations)
+
+
+def measure_peak_flops(
+    precision: str = "fp32", *, size: int = 1024, repeats: int = 5, device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> float:
+    """Best FLOP/s of a ``size`` x ``size`` matmul in ``precision`` (2 size^3 FLOPs per product).
+
+    Args:
+        precision: ``fp32`` or ``bf16``.
+        size: side of the square matrices (1024 takes ~0.03 s in fp32 on two AVX2 cores).
+        repeats: timed products after one warm-up; the fastest counts.
+        device: where to run.
+        seed: seed of the random matrices.
+    """
+    device = torch.device(device)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    left = torch.randn(size, size, generator=generator).to(device, _DTYPES[precision])
+    right = torch.randn(size, size, generator=generator).to(device, _DTYPES[precision])
+    torch.matmul(left, right)
+    _synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(left, right)
+        _synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+def _check_list(name: str, values: Sequence[Any], allowed: Sequence[Any] | None = None) -> list[Any]:
+    values = list(values)
+    if not values:
+        raise ConfigError(f"{name} needs at least one value; got an empty list")
+    for value in values:
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"{name} must be among {list(allowed)}; got {value!r}{did_you_mean(value, allowed)}")
+    return values
+
+
+def _build(name: str, seed: int, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    from pcamlab.models import build_model
+
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's global stream
+        torch.manual_seed(seed)
+        model = build_model(name)
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def _inputs(batch_size: int, input_size: int, seed: int, device: torch.device, channels_last: bool):
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(batch_size, 3, input_size, input_size, generator=generator)  # (B, 3, H, W) normalised
+    labels = torch.randint(0, 2, (batch_size,), generator=generator).float()
+    x = x.to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, labels.to(device)
+
+
+def _fraction(images_per_second: float | None, flops: int, factor: int, peak: float) -> float | None:
+    if images_per_second is None:
+        return None
+    return images_per_second * flops * factor / peak
+
+
+def _torch_rows(name, summary, precision, channels_last, batch_size, *, steps, warmup, input_size, seed,
+                device, compile, peaks) -> list[dict[str, Any]]:
+    from pcamlab.train.device import autocast
+
+    x, labels = _inputs(batch_size, input_size, seed, device, channels_last)
+    model = _build(name, seed, device, channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+
+    def train_step() -> None:
+        with autocast(device, precision):
+            logits = model(x)  # (B, 1)
+        loss = F.binary_cross_entropy_with_logits(logits.float().reshape(-1), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    train_seconds = time_steps(train_step, steps, warmup, device)
+    model.eval()
+
+    def inference(module: torch.nn.Module) -> float:
+        def step() -> None:
+            with torch.inference_mode(), autocast(device, precision):
+                module(x)
+
+        return time_steps(step, steps, warmup, device)
+
+    runs = [("torch", inference(model), train_seconds)]
+    if compile:
+        compiled = torch.compile(model)
+        with torch.inference_mode(), autocast(device, precision):
+            compiled(x)  # compile outside the timing
+        runs.append(("torch.compile", inference(compiled), None))
+    rows = []
+    for runtime, inference_seconds, training_seconds in runs:
+        train_rate = batch_size / training_seconds if training_seconds else None
+        inference_rate = batch_size / inference_seconds
+        rows.append({
+            "model": name, "runtime": runtime, "precision": precision, "channels_last": channels_last,
+            "batch_size": batch_size, **summary,
+            "train_images_per_second": train_rate,
+            "train_step_ms": training_seconds * 1e3 if training_seconds else None,
+            "train_fraction_of_peak": _fraction(train_rate, summary["flops_per_image"], 3, peaks[precision]),
+            "inference_images_per_second": inference_rate,
+            "inference_batch_ms": inference_seconds * 1e3,
+            "inference_fraction_of_peak": _fraction(inference_rate, summary["flops_per_image"], 1, peaks[precision]),
+            "peak_flops": peaks[precision],
+        })
+    return rows
+
+
+def _onnx_row(name, summary, batch_size, *, steps, warmup, input_size, seed, peaks, threads) -> dict[str, Any]:
+    import onnxruntime
+
+    from pcamlab.deploy.export import NormalisedInputModel, export_onnx
+
+    model = _build(name, seed, torch.device("cpu"), channels_last=False).eval()
+    x, _ = _inputs(batch_size, input_size, seed, torch.device("cpu"), channels_last=False)
+    with tempfile.TemporaryDirectory(prefix="pcamlab-bench-") as folder:
+        path = Path(folder) / f"{name}.onnx"
+        export_onnx(NormalisedInputModel(model).eval(), x[:2].contiguous(), path, exporter="legacy")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"images": x.numpy()}
+    seconds = time_steps(lambda: session.run(["probability"], feed), steps, warmup, torch.device("cpu"))
+    rate = batch_size / seconds
+    return {
+        "model": name, "runtime": "onnxruntime", "precision": "fp32", "channels_last": None,
+        "batch_size": batch_size, **summary,
+        "train_images_per_second": None, "train_step_ms": None, "train_fraction_of_peak": None,
+        "inference_images_per_second": rate, "inference_batch_ms": seconds * 1e3,
+        "inference_fraction_of_peak": _fraction(rate, summary["flops_per_image"], 1, peaks["fp32"]),
+        "peak_flops": peaks["fp32"],
+    }
+
+
+def run_bench(
+    models: Sequence[str] = ("baseline", "simple-cnn"),
+    *,
+    precisions: Sequence[str] = ("fp32",),
+    batch_sizes: Sequence[int] = (64,),
+    channels_last: Sequence[bool] = (True, False),
+    steps: int = 10,
+    warmup: int = 3,
+    onnx: bool = False,
+    compile: bool = False,
+    device: str = "cpu",
+    threads: int = 0,
+    input_size: int = 96,
+    seed: int = 0,
+    peak_size: int = 1024,
+    log: Callable[[str], object] | None = None,
+) -> list[dict[str, Any]]:
+    """Measure training and inference throughput per model, batch size, precision and layout.
+
+    Args:
+        models: registered model names (built with default options).
+        precisions: among ``fp32`` and ``bf16`` (autocast).
+        batch_sizes: images per step.
+        channels_last: layouts to try (True = NHWC memory format).
+        steps: timed steps per measurement (the median counts).
+        warmup: untimed steps before timing.
+        onnx: also time onnxruntime inference (fp32, CPU).
+        compile: also time ``torch.compile`` inference (needs a C++ compiler on CPU; slow to compile).
+        device: ``cpu``, ``cuda`` or ``auto``.
+        threads: torch (and onnxruntime) CPU threads for the run; 0 keeps torch's current setting.
+        input_size: patch side in pixels.
+        seed: seeds weights, inputs and the peak matrices.
+        peak_size: side of the matmul that measures peak FLOP/s.
+        log: optional callable receiving one line per finished measurement.
+
+    Returns:
+        One dict per measurement with the keys of :data:`COLUMNS` (``None`` where not applicable;
+        fractions in [0, 1], rates in images/s, ``peak_flops`` in FLOP/s).
+
+    Raises:
+        ConfigError: an unknown model or precision, an empty list, or steps < 1.
+
+    Example:
+        >>> rows = run_bench(["baseline"], precisions=["fp32", "bf16"], batch_sizes=[32, 64], onnx=True)
+    """
+    from pcamlab.models import list_models, model_summary
+    from pcamlab.train.device import resolve_device
+
+    models = _check_list("--models", models, list_models())
+    precisions = _check_list("--precision", precisions, PRECISIONS)
+    batch_sizes = _check_list("--batch-size", batch_sizes)
+    layouts = _check_list("--channels-last", channels_last, (True, False))
+    if any(not isinstance(size, int) or size < 1 for size in batch_sizes):
+        raise ConfigError(f"--batch-size values must be positive integers; got {batch_sizes}")
+    if steps < 1 or warmup < 0:
+        raise ConfigError(f"--steps must be >= 1 and --warmup >= 0; got steps={steps}, warmup={warmup}")
+    torch_device = resolve_device(device)
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        used_threads = torch.get_num_threads()
+        peaks = {precision: measure_peak_flops(precision, size=peak_size, device=torch_device, seed=seed)
+                 for precision in precisions}
+        if onnx and "fp32" not in peaks:
+            peaks["fp32"] = measure_peak_flops("fp32", size=peak_size, device=torch_device, seed=seed)
+        if log is not None:
+            log("peak " + ", ".join(f"{key} {value / 1e9:.1f} GFLOP/s" for key, value in peaks.items())
+                + f" ({peak_size}x{peak_size} matmul, {used_threads} threads)")
+        rows: list[dict[str, Any]] = []
+        common = {"steps": steps, "warmup": warmup, "input_size": input_size, "seed": seed}
+        for name in models:
+            summary_values = model_summary(name, input_size)
+            summary = {"parameters": summary_values["parameters"], "flops_per_image": summary_values["flops"]}
+            for batch_size in batch_sizes:
+                new_rows = []
+                for precision in precisions:
+                    for layout in layouts:
+                        new_rows += _torch_rows(name, summary, precision, layout, batch_size, device=torch_device,
+                                                compile=compile, peaks=peaks, **common)
+                if onnx:
+                    new_rows.append(_onnx_row(name, summary, batch_size, peaks=peaks, threads=used_threads, **common))
+                for row in new_rows:
+                    row.update({"threads": used_threads, "device": str(torch_device), "steps": steps,
+                                "warmup": warmup})
+                    if log is not None:
+                        log(_row_line(row))
+                rows += new_rows
+        # Measure the peak again at the end and keep the better one: on a shared machine a single
+        # measurement can land in a busy moment and make every fraction too large.
+        for precision in peaks:
+            again = measure_peak_flops(precision, size=peak_size, device=torch_device, seed=seed)
+            if again > peaks[precision]:
+                scale = peaks[precision] / again
+                peaks[precision] = again
+                for row in rows:
+                    if row["precision"] == precision:
+                        row["peak_flops"] = again
+                        for key in ("train_fraction_of_peak", "inference_fraction_of_peak"):
+                            if row[key] is not None:
+                                row[key] *= scale
+        return [{key: row.get(key) for key in COLUMNS} for row in rows]
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _number(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _layout(value: bool | None) -> str:
+    return "-" if value is None else ("on" if value else "off")
+
+
+def _row_line(row: dict[str, Any]) -> str:
+    return (f"{row['model']} {row['runtime']} {row['precision']} channels_last={_layout(row['channels_last'])} "
+            f"batch {row['batch_size']}: train {_number(row['train_images_per_second'])} img/s, "
+            f"inference {_number(row['inference_images_per_second'])} img/s")
+
+
+TABLE_HEADER = ["model", "runtime", "precision", "ch_last", "batch", "MFLOP/img",
+                "train img/s", "train %peak", "infer img/s", "infer %peak"]
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table of :func:`run_bench` rows, with the measured peaks underneath."""
+    cells = [TABLE_HEADER] + [
+        [
+            str(row["model"]), str(row["runtime"]), str(row["precision"]), _layout(row["channels_last"]),
+            str(row["batch_size"]), _number(row["flops_per_image"] / 1e6, 1),
+            _number(row["train_images_per_second"]), _percent(row["train_fraction_of_peak"]),
+            _number(row["inference_images_per_second"]), _percent(row["inference_fraction_of_peak"]),
+        ]
+        for row in rows
+    ]
+    widths = [max(len(line[column]) for line in cells) for column in range(len(TABLE_HEADER))]
+    text_columns = 4  # left-align the names, right-align the numbers
+    lines = [
+        "  ".join(cell.ljust(width) if column < text_columns else cell.rjust(width)
+                  for column, (cell, width) in enumerate(zip(line, widths))).rstrip()
+        for line in cells
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    peaks = {}
+    for row in rows:
+        key = "bf16" if row["precision"] == "bf16" else "fp32"
+        peaks.setdefault(key, row["peak_flops"])
+    if rows:
+        first = rows[0]
+        lines.append(
+            "peak (matmul): " + ", ".join(f"{key} {value / 1e9:.1f} GFLOP/s" for key, value in peaks.items())
+            + f"; {first['threads']} threads on {first['device']}; median of {first['steps']} steps after "
+            f"{first['warmup']} warm-up; training %peak counts 3x forward FLOPs"
+        )
+    return "\n".join(lines)
+
+
+def write_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write rows as ``.json`` (a list of objects) or ``.csv`` (columns :data:`COLUMNS`), atomically.
+
+    Raises:
+        ConfigError: the suffix is neither ``.json`` nor ``.csv``.
+        RunError: the file exists and ``force`` is off.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".csv"):
+        raise ConfigError(f"--out must end in .json or .csv; got {str(path)!r}")
+    if path.exists() and not force:
+        raise RunError(f"{str(path)!r} already exists; choose another --out or pass --force to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", newline="") as file:
+            if suffix == ".json":
+                json.dump(list(rows), file, indent=2)
+            else:
+                writer = csv.DictWriter(file, fieldnames=COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    return path

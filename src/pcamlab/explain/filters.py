@@ -19,7 +19,7 @@ import numpy as np
 from torch import nn
 
 from pcamlab.errors import ConfigError, did_you_mean
-from pcamlab.explain._common import conv_layers, new_figure, resolve_layer, save_figure
+from pcamlab.explain._common import conv_layers, resolve_layer, save_figure
 
 __all__ = ["conv_layers", "first_layer_tiles", "plot_first_layer_filters", "plot_layer_filters", "REDUCTIONS"]
 
@@ -31,6 +31,41 @@ def _grid(count: int) -> tuple[int, int]:
     columns = max(1, math.ceil(math.sqrt(count)))
     rows = max(1, math.ceil(count / columns))
     return rows, columns
+
+
+def _draw_mosaic(tiles: np.ndarray, title: str, path: str | Path, **imshow_options) -> Path:
+    """Draw tiles (F, k, k) or (F, k, k, 3) as one image with gaps, each tile numbered in its corner.
+
+    One axes for the whole grid (instead of one per tile) keeps a 64-filter picture fast to draw.
+    """
+    from matplotlib.figure import Figure
+
+    count, size = tiles.shape[0], tiles.shape[1]
+    rows, columns = _grid(count)
+    gap = max(2, size // 2)  # room above each tile for its number
+    step = size + gap
+    shape = (rows * step, columns * step - gap // 2) + tiles.shape[3:]
+    mosaic = np.full(shape, np.nan, dtype=np.float32)  # NaN = background between tiles
+    for index in range(count):
+        row, column = divmod(index, columns)
+        top, left = row * step + gap, column * step
+        mosaic[top : top + size, left : left + size] = tiles[index]
+    if mosaic.ndim == 3:  # RGB: NaN is not drawable, so the background becomes white
+        mosaic = np.nan_to_num(mosaic, nan=1.0)
+    inches_per_pixel = 0.8 / step if size <= 7 else 1.0 / step
+    figure = Figure(figsize=(max(shape[1] * inches_per_pixel, 4.0), shape[0] * inches_per_pixel + 0.4))
+    axis = figure.subplots()
+    axis.set_axis_off()
+    image = axis.imshow(mosaic, interpolation="nearest", **imshow_options)
+    if mosaic.ndim == 2:
+        colormap = image.get_cmap().copy()
+        colormap.set_bad("white")
+        image.set_cmap(colormap)
+    for index in range(count):
+        row, column = divmod(index, columns)
+        axis.text(column * step + size / 2 - 0.5, row * step + gap - 0.6, str(index), fontsize=6, va="bottom", ha="center")
+    figure.suptitle(title, fontsize=9)
+    return save_figure(figure, path)
 
 
 def _first_rgb_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
@@ -91,20 +126,9 @@ def plot_first_layer_filters(model: nn.Module, path: str | Path) -> Path:
     tiles = first_layer_tiles(model)  # (out_channels, k, k, 3)
     count = tiles.shape[0]
 
-    rows, columns = _grid(count)
-    figure, axes = new_figure(rows, columns, tile_inches=0.9)
-    for index, axis in enumerate(axes.flat):
-        if index >= count:
-            axis.set_visible(False)
-            continue
-        axis.imshow(tiles[index], interpolation="nearest")
-        axis.set_title(str(index), fontsize=7, pad=2)
     kernel = "x".join(str(size) for size in conv.kernel_size)
-    figure.suptitle(
-        f"First convolution layer '{name}': {count} filters of {kernel} pixels (each scaled to its own range)",
-        fontsize=9,
-    )
-    return save_figure(figure, path)
+    title = f"First convolution layer '{name}': {count} filters of {kernel} pixels (each scaled to its own range)"
+    return _draw_mosaic(tiles, title, path)
 
 
 def plot_layer_filters(
@@ -153,19 +177,8 @@ def plot_layer_filters(
     tiles = (tiles / limits.view(-1, 1, 1)).numpy()  # (F, k, k) in [-1, 1]
     count = tiles.shape[0]
 
-    rows, columns = _grid(count)
-    figure, axes = new_figure(rows, columns, tile_inches=0.8)
-    for index, axis in enumerate(axes.flat):
-        if index >= count:
-            axis.set_visible(False)
-            continue
-        axis.imshow(tiles[index], cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
-        axis.set_title(str(index), fontsize=7, pad=2)
     how = "mean over input channels" if reduce == "mean" else "input channel 0"
     shown = f"first {count} of {conv.out_channels}" if count < conv.out_channels else f"all {count}"
     kernel = "x".join(str(size) for size in conv.kernel_size)
-    figure.suptitle(
-        f"Conv layer '{name}': {shown} filters of {kernel}, {how} (red +, blue -)", fontsize=9
-    )
-    return save_figure(figure, path)
-
+    title = f"Conv layer '{name}': {shown} filters of {kernel}, {how} (red +, blue -)"
+    return _draw_mosaic(tiles, title, path, cmap="RdBu_r", vmin=-1.0, vmax=1.0)

@@ -58,9 +58,7 @@ def _draw_mosaic(tiles: np.ndarray, title: str, path: str | Path, **imshow_optio
     axis.set_axis_off()
     image = axis.imshow(mosaic, interpolation="nearest", **imshow_options)
     if mosaic.ndim == 2:
-        colormap = image.get_cmap().copy()
-        colormap.set_bad("white")
-        image.set_cmap(colormap)
+        image.set_cmap(image.get_cmap().with_extremes(bad="white"))
     for index in range(count):
         row, column = divmod(index, columns)
         axis.text(column * step + size / 2 - 0.5, row * step + gap - 0.6, str(index), fontsize=6, va="bottom", ha="center")

@@ -57,6 +57,15 @@ SINGLE_OPERATIONS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on the shared 2-core machine, 2 threads stall each other (seconds per call)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _synthetic_patches(count: int) -> np.ndarray:
     """H&E-like uint8 (count, 32, 32, 3): smooth random stain concentrations through the HED model."""
     rng = np.random.default_rng(0)
@@ -88,6 +97,13 @@ def patches(request: pytest.FixtureRequest) -> np.ndarray:
 def images(patches: np.ndarray) -> torch.Tensor:
     """float (N, 3, H, W) in [0, 1]."""
     return torch.from_numpy(patches).permute(0, 3, 1, 2).float().div(255).contiguous()
+
+
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float) -> None:
+    """Like torch.testing.assert_close with rtol=0, without its 3-second first import."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    error = (actual.double() - expected.double()).abs().max().item()
+    assert error <= atol, f"largest difference {error:.3g} exceeds {atol:.3g}"
 
 
 def _generator(seed: int = 0) -> torch.Generator:
@@ -164,7 +180,7 @@ def test_crop_sampling_matrices_reproduce_the_dihedral_transforms() -> None:
         theta = torch.cat((matrices[k].expand(2, 2, 2), torch.zeros(2, 2, 1)), dim=2)
         grid = functional.affine_grid(theta, list(x.shape), align_corners=False)
         sampled = functional.grid_sample(x, grid, align_corners=False)
-        torch.testing.assert_close(sampled, dihedral(x, k), atol=1e-5, rtol=0)
+        _assert_close(sampled, dihedral(x, k), atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,9 +302,9 @@ def test_augment_batch_runs_on_the_gpu(images: torch.Tensor) -> None:
 
 
 def test_hed_round_trip_returns_the_input(images: torch.Tensor) -> None:
-    torch.testing.assert_close(hed_to_rgb(rgb_to_hed(images)), images, atol=1e-4, rtol=0)
+    _assert_close(hed_to_rgb(rgb_to_hed(images)), images, atol=1e-4)
     jittered = augment._hed_jitter(images.clone(), 0.0, _generator())  # zero strength
-    torch.testing.assert_close(jittered, images, atol=1e-4, rtol=0)
+    _assert_close(jittered, images, atol=1e-4)
 
 
 def test_hed_separates_a_pure_haematoxylin_colour() -> None:
@@ -296,8 +312,8 @@ def test_hed_separates_a_pure_haematoxylin_colour() -> None:
     haematoxylin = augment._RGB_FROM_HED[0].float()
     rgb = torch.exp(-concentration.view(3, 1) * haematoxylin).T.reshape(1, 3, 1, 3)
     stains = rgb_to_hed(rgb)[0, :, 0, :]  # (3 stains, 3 pixels)
-    torch.testing.assert_close(stains[0], concentration, atol=1e-5, rtol=0)
-    torch.testing.assert_close(stains[1:], torch.zeros(2, 3), atol=1e-5, rtol=0)
+    _assert_close(stains[0], concentration, atol=1e-5)
+    _assert_close(stains[1:], torch.zeros(2, 3), atol=1e-5)
 
 
 def test_hed_jitter_changes_stain_amounts_within_the_strength() -> None:
@@ -313,11 +329,11 @@ def test_hed_jitter_changes_stain_amounts_within_the_strength() -> None:
 
 
 def test_hsv_round_trip_and_known_colours(images: torch.Tensor) -> None:
-    torch.testing.assert_close(hsv_to_rgb(rgb_to_hsv(images)), images, atol=1e-5, rtol=0)
+    _assert_close(hsv_to_rgb(rgb_to_hsv(images)), images, atol=1e-5)
     colours = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.5, 0.5], [0, 0, 0]], dtype=torch.float32)
     hsv = rgb_to_hsv(colours.T.reshape(1, 3, 1, 5))[0, :, 0].T
     expected = torch.tensor([[0, 1, 1], [1 / 3, 1, 1], [2 / 3, 1, 1], [0, 0, 0.5], [0, 0, 0]])
-    torch.testing.assert_close(hsv, expected, atol=1e-6, rtol=0)
+    _assert_close(hsv, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("shift", [0.0, 0.13, -0.4, 0.5])
@@ -329,11 +345,11 @@ def test_fused_hue_shift_equals_the_hsv_round_trip(images: torch.Tensor, shift: 
     hue = torch.remainder(hsv[:, 0] + shift, 1.0)
     expected = hsv_to_rgb(torch.stack((hue, hsv[:, 1], hsv[:, 2]), dim=1))
     shifted = augment._shift_hue(x, torch.full((len(x), 1, 1), shift))
-    torch.testing.assert_close(shifted, expected, atol=1e-5, rtol=0)
+    _assert_close(shifted, expected, atol=1e-5)
 
 
 def test_half_a_turn_of_hue_turns_red_into_cyan() -> None:
     red = torch.tensor([0.9, 0.2, 0.2]).view(1, 3, 1, 1)
     cyan = augment._shift_hue(red, torch.full((1, 1, 1), 0.5))
-    torch.testing.assert_close(cyan.flatten(), torch.tensor([0.2, 0.9, 0.9]), atol=1e-6, rtol=0)
+    _assert_close(cyan.flatten(), torch.tensor([0.2, 0.9, 0.9]), atol=1e-6)
     assert math.isclose(float(rgb_to_hsv(cyan)[0, 0]), 0.5, abs_tol=1e-6)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +197,9 @@ class TorchScriptPredictor:
             )
         extra = {TORCHSCRIPT_CONTRACT_FILE: "", TORCHSCRIPT_INPUT_FILE: ""}
         try:
-            self.module = torch.jit.load(str(self.path), map_location=device, _extra_files=extra)
+            with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; the file still loads
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.module = torch.jit.load(str(self.path), map_location=device, _extra_files=extra)
         except Exception as error:  # torch.jit raises several types for a foreign file
             raise CheckpointError(
                 f"torch cannot load {str(self.path)!r} as TorchScript ({str(error).splitlines()[0]}); export it again"

@@ -1,0 +1,263 @@
+"""Deployment: predict files/folders/h5 into a CSV, export to ONNX/TorchScript, reload, compare with torch.
+
+The checkpoint is made without training: a seeded ``baseline`` model saved with a contract whose
+threshold is the median torch probability of the test patches, so both predicted classes occur.
+Patches are real ones from the shipped sample, written losslessly (PNG, h5) so that every input path
+must reproduce the torch probabilities exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures_data import sample_patches, write_bad_image, write_h5
+from PIL import Image
+
+from pcamlab.cli.main import main
+from pcamlab.config import ModelConfig, RunConfig
+from pcamlab.deploy import export_checkpoint, load_onnx, load_predictor, predict_files
+from pcamlab.deploy.predictors import ONNX_METADATA_KEYS
+from pcamlab.errors import CheckpointError, ConfigError, DataError, RunError
+from pcamlab.evaluate.predict import predict_proba
+from pcamlab.models import build_model
+from pcamlab.train.checkpoint import load_checkpoint, make_contract, save_checkpoint
+
+MEAN, STD = [0.70, 0.54, 0.69], [0.16, 0.20, 0.15]
+TOLERANCE = 1e-4  # the export contract: exported model within 1e-4 of torch
+CSV_DIGITS = 1e-6  # probabilities are written with 6 decimals
+
+
+@pytest.fixture(scope="module")
+def patches() -> np.ndarray:
+    return sample_patches(8, "valid", seed=3)[0]  # (8, 96, 96, 3) uint8, both classes
+
+
+@pytest.fixture(scope="module")
+def checkpoint_path(tmp_path_factory, patches) -> Path:
+    config = RunConfig(model=ModelConfig(name="baseline"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(config.model).eval()
+    probabilities = predict_proba(model, patches, make_contract(MEAN, STD))
+    contract = make_contract(MEAN, STD, threshold=float(np.median(probabilities)))
+    path = tmp_path_factory.mktemp("checkpoint") / "best.safetensors"
+    return save_checkpoint(path, model, config, contract, {"epoch": 1})
+
+
+@pytest.fixture(scope="module")
+def checkpoint(checkpoint_path):
+    return load_checkpoint(checkpoint_path)
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint, patches) -> np.ndarray:
+    return predict_proba(checkpoint.model, patches, checkpoint.contract)
+
+
+@pytest.fixture(scope="module")
+def onnx_path(checkpoint_path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "model.onnx"
+    report = export_checkpoint(checkpoint_path, out, exporter="legacy")
+    assert report["path"] == out and report["exporter"] == "legacy"
+    return out
+
+
+def write_pngs(folder: Path, images: np.ndarray) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, image in enumerate(images):
+        paths.append(folder / f"patch{index:02d}.png")
+        Image.fromarray(image).save(paths[-1])
+    return paths
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+# -- predict ---------------------------------------------------------------------------------------
+
+
+def test_predict_nested_folder_matches_torch_and_writes_csv(tmp_path, checkpoint_path, checkpoint, patches, reference):
+    root = tmp_path / "inputs"
+    first = write_pngs(root / "slide_a", patches[:5])
+    second = write_pngs(root / "slide_b" / "deeper", patches[5:])
+    out = tmp_path / "out" / "predictions.csv"
+
+    result = predict_files(checkpoint_path, [root], out, batch_size=3)  # batches cross folder borders
+
+    assert result.names == [str(path) for path in first + second]
+    np.testing.assert_allclose(result.probabilities, reference, atol=1e-6)
+    threshold = checkpoint.contract["threshold"]
+    assert result.threshold == threshold
+    np.testing.assert_array_equal(result.predicted, (reference >= threshold).astype(int))
+    assert 0 < result.predicted.sum() < len(patches)  # both classes occur at the median threshold
+    rows = read_csv(out)
+    assert list(rows[0]) == ["patch", "probability", "predicted", "class_name"]
+    assert [row["patch"] for row in rows] == result.names
+    np.testing.assert_allclose([float(row["probability"]) for row in rows], reference, atol=CSV_DIGITS)
+    assert [int(row["predicted"]) for row in rows] == result.predicted.tolist()
+    assert [row["class_name"] for row in rows] == [["normal", "tumour"][p] for p in result.predicted]
+    assert not [path for path in out.parent.iterdir() if path.name != "predictions.csv"]  # no temp file left
+
+
+def test_predict_h5_rows_then_image_file_in_input_order(tmp_path, checkpoint_path, patches, reference):
+    root = write_h5(tmp_path / "h5", {"test": (patches[:6], np.zeros(6, dtype=np.int64))})
+    x_file = root / "camelyonpatch_level_2_split_test_x.h5"
+    image = write_pngs(tmp_path / "single", patches[6:7])[0]
+
+    result = predict_files(checkpoint_path, [x_file, image], batch_size=4)
+
+    assert result.names == [f"{x_file} row {row}" for row in range(6)] + [str(image)]
+    np.testing.assert_allclose(result.probabilities, reference[:7], atol=1e-6)
+    assert result.out is None
+
+
+def test_predict_tta_matches_torch_tta(tmp_path, checkpoint_path, checkpoint, patches):
+    folder = tmp_path / "tta"
+    write_pngs(folder, patches[:3])
+    expected = predict_proba(checkpoint.model, patches[:3], checkpoint.contract, tta=True)
+    result = predict_files(checkpoint_path, [folder], tta=True)
+    np.testing.assert_allclose(result.probabilities, expected, atol=1e-6)
+    plain = predict_proba(checkpoint.model, patches[:3], checkpoint.contract)
+    assert np.abs(result.probabilities - plain).max() > 1e-6  # TTA really averaged other views
+
+
+def test_predict_refuses_to_overwrite_unless_forced(tmp_path, checkpoint_path, patches):
+    folder = tmp_path / "images"
+    write_pngs(folder, patches[:2])
+    out = tmp_path / "predictions.csv"
+    out.write_text("keep me\n")
+    with pytest.raises(RunError, match="already exists.*--force"):
+        predict_files(checkpoint_path, [folder], out)
+    assert out.read_text() == "keep me\n"
+    predict_files(checkpoint_path, [folder], out, force=True)
+    assert len(read_csv(out)) == 2
+
+
+@pytest.mark.parametrize("kind", ["small", "grayscale", "truncated", "rgba"])
+def test_bad_image_is_one_line_data_error_naming_the_file(tmp_path, checkpoint_path, patches, kind):
+    folder = tmp_path / "mixed"
+    write_pngs(folder, patches[:2])
+    bad = write_bad_image(folder / "zz_bad.png", kind, patches[0])
+    out = tmp_path / "predictions.csv"
+    with pytest.raises(DataError) as caught:
+        predict_files(checkpoint_path, [folder], out)
+    message = str(caught.value)
+    assert str(bad) in message and "\n" not in message
+    assert not out.exists() and list(tmp_path.glob(".predictions.csv.*")) == []  # atomic: nothing left
+
+    result = predict_files(checkpoint_path, [folder], skip_bad=True)
+    assert result.skipped == [str(bad)] and len(result.names) == 2
+
+
+def test_bad_inputs_fail_before_the_model_runs(tmp_path, checkpoint_path, patches):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("hello")
+    root = write_h5(tmp_path / "h5", {"test": (patches[:2], np.zeros(2, dtype=np.int64))})
+    cases = {
+        tmp_path / "missing": "does not exist",
+        tmp_path / "empty": "holds no image file",
+        tmp_path / "notes.txt": "suffix '.txt'",
+        root / "camelyonpatch_level_2_split_test_y.h5": "no dataset 'x'.*_x.h5",
+    }
+    for path, expected in cases.items():
+        with pytest.raises(DataError, match=expected) as caught:
+            predict_files(checkpoint_path, [path])
+        assert str(path) in str(caught.value)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        predict_files(tmp_path / "nope.safetensors", [root])
+
+
+# -- export and reload -----------------------------------------------------------------------------
+
+
+def test_onnx_export_reload_matches_torch(onnx_path, checkpoint, patches, reference):
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    properties = {entry.key: entry.value for entry in model.metadata_props}
+    assert json.loads(properties[ONNX_METADATA_KEYS["contract"]]) == checkpoint.contract
+    assert properties[ONNX_METADATA_KEYS["input"]] == "uint8"
+    assert max(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")) >= 17
+    graph_input = model.graph.input[0]
+    assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = graph_input.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [dim.dim_value for dim in dims[1:]] == [96, 96, 3]  # dynamic batch, NHWC
+
+    predictor = load_onnx(onnx_path)
+    assert predictor.contract == checkpoint.contract
+    for batch_size in (1, 5, 8):
+        got = predictor.predict_proba(patches, batch_size=batch_size)
+        assert np.abs(got - reference).max() < TOLERANCE
+    tta = predict_proba(checkpoint.model, patches, checkpoint.contract, tta=True)
+    assert np.abs(predictor.predict_proba(patches, tta=True) - tta).max() < TOLERANCE
+    with pytest.raises(DataError, match="96x96"):
+        predictor.predict_proba(patches[:, :64, :64])
+
+
+def test_predict_with_the_exported_onnx_file(tmp_path, onnx_path, patches, reference):
+    write_pngs(tmp_path / "images", patches)
+    result = predict_files(onnx_path, [tmp_path / "images"])
+    assert np.abs(result.probabilities - reference).max() < TOLERANCE
+
+
+@pytest.mark.parametrize("format, input_kind", [("onnx", "float"), ("torchscript", "uint8")])
+def test_other_export_forms_reload_and_match(tmp_path, checkpoint, patches, reference, format, input_kind):
+    report = export_checkpoint(checkpoint, tmp_path / f"model.{format}", format=format, input_kind=input_kind,
+                               exporter="legacy")
+    assert report["max_abs_diff"] <= TOLERANCE
+    predictor = load_predictor(report["path"])
+    assert predictor.contract == checkpoint.contract
+    assert np.abs(predictor.predict_proba(patches, batch_size=3) - reference).max() < TOLERANCE
+
+
+def test_export_refuses_overwrite_and_bad_options(tmp_path, checkpoint_path, onnx_path):
+    before = onnx_path.read_bytes()
+    with pytest.raises(RunError, match="already exists"):
+        export_checkpoint(checkpoint_path, onnx_path, exporter="legacy")
+    assert onnx_path.read_bytes() == before
+    with pytest.raises(ConfigError, match="did you mean 'onnx'"):
+        export_checkpoint(checkpoint_path, tmp_path / "m.onx", format="onx")
+    with pytest.raises(ConfigError, match="opset must be 17"):
+        export_checkpoint(checkpoint_path, tmp_path / "m.onnx", exporter="legacy", opset=13)
+
+
+def test_failed_verification_keeps_no_file(tmp_path, checkpoint_path):
+    out = tmp_path / "model.onnx"
+    with pytest.raises(RunError, match="disagrees with torch.*nothing was written"):
+        export_checkpoint(checkpoint_path, out, exporter="legacy", tolerance=-1.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_matches_torch(tmp_path, checkpoint_path, patches, reference):
+    report = export_checkpoint(checkpoint_path, tmp_path / "dynamo.onnx", exporter="dynamo")
+    assert report["exporter"] == "dynamo" and report["max_abs_diff"] <= TOLERANCE
+    assert np.abs(load_onnx(report["path"]).predict_proba(patches) - reference).max() < TOLERANCE
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+
+def test_cli_export_then_predict(tmp_path, checkpoint_path, patches, reference, capsys):
+    write_pngs(tmp_path / "images", patches)
+    exported = tmp_path / "model.onnx"
+    assert main(["export", str(checkpoint_path), "--exporter", "legacy", "--out", str(exported)]) == 0
+    assert "max |probability difference|" in capsys.readouterr().out
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(exported), str(tmp_path / "images"), "--out", str(out)]) == 0
+    rows = read_csv(out)
+    assert np.abs(np.array([float(row["probability"]) for row in rows]) - reference).max() < TOLERANCE
+
+    capsys.readouterr()
+    assert main(["predict", str(checkpoint_path), str(tmp_path / "images"), "--out", str(out)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("pcamlab: error:") and "--force" in error and "\n" not in error
+    assert main(["predict", str(checkpoint_path), str(tmp_path / "nothing")]) == 2

@@ -183,6 +183,14 @@ def test_crop_sampling_matrices_reproduce_the_dihedral_transforms() -> None:
         _assert_close(sampled, dihedral(x, k), atol=1e-5)
 
 
+def test_broadcast_affine_grid_equals_torch_affine_grid() -> None:
+    linear = torch.rand(3, 2, 2, generator=_generator(9)) * 2 - 1
+    translation = torch.rand(3, 2, generator=_generator(10)) - 0.5
+    theta = torch.cat((linear, translation.unsqueeze(2)), dim=2)
+    expected = functional.affine_grid(theta, [3, 3, 5, 7], align_corners=False)
+    _assert_close(augment._affine_grid(linear, translation, 5, 7), expected, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # augment_batch contract
 
@@ -234,7 +242,7 @@ def test_each_operation_changes_every_patch_when_on(images: torch.Tensor, name: 
 def test_each_operation_draws_its_parameters_per_sample(images: torch.Tensor, name: str) -> None:
     same = images[:1].expand(16, -1, -1, -1).contiguous()
     out = augment_batch(same, SINGLE_OPERATIONS[name], _generator(2))
-    distinct = {tuple(sample.flatten()[:: 97].tolist()) for sample in out}
+    distinct = {tuple(sample.flatten()[::97].tolist()) for sample in out}
     assert len(distinct) >= 3, f"{name} gave the same result to every sample of the batch"
 
 
@@ -267,7 +275,7 @@ def test_non_square_images_get_flips_only() -> None:
     out = augment_batch(x, AugmentConfig(crop_scale=0.8, hue=0.1), _generator())
     assert out.shape == x.shape
     flips_only = augment_batch(x, AugmentConfig(), _generator())
-    for sample, original in zip(flips_only, x):
+    for sample, original in zip(flips_only, x, strict=True):
         assert any(torch.equal(sample, dihedral(original, k)) for k in range(4))
 
 
@@ -326,6 +334,23 @@ def test_hed_jitter_changes_stain_amounts_within_the_strength() -> None:
     assert haematoxylin.min() >= 0.5 * 0.95 - 0.05 - 1e-4
     assert haematoxylin.max() <= 0.5 * 1.05 + 0.05 + 1e-4
     assert haematoxylin.std() > 0.01
+
+
+def test_fused_brightness_contrast_saturation_equal_the_sequential_steps() -> None:
+    # Mid-range colours and small factors: no clamping, where fused and sequential agree exactly.
+    x = torch.rand(16, 3, 8, 8, generator=_generator(11)) * 0.5 + 0.25
+    config = AugmentConfig(dihedral=False, brightness=0.1, contrast=0.1, saturation=0.1)
+    fused = augment._colour_jitter(x, config, _generator(12))
+    generator = _generator(12)
+    brightness, contrast, saturation = (
+        augment._uniform(0.9, 1.1, (16, 1, 1, 1), x, generator) for _ in range(3)
+    )
+    expected = x * brightness
+    expected = contrast * expected + (1 - contrast) * augment._grayscale(expected).mean(
+        dim=(2, 3), keepdim=True
+    )
+    expected = saturation * expected + (1 - saturation) * augment._grayscale(expected)
+    _assert_close(fused, expected, atol=1e-6)
 
 
 def test_hsv_round_trip_and_known_colours(images: torch.Tensor) -> None:

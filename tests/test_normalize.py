@@ -12,16 +12,15 @@ import torch
 import torch.nn.functional as functional
 from PIL import Image
 
-from pcamlab.data.augment import hed_to_rgb
 from pcamlab.data.normalize import (
     NORMALIZERS,
     MacenkoNormalizer,
     ReinhardNormalizer,
+    _rgb_to_lab,
     channel_stats,
     normalizer_from_dict,
     tissue_mask,
 )
-from pcamlab.data.normalize import _rgb_to_lab
 from pcamlab.errors import CheckpointError, ConfigError, DataError, RunError
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "pcamlab" / "data" / "sample"

@@ -6,11 +6,13 @@ when they are there) and the same generator seed gives the same batch.
 
 The operations, in the order ``augment_batch`` applies them, each off when its strength is 0:
 
-1. random resized crop (``crop_scale < 1``), one ``grid_sample`` call for the whole batch; when it
-   is on, the random dihedral transform is folded into the same sampling grid;
+1. random resized crop (``crop_scale < 1``), one ``grid_sample`` call for the whole batch (the
+   per-sample affine grids built by broadcasting, equal to ``affine_grid``); when it is on, the
+   random dihedral transform is folded into the same sampling grid;
 2. the 8 dihedral transforms (``dihedral``): exact pixel permutations when there is no crop;
 3. HED stain jitter (``hed``), Tellez et al. 2018;
-4. brightness, contrast, saturation and hue jitter (torchvision semantics, fixed order);
+4. brightness, contrast, saturation and hue jitter (torchvision's factors, fixed order; the first
+   three fused into one per-sample affine colour map);
 5. gaussian blur with probability ``blur`` and per-sample sigma in ``[0.1, blur_sigma]``.
 
 The output is clamped to [0, 1] and keeps the input's shape, dtype, device and memory format.
@@ -102,13 +104,10 @@ def check_augment_config(config: AugmentConfig) -> None:
     for name in ("brightness", "contrast", "saturation"):
         value = getattr(config, name)
         if not value >= 0:
-            raise ConfigError(
-                f"augment.{name} must be >= 0 (0 = off, e.g. 0.1 for +-10%); got {value!r}"
-            )
+            raise ConfigError(f"augment.{name} must be >= 0 (0 = off, e.g. 0.1 for +-10%); got {value!r}")
     if not 0 <= config.hue <= 0.5:
         raise ConfigError(
-            f"augment.hue must be in [0, 0.5] (a fraction of the colour wheel, 0 = off); "
-            f"got {config.hue!r}"
+            f"augment.hue must be in [0, 0.5] (a fraction of the colour wheel, 0 = off); got {config.hue!r}"
         )
     if not 0 <= config.hed < 1:
         raise ConfigError(
@@ -205,7 +204,7 @@ def dihedral(images: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def dihedral_inverse(k: int) -> int:
-    """The transform that undoes dihedral transform ``k``: ``dihedral(dihedral(x, k), dihedral_inverse(k)) == x``."""
+    """The transform that undoes transform ``k``: ``dihedral(dihedral(x, k), dihedral_inverse(k)) == x``."""
     return _DIHEDRAL_INVERSE[_check_dihedral_index(k)]
 
 
@@ -332,11 +331,31 @@ def _random_resized_crop(
     if config.dihedral and height == width:
         k = torch.randint(0, DIHEDRAL_TRANSFORMS, (batch,), generator=generator, device=images.device)
         linear = linear @ _dihedral_matrices(images.dtype, images.device)[k]  # (B, 2, 2)
-    theta = torch.cat((linear, torch.stack((centre_x, centre_y), dim=1).unsqueeze(2)), dim=2)
-    grid = functional.affine_grid(theta, [batch, 3, height, width], align_corners=False)
+    translation = torch.stack((centre_x, centre_y), dim=1)  # (B, 2)
+    grid = _affine_grid(linear, translation, height, width)  # (B, H, W, 2)
     return functional.grid_sample(
-        images, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        images, grid, mode="bilinear", padding_mode="border", align_corners=False
     )  # (B, 3, H, W)
+
+
+def _affine_grid(linear: torch.Tensor, translation: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Same as ``affine_grid(cat(linear, translation), align_corners=False)``, by broadcasting.
+
+    An affine map of a regular grid is separable, so this builds it from one (B, 1, W, 2) and one
+    (B, H, 1, 2) term instead of a batched matrix product over every pixel (4 ms instead of 27 ms
+    for 128 grids of 96x96 on one CPU thread).
+
+    Args:
+        linear: (B, 2, 2) maps output (x, y) to input (x, y), normalised coordinates.
+        translation: (B, 2).
+    """
+    batch = linear.shape[0]
+    options = {"dtype": linear.dtype, "device": linear.device}
+    xs = (torch.arange(width, **options) * 2 + 1) / width - 1  # pixel centres in (-1, 1)
+    ys = (torch.arange(height, **options) * 2 + 1) / height - 1
+    along_x = xs.view(1, 1, width, 1) * linear[:, :, 0].view(batch, 1, 1, 2)  # (B, 1, W, 2)
+    along_y = ys.view(1, height, 1, 1) * linear[:, :, 1].view(batch, 1, 1, 2)  # (B, H, 1, 2)
+    return (along_x + translation.view(batch, 1, 1, 2)) + along_y  # (B, H, W, 2)
 
 
 def _random_dihedral(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -402,43 +421,97 @@ def _shift_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     hue.add_(6.0 * shift)
     wraps = torch.div(hue, 6.0, out=hue_red).floor_()
     hue.sub_(wraps.mul_(6.0))  # now in [0, 6)
-    # Pure colour of that hue per channel, scaled into [min, max].
-    output = torch.empty_like(images)
-    pure = hue_green
-    torch.sub(hue, 3.0, out=pure).abs_().sub_(1.0).clamp_(0.0, 1.0)
-    torch.addcmul(minimum, delta, pure, out=output[:, 0])
-    for channel, centre in ((1, 2.0), (2, 4.0)):
-        torch.sub(hue, centre, out=pure).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
-        torch.addcmul(minimum, delta, pure, out=output[:, channel])
-    return output  # (B, 3, H, W)
+    # Pure colour of that hue per channel: red clamp(|h - 3| - 1), green clamp(2 - |h - 2|),
+    # blue clamp(2 - |h - 4|), each clamped to [0, 1]; then scaled into [min, max].
+    options = {"dtype": images.dtype, "device": images.device}
+    centres = torch.tensor([3.0, 2.0, 4.0], **options).view(1, 3, 1, 1)
+    signs = torch.tensor([1.0, -1.0, -1.0], **options).view(1, 3, 1, 1)
+    biases = torch.tensor([-1.0, 2.0, 2.0], **options).view(1, 3, 1, 1)
+    pure = (hue.unsqueeze(1) - centres).abs_().mul_(signs).add_(biases).clamp_(0.0, 1.0)  # (B, 3, H, W)
+    return pure.mul_(delta.unsqueeze(1)).add_(minimum.unsqueeze(1))  # (B, 3, H, W)
+
+
+def _colour_matrix(
+    images: torch.Tensor, config: AugmentConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample brightness, contrast and saturation as one affine colour map: x @ matrix + offset.
+
+    With luma weights l (summing to 1), brightness b, contrast c (blend with the mean luma m of the
+    patch) and saturation s (blend with the pixel's luma) compose to
+    ``x @ (c * b * S) + (1 - c) * b * m`` with ``S = s * I + (1 - s) * l 1^T``. Returns the
+    matrices (B, 3, 3) and offsets (B, 3).
+    """
+    batch = images.shape[0]
+    ones = torch.ones(batch, device=images.device, dtype=images.dtype)
+    brightness, contrast, saturation = ones, ones, ones
+    if config.brightness > 0:
+        brightness = _uniform(
+            max(0.0, 1.0 - config.brightness), 1.0 + config.brightness, (batch,), images, generator
+        )
+    if config.contrast > 0:
+        contrast = _uniform(
+            max(0.0, 1.0 - config.contrast), 1.0 + config.contrast, (batch,), images, generator
+        )
+    if config.saturation > 0:
+        saturation = _uniform(
+            max(0.0, 1.0 - config.saturation), 1.0 + config.saturation, (batch,), images, generator
+        )
+    luma = torch.tensor(_LUMA, device=images.device, dtype=images.dtype)
+    identity = torch.eye(3, device=images.device, dtype=images.dtype)
+    to_grey = luma.view(3, 1).expand(3, 3)  # x @ to_grey puts the luma in every channel
+    saturation = saturation.view(batch, 1, 1)
+    matrix = saturation * identity + (1.0 - saturation) * to_grey  # (B, 3, 3)
+    matrix = matrix * (contrast * brightness).view(batch, 1, 1)
+    offset = torch.zeros(batch, 3, device=images.device, dtype=images.dtype)
+    if config.contrast > 0:
+        mean_luma = _grayscale(images).mean(dim=(1, 2, 3))  # (B,)
+        offset = ((1.0 - contrast) * brightness * mean_luma).view(batch, 1).expand(batch, 3)
+    return matrix, offset
 
 
 def _colour_jitter(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast, saturation then hue, each with a per-sample factor (torchvision semantics).
+    """Brightness, contrast, saturation then hue, each with a per-sample factor.
 
-    Never writes into ``images``.
+    Factors as in torchvision's ColorJitter, in a fixed order; brightness, contrast and saturation
+    are linear, so they are applied together as one per-sample affine colour map (one pass instead
+    of three, with a single clamp at the end rather than one after each). Never writes into
+    ``images``; expects them contiguous (B, 3, H, W).
     """
-    batch = images.shape[0]
-    shape = (batch, 1, 1, 1)
-    if config.brightness > 0:
-        factor = _uniform(max(0.0, 1.0 - config.brightness), 1.0 + config.brightness, shape, images, generator)
-        images = (images * factor).clamp_(0.0, 1.0)
-    if config.contrast > 0:
-        factor = _uniform(max(0.0, 1.0 - config.contrast), 1.0 + config.contrast, shape, images, generator)
-        mean = _grayscale(images).mean(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1)
-        images = (factor * images).add_((1.0 - factor) * mean).clamp_(0.0, 1.0)
-    if config.saturation > 0:
-        factor = _uniform(max(0.0, 1.0 - config.saturation), 1.0 + config.saturation, shape, images, generator)
-        images = (factor * images).add_((1.0 - factor) * _grayscale(images)).clamp_(0.0, 1.0)
+    batch, channels, height, width = images.shape
+    if config.brightness > 0 or config.contrast > 0 or config.saturation > 0:
+        matrix, offset = _colour_matrix(images, config, generator)
+        flat = images.view(batch, channels, height * width)
+        # out[b, d, p] = offset[b, d] + sum_c matrix[b, c, d] * images[b, c, p]
+        flat = torch.baddbmm(offset.unsqueeze(2), matrix.transpose(1, 2), flat)
+        images = flat.clamp_(0.0, 1.0).view(batch, channels, height, width)
     if config.hue > 0:
         shift = _uniform(-config.hue, config.hue, (batch, 1, 1), images, generator)
         images = _shift_hue(images, shift).clamp_(0.0, 1.0)
     return images
 
 
-def _gaussian_blur(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Blur each sample with probability ``config.blur``, sigma ~ U(0.1, blur_sigma), separable, reflect-padded."""
+def _blur_with_kernels(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Separable blur of (B, C, H, W) with one 1-D kernel per sample (B, K), reflect-padded."""
     batch, channels, height, width = images.shape
+    size = kernel.shape[1]
+    radius = size // 2
+    kernel = kernel.repeat_interleave(channels, dim=0)  # (B*C, K)
+    # One depthwise convolution per direction over all B * C planes.
+    planes = images.reshape(1, batch * channels, height, width)
+    planes = functional.pad(planes, (radius, radius, 0, 0), mode="reflect")
+    planes = functional.conv2d(planes, kernel.view(-1, 1, 1, size), groups=batch * channels)
+    planes = functional.pad(planes, (0, 0, radius, radius), mode="reflect")
+    planes = functional.conv2d(planes, kernel.view(-1, 1, size, 1), groups=batch * channels)
+    return planes.view(batch, channels, height, width)
+
+
+def _gaussian_blur(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Blur each sample with probability ``config.blur``, sigma ~ U(0.1, blur_sigma), separable.
+
+    On CPU only the drawn samples are convolved (``nonzero`` is free there); on other devices
+    every sample is, the others with a delta kernel, so that nothing waits on the device.
+    """
+    batch, _, height, width = images.shape
     radius = min(max(1, math.ceil(3.0 * config.blur_sigma)), height - 1, width - 1)
     apply = torch.rand((batch,), generator=generator, device=images.device) < config.blur
     low = min(_MINIMUM_BLUR_SIGMA, config.blur_sigma)
@@ -446,16 +519,15 @@ def _gaussian_blur(images: torch.Tensor, config: AugmentConfig, generator: torch
     offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     kernel = torch.exp(-0.5 * (offsets.unsqueeze(0) / sigma.unsqueeze(1)) ** 2)  # (B, K)
     kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    if images.device.type == "cpu":
+        selected = apply.nonzero().flatten()  # (S,)
+        if len(selected) == 0:
+            return images
+        blurred = _blur_with_kernels(images.index_select(0, selected), kernel.index_select(0, selected))
+        return images.index_copy(0, selected, blurred)
     delta = (offsets == 0).to(images.dtype).expand_as(kernel)
     kernel = torch.where(apply.unsqueeze(1), kernel, delta)  # samples not drawn keep a delta kernel
-    # One depthwise convolution per direction over all B * C planes.
-    kernel = kernel.repeat_interleave(channels, dim=0)  # (B*C, K)
-    planes = images.reshape(1, batch * channels, height, width)
-    planes = functional.pad(planes, (radius, radius, 0, 0), mode="reflect")
-    planes = functional.conv2d(planes, kernel.view(-1, 1, 1, 2 * radius + 1), groups=batch * channels)
-    planes = functional.pad(planes, (0, 0, radius, radius), mode="reflect")
-    planes = functional.conv2d(planes, kernel.view(-1, 1, 2 * radius + 1, 1), groups=batch * channels)
-    return planes.view(batch, channels, height, width)
+    return _blur_with_kernels(images, kernel)
 
 
 def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:

@@ -406,9 +406,7 @@ class MacenkoNormalizer:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MacenkoNormalizer:
         """Rebuild a fitted normaliser from ``to_dict`` output."""
-        params, state = _split_dict(
-            values, cls.method, {"stain_matrix": (2, 3), "max_concentrations": (2,)}
-        )
+        params, state = _split_dict(values, cls.method, {"stain_matrix": (2, 3), "max_concentrations": (2,)})
         normalizer = cls(**params)
         normalizer.stain_matrix_ = state["stain_matrix"]
         normalizer.max_concentrations_ = state["max_concentrations"]

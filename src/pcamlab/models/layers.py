@@ -88,7 +88,10 @@ def initialise(model: nn.Module, scheme: str, field: str = "model.options.init")
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             if scheme == "kaiming":
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                # fan_out suits convolutions (He et al.); for a dense layer fan_out can be 1 (the logit
+                # layer), which would give weights of std ~1.4 and logits of ~20 at the start: use fan_in.
+                mode = "fan_in" if isinstance(module, nn.Linear) else "fan_out"
+                nn.init.kaiming_normal_(module.weight, mode=mode, nonlinearity="relu")
             elif scheme == "xavier":
                 nn.init.xavier_uniform_(module.weight)
             else:

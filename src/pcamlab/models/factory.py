@@ -74,8 +74,15 @@ def model_description(name: str) -> str:
 
 
 def _type_name(annotation: Any) -> str:
-    if isinstance(annotation, type):
-        return annotation.__name__
+    """Words for a type in an error message: 'an integer', 'a list of integers'."""
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+    if annotation in words:
+        return words[annotation]
+    if typing.get_origin(annotation) in (list, tuple) or annotation in (list, tuple):
+        arguments = typing.get_args(annotation)
+        if arguments and arguments[0] in (int, float, str):
+            return "a list of " + {int: "integers", float: "numbers", str: "strings"}[arguments[0]]
+        return "a list"
     return str(annotation).replace("typing.", "")
 
 
@@ -88,14 +95,16 @@ def _check_type(value: Any, annotation: Any, path: str) -> Any:
         members = typing.get_args(annotation)
         if value is None and type(None) in members:
             return None
+        members = [member for member in members if member is not type(None)]
+        if len(members) == 1:
+            return _check_type(value, members[0], path)
         for member in members:
-            if member is type(None):
-                continue
             try:
                 return _check_type(value, member, path)
             except ConfigError:
                 continue
-        raise ConfigError(f"{path} must be {_type_name(annotation)}; got {value!r}")
+        described = " or ".join(_type_name(member) for member in members)
+        raise ConfigError(f"{path} must be {described}; got {value!r}")
     if origin is typing.Literal:
         allowed = typing.get_args(annotation)
         if value not in allowed:

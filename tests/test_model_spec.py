@@ -17,6 +17,16 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = sorted((REPO / "configs" / "models").glob("*.yaml"))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors run 10-25x faster on 1 thread than on 2 when the 2 shared cores are busy (OpenMP
+    threads spin-wait for each other), so these tests use one and restore the setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def spec(layers, **options) -> nn.Module:
     torch.manual_seed(0)
     return build_model(ModelConfig(name="spec", options={"layers": layers, **options}))

@@ -18,6 +18,16 @@ from pcamlab.models import (
     model_summary,
 )
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors run 10-25x faster on 1 thread than on 2 when the 2 shared cores are busy (OpenMP
+    threads spin-wait for each other), so these tests use one and restore the setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # Small settings for models whose defaults are too big for a 2-core test run. A model that is not
 # listed here but has a ``width`` option is built with width 4; others with their defaults.
 SMALL_OPTIONS: dict[str, dict] = {
@@ -202,7 +212,7 @@ def test_baseline_options_are_checked():
 def test_simple_cnn_learns_a_trivial_task():
     """A few AdamW steps separate bright from dark patches (a model that cannot learn fails this)."""
     generator = torch.Generator().manual_seed(0)
-    batch = torch.randn(16, 3, 32, 32, generator=generator) * 0.1
+    batch = torch.randn(16, 3, 16, 16, generator=generator) * 0.1
     labels = (torch.arange(16) % 2).float().unsqueeze(1)
     batch = batch + (labels * 2 - 1).view(16, 1, 1, 1)  # class 1 bright, class 0 dark
     torch.manual_seed(0)
@@ -218,3 +228,138 @@ def test_simple_cnn_learns_a_trivial_task():
         optimizer.step()
     assert losses[-1] < 0.3 * losses[0]
     assert ((logits > 0).float() == labels).all()
+
+
+# ---- the presets of part 2 ----------------------------------------------------------------------
+
+
+def test_every_preset_is_registered():
+    assert set(list_models()) >= {
+        "baseline", "simple-cnn", "spec", "fcn", "vgg-small", "resnet18", "resnet34", "densenet-small",
+        "p4m-densenet",
+    }
+
+
+def test_fcn_has_no_dense_layer_and_a_logit_map():
+    model = small_model("fcn").eval()
+    assert not any(isinstance(module, nn.Linear) for module in model.modules())
+    batch = images(2, 64)
+    assert model.logit_map(batch).shape == (2, 1, 8, 8)
+    torch.testing.assert_close(model(batch), model.logit_map(batch).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize(("name", "blocks"), [("resnet18", [2, 2, 2, 2]), ("resnet34", [3, 4, 6, 3])])
+def test_resnets_have_basic_blocks_a_3x3_stem_and_a_width_knob(name, blocks):
+    from pcamlab.models.resnet import BasicBlock
+
+    model = build_model(name, width=4)
+    assert [len(stage) for stage in model.stages] == blocks
+    assert all(isinstance(block, BasicBlock) for stage in model.stages for block in stage)
+    assert first_conv(model).kernel_size == (3, 3) and first_conv(model).stride == (1, 1)
+    assert not any(isinstance(module, nn.MaxPool2d) for module in model.stem)
+    assert any(isinstance(module, nn.MaxPool2d) for module in build_model(name, width=4, stem_pool=True).stem)
+    assert model.head.in_features == 32
+
+
+def test_resnet18_at_standard_width_has_the_known_parameter_count():
+    # torchvision's resnet18 has 11,689,512 parameters: minus the 7x7 stem (9,408) plus a 3x3 one
+    # (1,728), minus the 1000-way fc (513,000) plus a 1-way one (513)
+    assert model_summary(build_model("resnet18"))["parameters"] == 11_689_512 - 9_408 + 1_728 - 513_000 + 513
+
+
+def test_densenet_concatenates_growth_rate_channels_per_layer():
+    model = build_model("densenet-small", growth_rate=4, block_layers=[2, 3], initial_channels=8, compression=0.5)
+    # block 1: 8 + 2*4 = 16 -> transition keeps 8; block 2: 8 + 3*4 = 20
+    assert model.head.in_features == 20
+
+
+# ---- p4m-densenet: the group, the layers, equivariance ----------------------------------------------
+
+from pcamlab.models.p4m_densenet import (  # noqa: E402
+    GROUP_ORDER,
+    INVERSE,
+    MULTIPLY,
+    GroupBatchNorm,
+    GroupConv,
+    LiftingConv,
+    transform_features,
+    transform_images,
+)
+
+
+def test_p4m_multiplication_table_is_the_composition_of_transforms():
+    probe = torch.randn(2, 5, 5, generator=torch.Generator().manual_seed(0))
+    transformed = [transform_images(probe, element) for element in range(GROUP_ORDER)]
+    assert all(not torch.equal(transformed[a], transformed[b]) for a in range(8) for b in range(a))
+    for a in range(GROUP_ORDER):
+        assert MULTIPLY[a][INVERSE[a]] == 0 and MULTIPLY[INVERSE[a]][a] == 0
+        for b in range(GROUP_ORDER):
+            torch.testing.assert_close(transform_images(transform_images(probe, b), a),
+                                       transformed[MULTIPLY[a][b]], rtol=0, atol=0)
+    assert sorted(INVERSE) == list(range(8))
+    assert MULTIPLY[1][4] != MULTIPLY[4][1]  # p4m is not commutative
+
+
+def _randomise_batch_norm(model: nn.Module) -> None:
+    generator = torch.Generator().manual_seed(3)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(module.weight.shape, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
+
+
+def test_p4m_densenet_logit_is_invariant_to_all_8_rotations_and_flips():
+    torch.manual_seed(0)
+    model = build_model("p4m-densenet", growth_rate=2, initial_channels=3, block_layers=[2, 2, 2]).eval()
+    _randomise_batch_norm(model)
+    batch = images(2, 32)  # any side divisible by 8 (3 halvings) keeps the symmetry exact; 96 works too
+    with torch.no_grad():
+        reference = model(batch)
+        assert (reference[0] - reference[1]).abs() > 1e-4  # not a constant function
+        for element in range(GROUP_ORDER):
+            torch.testing.assert_close(model(transform_images(batch, element)), reference, rtol=0, atol=1e-4)
+            features = model.equivariant_features(batch)
+            torch.testing.assert_close(model.equivariant_features(transform_images(batch, element)),
+                                       transform_features(features, element), rtol=0, atol=1e-4)
+
+
+def test_p4m_layers_transform_their_feature_maps_as_the_group_says():
+    torch.manual_seed(0)
+    lift = LiftingConv(3, 2, 3)
+    group_conv = GroupConv(2, 3, 3)
+    norm = GroupBatchNorm(2).eval()
+    _randomise_batch_norm(norm)
+    batch = images(1, 16)
+    with torch.no_grad():
+        lifted = lift(batch)  # (1, 16, 16, 16)
+        assert lifted.shape == (1, 2 * 8, 16, 16)
+        convolved = group_conv(lifted)
+        for element in range(1, GROUP_ORDER):
+            moved = transform_images(batch, element)
+            torch.testing.assert_close(lift(moved), transform_features(lifted, element), rtol=0, atol=1e-5)
+            transformed = transform_features(lifted, element)
+            torch.testing.assert_close(group_conv(transformed), transform_features(convolved, element),
+                                       rtol=0, atol=1e-5)
+            torch.testing.assert_close(norm(transformed), transform_features(norm(lifted), element),
+                                       rtol=0, atol=1e-5)
+            # the orientation axis must be permuted: moving the maps alone is not enough
+            assert not torch.allclose(lift(moved), transform_images(lifted, element), atol=1e-3)
+
+
+def test_group_batch_norm_shares_statistics_over_the_orientations():
+    norm = GroupBatchNorm(2).train()
+    features = torch.randn(4, 16, 5, 5) + torch.arange(16.0).view(1, 16, 1, 1)
+    output = norm(features)
+    assert norm.running_mean.shape == (2,)
+    grouped = output.reshape(4, 2, 8, 5, 5)
+    torch.testing.assert_close(grouped.mean(dim=(0, 2, 3, 4)), torch.zeros(2), rtol=0, atol=1e-5)
+    assert grouped[:, 0, 0].mean() < grouped[:, 0, 7].mean()  # per-orientation means are not removed
+
+
+def test_p4m_flops_count_the_group_convolutions():
+    model = build_model("p4m-densenet", growth_rate=1, initial_channels=1, block_layers=[1])
+    lifting = 96 * 96 * 8 * 3 * 9  # 1 channel x 8 orientations, 3x3 over RGB
+    dense_layer = 48 * 48 * 8 * (1 * 8 * 9)  # after max-pool: 1 new p4m channel from 1 p4m channel
+    assert model_summary(model)["flops"] == 2 * (lifting + dense_layer + 2)  # + Linear(2, 1)

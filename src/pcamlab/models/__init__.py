@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 # Import every model module so that its builder is registered (keep this list explicit).
-from pcamlab.models import baseline, simple_cnn, spec  # noqa: F401
+from pcamlab.models import baseline, densenet, fcn, p4m_densenet, resnet, simple_cnn, spec, vgg  # noqa: F401
 from pcamlab.models.factory import (
     MODELS,
     build_model,

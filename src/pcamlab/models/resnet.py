@@ -1,0 +1,123 @@
+"""``resnet18`` / ``resnet34``: BasicBlock ResNets (He et al. 2016) adapted to 96x96 patches.
+
+Changes from the ImageNet versions: a single 3x3 stem convolution (stride 1 by default) instead of
+the 7x7 stride-2 one, and no initial max-pool unless ``stem_pool`` is set, so the four stages see
+96, 48, 24 and 12 px maps. ``width`` scales every stage (64 = the standard widths 64-128-256-512).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pcamlab.errors import ConfigError
+from pcamlab.models.factory import register_model
+from pcamlab.models.layers import check_activation, initialise, make_activation
+
+__all__ = ["BasicBlock", "ResNet", "build_resnet18", "build_resnet34"]
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-bn with an identity (or 1x1 conv-bn projection) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, activation: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.act1 = make_activation(activation)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.act2 = make_activation(activation)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        residual = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(features)))))
+        return self.act2(residual + self.shortcut(features))
+
+
+class ResNet(nn.Module):
+    """3x3 stem > 4 stages of BasicBlocks (stride 1, 2, 2, 2) > global average pool > dropout > logit."""
+
+    def __init__(self, blocks: list[int], width: int, stem_stride: int, stem_pool: bool,
+                 dropout: float, activation: str):
+        super().__init__()
+        stem: list[nn.Module] = [
+            nn.Conv2d(3, width, 3, stride=stem_stride, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            make_activation(activation),
+        ]
+        if stem_pool:
+            stem.append(nn.MaxPool2d(3, stride=2, padding=1))
+        self.stem = nn.Sequential(*stem)
+        stages: list[nn.Module] = []
+        in_channels = width
+        for index, count in enumerate(blocks):
+            out_channels = width * 2**index
+            stride = 1 if index == 0 else 2
+            layers = []
+            for block in range(count):
+                layers.append(BasicBlock(in_channels, out_channels, stride if block == 0 else 1, activation))
+                in_channels = out_channels
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(in_channels, 1)
+        for module in self.modules():  # zero-init the last BN of each block: blocks start as identity
+            if isinstance(module, BasicBlock):
+                nn.init.zeros_(module.bn2.weight)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.stages(self.stem(images))  # (B, 8*width, 12, 12) for 96x96
+        pooled = self.pool(features).flatten(1)  # (B, 8*width)
+        return self.head(self.dropout(pooled))  # (B, 1) logits
+
+
+def _build_resnet(blocks: list[int], width: int, stem_stride: int, stem_pool: bool, dropout: float,
+                  activation: str, init: str) -> nn.Module:
+    if width < 1:
+        raise ConfigError(f"model.options.width must be >= 1; got {width}")
+    if stem_stride not in (1, 2):
+        raise ConfigError(f"model.options.stem_stride must be 1 or 2; got {stem_stride}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"model.options.dropout must be in [0, 1); got {dropout}")
+    check_activation(activation, "model.options.activation")
+    # initialise() touches only conv/linear weights: the zeroed last BN of each block stays zero
+    return initialise(ResNet(blocks, width, stem_stride, stem_pool, dropout, activation), init)
+
+
+@register_model("resnet18")
+def build_resnet18(width: int = 64, stem_stride: int = 1, stem_pool: bool = False, dropout: float = 0.0,
+                   activation: str = "relu", init: str = "kaiming") -> nn.Module:
+    """ResNet-18 (BasicBlocks 2-2-2-2) with a 3x3 stem for 96x96 patches; width 64 = standard.
+
+    Args:
+        width: channels of the first stage (stages have width x 1, 2, 4, 8).
+        stem_stride: stride of the 3x3 stem (2 = 4x fewer FLOPs, coarser first features).
+        stem_pool: add ImageNet's 3x3 stride-2 max-pool after the stem.
+        dropout: dropout before the logit layer.
+        activation: activation inside the blocks.
+        init: weight initialisation (default | kaiming | xavier | orthogonal).
+    """
+    return _build_resnet([2, 2, 2, 2], width, stem_stride, stem_pool, dropout, activation, init)
+
+
+@register_model("resnet34")
+def build_resnet34(width: int = 64, stem_stride: int = 1, stem_pool: bool = False, dropout: float = 0.0,
+                   activation: str = "relu", init: str = "kaiming") -> nn.Module:
+    """ResNet-34 (BasicBlocks 3-4-6-3) with a 3x3 stem for 96x96 patches; width 64 = standard.
+
+    Args:
+        width: channels of the first stage (stages have width x 1, 2, 4, 8).
+        stem_stride: stride of the 3x3 stem (2 = 4x fewer FLOPs, coarser first features).
+        stem_pool: add ImageNet's 3x3 stride-2 max-pool after the stem.
+        dropout: dropout before the logit layer.
+        activation: activation inside the blocks.
+        init: weight initialisation (default | kaiming | xavier | orthogonal).
+    """
+    return _build_resnet([3, 4, 6, 3], width, stem_stride, stem_pool, dropout, activation, init)

@@ -318,3 +318,13 @@ def test_explain_cli_end_to_end_on_a_real_checkpoint(tmp_path, capsys):
     assert json.loads((out / "explain.json").read_text())["n"] == 6
     assert main(["explain", str(tmp_path / "missing.safetensors"), "--data", "sample"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_gradcam_on_frozen_model_with_inplace_relu():
+    """Frozen weights (EMA copies, transfer learning) followed by an in-place ReLU must still work."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1),
+                          nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1))
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    cam = GradCAM(model, layer="0")(torch.randn(2, 3, 16, 16))
+    assert cam.shape == (2, 16, 16) and torch.isfinite(cam).all()

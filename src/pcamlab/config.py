@@ -51,6 +51,7 @@ class DataConfig:
     memory_budget_gb: float = 4.0  # RAM the decoded training images may use before streaming
     num_workers: int = 0  # DataLoader worker processes when streaming (0 = in the main process)
     skip_bad: bool = False  # skip unreadable files instead of stopping (their count is reported)
+    stain_normalization: str = "none"  # none | macenko | reinhard: fitted on training patches, kept in the checkpoint
 
 
 @dataclass
@@ -70,21 +71,32 @@ class AugmentConfig:
 class ModelConfig:
     name: str = "simple-cnn"  # a registered model; `pcamlab models` lists them
     options: dict[str, Any] = field(default_factory=dict)  # builder keyword arguments (width, dropout...)
+    pretrained: str = ""  # local weight file to start from (.safetensors, torch .pt/.pth state dict, Keras .h5)
+    pretrained_format: str = "auto"  # auto | pcamlab | torchvision | timm | keras: how to map its names
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 10  # passes over the training split
     batch_size: int = 64  # patches per optimiser step
-    optimizer: str = "adamw"  # sgd | adam | adamw
+    optimizer: str = "adamw"  # sgd | adam | adamw | rmsprop
     learning_rate: float = 2e-3  # peak learning rate
     weight_decay: float = 1e-4  # L2 penalty (decoupled for adamw)
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = True  # Nesterov momentum for SGD
-    scheduler: str = "cosine"  # none | step | exponential | cosine
+    scheduler: str = "cosine"  # none | step | exponential | cosine | onecycle | plateau
     warmup_epochs: float = 0.5  # linear warm-up before the schedule (fraction of epochs allowed)
     step_size: int = 5  # epochs between decays for the step schedule
-    gamma: float = 0.5  # decay factor for step / exponential schedules
+    gamma: float = 0.5  # decay factor for step / exponential / plateau schedules
+    plateau_patience: int = 2  # plateau schedule: epochs without improvement before multiplying by gamma
+    loss: str = "bce"  # bce | focal | mse (mse on the sigmoid output, as in the course notes)
+    focal_gamma: float = 2.0  # focusing parameter of the focal loss (Lin et al. 2017)
+    label_smoothing: float = 0.0  # targets become y(1-s) + s/2
+    l1: float = 0.0  # L1 penalty on weights, added to the loss
+    grad_clip: float = 0.0  # clip the global gradient norm to this value (0 = off)
+    ema_decay: float = 0.0  # exponential moving average of weights used for validation/checkpoints (0 = off; ~0.999)
+    freeze_backbone_epochs: int = 0  # transfer learning: train only the head for this many epochs first
+    backbone_lr_factor: float = 1.0  # transfer learning: backbone learning rate = factor x learning_rate
     monitor: str = "val_auc"  # val_auc | val_loss: picks the best checkpoint and drives early stopping
     patience: int = 5  # epochs without improvement before stopping (0 = never stop early)
     min_delta: float = 0.0  # smallest change of the monitored value that counts as improvement
@@ -92,6 +104,8 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory layout, faster for convolutions on CPU and GPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0  # seeds weight init, shuffling and augmentation
+    deterministic: bool = False  # deterministic kernels (slower on GPU); runs repeat bit for bit
+    compile: bool = False  # torch.compile the model (measured: helps inference more than training on CPU)
     max_steps_per_epoch: int = 0  # cap on optimiser steps per epoch (0 = a full epoch)
     time_budget_minutes: float = 0.0  # stop training after this many minutes (0 = no limit)
     threads: int = 0  # torch CPU threads (0 = torch's default)
@@ -99,7 +113,9 @@ class TrainConfig:
 
 @dataclass
 class EvaluateConfig:
-    threshold: float = 0.5  # decision threshold on the predicted probability of class 1
+    threshold: float = 0.5  # decision threshold on the predicted probability of class 1 (method fixed)
+    threshold_method: str = "fixed"  # fixed | youden | sensitivity | f1: chosen on validation, stored in the checkpoint
+    target_sensitivity: float = 0.95  # for threshold_method sensitivity: the lowest sensitivity accepted
     tta: bool = False  # average predictions over the 8 dihedral transforms
     batch_size: int = 256  # patches per inference batch
 
@@ -116,8 +132,12 @@ class RunConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("auto", "h5", "folders", "kaggle"),
     "data.cache": ("auto", "ram", "stream"),
-    "train.optimizer": ("sgd", "adam", "adamw"),
-    "train.scheduler": ("none", "step", "exponential", "cosine"),
+    "data.stain_normalization": ("none", "macenko", "reinhard"),
+    "model.pretrained_format": ("auto", "pcamlab", "torchvision", "timm", "keras"),
+    "train.optimizer": ("sgd", "adam", "adamw", "rmsprop"),
+    "train.scheduler": ("none", "step", "exponential", "cosine", "onecycle", "plateau"),
+    "train.loss": ("bce", "focal", "mse"),
+    "evaluate.threshold_method": ("fixed", "youden", "sensitivity", "f1"),
     "train.monitor": ("val_auc", "val_loss"),
     "train.precision": ("auto", "fp32", "bf16"),
 }

@@ -70,6 +70,10 @@ def predict_logits(
     from pcamlab.train.device import autocast
 
     _check_images(images, contract)
+    if contract.get("stain_normalization"):  # the same stain normaliser the model was trained with
+        from pcamlab.data.normalize import normalizer_from_dict
+
+        images = normalizer_from_dict(contract["stain_normalization"]).transform(images)
     device = torch.device(device)
     model.eval()
     views = range(DIHEDRAL_TRANSFORMS) if tta else range(1)

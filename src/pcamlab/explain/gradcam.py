@@ -133,9 +133,11 @@ class GradCAM:
 
         def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
             if not output.requires_grad:  # frozen parameters: make this point a leaf of the graph
-                output = output.detach().requires_grad_(True)
-                captured["activations"] = output
-                return output
+                leaf = output.detach().requires_grad_(True)
+                captured["activations"] = leaf
+                # a clone, not the leaf itself: the next layer may be an in-place ReLU, which a leaf
+                # that requires grad does not allow
+                return leaf.clone()
             captured["activations"] = output
             return None
 

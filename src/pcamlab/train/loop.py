@@ -5,10 +5,16 @@ epoch, so a resumed run sees the same order), augments each batch as tensor oper
 device, steps the optimiser and the per-step learning-rate schedule, evaluates on the validation split,
 logs a row to ``history.csv`` and TensorBoard, and saves ``last.safetensors`` (every epoch) and
 ``best.safetensors`` (when the monitored value improves). ``resume.pt`` holds what a resumed run needs
-(optimiser and schedule state, the epoch, the best value); it is loaded with ``weights_only=True``.
+(optimiser and schedule state, EMA weights, the epoch, the best value); it is loaded with
+``weights_only=True``, so nothing in it is executed.
 
 A finished run folder is never overwritten: a new run needs a new ``out_dir``; ``resume=True``
-continues an interrupted one from its last completed epoch.
+continues an interrupted one from its last completed epoch and ends with the same weights as a run
+that was never interrupted.
+
+Launched by ``torchrun --nproc-per-node N``, every process trains on its share of each global batch
+(``train.batch_size`` patches per step in total) with DistributedDataParallel; only rank 0 writes logs
+and checkpoints.
 
 Example:
     >>> from pcamlab.config import load_config
@@ -18,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -32,11 +39,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from torch import nn
 
 from pcamlab.config import RunConfig, config_to_dict
 from pcamlab.errors import ConfigError, RunError
 
-__all__ = ["train", "HISTORY_COLUMNS", "learning_rate_factor"]
+__all__ = ["train", "HISTORY_COLUMNS", "learning_rate_factor", "compute_loss", "split_head"]
 
 HISTORY_COLUMNS = [
     "epoch", "train_loss", "val_loss", "val_auc", "val_accuracy", "learning_rate", "seconds",
@@ -68,14 +76,20 @@ def _prepare_out_dir(out_dir: Path, resume: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def learning_rate_factor(config: RunConfig, progress: float) -> float:
+def learning_rate_factor(config: RunConfig, progress: float, plateau_factor: float = 1.0) -> float:
     """Multiplier of the peak learning rate at ``progress`` epochs (fractional) into training."""
     train = config.train
+    if train.scheduler == "onecycle":  # Smith & Topin 2019: cosine up to the peak, cosine down to ~0
+        up = train.warmup_epochs if train.warmup_epochs > 0 else 0.3 * train.epochs
+        if progress < up:
+            return 0.04 + 0.96 * 0.5 * (1.0 - math.cos(math.pi * progress / up))
+        fraction = min((progress - up) / max(train.epochs - up, 1e-9), 1.0)
+        return 1e-4 + (1.0 - 1e-4) * 0.5 * (1.0 + math.cos(math.pi * fraction))
     warmup = min(train.warmup_epochs, train.epochs)
     if warmup > 0 and progress < warmup:
-        return (progress + 1e-3) / warmup
-    if train.scheduler == "none":
-        return 1.0
+        return (progress + 1e-3) / warmup * plateau_factor
+    if train.scheduler in ("none", "plateau"):
+        return plateau_factor
     if train.scheduler == "step":
         return train.gamma ** math.floor(progress / max(train.step_size, 1))
     if train.scheduler == "exponential":
@@ -86,26 +100,54 @@ def learning_rate_factor(config: RunConfig, progress: float) -> float:
     return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * fraction))
 
 
-def _make_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+def compute_loss(logits: torch.Tensor, labels: torch.Tensor, config: RunConfig) -> torch.Tensor:
+    """The training loss of logits (B,) against 0/1 labels (B,), with label smoothing."""
     train = config.train
-    # no weight decay on biases and batch-norm parameters (they are not weights in the L2 sense)
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    targets = labels * (1.0 - train.label_smoothing) + 0.5 * train.label_smoothing
+    if train.loss == "mse":
+        return F.mse_loss(torch.sigmoid(logits), targets)
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    if train.loss == "focal":
+        probability = torch.sigmoid(logits)
+        p_true = probability * targets + (1 - probability) * (1 - targets)
+        return ((1 - p_true) ** train.focal_gamma * bce).mean()
+    return bce.mean()
+
+
+def split_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(backbone, head) parameters: the head is ``model.head`` / ``model.classifier`` / the last child."""
+    head = getattr(model, "head", None) or getattr(model, "classifier", None)
+    if not isinstance(head, nn.Module):
+        children = [child for child in model.children() if any(True for _ in child.parameters())]
+        head = children[-1] if children else model
+    head_ids = {id(p) for p in head.parameters()}
+    backbone = [p for p in model.parameters() if id(p) not in head_ids]
+    return backbone, [p for p in model.parameters() if id(p) in head_ids]
+
+
+def _make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    """Four parameter groups: backbone/head x weights/(biases, norms); no weight decay on the latter."""
+    train = config.train
+    backbone, head = split_head(model)
+    groups = []
+    for part, parameters, factor in (("backbone", backbone, train.backbone_lr_factor), ("head", head, 1.0)):
+        weights = [p for p in parameters if p.requires_grad and p.ndim > 1]
+        others = [p for p in parameters if p.requires_grad and p.ndim <= 1]
+        groups.append({"params": weights, "weight_decay": train.weight_decay, "part": part,
+                       "peak_lr": train.learning_rate * factor})
+        groups.append({"params": others, "weight_decay": 0.0, "part": part, "peak_lr": train.learning_rate * factor})
     if train.optimizer == "sgd":
-        return torch.optim.SGD(
-            groups, lr=train.learning_rate, momentum=train.momentum, nesterov=train.nesterov and train.momentum > 0
-        )
+        return torch.optim.SGD(groups, lr=train.learning_rate, momentum=train.momentum,
+                               nesterov=train.nesterov and train.momentum > 0)
     if train.optimizer == "adam":
         return torch.optim.Adam(groups, lr=train.learning_rate)
+    if train.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=train.learning_rate, momentum=train.momentum, alpha=0.9)
     return torch.optim.AdamW(groups, lr=train.learning_rate)
 
 
-def _evaluate(model, source, contract, device, precision) -> dict[str, float]:
-    """Validation loss, AUC and accuracy at 0.5 over a batch source."""
+def _evaluate(model, source, contract, device, precision) -> dict[str, Any]:
+    """Validation loss, AUC and accuracy at the contract threshold, with the raw predictions."""
     from pcamlab.evaluate.metrics import roc_auc
     from pcamlab.evaluate.predict import to_model_input
     from pcamlab.train.device import autocast
@@ -122,12 +164,14 @@ def _evaluate(model, source, contract, device, precision) -> dict[str, float]:
             logits.append(output.float().reshape(-1).cpu())
             labels.append(batch_labels)
     logit = torch.cat(logits)
-    label = torch.cat(labels).float()
-    loss = F.binary_cross_entropy_with_logits(logit, label).item()
-    probability = torch.sigmoid(logit).numpy()
-    auc = roc_auc(label.numpy().astype(np.int64), probability)
-    accuracy = float(((probability >= 0.5) == (label.numpy() == 1)).mean())
-    return {"val_loss": loss, "val_auc": float("nan") if auc is None else auc, "val_accuracy": accuracy}
+    label = torch.cat(labels)
+    loss = F.binary_cross_entropy_with_logits(logit, label.float()).item()
+    probability = torch.sigmoid(logit).numpy().astype(np.float64)
+    label_array = label.numpy().astype(np.int64)
+    auc = roc_auc(label_array, probability)
+    accuracy = float(((probability >= 0.5) == (label_array == 1)).mean())
+    return {"val_loss": loss, "val_auc": float("nan") if auc is None else auc, "val_accuracy": accuracy,
+            "labels": label_array, "probabilities": probability}
 
 
 def _is_better(value: float, best: float | None, monitor: str, min_delta: float) -> bool:
@@ -152,6 +196,71 @@ def _data_stats(images: torch.Tensor | None, reader) -> tuple[list[float], list[
     return channel_stats(sample)
 
 
+def _fit_stain_normalizer(config: RunConfig, sources: list) -> dict[str, Any] | None:
+    """Fit the configured stain normaliser on training patches and apply it to RAM-cached splits."""
+    method = config.data.stain_normalization
+    if method == "none":
+        return None
+    from pcamlab.data.loader import InMemoryBatches
+    from pcamlab.data.normalize import NORMALIZERS
+
+    if not all(isinstance(source, InMemoryBatches) for source in sources):
+        raise ConfigError(
+            "data.stain_normalization needs the decoded images in RAM; set data.cache=ram "
+            "(or raise data.memory_budget_gb)"
+        )
+    train_images = sources[0].images.numpy()
+    picks = np.random.default_rng(config.data.seed).choice(len(train_images), size=min(64, len(train_images)), replace=False)
+    normalizer = NORMALIZERS.get(method, "data.stain_normalization")().fit(train_images[np.sort(picks)])
+    for source in sources:
+        images = source.images.numpy()
+        images[:] = normalizer.transform(images)
+    return normalizer.to_dict()
+
+
+class _EMA:
+    """Exponential moving average of a model's weights (buffers are copied)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))  # warm-up: early weights fade fast
+        for averaged, current in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if averaged.dtype.is_floating_point:
+                averaged.mul_(decay).add_(current.detach(), alpha=1 - decay)
+            else:
+                averaged.copy_(current)
+
+
+def _tensorboard_pictures(writer, model, epoch, samples, contract) -> None:
+    """First-layer filters and Grad-CAM of a few fixed validation patches, once per epoch."""
+    from pcamlab.evaluate.predict import to_model_input
+    from pcamlab.explain.filters import first_layer_tiles
+    from pcamlab.explain.gradcam import GradCAM, overlay
+
+    tiles = torch.from_numpy(first_layer_tiles(model))  # (F, k, k, 3)
+    count, size = tiles.shape[0], tiles.shape[1]
+    columns = int(math.ceil(math.sqrt(count)))
+    rows = -(-count // columns)
+    grid = torch.zeros(rows * (size + 1), columns * (size + 1), 3)
+    for index in range(count):
+        row, column = divmod(index, columns)
+        grid[row * (size + 1) : row * (size + 1) + size, column * (size + 1) : column * (size + 1) + size] = tiles[index]
+    writer.add_image("filters/first_layer", grid.repeat_interleave(8, 0).repeat_interleave(8, 1), epoch, dataformats="HWC")
+    images = samples
+    device = next(model.parameters()).device
+    cams = GradCAM(model)(to_model_input(torch.from_numpy(images).to(device), contract))  # (B, H, W)
+    overlays = np.stack([overlay(image, cam.numpy()) for image, cam in zip(images, cams)])  # (B, H, W, 3)
+    writer.add_images("gradcam/validation_patches", torch.from_numpy(overlays), epoch, dataformats="NHWC")
+
+
 def train(
     config: RunConfig,
     out_dir: str | Path,
@@ -159,6 +268,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    readers: tuple[Any, Any | None] | None = None,
 ) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data`` and write a run folder.
 
@@ -168,6 +278,9 @@ def train(
         resume: continue an interrupted run in ``out_dir`` from its last completed epoch.
         progress: show tqdm progress bars (on stderr).
         log: called with one human-readable line per event (the CLI passes ``print``).
+        readers: ``(train_reader, valid_reader)`` to use instead of opening ``config.data``'s splits
+            (cross-validation folds, train+valid for a final fit). ``valid_reader`` may be None: no
+            validation, every epoch's weights are "best" and the run trains ``train.epochs`` epochs.
 
     Returns:
         The run summary (also written to ``summary.json``).
@@ -183,10 +296,10 @@ def train(
     from pcamlab.data.loader import InMemoryBatches, make_batch_source
     from pcamlab.evaluate.predict import normalize_unit, to_unit
     from pcamlab.models import build_model, model_summary
+    from pcamlab.train import distributed
     from pcamlab.train.checkpoint import make_contract, save_checkpoint
-    from pcamlab.train.device import autocast, resolve_device, resolve_precision
+    from pcamlab.train.device import autocast, resolve_precision
 
-    say = log or (lambda line: None)
     started = time.perf_counter()
     out_dir = Path(out_dir)
     train_config, data_config = config.train, config.data
@@ -195,18 +308,36 @@ def train(
             f"train.epochs and train.batch_size must be >= 1; got {train_config.epochs} and {train_config.batch_size}"
         )
     check_augment_config(config.augment)
-    _prepare_out_dir(out_dir, resume)
+    world = distributed.setup(train_config.device)
+    main_process = world.rank == 0
+    say = (log or (lambda line: None)) if main_process else (lambda line: None)
+    progress = progress and main_process
+    if world.size > 1 and train_config.batch_size % world.size:
+        raise ConfigError(
+            f"train.batch_size {train_config.batch_size} must be divisible by the {world.size} processes; "
+            f"use e.g. {train_config.batch_size // world.size * world.size or world.size}"
+        )
+    if main_process:
+        _prepare_out_dir(out_dir, resume)
+    world.barrier()
     if train_config.threads > 0:
         torch.set_num_threads(train_config.threads)
+    if train_config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
     torch.manual_seed(train_config.seed)
-    device = resolve_device(train_config.device)
+    device = world.device
     precision = resolve_precision(train_config.precision, device)
 
     # -- data ------------------------------------------------------------------------------------
-    split_options = dict(format=data_config.format, valid_fraction=data_config.valid_fraction, seed=data_config.seed)
-    train_reader = open_split(data_config.path, data_config.train_split, **split_options)
-    valid_reader = open_split(data_config.path, data_config.valid_split, **split_options)
-    say(f"data: {train_reader.root} ({train_reader.format}); train {len(train_reader)}, valid {len(valid_reader)} patches")
+    if readers is None:
+        options = dict(format=data_config.format, valid_fraction=data_config.valid_fraction, seed=data_config.seed)
+        train_reader = open_split(data_config.path, data_config.train_split, **options)
+        valid_reader = open_split(data_config.path, data_config.valid_split, **options)
+    else:
+        train_reader, valid_reader = readers
+    valid_count = len(valid_reader) if valid_reader is not None else 0
+    say(f"data: {train_reader.root} ({train_reader.format}); train {len(train_reader)}, valid {valid_count} patches")
 
     def bar(description: str):
         handle = tqdm(total=0, desc=description, unit="patch", disable=not progress, leave=False)
@@ -223,153 +354,223 @@ def train(
         train_reader, data_config, train_config.batch_size, shuffle=True, drop_last=True, progress=update
     )
     handle.close()
-    update, handle = bar("decoding valid")
-    valid_source = make_batch_source(valid_reader, data_config, 256, shuffle=False, progress=update)
-    handle.close()
+    valid_source = None
+    if valid_reader is not None:
+        update, handle = bar("decoding valid")
+        valid_source = make_batch_source(valid_reader, data_config, 256, shuffle=False, progress=update)
+        handle.close()
     if len(train_source) == 0:
         raise ConfigError(
             f"train.batch_size {train_config.batch_size} is larger than the {train_source.num_samples} "
             "training patches; lower it"
         )
-    say(f"data: {train_source.kind} loading; {train_source.skipped + valid_source.skipped} unreadable files skipped")
+    skipped = train_source.skipped + (valid_source.skipped if valid_source else 0)
+    say(f"data: {train_source.kind} loading; {skipped} unreadable files skipped")
 
+    stain = _fit_stain_normalizer(config, [s for s in (train_source, valid_source) if s is not None])
     train_images = train_source.images if isinstance(train_source, InMemoryBatches) else None
     mean, std = _data_stats(train_images, train_reader)
     contract = make_contract(mean, std, patch_size=train_reader[0][0].shape[0], threshold=config.evaluate.threshold)
+    if stain is not None:
+        contract["stain_normalization"] = stain
+        say(f"data: {config.data.stain_normalization} stain normalisation fitted on training patches")
 
     # -- model and optimiser ---------------------------------------------------------------------
     model = build_model(config.model).to(device)
     size = model_summary(model, input_size=contract["patch_size"])
+    if config.model.pretrained:
+        from pcamlab.models.transfer import load_pretrained
+
+        report = load_pretrained(model, config.model.pretrained, config.model.pretrained_format)
+        say(f"model: {len(report['loaded'])} tensors loaded from {config.model.pretrained}, "
+            f"{len(report['missing'])} left at their initial values")
     if train_config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _make_optimizer(model, config)
+    ema = _EMA(model, train_config.ema_decay) if train_config.ema_decay > 0 else None
+    trained = world.wrap(model)  # DistributedDataParallel when several processes, else the model itself
+    forward = torch.compile(trained) if train_config.compile else trained
     steps_per_epoch = len(train_source)
     if train_config.max_steps_per_epoch > 0:
         steps_per_epoch = min(steps_per_epoch, train_config.max_steps_per_epoch)
-    peak_rates = [group["lr"] for group in optimizer.param_groups]
     say(
         f"model: {config.model.name}, {size['parameters']:,} parameters, {size['flops'] / 1e6:.0f} MFLOPs/patch; "
         f"device {device}, precision {precision}, channels_last {train_config.channels_last}"
+        + (f", {world.size} processes" if world.size > 1 else "")
     )
 
     # -- state, fresh or resumed -----------------------------------------------------------------
     first_epoch, best_value, best_epoch, stale_epochs = 1, None, 0, 0
+    plateau_factor, plateau_stale = 1.0, 0
     history: list[dict[str, Any]] = []
     if resume:
         from safetensors.torch import load_file
 
         state = torch.load(out_dir / "resume.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(load_file(str(out_dir / "last.safetensors"), device=str(device)))
+        model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.model.load_state_dict(load_file(str(out_dir / "last.safetensors"), device=str(device)))
+            ema.updates = int(state["ema_updates"])
         first_epoch = int(state["epoch"]) + 1
         best_value, best_epoch, stale_epochs = state["best_value"], int(state["best_epoch"]), int(state["stale_epochs"])
+        plateau_factor, plateau_stale = float(state["plateau_factor"]), int(state["plateau_stale"])
+        contract["threshold"] = float(state["threshold"])
         with open(out_dir / "history.csv") as file:
             history = [row for row in csv.DictReader(file) if int(row["epoch"]) < first_epoch]
         say(f"resuming {out_dir} at epoch {first_epoch}")
-    else:
+    elif main_process:
         _write_atomic(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    _write_atomic(
-        out_dir / "history.csv",
-        ",".join(HISTORY_COLUMNS) + "\n" + "".join(",".join(str(row[c]) for c in HISTORY_COLUMNS) + "\n" for row in history),
-    )
+    writer = None
+    if main_process:
+        _write_atomic(
+            out_dir / "history.csv",
+            ",".join(HISTORY_COLUMNS) + "\n" + "".join(",".join(str(row[c]) for c in HISTORY_COLUMNS) + "\n" for row in history),
+        )
+        from torch.utils.tensorboard import SummaryWriter
 
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=first_epoch)
+        writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=first_epoch)
+    picture_samples = None
+    if valid_source is not None and isinstance(valid_source, InMemoryBatches):
+        labels_array = valid_source.labels.numpy()
+        picks = [*np.flatnonzero(labels_array == 1)[:4], *np.flatnonzero(labels_array == 0)[:4]]
+        picture_samples = valid_source.images.numpy()[picks]
     monitor = train_config.monitor
     stop_reason = "all epochs done"
     epoch = first_epoch - 1
+    local_batch = train_config.batch_size // world.size
+    backbone_ids = {id(p) for p in split_head(model)[0]}
 
     # -- epochs ----------------------------------------------------------------------------------
     for epoch in range(first_epoch, train_config.epochs + 1):
         epoch_start = time.perf_counter()
-        model.train()
+        trained.train()
+        frozen = epoch <= train_config.freeze_backbone_epochs
+        if frozen:  # transfer learning: the backbone keeps its weights and its batch-norm statistics
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and all(id(p) in backbone_ids for p in module.parameters()):
+                    module.eval()
         torch.manual_seed(train_config.seed * 100_003 + epoch)  # dropout: same stream on resume
         augment_generator = torch.Generator(device=device).manual_seed(train_config.seed * 1_000_003 + epoch)
         loss_sum = torch.zeros((), device=device)
         seen = 0
+        factor = learning_rate_factor(config, epoch - 1, plateau_factor)
         bar_handle = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{train_config.epochs}", unit="step",
                           disable=not progress, leave=False)
         for step, (images, labels, _) in enumerate(train_source.epoch(seed=train_config.seed * 7919 + epoch)):
             if step >= steps_per_epoch:
                 break
+            if world.size > 1:  # this process's share of the global batch
+                images = images[world.rank * local_batch : (world.rank + 1) * local_batch]
+                labels = labels[world.rank * local_batch : (world.rank + 1) * local_batch]
             if len(labels) == 0:
                 continue
-            progress_epochs = epoch - 1 + step / steps_per_epoch
-            factor = learning_rate_factor(config, progress_epochs)
-            for group, peak in zip(optimizer.param_groups, peak_rates):
-                group["lr"] = peak * factor
+            factor = learning_rate_factor(config, epoch - 1 + step / steps_per_epoch, plateau_factor)
+            for group in optimizer.param_groups:
+                group["lr"] = 0.0 if frozen and group["part"] == "backbone" else group["peak_lr"] * factor
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True).float()
             x = to_unit(images)  # (B, 3, H, W) in [0, 1], channels_last strides
             x = normalize_unit(augment_batch(x, config.augment, augment_generator), contract)
             with autocast(device, precision):
-                logits = model(x)  # (B, 1)
-            loss = F.binary_cross_entropy_with_logits(logits.float().reshape(-1), labels)
+                logits = forward(x)  # (B, 1)
+            loss = compute_loss(logits.float().reshape(-1), labels, config)
+            if train_config.l1 > 0:
+                loss = loss + train_config.l1 * sum(p.abs().sum() for p in model.parameters() if p.ndim > 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if train_config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
             optimizer.step()
+            if ema is not None:
+                ema.update(model)
             loss_sum += loss.detach() * len(labels)
             seen += len(labels)
             bar_handle.update(1)
             if step % 10 == 0:
-                bar_handle.set_postfix(loss=f"{loss.item():.3f}", lr=f"{peak_rates[0] * factor:.1e}")
+                bar_handle.set_postfix(loss=f"{loss.item():.3f}", lr=f"{train_config.learning_rate * factor:.1e}")
         bar_handle.close()
         train_seconds = time.perf_counter() - epoch_start
+        loss_sum, seen = world.sum(loss_sum), int(world.sum(torch.tensor(float(seen), device=device)).item())
         train_loss = (loss_sum / max(seen, 1)).item()
         if not math.isfinite(train_loss):
             raise RunError(
                 f"training diverged at epoch {epoch} (loss {train_loss}); lower train.learning_rate "
                 f"(now {train_config.learning_rate}) or use train.precision=fp32"
             )
-        scores = _evaluate(model, valid_source, contract, device, precision)
+        scored = ema.model if ema is not None else model
+        if valid_source is not None:
+            scores = _evaluate(scored, valid_source, contract, device, precision)
+        else:
+            scores = {"val_loss": float("nan"), "val_auc": float("nan"), "val_accuracy": float("nan")}
         row = {
             "epoch": epoch,
             "train_loss": round(train_loss, 6),
             "val_loss": round(scores["val_loss"], 6),
             "val_auc": round(scores["val_auc"], 6),
             "val_accuracy": round(scores["val_accuracy"], 6),
-            "learning_rate": f"{peak_rates[0] * factor:.6g}",
+            "learning_rate": f"{train_config.learning_rate * factor:.6g}",
             "seconds": round(time.perf_counter() - epoch_start, 3),
             "images_per_second": round(seen / train_seconds, 1),
         }
         history.append(row)
-        with open(out_dir / "history.csv", "a") as file:
-            file.write(",".join(str(row[c]) for c in HISTORY_COLUMNS) + "\n")
-        for key in ("train_loss", "val_loss", "val_auc", "val_accuracy", "images_per_second"):
-            writer.add_scalar(key.replace("_", "/", 1) if key.startswith(("train", "val")) else key, float(row[key]), epoch)
-        writer.add_scalar("learning_rate", peak_rates[0] * factor, epoch)
-        writer.flush()
 
         value = scores[monitor]
-        improved = _is_better(value, best_value, monitor, train_config.min_delta)
-        metadata = {"epoch": epoch, monitor: value, "val_auc": scores["val_auc"], "val_loss": scores["val_loss"]}
-        save_checkpoint(out_dir / "last.safetensors", model, config, contract, metadata)
+        improved = _is_better(value, best_value, monitor, train_config.min_delta) or valid_source is None
         if improved:
-            best_value, best_epoch, stale_epochs = value, epoch, 0
-            save_checkpoint(out_dir / "best.safetensors", model, config, contract, metadata)
+            best_value, best_epoch, stale_epochs, plateau_stale = value, epoch, 0, 0
+            if valid_source is not None and config.evaluate.threshold_method != "fixed":
+                from pcamlab.evaluate.thresholds import ThresholdSelector
+
+                selector = ThresholdSelector(config.evaluate.threshold_method, config.evaluate.target_sensitivity)
+                contract["threshold"] = float(selector.fit(scores["labels"], scores["probabilities"]).threshold_)
         else:
             stale_epochs += 1
-        resume_state = {
-            "optimizer": optimizer.state_dict(), "epoch": epoch, "best_value": best_value,
-            "best_epoch": best_epoch, "stale_epochs": stale_epochs,
-        }
-        handle, temporary = tempfile.mkstemp(prefix=".resume.", suffix=".tmp", dir=out_dir)
-        os.close(handle)
-        torch.save(resume_state, temporary)
-        os.replace(temporary, out_dir / "resume.pt")
+            plateau_stale += 1
+            if train_config.scheduler == "plateau" and plateau_stale >= train_config.plateau_patience:
+                plateau_factor *= train_config.gamma
+                plateau_stale = 0
+        if main_process:
+            with open(out_dir / "history.csv", "a") as file:
+                file.write(",".join(str(row[c]) for c in HISTORY_COLUMNS) + "\n")
+            for key in ("train_loss", "val_loss", "val_auc", "val_accuracy", "images_per_second"):
+                tag = key.replace("_", "/", 1) if key.startswith(("train", "val")) else key
+                writer.add_scalar(tag, float(row[key]), epoch)
+            writer.add_scalar("learning_rate", train_config.learning_rate * factor, epoch)
+            if valid_source is not None:
+                writer.add_pr_curve("val/pr_curve", scores["labels"], scores["probabilities"], epoch)
+            if picture_samples is not None:
+                _tensorboard_pictures(writer, scored, epoch, picture_samples, contract)
+            writer.flush()
+            metadata = {"epoch": epoch, monitor: value, "val_auc": scores["val_auc"], "val_loss": scores["val_loss"]}
+            save_checkpoint(out_dir / "last.safetensors", scored, config, contract, metadata)
+            if improved:
+                save_checkpoint(out_dir / "best.safetensors", scored, config, contract, metadata)
+            resume_state = {
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(), "epoch": epoch, "best_value": best_value,
+                "best_epoch": best_epoch, "stale_epochs": stale_epochs, "plateau_factor": plateau_factor,
+                "plateau_stale": plateau_stale, "threshold": contract["threshold"],
+                "ema_updates": ema.updates if ema is not None else 0,
+            }
+            handle, temporary = tempfile.mkstemp(prefix=".resume.", suffix=".tmp", dir=out_dir)
+            os.close(handle)
+            torch.save(resume_state, temporary)
+            os.replace(temporary, out_dir / "resume.pt")
+        world.barrier()
         say(
             f"epoch {epoch:>3}  train_loss {train_loss:.4f}  val_loss {scores['val_loss']:.4f}  "
             f"val_auc {scores['val_auc']:.4f}  val_acc {scores['val_accuracy']:.4f}  "
-            f"{row['images_per_second']:.0f} img/s  {row['seconds']:.1f}s" + ("  *best" if improved else "")
+            f"{row['images_per_second']:.0f} img/s  {row['seconds']:.1f}s" + ("  *best" if improved and valid_source else "")
         )
-        if train_config.patience > 0 and stale_epochs >= train_config.patience:
+        if valid_source is not None and train_config.patience > 0 and stale_epochs >= train_config.patience:
             stop_reason = f"early stop: {monitor} did not improve for {stale_epochs} epochs"
             break
         if train_config.time_budget_minutes > 0 and time.perf_counter() - started > 60 * train_config.time_budget_minutes:
             stop_reason = f"time budget of {train_config.time_budget_minutes} minutes reached"
             break
-    writer.close()
+    if writer is not None:
+        writer.close()
 
     speeds = [float(row["images_per_second"]) for row in history]
     best_row = next((row for row in history if int(row["epoch"]) == best_epoch), history[-1])
@@ -380,24 +581,29 @@ def train(
         "best_epoch": best_epoch,
         "monitor": monitor,
         "best": {key: float(best_row[key]) for key in ("val_auc", "val_loss", "val_accuracy")},
+        "threshold": contract["threshold"],
+        "threshold_method": config.evaluate.threshold_method,
         "model": config.model.name,
         "parameters": size["parameters"],
         "flops_per_patch": size["flops"],
         "device": str(device),
+        "processes": world.size,
         "precision": precision,
         "channels_last": train_config.channels_last,
         "train_images_per_second_median": float(np.median(speeds)) if speeds else None,
         "wall_seconds": round(time.perf_counter() - started, 2),
         "data": {
             "root": str(train_reader.root), "format": train_reader.format, "loading": train_source.kind,
-            "train_patches": train_source.num_samples, "valid_patches": valid_source.num_samples,
+            "train_patches": train_source.num_samples, "valid_patches": valid_source.num_samples if valid_source else 0,
             "train_class_counts": {str(k): int(v) for k, v in zip(*np.unique(train_source.labels.numpy(), return_counts=True))},
-            "skipped_files": train_source.skipped + valid_source.skipped,
+            "skipped_files": train_source.skipped + (valid_source.skipped if valid_source else 0),
         },
         "contract": contract,
         "checkpoints": {"best": str(out_dir / "best.safetensors"), "last": str(out_dir / "last.safetensors")},
     }
-    _write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
-    say(f"done: {stop_reason}; best {monitor} {best_value:.4f} at epoch {best_epoch}")
+    if main_process:
+        _write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
+    world.close()
+    best_text = "n/a" if best_value is None or (isinstance(best_value, float) and math.isnan(best_value)) else f"{best_value:.4f}"
+    say(f"done: {stop_reason}; best {monitor} {best_text} at epoch {best_epoch}")
     return summary
-

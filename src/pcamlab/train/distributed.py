@@ -1,0 +1,73 @@
+"""Data-parallel training across processes (``torchrun``), and a no-op stand-in for one process.
+
+``torchrun --nproc-per-node N -m pcamlab train ...`` (or ``--nnodes``/``--rdzv-endpoint`` for several
+machines) sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; ``setup`` then joins the process group (NCCL
+on GPUs, gloo on CPUs), picks ``cuda:LOCAL_RANK`` when GPUs are used, and wraps the model in
+DistributedDataParallel. Every process sees the same shuffled order and takes its slice of each
+global batch, so N processes take the same optimiser steps as one process with the same global batch
+(exactly so for models without batch-norm; batch-norm statistics are per process).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["World", "setup"]
+
+
+@dataclass
+class World:
+    rank: int
+    size: int
+    device: torch.device
+    initialised: bool = False
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if self.size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum of ``value`` over all processes (itself for one process)."""
+        if self.size == 1:
+            return value
+        value = value.detach().clone()
+        torch.distributed.all_reduce(value)
+        return value
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.initialised and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+            self.initialised = False
+
+
+def setup(device_name: str = "auto") -> World:
+    """Join the process group when launched by torchrun; otherwise one process on ``device_name``."""
+    from pcamlab.train.device import resolve_device
+
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if size == 1:
+        return World(0, 1, device)
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    initialised = False
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend=backend, rank=rank, world_size=size)
+        initialised = True
+    return World(rank, size, device, initialised)

@@ -1,0 +1,140 @@
+"""Every training knob does what it says: losses, schedules, EMA, freezing, thresholds, stain
+normalisation, and data-parallel training equal to one process."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures_data import sample_patches, write_h5
+from safetensors.torch import load_file
+
+from pcamlab.config import load_config
+from pcamlab.train.checkpoint import load_checkpoint, read_metadata
+from pcamlab.train.loop import compute_loss, learning_rate_factor, split_head, train
+
+TINY = [
+    "model.name=baseline", "model.options={filters: [8, 16], dense_units: 16}", "train.batch_size=8",
+    "train.epochs=2", "train.patience=0", "train.learning_rate=0.003", "train.warmup_epochs=0",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    images, labels = sample_patches(32, split="train", seed=5)
+    valid_images, valid_labels = sample_patches(16, split="valid", seed=6)
+    return write_h5(tmp_path_factory.mktemp("h5"), {"train": (images, labels), "valid": (valid_images, valid_labels)})
+
+
+def _config(data, *extra):
+    return load_config(None, [f"data.path={data}", *TINY, *extra])
+
+
+def test_losses_match_hand_computed_values():
+    logits = torch.tensor([2.0, -1.0])
+    labels = torch.tensor([1.0, 0.0])
+    p = torch.sigmoid(logits)
+    bce = -(torch.log(p[0]) + torch.log(1 - p[1])) / 2
+    assert compute_loss(logits, labels, load_config()) == pytest.approx(bce.item(), rel=1e-6)
+    focal = -((1 - p[0]) ** 2 * torch.log(p[0]) + p[1] ** 2 * torch.log(1 - p[1])) / 2
+    assert compute_loss(logits, labels, load_config(None, ["train.loss=focal"])) == pytest.approx(focal.item(), rel=1e-6)
+    mse = ((p[0] - 1) ** 2 + p[1] ** 2) / 2
+    assert compute_loss(logits, labels, load_config(None, ["train.loss=mse"])) == pytest.approx(mse.item(), rel=1e-6)
+    smooth = load_config(None, ["train.label_smoothing=0.2"])  # targets 0.9 and 0.1
+    expected = -(0.9 * torch.log(p[0]) + 0.1 * torch.log(1 - p[0]) + 0.1 * torch.log(p[1]) + 0.9 * torch.log(1 - p[1])) / 2
+    assert compute_loss(logits, labels, smooth) == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_onecycle_and_plateau_schedules():
+    config = load_config(None, ["train.scheduler=onecycle", "train.epochs=10", "train.warmup_epochs=3"])
+    assert learning_rate_factor(config, 0) == pytest.approx(0.04)
+    assert learning_rate_factor(config, 3) == pytest.approx(1.0)
+    assert learning_rate_factor(config, 10) == pytest.approx(1e-4)
+    plateau = load_config(None, ["train.scheduler=plateau", "train.warmup_epochs=0"])
+    assert learning_rate_factor(plateau, 5, plateau_factor=0.25) == 0.25
+
+
+def test_frozen_backbone_keeps_its_weights_and_the_head_learns(tiny_data, tmp_path):
+    out = tmp_path / "frozen"
+    train(_config(tiny_data, "train.epochs=1", "train.freeze_backbone_epochs=1"), out, progress=False)
+    from pcamlab.models import build_model
+
+    torch.manual_seed(0)  # the loop seeds torch with train.seed before building the model
+    initial = build_model(load_config(None, TINY).model)
+    trained = load_checkpoint(out / "last.safetensors").model
+    backbone, head = split_head(trained)
+    initial_backbone, initial_head = split_head(initial)
+    assert all(torch.equal(a, b) for a, b in zip(backbone, initial_backbone))
+    assert not all(torch.equal(a, b) for a, b in zip(head, initial_head))
+
+
+def test_ema_threshold_and_options_run_and_are_recorded(tiny_data, tmp_path):
+    out = tmp_path / "options"
+    summary = train(_config(
+        tiny_data, "train.ema_decay=0.9", "train.grad_clip=1.0", "train.l1=1e-5", "train.optimizer=rmsprop",
+        "train.scheduler=plateau", "train.loss=focal", "evaluate.threshold_method=youden",
+    ), out, progress=False)
+    contract = read_metadata(out / "best.safetensors")["contract"]
+    assert summary["threshold"] == contract["threshold"]
+    assert 0.0 <= contract["threshold"] <= 1.0 and contract["threshold"] != 0.5  # chosen on validation
+    assert math.isfinite(float(summary["best"]["val_loss"]))
+
+
+def test_stain_normalisation_is_fitted_stored_and_applied(tiny_data, tmp_path):
+    out = tmp_path / "stain"
+    train(_config(tiny_data, "train.epochs=1", "data.stain_normalization=reinhard"), out, progress=False)
+    checkpoint = load_checkpoint(out / "best.safetensors")
+    assert checkpoint.contract["stain_normalization"]["method"] == "reinhard"
+    from pcamlab.data import load_split_arrays, open_split
+    from pcamlab.data.normalize import normalizer_from_dict
+    from pcamlab.evaluate.predict import predict_proba
+
+    images, _, _ = load_split_arrays(open_split(tiny_data, "valid"))
+    with_stain = predict_proba(checkpoint.model, images, checkpoint.contract)
+    contract = dict(checkpoint.contract, stain_normalization=None)
+    normalised = normalizer_from_dict(checkpoint.contract["stain_normalization"]).transform(images)
+    np.testing.assert_allclose(with_stain, predict_proba(checkpoint.model, normalised, contract), atol=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        return handle.getsockname()[1]
+
+
+WORKER = """
+import os, sys
+from pcamlab.config import load_config
+from pcamlab.train.loop import train
+config = load_config(None, sys.argv[3:])
+train(config, sys.argv[1], progress=False)
+"""
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(tiny_data, tmp_path):
+    options = [f"data.path={tiny_data}", *TINY, "augment.dihedral=false", "train.device=cpu", "train.threads=1"]
+    single = tmp_path / "single"
+    train(load_config(None, options), single, progress=False)
+
+    double = tmp_path / "double"
+    port = str(_free_port())
+    processes = []
+    for rank in range(2):
+        env = dict(os.environ, WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1")
+        processes.append(subprocess.Popen([sys.executable, "-c", WORKER, str(double), "-", *options], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [process.communicate(timeout=180)[0] for process in processes]
+    assert all(process.returncode == 0 for process in processes), outputs
+    assert json.loads((double / "summary.json").read_text())["processes"] == 2
+    expected, got = load_file(str(single / "last.safetensors")), load_file(str(double / "last.safetensors"))
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)

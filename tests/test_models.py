@@ -363,3 +363,31 @@ def test_p4m_flops_count_the_group_convolutions():
     lifting = 96 * 96 * 8 * 3 * 9  # 1 channel x 8 orientations, 3x3 over RGB
     dense_layer = 48 * 48 * 8 * (1 * 8 * 9)  # after max-pool: 1 new p4m channel from 1 p4m channel
     assert model_summary(model)["flops"] == 2 * (lifting + dense_layer + 2)  # + Linear(2, 1)
+
+
+# ---- pcamlab models -------------------------------------------------------------------------------
+
+
+def test_models_command_prints_one_row_per_preset(capsys):
+    from pcamlab.cli.main import main
+
+    assert main(["models", "baseline", "simple-cnn", "--options"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["model", "parameters", "MFLOPs", "description"]
+    baseline_row = next(line for line in lines if line.startswith("baseline "))
+    assert "166,977" in baseline_row and "37.5" in baseline_row and "Classic course CNN" in baseline_row
+    assert any(line.strip() == "width: 32" for line in lines)
+
+
+def test_models_command_rejects_an_unknown_name_in_one_line(capsys):
+    from pcamlab.cli.main import main
+
+    assert main(["models", "resnet19"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.endswith("(did you mean 'resnet18'?)") and "\n" not in error
+
+
+def test_model_summary_by_name_matches_the_built_model():
+    built = build_model("densenet-small")
+    assert model_summary("densenet-small") == model_summary(built)
+    assert count_flops(built, 64) < count_flops(built, 96)

@@ -26,6 +26,7 @@ from pcamlab.models.factory import (
     model_description,
     model_options,
     model_summary,
+    model_table,
     register_model,
 )
 
@@ -39,4 +40,5 @@ __all__ = [
     "model_summary",
     "count_flops",
     "first_conv",
+    "model_table",
 ]

@@ -12,6 +12,7 @@ exactly Keras' ``Dense(1, activation="sigmoid")``, split so the loss stays numer
 
 from __future__ import annotations
 
+import copy
 import inspect
 import types
 import typing
@@ -35,6 +36,7 @@ __all__ = [
     "model_summary",
     "count_flops",
     "first_conv",
+    "model_table",
 ]
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -226,22 +228,18 @@ def count_flops(model: nn.Module, input_size: int = 96) -> int:
         elif isinstance(module, nn.Linear):
             total += _linear_macs(module, inputs, output)
 
+    # Shapes are all the hooks need: run a copy on the "meta" device (no arithmetic, no memory).
+    model = copy.deepcopy(model).to("meta")
     handles = [
         module.register_forward_hook(hook)
         for module in model.modules()
         if hasattr(module, "count_macs") or isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
     ]
-    was_training = model.training
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, 3, input_size, input_size, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, input_size, input_size, device="meta"))
+    for handle in handles:
+        handle.remove()
     return 2 * total
 
 
@@ -259,7 +257,11 @@ def model_summary(model_or_name: nn.Module | str, input_size: int = 96) -> dict[
         >>> model_summary("baseline")["parameters"]
         166977
     """
-    model = build_model(model_or_name) if isinstance(model_or_name, str) else model_or_name
+    if isinstance(model_or_name, str):
+        with torch.device("meta"):  # only shapes are needed: skip allocating and initialising weights
+            model = build_model(model_or_name)
+    else:
+        model = model_or_name
     parameters = sum(parameter.numel() for parameter in model.parameters())
     return {"parameters": int(parameters), "flops": count_flops(model, input_size)}
 
@@ -272,3 +274,21 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
     raise ConfigError(
         f"model {type(model).__name__} has no Conv2d reading 3 input channels; filter pictures need one"
     )
+
+
+def model_table(names: list[str] | None = None, input_size: int = 96) -> list[dict[str, Any]]:
+    """One row per model (default options): name, parameters, flops, description, options.
+
+    Args:
+        names: models to describe (default: every registered one).
+        input_size: patch side used to count FLOPs.
+
+    Returns:
+        A list of ``{"name", "parameters", "flops", "description", "options"}`` dicts, in ``names`` order.
+    """
+    rows = []
+    for name in names or list_models():
+        summary = model_summary(name, input_size)
+        rows.append({"name": name, **summary, "description": model_description(name),
+                     "options": model_options(name)})
+    return rows

@@ -287,7 +287,7 @@ class _Builder:
 
 
 @register_model("spec")
-def build_spec(layers: list | None = None, init: str = "default", input_size: int = 96) -> nn.Module:
+def build_spec(layers: list | None = tuple(DEFAULT_LAYERS), init: str = "default", input_size: int = 96) -> nn.Module:
     """Any architecture written in YAML as a list of layers (conv, pool, dense, dropout, ...).
 
     Args:
@@ -296,7 +296,7 @@ def build_spec(layers: list | None = None, init: str = "default", input_size: in
         input_size: patch side used to size dense layers after ``flatten`` and to check that no
             feature map shrinks to nothing. Specs that use ``global_pool`` accept other sizes.
     """
-    layers = DEFAULT_LAYERS if layers is None else layers
+    layers = DEFAULT_LAYERS if layers is None else list(layers)
     if not layers:
         raise ConfigError("model.options.layers is empty; list at least one layer, e.g. - {global_pool: average}")
     builder = _Builder(input_size)

@@ -34,7 +34,10 @@ def run_demo(
 ) -> dict[str, Any]:
     """Train, evaluate and explain on the shipped sample; returns paths and key numbers."""
     from pcamlab.config import load_config
+    from pcamlab.evaluate.plots import plot_training_curves
+    from pcamlab.evaluate.report import write_report
     from pcamlab.evaluate.run import evaluate_checkpoint
+    from pcamlab.explain import run_explain
     from pcamlab.explain.filters import plot_first_layer_filters
     from pcamlab.train.checkpoint import load_checkpoint
     from pcamlab.train.loop import train
@@ -47,18 +50,14 @@ def run_demo(
     best = out_dir / "best.safetensors"
     metrics = evaluate_checkpoint(best, config.data.path, config.data.valid_split, out_dir, format=config.data.format)
     plot_first_layer_filters(load_checkpoint(best).model, out_dir / "filters.png")
+    say("explaining: Grad-CAM, feature maps and confident mistakes on the validation patches")
+    run_explain(best, config.data.path, config.data.valid_split, out_dir / "explain-valid")
+    plot_training_curves(out_dir / "history.csv", out_dir / "training_curves.png")
     files = {name: out_dir / name for name in (
         "metrics.json", "roc.png", "confusion_matrix.png", "filters.png", "best.safetensors", "history.csv",
-        "tensorboard",
+        "training_curves.png", "explain-valid", "tensorboard",
     )}
-    try:
-        from pcamlab.evaluate.plots import plot_training_curves
-        from pcamlab.evaluate.report import write_report
-
-        plot_training_curves(out_dir / "history.csv", out_dir / "training_curves.png")
-        files["report.html"] = write_report(out_dir)
-    except ImportError:  # the report module is optional for the demo
-        pass
+    files["report.html"] = write_report(out_dir)
     return {
         "metrics": metrics,
         "summary": summary,

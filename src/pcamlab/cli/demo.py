@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     descriptions = {
         "metrics.json": "all metrics", "roc.png": "ROC curve", "confusion_matrix.png": "confusion matrix",
         "filters.png": "learned first-layer filters", "best.safetensors": "best checkpoint",
-        "history.csv": "per-epoch log", "tensorboard": "TensorBoard logs (tensorboard --logdir runs)",
+        "history.csv": "per-epoch log", "training_curves.png": "loss, AUC and learning rate per epoch",
+        "explain-valid": "Grad-CAM gallery, feature maps, confident mistakes", "tensorboard": "TensorBoard logs (tensorboard --logdir runs)",
         "report.html": "the run report, open in a browser",
     }
     for name, path in result["files"].items():

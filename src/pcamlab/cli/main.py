@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "pcamlab.cli.models",
     "pcamlab.cli.data",
     "pcamlab.cli.explain",
+    "pcamlab.cli.report",
     "pcamlab.cli.compare",
     "pcamlab.cli.bench",
 ]

@@ -1,0 +1,33 @@
+"""``pcamlab report``: one self-contained HTML page for a run folder."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report", help="write a self-contained HTML report of a run (config, curves, metrics, plots)",
+        description="Collect a run folder's config, training curves, every metrics.json and every PNG "
+        "(evaluations, explanations) into one HTML page with the images embedded.",
+    )
+    parser.add_argument("run", metavar="RUN", help="a run folder written by pcamlab train or pcamlab demo")
+    parser.add_argument("--out", metavar="FILE", help="HTML file to write (default RUN/report.html)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pcamlab.errors import RunError
+    from pcamlab.evaluate.plots import plot_training_curves
+    from pcamlab.evaluate.report import write_report
+
+    folder = Path(args.run)
+    if not folder.is_dir():
+        raise RunError(f"run folder {str(folder)!r} does not exist; pass a folder written by pcamlab train")
+    if (folder / "history.csv").is_file():
+        plot_training_curves(folder / "history.csv", folder / "training_curves.png")
+    path = write_report(folder, args.out)
+    print(f"report written to {path} (open it in a browser)")
+    return 0

@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile inference (slow to compile)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
-    parser.add_argument("--peak-size", type=int, default=1024, help="side of the peak-FLOP/s matmul (default 1024)")
+    parser.add_argument("--peak-size", type=int, help="side of the peak-FLOP/s matmul (default 2048 fp32, 1024 bf16)")
     parser.add_argument("--out", metavar="FILE", help="also write the rows to FILE (.json or .csv)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.set_defaults(func=run)

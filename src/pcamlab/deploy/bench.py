@@ -12,7 +12,7 @@ memory layout (channels_last on/off) :func:`run_bench` measures
 
 FLOPs per patch come from :func:`pcamlab.models.model_summary` (2 x multiply-adds of the forward
 pass). The peak is measured with a large square matmul in fp32 and in bf16 (best of a few repeats),
-at the start and again at the end of the run, keeping the better one. The fraction of peak is
+at the start and again after each model, keeping the best. The fraction of peak is
 ``images/s x FLOPs per image / peak`` for inference and ``x 3`` (forward + backward = about three
 forwards) for training, against the peak of the row's precision. Timings on a shared machine are
 noisy: repeat the run and compare.
@@ -42,6 +42,7 @@ from pcamlab.errors import ConfigError, RunError, did_you_mean
 
 __all__ = [
     "PRECISIONS",
+    "PEAK_SIZES",
     "COLUMNS",
     "run_bench",
     "measure_peak_flops",
@@ -52,14 +53,23 @@ __all__ = [
 
 PRECISIONS = ("fp32", "bf16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PEAK_SIZES = {"fp32": 2048, "bf16": 1024}  # default side of the peak-FLOP/s matmul per precision
 
 # Keys of every row, in table / CSV order.
 COLUMNS = [
     "model", "runtime", "precision", "channels_last", "batch_size", "parameters", "flops_per_image",
     "train_images_per_second", "train_step_ms", "train_fraction_of_peak",
     "inference_images_per_second", "inference_batch_ms", "inference_fraction_of_peak",
-    "peak_flops", "threads", "device", "steps", "warmup",
+    "peak_flops", "threads", "device", "steps", "warmup", "load_average",
 ]
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (how busy the shared machine was), where the OS reports one."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _synchronize(device: torch.device) -> None:
@@ -82,30 +92,36 @@ def time_steps(step: Callable[[], object], steps: int, warmup: int, device: torc
 
 
 def measure_peak_flops(
-    precision: str = "fp32", *, size: int = 1024, repeats: int = 5, device: str | torch.device = "cpu",
-    seed: int = 0,
+    precision: str = "fp32", *, size: int | None = None, repeats: int = 5, max_seconds: float = 2.0,
+    device: str | torch.device = "cpu", seed: int = 0,
 ) -> float:
-    """Best FLOP/s of a ``size`` x ``size`` matmul in ``precision`` (2 size^3 FLOPs per product).
+    """Best FLOP/s of a square matmul in ``precision`` (2 size^3 FLOPs per product).
 
     Args:
         precision: ``fp32`` or ``bf16``.
-        size: side of the square matrices (1024 takes ~0.03 s in fp32 on two AVX2 cores).
-        repeats: timed products after one warm-up; the fastest counts.
+        size: side of the matrices; default :data:`PEAK_SIZES` (2048 fp32; 1024 bf16, because bf16
+            matmul is emulated on AVX2-only CPUs and measured at ~0.5 GFLOP/s, seconds per product).
+        repeats: at most this many timed products after one warm-up; the fastest counts.
+        max_seconds: stop repeating once the timed products took this long (at least one runs).
         device: where to run.
         seed: seed of the random matrices.
     """
     device = torch.device(device)
+    size = size or PEAK_SIZES[precision]
     generator = torch.Generator(device="cpu").manual_seed(seed)
     left = torch.randn(size, size, generator=generator).to(device, _DTYPES[precision])
     right = torch.randn(size, size, generator=generator).to(device, _DTYPES[precision])
     torch.matmul(left, right)
     _synchronize(device)
-    best = float("inf")
+    best, spent = float("inf"), 0.0
     for _ in range(repeats):
         start = time.perf_counter()
         torch.matmul(left, right)
         _synchronize(device)
-        best = min(best, time.perf_counter() - start)
+        duration = time.perf_counter() - start
+        best, spent = min(best, duration), spent + duration
+        if spent > max_seconds:
+            break
     return 2.0 * size**3 / best
 
 
@@ -146,7 +162,7 @@ def _fraction(images_per_second: float | None, flops: int, factor: int, peak: fl
 
 
 def _torch_rows(name, summary, precision, channels_last, batch_size, *, steps, warmup, input_size, seed,
-                device, compile, peaks) -> list[dict[str, Any]]:
+                device, compile) -> list[dict[str, Any]]:
     from pcamlab.train.device import autocast
 
     x, labels = _inputs(batch_size, input_size, seed, device, channels_last)
@@ -187,16 +203,13 @@ def _torch_rows(name, summary, precision, channels_last, batch_size, *, steps, w
             "batch_size": batch_size, **summary,
             "train_images_per_second": train_rate,
             "train_step_ms": training_seconds * 1e3 if training_seconds else None,
-            "train_fraction_of_peak": _fraction(train_rate, summary["flops_per_image"], 3, peaks[precision]),
             "inference_images_per_second": inference_rate,
             "inference_batch_ms": inference_seconds * 1e3,
-            "inference_fraction_of_peak": _fraction(inference_rate, summary["flops_per_image"], 1, peaks[precision]),
-            "peak_flops": peaks[precision],
         })
     return rows
 
 
-def _onnx_row(name, summary, batch_size, *, steps, warmup, input_size, seed, peaks, threads) -> dict[str, Any]:
+def _onnx_row(name, summary, batch_size, *, steps, warmup, input_size, seed, threads) -> dict[str, Any]:
     import onnxruntime
 
     from pcamlab.deploy.export import NormalisedInputModel, export_onnx
@@ -215,10 +228,8 @@ def _onnx_row(name, summary, batch_size, *, steps, warmup, input_size, seed, pea
     return {
         "model": name, "runtime": "onnxruntime", "precision": "fp32", "channels_last": None,
         "batch_size": batch_size, **summary,
-        "train_images_per_second": None, "train_step_ms": None, "train_fraction_of_peak": None,
+        "train_images_per_second": None, "train_step_ms": None,
         "inference_images_per_second": rate, "inference_batch_ms": seconds * 1e3,
-        "inference_fraction_of_peak": _fraction(rate, summary["flops_per_image"], 1, peaks["fp32"]),
-        "peak_flops": peaks["fp32"],
     }
 
 
@@ -236,7 +247,7 @@ def run_bench(
     threads: int = 0,
     input_size: int = 96,
     seed: int = 0,
-    peak_size: int = 1024,
+    peak_size: int | None = None,
     log: Callable[[str], object] | None = None,
 ) -> list[dict[str, Any]]:
     """Measure training and inference throughput per model, batch size, precision and layout.
@@ -254,7 +265,8 @@ def run_bench(
         threads: torch (and onnxruntime) CPU threads for the run; 0 keeps torch's current setting.
         input_size: patch side in pixels.
         seed: seeds weights, inputs and the peak matrices.
-        peak_size: side of the matmul that measures peak FLOP/s.
+        peak_size: side of the matmul that measures peak FLOP/s (default per precision, see
+            :func:`measure_peak_flops`).
         log: optional callable receiving one line per finished measurement.
 
     Returns:
@@ -290,7 +302,7 @@ def run_bench(
             peaks["fp32"] = measure_peak_flops("fp32", size=peak_size, device=torch_device, seed=seed)
         if log is not None:
             log("peak " + ", ".join(f"{key} {value / 1e9:.1f} GFLOP/s" for key, value in peaks.items())
-                + f" ({peak_size}x{peak_size} matmul, {used_threads} threads)")
+                + f" (square matmul, {used_threads} threads)")
         rows: list[dict[str, Any]] = []
         common = {"steps": steps, "warmup": warmup, "input_size": input_size, "seed": seed}
         for name in models:
@@ -301,28 +313,26 @@ def run_bench(
                 for precision in precisions:
                     for layout in layouts:
                         new_rows += _torch_rows(name, summary, precision, layout, batch_size, device=torch_device,
-                                                compile=compile, peaks=peaks, **common)
+                                                compile=compile, **common)
                 if onnx:
-                    new_rows.append(_onnx_row(name, summary, batch_size, peaks=peaks, threads=used_threads, **common))
+                    new_rows.append(_onnx_row(name, summary, batch_size, threads=used_threads, **common))
                 for row in new_rows:
                     row.update({"threads": used_threads, "device": str(torch_device), "steps": steps,
-                                "warmup": warmup})
+                                "warmup": warmup, "load_average": _load_average()})
                     if log is not None:
                         log(_row_line(row))
                 rows += new_rows
-        # Measure the peak again at the end and keep the better one: on a shared machine a single
-        # measurement can land in a busy moment and make every fraction too large.
-        for precision in peaks:
-            again = measure_peak_flops(precision, size=peak_size, device=torch_device, seed=seed)
-            if again > peaks[precision]:
-                scale = peaks[precision] / again
-                peaks[precision] = again
-                for row in rows:
-                    if row["precision"] == precision:
-                        row["peak_flops"] = again
-                        for key in ("train_fraction_of_peak", "inference_fraction_of_peak"):
-                            if row[key] is not None:
-                                row[key] *= scale
+            # Measure the peak again after each model and keep the best: on a shared machine one
+            # measurement can land in a busy moment and make every fraction too large.
+            for precision in peaks:
+                peaks[precision] = max(peaks[precision], measure_peak_flops(
+                    precision, size=peak_size, device=torch_device, seed=seed))
+        for row in rows:
+            peak = peaks[row["precision"]]
+            row["peak_flops"] = peak
+            row["train_fraction_of_peak"] = _fraction(row["train_images_per_second"], row["flops_per_image"], 3, peak)
+            row["inference_fraction_of_peak"] = _fraction(
+                row["inference_images_per_second"], row["flops_per_image"], 1, peak)
         return [{key: row.get(key) for key in COLUMNS} for row in rows]
     finally:
         torch.set_num_threads(previous_threads)
@@ -380,6 +390,10 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             + f"; {first['threads']} threads on {first['device']}; median of {first['steps']} steps after "
             f"{first['warmup']} warm-up; training %peak counts 3x forward FLOPs"
         )
+        loads = [row["load_average"] for row in rows if row.get("load_average") is not None]
+        if loads:
+            lines.append(f"1-minute load average during the run: {min(loads):.1f} to {max(loads):.1f} "
+                         f"(above the thread count means other work shared the CPU: numbers are noisy)")
     return "\n".join(lines)
 
 

@@ -1,0 +1,779 @@
+"""Evaluation protocols: hold-out, (iterated) stratified k-fold cross-validation and the final fit.
+
+- **Hold-out** is plain :func:`pcamlab.train.loop.train`: learn on ``train``, choose the epoch (and the
+  threshold) on ``valid``.
+- **k-fold** (:func:`run_kfold`) splits the ``train`` split into ``k`` stratified folds; each fold
+  trains a full run folder on ``k - 1`` folds and validates on the held-out one. ``repeats > 1`` is
+  iterated k-fold: the folds are drawn again with seed ``data.seed + repeat``. The mean and sample
+  standard deviation of the per-fold scores estimate how well the recipe (not one model) does and how
+  much that varies with the data it sees; the median best epoch is the epoch count for the final fit.
+  The per-fold scores are those of each fold's best epoch, so they are slightly optimistic (the epoch
+  was chosen on the same fold); compare recipes with them, report the test split.
+- **Final fit** (:func:`run_final`) trains on ``train + valid`` for an epoch count chosen earlier on
+  validation, without validation, then evaluates ``last.safetensors`` on the ``test`` split when the
+  data has a labelled one.
+
+PCam's patches come from whole-slide images, and patches of one slide look alike, so folds should not
+share slides. Where the official meta CSV (``camelyonpatch_level_2_split_train_meta.csv``, column
+``wsi``, row i = patch i) sits beside the h5 files, :func:`slide_groups` finds it and the folds are
+grouped by slide (stratified group k-fold). Other layouts carry no slide ids: folds are then stratified
+by label only, and since neighbouring patches of a slide can land in different folds, CV scores can
+be optimistic.
+
+Example:
+    >>> from pcamlab.config import load_config
+    >>> config = load_config("configs/baseline.yaml", ["train.epochs=10"])
+    >>> cv = run_kfold(config, "runs/cv", folds=5)
+    >>> cv["metrics"]["val_auc"]["mean"], cv["best_epoch_median"]
+    >>> final = run_final(config, "runs/final", epochs_from="runs/cv")
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import csv
+import io
+import json
+import math
+import os
+import statistics
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pcamlab.config import RunConfig
+from pcamlab.data.readers import H5_PATTERN, PatchReader
+from pcamlab.errors import ConfigError, DataError, RunError
+
+__all__ = [
+    "SubsetReader",
+    "ConcatReader",
+    "stratified_folds",
+    "read_slide_ids",
+    "meta_csv_path",
+    "slide_groups",
+    "run_kfold",
+    "run_final",
+    "choice_from_run",
+    "format_cv_table",
+    "CV_COLUMNS",
+    "CV_METRICS",
+]
+
+META_PATTERN = H5_PATTERN.replace("_{kind}.h5", "_meta.csv")  # camelyonpatch_level_2_split_{split}_meta.csv
+CV_METRICS = ("val_auc", "val_loss", "val_accuracy")
+CV_COLUMNS = ["repeat", "fold", "train_patches", "valid_patches", *CV_METRICS, "best_epoch", "epochs_run",
+              "threshold", "wall_seconds", "run"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Readers made of other readers.
+
+
+class SubsetReader(PatchReader):
+    """The items ``indices`` of another reader, in that order (a cross-validation fold).
+
+    Nothing is decoded or copied: items are read from ``reader`` on demand, so a subset of a streamed
+    h5 split streams too. Picklable whenever ``reader`` is (every pcamlab reader is), so it can go into
+    DataLoader workers.
+
+    Args:
+        reader: the reader to take items from.
+        indices: positions in ``reader`` (integers in ``[0, len(reader))``, repeats allowed).
+        description: what the subset is, shown in ``split`` (e.g. ``"fold 2/5 valid"``).
+
+    Raises:
+        DataError: an index is out of range or not an integer.
+
+    Example:
+        >>> valid = SubsetReader(open_split("sample", "train"), [0, 5, 9], description="fold 1/5 valid")
+        >>> len(valid), valid.split
+        (3, 'train[fold 1/5 valid]')
+    """
+
+    def __init__(self, reader: PatchReader, indices: Sequence[int] | np.ndarray, *, description: str = "subset"):
+        positions = np.asarray(indices)
+        if positions.size and not np.issubdtype(positions.dtype, np.integer):
+            raise DataError(
+                f"SubsetReader indices must be integers; got dtype {positions.dtype}: pass positions such as "
+                "those stratified_folds returns"
+            )
+        positions = positions.astype(np.int64).reshape(-1)
+        bad = np.flatnonzero((positions < 0) | (positions >= len(reader)))
+        if bad.size:
+            raise DataError(
+                f"SubsetReader index {int(positions[bad[0]])} is outside split {reader.split!r} of {len(reader)} "
+                f"patches ({bad.size} bad indices); indices must be in [0, {len(reader)})"
+            )
+        self.reader = reader
+        self.indices = positions
+        self.root = reader.root
+        self.split = f"{reader.split}[{description}]"
+        self.format = reader.format
+        self.skip_bad = getattr(reader, "skip_bad", False)
+        self.unlabeled = getattr(reader, "unlabeled", False)
+        self.labels = np.asarray(reader.labels, dtype=np.int64)[positions]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        return self.reader[int(self.indices[self._check_index(index)])]
+
+    def name(self, index: int) -> str:
+        return self.reader.name(int(self.indices[index]))
+
+    def _validate_images(self) -> None:
+        self.reader._validate_images()  # header checks of the whole parent split: cheap, and a superset
+
+
+class ConcatReader(PatchReader):
+    """Several readers end to end (train + valid for a final fit).
+
+    ``root`` is the readers' common root (the first one's when they differ), ``split`` joins their split
+    names with ``+`` (``"train+valid"``) and ``format`` is theirs (joined with ``+`` when they differ).
+
+    Args:
+        readers: one or more readers; item ``i`` of the concatenation is item ``i - offset`` of the
+            reader it falls in.
+
+    Raises:
+        DataError: no readers were given.
+
+    Example:
+        >>> both = ConcatReader([open_split("sample", "train"), open_split("sample", "valid")])
+        >>> len(both), both.split
+        (1000, 'train+valid')
+    """
+
+    def __init__(self, readers: Sequence[PatchReader]):
+        readers = list(readers)
+        if not readers:
+            raise DataError("ConcatReader needs at least one reader; got none: pass e.g. [train_reader, valid_reader]")
+        self.readers = readers
+        self.offsets = np.cumsum([0] + [len(reader) for reader in readers]).tolist()  # start of each reader
+        roots = {str(reader.root) for reader in readers}
+        self.root = readers[0].root
+        self.split = "+".join(reader.split for reader in readers)
+        formats = list(dict.fromkeys(reader.format for reader in readers))
+        self.format = "+".join(formats)
+        self.skip_bad = any(getattr(reader, "skip_bad", False) for reader in readers)
+        self.unlabeled = all(getattr(reader, "unlabeled", False) for reader in readers)
+        self.labels = np.concatenate([np.asarray(reader.labels, dtype=np.int64) for reader in readers])
+        self.common_root = len(roots) == 1
+
+    def _locate(self, index: int) -> tuple[PatchReader, int]:
+        part = bisect.bisect_right(self.offsets, index) - 1
+        return self.readers[part], index - self.offsets[part]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        reader, position = self._locate(self._check_index(index))
+        return reader[position]
+
+    def name(self, index: int) -> str:
+        reader, position = self._locate(int(index))
+        return reader.name(position)
+
+    def _validate_images(self) -> None:
+        for reader in self.readers:
+            reader._validate_images()
+
+
+# ----------------------------------------------------------------------------------------------
+# Folds.
+
+
+def _check_fold_count(k: int, field: str = "folds") -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise ConfigError(f"{field} must be an integer >= 2 (k of k-fold); got {k!r}: use e.g. 5")
+    return int(k)
+
+
+def stratified_folds(
+    labels: Sequence[int] | np.ndarray,
+    k: int,
+    seed: int,
+    groups: Sequence[Any] | np.ndarray | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold split of ``labels``, grouped by ``groups`` (slide ids) when given.
+
+    Without groups, each class is shuffled with ``numpy.random.default_rng(seed)`` and dealt to the folds
+    in turn, continuing where the previous class stopped: every fold holds the same number of patches
+    of each class to within one, and fold sizes differ by at most one. With groups, whole groups go to
+    folds (scikit-learn's ``StratifiedGroupKFold``, shuffled with ``seed``), so no group is in both the
+    training and the validation part of a fold; class ratios are then only as even as the groups allow.
+
+    Args:
+        labels: class of each item, shape ``(N,)``.
+        k: number of folds, at least 2.
+        seed: seed of the shuffle; the same seed gives the same folds.
+        groups: optional group (slide) of each item, shape ``(N,)``.
+
+    Returns:
+        ``k`` pairs ``(train_indices, valid_indices)`` of sorted int64 positions; the valid parts are
+        disjoint and together cover ``range(N)``.
+
+    Raises:
+        ConfigError: ``k`` is below 2 or above the smallest class (or the number of groups).
+        DataError: labels are unlabeled (-1), or ``groups`` has another length.
+
+    Example:
+        >>> folds = stratified_folds([0, 0, 0, 1, 1, 1], k=3, seed=0)
+        >>> [valid.tolist() for _, valid in folds]
+        [[1, 5], [2, 4], [0, 3]]
+    """
+    k = _check_fold_count(k)
+    labels = np.asarray(labels).reshape(-1)
+    count = len(labels)
+    if np.any(labels < 0):
+        raise DataError(
+            f"cannot make stratified folds of unlabeled patches ({int(np.sum(labels < 0))} of {count} have label -1); "
+            "cross-validate a labelled split such as train"
+        )
+    classes, class_counts = np.unique(labels, return_counts=True)
+    if groups is None:
+        if count and k > class_counts.min():
+            smallest = int(classes[np.argmin(class_counts)])
+            raise ConfigError(
+                f"folds={k} is more than the {int(class_counts.min())} patches of class {smallest}; every fold "
+                f"needs each class: use folds <= {int(class_counts.min())}"
+            )
+        generator = np.random.default_rng(seed)
+        fold_of = np.empty(count, dtype=np.int64)
+        start = 0
+        for value in classes:
+            members = generator.permutation(np.flatnonzero(labels == value))
+            fold_of[members] = (start + np.arange(len(members))) % k
+            start = (start + len(members)) % k
+    else:
+        groups = np.asarray(groups).reshape(-1)
+        if len(groups) != count:
+            raise DataError(
+                f"groups has {len(groups)} entries but there are {count} labels; give one slide id per patch "
+                "(row i of the meta CSV = patch i)"
+            )
+        distinct = len(np.unique(groups))
+        if k > distinct:
+            raise ConfigError(
+                f"folds={k} is more than the {distinct} slides (groups) in the data; grouped folds need at "
+                f"least one slide each: use folds <= {distinct}"
+            )
+        import warnings
+
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=int(seed) % 2**32)
+        fold_of = np.empty(count, dtype=np.int64)
+        with warnings.catch_warnings():  # "least populated class has only n members": allowed when grouped
+            warnings.simplefilter("ignore", UserWarning)
+            for fold, (_, valid) in enumerate(splitter.split(np.zeros(count), labels, groups)):
+                fold_of[valid] = fold
+    everything = np.arange(count, dtype=np.int64)
+    return [(everything[fold_of != fold], everything[fold_of == fold]) for fold in range(k)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Slide ids.
+
+
+def read_slide_ids(meta_csv: str | os.PathLike, *, count: int | None = None, column: str = "wsi") -> np.ndarray:
+    """The slide of every patch, from PCam's meta CSV (row i = patch i of the split).
+
+    The official files (``camelyonpatch_level_2_split_{split}_meta.csv``) have the header
+    ``,coord_y,coord_x,tumor_patch,center_tumor_patch,wsi``; only ``column`` is read.
+
+    Args:
+        meta_csv: path of the CSV.
+        count: number of patches in the split; checked against the number of rows when given.
+        column: the column holding the slide id.
+
+    Returns:
+        ``numpy`` array of ``str``, shape ``(rows,)``.
+
+    Raises:
+        DataError: missing file or column, an empty slide id, or a row count different from ``count``.
+
+    Example:
+        >>> slides = read_slide_ids("data/camelyonpatch_level_2_split_train_meta.csv", count=262144)
+        >>> slides[0]
+    """
+    path = Path(meta_csv)
+    if not path.is_file():
+        raise DataError(f"slide meta CSV {str(path)!r} does not exist; pass the PCam _meta.csv of this split")
+    with open(path, newline="") as handle:
+        rows = csv.reader(handle)
+        header = next(rows, None)
+        if header is None:
+            raise DataError(f"slide meta CSV {str(path)!r} is empty; it needs a header with a {column!r} column")
+        names = [cell.strip() for cell in header]
+        if column not in names:
+            raise DataError(
+                f"slide meta CSV {str(path)!r} has no {column!r} column (its columns: {names}); PCam's meta CSV "
+                f"has ',coord_y,coord_x,tumor_patch,center_tumor_patch,wsi': add the column or fix the header"
+            )
+        position = names.index(column)
+        slides = []
+        for line, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            value = row[position].strip() if position < len(row) else ""
+            if not value:
+                raise DataError(
+                    f"slide meta CSV {str(path)!r} line {line} has no {column!r} value; every patch needs its "
+                    "slide id: fill it in"
+                )
+            slides.append(value)
+    if count is not None and len(slides) != count:
+        raise DataError(
+            f"slide meta CSV {str(path)!r} has {len(slides)} rows but the split has {count} patches; row i must "
+            "describe patch i: use the meta CSV of the same split and release (or move the CSV away to fold "
+            "without slide grouping)"
+        )
+    return np.asarray(slides, dtype=str)
+
+
+def meta_csv_path(reader: PatchReader) -> Path | None:
+    """The PCam meta CSV beside an h5 split (``camelyonpatch_level_2_split_<split>_meta.csv``), if present."""
+    if reader.format != "h5":
+        return None
+    path = Path(reader.root) / META_PATTERN.format(split=reader.split)
+    return path if path.is_file() else None
+
+
+def slide_groups(reader: PatchReader, groups: str | os.PathLike | None = "auto") -> tuple[np.ndarray | None, str]:
+    """Slide ids for grouping the folds of ``reader``, and where they came from.
+
+    Args:
+        reader: the split to cross-validate.
+        groups: ``"auto"`` (the meta CSV beside h5 files, else no grouping), ``"none"``/None (no
+            grouping), or the path of a meta CSV.
+
+    Returns:
+        ``(slide ids or None, source)`` where source is the CSV path or ``"none"``.
+    """
+    if groups is None or str(groups) == "none":
+        return None, "none"
+    path = meta_csv_path(reader) if str(groups) == "auto" else Path(groups)
+    if path is None:
+        return None, "none"
+    return read_slide_ids(path, count=len(reader)), str(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files.
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(handle, "w", newline="") as file:
+        file.write(text)
+    os.replace(temporary, path)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf become None so the JSON stays standard."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    """mean, sample sd (n - 1; None for one value), min, max and n of the finite values."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return {"mean": None, "sd": None, "min": None, "max": None, "n": 0}
+    return {
+        "mean": statistics.fmean(finite),
+        "sd": statistics.stdev(finite) if len(finite) > 1 else None,
+        "min": min(finite),
+        "max": max(finite),
+        "n": len(finite),
+    }
+
+
+def _fold_log(log: Callable[[str], None] | None, prefix: str) -> Callable[[str], None] | None:
+    return None if log is None else (lambda line: log(f"[{prefix}] {line}"))
+
+
+def _prepare_protocol_dir(out_dir: Path, marker: str, resume: bool) -> None:
+    if resume:
+        if not (out_dir / marker).is_file():
+            raise RunError(f"nothing to resume in {str(out_dir)!r}: it has no {marker}; start a new run instead")
+        return
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise RunError(
+            f"output folder {str(out_dir)!r} already holds a run; choose another --out "
+            "(or pass --resume to continue an interrupted one)"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _open_train_split(config: RunConfig, split: str) -> PatchReader:
+    from pcamlab.data import open_split
+
+    data = config.data
+    return open_split(data.path, split, data.format, valid_fraction=data.valid_fraction, seed=data.seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# k-fold cross-validation.
+
+
+def _fold_plan(labels: np.ndarray, folds: int, repeats: int, seed: int, groups: np.ndarray | None) -> np.ndarray:
+    """Fold number (0-based) of every patch for every repeat: int64 ``(repeats, N)``."""
+    plan = np.empty((repeats, len(labels)), dtype=np.int64)
+    for repeat in range(repeats):
+        for fold, (_, valid) in enumerate(stratified_folds(labels, folds, seed + repeat, groups)):
+            plan[repeat, valid] = fold
+    return plan
+
+
+def _write_plan(path: Path, plan: np.ndarray, labels: np.ndarray, groups: np.ndarray | None) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["index", "label", "slide", *[f"repeat_{r + 1}_fold" for r in range(len(plan))]])
+    for index in range(plan.shape[1]):
+        slide = "" if groups is None else groups[index]
+        writer.writerow([index, int(labels[index]), slide, *(int(fold) + 1 for fold in plan[:, index])])
+    _write_atomic(path, buffer.getvalue())
+
+
+def _read_plan(path: Path, count: int, folds: int, repeats: int) -> np.ndarray:
+    with open(path, newline="") as file:
+        rows = list(csv.reader(file))
+    plan = np.asarray([[int(cell) - 1 for cell in row[3:]] for row in rows[1:]], dtype=np.int64).T
+    if plan.shape != (repeats, count) or plan.max(initial=0) >= folds:
+        raise RunError(
+            f"{str(path)!r} holds a fold plan for {plan.shape[1] if plan.ndim == 2 else 0} patches, "
+            f"{plan.shape[0]} repeats; this run asks for {count} patches, {repeats} repeats of {folds} folds: "
+            "resume with the same data, --folds and --repeats"
+        )
+    return plan
+
+
+def run_kfold(
+    config: RunConfig,
+    out_dir: str | Path,
+    *,
+    folds: int = 5,
+    repeats: int = 1,
+    groups: str | os.PathLike | None = "auto",
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Cross-validate ``config`` on its ``train`` split: ``repeats`` x ``folds`` full training runs.
+
+    Writes into ``out_dir``: ``folds.csv`` (the fold of every patch in every repeat), one run folder per
+    fold ``repeat-R/fold-K/`` (1-based; everything :func:`~pcamlab.train.loop.train` writes, validated
+    on the held-out fold), ``cv_results.csv`` (one row per fold, columns :data:`CV_COLUMNS`, rewritten
+    after every fold) and ``cv_summary.json`` (mean, sample sd, min, max of each metric over all folds;
+    the mean of each repeat and their sd; the median best epoch).
+
+    Args:
+        config: the resolved run configuration; ``data.seed`` seeds the folds (``+ repeat``).
+        out_dir: folder to create; must not hold a run unless ``resume``.
+        folds: k, at least 2.
+        repeats: how many times to redraw the folds (iterated k-fold).
+        groups: slide ids to group the folds by: ``"auto"`` (the PCam meta CSV beside h5 files when
+            present), ``"none"``, or the path of a meta CSV.
+        resume: continue an interrupted cross-validation in ``out_dir``: finished folds are kept, an
+            interrupted fold resumes from its last epoch, the rest are trained.
+        progress: show tqdm progress bars.
+        log: called with one line per event, each prefixed with its fold.
+
+    Returns:
+        The CV summary (also in ``cv_summary.json``), with the per-fold rows under ``"folds"``.
+
+    Raises:
+        RunError: ``out_dir`` holds a run (or nothing to resume).
+        ConfigError / DataError: bad fold count, too few patches or slides, bad meta CSV.
+
+    Example:
+        >>> summary = run_kfold(config, "runs/cv", folds=5, repeats=2)
+        >>> summary["metrics"]["val_auc"]["mean"], summary["best_epoch_median"]
+    """
+    from pcamlab.train.loop import train
+
+    folds = _check_fold_count(folds)
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+        raise ConfigError(f"repeats must be an integer >= 1; got {repeats!r}: use 1 for plain k-fold")
+    out_dir = Path(out_dir)
+    say = log or (lambda line: None)
+    reader = _open_train_split(config, config.data.train_split)
+    slides, group_source = slide_groups(reader, groups)
+    labels = np.asarray(reader.labels, dtype=np.int64)
+    plan_path = out_dir / "folds.csv"
+    _prepare_protocol_dir(out_dir, "folds.csv", resume)
+    if resume:
+        plan = _read_plan(plan_path, len(labels), folds, repeats)
+    else:
+        plan = _fold_plan(labels, folds, repeats, config.data.seed, slides)
+        _write_plan(plan_path, plan, labels, slides)
+    grouping = f"grouped by slide ({len(np.unique(slides))} slides from {group_source})" if slides is not None else (
+        "not grouped by slide (no meta CSV): patches of one slide may sit in both parts of a fold"
+    )
+    say(f"cross-validation: {repeats} x {folds} folds of split {reader.split!r} ({len(labels)} patches), {grouping}")
+
+    rows: list[dict[str, Any]] = []
+    for repeat in range(repeats):
+        for fold in range(folds):
+            tag = f"repeat {repeat + 1}/{repeats} fold {fold + 1}/{folds}" if repeats > 1 else f"fold {fold + 1}/{folds}"
+            fold_dir = out_dir / f"repeat-{repeat + 1}" / f"fold-{fold + 1}"
+            train_part = SubsetReader(reader, np.flatnonzero(plan[repeat] != fold), description=f"{tag} train")
+            valid_part = SubsetReader(reader, np.flatnonzero(plan[repeat] == fold), description=f"{tag} valid")
+            summary_path = fold_dir / "summary.json"
+            finished = summary_path.is_file() and json.loads(summary_path.read_text()).get("finished")
+            if finished:
+                summary = json.loads(summary_path.read_text())
+                say(f"[{tag}] already finished, kept")
+            else:
+                again = resume and (fold_dir / "resume.pt").is_file()
+                summary = train(config, fold_dir, resume=again, progress=progress, log=_fold_log(log, tag),
+                                readers=(train_part, valid_part))
+            rows.append({
+                "repeat": repeat + 1, "fold": fold + 1,
+                "train_patches": len(train_part), "valid_patches": len(valid_part),
+                **{metric: summary["best"][metric] for metric in CV_METRICS},
+                "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
+                "threshold": summary["threshold"], "wall_seconds": summary["wall_seconds"],
+                "run": str(fold_dir.relative_to(out_dir)),
+            })
+            _write_results(out_dir / "cv_results.csv", rows)
+
+    result = _cv_summary(rows, config, folds, repeats, group_source, reader)
+    _write_atomic(out_dir / "cv_summary.json", json.dumps(_json_safe(result), indent=2))
+    auc = result["metrics"]["val_auc"]
+    say(f"cross-validation done: val_auc {_plus_minus(auc)}; median best epoch {result['best_epoch_median']}")
+    result["folds"] = rows
+    return result
+
+
+def _write_results(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(path, buffer.getvalue())
+
+
+def _cv_summary(rows, config: RunConfig, folds: int, repeats: int, group_source: str, reader) -> dict[str, Any]:
+    metrics = {metric: _spread([float(row[metric]) for row in rows]) for metric in CV_METRICS}
+    repeat_means = {}
+    for metric in CV_METRICS:
+        means = [_spread([float(row[metric]) for row in rows if row["repeat"] == r])["mean"] for r in range(1, repeats + 1)]
+        repeat_means[metric] = {"means": means, **{key: value for key, value in _spread(means).items() if key in ("mean", "sd")}}
+    best_epochs = [int(row["best_epoch"]) for row in rows]
+    thresholds = [float(row["threshold"]) for row in rows]
+    median_epoch = float(statistics.median(best_epochs))
+    return {
+        "protocol": "kfold",
+        "folds": folds,
+        "repeats": repeats,
+        "seed": config.data.seed,
+        "split": config.data.train_split,
+        "data": str(reader.root),
+        "patches": len(reader),
+        "groups": group_source,
+        "monitor": config.train.monitor,
+        "metrics": metrics,
+        "repeat_means": repeat_means,
+        "best_epoch_median": median_epoch,
+        "epochs_for_final": max(1, int(math.floor(median_epoch + 0.5))),
+        "threshold_median": float(statistics.median(thresholds)),
+        "threshold_method": config.evaluate.threshold_method,
+        "model": config.model.name,
+        "runs": [row["run"] for row in rows],
+    }
+
+
+def _plus_minus(spread: dict[str, Any], digits: int = 4) -> str:
+    if spread["mean"] is None:
+        return "n/a"
+    sd = "n/a" if spread["sd"] is None else f"{spread['sd']:.{digits}f}"
+    return f"{spread['mean']:.{digits}f} +- {sd}"
+
+
+def format_cv_table(result: dict[str, Any]) -> str:
+    """A plain-text table of the folds of a :func:`run_kfold` result, with mean +- sd and the median epoch."""
+    header = f"{'repeat':>6} {'fold':>4} {'train':>7} {'valid':>7} {'val_auc':>8} {'val_loss':>8} {'val_acc':>8} {'best_epoch':>10}"
+    lines = [header, "-" * len(header)]
+    for row in result["folds"]:
+        lines.append(
+            f"{row['repeat']:>6} {row['fold']:>4} {row['train_patches']:>7} {row['valid_patches']:>7} "
+            f"{float(row['val_auc']):>8.4f} {float(row['val_loss']):>8.4f} {float(row['val_accuracy']):>8.4f} "
+            f"{int(row['best_epoch']):>10}"
+        )
+    lines.append("-" * len(header))
+    for metric in CV_METRICS:
+        lines.append(f"{metric:>12}: {_plus_minus(result['metrics'][metric])}  (mean +- sd over {result['metrics'][metric]['n']} folds)")
+    if result["repeats"] > 1:
+        spread = result["repeat_means"]["val_auc"]
+        lines.append(f"{'':>12}  val_auc of the {result['repeats']} repeat means: {_plus_minus(spread)}")
+    lines.append(f"median best epoch: {result['best_epoch_median']:g} (final fit: {result['epochs_for_final']} epochs)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Final fit.
+
+
+def choice_from_run(run: str | os.PathLike) -> dict[str, Any]:
+    """The epoch count (and threshold) chosen on validation by an earlier run.
+
+    Args:
+        run: a hold-out run folder (its ``summary.json``: ``best_epoch``, ``threshold``), a cross-validation
+            folder (its ``cv_summary.json``: the median best epoch rounded half up, the median threshold),
+            or either JSON file itself.
+
+    Returns:
+        ``{"epochs": int, "threshold": float | None, "threshold_method": str, "source": str}``.
+
+    Raises:
+        ConfigError: no summary there, or it holds no usable best epoch.
+    """
+    path = Path(run)
+    if path.is_dir():
+        for name in ("cv_summary.json", "summary.json"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise ConfigError(
+                f"--epochs-from {str(run)!r} holds neither summary.json nor cv_summary.json; point it at a finished "
+                "training run or cross-validation folder"
+            )
+    if not path.is_file():
+        raise ConfigError(f"--epochs-from {str(run)!r} does not exist; point it at a finished run folder")
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ConfigError(f"{str(path)!r} is not valid JSON; point --epochs-from at a finished run folder") from None
+    if "epochs_for_final" in summary:
+        epochs, threshold = summary["epochs_for_final"], summary.get("threshold_median")
+    else:
+        epochs, threshold = summary.get("best_epoch"), summary.get("threshold")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(
+            f"{str(path)!r} has no best epoch >= 1 (got {epochs!r}); the run must have finished at least one "
+            "validated epoch: pass --epochs N instead"
+        )
+    return {"epochs": epochs, "threshold": threshold, "threshold_method": summary.get("threshold_method", "fixed"),
+            "source": str(path)}
+
+
+def run_final(
+    config: RunConfig,
+    out_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    epochs_from: str | os.PathLike | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Fit on ``train + valid`` for a chosen number of epochs, then score the test split.
+
+    Nothing is validated during this fit (there is no data left to validate on), so the epoch count
+    must come from earlier validation: ``epochs``, or the best epoch of ``epochs_from`` (a hold-out run
+    or a cross-validation folder), or else ``train.epochs`` (logged as not chosen on validation). When
+    ``evaluate.threshold_method`` is not ``fixed`` and ``epochs_from`` chose a threshold, that threshold
+    goes into the final checkpoint. Note that the count was chosen for a smaller training set; with
+    more patches per epoch it is, if anything, on the safe side.
+
+    Writes ``out_dir`` as a run folder (``last.safetensors`` = ``best.safetensors`` = the final model),
+    ``eval-test/`` (:func:`~pcamlab.evaluate.run.evaluate_checkpoint` of ``last.safetensors`` on
+    ``data.test_split``) when the data has a labelled test split, and ``final.json``.
+
+    Args:
+        config: the resolved run configuration.
+        out_dir: the run folder to create.
+        epochs: number of epochs; overrides ``epochs_from``.
+        epochs_from: a run folder or CV folder (or its summary JSON) to take the epoch count from.
+        progress: show tqdm progress bars.
+        log: called with one human-readable line per event.
+
+    Returns:
+        The contents of ``final.json``: epochs and their source, patch counts, the training summary
+        and the test metrics (or why there are none).
+
+    Raises:
+        RunError: ``out_dir`` holds a run.
+        ConfigError: bad ``epochs`` or ``epochs_from``.
+
+    Example:
+        >>> result = run_final(config, "runs/final", epochs_from="runs/cv")
+        >>> result["test"]["roc_auc"]
+    """
+    from pcamlab.data import available_splits
+    from pcamlab.train.loop import train
+
+    say = log or (lambda line: None)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise RunError(f"output folder {str(out_dir)!r} already holds a run; choose another --out")
+    final_config = copy.deepcopy(config)
+    threshold_note = None
+    if epochs is not None:
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+            raise ConfigError(f"epochs must be an integer >= 1; got {epochs!r}")
+        source = "given"
+    elif epochs_from is not None:
+        chosen = choice_from_run(epochs_from)
+        epochs, source = chosen["epochs"], chosen["source"]
+        if config.evaluate.threshold_method != "fixed" and chosen["threshold"] is not None:
+            final_config.evaluate.threshold = float(chosen["threshold"])
+            threshold_note = f"threshold {chosen['threshold']:.4f} chosen on validation by {source}"
+    else:
+        epochs, source = config.train.epochs, "train.epochs (not chosen on validation)"
+        say("final fit: no --epochs/--epochs-from given; using train.epochs, which was not chosen on validation")
+    final_config.train.epochs = int(epochs)
+
+    data = config.data
+    splits = available_splits(data.path, data.format)
+    parts = [_open_train_split(config, data.train_split)]
+    if data.valid_split in splits:
+        parts.append(_open_train_split(config, data.valid_split))
+    else:
+        say(f"final fit: the data has no {data.valid_split!r} split; fitting on {data.train_split!r} alone")
+    both = ConcatReader(parts)
+    say(f"final fit: {epochs} epochs ({source}) on {both.split} = "
+        + " + ".join(str(len(part)) for part in parts) + f" = {len(both)} patches"
+        + (f"; {threshold_note}" if threshold_note else ""))
+    summary = train(final_config, out_dir, progress=progress, log=log, readers=(both, None))
+
+    result: dict[str, Any] = {
+        "protocol": "final",
+        "epochs": int(epochs),
+        "epochs_source": source,
+        "threshold": summary["threshold"],
+        "threshold_source": threshold_note or f"evaluate.threshold {final_config.evaluate.threshold}",
+        "train_patches": {**{part.split: len(part) for part in parts}, "total": len(both)},
+        "summary": "summary.json",
+        "checkpoint": str(out_dir / "last.safetensors"),
+    }
+    test_split = data.test_split
+    if test_split not in splits:
+        result["test"] = {"skipped": f"the data has no {test_split!r} split ({splits} found)"}
+        say(f"final fit: no {test_split!r} split in {data.path}; nothing to evaluate the final model on")
+    elif getattr(_open_train_split(config, test_split), "unlabeled", False):
+        result["test"] = {"skipped": f"the {test_split!r} split has no labels (predict it instead)"}
+        say(f"final fit: the {test_split!r} split has no labels; use pcamlab predict on it")
+    else:
+        from pcamlab.evaluate.run import evaluate_checkpoint
+
+        metrics = evaluate_checkpoint(
+            out_dir / "last.safetensors", data.path, test_split, out_dir / "eval-test", format=data.format,
+            tta=config.evaluate.tta, batch_size=config.evaluate.batch_size, device=config.train.device,
+        )
+        result["test"] = {"split": test_split, "folder": "eval-test",
+                          **{key: metrics.get(key) for key in ("roc_auc", "roc_auc_ci", "accuracy") if key in metrics}}
+        say(f"final fit: test {test_split!r} AUC {metrics.get('roc_auc', float('nan')):.4f} "
+            f"(details in {out_dir / 'eval-test'})")
+    _write_atomic(out_dir / "final.json", json.dumps(_json_safe(result), indent=2))
+    return result

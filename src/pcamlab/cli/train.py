@@ -1,4 +1,12 @@
-"""``pcamlab train``: train a model from a YAML config into a run folder."""
+"""``pcamlab train``: train a model from a YAML config into a run folder, under an evaluation protocol.
+
+- ``--protocol holdout`` (default): learn on train, choose the epoch on valid (one run folder).
+- ``--protocol kfold --folds K [--repeats R]``: (iterated) k-fold cross-validation over the train split,
+  one run folder per fold, then a table of the folds and mean +- sd.
+- ``--final``: fit on train+valid for the epoch count chosen on validation (``--epochs-from RUN``, or
+  ``train.epochs``), then evaluate on the test split. With ``--protocol kfold`` the cross-validation runs
+  first and the final fit goes into ``OUT/final`` with the CV's median best epoch.
+"""
 
 from __future__ import annotations
 
@@ -9,36 +17,107 @@ from pcamlab.cli._common import add_config_arguments
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "train", help="train a model from a YAML config into a run folder",
+        "train", help="train a model from a YAML config into a run folder (hold-out, k-fold or final fit)",
         description="Train a model. Precedence: config defaults < --config FILE < --data/--format < --set.",
+        epilog="Examples: pcamlab train --config configs/baseline.yaml --out runs/first; "
+        "pcamlab train --protocol kfold --folds 5 --repeats 2 --out runs/cv; "
+        "pcamlab train --final --epochs-from runs/cv --out runs/final",
     )
     parser.add_argument("--data", metavar="PATH", help="dataset root (h5, class folders or Kaggle layout), or 'sample'")
     parser.add_argument("--format", choices=["auto", "h5", "folders", "kaggle"], help="data layout (default: detect)")
     add_config_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="run folder to create, e.g. runs/first")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run (or cross-validation) in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    protocol = parser.add_argument_group("evaluation protocol")
+    protocol.add_argument(
+        "--protocol", choices=["holdout", "kfold"], default="holdout",
+        help="holdout: train on train, validate on valid (default); kfold: cross-validate over the train split",
+    )
+    protocol.add_argument("--folds", type=int, metavar="K", help="k of k-fold (default 5; needs --protocol kfold)")
+    protocol.add_argument("--repeats", type=int, metavar="R",
+                          help="iterated k-fold: draw the folds R times with seeds data.seed + r (default 1)")
+    protocol.add_argument(
+        "--groups", metavar="auto|none|CSV",
+        help="slides to group folds by: auto = PCam's _meta.csv beside the h5 files (default), none, or a meta CSV path",
+    )
+    protocol.add_argument("--final", action="store_true",
+                          help="fit on train+valid without validation, then evaluate on the test split")
+    protocol.add_argument("--epochs-from", metavar="RUN",
+                          help="with --final: take the epoch count from a run's summary.json (best_epoch) or a "
+                          "cross-validation folder (median best epoch)")
     parser.set_defaults(func=run)
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    from pcamlab.errors import ConfigError
+
+    kfold = args.protocol == "kfold"
+    for flag, value in (("--folds", args.folds), ("--repeats", args.repeats), ("--groups", args.groups)):
+        if value is not None and not kfold:
+            raise ConfigError(f"{flag} applies to cross-validation only; add --protocol kfold (or drop {flag})")
+    if args.epochs_from and not args.final:
+        raise ConfigError("--epochs-from applies to the final fit only; add --final (or drop --epochs-from)")
+    if args.epochs_from and kfold:
+        raise ConfigError(
+            "--protocol kfold --final takes the epoch count from its own cross-validation; drop --epochs-from"
+        )
+    if args.resume and args.final:
+        raise ConfigError("--resume continues hold-out or k-fold runs, not a final fit; drop --resume or --final")
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
+    from pathlib import Path
 
     from pcamlab.config import load_config
-    from pcamlab.train.loop import train
 
+    _check_arguments(args)
     overrides = []
     if args.data:
         overrides.append(f"data.path={args.data}")
     if args.format:
         overrides.append(f"data.format={args.format}")
     if args.resume:
-        from pathlib import Path
-
         saved = Path(args.out) / "config.yaml"
         config = load_config(saved if saved.is_file() else args.config, overrides + args.overrides)
     else:
         config = load_config(args.config, overrides + args.overrides)
-    summary = train(config, args.out, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(), log=print)
+    progress = not args.no_progress and sys.stderr.isatty()
+
+    if args.protocol == "kfold":
+        from pcamlab.train.protocols import format_cv_table, run_kfold
+
+        result = run_kfold(
+            config, args.out, folds=5 if args.folds is None else args.folds, repeats=args.repeats or 1,
+            groups=args.groups or "auto", resume=args.resume, progress=progress, log=print,
+        )
+        print(format_cv_table(result))
+        print(f"cross-validation folder: {args.out}  (cv_results.csv, cv_summary.json)")
+        if args.final:
+            _final(config, Path(args.out) / "final", None, args.out, progress)
+        return 0
+    if args.final:
+        _final(config, args.out, None, args.epochs_from, progress)
+        return 0
+
+    from pcamlab.train.loop import train
+
+    summary = train(config, args.out, resume=args.resume, progress=progress, log=print)
     print(f"run folder: {args.out}  (best checkpoint: {summary['checkpoints']['best']})")
     return 0
+
+
+def _final(config, out, epochs, epochs_from, progress: bool) -> None:
+    from pathlib import Path
+
+    from pcamlab.train.protocols import run_final
+
+    result = run_final(config, out, epochs=epochs, epochs_from=epochs_from, progress=progress, log=print)
+    test = result["test"]
+    if "skipped" in test:
+        where = f"no test evaluation: {test['skipped']}"
+    else:
+        auc = "n/a" if test.get("roc_auc") is None else f"{test['roc_auc']:.4f}"
+        where = f"test {test['split']!r}: AUC {auc}, metrics in {Path(out) / test['folder']}"
+    print(f"final model: {result['checkpoint']}  ({result['epochs']} epochs on {result['train_patches']['total']} patches; {where})")

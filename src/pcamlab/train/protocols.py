@@ -44,8 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from pcamlab.config import RunConfig
+from pcamlab.config import RunConfig, config_to_dict
 from pcamlab.data.readers import H5_PATTERN, PatchReader
 from pcamlab.errors import ConfigError, DataError, RunError
 
@@ -470,7 +471,7 @@ def run_kfold(
 ) -> dict[str, Any]:
     """Cross-validate ``config`` on its ``train`` split: ``repeats`` x ``folds`` full training runs.
 
-    Writes into ``out_dir``: ``folds.csv`` (the fold of every patch in every repeat), one run folder per
+    Writes into ``out_dir``: ``config.yaml`` (the resolved config), ``folds.csv`` (the fold of every patch in every repeat), one run folder per
     fold ``repeat-R/fold-K/`` (1-based; everything :func:`~pcamlab.train.loop.train` writes, validated
     on the held-out fold), ``cv_results.csv`` (one row per fold, columns :data:`CV_COLUMNS`, rewritten
     after every fold) and ``cv_summary.json`` (mean, sample sd, min, max of each metric over all folds;
@@ -515,6 +516,7 @@ def run_kfold(
         plan = _read_plan(plan_path, len(labels), folds, repeats)
     else:
         plan = _fold_plan(labels, folds, repeats, config.data.seed, slides)
+        _write_atomic(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
         _write_plan(plan_path, plan, labels, slides)
     grouping = f"grouped by slide ({len(np.unique(slides))} slides from {group_source})" if slides is not None else (
         "not grouped by slide (no meta CSV): patches of one slide may sit in both parts of a fold"

@@ -153,6 +153,8 @@ def test_streaming_skip_bad_counts_the_corrupt_file(broken_root, patches, num_wo
         per_batch.append(skipped)
         keys += _keys(images, labels)
     assert sum(per_batch) == 1 and source.skipped == 1
+    second_epoch = sum(skipped for _, _, skipped in source.epoch(seed=1))  # workers persist across epochs
+    assert second_epoch == 1 and source.skipped == 1  # the same bad file met again is counted once
     assert sorted(keys) == sorted(_keys(torch.from_numpy(patches[0]), torch.from_numpy(patches[1])))
     ram = make_batch_source(reader, DataConfig(cache="ram", skip_bad=True), BATCH_SIZE)
     assert ram.skipped == 1 and ram.num_samples == COUNT

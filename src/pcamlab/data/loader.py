@@ -79,18 +79,31 @@ class _SkippingDataset(torch.utils.data.Dataset):
         except BadImageError:
             if not self.skip_bad:
                 raise
-            return None
+            return index  # a bad file: its index travels back so each one is counted once
         return torch.from_numpy(np.require(image, np.uint8, ["C", "W"])), int(label)  # Pillow arrays are read-only
 
 
-def _collate(items: list) -> Batch:
-    kept = [item for item in items if item is not None]
-    skipped = len(items) - len(kept)
+def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    kept = [item for item in items if isinstance(item, tuple)]
+    bad = [item for item in items if not isinstance(item, tuple)]
     if not kept:
-        return torch.empty((0, 96, 96, 3), dtype=torch.uint8), torch.empty(0, dtype=torch.int64), skipped
+        return torch.empty((0, 0, 0, 3), dtype=torch.uint8), torch.empty(0, dtype=torch.int64), bad
     images = torch.stack([image for image, _ in kept])  # (B, H, W, 3)
     labels = torch.tensor([label for _, label in kept], dtype=torch.int64)
-    return images, labels, skipped
+    return images, labels, bad
+
+
+class _EpochOrder(torch.utils.data.Sampler):
+    """A sampler whose order is set before each epoch, so worker processes can persist across epochs."""
+
+    def __init__(self, count: int):
+        self.order = list(range(count))
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
 
 
 class StreamingBatches:
@@ -108,7 +121,23 @@ class StreamingBatches:
         self.drop_last = drop_last
         self.num_workers = num_workers
         self.dataset = _SkippingDataset(reader, skip_bad or getattr(reader, "skip_bad", False))  # as load_split_arrays
-        self.skipped = 0  # grows as epochs meet unreadable files
+        self.bad_indices: set[int] = set()  # unreadable files met so far, each counted once
+        self._sampler = _EpochOrder(len(reader))
+        self._loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=batch_size,
+            sampler=self._sampler,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            collate_fn=_collate,
+            persistent_workers=num_workers > 0,  # no worker start-up (and h5 re-open) every epoch
+            prefetch_factor=4 if num_workers else None,
+        )
+
+    @property
+    def skipped(self) -> int:
+        """Unreadable files met so far (each counted once however many epochs meet it)."""
+        return len(self.bad_indices)
 
     def __len__(self) -> int:
         count = len(self.reader)
@@ -123,20 +152,10 @@ class StreamingBatches:
         return torch.from_numpy(np.asarray(self.reader.labels, dtype=np.int64))
 
     def epoch(self, seed: int = 0) -> Iterator[Batch]:
-        order = _order(len(self.reader), self.shuffle, seed).tolist()
-        loader = torch.utils.data.DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            sampler=order,
-            drop_last=self.drop_last,
-            num_workers=self.num_workers,
-            collate_fn=_collate,
-            persistent_workers=False,
-            prefetch_factor=4 if self.num_workers else None,
-        )
-        for images, labels, skipped in loader:
-            self.skipped += skipped
-            yield images, labels, skipped
+        self._sampler.order = _order(len(self.reader), self.shuffle, seed).tolist()
+        for images, labels, bad in self._loader:
+            self.bad_indices.update(bad)
+            yield images, labels, len(bad)
 
 
 def fits_in_memory(reader: PatchReader, budget_gb: float, patch_size: int = 96) -> bool:

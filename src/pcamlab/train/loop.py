@@ -357,7 +357,9 @@ def train(
     valid_source = None
     if valid_reader is not None:
         update, handle = bar("decoding valid")
-        valid_source = make_batch_source(valid_reader, data_config, 256, shuffle=False, progress=update)
+        valid_source = make_batch_source(
+            valid_reader, data_config, config.evaluate.batch_size, shuffle=False, progress=update
+        )
         handle.close()
     if len(train_source) == 0:
         raise ConfigError(
@@ -365,7 +367,10 @@ def train(
             "training patches; lower it"
         )
     skipped = train_source.skipped + (valid_source.skipped if valid_source else 0)
-    say(f"data: {train_source.kind} loading; {skipped} unreadable files skipped")
+    if train_source.kind == "ram":
+        say(f"data: decoded into RAM; {skipped} unreadable files skipped")
+    else:
+        say("data: streaming from disk; unreadable files are counted as they are met (see summary.json)")
 
     stain = _fit_stain_normalizer(config, [s for s in (train_source, valid_source) if s is not None])
     train_images = train_source.images if isinstance(train_source, InMemoryBatches) else None

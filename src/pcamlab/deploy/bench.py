@@ -383,15 +383,16 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         for line in cells
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
-    peaks = {}
+    peaks: dict[str, str] = {}
     for row in rows:
-        peaks.setdefault(row["precision"], row["matmul_flops"])
+        text = f"{row['precision']} {row['matmul_flops'] / 1e9:.1f} GFLOP/s"
+        if row["peak_flops"] != row["matmul_flops"]:
+            text += f" (rows compared with the fp32 peak, {row['peak_flops'] / 1e9:.1f})"
+        peaks.setdefault(row["precision"], text)
     if rows:
         first = rows[0]
-        note = " (bf16 rows: the larger of bf16 and fp32)" if "bf16" in peaks else ""
         lines.append(
-            "peak (matmul): " + ", ".join(f"{key} {value / 1e9:.1f} GFLOP/s" for key, value in peaks.items())
-            + f"{note}; {first['threads']} threads on {first['device']}; median of {first['steps']} steps after "
+            "peak (matmul): " + ", ".join(peaks.values()) + f"; {first['threads']} threads on {first['device']}; median of {first['steps']} steps after "
             f"{first['warmup']} warm-up; training %peak counts 3x forward FLOPs"
         )
         loads = [row["load_average"] for row in rows if row.get("load_average") is not None]

@@ -57,6 +57,11 @@ def tiny_h5(tmp_path_factory):
     return root
 
 
+def _rows(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
 def _config(root, *extra):
     return load_config(None, [f"data.path={root}", *TINY, *extra])
 
@@ -184,7 +189,7 @@ def test_kfold_writes_fold_runs_and_a_summary_of_them(cv_run, tiny_h5):
         run = out / "repeat-1" / f"fold-{fold}"
         for name in ("config.yaml", "history.csv", "best.safetensors", "last.safetensors", "summary.json"):
             assert (run / name).is_file(), f"{run}/{name}"
-    rows = list(csv.DictReader(open(out / "cv_results.csv")))
+    rows = _rows(out / "cv_results.csv")
     assert [(row["repeat"], row["fold"]) for row in rows] == [("1", "1"), ("1", "2")]
     assert sum(int(row["valid_patches"]) for row in rows) == 24
     summary = json.loads((out / "cv_summary.json").read_text())
@@ -201,7 +206,7 @@ def test_kfold_writes_fold_runs_and_a_summary_of_them(cv_run, tiny_h5):
 
     # grouped by the meta CSV beside the h5 files: no slide in two folds
     assert summary["groups"].endswith("_train_meta.csv")
-    plan = list(csv.DictReader(open(out / "folds.csv")))
+    plan = _rows(out / "folds.csv")
     fold_of_slide: dict[str, set] = {}
     for row in plan:
         fold_of_slide.setdefault(row["slide"], set()).add(row["repeat_1_fold"])
@@ -216,7 +221,7 @@ def test_iterated_kfold_resumes_only_what_is_missing(tiny_h5, tmp_path):
     config = _config(tiny_h5)
     first = run_kfold(config, out, folds=2, repeats=2, groups="none", progress=False)
     assert [(row["repeat"], row["fold"]) for row in first["folds"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
-    plan = list(csv.DictReader(open(out / "folds.csv")))
+    plan = _rows(out / "folds.csv")
     assert [row["repeat_1_fold"] for row in plan] != [row["repeat_2_fold"] for row in plan]  # redrawn per repeat
     kept = (out / "repeat-1" / "fold-1" / "best.safetensors").stat().st_mtime_ns
     import shutil
@@ -260,7 +265,7 @@ def test_final_fit_takes_epochs_and_threshold_from_a_holdout_run_and_says_when_t
     lines: list[str] = []
     result = run_final(_config(root, "evaluate.threshold_method=youden"), tmp_path / "final", epochs_from=previous,
                        progress=False, log=lines.append)
-    assert len(list(csv.DictReader(open(tmp_path / "final" / "history.csv")))) == 2
+    assert len(_rows(tmp_path / "final" / "history.csv")) == 2
     assert load_checkpoint(tmp_path / "final" / "last.safetensors").contract["threshold"] == pytest.approx(0.3)
     assert "no 'test' split" in result["test"]["skipped"] and any("nothing to evaluate" in line for line in lines)
     assert not (tmp_path / "final" / "eval-test").exists()

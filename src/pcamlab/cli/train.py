@@ -120,4 +120,4 @@ def _final(config, out, epochs, epochs_from, progress: bool) -> None:
     else:
         auc = "n/a" if test.get("roc_auc") is None else f"{test['roc_auc']:.4f}"
         where = f"test {test['split']!r}: AUC {auc}, metrics in {Path(out) / test['folder']}"
-    print(f"final model: {result['checkpoint']}  ({result['epochs']} epochs on {result['train_patches']['total']} patches; {where})")
+    print(f"final model: {result['checkpoint']}  ({result['epochs']} epoch{'' if result['epochs'] == 1 else 's'} on {result['train_patches']['total']} patches; {where})")

@@ -51,18 +51,18 @@ from pcamlab.data.readers import H5_PATTERN, PatchReader
 from pcamlab.errors import ConfigError, DataError, RunError
 
 __all__ = [
-    "SubsetReader",
-    "ConcatReader",
-    "stratified_folds",
-    "read_slide_ids",
-    "meta_csv_path",
-    "slide_groups",
-    "run_kfold",
-    "run_final",
-    "choice_from_run",
-    "format_cv_table",
     "CV_COLUMNS",
     "CV_METRICS",
+    "ConcatReader",
+    "SubsetReader",
+    "choice_from_run",
+    "format_cv_table",
+    "meta_csv_path",
+    "read_slide_ids",
+    "run_final",
+    "run_kfold",
+    "slide_groups",
+    "stratified_folds",
 ]
 
 META_PATTERN = H5_PATTERN.replace("_{kind}.h5", "_meta.csv")  # camelyonpatch_level_2_split_{split}_meta.csv
@@ -222,7 +222,7 @@ def stratified_folds(
     Example:
         >>> folds = stratified_folds([0, 0, 0, 1, 1, 1], k=3, seed=0)
         >>> [valid.tolist() for _, valid in folds]
-        [[1, 5], [2, 4], [0, 3]]
+        [[2, 5], [0, 4], [1, 3]]
     """
     k = _check_fold_count(k)
     labels = np.asarray(labels).reshape(-1)
@@ -587,7 +587,7 @@ def _cv_summary(rows, config: RunConfig, folds: int, repeats: int, group_source:
         "metrics": metrics,
         "repeat_means": repeat_means,
         "best_epoch_median": median_epoch,
-        "epochs_for_final": max(1, int(math.floor(median_epoch + 0.5))),
+        "epochs_for_final": max(1, math.floor(median_epoch + 0.5)),
         "threshold_median": float(statistics.median(thresholds)),
         "threshold_method": config.evaluate.threshold_method,
         "model": config.model.name,
@@ -600,6 +600,10 @@ def _plus_minus(spread: dict[str, Any], digits: int = 4) -> str:
         return "n/a"
     sd = "n/a" if spread["sd"] is None else f"{spread['sd']:.{digits}f}"
     return f"{spread['mean']:.{digits}f} +- {sd}"
+
+
+def _epochs_text(epochs: int) -> str:
+    return f"{epochs} epoch" + ("" if epochs == 1 else "s")
 
 
 def format_cv_table(result: dict[str, Any]) -> str:
@@ -618,7 +622,7 @@ def format_cv_table(result: dict[str, Any]) -> str:
     if result["repeats"] > 1:
         spread = result["repeat_means"]["val_auc"]
         lines.append(f"{'':>12}  val_auc of the {result['repeats']} repeat means: {_plus_minus(spread)}")
-    lines.append(f"median best epoch: {result['best_epoch_median']:g} (final fit: {result['epochs_for_final']} epochs)")
+    lines.append(f"median best epoch: {result['best_epoch_median']:g} (final fit: {_epochs_text(result['epochs_for_final'])})")
     return "\n".join(lines)
 
 
@@ -744,7 +748,7 @@ def run_final(
     else:
         say(f"final fit: the data has no {data.valid_split!r} split; fitting on {data.train_split!r} alone")
     both = ConcatReader(parts)
-    say(f"final fit: {epochs} epochs ({source}) on {both.split} = "
+    say(f"final fit: {_epochs_text(epochs)} ({source}) on {both.split} = "
         + " + ".join(str(len(part)) for part in parts) + f" = {len(both)} patches"
         + (f"; {threshold_note}" if threshold_note else ""))
     summary = train(final_config, out_dir, progress=progress, log=log, readers=(both, None))

@@ -1,0 +1,350 @@
+"""Transfer learning: weights written here in torchvision, timm, pcamlab and Keras layouts (nothing is
+downloaded) land in the right pcamlab tensors, shape mismatches are skipped with reasons, a Keras
+port computes what Keras computes, and a frozen backbone keeps the loaded weights through training."""
+
+from __future__ import annotations
+
+import re
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from fixtures_data import sample_patches, write_h5
+from safetensors.torch import save_file
+
+from pcamlab.config import load_config
+from pcamlab.errors import CheckpointError, ConfigError
+from pcamlab.models import build_model
+from pcamlab.models.transfer import load_pretrained
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two busy shared cores make tiny tensors far slower on several threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model(name: str, seed: int, **options) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(name, **options)
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+# -- the inverse mappings (pcamlab names -> the other libraries' names), written independently ----------
+
+
+def _to_torchvision_resnet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    renamed = {}
+    for key, value in state.items():
+        key = re.sub(r"^stem\.0\.", "conv1.", key)
+        key = re.sub(r"^stem\.1\.", "bn1.", key)
+        key = re.sub(r"^head\.", "fc.", key)
+        key = re.sub(r"^stages\.(\d+)\.", lambda m: f"layer{int(m.group(1)) + 1}.", key)
+        key = key.replace(".shortcut.", ".downsample.")
+        renamed[key] = value
+    return renamed
+
+
+def _to_torchvision_densenet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """densenet-small defaults: features = conv, pool, 4 layers, transition (4), 8 layers, transition, 8 layers, BN."""
+    names = {"0": "features.conv0"}
+    index = 2
+    for block, count in enumerate((4, 8, 8), start=1):
+        for layer in range(1, count + 1):
+            prefix = f"features.denseblock{block}.denselayer{layer}"
+            for inner, part in ((0, "norm1"), (2, "conv1"), (3, "norm2"), (5, "conv2")):
+                names[f"{index}.layers.{inner}"] = f"{prefix}.{part}"
+            index += 1
+        if block < 3:
+            names[str(index)] = f"features.transition{block}.norm"
+            names[str(index + 2)] = f"features.transition{block}.conv"
+            index += 4
+    names[str(index)] = "features.norm5"
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith("head."):
+            renamed["classifier." + key[5:]] = value
+            continue
+        module, leaf = key[len("features."):].rsplit(".", 1)
+        renamed[f"{names[module]}.{leaf}"] = value
+    return renamed
+
+
+def _assert_loaded_equal(model, expected: dict[str, torch.Tensor], names: list[str]) -> None:
+    state = model.state_dict()
+    assert names, "nothing was loaded"
+    for name in names:
+        assert torch.equal(state[name], expected[name]), name
+
+
+# -- torchvision / timm / pcamlab state dicts ---------------------------------------------------------
+
+
+def test_torchvision_resnet18_fills_every_tensor_with_the_same_values(tmp_path):
+    source = _state(_model("resnet18", 1, width=8))
+    path = tmp_path / "resnet18.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in _to_torchvision_resnet(source).items()}}, path)
+    model = _model("resnet18", 2, width=8)
+    assert not torch.equal(model.state_dict()["stages.2.0.conv1.weight"], source["stages.2.0.conv1.weight"])
+
+    report = load_pretrained(model, path)
+
+    assert report["source_format"] == "torchvision"
+    assert report["missing"] == [] and report["skipped"] == []
+    assert len(report["loaded"]) == sum(1 for k in source if not k.endswith("num_batches_tracked"))
+    _assert_loaded_equal(model, source, report["loaded"])
+    assert "stages.1.0.shortcut.0.weight" in report["loaded"]  # downsample.0 -> shortcut.0
+
+
+def test_imagenet_shaped_stem_and_fc_are_skipped_with_reasons(tmp_path):
+    source = _to_torchvision_resnet(_state(_model("resnet18", 1, width=8)))
+    source["conv1.weight"] = torch.randn(8, 3, 1, 1).expand(8, 3, 7, 7).contiguous()  # ImageNet's 7x7 stem shape
+    source["fc.weight"], source["fc.bias"] = torch.randn(1000, 64), torch.randn(1000)  # 1000 classes
+    path = tmp_path / "imagenet.pt"
+    torch.save({"model": source}, path)
+    model = _model("resnet18", 2, width=8)
+    initial_head = model.head.weight.detach().clone()
+
+    report = load_pretrained(model, path)
+
+    skipped = {line.split(":", 1)[0]: line.split(":", 1)[1] for line in report["skipped"]}
+    assert "(8, 3, 7, 7) does not fit stem.0.weight (8, 3, 3, 3)" in skipped["conv1.weight"]
+    assert "(1000, 64) does not fit head.weight (1, 64)" in skipped["fc.weight"]
+    assert "follows conv1.weight" in skipped["bn1.running_mean"]  # statistics of a stem that is not loaded
+    assert set(report["missing"]) == {"stem.0.weight", "stem.1.weight", "stem.1.bias", "stem.1.running_mean",
+                                      "stem.1.running_var", "head.weight", "head.bias"}
+    assert torch.equal(model.head.weight, initial_head)  # the head is left to train
+    reference = _model("resnet18", 1, width=8).state_dict()
+    _assert_loaded_equal(model, reference, report["loaded"])
+
+    relaxed = _model("resnet18", 2, width=8)
+    report = load_pretrained(relaxed, path, strict_shapes=False)  # the 7x7 kernel is resized to 3x3
+    assert report["adapted"] == ["stem.0.weight"] and "stem.1.running_var" in report["loaded"]
+    # a flat 7x7 filter becomes a flat 3x3 filter with the same sum (the same response to a flat patch)
+    assert torch.allclose(relaxed.stem[0].weight, source["conv1.weight"][:, :, :3, :3] * 49 / 9)
+
+
+def test_timm_resnet_d_names_deep_stem_skipped_average_shortcut_loaded(tmp_path):
+    source = _to_torchvision_resnet(_state(_model("resnet18", 1, width=8)))
+    timm = {}
+    for key, value in source.items():  # resnet-d shortcut: AvgPool2d (no tensors) > conv > bn
+        key = re.sub(r"\.downsample\.(\d)\.", lambda m: f".downsample.{int(m.group(1)) + 1}.", key)
+        if not key.startswith("conv1."):
+            timm[key] = value
+    for index, shape in ((0, (4, 3, 3, 3)), (3, (4, 4, 3, 3)), (6, (8, 4, 3, 3))):  # deep stem convs
+        timm[f"conv1.{index}.weight"] = torch.randn(shape)
+    path = tmp_path / "timm-resnet18d.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.items()}, str(path))
+    model = _model("resnet18", 2, width=8)
+
+    report = load_pretrained(model, path)
+
+    assert report["source_format"] == "timm"
+    skipped = "\n".join(report["skipped"])
+    assert "conv1.0.weight: timm's deep stem" in skipped and "bn1.weight: follows conv1.6.weight" in skipped
+    assert "stages.1.0.shortcut.0.weight" in report["loaded"] and "stages.1.0.shortcut.1.running_var" in report["loaded"]
+    reference = _model("resnet18", 1, width=8).state_dict()
+    _assert_loaded_equal(model, reference, report["loaded"])
+    assert {name.split(".")[0] for name in report["missing"]} == {"stem"}
+
+    plain = tmp_path / "timm-resnet18.safetensors"  # timm's plain resnet18 uses torchvision's names
+    save_file({k: v.contiguous() for k, v in source.items()}, str(plain))
+    report = load_pretrained(_model("resnet18", 2, width=8), plain, "timm")
+    assert report["source_format"] == "timm" and report["missing"] == []
+
+
+def test_torchvision_densenet_fills_densenet_small_block_by_block(tmp_path):
+    source = _state(_model("densenet-small", 1))
+    renamed = _to_torchvision_densenet(source)
+    renamed["features.norm0.weight"] = torch.ones(24)  # torchvision has a BN after its stem conv
+    renamed["classifier.weight"], renamed["classifier.bias"] = torch.randn(1000, source["head.weight"].shape[1]), torch.randn(1000)
+    path = tmp_path / "densenet.pth"
+    torch.save(renamed, path)
+    model = _model("densenet-small", 2)
+
+    report = load_pretrained(model, path)
+
+    assert report["source_format"] == "torchvision"
+    assert report["missing"] == ["head.weight", "head.bias"]
+    _assert_loaded_equal(model, source, report["loaded"])
+    skipped = "\n".join(report["skipped"])
+    assert "features.norm0.weight: pcamlab's densenet has no batch-norm" in skipped
+    assert "classifier.weight: shape (1000," in skipped
+
+
+def test_pcamlab_checkpoint_loads_by_name_and_a_misfit_fails_in_one_line(tmp_path):
+    from pcamlab.train.checkpoint import make_contract, save_checkpoint
+
+    source = _model("resnet18", 1, width=8)
+    path = save_checkpoint(tmp_path / "best.safetensors", source, load_config(), make_contract([0.5] * 3, [0.2] * 3))
+    model = _model("resnet18", 2, width=8)
+    report = load_pretrained(model, path)
+    assert report["source_format"] == "pcamlab" and report["missing"] == []
+    _assert_loaded_equal(model, _state(source), report["loaded"])
+
+    with pytest.raises(CheckpointError) as error:  # every tensor has the wrong width
+        load_pretrained(_model("resnet18", 2, width=4), path)
+    message = str(error.value)  # (only the 1-element head bias fits: a head alone is no transfer)
+    assert "\n" not in message and "none of its backbone tensors fits ResNet" in message and "does not fit" in message
+
+
+def test_errors_say_what_is_wrong_and_how_to_fix_it(tmp_path):
+    model = _model("resnet18", 0, width=4)
+    with pytest.raises(CheckpointError, match="does not exist; set model.pretrained"):
+        load_pretrained(model, tmp_path / "nowhere.pth")
+    garbage = tmp_path / "weights.bin"
+    garbage.write_text("not weights at all\n")
+    with pytest.raises(CheckpointError, match="is not a safetensors, torch or Keras HDF5 file"):
+        load_pretrained(model, garbage)
+    torch.save({"epoch": 3}, tmp_path / "no-tensors.pt")
+    with pytest.raises(CheckpointError, match="holds no tensors"):
+        load_pretrained(model, tmp_path / "no-tensors.pt")
+    torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3), "layer1.0.conv1.weight": torch.zeros(4, 4, 3, 3)},
+               tmp_path / "ok.pt")
+    with pytest.raises(ConfigError, match="did you mean 'timm'"):
+        load_pretrained(model, tmp_path / "ok.pt", "tim")
+    with pytest.raises(CheckpointError, match="not a Keras HDF5 file"):
+        load_pretrained(model, tmp_path / "ok.pt", "keras")
+    with pytest.raises(CheckpointError, match="read as torchvision ResNet names"):  # a ResNet file for a baseline
+        load_pretrained(_model("baseline", 0), tmp_path / "ok.pt")
+
+
+# -- Keras ---------------------------------------------------------------------------------------------
+
+
+def _keras_baseline_weights(seed: int) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
+    """The course CNN's layers in Keras layout: Conv2D kernels (kh, kw, in, out), Dense kernels (in, out)."""
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape, scale):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    return [
+        ("conv2d", [("kernel:0", normal(3, 3, 3, 32, scale=0.3)), ("bias:0", normal(32, scale=0.1))]),
+        ("max_pooling2d", []),
+        ("conv2d_1", [("kernel:0", normal(3, 3, 32, 64, scale=0.1)), ("bias:0", normal(64, scale=0.1))]),
+        ("max_pooling2d_1", []),
+        ("flatten", []),
+        ("dense", [("kernel:0", normal(6 * 6 * 64, 64, scale=0.03)), ("bias:0", normal(64, scale=0.1))]),
+        ("dense_1", [("kernel:0", normal(64, 1, scale=0.2)), ("bias:0", normal(1, scale=0.1))]),
+    ]
+
+
+def _write_keras2(path, layers) -> None:
+    """``model.save_weights('x.h5')`` of Keras 2: ordered layer_names, each group with weight_names."""
+    with h5py.File(path, "w") as file:
+        file.attrs["layer_names"] = np.array([name.encode() for name, _ in layers])
+        file.attrs["backend"], file.attrs["keras_version"] = b"tensorflow", b"2.15.0"
+        for name, weights in layers:
+            group = file.create_group(name)
+            group.attrs["weight_names"] = np.array([f"{name}/{w}".encode() for w, _ in weights])
+            for weight_name, array in weights:
+                group.create_dataset(f"{name}/{weight_name}", data=array)
+
+
+def _write_keras3(path, layers) -> None:
+    """``model.save_weights('x.weights.h5')`` of Keras 3: layers/<name>/vars/<index>."""
+    with h5py.File(path, "w") as file:
+        for name, weights in layers:
+            group = file.create_group(f"layers/{name}/vars")
+            for index, (_, array) in enumerate(weights):
+                group.create_dataset(str(index), data=array)
+
+
+def _keras_reference_forward(images: np.ndarray, layers) -> np.ndarray:
+    """What Keras computes, in numpy, channels-last: conv 'same' + relu, max-pool 4, ..., flatten, dense."""
+    weights = {name: [array.astype(np.float64) for _, array in pairs] for name, pairs in layers}
+    x = images.astype(np.float64)  # (B, 96, 96, 3)
+    for conv in ("conv2d", "conv2d_1"):
+        kernel, bias = weights[conv]
+        padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        height, width = x.shape[1:3]
+        x = sum(padded[:, dy:dy + height, dx:dx + width, :] @ kernel[dy, dx] for dy in range(3) for dx in range(3))
+        x = np.maximum(x + bias, 0.0)
+        batch, height, width, channels = x.shape
+        x = x.reshape(batch, height // 4, 4, width // 4, 4, channels).max(axis=(2, 4))  # MaxPool2D(4)
+    x = x.reshape(len(x), -1)  # Flatten in NHWC order: (B, 6*6*64)
+    x = np.maximum(x @ weights["dense"][0] + weights["dense"][1], 0.0)
+    logit = x @ weights["dense_1"][0] + weights["dense_1"][1]  # (B, 1)
+    return 1.0 / (1.0 + np.exp(-logit[:, 0]))  # Dense(1, activation="sigmoid")
+
+
+@pytest.mark.parametrize("writer", [_write_keras2, _write_keras3], ids=["keras2", "keras3"])
+def test_keras_baseline_weights_compute_what_keras_computes(tmp_path, writer):
+    layers = _keras_baseline_weights(seed=3)
+    path = tmp_path / "baseline.weights.h5"
+    writer(path, layers)
+    model = _model("baseline", 0)
+
+    report = load_pretrained(model, path)
+
+    assert report["source_format"] == "keras" and report["missing"] == [] and report["skipped"] == []
+    images = sample_patches(2)[0].astype(np.float32) / 255.0  # (2, 96, 96, 3)
+    expected = _keras_reference_forward(images, layers)
+    with torch.no_grad():
+        logits = model.eval()(torch.from_numpy(images).permute(0, 3, 1, 2))  # (2, 1)
+    probability = torch.sigmoid(logits)[:, 0].double().numpy()
+    assert np.abs(expected - 0.5).max() > 0.05  # the weights say something: not all at 0.5
+    np.testing.assert_allclose(probability, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_keras_flatten_order_matters(tmp_path):
+    """The same weights without the NHWC -> NCHW row reordering give another output: the test above can fail."""
+    layers = _keras_baseline_weights(seed=3)
+    path = tmp_path / "baseline.h5"
+    _write_keras2(path, layers)
+    model = _model("baseline", 0)
+    load_pretrained(model, path)
+    naive = _model("baseline", 0)
+    load_pretrained(naive, path)
+    with torch.no_grad():
+        naive.classifier[1].weight.copy_(torch.from_numpy(layers[5][1][0][1].T.copy()))  # rows left in NHWC order
+    images = torch.from_numpy(sample_patches(2)[0].astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        assert not torch.allclose(model.eval()(images), naive.eval()(images), atol=1e-3)
+
+
+# -- training from loaded weights ------------------------------------------------------------------------
+
+
+def test_training_with_a_frozen_backbone_keeps_the_loaded_weights(tmp_path):
+    from pcamlab.train.checkpoint import load_checkpoint
+    from pcamlab.train.loop import train
+
+    images, labels = sample_patches(16, split="train", seed=5)
+    valid_images, valid_labels = sample_patches(8, split="valid", seed=6)
+    data = write_h5(tmp_path / "h5", {"train": (images, labels), "valid": (valid_images, valid_labels)})
+    source = _state(_model("resnet18", 1, width=8))
+    imagenet = _to_torchvision_resnet(source)
+    imagenet["fc.weight"], imagenet["fc.bias"] = torch.randn(1000, 64), torch.randn(1000)
+    weights = tmp_path / "imagenet.pth"
+    torch.save(imagenet, weights)
+    settings = [
+        f"data.path={data}", "model.name=resnet18", "model.options={width: 8}", f"model.pretrained={weights}",
+        "train.freeze_backbone_epochs=1", "train.backbone_lr_factor=0.1", "train.batch_size=8",
+        "train.patience=0", "train.warmup_epochs=0", "train.learning_rate=0.01", "train.seed=7",
+    ]
+    lines: list[str] = []
+    train(load_config(None, [*settings, "train.epochs=1"]), tmp_path / "frozen", progress=False, log=lines.append)
+
+    assert any(line.startswith("model: 100 tensors loaded from") for line in lines), lines
+    trained = load_checkpoint(tmp_path / "frozen" / "last.safetensors").model.state_dict()
+    backbone = [name for name in source if not name.startswith("head.") and not name.endswith("num_batches_tracked")]
+    for name in backbone:  # weights and batch-norm statistics: the frozen backbone is untouched
+        assert torch.equal(trained[name], source[name]), name
+    torch.manual_seed(7)  # the loop seeds torch with train.seed before building the model
+    initial_head = build_model("resnet18", width=8).head.weight
+    assert not torch.allclose(trained["head.weight"], initial_head)  # the head learned
+
+    train(load_config(None, [*settings, "train.epochs=2", "train.max_steps_per_epoch=1"]), tmp_path / "thawed",
+          progress=False)
+    thawed = load_checkpoint(tmp_path / "thawed" / "last.safetensors").model.state_dict()
+    changed = [name for name in backbone if not torch.equal(thawed[name], source[name])]
+    assert "stages.3.1.conv2.weight" in changed  # epoch 2 trains the backbone (at 0.1 x the learning rate)

@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from fixtures_data import sample_patches, write_folders
+import shutil
+
+from fixtures_data import sample_patches, write_bad_image, write_folders
 
 from pcamlab.cli.main import main
 
@@ -68,3 +70,18 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and err.count("\n") == 1 and err.startswith("pcamlab: error: ")
+
+
+def test_skip_bad_trains_past_an_unreadable_file_and_reports_it(tiny_folders, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_folders, data)
+    bad = write_bad_image(data / "train" / "1" / "zz_broken.png", "truncated")
+    common = ["train", "--data", str(data), "--no-progress", "--set", "model.name=baseline",
+              "--set", "model.options={filters: [8, 16], dense_units: 16}", "--set", "train.epochs=1",
+              "--set", "train.batch_size=8"]
+    assert main([*common, "--out", str(tmp_path / "strict")]) == 2
+    err = capsys.readouterr().err
+    assert bad.name in err and err.count("\n") == 1
+    assert main([*common, "--out", str(tmp_path / "lenient"), "--skip-bad"]) == 0
+    assert "1 unreadable files skipped" in capsys.readouterr().out
+    assert json.loads((tmp_path / "lenient" / "summary.json").read_text())["data"]["skipped_files"] == 1

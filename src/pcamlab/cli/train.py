@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="run folder to create, e.g. runs/first")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run (or cross-validation) in --out")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="go on past unreadable or malformed image files and report how many were skipped")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     protocol = parser.add_argument_group("evaluation protocol")
     protocol.add_argument(
@@ -78,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"data.path={args.data}")
     if args.format:
         overrides.append(f"data.format={args.format}")
+    if args.skip_bad:
+        overrides.append("data.skip_bad=true")
     if args.resume:
         saved = Path(args.out) / "config.yaml"
         config = load_config(saved if saved.is_file() else args.config, overrides + args.overrides)

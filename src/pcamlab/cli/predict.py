@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", metavar="MODEL", help="checkpoint .safetensors, or exported .onnx / .pt")
     parser.add_argument("inputs", metavar="INPUT", nargs="+",
                         help="image files (jpg/png/tif), folders of them (recursive), PCam-style _x.h5 files")
-    parser.add_argument("--out", default="predictions.csv", metavar="FILE", help="CSV to write (default predictions.csv)")
+    parser.add_argument("--out", default="predictions.csv", metavar="FILE",
+                        help="CSV to write (default predictions.csv)")
     parser.add_argument("--tta", action="store_true", help="average over the 8 dihedral transforms")
     parser.add_argument("--batch-size", type=int, default=256, help="patches per forward pass (default 256)")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")

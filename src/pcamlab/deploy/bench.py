@@ -327,9 +327,9 @@ def run_bench(
                 rows += new_rows
             # Measure the peak again after each model and keep the best: on a shared machine one
             # measurement can land in a busy moment and make every fraction too large.
-            for precision in peaks:
-                peaks[precision] = max(peaks[precision], measure_peak_flops(
-                    precision, size=peak_size, device=torch_device, seed=seed))
+            for precision, best in list(peaks.items()):
+                again = measure_peak_flops(precision, size=peak_size, device=torch_device, seed=seed)
+                peaks[precision] = max(best, again)
         for row in rows:
             row["matmul_flops"] = peaks[row["precision"]]
             peak = max(peaks[row["precision"]], peaks["fp32"])
@@ -392,7 +392,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     if rows:
         first = rows[0]
         lines.append(
-            "peak (matmul): " + ", ".join(peaks.values()) + f"; {first['threads']} threads on {first['device']}; median of {first['steps']} steps after "
+            "peak (matmul): " + ", ".join(peaks.values())
+            + f"; {first['threads']} threads on {first['device']}; median of {first['steps']} steps after "
             f"{first['warmup']} warm-up; training %peak counts 3x forward FLOPs"
         )
         loads = [row["load_average"] for row in rows if row.get("load_average") is not None]

@@ -206,7 +206,8 @@ class TorchScriptPredictor:
             ) from None
         if not extra[TORCHSCRIPT_CONTRACT_FILE]:
             raise CheckpointError(
-                f"TorchScript file {str(self.path)!r} carries no {TORCHSCRIPT_CONTRACT_FILE}; export it with pcamlab export"
+                f"TorchScript file {str(self.path)!r} carries no {TORCHSCRIPT_CONTRACT_FILE}; "
+                "export it with pcamlab export"
             )
         self.contract = json.loads(extra[TORCHSCRIPT_CONTRACT_FILE])
         self.device = device

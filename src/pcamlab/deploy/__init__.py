@@ -26,15 +26,15 @@ from pcamlab.deploy.predictors import (
 from pcamlab.deploy.sources import PatchSource, collect_sources, iterate_patches
 
 __all__ = [
-    "predict_files",
-    "PredictionResult",
-    "export_checkpoint",
-    "load_onnx",
-    "load_predictor",
     "CheckpointPredictor",
     "OnnxPredictor",
-    "TorchScriptPredictor",
     "PatchSource",
+    "PredictionResult",
+    "TorchScriptPredictor",
     "collect_sources",
+    "export_checkpoint",
     "iterate_patches",
+    "load_onnx",
+    "load_predictor",
+    "predict_files",
 ]

@@ -44,13 +44,13 @@ import torch.nn.functional as F
 from pcamlab.errors import ConfigError, RunError, did_you_mean
 
 __all__ = [
-    "PRECISIONS",
-    "PEAK_SIZES",
     "COLUMNS",
-    "run_bench",
-    "measure_peak_flops",
-    "time_steps",
+    "PEAK_SIZES",
+    "PRECISIONS",
     "format_table",
+    "measure_peak_flops",
+    "run_bench",
+    "time_steps",
     "write_results",
 ]
 

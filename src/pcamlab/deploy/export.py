@@ -46,15 +46,15 @@ from torch import nn
 from pcamlab.errors import ConfigError, RunError, did_you_mean
 
 __all__ = [
-    "EXPORT_FORMATS",
     "EXPORTERS",
+    "EXPORT_FORMATS",
     "INPUT_KINDS",
-    "UInt8PatchModel",
     "NormalisedInputModel",
+    "UInt8PatchModel",
+    "default_export_path",
     "export_checkpoint",
     "export_onnx",
     "verification_patches",
-    "default_export_path",
 ]
 
 EXPORT_FORMATS = ("onnx", "torchscript")

@@ -27,7 +27,7 @@ import numpy as np
 
 from pcamlab.errors import DataError, RunError
 
-__all__ = ["PredictionResult", "predict_files", "CSV_COLUMNS"]
+__all__ = ["CSV_COLUMNS", "PredictionResult", "predict_files"]
 
 CSV_COLUMNS = ["patch", "probability", "predicted", "class_name"]
 

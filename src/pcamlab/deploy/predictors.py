@@ -29,16 +29,16 @@ import numpy as np
 from pcamlab.errors import CheckpointError, DataError
 
 __all__ = [
+    "MODEL_SUFFIXES",
+    "ONNX_METADATA_KEYS",
+    "TORCHSCRIPT_CONTRACT_FILE",
     "CheckpointPredictor",
     "OnnxPredictor",
     "TorchScriptPredictor",
-    "load_predictor",
-    "load_onnx",
     "check_patches",
     "dihedral_numpy",
-    "ONNX_METADATA_KEYS",
-    "TORCHSCRIPT_CONTRACT_FILE",
-    "MODEL_SUFFIXES",
+    "load_onnx",
+    "load_predictor",
 ]
 
 # Keys of the ONNX ``metadata_props`` written by the exporter.

@@ -25,7 +25,7 @@ import numpy as np
 from pcamlab.data.readers import IMAGE_SUFFIXES, PATCH_SIZE, BadImageError, decode_image_file
 from pcamlab.errors import DataError
 
-__all__ = ["PatchSource", "H5_SUFFIXES", "collect_sources", "iterate_patches", "h5_row_name"]
+__all__ = ["H5_SUFFIXES", "PatchSource", "collect_sources", "h5_row_name", "iterate_patches"]
 
 H5_SUFFIXES = (".h5", ".hdf5")
 _ACCEPTED = f"image files ({'/'.join(IMAGE_SUFFIXES)}), folders of them, or a PCam-style *_x.h5 file"

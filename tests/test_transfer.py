@@ -149,7 +149,7 @@ def test_timm_resnet_d_names_deep_stem_skipped_average_shortcut_loaded(tmp_path)
     assert report["source_format"] == "timm"
     skipped = "\n".join(report["skipped"])
     assert "conv1.0.weight: timm's deep stem" in skipped and "bn1.weight: follows conv1.6.weight" in skipped
-    assert "stages.1.0.shortcut.0.weight" in report["loaded"] and "stages.1.0.shortcut.1.running_var" in report["loaded"]
+    assert {"stages.1.0.shortcut.0.weight", "stages.1.0.shortcut.1.running_var"} <= set(report["loaded"])
     reference = _model("resnet18", 1, width=8).state_dict()
     _assert_loaded_equal(model, reference, report["loaded"])
     assert {name.split(".")[0] for name in report["missing"]} == {"stem"}
@@ -164,7 +164,8 @@ def test_torchvision_densenet_fills_densenet_small_block_by_block(tmp_path):
     source = _state(_model("densenet-small", 1))
     renamed = _to_torchvision_densenet(source)
     renamed["features.norm0.weight"] = torch.ones(24)  # torchvision has a BN after its stem conv
-    renamed["classifier.weight"], renamed["classifier.bias"] = torch.randn(1000, source["head.weight"].shape[1]), torch.randn(1000)
+    features = source["head.weight"].shape[1]
+    renamed["classifier.weight"], renamed["classifier.bias"] = torch.randn(1000, features), torch.randn(1000)
     path = tmp_path / "densenet.pth"
     torch.save(renamed, path)
     model = _model("densenet-small", 2)
@@ -318,8 +319,8 @@ def test_training_with_a_frozen_backbone_keeps_the_loaded_weights(tmp_path):
     from pcamlab.train.checkpoint import load_checkpoint
     from pcamlab.train.loop import train
 
-    images, labels = sample_patches(16, split="train", seed=5)
-    valid_images, valid_labels = sample_patches(8, split="valid", seed=6)
+    images, labels = sample_patches(8, split="train", seed=5)
+    valid_images, valid_labels = sample_patches(4, split="valid", seed=6)
     data = write_h5(tmp_path / "h5", {"train": (images, labels), "valid": (valid_images, valid_labels)})
     source = _state(_model("resnet18", 1, width=8))
     imagenet = _to_torchvision_resnet(source)
@@ -348,3 +349,56 @@ def test_training_with_a_frozen_backbone_keeps_the_loaded_weights(tmp_path):
     thawed = load_checkpoint(tmp_path / "thawed" / "last.safetensors").model.state_dict()
     changed = [name for name in backbone if not torch.equal(thawed[name], source[name])]
     assert "stages.3.1.conv2.weight" in changed  # epoch 2 trains the backbone (at 0.1 x the learning rate)
+
+
+def _torchvision_resnet18_shapes() -> dict[str, tuple[int, ...]]:
+    """torchvision.models.resnet18's state dict shapes, written out (BasicBlocks 2-2-2-2, 1000 classes)."""
+    shapes: dict[str, tuple[int, ...]] = {"conv1.weight": (64, 3, 7, 7)}
+
+    def batch_norm(prefix: str, channels: int) -> None:
+        for leaf in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{prefix}.{leaf}"] = (channels,)
+        shapes[f"{prefix}.num_batches_tracked"] = ()
+
+    batch_norm("bn1", 64)
+    in_planes = 64
+    for stage, planes in enumerate((64, 128, 256, 512), start=1):
+        for block in range(2):
+            prefix = f"layer{stage}.{block}"
+            shapes[f"{prefix}.conv1.weight"] = (planes, in_planes, 3, 3)
+            batch_norm(f"{prefix}.bn1", planes)
+            shapes[f"{prefix}.conv2.weight"] = (planes, planes, 3, 3)
+            batch_norm(f"{prefix}.bn2", planes)
+            if block == 0 and stage > 1:
+                shapes[f"{prefix}.downsample.0.weight"] = (planes, in_planes, 1, 1)
+                batch_norm(f"{prefix}.downsample.1", planes)
+            in_planes = planes
+    shapes["fc.weight"], shapes["fc.bias"] = (1000, 512), (1000,)
+    return shapes
+
+
+def test_shipped_transfer_config_takes_torchvision_resnet18_weights(tmp_path):
+    from pathlib import Path
+
+    config_path = Path(__file__).resolve().parents[1] / "configs" / "transfer-resnet18.yaml"
+    generator = torch.Generator().manual_seed(0)
+    imagenet = {
+        name: torch.randn(shape, generator=generator) if shape else torch.tensor(100)
+        for name, shape in _torchvision_resnet18_shapes().items()
+    }
+    weights = tmp_path / "resnet18-imagenet.pth"
+    torch.save(imagenet, weights)
+    config = load_config(config_path, [f"model.pretrained={weights}"])
+    assert config.train.freeze_backbone_epochs == 2 and config.train.backbone_lr_factor == 0.1
+    model = build_model(config.model)
+
+    report = load_pretrained(model, config.model.pretrained, config.model.pretrained_format)
+
+    assert report["source_format"] == "torchvision"
+    assert sorted(report["missing"]) == sorted(["stem.0.weight", "stem.1.weight", "stem.1.bias", "stem.1.running_mean",
+                                                "stem.1.running_var", "head.weight", "head.bias"])
+    # 102 tensors (besides batch-norm counters) less the 7x7 stem conv, its batch-norm (4) and the fc (2)
+    assert len(report["loaded"]) == 95 and report["adapted"] == []
+    assert torch.equal(model.state_dict()["stages.3.1.conv2.weight"], imagenet["layer4.1.conv2.weight"])
+    loaded = model.state_dict()["stages.2.0.shortcut.1.running_var"]
+    assert torch.equal(loaded, imagenet["layer3.0.downsample.1.running_var"])

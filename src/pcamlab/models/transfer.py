@@ -143,7 +143,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
+    except Exception as error:  # unpickling refusals, zip and EOF errors: all mean "not a state dict"
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
             f"{_where(path)} cannot be read as a torch state dict with weights_only=True ({first_line}); "
@@ -177,9 +177,9 @@ def _read_keras_handle(handle: Any, path: Path) -> list[_KerasLayer]:
     found: list[tuple[str, Any]] = []  # Keras 3: <layer path>/vars/0, 1, ... in the layer's weight order
 
     def visit(name: str, item: Any) -> None:
-        if isinstance(item, h5py.Group) and name.split("/")[-1] == "vars" and not name.startswith("optimizer"):
-            if len(item):
-                found.append((name.rsplit("/", 1)[0] if "/" in name else "", item))
+        is_vars = isinstance(item, h5py.Group) and name.split("/")[-1] == "vars" and len(item) > 0
+        if is_vars and not name.startswith("optimizer"):
+            found.append((name.rsplit("/", 1)[0] if "/" in name else "", item))
 
     root.visititems(visit)
     for name, group in sorted(found, key=lambda pair: _natural_key(pair[0])):
@@ -211,7 +211,7 @@ def _read_keras(path: Path) -> list[_KerasLayer]:
             return _read_keras_handle(handle, path)
     except CheckpointError:
         raise
-    except Exception as error:
+    except Exception as error:  # h5py raises OSError, KeyError, TypeError for damaged files
         raise CheckpointError(
             f"{_where(path)} cannot be read as a Keras HDF5 weight file ({error}); write it with "
             "model.save_weights('weights.h5')"
@@ -267,8 +267,9 @@ def read_weights(path: str | Path) -> tuple[str, Any, dict[str, str]]:
 _RESNET_BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(conv1|bn1|conv2|bn2)\.(.+)$")
 _RESNET_DOWNSAMPLE = re.compile(r"^layer(\d+)\.(\d+)\.downsample\.(\d+)\.(.+)$")
 _DENSE_LAYER = re.compile(r"^features\.denseblock(\d+)\.denselayer(\d+)\.(norm1|conv1|norm2|conv2)\.(.+)$")
-_DENSE_TRANSITION = re.compile(r"^features\.transition(\d+)\.(norm|conv)\.(.+)$")
-_LEGACY_DENSE = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_LEGACY_DENSE = re.compile(  # torchvision's pre-0.3 files: "denselayer1.norm.1.weight" for "denselayer1.norm1.weight"
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
 
 
 def detect_source_format(keys: Iterable[str], header: dict[str, str] | None = None) -> str | None:
@@ -534,7 +535,7 @@ def load_pretrained(
                 f"{_where(path)} is a Keras HDF5 file but model.pretrained_format is {format!r}; "
                 "set model.pretrained_format=keras (or auto)"
             )
-        source_format, family = "keras", "Keras layers"
+        source_format, family = "keras", "layers"
         candidates = _keras_candidates(weights, model)
     else:
         if format == "keras":
@@ -570,7 +571,7 @@ def load_pretrained(
             if not reason and candidate.depends_on in failed_sources:
                 reason = f"follows {candidate.depends_on}, which was skipped"
             if not reason and target not in targets:
-                reason = f"its counterpart {target} is not in the model"
+                reason = "not in the model" if target == source else f"its counterpart {target} is not in the model"
             if not reason and target in filled_from:
                 reason = f"{target} was already filled from {filled_from[target]}"
             tensor = candidate.tensor

@@ -55,7 +55,7 @@ from torch import nn
 
 from pcamlab.errors import CheckpointError, ConfigError, did_you_mean
 
-__all__ = ["FORMATS", "load_pretrained", "read_weights", "detect_source_format"]
+__all__ = ["FORMATS", "detect_source_format", "load_pretrained", "read_weights"]
 
 # Values accepted for ``format`` (the config field ``model.pretrained_format``).
 FORMATS = ("auto", "pcamlab", "torchvision", "timm", "keras")

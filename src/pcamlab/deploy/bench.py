@@ -293,6 +293,10 @@ def run_bench(
         raise ConfigError(f"--batch-size values must be positive integers; got {batch_sizes}")
     if steps < 1 or warmup < 0:
         raise ConfigError(f"--steps must be >= 1 and --warmup >= 0; got steps={steps}, warmup={warmup}")
+    if onnx:
+        from pcamlab.deploy.predictors import require_onnx
+
+        require_onnx()
     torch_device = resolve_device(device)
     previous_threads = torch.get_num_threads()
     if threads:

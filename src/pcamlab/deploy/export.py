@@ -161,6 +161,9 @@ def export_onnx(
     Returns:
         ``{"exporter": used, "opset": int, "dynamo_error": str | None}``.
     """
+    from pcamlab.deploy.predictors import require_onnx
+
+    require_onnx()
     import onnx
 
     _choice("exporter", exporter, EXPORTERS)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pcamlab.errors import CheckpointError, DataError
+from pcamlab.errors import CheckpointError, DataError, RunError
 
 __all__ = [
     "MODEL_SUFFIXES",
@@ -39,6 +39,7 @@ __all__ = [
     "dihedral_numpy",
     "load_onnx",
     "load_predictor",
+    "require_onnx",
 ]
 
 # Keys of the ONNX ``metadata_props`` written by the exporter.
@@ -51,6 +52,18 @@ ONNX_METADATA_KEYS = {
 TORCHSCRIPT_CONTRACT_FILE = "pcamlab_contract.json"
 TORCHSCRIPT_INPUT_FILE = "pcamlab_input.txt"
 MODEL_SUFFIXES = (".safetensors", ".onnx", ".pt", ".torchscript")
+
+
+def require_onnx() -> None:
+    """Raise a one-line RunError naming the fix when onnx or onnxruntime is not installed."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RunError(
+            f"ONNX export and inference need {' and '.join(missing)}, which is not installed; "
+            f"install it with: pip install {' '.join(missing)}"
+        )
 
 
 def check_patches(images: np.ndarray, contract: dict[str, Any]) -> np.ndarray:
@@ -135,6 +148,7 @@ class OnnxPredictor:
     """
 
     def __init__(self, path: str | os.PathLike, *, threads: int = 0):
+        require_onnx()
         import onnxruntime
 
         self.path = Path(path)

@@ -18,6 +18,7 @@ from pcamlab.models import (
     model_summary,
 )
 
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny tensors run 10-25x faster on 1 thread than on 2 when the 2 shared cores are busy (OpenMP
@@ -275,7 +276,7 @@ def test_densenet_concatenates_growth_rate_channels_per_layer():
 
 # ---- p4m-densenet: the group, the layers, equivariance ----------------------------------------------
 
-from pcamlab.models.p4m_densenet import (  # noqa: E402
+from pcamlab.models.p4m_densenet import (
     GROUP_ORDER,
     INVERSE,
     MULTIPLY,

@@ -16,7 +16,16 @@ Example:
 from __future__ import annotations
 
 # Import every model module so that its builder is registered (keep this list explicit).
-from pcamlab.models import baseline, densenet, fcn, p4m_densenet, resnet, simple_cnn, spec, vgg  # noqa: F401
+from pcamlab.models import (  # noqa: F401
+    baseline,
+    densenet,
+    fcn,
+    p4m_densenet,
+    resnet,
+    simple_cnn,
+    spec,
+    vgg,
+)
 from pcamlab.models.factory import (
     MODELS,
     build_model,
@@ -32,13 +41,13 @@ from pcamlab.models.factory import (
 
 __all__ = [
     "MODELS",
-    "register_model",
     "build_model",
-    "list_models",
-    "model_options",
-    "model_description",
-    "model_summary",
     "count_flops",
     "first_conv",
+    "list_models",
+    "model_description",
+    "model_options",
+    "model_summary",
     "model_table",
+    "register_model",
 ]

@@ -28,15 +28,15 @@ from pcamlab.registry import Registry
 
 __all__ = [
     "MODELS",
-    "register_model",
     "build_model",
-    "list_models",
-    "model_options",
-    "model_description",
-    "model_summary",
     "count_flops",
     "first_conv",
+    "list_models",
+    "model_description",
+    "model_options",
+    "model_summary",
     "model_table",
+    "register_model",
 ]
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")

@@ -14,10 +14,10 @@ from pcamlab.errors import ConfigError, did_you_mean
 __all__ = [
     "ACTIVATIONS",
     "INITIALISATIONS",
-    "make_activation",
-    "check_activation",
     "ConvBlock",
+    "check_activation",
     "initialise",
+    "make_activation",
 ]
 
 # Activation names accepted everywhere a model takes an ``activation`` option.

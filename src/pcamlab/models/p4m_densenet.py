@@ -32,23 +32,23 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as functional
 from torch import nn
+from torch.nn import functional
 
 from pcamlab.errors import ConfigError, did_you_mean
 from pcamlab.models.factory import register_model
 
 __all__ = [
     "GROUP_ORDER",
-    "MULTIPLY",
     "INVERSE",
-    "transform_images",
-    "transform_features",
-    "LiftingConv",
-    "GroupConv",
+    "MULTIPLY",
     "GroupBatchNorm",
+    "GroupConv",
+    "LiftingConv",
     "P4MDenseNet",
     "build_p4m_densenet",
+    "transform_features",
+    "transform_images",
 ]
 
 GROUP_ORDER = 8

@@ -43,7 +43,7 @@ from pcamlab.errors import ConfigError, did_you_mean
 from pcamlab.models.factory import register_model
 from pcamlab.models.layers import ACTIVATIONS, initialise, make_activation
 
-__all__ = ["SumPool2d", "build_spec", "DEFAULT_LAYERS"]
+__all__ = ["DEFAULT_LAYERS", "SumPool2d", "build_spec"]
 
 # The default spec is the classic course CNN (the ``baseline`` preset).
 DEFAULT_LAYERS: list[Any] = [

@@ -249,6 +249,26 @@ def test_failed_verification_keeps_no_file(tmp_path, checkpoint_path):
 
 
 @needs_onnx
+def test_stain_normalised_checkpoint_round_trips_through_onnx(tmp_path, checkpoint, patches):
+    from pcamlab.data.normalize import NORMALIZERS
+
+    reference_patches = sample_patches(8, "train", seed=5)[0]
+    contract = dict(checkpoint.contract)
+    contract["stain_normalization"] = NORMALIZERS.get("reinhard")().fit(reference_patches).to_dict()
+    path = save_checkpoint(tmp_path / "stain.safetensors", checkpoint.model, checkpoint.config, contract)
+    expected = predict_proba(checkpoint.model, patches, contract)  # normalises the stain first
+
+    report = export_checkpoint(path, tmp_path / "stain.onnx", exporter="legacy")
+    assert report["stain_normalization"] == "reinhard" and report["max_abs_diff"] <= TOLERANCE
+    predictor = load_onnx(report["path"])
+    assert np.abs(predictor.predict_proba(patches) - expected).max() < TOLERANCE
+    raw = predictor.run(predictor.model_input(patches))  # the graph alone: no stain normalisation
+    assert np.abs(raw - expected).max() > 1e-3  # so the normaliser really changed the input
+    assert np.abs(predict_files(path, [write_pngs(tmp_path / "png", patches)[0]]).probabilities
+                  - expected[:1]).max() < 1e-6
+
+
+@needs_onnx
 @pytest.mark.slow
 def test_dynamo_exporter_matches_torch(tmp_path, checkpoint_path, patches, reference):
     report = export_checkpoint(checkpoint_path, tmp_path / "dynamo.onnx", exporter="dynamo")

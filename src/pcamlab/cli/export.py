@@ -37,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
           f"({report['bytes'] / 1e6:.2f} MB)")
     if report["dynamo_error"]:
         print(f"note: the dynamo exporter failed ({report['dynamo_error']}); used the legacy exporter")
+    if report["stain_normalization"]:
+        print(f"note: the model expects {report['stain_normalization']} stain-normalised patches; the graph does "
+              "not include it: pcamlab.deploy.load_onnx / pcamlab predict apply it from the stored contract, "
+              "other runtimes must apply it first")
     print(f"verified on {report['patches']} sample patches at batch sizes {report['batch_sizes']}: "
           f"max |probability difference| vs torch {report['max_abs_diff']:.2e} (limit {report['tolerance']:g})")
     return 0

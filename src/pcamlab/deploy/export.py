@@ -7,6 +7,11 @@ normalisation ``(image / 255 - mean) / std`` inside, and returns two outputs of 
 needed at inference time. ``input_kind="float"`` exports the bare network instead (normalised float
 (B, 3, H, W) in, same outputs), for runtimes that prepare tensors themselves.
 
+Stain normalisation (``contract["stain_normalization"]``, Macenko or Reinhard fitted at training) is
+NOT in the graph: it is a per-image numpy estimate. :func:`pcamlab.deploy.load_onnx` applies it from
+the stored contract; any other runtime must apply it to the uint8 patches before the graph (the
+report's ``stain_normalization`` names the method, None when the checkpoint has none).
+
 The batch axis is dynamic; H and W are fixed at the contract's patch size. The ONNX file carries the
 input contract, the run config and the checkpoint metadata as JSON in ``metadata_props`` (keys in
 :data:`pcamlab.deploy.predictors.ONNX_METADATA_KEYS`); the TorchScript file carries the contract as
@@ -236,7 +241,7 @@ def export_checkpoint(
 
     Returns:
         ``{"path", "format", "input_kind", "exporter", "opset", "max_abs_diff", "patches",
-        "batch_sizes", "bytes", "dynamo_error"}``.
+        "batch_sizes", "bytes", "tolerance", "dynamo_error", "stain_normalization"}``.
 
     Raises:
         ConfigError: unknown format, exporter or input kind, or an opset below 17.
@@ -326,5 +331,6 @@ def export_checkpoint(
     report.update({
         "path": out, "max_abs_diff": difference, "patches": len(patches), "batch_sizes": batch_sizes,
         "bytes": out.stat().st_size, "tolerance": tolerance,
+        "stain_normalization": (contract.get("stain_normalization") or {}).get("method"),
     })
     return report

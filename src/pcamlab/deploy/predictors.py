@@ -9,7 +9,9 @@ Every predictor has ``contract`` (the checkpoint's input contract) and
   onnxruntime (no pcamlab model code needed at inference).
 - :class:`TorchScriptPredictor`: a TorchScript file written by the same function.
 
-``load_predictor(path)`` picks one from the file suffix.
+``load_predictor(path)`` picks one from the file suffix. A checkpoint trained with stain
+normalisation keeps the fitted normaliser in its contract; every predictor applies it to the uint8
+patches first (the exported graphs do not contain it: see :func:`apply_stain_normalization`).
 
 Example:
     >>> predictor = load_onnx("runs/demo/model.onnx")
@@ -35,6 +37,7 @@ __all__ = [
     "CheckpointPredictor",
     "OnnxPredictor",
     "TorchScriptPredictor",
+    "apply_stain_normalization",
     "check_patches",
     "dihedral_numpy",
     "load_onnx",
@@ -81,6 +84,19 @@ def check_patches(images: np.ndarray, contract: dict[str, Any]) -> np.ndarray:
             "crop or resize the patches first"
         )
     return images
+
+
+def apply_stain_normalization(images: np.ndarray, contract: dict[str, Any]) -> np.ndarray:
+    """Apply the contract's stain normaliser (fitted at training) to uint8 patches; identity without one.
+
+    Exported graphs do not contain it (Macenko/Reinhard are per-image numpy estimates), so the ONNX
+    and TorchScript predictors apply it here, before the graph, exactly as ``predict_proba`` does.
+    """
+    if not contract.get("stain_normalization"):
+        return images
+    from pcamlab.data.normalize import normalizer_from_dict
+
+    return normalizer_from_dict(contract["stain_normalization"]).transform(images)
 
 
 def dihedral_numpy(images: np.ndarray, k: int) -> np.ndarray:
@@ -193,7 +209,7 @@ class OnnxPredictor:
 
     def predict_proba(self, images: np.ndarray, *, batch_size: int = 256, tta: bool = False) -> np.ndarray:
         """Probabilities (N,) of class 1 (tumour) for uint8 patches (N, H, W, 3)."""
-        images = check_patches(images, self.contract)
+        images = apply_stain_normalization(check_patches(images, self.contract), self.contract)
         return _average_over_views(lambda batch: self.run(self.model_input(batch)), images, batch_size, tta)
 
 
@@ -230,7 +246,7 @@ class TorchScriptPredictor:
         """Probabilities (N,) of class 1 (tumour) for uint8 patches (N, H, W, 3)."""
         import torch
 
-        images = check_patches(images, self.contract)
+        images = apply_stain_normalization(check_patches(images, self.contract), self.contract)
 
         def predict_batch(batch: np.ndarray) -> np.ndarray:
             with torch.inference_mode():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,9 @@ def test_predict_nested_folder_matches_torch_and_writes_csv(tmp_path, checkpoint
     assert [int(row["predicted"]) for row in rows] == result.predicted.tolist()
     assert [row["class_name"] for row in rows] == [["normal", "tumour"][p] for p in result.predicted]
     assert not [path for path in out.parent.iterdir() if path.name != "predictions.csv"]  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # like open(), not mkstemp's owner-only 0600
 
 
 def test_predict_h5_rows_then_image_file_in_input_order(tmp_path, checkpoint_path, patches, reference):

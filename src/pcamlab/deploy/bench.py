@@ -41,6 +41,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pcamlab.deploy._files import publish
 from pcamlab.errors import ConfigError, RunError, did_you_mean
 
 __all__ = [
@@ -430,7 +431,7 @@ def write_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *, fo
                 writer = csv.DictWriter(file, fieldnames=COLUMNS)
                 writer.writeheader()
                 writer.writerows(rows)
-        os.replace(temporary, path)
+        publish(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)

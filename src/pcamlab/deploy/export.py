@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pcamlab.deploy._files import publish
 from pcamlab.errors import ConfigError, RunError, did_you_mean
 
 __all__ = [
@@ -324,7 +325,7 @@ def export_checkpoint(
                 f"exported {format} model disagrees with torch on {len(patches)} sample patches: max |probability "
                 f"difference| {difference:.3g} > {tolerance:g}; nothing was written (try --exporter legacy)"
             )
-        os.replace(temporary, out)
+        publish(temporary, out)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from pcamlab.deploy._files import publish
 from pcamlab.errors import DataError, RunError
 
 __all__ = ["CSV_COLUMNS", "PredictionResult", "predict_files"]
@@ -159,7 +160,7 @@ def predict_files(
             )
         if file is not None:
             file.close()
-            os.replace(temporary, out_path)
+            publish(temporary, out_path)
     except BaseException:
         if file is not None:
             file.close()

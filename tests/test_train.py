@@ -54,6 +54,9 @@ def test_run_folder_is_complete_and_checkpoint_reloads(tiny_data, tmp_path):
     # the best checkpoint describes itself and reproduces the validation AUC it was chosen for
     checkpoint = load_checkpoint(out / "best.safetensors")
     assert checkpoint.config.model.name == "baseline"
+    # every builder option is written out, defaults included, so a later default change cannot break it
+    assert checkpoint.config.model.options["filters"] == [8, 16]
+    assert {"dense_units", "dropout", "pool_size", "activation"} <= set(checkpoint.config.model.options)
     assert checkpoint.contract["patch_size"] == 96 and len(checkpoint.contract["mean"]) == 3
     from pcamlab.data import load_split_arrays, open_split
 

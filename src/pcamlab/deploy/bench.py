@@ -41,7 +41,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pcamlab.deploy._files import publish
+from pcamlab.fileio import publish
 from pcamlab.errors import ConfigError, RunError, did_you_mean
 
 __all__ = [

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pcamlab.deploy._files import publish
+from pcamlab.fileio import publish
 from pcamlab.errors import ConfigError, RunError, did_you_mean
 
 __all__ = [

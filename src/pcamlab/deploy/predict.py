@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pcamlab.deploy._files import publish
+from pcamlab.fileio import publish
 from pcamlab.errors import DataError, RunError
 
 __all__ = ["CSV_COLUMNS", "PredictionResult", "predict_files"]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pcamlab.errors import RunError
+from pcamlab.fileio import atomic_path, write_text_atomic
 
 __all__ = ["evaluate_checkpoint", "evaluate_predictions", "write_json"]
 
@@ -27,11 +26,7 @@ OUTPUT_FILES = ("metrics.json", "predictions.csv", "roc.png", "pr.png", "confusi
 
 def write_json(path: Path, values: Any) -> None:
     """Write JSON atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(handle, "w") as file:
-        json.dump(values, file, indent=2)
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(values, indent=2))
 
 
 def evaluate_predictions(
@@ -55,14 +50,12 @@ def evaluate_predictions(
     metrics.update(extra or {})
     write_json(out_dir / "metrics.json", metrics)
 
-    handle, temporary = tempfile.mkstemp(prefix=".predictions.", suffix=".tmp", dir=out_dir)
-    with os.fdopen(handle, "w", newline="") as file:
+    with atomic_path(out_dir / "predictions.csv") as temporary, open(temporary, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["patch", "label", "probability", "predicted"])
         for index, (label, probability) in enumerate(zip(labels, probabilities)):
             name = names[index] if names else str(index)
             writer.writerow([name, int(label), f"{probability:.6f}", int(probability >= threshold)])
-    os.replace(temporary, out_dir / "predictions.csv")
 
     ci = metrics.get("roc_auc_ci")
     plots.plot_roc(labels, probabilities, out_dir / "roc.png", auc=metrics["roc_auc"], ci=ci, threshold=threshold)

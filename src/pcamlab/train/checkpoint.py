@@ -14,8 +14,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from torch import nn
 
 from pcamlab.config import RunConfig, config_from_dict, config_to_dict
 from pcamlab.errors import CheckpointError, PcamlabError
+from pcamlab.fileio import atomic_path
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "read_metadata", "make_contract", "FORMAT"]
 
@@ -57,11 +56,6 @@ class Checkpoint:
     path: Path | None = None
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-
-
 def save_checkpoint(
     path: str | Path,
     model: nn.Module,
@@ -81,14 +75,8 @@ def save_checkpoint(
         "contract": json.dumps(contract),
         "metadata": json.dumps(metadata or {}),
     }
-    handle, temporary = _atomic_target(path)
-    os.close(handle)
-    try:
+    with atomic_path(path) as temporary:
         save_file(state, temporary, metadata=header)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -28,8 +28,6 @@ import copy
 import csv
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +41,7 @@ from torch import nn
 
 from pcamlab.config import RunConfig, config_to_dict
 from pcamlab.errors import ConfigError, RunError
+from pcamlab.fileio import atomic_path, write_text_atomic
 
 __all__ = ["train", "HISTORY_COLUMNS", "learning_rate_factor", "compute_loss", "split_head"]
 
@@ -50,13 +49,6 @@ HISTORY_COLUMNS = [
     "epoch", "train_loss", "val_loss", "val_auc", "val_accuracy", "learning_rate", "seconds",
     "images_per_second",
 ]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(handle, "w") as file:
-        file.write(text)
-    os.replace(temporary, path)
 
 
 def _prepare_out_dir(out_dir: Path, resume: bool) -> None:
@@ -261,6 +253,30 @@ def _tensorboard_pictures(writer, model, epoch, samples, contract) -> None:
     writer.add_images("gradcam/validation_patches", torch.from_numpy(overlays), epoch, dataformats="NHWC")
 
 
+def _plain(value: Any) -> Any:
+    """Tuples become lists (YAML/JSON safe), recursively."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+def _with_resolved_options(config: RunConfig) -> RunConfig:
+    """A copy of ``config`` whose ``model.options`` lists every builder option, defaults included.
+
+    Written into config.yaml and every checkpoint, so a checkpoint rebuilds the same network even if a
+    builder's default changes in a later pcamlab.
+    """
+    from pcamlab.models import build_model
+    from pcamlab.models.factory import model_options
+
+    build_model(config.model)  # validates the options first (one-line errors)
+    resolved = copy.deepcopy(config)
+    resolved.model.options = _plain({**model_options(config.model.name), **config.model.options})
+    return resolved
+
+
 def train(
     config: RunConfig,
     out_dir: str | Path,
@@ -308,6 +324,7 @@ def train(
             f"train.epochs and train.batch_size must be >= 1; got {train_config.epochs} and {train_config.batch_size}"
         )
     check_augment_config(config.augment)
+    config = _with_resolved_options(config)
     world = distributed.setup(train_config.device)
     main_process = world.rank == 0
     say = (log or (lambda line: None)) if main_process else (lambda line: None)
@@ -425,10 +442,10 @@ def train(
             history = [row for row in csv.DictReader(file) if int(row["epoch"]) < first_epoch]
         say(f"resuming {out_dir} at epoch {first_epoch}")
     elif main_process:
-        _write_atomic(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     writer = None
     if main_process:
-        _write_atomic(
+        write_text_atomic(
             out_dir / "history.csv",
             ",".join(HISTORY_COLUMNS) + "\n" + "".join(",".join(str(row[c]) for c in HISTORY_COLUMNS) + "\n" for row in history),
         )
@@ -558,10 +575,8 @@ def train(
                 "plateau_stale": plateau_stale, "threshold": contract["threshold"],
                 "ema_updates": ema.updates if ema is not None else 0,
             }
-            handle, temporary = tempfile.mkstemp(prefix=".resume.", suffix=".tmp", dir=out_dir)
-            os.close(handle)
-            torch.save(resume_state, temporary)
-            os.replace(temporary, out_dir / "resume.pt")
+            with atomic_path(out_dir / "resume.pt") as temporary:
+                torch.save(resume_state, temporary)
         world.barrier()
         say(
             f"epoch {epoch:>3}  train_loss {train_loss:.4f}  val_loss {scores['val_loss']:.4f}  "
@@ -607,7 +622,7 @@ def train(
         "checkpoints": {"best": str(out_dir / "best.safetensors"), "last": str(out_dir / "last.safetensors")},
     }
     if main_process:
-        _write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
+        write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
     world.close()
     best_text = "n/a" if best_value is None or (isinstance(best_value, float) and math.isnan(best_value)) else f"{best_value:.4f}"
     say(f"done: {stop_reason}; best {monitor} {best_text} at epoch {best_epoch}")

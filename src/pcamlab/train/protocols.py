@@ -38,7 +38,6 @@ import json
 import math
 import os
 import statistics
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ import yaml
 from pcamlab.config import RunConfig, config_to_dict
 from pcamlab.data.readers import H5_PATTERN, PatchReader
 from pcamlab.errors import ConfigError, DataError, RunError
+from pcamlab.fileio import write_text_atomic
 
 __all__ = [
     "CV_COLUMNS",
@@ -365,14 +365,6 @@ def slide_groups(reader: PatchReader, groups: str | os.PathLike | None = "auto")
 # Files.
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(handle, "w", newline="") as file:
-        file.write(text)
-    os.replace(temporary, path)
-
-
 def _json_safe(value: Any) -> Any:
     """NaN/inf become None so the JSON stays standard."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -442,7 +434,7 @@ def _write_plan(path: Path, plan: np.ndarray, labels: np.ndarray, groups: np.nda
     for index in range(plan.shape[1]):
         slide = "" if groups is None else groups[index]
         writer.writerow([index, int(labels[index]), slide, *(int(fold) + 1 for fold in plan[:, index])])
-    _write_atomic(path, buffer.getvalue())
+    write_text_atomic(path, buffer.getvalue())
 
 
 def _read_plan(path: Path, count: int, folds: int, repeats: int) -> np.ndarray:
@@ -516,7 +508,7 @@ def run_kfold(
         plan = _read_plan(plan_path, len(labels), folds, repeats)
     else:
         plan = _fold_plan(labels, folds, repeats, config.data.seed, slides)
-        _write_atomic(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
         _write_plan(plan_path, plan, labels, slides)
     grouping = f"grouped by slide ({len(np.unique(slides))} slides from {group_source})" if slides is not None else (
         "not grouped by slide (no meta CSV): patches of one slide may sit in both parts of a fold"
@@ -550,7 +542,7 @@ def run_kfold(
             _write_results(out_dir / "cv_results.csv", rows)
 
     result = _cv_summary(rows, config, folds, repeats, group_source, reader)
-    _write_atomic(out_dir / "cv_summary.json", json.dumps(_json_safe(result), indent=2))
+    write_text_atomic(out_dir / "cv_summary.json", json.dumps(_json_safe(result), indent=2))
     auc = result["metrics"]["val_auc"]
     say(f"cross-validation done: val_auc {_plus_minus(auc)}; median best epoch {result['best_epoch_median']}")
     result["folds"] = rows
@@ -562,7 +554,7 @@ def _write_results(path: Path, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=CV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(path, buffer.getvalue())
+    write_text_atomic(path, buffer.getvalue())
 
 
 def _cv_summary(rows, config: RunConfig, folds: int, repeats: int, group_source: str, reader) -> dict[str, Any]:
@@ -781,5 +773,5 @@ def run_final(
                           **{key: metrics.get(key) for key in ("roc_auc", "roc_auc_ci", "accuracy") if key in metrics}}
         say(f"final fit: test {test_split!r} AUC {metrics.get('roc_auc', float('nan')):.4f} "
             f"(details in {out_dir / 'eval-test'})")
-    _write_atomic(out_dir / "final.json", json.dumps(_json_safe(result), indent=2))
+    write_text_atomic(out_dir / "final.json", json.dumps(_json_safe(result), indent=2))
     return result

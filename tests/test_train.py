@@ -123,3 +123,17 @@ def test_checkpoint_errors(tmp_path):
     save_file({"w": torch.zeros(1)}, str(foreign))
     with pytest.raises(CheckpointError, match="only checkpoints written by pcamlab train"):
         load_checkpoint(foreign)
+
+
+def test_tensorboard_holds_scalars_pr_curve_filters_and_gradcam(tiny_data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    train(_config(tiny_data, "train.epochs=2"), out, progress=False)
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "val/loss", "val/auc", "learning_rate"} <= set(tags["scalars"])
+    assert [event.step for event in events.Scalars("val/auc")] == [1, 2]
+    assert {"filters/first_layer", "gradcam/validation_patches"} <= {tag.split("/image/")[0] for tag in tags["images"]}
+    assert any(tag.startswith("val/pr_curve") for tag in tags["tensors"])

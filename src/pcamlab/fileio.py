@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_text_atomic", "publish"]
+__all__ = ["atomic_path", "write_text_atomic", "publish", "save_png"]
 
 
 def publish(temporary: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -53,3 +53,19 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as file:
         file.write(text)
     return Path(path)
+
+
+def save_png(figure, path: str | os.PathLike, *, dpi: int = 120, **savefig_options) -> Path:
+    """Write a matplotlib Figure as PNG atomically (creating the folder) and return the path.
+
+    Raises:
+        ConfigError: the path does not end in ``.png``.
+    """
+    from pcamlab.errors import ConfigError
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"picture path must end in .png; got {str(path)!r}; e.g. {str(path.with_suffix('.png'))!r}")
+    with atomic_path(path) as temporary, open(temporary, "wb") as stream:
+        figure.savefig(stream, format="png", dpi=dpi, **savefig_options)
+    return path

@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import itertools
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from pcamlab.data.readers import BadImageError, PatchReader, _resolve_root, available_splits, detect_format, open_split
 from pcamlab.errors import ConfigError, DataError, did_you_mean
+from pcamlab.fileio import save_png
 
 __all__ = ["CLASS_NAMES", "dataset_info", "contact_sheet", "augment_sheet"]
 
@@ -189,19 +189,7 @@ def _new_figure(width: float, height: float):
 
 
 def _save(figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ConfigError(f"picture path must end in .png; got {str(path)!r}; e.g. {str(path.with_suffix('.png'))!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        figure.savefig(temporary, format="png", dpi=DPI)
-        os.replace(temporary, path)
-    except BaseException:
-        if temporary.exists():
-            temporary.unlink()
-        raise
-    return path
+    return save_png(figure, path, dpi=DPI)
 
 
 def _mosaic(images: np.ndarray, columns: int, gap: int = 2) -> np.ndarray:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from pcamlab.evaluate.metrics import (
     roc_curve,
     validate_inputs,
 )
+from pcamlab.fileio import save_png
 
 __all__ = [
     "DPI",
@@ -67,22 +67,7 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _save(figure: Figure, path: str | os.PathLike) -> Path:
     """Write ``figure`` as PNG to ``path`` atomically and return the path."""
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ConfigError(f"plot path must end in .png; got {str(path)!r}; e.g. {str(path.with_suffix('.png'))!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name beside the target (same file system, so os.replace is atomic); "xb" never
-    # overwrites and, unlike mkstemp, leaves the file mode to the umask.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "xb") as stream:
-            figure.savefig(stream, format="png", dpi=DPI)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
+    return save_png(figure, path, dpi=DPI)
 
 
 def _message_panel(axes, text: str) -> None:

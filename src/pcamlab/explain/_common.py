@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pcamlab.errors import ConfigError, DataError, did_you_mean
+from pcamlab.fileio import save_png
 
 __all__ = [
     "conv_layers",
@@ -153,11 +154,8 @@ def new_figure(rows: int, columns: int, tile_inches: float = 1.2, title_inches: 
 
 
 def save_figure(figure: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Save a Figure as PNG (creating the parent folder) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi, format="png", bbox_inches="tight")
-    return path
+    """Save a Figure as PNG atomically (creating the parent folder) and return the path."""
+    return save_png(figure, path, dpi=dpi, bbox_inches="tight")
 
 
 def class_name(label: int, names: Sequence[str] | None = None) -> str:

@@ -561,8 +561,6 @@ def train(
             writer.add_scalar("learning_rate", train_config.learning_rate * factor, epoch)
             if valid_source is not None:
                 writer.add_pr_curve("val/pr_curve", scores["labels"], scores["probabilities"], epoch)
-            if picture_samples is not None:
-                _tensorboard_pictures(writer, scored, epoch, picture_samples, contract)
             writer.flush()
             metadata = {"epoch": epoch, monitor: value, "val_auc": scores["val_auc"], "val_loss": scores["val_loss"]}
             save_checkpoint(out_dir / "last.safetensors", scored, config, contract, metadata)
@@ -577,6 +575,9 @@ def train(
             }
             with atomic_path(out_dir / "resume.pt") as temporary:
                 torch.save(resume_state, temporary)
+            if picture_samples is not None:  # after the checkpoints: a picture never costs an epoch
+                _tensorboard_pictures(writer, scored, epoch, picture_samples, contract)
+                writer.flush()
         world.barrier()
         say(
             f"epoch {epoch:>3}  train_loss {train_loss:.4f}  val_loss {scores['val_loss']:.4f}  "

@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/pcamlab demo --out runs/demo
+	$(BIN)/pcamlab demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -10,7 +10,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo", help="train, evaluate and explain the default CNN on the shipped real PCam sample",
         description="The whole workflow in a few minutes of CPU on 800 real PCam patches.",
     )
-    parser.add_argument("--out", default="runs/demo", metavar="DIR", help="run folder to create (default runs/demo)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="run folder to create (default runs/demo, or runs/demo-2, -3... when it exists)")
     parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                         help="override a field of the demo recipe, e.g. --set train.epochs=3")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -25,9 +26,15 @@ def run(args: argparse.Namespace) -> int:
     from pcamlab.demo import run_demo
     from pcamlab.errors import RunError
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise RunError(f"{str(out)!r} already holds a run; remove it or pass --out runs/demo2")
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and any(out.iterdir()):
+            raise RunError(f"{str(out)!r} already holds a run; choose another --out (runs are never overwritten)")
+    else:  # a second `make demo` starts a new run folder instead of failing or overwriting
+        out, number = Path("runs/demo"), 1
+        while out.exists() and any(out.iterdir()):
+            number += 1
+            out = Path(f"runs/demo-{number}")
     print(f"pcamlab demo: training the default CNN on the real PCam sample shipped with pcamlab -> {out}/")
     result = run_demo(out, overrides=args.overrides, progress=not args.no_progress and sys.stderr.isatty(), log=print)
     summary = result["summary"]

@@ -85,3 +85,20 @@ def test_skip_bad_trains_past_an_unreadable_file_and_reports_it(tiny_folders, tm
     assert main([*common, "--out", str(tmp_path / "lenient"), "--skip-bad"]) == 0
     assert "1 unreadable files skipped" in capsys.readouterr().out
     assert json.loads((tmp_path / "lenient" / "summary.json").read_text())["data"]["skipped_files"] == 1
+
+
+def test_demo_writes_every_promised_file(tmp_path, capsys, monkeypatch):
+    """The main job end to end, shortened: train a few steps, evaluate, explain, report."""
+    monkeypatch.chdir(tmp_path)
+    short = ["--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=3", "--set", "model.options={width: 8}"]
+    assert main(["demo", "--no-progress", *short]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "runs" / "demo"
+    for name in ("metrics.json", "roc.png", "confusion_matrix.png", "filters.png", "best.safetensors",
+                 "report.html", "training_curves.png", "explain-valid"):
+        assert (run / name).exists(), name
+        assert name in out  # the summary says where each file is
+    assert "ROC AUC" in out and json.loads((run / "metrics.json").read_text())["n"] == 200
+    # a second demo never overwrites the first
+    assert main(["demo", "--no-progress", *short]) == 0
+    assert (tmp_path / "runs" / "demo-2" / "metrics.json").is_file()

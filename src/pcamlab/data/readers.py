@@ -219,6 +219,21 @@ def _decode_tiff(path: Path, pillow_error: Exception) -> np.ndarray:
 # The reader contract.
 
 
+def check_x_dataset(path: str | os.PathLike, shape: tuple, dtype: np.dtype, patch_size: int = PATCH_SIZE) -> None:
+    """Raise a one-line DataError unless an HDF5 dataset 'x' is uint8 (N, patch_size, patch_size, 3)."""
+    if dtype != np.uint8:
+        raise DataError(
+            f"{str(path)!r} dataset 'x' has dtype {dtype}; it must be uint8 RGB: convert it, "
+            "e.g. x = np.clip(x, 0, 255).astype('uint8') (times 255 first if it is in [0, 1])"
+        )
+    if len(shape) != 4 or shape[1:] != (patch_size, patch_size, 3):
+        raise DataError(
+            f"{str(path)!r} dataset 'x' has shape {shape}; it must be (N, {patch_size}, {patch_size}, 3) "
+            f"uint8 RGB, channels last: transpose (N, 3, H, W) data to (N, H, W, 3) and crop or resize "
+            f"to {patch_size}x{patch_size}"
+        )
+
+
 class PatchReader:
     """Base of every reader: a sized, indexable split of ``(image, label)`` pairs.
 
@@ -410,17 +425,7 @@ class H5Reader(PatchReader):
         with self._open(self.x_path) as file:
             images = self._dataset(file, "x", self.x_path)
             shape, dtype = tuple(images.shape), images.dtype
-        if dtype != np.uint8:
-            raise DataError(
-                f"{str(self.x_path)!r} dataset 'x' has dtype {dtype}; it must be uint8 RGB: convert it, "
-                "e.g. x = np.clip(x, 0, 255).astype('uint8') (times 255 first if it is in [0, 1])"
-            )
-        if len(shape) != 4 or shape[1:] != (PATCH_SIZE, PATCH_SIZE, 3):
-            raise DataError(
-                f"{str(self.x_path)!r} dataset 'x' has shape {shape}; it must be (N, {PATCH_SIZE}, "
-                f"{PATCH_SIZE}, 3) uint8 RGB, channels last: transpose (N, 3, H, W) data to (N, H, W, 3) "
-                "and crop or resize to 96x96"
-            )
+        check_x_dataset(self.x_path, shape, dtype)
         return shape[0]
 
     def _read_labels(self) -> np.ndarray:

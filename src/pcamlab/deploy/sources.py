@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pcamlab.data.readers import IMAGE_SUFFIXES, PATCH_SIZE, BadImageError, decode_image_file
+from pcamlab.data.readers import IMAGE_SUFFIXES, PATCH_SIZE, BadImageError, check_x_dataset, decode_image_file
 from pcamlab.errors import DataError
 
 __all__ = ["H5_SUFFIXES", "PatchSource", "collect_sources", "h5_row_name", "iterate_patches"]
@@ -82,16 +82,7 @@ def _h5_source(path: Path, patch_size: int) -> PatchSource:
             )
         dataset = file["x"]
         shape, dtype = tuple(dataset.shape), dataset.dtype
-    if dtype != np.uint8:
-        raise DataError(
-            f"input {str(path)!r} dataset 'x' has dtype {dtype}; it must be uint8 RGB: convert it, "
-            "e.g. x = np.clip(x, 0, 255).astype('uint8') (times 255 first if it is in [0, 1])"
-        )
-    if len(shape) != 4 or shape[1:] != (patch_size, patch_size, 3):
-        raise DataError(
-            f"input {str(path)!r} dataset 'x' has shape {shape}; this model needs (N, {patch_size}, "
-            f"{patch_size}, 3) uint8 RGB, channels last: transpose (N, 3, H, W) data and crop or resize"
-        )
+    check_x_dataset(path, shape, dtype, patch_size)
     return PatchSource(path, "h5", shape[0])
 
 

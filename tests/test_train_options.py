@@ -138,3 +138,15 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_data, tmp_path)
     expected, got = load_file(str(single / "last.safetensors")), load_file(str(double / "last.safetensors"))
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_time_budget_stops_inside_an_epoch(tiny_data, tmp_path):
+    out = tmp_path / "budget"
+    config = _config(tiny_data, "train.epochs=5", "train.batch_size=2", "train.time_budget_minutes=0.0001")
+    summary = train(config, out, progress=False)
+    assert summary["stop_reason"].startswith("time budget") and summary["epochs_run"] == 1
+    rows = (out / "history.csv").read_text().strip().splitlines()[1:]
+    assert len(rows) == 1 and (out / "best.safetensors").is_file()  # the partial epoch was kept
+    state = torch.load(out / "resume.pt", weights_only=True)["optimizer"]["state"]
+    steps = int(next(iter(state.values()))["step"])
+    assert 1 <= steps < 16  # a full epoch is 32 patches / batch 2 = 16 steps: it stopped inside it

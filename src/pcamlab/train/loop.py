@@ -461,6 +461,8 @@ def train(
     stop_reason = "all epochs done"
     epoch = first_epoch - 1
     local_batch = train_config.batch_size // world.size
+    budget_seconds = 60 * train_config.time_budget_minutes
+    out_of_time = False
     backbone_ids = {id(p) for p in split_head(model)[0]}
 
     # -- epochs ----------------------------------------------------------------------------------
@@ -511,8 +513,16 @@ def train(
             bar_handle.update(1)
             if step % 10 == 0:
                 bar_handle.set_postfix(loss=f"{loss.item():.3f}", lr=f"{train_config.learning_rate * factor:.1e}")
+            # one process stops mid-epoch (the partial epoch is still validated and checkpointed);
+            # several processes decide together at the epoch's end, or DDP would wait forever
+            if budget_seconds > 0 and world.size == 1 and time.perf_counter() - started > budget_seconds:
+                out_of_time = True
+                break
         bar_handle.close()
         train_seconds = time.perf_counter() - epoch_start
+        if budget_seconds > 0 and world.size > 1:
+            late = torch.tensor(float(time.perf_counter() - started > budget_seconds), device=device)
+            out_of_time = world.sum(late).item() > 0
         loss_sum, seen = world.sum(loss_sum), int(world.sum(torch.tensor(float(seen), device=device)).item())
         train_loss = (loss_sum / max(seen, 1)).item()
         if not math.isfinite(train_loss):
@@ -587,8 +597,8 @@ def train(
         if valid_source is not None and train_config.patience > 0 and stale_epochs >= train_config.patience:
             stop_reason = f"early stop: {monitor} did not improve for {stale_epochs} epochs"
             break
-        if train_config.time_budget_minutes > 0 and time.perf_counter() - started > 60 * train_config.time_budget_minutes:
-            stop_reason = f"time budget of {train_config.time_budget_minutes} minutes reached"
+        if out_of_time:
+            stop_reason = f"time budget of {train_config.time_budget_minutes} minutes reached during epoch {epoch}"
             break
     if writer is not None:
         writer.close()

@@ -103,6 +103,15 @@ def test_stain_normalisation_is_fitted_stored_and_applied(tiny_data, tmp_path):
     normalised = normalizer_from_dict(checkpoint.contract["stain_normalization"]).transform(images)
     np.testing.assert_allclose(with_stain, predict_proba(checkpoint.model, normalised, contract), atol=1e-6)
 
+    # explanations see the same input as predictions: the stain normaliser is applied there too
+    from pcamlab.evaluate.predict import to_model_input
+    from pcamlab.explain._common import images_to_input
+    from pcamlab.explain.run import predict_probabilities
+
+    np.testing.assert_allclose(predict_probabilities(checkpoint.model, images, checkpoint.contract), with_stain, atol=1e-6)
+    torch.testing.assert_close(images_to_input(images, checkpoint.contract),
+                               to_model_input(torch.from_numpy(normalised), checkpoint.contract))
+
 
 def _free_port() -> int:
     with socket.socket() as handle:

@@ -20,7 +20,7 @@ from torch import nn
 
 from pcamlab.errors import DataError
 
-__all__ = ["to_unit", "normalize_unit", "to_model_input", "predict_proba", "predict_logits"]
+__all__ = ["to_unit", "normalize_unit", "to_model_input", "apply_stain_normalization", "predict_proba", "predict_logits"]
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -38,6 +38,15 @@ def normalize_unit(x: torch.Tensor, contract: dict[str, Any]) -> torch.Tensor:
 def to_model_input(images: torch.Tensor, contract: dict[str, Any]) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W) in channels_last memory layout."""
     return normalize_unit(to_unit(images), contract)
+
+
+def apply_stain_normalization(images: np.ndarray, contract: dict[str, Any]) -> np.ndarray:
+    """uint8 patches through the stain normaliser the model was trained with (unchanged if none)."""
+    if not contract.get("stain_normalization"):
+        return images
+    from pcamlab.data.normalize import normalizer_from_dict
+
+    return normalizer_from_dict(contract["stain_normalization"]).transform(images)
 
 
 def _check_images(images: np.ndarray, contract: dict[str, Any]) -> None:
@@ -70,10 +79,7 @@ def predict_logits(
     from pcamlab.train.device import autocast
 
     _check_images(images, contract)
-    if contract.get("stain_normalization"):  # the same stain normaliser the model was trained with
-        from pcamlab.data.normalize import normalizer_from_dict
-
-        images = normalizer_from_dict(contract["stain_normalization"]).transform(images)
+    images = apply_stain_normalization(images, contract)
     device = torch.device(device)
     model.eval()
     views = range(DIHEDRAL_TRANSFORMS) if tta else range(1)

@@ -128,11 +128,10 @@ def images_to_input(
             f"images must be uint8 RGB of shape (N, H, W, 3) or (H, W, 3); got dtype {array.dtype} "
             f"shape {tuple(array.shape)} (pass the patches as read from the dataset)"
         )
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device)
-    tensor = tensor.permute(0, 3, 1, 2).float() / 255.0  # (N, 3, H, W) in [0, 1]
-    mean = torch.tensor([float(m) for m in contract["mean"]], device=tensor.device).view(1, 3, 1, 1)
-    std = torch.tensor([float(s) for s in contract["std"]], device=tensor.device).view(1, 3, 1, 1)
-    return (tensor - mean) / std
+    from pcamlab.evaluate.predict import apply_stain_normalization, to_model_input
+
+    array = apply_stain_normalization(array, contract)  # the same input the model predicts on
+    return to_model_input(torch.from_numpy(np.ascontiguousarray(array)).to(device), contract)  # (N, 3, H, W)
 
 
 def new_figure(rows: int, columns: int, tile_inches: float = 1.2, title_inches: float = 0.5):

@@ -39,14 +39,13 @@ EXPLAIN_FILES = {
 def predict_probabilities(
     model: torch.nn.Module, images: np.ndarray, contract: dict[str, Any], batch_size: int = 128
 ) -> np.ndarray:
-    """Tumour probabilities (N,) for uint8 patches (N, H, W, 3), in eval mode without gradients."""
-    probabilities = []
-    with eval_mode(model), torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            inputs = images_to_input(images[start : start + batch_size], contract, model_device(model))
-            logits = model(inputs).float().reshape(-1)  # (B,)
-            probabilities.append(torch.sigmoid(logits).cpu().numpy())
-    return np.concatenate(probabilities) if probabilities else np.zeros(0, dtype=np.float32)
+    """Tumour probabilities (N,) for uint8 patches (N, H, W, 3), as ``pcamlab predict`` computes them."""
+    from pcamlab.evaluate.predict import predict_proba
+
+    if len(images) == 0:
+        return np.zeros(0, dtype=np.float64)
+    with eval_mode(model):  # predict_proba leaves the model in eval mode; restore the caller's mode
+        return predict_proba(model, images, contract, batch_size=batch_size, device=model_device(model))
 
 
 def run_explain(

@@ -43,7 +43,7 @@ from pcamlab.config import RunConfig, config_to_dict
 from pcamlab.errors import ConfigError, RunError
 from pcamlab.fileio import atomic_path, write_text_atomic
 
-__all__ = ["train", "HISTORY_COLUMNS", "learning_rate_factor", "compute_loss", "split_head"]
+__all__ = ["train", "HISTORY_COLUMNS", "learning_rate_factor", "compute_loss", "split_head", "prepare_run_dir"]
 
 HISTORY_COLUMNS = [
     "epoch", "train_loss", "val_loss", "val_auc", "val_accuracy", "learning_rate", "seconds",
@@ -51,14 +51,11 @@ HISTORY_COLUMNS = [
 ]
 
 
-def _prepare_out_dir(out_dir: Path, resume: bool) -> None:
-    """Refuse to overwrite a run; on resume, require one to continue."""
-    summary = out_dir / "summary.json"
+def prepare_run_dir(out_dir: Path, resume: bool, marker: str = "resume.pt") -> None:
+    """Refuse to overwrite a run; on resume, require ``marker`` (what an interrupted run leaves behind)."""
     if resume:
-        if not (out_dir / "resume.pt").is_file():
-            raise RunError(f"nothing to resume in {str(out_dir)!r}: it has no resume.pt; start a new run instead")
-        if summary.is_file() and json.loads(summary.read_text()).get("finished"):
-            raise RunError(f"run {str(out_dir)!r} already finished; start a new run with another --out")
+        if not (out_dir / marker).is_file():
+            raise RunError(f"nothing to resume in {str(out_dir)!r}: it has no {marker}; start a new run instead")
         return
     if out_dir.exists() and any(out_dir.iterdir()):
         raise RunError(
@@ -335,7 +332,10 @@ def train(
             f"use e.g. {train_config.batch_size // world.size * world.size or world.size}"
         )
     if main_process:
-        _prepare_out_dir(out_dir, resume)
+        prepare_run_dir(out_dir, resume)
+        summary_path = out_dir / "summary.json"
+        if resume and summary_path.is_file() and json.loads(summary_path.read_text()).get("finished"):
+            raise RunError(f"run {str(out_dir)!r} already finished; start a new run with another --out")
     world.barrier()
     if train_config.threads > 0:
         torch.set_num_threads(train_config.threads)

@@ -394,18 +394,6 @@ def _fold_log(log: Callable[[str], None] | None, prefix: str) -> Callable[[str],
     return None if log is None else (lambda line: log(f"[{prefix}] {line}"))
 
 
-def _prepare_protocol_dir(out_dir: Path, marker: str, resume: bool) -> None:
-    if resume:
-        if not (out_dir / marker).is_file():
-            raise RunError(f"nothing to resume in {str(out_dir)!r}: it has no {marker}; start a new run instead")
-        return
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise RunError(
-            f"output folder {str(out_dir)!r} already holds a run; choose another --out "
-            "(or pass --resume to continue an interrupted one)"
-        )
-    out_dir.mkdir(parents=True, exist_ok=True)
-
 
 def _open_train_split(config: RunConfig, split: str) -> PatchReader:
     from pcamlab.data import open_split
@@ -492,7 +480,7 @@ def run_kfold(
         >>> summary = run_kfold(config, "runs/cv", folds=5, repeats=2)
         >>> summary["metrics"]["val_auc"]["mean"], summary["best_epoch_median"]
     """
-    from pcamlab.train.loop import train
+    from pcamlab.train.loop import prepare_run_dir, train
 
     folds = _check_fold_count(folds)
     if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
@@ -503,7 +491,7 @@ def run_kfold(
     slides, group_source = slide_groups(reader, groups)
     labels = np.asarray(reader.labels, dtype=np.int64)
     plan_path = out_dir / "folds.csv"
-    _prepare_protocol_dir(out_dir, "folds.csv", resume)
+    prepare_run_dir(out_dir, resume, marker="folds.csv")
     if resume:
         plan = _read_plan(plan_path, len(labels), folds, repeats)
     else:

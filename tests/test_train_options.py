@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from pcamlab.config import load_config
 from pcamlab.train.checkpoint import load_checkpoint, read_metadata
-from pcamlab.train.loop import compute_loss, learning_rate_factor, split_head, train
+from pcamlab.errors import ConfigError
+from pcamlab.train.loop import HISTORY_COLUMNS, compute_loss, learning_rate_factor, split_head, train
 
 TINY = [
     "model.name=baseline", "model.options={filters: [8, 16], dense_units: 16}", "train.batch_size=8",
@@ -159,3 +160,32 @@ def test_time_budget_stops_inside_an_epoch(tiny_data, tmp_path):
     state = torch.load(out / "resume.pt", weights_only=True)["optimizer"]["state"]
     steps = int(next(iter(state.values()))["step"])
     assert 1 <= steps < 16  # a full epoch is 32 patches / batch 2 = 16 steps: it stopped inside it
+
+
+def test_budget_schedule_decays_over_the_time_budget():
+    config = load_config(None, ["train.schedule_over=budget", "train.time_budget_minutes=15", "train.warmup_epochs=0.5"])
+    assert learning_rate_factor(config, 0.25, budget_fraction=0.01) == pytest.approx(0.5, rel=0.01)  # warm-up, in epochs
+    assert learning_rate_factor(config, 1.0, budget_fraction=0.5) == pytest.approx(0.505)  # half-way down the cosine
+    assert learning_rate_factor(config, 1.0, budget_fraction=1.2) == pytest.approx(0.01)  # the end of the budget
+    # the epoch count no longer moves the decay: 1 epoch or 9 epochs in, the same share of the budget
+    assert learning_rate_factor(config, 9.0, budget_fraction=0.25) == learning_rate_factor(config, 1.0, budget_fraction=0.25)
+    onecycle = load_config(None, ["train.scheduler=onecycle"])
+    assert learning_rate_factor(onecycle, 0, budget_fraction=0.3) == pytest.approx(1.0)
+    assert learning_rate_factor(onecycle, 0, budget_fraction=1.0) == pytest.approx(1e-4)
+
+
+def test_budget_schedule_ends_low_when_the_budget_ends(tiny_data, tmp_path):
+    config = _config(tiny_data, "train.epochs=100000", "train.patience=0", "train.warmup_epochs=0",
+                     "train.time_budget_minutes=0.03", "train.schedule_over=budget")
+    summary = train(config, tmp_path / "budget", progress=False)
+    assert summary["stop_reason"].startswith("time budget")
+    rates = [float(row.split(",")[HISTORY_COLUMNS.index("learning_rate")])
+             for row in (tmp_path / "budget" / "history.csv").read_text().strip().splitlines()[1:]]
+    peak = config.train.learning_rate
+    assert rates[-1] < 0.05 * peak  # the schedule reached its end with the budget, not with the 100,000 epochs
+    assert rates == sorted(rates, reverse=True)
+
+
+def test_budget_schedule_needs_a_budget(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="time_budget_minutes"):
+        train(_config(tiny_data, "train.schedule_over=budget"), tmp_path / "nobudget", progress=False)

@@ -108,6 +108,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (measured: helps inference more than training on CPU)
     max_steps_per_epoch: int = 0  # cap on optimiser steps per epoch (0 = a full epoch)
     time_budget_minutes: float = 0.0  # stop training after this many minutes (0 = no limit)
+    schedule_over: str = "epochs"  # epochs | budget: budget = the cosine/onecycle decay spans time_budget_minutes, not epochs
     threads: int = 0  # torch CPU threads (0 = torch's default)
 
 
@@ -137,6 +138,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("sgd", "adam", "adamw", "rmsprop"),
     "train.scheduler": ("none", "step", "exponential", "cosine", "onecycle", "plateau"),
     "train.loss": ("bce", "focal", "mse"),
+    "train.schedule_over": ("epochs", "budget"),
     "evaluate.threshold_method": ("fixed", "youden", "sensitivity", "f1"),
     "train.monitor": ("val_auc", "val_loss"),
     "train.precision": ("auto", "fp32", "bf16"),

@@ -65,9 +65,25 @@ def prepare_run_dir(out_dir: Path, resume: bool, marker: str = "resume.pt") -> N
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def learning_rate_factor(config: RunConfig, progress: float, plateau_factor: float = 1.0) -> float:
-    """Multiplier of the peak learning rate at ``progress`` epochs (fractional) into training."""
+def learning_rate_factor(
+    config: RunConfig, progress: float, plateau_factor: float = 1.0, budget_fraction: float | None = None
+) -> float:
+    """Multiplier of the peak learning rate at ``progress`` epochs (fractional) into training.
+
+    With ``budget_fraction`` (the share of ``train.time_budget_minutes`` used so far, for
+    ``train.schedule_over: budget``) the cosine or one-cycle decay runs over the time budget instead of
+    the epochs, so a slow model still ends its schedule when the budget ends (Li et al. 2020,
+    "Budgeted training"); the warm-up stays in epochs.
+    """
     train = config.train
+    if budget_fraction is not None and train.scheduler in ("cosine", "onecycle"):
+        fraction = min(max(budget_fraction, 0.0), 1.0)
+        if train.scheduler == "onecycle":
+            if fraction < 0.3:
+                return 0.04 + 0.96 * 0.5 * (1.0 - math.cos(math.pi * fraction / 0.3))
+            return 1e-4 + (1.0 - 1e-4) * 0.5 * (1.0 + math.cos(math.pi * (fraction - 0.3) / 0.7))
+        warm = min((progress + 1e-3) / train.warmup_epochs, 1.0) if train.warmup_epochs > 0 else 1.0
+        return warm * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * fraction)))
     if train.scheduler == "onecycle":  # Smith & Topin 2019: cosine up to the peak, cosine down to ~0
         up = train.warmup_epochs if train.warmup_epochs > 0 else 0.3 * train.epochs
         if progress < up:
@@ -321,9 +337,22 @@ def train(
             f"train.epochs and train.batch_size must be >= 1; got {train_config.epochs} and {train_config.batch_size}"
         )
     check_augment_config(config.augment)
+    if train_config.schedule_over == "budget" and (
+        train_config.time_budget_minutes <= 0 or train_config.scheduler not in ("cosine", "onecycle")
+    ):
+        raise ConfigError(
+            "train.schedule_over=budget needs train.time_budget_minutes > 0 and train.scheduler cosine or "
+            f"onecycle (got {train_config.time_budget_minutes} and {train_config.scheduler!r}); set both, "
+            "or use schedule_over=epochs"
+        )
     config = _with_resolved_options(config)
     world = distributed.setup(train_config.device)
     main_process = world.rank == 0
+    if world.size > 1 and train_config.schedule_over == "budget":
+        raise ConfigError(
+            "train.schedule_over=budget follows each process's own clock, so replicas would drift apart "
+            "under torchrun; use schedule_over=epochs with several processes"
+        )
     say = (log or (lambda line: None)) if main_process else (lambda line: None)
     progress = progress and main_process
     if world.size > 1 and train_config.batch_size % world.size:
@@ -462,6 +491,7 @@ def train(
     epoch = first_epoch - 1
     local_batch = train_config.batch_size // world.size
     budget_seconds = 60 * train_config.time_budget_minutes
+    budget_by_time = train_config.schedule_over == "budget"
     out_of_time = False
     backbone_ids = {id(p) for p in split_head(model)[0]}
 
@@ -489,7 +519,8 @@ def train(
                 labels = labels[world.rank * local_batch : (world.rank + 1) * local_batch]
             if len(labels) == 0:
                 continue
-            factor = learning_rate_factor(config, epoch - 1 + step / steps_per_epoch, plateau_factor)
+            used = (time.perf_counter() - started) / budget_seconds if budget_by_time else None
+            factor = learning_rate_factor(config, epoch - 1 + step / steps_per_epoch, plateau_factor, used)
             for group in optimizer.param_groups:
                 group["lr"] = 0.0 if frozen and group["part"] == "backbone" else group["peak_lr"] * factor
             images = images.to(device, non_blocking=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -392,3 +395,30 @@ def test_model_summary_by_name_matches_the_built_model():
     built = build_model("densenet-small")
     assert model_summary("densenet-small") == model_summary(built)
     assert count_flops(built, 64) < count_flops(built, 96)
+
+
+def test_strided_pointwise_conv_matches_nn_conv2d_and_loads_its_weights():
+    from pcamlab.models.layers import SubsampledPointwiseConv2d, conv2d
+
+    reference = nn.Conv2d(6, 12, 1, stride=2, bias=True)
+    ours = conv2d(6, 12, 1, stride=2, bias=True)
+    assert isinstance(ours, SubsampledPointwiseConv2d)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 6, 15, 15)  # odd size: both give 8x8
+    torch.testing.assert_close(ours(x), reference(x))
+    assert type(conv2d(6, 12, 1, stride=2, padding=1)) is nn.Conv2d  # padded: left to torch
+
+
+def test_narrow_resnet_trains_in_channels_last():
+    # torch 2.13 on CPU crashed or hung in the backward pass of a strided 1x1 conv with < 8 input
+    # channels in channels_last (resnet shortcuts at width < 8); a subprocess so a regression cannot hang the suite
+    code = (
+        "import torch\nfrom pcamlab.models import build_model\n"
+        "for width in (5, 6):\n"
+        "    model = build_model('resnet18', width=width).to(memory_format=torch.channels_last)\n"
+        "    x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)\n"
+        "    model(x).sum().backward()\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

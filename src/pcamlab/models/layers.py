@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pcamlab.errors import ConfigError, did_you_mean
@@ -15,6 +17,8 @@ __all__ = [
     "ACTIVATIONS",
     "INITIALISATIONS",
     "ConvBlock",
+    "SubsampledPointwiseConv2d",
+    "conv2d",
     "check_activation",
     "initialise",
     "make_activation",
@@ -34,6 +38,29 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 # Weight initialisation schemes: "default" keeps torch's own (kaiming-uniform with a=sqrt(5)).
 INITIALISATIONS = ("default", "kaiming", "xavier", "orthogonal")
+
+
+class SubsampledPointwiseConv2d(nn.Conv2d):
+    """A 1x1 convolution with stride s, computed as "take every s-th pixel, then a 1x1 convolution".
+
+    The same function and the same parameters as ``nn.Conv2d(c_in, c_out, 1, stride=s)`` (state dicts
+    load either way), but it avoids a torch 2.13 CPU bug: the backward pass of a strided 1x1
+    convolution in channels_last layout with fewer than 8 input channels crashes (segfault, double
+    free) or hangs in oneDNN; seen with ResNet shortcuts at width < 8.
+    """
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        step_h, step_w = self.stride
+        return F.conv2d(features[:, :, ::step_h, ::step_w], self.weight, self.bias)
+
+
+def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+           dilation: int = 1, bias: bool = True) -> nn.Conv2d:
+    """``nn.Conv2d``, or :class:`SubsampledPointwiseConv2d` for an unpadded strided 1x1 convolution."""
+    if kernel_size == 1 and stride > 1 and padding == 0:
+        return SubsampledPointwiseConv2d(in_channels, out_channels, 1, stride=stride, bias=bias)
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                     dilation=dilation, bias=bias)
 
 
 def check_activation(name: str, field: str) -> str:

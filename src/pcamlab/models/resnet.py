@@ -12,7 +12,7 @@ from torch import nn
 
 from pcamlab.errors import ConfigError
 from pcamlab.models.factory import register_model
-from pcamlab.models.layers import check_activation, initialise, make_activation
+from pcamlab.models.layers import check_activation, conv2d, initialise, make_activation
 
 __all__ = ["BasicBlock", "ResNet", "build_resnet18", "build_resnet34"]
 
@@ -31,7 +31,7 @@ class BasicBlock(nn.Module):
         self.shortcut = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                conv2d(in_channels, out_channels, 1, stride=stride, bias=False),  # strided 1x1: see conv2d
                 nn.BatchNorm2d(out_channels),
             )
 

@@ -41,7 +41,7 @@ from torch import nn
 
 from pcamlab.errors import ConfigError, did_you_mean
 from pcamlab.models.factory import register_model
-from pcamlab.models.layers import ACTIVATIONS, initialise, make_activation
+from pcamlab.models.layers import ACTIVATIONS, conv2d, initialise, make_activation
 
 __all__ = ["DEFAULT_LAYERS", "SumPool2d", "build_spec"]
 
@@ -184,8 +184,8 @@ class _Builder:
         batch_norm = self.boolean(f"{where}.batch_norm", options["batch_norm"])
         activation = self.activation(f"{where}.activation", options["activation"])
         size = self.shrink(where, (self.size + 2 * pad - span - 1) // stride + 1)
-        self.modules.append(nn.Conv2d(self.channels, filters, kernel, stride=stride, padding=pad,
-                                      dilation=dilation, bias=not batch_norm))
+        self.modules.append(conv2d(self.channels, filters, kernel, stride=stride, padding=pad,
+                                   dilation=dilation, bias=not batch_norm))
         if batch_norm:
             self.modules.append(nn.BatchNorm2d(filters))
         if activation is not None:

@@ -70,7 +70,7 @@ def main() -> int:
         if name != "simple-cnn":  # the recipe's options belong to its own model
             command += ["--set", "model.options={}"]
         if width:
-            command += ["--set", f"model.options={{width: {width}}}"]
+            command += ["--set", f"model.options.width={width}"]
         for extra in args.set:
             command += ["--set", extra]
         if run.exists():  # an interrupted earlier attempt: start it again from scratch, keep the old one

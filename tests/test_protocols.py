@@ -9,6 +9,7 @@ import statistics
 
 import numpy as np
 import pytest
+import yaml
 from fixtures_data import sample_patches, write_h5
 
 from pcamlab.cli.main import main
@@ -276,6 +277,20 @@ def test_final_fit_takes_epochs_and_threshold_from_a_holdout_run_and_says_when_t
     (previous / "summary.json").write_text(json.dumps({"best_epoch": 0}))
     with pytest.raises(ConfigError, match="no best epoch >= 1"):
         choice_from_run(previous)
+
+
+def test_final_fit_from_a_budget_recipe_replays_the_chosen_epochs_without_the_budget(tmp_path):
+    root = write_h5(tmp_path / "h5", {"train": sample_patches(16, "train", seed=4), "valid": sample_patches(8, "valid", seed=5)})
+    previous = tmp_path / "holdout"
+    previous.mkdir()
+    (previous / "summary.json").write_text(json.dumps({"finished": True, "best_epoch": 2, "threshold": 0.5}))
+    lines: list[str] = []
+    config = _config(root, "train.epochs=100", "train.time_budget_minutes=15", "train.schedule_over=budget")
+    run_final(config, tmp_path / "final", epochs_from=previous, progress=False, log=lines.append)
+    assert len(_rows(tmp_path / "final" / "history.csv")) == 2
+    saved = yaml.safe_load((tmp_path / "final" / "config.yaml").read_text())["train"]
+    assert saved["schedule_over"] == "epochs" and saved["time_budget_minutes"] == 0
+    assert any("schedule over the 2 chosen epochs" in line for line in lines)
 
 
 # -- command line ----------------------------------------------------------------------------------------

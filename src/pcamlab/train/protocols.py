@@ -719,6 +719,11 @@ def run_final(
         epochs, source = config.train.epochs, "train.epochs (not chosen on validation)"
         say("final fit: no --epochs/--epochs-from given; using train.epochs, which was not chosen on validation")
     final_config.train.epochs = int(epochs)
+    if source != "train.epochs (not chosen on validation)" and final_config.train.schedule_over == "budget":
+        # replay the chosen length: a schedule over a time budget would not end at the chosen epoch
+        final_config.train.schedule_over, final_config.train.time_budget_minutes = "epochs", 0.0
+        say(f"final fit: train.schedule_over=budget replaced by a schedule over the {int(epochs)} chosen epochs, "
+            "without the time budget")
 
     data = config.data
     splits = available_splits(data.path, data.format)

@@ -22,9 +22,13 @@ PRESETS = ["simple-cnn", "baseline", "fcn", "vgg-small", "densenet-small", "p4m-
 
 
 def table(out: Path, minutes: float) -> str:
+    """A Markdown table of every finished run folder under ``out``, best validation AUC first."""
+    import torch
+
     lines = [
-        f"| preset | MFLOPs/patch | parameters | epochs in {minutes:g} min | train patches/s (median) | best val AUC | best epoch | stop |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| preset | MFLOPs/patch | parameters | epochs seen in {minutes:g} min | train patches/s (median) "
+        "| best val AUC | val AUC after each epoch |",
+        "|---|---|---|---|---|---|---|",
     ]
     rows = []
     for folder in sorted(out.iterdir()):
@@ -34,15 +38,25 @@ def table(out: Path, minutes: float) -> str:
         summary = json.loads(summary_file.read_text())
         with open(folder / "history.csv") as file:
             history = list(csv.DictReader(file))
-        epochs = len(history)
-        rows.append((summary["best"]["val_auc"], folder.name, summary, epochs))
-    for auc, name, summary, epochs in sorted(rows, key=lambda r: -r[0]):
+        # optimiser steps x batch = patches seen (partial last epoch included)
+        state = torch.load(folder / "resume.pt", weights_only=True)["optimizer"]["state"]
+        steps = int(next(iter(state.values()))["step"])
+        batch = yaml_batch(folder)
+        epochs = steps * batch / summary["data"]["train_patches"]
+        trajectory = " / ".join(f"{float(row['val_auc']):.3f}" for row in history)
+        rows.append((summary["best"]["val_auc"], folder.name, summary, epochs, trajectory))
+    for auc, name, summary, epochs, trajectory in sorted(rows, key=lambda r: -r[0]):
         lines.append(
-            f"| {name} | {summary['flops_per_patch'] / 1e6:.1f} | {summary['parameters']:,} | {epochs} | "
-            f"{summary['train_images_per_second_median']:.1f} | {auc:.4f} | {summary['best_epoch']} | "
-            f"{summary['stop_reason']} |"
+            f"| {name} | {summary['flops_per_patch'] / 1e6:.1f} | {summary['parameters']:,} | {epochs:.2f} | "
+            f"{summary['train_images_per_second_median']:.1f} | **{auc:.4f}** (epoch {summary['best_epoch']}) | {trajectory} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def yaml_batch(folder: Path) -> int:
+    import yaml
+
+    return int(yaml.safe_load((folder / "config.yaml").read_text())["train"]["batch_size"])
 
 
 def main() -> int:

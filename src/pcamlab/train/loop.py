@@ -492,6 +492,11 @@ def train(
     local_batch = train_config.batch_size // world.size
     budget_seconds = 60 * train_config.time_budget_minutes
     budget_by_time = train_config.schedule_over == "budget"
+
+    def rate_at(progress: float) -> float:  # the learning-rate factor now, ``progress`` epochs in
+        used = (time.perf_counter() - started) / budget_seconds if budget_by_time else None
+        return learning_rate_factor(config, progress, plateau_factor, used)
+
     out_of_time = False
     backbone_ids = {id(p) for p in split_head(model)[0]}
 
@@ -508,7 +513,7 @@ def train(
         augment_generator = torch.Generator(device=device).manual_seed(train_config.seed * 1_000_003 + epoch)
         loss_sum = torch.zeros((), device=device)
         seen = 0
-        factor = learning_rate_factor(config, epoch - 1, plateau_factor)
+        factor = rate_at(epoch - 1)
         bar_handle = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{train_config.epochs}", unit="step",
                           disable=not progress, leave=False)
         for step, (images, labels, _) in enumerate(train_source.epoch(seed=train_config.seed * 7919 + epoch)):
@@ -519,8 +524,7 @@ def train(
                 labels = labels[world.rank * local_batch : (world.rank + 1) * local_batch]
             if len(labels) == 0:
                 continue
-            used = (time.perf_counter() - started) / budget_seconds if budget_by_time else None
-            factor = learning_rate_factor(config, epoch - 1 + step / steps_per_epoch, plateau_factor, used)
+            factor = rate_at(epoch - 1 + step / steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = 0.0 if frozen and group["part"] == "backbone" else group["peak_lr"] * factor
             images = images.to(device, non_blocking=True)

@@ -705,6 +705,7 @@ def run_final(
         raise RunError(f"output folder {str(out_dir)!r} already holds a run; choose another --out")
     final_config = copy.deepcopy(config)
     threshold_note = None
+    chosen_length = epochs is not None or epochs_from is not None
     if epochs is not None:
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
             raise ConfigError(f"epochs must be an integer >= 1; got {epochs!r}")
@@ -719,7 +720,7 @@ def run_final(
         epochs, source = config.train.epochs, "train.epochs (not chosen on validation)"
         say("final fit: no --epochs/--epochs-from given; using train.epochs, which was not chosen on validation")
     final_config.train.epochs = int(epochs)
-    if source != "train.epochs (not chosen on validation)" and final_config.train.schedule_over == "budget":
+    if chosen_length and final_config.train.schedule_over == "budget":
         # replay the chosen length: a schedule over a time budget would not end at the chosen epoch
         final_config.train.schedule_over, final_config.train.time_budget_minutes = "epochs", 0.0
         say(f"final fit: train.schedule_over=budget replaced by a schedule over the {int(epochs)} chosen epochs, "

@@ -112,3 +112,12 @@ def test_cli_bench_prints_table_and_writes_csv(tmp_path, capsys):
         assert len(list(csv.DictReader(file))) == 1
     assert main(arguments) == 1  # refuses to overwrite before timing anything
     assert "--force" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAS_ONNX, reason="onnx and onnxruntime are not installed")
+def test_onnx_row_for_a_model_the_legacy_exporter_cannot_export():
+    # p4m-densenet rotates its filters with aten::rot90, which the legacy ONNX exporter lacks: the bench
+    # falls back to the dynamo exporter instead of dying half-way through a table
+    (row,) = [row for row in run_bench(["p4m-densenet"], batch_sizes=[2], channels_last=[False], steps=1, warmup=0,
+                                       onnx=True, input_size=32, peak_size=64) if row["runtime"] == "onnxruntime"]
+    assert row["model"] == "p4m-densenet" and row["inference_images_per_second"] > 0

@@ -222,7 +222,11 @@ def _onnx_row(name, summary, batch_size, *, steps, warmup, input_size, seed, thr
     x, _ = _inputs(batch_size, input_size, seed, torch.device("cpu"), channels_last=False)
     with tempfile.TemporaryDirectory(prefix="pcamlab-bench-") as folder:
         path = Path(folder) / f"{name}.onnx"
-        export_onnx(NormalisedInputModel(model).eval(), x[:2].contiguous(), path, exporter="legacy")
+        wrapped = NormalisedInputModel(model).eval()
+        try:  # the legacy exporter is the quicker one here ...
+            export_onnx(wrapped, x[:2].contiguous(), path, exporter="legacy")
+        except Exception:  # ... but lacks some ops (aten::rot90 in p4m-densenet), which dynamo has
+            export_onnx(wrapped, x[:2].contiguous(), path, exporter="dynamo")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -58,7 +58,16 @@ def transform_images(images: torch.Tensor, element: int) -> torch.Tensor:
     """Apply p4m element ``element`` (0..7; 0 = identity) to the last two axes of ``images``."""
     if element >= 4:
         images = images.flip(-1)
-    return torch.rot90(images, element % 4, dims=(-2, -1))
+    # torch.rot90(images, k, dims=(-2, -1)) written with flip/transpose, which every ONNX exporter
+    # knows (the legacy exporter has no aten::rot90)
+    turns = element % 4
+    if turns == 1:
+        return images.flip(-1).transpose(-2, -1)
+    if turns == 2:
+        return images.flip(-2, -1)
+    if turns == 3:
+        return images.transpose(-2, -1).flip(-1)
+    return images
 
 
 def _cayley_table() -> tuple[list[list[int]], list[int]]:

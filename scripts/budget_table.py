@@ -3,7 +3,7 @@
 Each preset gets the default recipe (configs/default.yaml: stain/colour/dihedral augmentation, AdamW,
 cosine) with the cosine decay spread over the budget (train.schedule_over=budget), so a slow model
 still finishes its schedule. Runs one preset after another (never two at once: they would share the
-cores) and writes RESULTS/table.md; a preset whose run folder already holds a summary is not rerun.
+cores) and writes OUT/table.md; a preset whose run folder already holds a summary is not rerun.
 
     .venv/bin/python scripts/budget_table.py --data ../shared/data/pcam-jpg --minutes 15 --out runs/budget
 """

@@ -76,20 +76,20 @@ def learning_rate_factor(
     "Budgeted training"); the warm-up stays in epochs.
     """
     train = config.train
+    budget = None
     if budget_fraction is not None and train.scheduler in ("cosine", "onecycle"):
-        fraction = min(max(budget_fraction, 0.0), 1.0)
-        if train.scheduler == "onecycle":
-            if fraction < 0.3:
-                return 0.04 + 0.96 * 0.5 * (1.0 - math.cos(math.pi * fraction / 0.3))
-            return 1e-4 + (1.0 - 1e-4) * 0.5 * (1.0 + math.cos(math.pi * (fraction - 0.3) / 0.7))
-        warm = min((progress + 1e-3) / train.warmup_epochs, 1.0) if train.warmup_epochs > 0 else 1.0
-        return warm * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * fraction)))
+        budget = min(max(budget_fraction, 0.0), 1.0)
     if train.scheduler == "onecycle":  # Smith & Topin 2019: cosine up to the peak, cosine down to ~0
-        up = train.warmup_epochs if train.warmup_epochs > 0 else 0.3 * train.epochs
-        if progress < up:
-            return 0.04 + 0.96 * 0.5 * (1.0 - math.cos(math.pi * progress / up))
-        fraction = min((progress - up) / max(train.epochs - up, 1e-9), 1.0)
-        return 1e-4 + (1.0 - 1e-4) * 0.5 * (1.0 + math.cos(math.pi * fraction))
+        if budget is not None:  # rise over the first 30% of the budget, fall over the rest
+            position, up, total = budget, 0.3, 1.0
+        else:
+            position, up, total = progress, train.warmup_epochs if train.warmup_epochs > 0 else 0.3 * train.epochs, train.epochs
+        if position < up:
+            return _half_cosine(position / up, 0.04, 1.0)
+        return _half_cosine(min((position - up) / max(total - up, 1e-9), 1.0), 1.0, 1e-4)
+    if budget is not None:  # cosine over the budget, down to 1% of the peak; the warm-up stays in epochs
+        warm = min((progress + 1e-3) / train.warmup_epochs, 1.0) if train.warmup_epochs > 0 else 1.0
+        return warm * _half_cosine(budget, 1.0, 0.01)
     warmup = min(train.warmup_epochs, train.epochs)
     if warmup > 0 and progress < warmup:
         return (progress + 1e-3) / warmup * plateau_factor
@@ -101,8 +101,12 @@ def learning_rate_factor(
         return train.gamma**progress
     # cosine from the end of warm-up to the last epoch, down to 1% of the peak
     span = max(train.epochs - warmup, 1e-9)
-    fraction = min(max((progress - warmup) / span, 0.0), 1.0)
-    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * fraction))
+    return _half_cosine(min(max((progress - warmup) / span, 0.0), 1.0), 1.0, 0.01)
+
+
+def _half_cosine(fraction: float, start: float, end: float) -> float:
+    """Half a cosine wave from ``start`` (at fraction 0) to ``end`` (at fraction 1)."""
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * fraction))
 
 
 def compute_loss(logits: torch.Tensor, labels: torch.Tensor, config: RunConfig) -> torch.Tensor:

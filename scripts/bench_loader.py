@@ -58,7 +58,7 @@ from pcamlab.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, Tr
 from pcamlab.data import load_split_arrays, open_split
 from pcamlab.data.augment import augment_batch
 from pcamlab.data.loader import InMemoryBatches, StreamingBatches
-from pcamlab.evaluate.predict import to_unit
+from pcamlab.runtime.contract import InputContract
 
 __all__ = [
     "BENCH_AUGMENT",
@@ -108,7 +108,7 @@ def consume(source, seed: int, augment: AugmentConfig | None = BENCH_AUGMENT) ->
     patches = 0
     started = time.perf_counter()
     for images, labels, _ in source.epoch(seed=seed):
-        x = to_unit(images)  # (B, 3, 96, 96) float in [0, 1], channels_last strides
+        x = InputContract.to_unit(images)  # (B, 3, 96, 96) float in [0, 1], channels_last strides
         if augment is not None:
             x = augment_batch(x, augment, generator)
         patches += len(labels)
@@ -156,7 +156,7 @@ def bench_model_training(
 ) -> dict:
     """Patches/s the default model consumes in training: forward, backward and AdamW step on a fixed batch."""
     from pcamlab.models import build_model
-    from pcamlab.train.device import autocast, resolve_device, resolve_precision
+    from pcamlab.runtime.device import autocast, resolve_device, resolve_precision
 
     torch_device = resolve_device(device)
     precision = resolve_precision("auto", torch_device)

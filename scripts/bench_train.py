@@ -54,7 +54,7 @@ def main() -> None:
 
     from pcamlab.config import load_config
     from pcamlab.data import load_split_arrays, open_split
-    from pcamlab.train.device import cpu_has_native_bf16
+    from pcamlab.runtime.device import cpu_has_native_bf16
     from pcamlab.train.loop import train
 
     started = time.perf_counter()

@@ -1,9 +1,10 @@
 """Write the small checkpoint fixtures of tests/assets: checkpoints as pcamlab wrote them on 2026-11-29.
 
 They pin the on-disk format: every later pcamlab must still load them (``tests/test_runtime.py``). The
-fixtures were written by the code of commit b57d83f (before ``pcamlab.runtime`` existed), so this
-script imports the training package's checkpoint module of that time; do not rerun it to "refresh" them
-(a fixture written by newer code no longer shows that old checkpoints load).
+fixtures were written by this script at commit b57d83f, before ``pcamlab.runtime`` existed (its imports
+were then ``pcamlab.train.checkpoint.make_contract/save_checkpoint`` and
+``pcamlab.evaluate.predict.predict_proba``). Do not rerun it to "refresh" them: a fixture written by
+newer code no longer shows that old checkpoints load. It stays runnable to make NEW fixtures.
 
 Each fixture is a seeded ``simple-cnn`` of width 4 (about 25k parameters, ~100 kB) and comes with
 ``NAME.expected.json``: the probabilities it gave on 8 patches of the shipped sample's valid split,
@@ -29,9 +30,8 @@ import torch
 from pcamlab.config import load_config
 from pcamlab.data import open_split
 from pcamlab.data.normalize import NORMALIZERS
-from pcamlab.evaluate.predict import predict_proba
 from pcamlab.models import build_model
-from pcamlab.train.checkpoint import make_contract, save_checkpoint
+from pcamlab.runtime import InputContract, TorchPredictor, save_checkpoint
 
 
 def sample_patches(count: int = 8) -> np.ndarray:
@@ -51,12 +51,12 @@ def main(out_dir: str) -> None:
                                         "evaluate.threshold_method=youden" if stain else "evaluate.threshold=0.5",
                                         *(["data.stain_normalization=reinhard"] if stain else [])])
         model = build_model(config.model).eval()
-        contract = make_contract([0.70, 0.54, 0.69], [0.17, 0.21, 0.16], patch_size=96, threshold=threshold)
-        if stain:
-            contract["stain_normalization"] = NORMALIZERS.get("reinhard")().fit(patches).to_dict()
+        stain_normalization = NORMALIZERS.get("reinhard")().fit(patches).to_dict() if stain else None
+        contract = InputContract(patch_size=96, mean=(0.70, 0.54, 0.69), std=(0.17, 0.21, 0.16), threshold=threshold,
+                                 threshold_source="youden" if stain else "fixed", stain_normalization=stain_normalization)
         metadata = {"epoch": 3, "val_auc": 0.75, "val_loss": 0.6}
         save_checkpoint(out / f"{name}.safetensors", model, config, contract, metadata)
-        probabilities = predict_proba(model, patches, contract)
+        probabilities = TorchPredictor(model, contract).predict_proba(patches)
         (out / f"{name}.expected.json").write_text(json.dumps({
             "patches": "8 patches of the sample valid split, np.linspace(0, len - 1, 8).round()",
             "probabilities": [float(p) for p in probabilities],

@@ -23,11 +23,10 @@ from PIL import Image
 from pcamlab.cli.main import main
 from pcamlab.config import ModelConfig, RunConfig
 from pcamlab.deploy import export_checkpoint, load_onnx, load_predictor, predict_files
-from pcamlab.deploy.predictors import ONNX_METADATA_KEYS
 from pcamlab.errors import CheckpointError, ConfigError, DataError, RunError
-from pcamlab.evaluate.predict import predict_proba
 from pcamlab.models import build_model
-from pcamlab.train.checkpoint import load_checkpoint, make_contract, save_checkpoint
+from pcamlab.runtime import InputContract, TorchPredictor, load_checkpoint, save_checkpoint
+from pcamlab.runtime.predictor import ONNX_METADATA_KEYS
 
 # onnx/onnxruntime are in the dev venv but not (yet) in pyproject's dependencies: skip, don't fail.
 needs_onnx = pytest.mark.skipif(
@@ -51,8 +50,8 @@ def checkpoint_path(tmp_path_factory, patches) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model(config.model).eval()
-    probabilities = predict_proba(model, patches, make_contract(MEAN, STD))
-    contract = make_contract(MEAN, STD, threshold=float(np.median(probabilities)))
+    probabilities = TorchPredictor(model, InputContract(mean=MEAN, std=STD)).predict_proba(patches)
+    contract = InputContract(mean=MEAN, std=STD, threshold=float(np.median(probabilities)))
     path = tmp_path_factory.mktemp("checkpoint") / "best.safetensors"
     return save_checkpoint(path, model, config, contract, {"epoch": 1})
 
@@ -64,7 +63,7 @@ def checkpoint(checkpoint_path):
 
 @pytest.fixture(scope="module")
 def reference(checkpoint, patches) -> np.ndarray:
-    return predict_proba(checkpoint.model, patches, checkpoint.contract)
+    return TorchPredictor.from_checkpoint(checkpoint).predict_proba(patches)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +101,7 @@ def test_predict_nested_folder_matches_torch_and_writes_csv(tmp_path, checkpoint
 
     assert result.names == [str(path) for path in first + second]
     np.testing.assert_allclose(result.probabilities, reference, atol=1e-6)
-    threshold = checkpoint.contract["threshold"]
+    threshold = checkpoint.contract.threshold
     assert result.threshold == threshold
     np.testing.assert_array_equal(result.predicted, (reference >= threshold).astype(int))
     assert 0 < result.predicted.sum() < len(patches)  # both classes occur at the median threshold
@@ -133,10 +132,10 @@ def test_predict_h5_rows_then_image_file_in_input_order(tmp_path, checkpoint_pat
 def test_predict_tta_matches_torch_tta(tmp_path, checkpoint_path, checkpoint, patches):
     folder = tmp_path / "tta"
     write_pngs(folder, patches[:3])
-    expected = predict_proba(checkpoint.model, patches[:3], checkpoint.contract, tta=True)
+    expected = TorchPredictor.from_checkpoint(checkpoint).predict_proba(patches[:3], tta=True)
     result = predict_files(checkpoint_path, [folder], tta=True)
     np.testing.assert_allclose(result.probabilities, expected, atol=1e-6)
-    plain = predict_proba(checkpoint.model, patches[:3], checkpoint.contract)
+    plain = TorchPredictor.from_checkpoint(checkpoint).predict_proba(patches[:3])
     assert np.abs(result.probabilities - plain).max() > 1e-6  # TTA really averaged other views
 
 
@@ -195,7 +194,7 @@ def test_onnx_export_reload_matches_torch(onnx_path, checkpoint, patches, refere
 
     model = onnx.load(str(onnx_path))
     properties = {entry.key: entry.value for entry in model.metadata_props}
-    assert json.loads(properties[ONNX_METADATA_KEYS["contract"]]) == checkpoint.contract
+    assert InputContract.from_dict(json.loads(properties[ONNX_METADATA_KEYS["contract"]])) == checkpoint.contract
     assert properties[ONNX_METADATA_KEYS["input"]] == "uint8"
     assert max(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")) >= 17
     graph_input = model.graph.input[0]
@@ -208,7 +207,7 @@ def test_onnx_export_reload_matches_torch(onnx_path, checkpoint, patches, refere
     for batch_size in (1, 5, 8):
         got = predictor.predict_proba(patches, batch_size=batch_size)
         assert np.abs(got - reference).max() < TOLERANCE
-    tta = predict_proba(checkpoint.model, patches, checkpoint.contract, tta=True)
+    tta = TorchPredictor.from_checkpoint(checkpoint).predict_proba(patches, tta=True)
     assert np.abs(predictor.predict_proba(patches, tta=True) - tta).max() < TOLERANCE
     with pytest.raises(DataError, match="96x96"):
         predictor.predict_proba(patches[:, :64, :64])
@@ -257,10 +256,10 @@ def test_stain_normalised_checkpoint_round_trips_through_onnx(tmp_path, checkpoi
     from pcamlab.data.normalize import NORMALIZERS
 
     reference_patches = sample_patches(8, "train", seed=5)[0]
-    contract = dict(checkpoint.contract)
-    contract["stain_normalization"] = NORMALIZERS.get("reinhard")().fit(reference_patches).to_dict()
+    contract = checkpoint.contract.replace(
+        stain_normalization=NORMALIZERS.get("reinhard")().fit(reference_patches).to_dict())
     path = save_checkpoint(tmp_path / "stain.safetensors", checkpoint.model, checkpoint.config, contract)
-    expected = predict_proba(checkpoint.model, patches, contract)  # normalises the stain first
+    expected = TorchPredictor(checkpoint.model, contract).predict_proba(patches)  # normalises the stain first
 
     report = export_checkpoint(path, tmp_path / "stain.onnx", exporter="legacy")
     assert report["stain_normalization"] == "reinhard" and report["max_abs_diff"] <= TOLERANCE

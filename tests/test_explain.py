@@ -264,7 +264,7 @@ def test_run_explain_with_a_stand_in_checkpoint(tmp_path, monkeypatch):
     """run_explain on the shipped sample with load_checkpoint replaced, so only this module is tested."""
     import types
 
-    import pcamlab.train.checkpoint as checkpoint_module
+    import pcamlab.runtime.checkpoint as checkpoint_module
     from pcamlab.config import RunConfig
     from pcamlab.explain import run_explain
 
@@ -296,20 +296,20 @@ def test_run_explain_with_a_stand_in_checkpoint(tmp_path, monkeypatch):
 
 
 def test_explain_cli_end_to_end_on_a_real_checkpoint(tmp_path, capsys):
-    """Real checkpoint (saved and reloaded by pcamlab.train.checkpoint) on the shipped sample, via the CLI."""
+    """Real checkpoint (saved and reloaded by pcamlab.runtime.checkpoint) on the shipped sample, via the CLI."""
     models = pytest.importorskip("pcamlab.models")
     if not hasattr(models, "build_model"):
         pytest.skip("pcamlab.models.build_model is not available yet")
     from pcamlab.cli.main import main
     from pcamlab.config import RunConfig
-    from pcamlab.train.checkpoint import make_contract, save_checkpoint
+    from pcamlab.runtime import InputContract, save_checkpoint
 
     config = RunConfig()
     config.model.name = "baseline"
     torch.manual_seed(0)
     checkpoint = save_checkpoint(
         tmp_path / "run" / "best.safetensors", models.build_model(config.model), config,
-        make_contract([0.7, 0.55, 0.7], [0.15, 0.2, 0.15]),
+        InputContract(mean=[0.7, 0.55, 0.7], std=[0.15, 0.2, 0.15]),
     )
     assert main(["explain", str(checkpoint), "--data", "sample", "--n", "6", "--per-group", "1"]) == 0
     out = tmp_path / "run" / "explain-valid"

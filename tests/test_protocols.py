@@ -255,7 +255,7 @@ def test_final_fit_trains_on_train_plus_valid_and_scores_the_test_split(cv_run, 
 
 
 def test_final_fit_takes_epochs_and_threshold_from_a_holdout_run_and_says_when_there_is_no_test(tmp_path):
-    from pcamlab.train.checkpoint import load_checkpoint
+    from pcamlab.runtime import load_checkpoint
 
     root = write_h5(tmp_path / "h5", {"train": sample_patches(16, "train", seed=4), "valid": sample_patches(8, "valid", seed=5)})
     previous = tmp_path / "holdout"
@@ -267,7 +267,7 @@ def test_final_fit_takes_epochs_and_threshold_from_a_holdout_run_and_says_when_t
     result = run_final(_config(root, "evaluate.threshold_method=youden"), tmp_path / "final", epochs_from=previous,
                        progress=False, log=lines.append)
     assert len(_rows(tmp_path / "final" / "history.csv")) == 2
-    assert load_checkpoint(tmp_path / "final" / "last.safetensors").contract["threshold"] == pytest.approx(0.3)
+    assert load_checkpoint(tmp_path / "final" / "last.safetensors").contract.threshold == pytest.approx(0.3)
     assert "no 'test' split" in result["test"]["skipped"] and any("nothing to evaluate" in line for line in lines)
     assert not (tmp_path / "final" / "eval-test").exists()
 

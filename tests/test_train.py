@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 from pcamlab.config import load_config
 from pcamlab.errors import CheckpointError, RunError
 from pcamlab.evaluate.metrics import roc_auc
-from pcamlab.evaluate.predict import predict_proba
-from pcamlab.train.checkpoint import load_checkpoint, read_metadata
+from pcamlab.runtime import TorchPredictor, load_checkpoint, read_metadata
 from pcamlab.train.loop import learning_rate_factor, train
 
 TINY = [
@@ -57,11 +56,11 @@ def test_run_folder_is_complete_and_checkpoint_reloads(tiny_data, tmp_path):
     # every builder option is written out, defaults included, so a later default change cannot break it
     assert checkpoint.config.model.options["filters"] == [8, 16]
     assert {"dense_units", "dropout", "pool_size", "activation"} <= set(checkpoint.config.model.options)
-    assert checkpoint.contract["patch_size"] == 96 and len(checkpoint.contract["mean"]) == 3
+    assert checkpoint.contract.patch_size == 96 and len(checkpoint.contract.mean) == 3
     from pcamlab.data import load_split_arrays, open_split
 
     images, labels, _ = load_split_arrays(open_split(tiny_data, "valid"))
-    probabilities = predict_proba(checkpoint.model, images, checkpoint.contract)
+    probabilities = TorchPredictor.from_checkpoint(checkpoint).predict_proba(images)
     assert roc_auc(labels, probabilities) == pytest.approx(summary["best"]["val_auc"], abs=1e-6)
 
 

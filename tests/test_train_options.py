@@ -18,7 +18,7 @@ from fixtures_data import sample_patches, write_h5
 from safetensors.torch import load_file
 
 from pcamlab.config import load_config
-from pcamlab.train.checkpoint import load_checkpoint, read_metadata
+from pcamlab.runtime import TorchPredictor, load_checkpoint, read_metadata
 from pcamlab.errors import ConfigError
 from pcamlab.train.loop import HISTORY_COLUMNS, compute_loss, learning_rate_factor, split_head, train
 
@@ -83,9 +83,10 @@ def test_ema_threshold_and_options_run_and_are_recorded(tiny_data, tmp_path):
         tiny_data, "train.ema_decay=0.9", "train.grad_clip=1.0", "train.l1=1e-5", "train.optimizer=rmsprop",
         "train.scheduler=plateau", "train.loss=focal", "evaluate.threshold_method=youden",
     ), out, progress=False)
-    contract = read_metadata(out / "best.safetensors")["contract"]
-    assert summary["threshold"] == contract["threshold"]
-    assert 0.0 <= contract["threshold"] <= 1.0 and contract["threshold"] != 0.5  # chosen on validation
+    contract = read_metadata(out / "best.safetensors").contract
+    assert summary["threshold"] == contract.threshold
+    assert 0.0 <= contract.threshold <= 1.0 and contract.threshold != 0.5  # chosen on validation
+    assert contract.threshold_source == "youden"
     assert math.isfinite(float(summary["best"]["val_loss"]))
 
 
@@ -93,25 +94,22 @@ def test_stain_normalisation_is_fitted_stored_and_applied(tiny_data, tmp_path):
     out = tmp_path / "stain"
     train(_config(tiny_data, "train.epochs=1", "data.stain_normalization=reinhard"), out, progress=False)
     checkpoint = load_checkpoint(out / "best.safetensors")
-    assert checkpoint.contract["stain_normalization"]["method"] == "reinhard"
+    assert checkpoint.contract.stain_normalization["method"] == "reinhard"
     from pcamlab.data import load_split_arrays, open_split
     from pcamlab.data.normalize import normalizer_from_dict
-    from pcamlab.evaluate.predict import predict_proba
-
     images, _, _ = load_split_arrays(open_split(tiny_data, "valid"))
-    with_stain = predict_proba(checkpoint.model, images, checkpoint.contract)
-    contract = dict(checkpoint.contract, stain_normalization=None)
-    normalised = normalizer_from_dict(checkpoint.contract["stain_normalization"]).transform(images)
-    np.testing.assert_allclose(with_stain, predict_proba(checkpoint.model, normalised, contract), atol=1e-6)
+    with_stain = TorchPredictor.from_checkpoint(checkpoint).predict_proba(images)
+    contract = checkpoint.contract.replace(stain_normalization=None)
+    normalised = normalizer_from_dict(checkpoint.contract.stain_normalization).transform(images)
+    np.testing.assert_allclose(with_stain, TorchPredictor(checkpoint.model, contract).predict_proba(normalised), atol=1e-6)
 
     # explanations see the same input as predictions: the stain normaliser is applied there too
-    from pcamlab.evaluate.predict import to_model_input
     from pcamlab.explain._common import images_to_input
     from pcamlab.explain.run import predict_probabilities
 
     np.testing.assert_allclose(predict_probabilities(checkpoint.model, images, checkpoint.contract), with_stain, atol=1e-6)
     torch.testing.assert_close(images_to_input(images, checkpoint.contract),
-                               to_model_input(torch.from_numpy(normalised), checkpoint.contract))
+                               checkpoint.contract.to_model_input(torch.from_numpy(normalised)))
 
 
 def _free_port() -> int:

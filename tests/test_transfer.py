@@ -181,10 +181,10 @@ def test_torchvision_densenet_fills_densenet_small_block_by_block(tmp_path):
 
 
 def test_pcamlab_checkpoint_loads_by_name_and_a_misfit_fails_in_one_line(tmp_path):
-    from pcamlab.train.checkpoint import make_contract, save_checkpoint
+    from pcamlab.runtime import InputContract, save_checkpoint
 
     source = _model("resnet18", 1, width=8)
-    path = save_checkpoint(tmp_path / "best.safetensors", source, load_config(), make_contract([0.5] * 3, [0.2] * 3))
+    path = save_checkpoint(tmp_path / "best.safetensors", source, load_config(), InputContract(mean=[0.5] * 3, std=[0.2] * 3))
     model = _model("resnet18", 2, width=8)
     report = load_pretrained(model, path)
     assert report["source_format"] == "pcamlab" and report["missing"] == []
@@ -316,7 +316,7 @@ def test_keras_flatten_order_matters(tmp_path):
 
 
 def test_training_with_a_frozen_backbone_keeps_the_loaded_weights(tmp_path):
-    from pcamlab.train.checkpoint import load_checkpoint
+    from pcamlab.runtime import load_checkpoint
     from pcamlab.train.loop import train
 
     images, labels = sample_patches(8, split="train", seed=5)

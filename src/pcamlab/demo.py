@@ -39,7 +39,7 @@ def run_demo(
     from pcamlab.evaluate.run import evaluate_checkpoint
     from pcamlab.explain import run_explain
     from pcamlab.explain.filters import plot_first_layer_filters
-    from pcamlab.train.checkpoint import load_checkpoint
+    from pcamlab.runtime.checkpoint import load_checkpoint
     from pcamlab.train.loop import train
 
     say = log or (lambda line: None)

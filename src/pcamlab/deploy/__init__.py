@@ -4,7 +4,7 @@
 - :func:`export_checkpoint`: a checkpoint -> a verified ONNX (uint8 NHWC in, probability out) or
   TorchScript file carrying the input contract.
 - :func:`load_onnx` / :func:`load_predictor`: reload any of them behind one
-  ``predict_proba(images_uint8)`` API.
+  ``predict_proba(images_uint8)`` API (re-exported from :mod:`pcamlab.runtime`, where they live).
 - :mod:`pcamlab.deploy.bench`: training and inference throughput against the machine's peak.
 
 Example:
@@ -16,13 +16,8 @@ Example:
 
 from pcamlab.deploy.export import export_checkpoint
 from pcamlab.deploy.predict import PredictionResult, predict_files
-from pcamlab.deploy.predictors import (
-    CheckpointPredictor,
-    OnnxPredictor,
-    TorchScriptPredictor,
-    load_onnx,
-    load_predictor,
-)
+from pcamlab.deploy.predictors import CheckpointPredictor
+from pcamlab.runtime.predictor import OnnxPredictor, TorchPredictor, TorchScriptPredictor, load_onnx, load_predictor
 from pcamlab.deploy.sources import PatchSource, collect_sources, iterate_patches
 
 __all__ = [
@@ -30,6 +25,7 @@ __all__ = [
     "OnnxPredictor",
     "PatchSource",
     "PredictionResult",
+    "TorchPredictor",
     "TorchScriptPredictor",
     "collect_sources",
     "export_checkpoint",

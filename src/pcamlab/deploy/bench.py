@@ -167,7 +167,7 @@ def _fraction(images_per_second: float | None, flops: int, factor: int, peak: fl
 
 def _torch_rows(name, summary, precision, channels_last, batch_size, *, steps, warmup, input_size, seed,
                 device, compile) -> list[dict[str, Any]]:
-    from pcamlab.train.device import autocast
+    from pcamlab.runtime.device import autocast
 
     x, labels = _inputs(batch_size, input_size, seed, device, channels_last)
     model = _build(name, seed, device, channels_last)
@@ -288,7 +288,7 @@ def run_bench(
         >>> rows = run_bench(["baseline"], precisions=["fp32", "bf16"], batch_sizes=[32, 64], onnx=True)
     """
     from pcamlab.models import list_models, model_summary
-    from pcamlab.train.device import resolve_device
+    from pcamlab.runtime.device import resolve_device
 
     models = _check_list("--models", models, list_models())
     precisions = _check_list("--precision", precisions, PRECISIONS)
@@ -299,7 +299,7 @@ def run_bench(
     if steps < 1 or warmup < 0:
         raise ConfigError(f"--steps must be >= 1 and --warmup >= 0; got steps={steps}, warmup={warmup}")
     if onnx:
-        from pcamlab.deploy.predictors import require_onnx
+        from pcamlab.runtime.predictor import require_onnx
 
         require_onnx()
     torch_device = resolve_device(device)

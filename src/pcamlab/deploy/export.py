@@ -7,14 +7,14 @@ normalisation ``(image / 255 - mean) / std`` inside, and returns two outputs of 
 needed at inference time. ``input_kind="float"`` exports the bare network instead (normalised float
 (B, 3, H, W) in, same outputs), for runtimes that prepare tensors themselves.
 
-Stain normalisation (``contract["stain_normalization"]``, Macenko or Reinhard fitted at training) is
+Stain normalisation (``contract.stain_normalization``, Macenko or Reinhard fitted at training) is
 NOT in the graph: it is a per-image numpy estimate. :func:`pcamlab.deploy.load_onnx` applies it from
 the stored contract; any other runtime must apply it to the uint8 patches before the graph (the
 report's ``stain_normalization`` names the method, None when the checkpoint has none).
 
 The batch axis is dynamic; H and W are fixed at the contract's patch size. The ONNX file carries the
 input contract, the run config and the checkpoint metadata as JSON in ``metadata_props`` (keys in
-:data:`pcamlab.deploy.predictors.ONNX_METADATA_KEYS`); the TorchScript file carries the contract as
+:data:`pcamlab.runtime.predictor.ONNX_METADATA_KEYS`); the TorchScript file carries the contract as
 the extra file ``pcamlab_contract.json``.
 
 Verification: a few REAL patches of the shipped sample (``open_split("sample", "valid")``) are run
@@ -48,8 +48,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from pcamlab.fileio import publish
 from pcamlab.errors import ConfigError, RunError, did_you_mean
+from pcamlab.fileio import publish
+from pcamlab.runtime.checkpoint import Checkpoint, load_checkpoint
+from pcamlab.runtime.contract import InputContract
+from pcamlab.runtime.predictor import (
+    ONNX_METADATA_KEYS,
+    TORCHSCRIPT_CONTRACT_FILE,
+    TORCHSCRIPT_INPUT_FILE,
+    OnnxPredictor,
+    TorchPredictor,
+    TorchScriptPredictor,
+    require_onnx,
+)
 
 __all__ = [
     "EXPORTERS",
@@ -74,19 +85,17 @@ DEFAULT_TOLERANCE = 1e-4  # largest allowed |probability difference| between tor
 class UInt8PatchModel(nn.Module):
     """uint8 RGB patches (B, H, W, 3) in; ``(probability, logit)``, each (B,), out.
 
-    The normalisation is the checkpoint contract's, written with the same operations as
-    :func:`pcamlab.evaluate.predict.to_model_input` so that the exported graph matches torch.
+    The transform to model input is the contract's own (:meth:`InputContract.to_model_input`), traced
+    into the graph, so the exported file computes exactly what torch prediction computes.
     """
 
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+    def __init__(self, model: nn.Module, contract: InputContract):
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.contract = contract
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = images.permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W) in [0, 1]
-        x = (x - self.mean) / self.std
+        x = self.contract.to_model_input(images)  # (B, H, W, 3) uint8 -> (B, 3, H, W) float
         logit = self.model(x).reshape(-1)  # (B, 1) -> (B,)
         return torch.sigmoid(logit), logit
 
@@ -167,8 +176,6 @@ def export_onnx(
     Returns:
         ``{"exporter": used, "opset": int, "dynamo_error": str | None}``.
     """
-    from pcamlab.deploy.predictors import require_onnx
-
     require_onnx()
     import onnx
 
@@ -230,7 +237,7 @@ def export_checkpoint(
     """Export a checkpoint for deployment and verify the file against torch on real patches.
 
     Args:
-        checkpoint: a ``.safetensors`` path or a loaded :class:`pcamlab.train.checkpoint.Checkpoint`.
+        checkpoint: a ``.safetensors`` path or a loaded :class:`pcamlab.runtime.Checkpoint`.
         out: file to write; default the checkpoint path with ``.onnx`` / ``.pt``.
         format: ``onnx`` or ``torchscript``.
         input_kind: ``uint8`` (NHWC patches, normalisation inside: the deployment form) or ``float``
@@ -255,15 +262,6 @@ def export_checkpoint(
         PosixPath('runs/demo/best.onnx')
     """
     from pcamlab.config import config_to_dict
-    from pcamlab.deploy.predictors import (
-        ONNX_METADATA_KEYS,
-        TORCHSCRIPT_CONTRACT_FILE,
-        TORCHSCRIPT_INPUT_FILE,
-        OnnxPredictor,
-        TorchScriptPredictor,
-    )
-    from pcamlab.evaluate.predict import predict_proba, to_model_input
-    from pcamlab.train.checkpoint import Checkpoint, load_checkpoint
 
     _choice("--format", format, EXPORT_FORMATS)
     _choice("--input", input_kind, INPUT_KINDS)
@@ -282,13 +280,11 @@ def export_checkpoint(
 
     contract = checkpoint.contract
     model = checkpoint.model.to("cpu").float().eval()
-    size = int(contract.get("patch_size", 96))
-    wrapped = (UInt8PatchModel(model, contract["mean"], contract["std"]) if input_kind == "uint8"
-               else NormalisedInputModel(model)).eval()
-    patches = verification_patches(size)  # (N, H, W, 3) uint8
-    expected = predict_proba(model, patches, contract)  # torch fp32 reference, (N,)
+    wrapped = (UInt8PatchModel(model, contract) if input_kind == "uint8" else NormalisedInputModel(model)).eval()
+    patches = verification_patches(contract.patch_size)  # (N, H, W, 3) uint8
+    expected = TorchPredictor(model, contract, precision="fp32").predict_proba(patches)  # torch fp32 reference, (N,)
     example_uint8 = torch.from_numpy(patches[:2].copy())
-    example = example_uint8 if input_kind == "uint8" else to_model_input(example_uint8, contract).contiguous()
+    example = example_uint8 if input_kind == "uint8" else contract.to_model_input(example_uint8).contiguous()
 
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -297,7 +293,7 @@ def export_checkpoint(
     try:
         if format == "onnx":
             properties = {
-                ONNX_METADATA_KEYS["contract"]: json.dumps(contract),
+                ONNX_METADATA_KEYS["contract"]: json.dumps(contract.to_dict()),
                 ONNX_METADATA_KEYS["config"]: json.dumps(config_to_dict(checkpoint.config)),
                 ONNX_METADATA_KEYS["metadata"]: json.dumps(checkpoint.metadata),
                 ONNX_METADATA_KEYS["input"]: input_kind,
@@ -309,7 +305,7 @@ def export_checkpoint(
             with _quiet_exporter(), torch.no_grad():
                 traced = torch.jit.trace(wrapped, example)
                 torch.jit.save(traced, temporary, _extra_files={
-                    TORCHSCRIPT_CONTRACT_FILE: json.dumps(contract), TORCHSCRIPT_INPUT_FILE: input_kind,
+                    TORCHSCRIPT_CONTRACT_FILE: json.dumps(contract.to_dict()), TORCHSCRIPT_INPUT_FILE: input_kind,
                 })
             with _quiet_exporter():
                 predictor = TorchScriptPredictor(temporary)
@@ -332,6 +328,6 @@ def export_checkpoint(
     report.update({
         "path": out, "max_abs_diff": difference, "patches": len(patches), "batch_sizes": batch_sizes,
         "bytes": out.stat().st_size, "tolerance": tolerance,
-        "stain_normalization": (contract.get("stain_normalization") or {}).get("method"),
+        "stain_normalization": (contract.stain_normalization or {}).get("method"),
     })
     return report

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from pcamlab.fileio import publish
 from pcamlab.errors import DataError, RunError
+from pcamlab.fileio import publish
+from pcamlab.runtime.predictor import load_predictor
 
 __all__ = ["CSV_COLUMNS", "PredictionResult", "predict_files"]
 
@@ -106,7 +107,6 @@ def predict_files(
     Example:
         >>> result = predict_files("best.safetensors", ["patch.png", "more/"], "predictions.csv", tta=True)
     """
-    from pcamlab.deploy.predictors import load_predictor
     from pcamlab.deploy.sources import collect_sources, iterate_patches
 
     if batch_size < 1:
@@ -116,9 +116,9 @@ def predict_files(
         raise RunError(f"{str(out_path)!r} already exists; choose another --out or pass --force to replace it")
     predictor = load_predictor(checkpoint, device=device)
     contract = predictor.contract
-    threshold = float(contract.get("threshold", 0.5) if threshold is None else threshold)
-    class_names = list(contract.get("class_names", ["0", "1"]))
-    sources = collect_sources(inputs, patch_size=int(contract.get("patch_size", 96)))
+    threshold = float(contract.threshold if threshold is None else threshold)
+    class_names = list(contract.class_names)
+    sources = collect_sources(inputs, patch_size=contract.patch_size)
     total = sum(source.count for source in sources)
 
     names: list[str] = []

@@ -100,24 +100,21 @@ def evaluate_checkpoint(
     """
     from pcamlab.data import load_split_arrays, open_split
     from pcamlab.evaluate.metrics import roc_auc, validate_inputs
-    from pcamlab.evaluate.predict import predict_proba
-    from pcamlab.train.checkpoint import load_checkpoint
-    from pcamlab.train.device import resolve_device
+    from pcamlab.runtime.predictor import TorchPredictor
 
     out_dir = Path(out_dir)
     if (out_dir / "metrics.json").exists() and not force:
         raise RunError(
             f"{str(out_dir / 'metrics.json')!r} already exists; choose another --out or pass --force to replace it"
         )
-    torch_device = resolve_device(device)
-    checkpoint = load_checkpoint(checkpoint_path, device=torch_device)
+    predictor = TorchPredictor.from_checkpoint(checkpoint_path, device=device)
+    checkpoint = predictor.checkpoint
     config = checkpoint.config
     reader = open_split(data, split, format, valid_fraction=config.data.valid_fraction, seed=config.data.seed)
     images, labels, skipped = load_split_arrays(reader, progress=progress)
     validate_inputs(labels, np.full(len(labels), 0.5), where=f"split {split!r} of {reader.root}")
-    threshold = float(checkpoint.contract["threshold"] if threshold is None else threshold)
-    probabilities = predict_proba(checkpoint.model, images, checkpoint.contract, batch_size=batch_size,
-                                  tta=tta, device=torch_device)
+    threshold = float(predictor.contract.threshold if threshold is None else threshold)
+    probabilities = predictor.predict_proba(images, batch_size=batch_size, tta=tta)
     extra: dict[str, Any] = {
         "checkpoint": str(checkpoint_path),
         "data": str(reader.root),
@@ -128,7 +125,7 @@ def evaluate_checkpoint(
         "epoch": checkpoint.metadata.get("epoch"),
     }
     if tta:
-        plain = predict_proba(checkpoint.model, images, checkpoint.contract, batch_size=batch_size, device=torch_device)
+        plain = predictor.predict_proba(images, batch_size=batch_size)
         extra["tta_effect"] = {"roc_auc_without_tta": roc_auc(labels, plain), "roc_auc_with_tta": roc_auc(labels, probabilities)}
     names = [reader.name(index) for index in range(len(reader))] if skipped == 0 else None
     return evaluate_predictions(labels, probabilities, out_dir, threshold=threshold, names=names, extra=extra)

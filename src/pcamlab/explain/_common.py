@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pcamlab.errors import ConfigError, DataError, did_you_mean
+from pcamlab.errors import CheckpointError, ConfigError, DataError, did_you_mean
 from pcamlab.fileio import save_png
+from pcamlab.runtime.contract import InputContract
 
 __all__ = [
     "conv_layers",
@@ -21,12 +22,8 @@ __all__ = [
     "new_figure",
     "save_figure",
     "check_contract",
-    "CLASS_NAMES",
     "class_name",
 ]
-
-CLASS_NAMES = ("normal", "tumour")  # label 0 and label 1 when a contract does not name them
-
 
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     """Every ``nn.Conv2d`` of ``model`` with its qualified name, in registration order.
@@ -80,41 +77,31 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def check_contract(contract: dict[str, Any], where: str = "contract") -> dict[str, Any]:
-    """Check the keys that the input transform needs and return them with defaults filled in.
+def check_contract(contract: InputContract | Mapping[str, Any], where: str = "contract") -> InputContract:
+    """The contract as an :class:`InputContract` (a stored dict is read with ``InputContract.from_dict``).
 
     Raises:
-        ConfigError: mean or std is missing or not three numbers, or std has a zero.
+        ConfigError: a field is missing or invalid (e.g. mean or std not three numbers, a zero std).
     """
-    if not isinstance(contract, dict):
-        raise ConfigError(f"{where} must be a dict with mean, std (3 numbers each); got {type(contract).__name__}")
-    checked = dict(contract)
-    for key in ("mean", "std"):
-        value = contract.get(key)
-        if value is None or len(value) != 3:
-            raise ConfigError(
-                f"{where}[{key!r}] must be a list of 3 numbers in [0, 1] units; got {value!r} "
-                f"(use the contract stored in the checkpoint)"
-            )
-    if any(float(s) == 0.0 for s in contract["std"]):
-        raise ConfigError(f"{where}['std'] must have no zero; got {contract['std']!r}")
-    checked.setdefault("threshold", 0.5)
-    checked.setdefault("class_names", list(CLASS_NAMES))
-    return checked
+    try:
+        return InputContract.coerce(contract, where)
+    except CheckpointError as error:  # a contract passed in by the caller is an argument, not a file
+        raise ConfigError(str(error)) from None
 
 
 def images_to_input(
-    images: np.ndarray | torch.Tensor, contract: dict[str, Any], device: torch.device | str = "cpu"
+    images: np.ndarray | torch.Tensor, contract: InputContract | Mapping[str, Any], device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """Turn uint8 RGB patches into model input: ``(image / 255 - mean) / std``.
+    """Turn uint8 RGB patches into model input with the contract's transform (stain normaliser included).
 
     Args:
         images: uint8 array (N, H, W, 3) or a single image (H, W, 3).
-        contract: dict with ``mean`` and ``std`` (3 numbers each, [0, 1] units).
+        contract: the model's input contract (a stored dict is accepted).
         device: where the returned tensor lives.
 
     Returns:
-        float32 tensor (N, 3, H, W).
+        float32 tensor (N, 3, H, W): exactly what the model predicts on
+        (:meth:`InputContract.to_model_input` after :meth:`InputContract.prepare`).
 
     Raises:
         DataError: the images are not uint8 RGB.
@@ -128,10 +115,8 @@ def images_to_input(
             f"images must be uint8 RGB of shape (N, H, W, 3) or (H, W, 3); got dtype {array.dtype} "
             f"shape {tuple(array.shape)} (pass the patches as read from the dataset)"
         )
-    from pcamlab.evaluate.predict import apply_stain_normalization, to_model_input
-
-    array = apply_stain_normalization(array, contract)  # the same input the model predicts on
-    return to_model_input(torch.from_numpy(np.ascontiguousarray(array)).to(device), contract)  # (N, 3, H, W)
+    array = contract.prepare(array)  # the same input the model predicts on
+    return contract.to_model_input(torch.from_numpy(np.ascontiguousarray(array)).to(device))  # (N, 3, H, W)
 
 
 def new_figure(rows: int, columns: int, tile_inches: float = 1.2, title_inches: float = 0.5):
@@ -158,6 +143,6 @@ def save_figure(figure: Any, path: str | Path, dpi: int = 110) -> Path:
 
 
 def class_name(label: int, names: Sequence[str] | None = None) -> str:
-    """The display name of a label (``names`` from the contract, else normal/tumour)."""
-    names = list(names) if names else list(CLASS_NAMES)
+    """The display name of a label (``names`` from the contract, else the contract's default names)."""
+    names = list(names) if names else list(InputContract().class_names)
     return names[int(label)] if 0 <= int(label) < len(names) else str(label)

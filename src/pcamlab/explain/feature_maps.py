@@ -20,6 +20,7 @@ from torch import nn
 
 from pcamlab.errors import ConfigError, DataError
 from pcamlab.explain._common import conv_layers, images_to_input, model_device, new_figure, save_figure
+from pcamlab.runtime.contract import InputContract
 
 __all__ = ["feature_maps", "plot_feature_maps", "eval_mode"]
 
@@ -55,14 +56,14 @@ def feature_maps(model: nn.Module, image_tensor: torch.Tensor) -> dict[str, torc
         DataError: the input is not a float tensor of 3 or 4 dimensions.
 
     Example:
-        >>> maps = feature_maps(model, to_model_input(images, contract))
+        >>> maps = feature_maps(model, contract.to_model_input(images))
         >>> {name: tuple(t.shape) for name, t in maps.items()}
     """
     if not isinstance(image_tensor, torch.Tensor) or not image_tensor.is_floating_point():
         raise DataError(
             f"image_tensor must be a float torch.Tensor (B, 3, H, W) of normalised input; got "
             f"{type(image_tensor).__name__} {getattr(image_tensor, 'dtype', '')} (convert uint8 patches "
-            f"with pcamlab.evaluate.predict.to_model_input first)"
+            f"with the checkpoint's contract.to_model_input first)"
         )
     if image_tensor.dim() == 3:
         image_tensor = image_tensor.unsqueeze(0)  # (1, 3, H, W)
@@ -91,7 +92,7 @@ def feature_maps(model: nn.Module, image_tensor: torch.Tensor) -> dict[str, torc
     return outputs
 
 
-def _as_input(image: np.ndarray | torch.Tensor, contract: dict[str, Any] | None) -> tuple[torch.Tensor, np.ndarray]:
+def _as_input(image: np.ndarray | torch.Tensor, contract: InputContract | dict[str, Any] | None) -> tuple[torch.Tensor, np.ndarray]:
     """The model input (1, 3, H, W) and a displayable RGB picture (H, W, 3) in [0, 1]."""
     if isinstance(image, torch.Tensor):
         tensor = image.detach().float()
@@ -109,7 +110,7 @@ def _as_input(image: np.ndarray | torch.Tensor, contract: dict[str, Any] | None)
             f"{array.dtype} shape {tuple(array.shape)}"
         )
     if contract is None:
-        contract = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+        contract = InputContract(input_scaling="unit")  # no contract: pixels scaled to [0, 1] only
     return images_to_input(array, contract), array.astype(np.float32) / 255.0
 
 
@@ -119,7 +120,7 @@ def plot_feature_maps(
     path: str | Path,
     max_channels: int = 16,
     *,
-    contract: dict[str, Any] | None = None,
+    contract: InputContract | dict[str, Any] | None = None,
 ) -> Path:
     """Draw the feature maps of one patch: one row per conv layer, input picture on the left.
 
@@ -132,7 +133,7 @@ def plot_feature_maps(
             (3, H, W) / (1, 3, H, W) that is already model input.
         path: PNG file to write.
         max_channels: channels drawn per layer.
-        contract: the checkpoint's input contract (keys mean, std); None = scale to [0, 1] only.
+        contract: the checkpoint's input contract; None = scale to [0, 1] only.
 
     Returns:
         ``path`` as a Path.

@@ -8,7 +8,7 @@ bilinearly to the patch size and scaled to [0, 1] per image. It highlights evide
 
 Example:
     >>> cam = GradCAM(model)
-    >>> heat = cam(to_model_input(images, contract))  # (B, 96, 96) in [0, 1]
+    >>> heat = cam(contract.to_model_input(images))  # (B, 96, 96) in [0, 1]
     >>> picture = overlay(images[0], heat[0])
 """
 
@@ -35,6 +35,7 @@ from pcamlab.explain._common import (
     save_figure,
 )
 from pcamlab.explain.feature_maps import eval_mode
+from pcamlab.runtime.contract import InputContract
 
 __all__ = [
     "GradCAM",
@@ -282,7 +283,7 @@ def plot_gradcam_gallery(
     images_uint8: np.ndarray,
     labels: Sequence[int],
     probs: Sequence[float],
-    contract: dict[str, Any],
+    contract: InputContract | dict[str, Any],
     path: str | Path,
     threshold: float | None = None,
     per_group: int = 6,
@@ -302,7 +303,7 @@ def plot_gradcam_gallery(
         probs: predicted tumour probabilities (N,).
         contract: input contract (mean, std, class_names, threshold) used to build the model input.
         path: PNG file to write.
-        threshold: decision threshold; None = ``contract["threshold"]``.
+        threshold: decision threshold; None = ``contract.threshold``.
         per_group: patches per group.
         layer: Grad-CAM layer (see :class:`GradCAM`); None = last spatial conv layer.
 
@@ -317,7 +318,7 @@ def plot_gradcam_gallery(
     images, labels, probs = _check_predictions(images_uint8, labels, probs)
     if isinstance(per_group, bool) or not isinstance(per_group, int) or per_group < 1:
         raise ConfigError(f"per_group must be a positive integer; got {per_group!r}")
-    threshold = float(contract["threshold"] if threshold is None else threshold)
+    threshold = float(contract.threshold if threshold is None else threshold)
     groups = error_groups(labels, probs, threshold)
     chosen = {name: groups[name][:per_group] for name in GALLERY_GROUPS}
     selected = np.concatenate([chosen[name] for name in GALLERY_GROUPS]).astype(np.int64)

@@ -10,7 +10,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from pcamlab.explain._common import check_contract, conv_layers, images_to_input
 from pcamlab.explain.feature_maps import eval_mode, plot_feature_maps
 from pcamlab.explain.filters import plot_first_layer_filters, plot_layer_filters
 from pcamlab.explain.gradcam import GradCAM, error_groups, plot_confident_mistakes, plot_gradcam_gallery
+from pcamlab.runtime.contract import InputContract
 
 __all__ = ["run_explain", "predict_probabilities", "EXPLAIN_FILES"]
 
@@ -37,15 +38,16 @@ EXPLAIN_FILES = {
 
 
 def predict_probabilities(
-    model: torch.nn.Module, images: np.ndarray, contract: dict[str, Any], batch_size: int = 128
+    model: torch.nn.Module, images: np.ndarray, contract: InputContract | Mapping[str, Any], batch_size: int = 128
 ) -> np.ndarray:
-    """Tumour probabilities (N,) for uint8 patches (N, H, W, 3), as ``pcamlab predict`` computes them."""
-    from pcamlab.evaluate.predict import predict_proba
+    """Tumour probabilities float32 (N,) for uint8 patches (N, H, W, 3): the model's TorchPredictor."""
+    from pcamlab.runtime.predictor import TorchPredictor
 
     if len(images) == 0:
-        return np.zeros(0, dtype=np.float64)
-    with eval_mode(model):  # predict_proba leaves the model in eval mode; restore the caller's mode
-        return predict_proba(model, images, contract, batch_size=batch_size, device=model_device(model))
+        return np.zeros(0, dtype=np.float32)
+    with eval_mode(model):  # the predictor puts the model in eval mode; restore the caller's mode
+        predictor = TorchPredictor(model, check_contract(contract), device=model_device(model))
+        return predictor.predict_proba(images, batch_size=batch_size)
 
 
 def run_explain(
@@ -91,13 +93,13 @@ def run_explain(
         DataError: the data cannot be opened or read.
     """
     from pcamlab.data import open_split
-    from pcamlab.train.checkpoint import load_checkpoint
+    from pcamlab.runtime import checkpoint as checkpoint_module
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"n must be a positive number of patches to explain; got {n!r}")
     if isinstance(per_group, bool) or not isinstance(per_group, int) or per_group < 1:
         raise ConfigError(f"per_group must be a positive integer; got {per_group!r}")
-    checkpoint = load_checkpoint(checkpoint_path, device=device)
+    checkpoint = checkpoint_module.load_checkpoint(checkpoint_path, device=device)
     model, contract = checkpoint.model, check_contract(checkpoint.contract, f"contract of {str(checkpoint_path)!r}")
     if data_root is None:
         data_root = checkpoint.config.data.path
@@ -115,7 +117,7 @@ def run_explain(
     images_array = np.stack(images)  # (N, H, W, 3) uint8
     labels_array = np.asarray(labels, dtype=np.int64)  # (N,)
     probabilities = predict_probabilities(model, images_array, contract)  # (N,)
-    threshold = float(contract["threshold"])
+    threshold = contract.threshold
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +140,7 @@ def run_explain(
     )
     plot_confident_mistakes(
         images_array, labels_array, probabilities, files["confident_mistakes"], n=16, threshold=threshold,
-        class_names=contract.get("class_names"),
+        class_names=contract.class_names,
     )
     summary = {
         "checkpoint": str(checkpoint_path),

@@ -279,10 +279,10 @@ def detect_source_format(keys: Iterable[str], header: dict[str, str] | None = No
     DenseNets ``features.denseblock1``; timm-only layers (deep stem ``conv1.0``, average-pool
     shortcut ``downsample.2``, DenseNet deep stem ``features.conv1``) make it ``timm``.
     """
-    from pcamlab.train.checkpoint import FORMAT
-
     keys = list(keys)
-    if header and header.get("format") == FORMAT:
+    # Any pcamlab checkpoint format version ("pcamlab-checkpoint-N", pcamlab.runtime.checkpoint.FORMAT);
+    # matched by prefix because a network never imports the layer that loads trained models.
+    if header and str(header.get("format", "")).startswith("pcamlab-checkpoint-"):
         return "pcamlab"
     if any(_RESNET_BLOCK.match(key) for key in keys):
         timm_only = any(key.startswith("conv1.0.") or ".downsample.2." in key for key in keys)

@@ -54,7 +54,7 @@ class World:
 
 def setup(device_name: str = "auto") -> World:
     """Join the process group when launched by torchrun; otherwise one process on ``device_name``."""
-    from pcamlab.train.device import resolve_device
+    from pcamlab.runtime.device import resolve_device
 
     size = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)

@@ -158,8 +158,7 @@ def _make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimize
 def _evaluate(model, source, contract, device, precision) -> dict[str, Any]:
     """Validation loss, AUC and accuracy at the contract threshold, with the raw predictions."""
     from pcamlab.evaluate.metrics import roc_auc
-    from pcamlab.evaluate.predict import to_model_input
-    from pcamlab.train.device import autocast
+    from pcamlab.runtime.device import autocast
 
     model.eval()
     logits, labels = [], []
@@ -167,7 +166,7 @@ def _evaluate(model, source, contract, device, precision) -> dict[str, Any]:
         for images, batch_labels, _ in source.epoch(seed=0):
             if len(batch_labels) == 0:
                 continue
-            x = to_model_input(images.to(device, non_blocking=True), contract)  # (B, 3, H, W)
+            x = contract.to_model_input(images.to(device, non_blocking=True))  # (B, 3, H, W)
             with autocast(device, precision):
                 output = model(x)  # (B, 1)
             logits.append(output.float().reshape(-1).cpu())
@@ -250,7 +249,6 @@ class _EMA:
 
 def _tensorboard_pictures(writer, model, epoch, samples, contract) -> None:
     """First-layer filters and Grad-CAM of a few fixed validation patches, once per epoch."""
-    from pcamlab.evaluate.predict import to_model_input
     from pcamlab.explain.filters import first_layer_tiles
     from pcamlab.explain.gradcam import GradCAM, overlay
 
@@ -265,7 +263,7 @@ def _tensorboard_pictures(writer, model, epoch, samples, contract) -> None:
     writer.add_image("filters/first_layer", grid.repeat_interleave(8, 0).repeat_interleave(8, 1), epoch, dataformats="HWC")
     images = samples
     device = next(model.parameters()).device
-    cams = GradCAM(model)(to_model_input(torch.from_numpy(images).to(device), contract))  # (B, H, W)
+    cams = GradCAM(model)(contract.to_model_input(torch.from_numpy(images).to(device)))  # (B, H, W)
     overlays = np.stack([overlay(image, cam.numpy()) for image, cam in zip(images, cams)])  # (B, H, W, 3)
     writer.add_images("gradcam/validation_patches", torch.from_numpy(overlays), epoch, dataformats="NHWC")
 
@@ -327,11 +325,11 @@ def train(
     from pcamlab.data import open_split
     from pcamlab.data.augment import augment_batch, check_augment_config
     from pcamlab.data.loader import InMemoryBatches, make_batch_source
-    from pcamlab.evaluate.predict import normalize_unit, to_unit
     from pcamlab.models import build_model, model_summary
     from pcamlab.train import distributed
-    from pcamlab.train.checkpoint import make_contract, save_checkpoint
-    from pcamlab.train.device import autocast, resolve_precision
+    from pcamlab.runtime.checkpoint import save_checkpoint
+    from pcamlab.runtime.contract import InputContract
+    from pcamlab.runtime.device import autocast, resolve_precision
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -425,14 +423,14 @@ def train(
     stain = _fit_stain_normalizer(config, [s for s in (train_source, valid_source) if s is not None])
     train_images = train_source.images if isinstance(train_source, InMemoryBatches) else None
     mean, std = _data_stats(train_images, train_reader)
-    contract = make_contract(mean, std, patch_size=train_reader[0][0].shape[0], threshold=config.evaluate.threshold)
+    contract = InputContract(patch_size=train_reader[0][0].shape[0], mean=mean, std=std,
+                             threshold=config.evaluate.threshold, stain_normalization=stain)
     if stain is not None:
-        contract["stain_normalization"] = stain
         say(f"data: {config.data.stain_normalization} stain normalisation fitted on training patches")
 
     # -- model and optimiser ---------------------------------------------------------------------
     model = build_model(config.model).to(device)
-    size = model_summary(model, input_size=contract["patch_size"])
+    size = model_summary(model, input_size=contract.patch_size)
     if config.model.pretrained:
         from pcamlab.models.transfer import load_pretrained
 
@@ -470,7 +468,8 @@ def train(
         first_epoch = int(state["epoch"]) + 1
         best_value, best_epoch, stale_epochs = state["best_value"], int(state["best_epoch"]), int(state["stale_epochs"])
         plateau_factor, plateau_stale = float(state["plateau_factor"]), int(state["plateau_stale"])
-        contract["threshold"] = float(state["threshold"])
+        contract = contract.replace(threshold=float(state["threshold"]),
+                                    threshold_source=config.evaluate.threshold_method)
         with open(out_dir / "history.csv") as file:
             history = [row for row in csv.DictReader(file) if int(row["epoch"]) < first_epoch]
         say(f"resuming {out_dir} at epoch {first_epoch}")
@@ -533,8 +532,8 @@ def train(
                 group["lr"] = 0.0 if frozen and group["part"] == "backbone" else group["peak_lr"] * factor
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True).float()
-            x = to_unit(images)  # (B, 3, H, W) in [0, 1], channels_last strides
-            x = normalize_unit(augment_batch(x, config.augment, augment_generator), contract)
+            x = contract.to_unit(images)  # (B, 3, H, W) in [0, 1], channels_last strides
+            x = contract.normalize(augment_batch(x, config.augment, augment_generator))
             with autocast(device, precision):
                 logits = forward(x)  # (B, 1)
             loss = compute_loss(logits.float().reshape(-1), labels, config)
@@ -594,7 +593,8 @@ def train(
                 from pcamlab.evaluate.thresholds import ThresholdSelector
 
                 selector = ThresholdSelector(config.evaluate.threshold_method, config.evaluate.target_sensitivity)
-                contract["threshold"] = float(selector.fit(scores["labels"], scores["probabilities"]).threshold_)
+                chosen = float(selector.fit(scores["labels"], scores["probabilities"]).threshold_)
+                contract = contract.replace(threshold=chosen, threshold_source=config.evaluate.threshold_method)
         else:
             stale_epochs += 1
             plateau_stale += 1
@@ -619,7 +619,7 @@ def train(
                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "optimizer": optimizer.state_dict(), "epoch": epoch, "best_value": best_value,
                 "best_epoch": best_epoch, "stale_epochs": stale_epochs, "plateau_factor": plateau_factor,
-                "plateau_stale": plateau_stale, "threshold": contract["threshold"],
+                "plateau_stale": plateau_stale, "threshold": contract.threshold,
                 "ema_updates": ema.updates if ema is not None else 0,
             }
             with atomic_path(out_dir / "resume.pt") as temporary:
@@ -651,7 +651,7 @@ def train(
         "best_epoch": best_epoch,
         "monitor": monitor,
         "best": {key: float(best_row[key]) for key in ("val_auc", "val_loss", "val_accuracy")},
-        "threshold": contract["threshold"],
+        "threshold": contract.threshold,
         "threshold_method": config.evaluate.threshold_method,
         "model": config.model.name,
         "parameters": size["parameters"],
@@ -668,7 +668,7 @@ def train(
             "train_class_counts": {str(k): int(v) for k, v in zip(*np.unique(train_source.labels.numpy(), return_counts=True))},
             "skipped_files": train_source.skipped + (valid_source.skipped if valid_source else 0),
         },
-        "contract": contract,
+        "contract": contract.to_dict(),
         "checkpoints": {"best": str(out_dir / "best.safetensors"), "last": str(out_dir / "last.safetensors")},
     }
     if main_process:

@@ -1,0 +1,171 @@
+"""The trained model's base layer: checkpoint, InputContract, Predictor (``pcamlab.runtime``).
+
+The fixtures in ``tests/assets`` are checkpoints written by pcamlab before this layer existed
+(``scripts/make_checkpoint_fixture.py`` at commit b57d83f); they must keep loading and predicting the
+probabilities they gave then.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pcamlab.data import open_split
+from pcamlab.errors import CheckpointError, ConfigError, DataError
+from pcamlab.runtime import (
+    MODEL_SUFFIXES,
+    RUNTIMES,
+    InputContract,
+    PatchPredictor,
+    Predictor,
+    TorchPredictor,
+    load_checkpoint,
+    load_predictor,
+    read_metadata,
+    save_checkpoint,
+)
+
+ASSETS = Path(__file__).parent / "assets"
+FIXTURES = ("checkpoint-v1-simple-cnn-w4", "checkpoint-v1-reinhard-w4")
+
+
+@pytest.fixture(scope="module")
+def fixture_patches() -> np.ndarray:
+    """The 8 sample patches the fixtures' expected probabilities were computed on."""
+    reader = open_split("sample", "valid")
+    indices = np.linspace(0, len(reader) - 1, 8).round().astype(int)
+    return np.stack([reader[int(index)][0] for index in indices])  # (8, 96, 96, 3) uint8
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_checkpoints_written_before_the_runtime_load_and_predict_as_they_did(name, fixture_patches):
+    expected = np.asarray(json.loads((ASSETS / f"{name}.expected.json").read_text())["probabilities"])
+    checkpoint = load_checkpoint(ASSETS / f"{name}.safetensors")
+    assert isinstance(checkpoint.contract, InputContract)
+    assert checkpoint.contract.patch_size == 96 and checkpoint.contract.class_names == ("normal", "tumour")
+    assert checkpoint.contract.mpp == pytest.approx(0.972) and checkpoint.contract.precision == "fp32"
+    assert checkpoint.metadata["epoch"] == 3 and checkpoint.config.model.options["width"] == 4
+    probabilities = load_predictor(ASSETS / f"{name}.safetensors").predict_proba(fixture_patches)
+    assert probabilities.dtype == np.float32 and probabilities.shape == (8,)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-6)
+
+
+def test_fixture_contract_fields_and_threshold_source_come_from_the_old_header():
+    plain = read_metadata(ASSETS / "checkpoint-v1-simple-cnn-w4.safetensors").contract
+    stained = read_metadata(ASSETS / "checkpoint-v1-reinhard-w4.safetensors").contract
+    assert plain.threshold == 0.5 and plain.threshold_source == "fixed" and plain.stain_normalization is None
+    # written before contracts named their threshold's source: it is the config's threshold_method
+    assert stained.threshold == pytest.approx(0.37) and stained.threshold_source == "youden"
+    assert stained.stain_normalization["method"] == "reinhard"
+
+
+def test_contract_round_trips_and_has_one_set_of_defaults():
+    contract = InputContract(mean=[0.7, 0.5, 0.6], std=[0.2, 0.2, 0.1], threshold=0.3, threshold_source="f1")
+    stored = json.loads(json.dumps(contract.to_dict()))
+    assert stored["mean"] == [0.7, 0.5, 0.6] and stored["channels"] == "RGB"
+    assert InputContract.from_dict(stored) == contract
+    defaults = InputContract()
+    assert (defaults.patch_size, defaults.class_names, defaults.threshold, defaults.input_scaling,
+            defaults.precision, defaults.mpp) == (96, ("normal", "tumour"), 0.5, "standardize", "fp32", 0.972)
+    # the oldest contract shape: only the keys pcamlab-checkpoint-1 always wrote
+    old = {"patch_size": 96, "channels": "RGB", "input": "...", "mean": [0.5] * 3, "std": [0.25] * 3,
+           "class_names": ["normal", "tumour"], "output": "...", "threshold": 0.5}
+    assert InputContract.from_dict(old) == InputContract(mean=(0.5,) * 3, std=(0.25,) * 3)
+    with pytest.raises(Exception):
+        contract.threshold = 0.9  # frozen
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"mean": [0.5] * 3, "std": [0.2, 0.0, 0.2]}, r"contract.std must be 3 positive numbers"),
+    ({"mean": [0.5] * 2, "std": [0.2] * 3}, r"contract.mean must be 3 finite numbers"),
+    ({"std": [0.2] * 3}, r"has no mean"),
+    ({"mean": [0.5] * 3, "std": [0.2] * 3, "threshold": 50}, r"contract.threshold must be a probability"),
+    ({"mean": [0.5] * 3, "std": [0.2] * 3, "input_scaling": "unitt"}, r"did you mean 'unit'"),
+    ({"mean": [0.5] * 3, "std": [0.2] * 3, "treshold": 0.4}, r"unknown field 'treshold' \(did you mean 'threshold'"),
+    ({"mean": [0.5] * 3, "std": [0.2] * 3, "patch_size": 0}, r"contract.patch_size must be a positive integer"),
+])
+def test_a_bad_contract_fails_in_one_line_naming_the_field(values, message):
+    with pytest.raises(CheckpointError, match=message):
+        InputContract.from_dict(values, "checkpoint 'x.safetensors': contract")
+
+
+def test_batch_check_and_transform_to_model_input():
+    contract = InputContract(patch_size=8, mean=(0.5, 0.25, 0.75), std=(0.5, 0.25, 0.25))
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    x = contract.to_model_input(torch.from_numpy(images))
+    assert x.shape == (2, 3, 8, 8) and x.dtype == torch.float32
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    expected = (images.transpose(0, 3, 1, 2) / 255.0 - np.array([0.5, 0.25, 0.75]).reshape(1, 3, 1, 1)) \
+        / np.array([0.5, 0.25, 0.25]).reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(x.numpy(), expected, atol=1e-6)
+    unit = contract.replace(input_scaling="unit").to_model_input(torch.from_numpy(images))
+    np.testing.assert_allclose(unit.numpy(), images.transpose(0, 3, 1, 2) / 255.0, atol=1e-7)
+    with pytest.raises(DataError, match=r"uint8 RGB patches of shape \(N, 8, 8, 3\); got float64"):
+        contract.check_batch(images.astype(float))
+    with pytest.raises(DataError, match="this model takes 8x8 patches; got 4x4"):
+        contract.check_batch(images[:, :4, :4])
+
+
+class _Constant(PatchPredictor):
+    """A toy runtime: probability = mean red value of the patch's top-left pixel row, so views differ."""
+
+    def __init__(self):
+        self.contract = InputContract(patch_size=4)
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        return batch[:, 0, :, 0].mean(axis=1) / 255.0
+
+
+def test_tta_is_written_once_for_any_runtime():
+    images = np.random.default_rng(1).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+    predictor = _Constant()
+    assert isinstance(predictor, Predictor)
+    plain = predictor.predict_proba(images, batch_size=2)
+    np.testing.assert_allclose(plain, images[:, 0, :, 0].mean(axis=1) / 255.0, atol=1e-7)
+    # the 8 dihedral views put each of the 4 borders of the patch first, each twice
+    borders = [images[:, 0, :, 0], images[:, -1, :, 0], images[:, :, 0, 0], images[:, :, -1, 0]]
+    expected = np.mean([border.mean(axis=1) for border in borders], axis=0) / 255.0
+    np.testing.assert_allclose(predictor.predict_proba(images, batch_size=3, tta=True), expected, atol=1e-6)
+    with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
+        predictor.predict_proba(images, batch_size=0)
+
+
+def test_torch_predictor_tta_equals_averaging_flipped_batches(fixture_patches):
+    checkpoint = load_checkpoint(ASSETS / "checkpoint-v1-simple-cnn-w4.safetensors")
+    predictor = TorchPredictor.from_checkpoint(checkpoint)
+    views = [np.ascontiguousarray(np.rot90(fixture_patches, k, axes=(1, 2))) for k in range(4)]
+    views += [np.ascontiguousarray(view[:, :, ::-1]) for view in views]
+    manual = np.mean([predictor.predict_proba(view) for view in views], axis=0)
+    np.testing.assert_allclose(predictor.predict_proba(fixture_patches, tta=True), manual, atol=1e-6)
+
+
+def test_load_predictor_names_the_runtimes_it_knows(tmp_path):
+    assert set(RUNTIMES.names()) >= {"torch", "onnx", "torchscript"}
+    assert {".safetensors", ".onnx", ".pt"} <= set(MODEL_SUFFIXES)
+    (tmp_path / "model.h5").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match=r"suffix '.h5'; pass one of \['.onnx', '.safetensors'"):
+        load_predictor(tmp_path / "model.h5")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_predictor(tmp_path / "missing.safetensors")
+
+
+def test_save_then_load_keeps_every_contract_field(tmp_path):
+    checkpoint = load_checkpoint(ASSETS / "checkpoint-v1-reinhard-w4.safetensors")
+    contract = checkpoint.contract.replace(threshold=0.42, threshold_source="sensitivity", precision="bf16",
+                                           mpp=0.486, class_names=("benign", "metastasis"))
+    path = save_checkpoint(tmp_path / "x.safetensors", checkpoint.model, checkpoint.config, contract, {"epoch": 1})
+    assert load_checkpoint(path).contract == contract
+    assert TorchPredictor.from_checkpoint(path).precision == "bf16"
+
+
+def test_the_runtime_imports_without_the_training_package():
+    code = ("import sys, pcamlab.runtime, pcamlab.runtime.predictor; "
+            "print(sorted(m for m in sys.modules if m.startswith(('pcamlab.train', 'pcamlab.cli'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "pcamlab.cli.report",
     "pcamlab.cli.compare",
     "pcamlab.cli.bench",
+    "pcamlab.cli.serve",
 ]
 
 

@@ -15,8 +15,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", metavar="MODEL", help="checkpoint .safetensors, or exported .onnx / .pt")
     parser.add_argument("inputs", metavar="INPUT", nargs="+",
                         help="image files (jpg/png/tif), folders of them (recursive), PCam-style _x.h5 files")
-    parser.add_argument("--out", default="predictions.csv", metavar="FILE",
-                        help="CSV to write (default predictions.csv)")
+    parser.add_argument("--out", default=None, metavar="FILE",
+                        help="CSV to write (default predictions.csv, or submission.csv with --format kaggle)")
+    parser.add_argument("--format", choices=["csv", "kaggle"], default="csv",
+                        help="csv: patch,probability,predicted,class_name; kaggle: id,label (label = probability) "
+                        "for the Kaggle test/ folder of <id>.tif files")
+    parser.add_argument("--template", metavar="CSV",
+                        help="with --format kaggle: sample_submission.csv giving the row order (its ids must match the files)")
     parser.add_argument("--tta", action="store_true", help="average over the 8 dihedral transforms")
     parser.add_argument("--batch-size", type=int, default=256, help="patches per forward pass (default 256)")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
@@ -28,11 +33,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pcamlab.cli._common import progress_bar
+    from pcamlab.errors import ConfigError
+
+    if args.format == "kaggle":
+        return run_kaggle(args)
+    if args.template:
+        raise ConfigError("--template orders a Kaggle submission; add --format kaggle")
     from pcamlab.deploy import predict_files
 
     update, bar = progress_bar("predicting")
     result = predict_files(
-        args.checkpoint, args.inputs, args.out, tta=args.tta, batch_size=args.batch_size,
+        args.checkpoint, args.inputs, args.out or "predictions.csv", tta=args.tta, batch_size=args.batch_size,
         threshold=args.threshold, device=args.device, force=args.force, skip_bad=args.skip_bad, progress=update,
     )
     bar.close()
@@ -45,4 +56,25 @@ def run(args: argparse.Namespace) -> int:
     if result.skipped:
         print(f"skipped {len(result.skipped)} unusable files, first: {result.skipped[0]}")
     print(f"written to {result.out}")
+    return 0
+
+
+def run_kaggle(args: argparse.Namespace) -> int:
+    from pcamlab.cli._common import progress_bar
+    from pcamlab.deploy import predict_kaggle
+    from pcamlab.errors import ConfigError
+
+    if args.skip_bad:
+        raise ConfigError("--skip-bad cannot be used with --format kaggle: a submission needs every test id")
+    if args.threshold is not None:
+        raise ConfigError("--threshold has no effect with --format kaggle: the label is the probability itself")
+    update, bar = progress_bar("predicting")
+    result = predict_kaggle(
+        args.checkpoint, args.inputs, args.out or "submission.csv", template=args.template, tta=args.tta,
+        batch_size=args.batch_size, device=args.device, force=args.force, progress=update,
+    )
+    bar.close()
+    order = f"in the order of {args.template}" if args.template else "sorted by file name"
+    print(f"{len(result.names)} test patches, rows {order}{' (TTA)' if args.tta else ''}")
+    print(f"written to {result.out} (id,label; label = P({result.class_names[1]}))")
     return 0

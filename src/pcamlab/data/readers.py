@@ -174,20 +174,27 @@ def _unreadable(name: str, error: Exception) -> BadImageError:
     )
 
 
-def decode_image_file(path: Path) -> np.ndarray:
+def decode_image_file(path: Path, data: bytes | None = None) -> np.ndarray:
     """Decode one image file into uint8 ``(96, 96, 3)`` RGB, with one-line errors.
 
     JPEG/PNG/TIFF decode with Pillow; a TIFF Pillow cannot read (e.g. 16-bit RGB) falls back to
     tifffile so the error can say what it holds.
 
+    Args:
+        path: the file; with ``data`` only its name (messages) and suffix (TIFF fallback) are used.
+        data: the file's bytes when they are already in memory (an upload to ``pcamlab serve``).
+
     Raises:
         BadImageError: unreadable or truncated file, non-RGB mode, 16-bit data or wrong size.
     """
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
     name = str(path)
+    source = path if data is None else io.BytesIO(data)
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             if image.mode != "RGB":
                 raise BadImageError(_mode_message(name, image.mode))
             if image.size != (PATCH_SIZE, PATCH_SIZE):
@@ -202,15 +209,17 @@ def decode_image_file(path: Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         if path.suffix.lower() not in (".tif", ".tiff"):
             raise _unreadable(name, error) from None
-        array = _decode_tiff(path, error)
+        array = _decode_tiff(path, error, data)
     return check_image_array(array, name)
 
 
-def _decode_tiff(path: Path, pillow_error: Exception) -> np.ndarray:
+def _decode_tiff(path: Path, pillow_error: Exception, data: bytes | None = None) -> np.ndarray:
+    import io
+
     import tifffile
 
     try:
-        return np.asarray(tifffile.imread(path))
+        return np.asarray(tifffile.imread(path if data is None else io.BytesIO(data)))
     except Exception:  # tifffile raises many types; the Pillow error is the clearer one
         raise _unreadable(str(path), pillow_error) from None
 

@@ -1,6 +1,7 @@
 """Deployment: predict patches on disk, export to ONNX / TorchScript, reload, and benchmark.
 
 - :func:`predict_files`: image files, folders and ``_x.h5`` files -> probabilities and a CSV.
+- :func:`predict_kaggle`: the Kaggle competition's ``test/`` folder -> a submission CSV ``id,label``.
 - :func:`export_checkpoint`: a checkpoint -> a verified ONNX (uint8 NHWC in, probability out) or
   TorchScript file carrying the input contract.
 - :func:`load_onnx` / :func:`load_predictor`: reload any of them behind one
@@ -15,6 +16,7 @@ Example:
 """
 
 from pcamlab.deploy.export import export_checkpoint
+from pcamlab.deploy.kaggle import predict_kaggle
 from pcamlab.deploy.predict import PredictionResult, predict_files
 from pcamlab.deploy.predictors import CheckpointPredictor
 from pcamlab.runtime.predictor import OnnxPredictor, TorchPredictor, TorchScriptPredictor, load_onnx, load_predictor
@@ -33,4 +35,5 @@ __all__ = [
     "load_onnx",
     "load_predictor",
     "predict_files",
+    "predict_kaggle",
 ]

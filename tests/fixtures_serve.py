@@ -17,9 +17,8 @@ from PIL import Image
 
 from fixtures_data import sample_patches
 from pcamlab.config import ModelConfig, RunConfig
-from pcamlab.evaluate.predict import predict_proba
 from pcamlab.models import build_model
-from pcamlab.train.checkpoint import make_contract, save_checkpoint
+from pcamlab.runtime import InputContract, TorchPredictor, save_checkpoint
 
 __all__ = ["MEAN", "STD", "serve_patches", "write_serve_checkpoint", "png_bytes", "free_port"]
 
@@ -38,8 +37,9 @@ def write_serve_checkpoint(path: Path, patches: np.ndarray) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model(config.model).eval()
-    probabilities = predict_proba(model, patches, make_contract(MEAN, STD))
-    contract = make_contract(MEAN, STD, threshold=float(np.median(probabilities)))
+    contract = InputContract(mean=MEAN, std=STD)
+    probabilities = TorchPredictor(model, contract).predict_proba(patches)
+    contract = contract.replace(threshold=float(np.median(probabilities)))
     return save_checkpoint(path, model, config, contract, METADATA)
 
 

@@ -15,8 +15,9 @@ import pytest
 from fixtures_data import kaggle_id, write_kaggle
 from fixtures_serve import serve_patches, write_serve_checkpoint
 from pcamlab.cli.main import main
-from pcamlab.deploy import load_predictor, predict_kaggle
+from pcamlab.deploy import predict_kaggle
 from pcamlab.errors import DataError, RunError
+from pcamlab.runtime import load_predictor
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from PIL import Image
 
 from fixtures_serve import METADATA, png_bytes, serve_patches, write_serve_checkpoint
 from pcamlab.data.readers import BadImageError, decode_image_file
-from pcamlab.deploy.predictors import load_predictor
+from pcamlab.runtime import load_predictor
 
 pytest.importorskip("fastapi", reason="pcamlab serve needs fastapi (pip install 'pcamlab[serve]')")
 with warnings.catch_warnings():  # starlette 1.x deprecates its httpx-based client; it still works
@@ -75,7 +75,7 @@ def test_model_card_reports_architecture_contract_threshold_and_validation(clien
     card = client.get("/v1/model").json()
     assert card["file"] == "best.safetensors" and card["format"] == "safetensors" and len(card["sha256"]) == 64
     assert card["architecture"]["name"] == "simple-cnn" and card["architecture"]["options"] == {"width": 4}
-    assert card["architecture"]["parameters"] == sum(p.numel() for p in served.predictor.checkpoint.model.parameters())
+    assert card["architecture"]["parameters"] == sum(p.numel() for p in served.predictor.model.parameters())
     assert card["input_contract"]["patch_size"] == 96 and card["input_contract"]["mean"] == [0.70, 0.54, 0.69]
     assert card["threshold"]["value"] == served.threshold == card["input_contract"]["threshold"]
     assert card["training_data"]["path"] == "sample" and card["training_data"]["train_split"] == "train"

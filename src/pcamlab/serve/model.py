@@ -27,8 +27,8 @@ import numpy as np
 
 from pcamlab.errors import CheckpointError, ConfigError
 
-# The one place where the server reaches the prediction runtime. Switch to pcamlab.runtime once it lands.
-from pcamlab.deploy.predictors import load_predictor
+# The one place where the server reaches the prediction runtime.
+from pcamlab.runtime import InputContract, load_predictor
 
 __all__ = ["ServedModel", "ExplainUnavailable"]
 
@@ -58,7 +58,7 @@ class ServedModel:
 
     Attributes:
         predictor: the predictor every prediction goes through.
-        contract: the input contract (dict) of the checkpoint.
+        contract: the model's :class:`pcamlab.runtime.InputContract`.
         threshold: the decision threshold stored in the checkpoint.
         class_names: names of classes 0 and 1.
         patch_size: side of the patches the model takes, in pixels.
@@ -68,13 +68,12 @@ class ServedModel:
     def __init__(self, predictor: Any, path: str | os.PathLike):
         self.predictor = predictor
         self.path = Path(path)
-        self.contract: dict[str, Any] = dict(predictor.contract)
-        self.threshold = float(self.contract.get("threshold", 0.5))
-        self.class_names = [str(name) for name in self.contract.get("class_names", ["normal", "tumour"])]
-        self.patch_size = int(self.contract.get("patch_size", 96))
+        self.contract: InputContract = InputContract.coerce(predictor.contract)
+        self.threshold = self.contract.threshold
+        self.class_names = list(self.contract.class_names)
+        self.patch_size = self.contract.patch_size
         self.sha256 = _file_digest(self.path) if self.path.is_file() else ""
-        checkpoint = getattr(predictor, "checkpoint", None)
-        self._module = getattr(checkpoint, "model", None)
+        self._module = getattr(predictor, "model", None)  # the torch network of a checkpoint; None when exported
         self.explainable = self._module is not None
         self._explain_module = None
         self._gradcam = None
@@ -100,18 +99,17 @@ class ServedModel:
 
     def _facts(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The run config (dict) and run metadata stored with the model; empty where the file has none."""
-        checkpoint = getattr(self.predictor, "checkpoint", None)
-        if checkpoint is not None:
-            from pcamlab.config import config_to_dict
+        from pcamlab.config import RunConfig, config_to_dict
 
-            return config_to_dict(checkpoint.config), dict(checkpoint.metadata or {})
-        return dict(getattr(self.predictor, "config", {}) or {}), dict(getattr(self.predictor, "metadata", {}) or {})
+        config = getattr(self.predictor, "config", None) or {}
+        if isinstance(config, RunConfig):
+            config = config_to_dict(config)
+        return dict(config), dict(getattr(self.predictor, "metadata", None) or {})
 
     def _build_card(self) -> dict[str, Any]:
         config, metadata = self._facts()
         model_config = config.get("model", {})
         data_config = config.get("data", {})
-        evaluate_config = config.get("evaluate", {})
         parameters = None
         if self._module is not None:
             parameters = int(sum(parameter.numel() for parameter in self._module.parameters()))
@@ -125,17 +123,14 @@ class ServedModel:
                 "options": model_config.get("options", {}),
                 "parameters": parameters,
             },
-            "input_contract": self.contract,
-            "threshold": {
-                "value": self.threshold,
-                "source": self.contract.get("threshold_source") or evaluate_config.get("threshold_method"),
-            },
+            "input_contract": self.contract.to_dict(),
+            "threshold": {"value": self.threshold, "source": self.contract.threshold_source},
             "training_data": {
                 "path": data_config.get("path"),
                 "format": data_config.get("format"),
                 "train_split": data_config.get("train_split"),
                 "valid_split": data_config.get("valid_split"),
-                "stain_normalization": data_config.get("stain_normalization"),
+                "stain_normalization": (self.contract.stain_normalization or {}).get("method", "none"),
             },
             "validation": {"epoch": metadata.get("epoch"), "split": data_config.get("valid_split"), **validation},
             "explain": self.explainable,

@@ -161,7 +161,8 @@ def test_h5_empty_split(tmp_path, patches):
 def test_h5_missing_partner_file(tmp_path, patches):
     root = write_h5(tmp_path, {"train": patches})
     (root / H5_Y).unlink()
-    assert available_splits(root) == []
+    text = message_of(DataError, available_splits, root)  # finding no split is an error, not []
+    assert H5_Y in text and "missing" in text and "copy the missing one" in text
     text = message_of(DataError, open_split, root, "train")
     assert H5_Y in text and "missing" in text and "copy the missing one" in text
 
@@ -207,7 +208,7 @@ def test_kaggle_file_without_csv_row(tmp_path, patches):
 
 @pytest.mark.parametrize(
     "row, expected",
-    [("{id},2", "label '2'"), ("{id},tumour", "label 'tumour'"), ("{id}", "must be 'id,label'")],
+    [("{id},2", "label '2'"), ("{id},tumour", "label 'tumour'"), ("{id}", "needs an id and a label")],
 )
 def test_kaggle_bad_label_rows_name_the_line(tmp_path, patches, row, expected):
     rows = [f"{kaggle_id(image)},{label}" for image, label in zip(*patches)]
@@ -219,9 +220,14 @@ def test_kaggle_bad_label_rows_name_the_line(tmp_path, patches, row, expected):
 
 def test_kaggle_duplicate_row(tmp_path, patches):
     rows = [f"{kaggle_id(image)},{label}" for image, label in zip(*patches)]
-    root = _kaggle(tmp_path, patches, rows + rows[:1])
+    root = _kaggle(tmp_path, patches, rows + rows[:1])  # the same row twice: unambiguous, read once and said
+    reader = open_split(root, "train", valid_fraction=0.25)
+    assert len(reader) + len(open_split(root, "valid", valid_fraction=0.25)) == len(rows)
+    assert any("repeat an id with the same label" in note for note in reader.notes)
+    conflicting = rows[0].rsplit(",", 1)[0] + f",{1 - int(rows[0][-1])}"
+    root = _kaggle(tmp_path / "conflict", patches, rows + [conflicting])
     text = message_of(DataError, open_split, root, "train")
-    assert "line 10 repeats id" in text and "first on line 2" in text and "remove the duplicate" in text
+    assert "line 10 gives id" in text and "line 2 gave" in text and "remove the wrong row" in text
 
 
 def test_kaggle_bad_header(tmp_path, patches):

@@ -98,9 +98,13 @@ def test_report_embeds_everything_and_explains_it(tmp_path):
 
 
 def test_report_on_an_empty_run_folder_notes_what_is_missing(tmp_path):
+    with pytest.raises(DataError, match="is not a run folder"):  # finding nothing is not success
+        write_report(tmp_path, tmp_path / "out" / "page.html")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "history.csv").write_text("epoch,train_loss\n")  # a run that has just started
     path = write_report(tmp_path, tmp_path / "out" / "page.html")
     page = path.read_text()
-    for missing in ("No config.yaml", "No summary.json", "No history.csv", "No metrics.json", "No PNG figures"):
+    for missing in ("No config.yaml", "No summary.json", "No metrics.json", "No PNG figures"):
         assert missing in page
     assert image_sources(page) == []
 

@@ -185,9 +185,15 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
         except ValueError:
             raise ConfigError(f"{path} must be a number; got {value!r}") from None
     if annotation is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # YAML read an unquoted 2024.10 as the number 2024.1: the text is already lost
+            raise ConfigError(
+                f"{path} must be a string; got the number {value!r} (YAML reads unquoted digits as a number): "
+                f"quote it, e.g. {path.rsplit('.', 1)[-1]}: '{value}'"
+            )
+        if not isinstance(value, str):
             raise ConfigError(f"{path} must be a string; got {value!r}")
-        return str(value)
+        return value
     return value
 
 
@@ -215,8 +221,17 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
 
 
 def config_from_dict(values: dict[str, Any] | None) -> RunConfig:
-    """Build a RunConfig from nested plain values, validating every key and type."""
-    return _build(RunConfig, values or {}, "")
+    """Build a RunConfig from nested plain values, validating every key, type and numeric range.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type, a value outside its choices, or a number outside the
+            range declared in :data:`pcamlab.config_ranges.RANGES`.
+    """
+    from pcamlab.config_ranges import check_ranges
+
+    config = _build(RunConfig, values or {}, "")
+    check_ranges(config)
+    return config
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
@@ -224,21 +239,64 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def _parse_value(text: str) -> Any:
-    """Parse an override's right-hand side with YAML rules (numbers, booleans, lists, strings)."""
+def _field_annotation(parts: list[str]) -> Any:
+    """The declared type of the field at dotted ``parts`` (None when it is not a dataclass field)."""
+    cls: Any = RunConfig
+    for part in parts:
+        if not dataclasses.is_dataclass(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return None
+        cls = hints[part]
+    return cls
+
+
+def _parse_value(text: str, annotation: Any = None) -> Any:
+    """An override's right-hand side: the text itself for a string field, else read with YAML rules.
+
+    A string field keeps its text as typed (``data.path=2024.10`` stays ``'2024.10'``, ``a #1`` is not
+    cut at a YAML comment); quotes around it are removed. Other fields are read as YAML (numbers,
+    booleans, lists, mappings); a `` #`` there would start a YAML comment and is refused.
+    """
+    stripped = text.strip()
+    if annotation is str:
+        if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
+            try:
+                return yaml.safe_load(stripped)
+            except yaml.YAMLError:
+                return stripped
+        return stripped
+    if stripped.startswith("#") or " #" in stripped or "\t#" in stripped:
+        raise ConfigError(
+            f"override value {text!r} holds ' #', which YAML reads as the start of a comment; quote the "
+            "value (e.g. \"'a #1'\") or drop the comment"
+        )
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
 
 
-def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.field=value`` overrides to nested plain values (returns a new dict)."""
+def apply_overrides(values: dict[str, Any], overrides: list[str | tuple[str, Any]]) -> dict[str, Any]:
+    """Apply overrides to nested plain values (returns a new dict).
+
+    Args:
+        values: nested plain values (e.g. a YAML file's).
+        overrides: ``"section.field=value"`` texts (``--set``), read by the field's type (see
+            :func:`_parse_value`), or ``("section.field", value)`` pairs whose value is already typed
+            (command-line flags such as ``--data``): used as they are, never re-parsed.
+    """
     result = yaml.safe_load(yaml.safe_dump(values)) or {}
     for item in overrides:
-        if "=" not in item:
+        if isinstance(item, tuple):
+            key, value = item
+            parsed = True
+        elif "=" not in item:
             raise ConfigError(f"override must look like section.field=value; got {item!r}")
-        key, text = item.split("=", 1)
+        else:
+            key, value = item.split("=", 1)
+            parsed = False
         parts = key.strip().split(".")
         if len(parts) < 2 or not all(parts):
             raise ConfigError(
@@ -250,7 +308,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             if not isinstance(child, dict):
                 raise ConfigError(f"override {key!r} goes inside {part!r}, which is not a section")
             node = child
-        node[parts[-1]] = _parse_value(text)
+        node[parts[-1]] = value if parsed else _parse_value(value, _field_annotation(parts))
     return result
 
 
@@ -272,8 +330,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load defaults, then the YAML file (if any), then ``section.field=value`` overrides."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str | tuple[str, Any]] | None = None
+) -> RunConfig:
+    """Load defaults, then the YAML file (if any), then overrides (see :func:`apply_overrides`).
+
+    Every field's type and range is checked, then the combinations that cannot train
+    (:data:`pcamlab.config_ranges.COMBINATIONS`).
+    """
+    from pcamlab.config_ranges import check_combinations
+
     values = read_yaml(path) if path else {}
     values = apply_overrides(values, overrides or [])
-    return config_from_dict(values)
+    config = config_from_dict(values)
+    check_combinations(config)
+    return config

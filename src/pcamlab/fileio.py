@@ -8,12 +8,13 @@ a good one is expected.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_text_atomic", "publish", "save_png"]
+__all__ = ["atomic_path", "write_text_atomic", "write_json_atomic", "json_safe", "printable", "publish", "save_png"]
 
 
 def publish(temporary: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -50,9 +51,63 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically and return the path."""
-    with atomic_path(path) as temporary, open(temporary, "w", newline="") as file:
-        file.write(text)
+    with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
+        file.write(printable(text))
     return Path(path)
+
+
+def printable(text: object) -> str:
+    """``str(text)`` that any UTF-8 file or terminal can hold, for paths written into CSV, JSON, HTML or logs.
+
+    File names are bytes; Python reads the ones that are not UTF-8 (e.g. Latin-1 ``tumeur_\xe9t\xe9.jpg``
+    from an archive made elsewhere) with lone surrogates, which no UTF-8 writer accepts. Those bytes
+    become the visible escapes ``\xe9``, so the name still identifies the file; valid text is unchanged.
+
+    Example:
+        >>> printable(os.fsdecode(b"tumeur_\xe9t\xe9.jpg"))
+        'tumeur_\\xe9t\\xe9.jpg'
+    """
+    text = str(text)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # the file name's own bytes
+    except UnicodeEncodeError:  # a surrogate that did not come from a file name
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def json_safe(value: object) -> object:
+    """``value`` with NaN/infinite floats as None, numpy scalars as Python numbers and strings printable.
+
+    Python's ``json`` writes a bare ``NaN``, which is not JSON (RFC 8259): browsers, ``jq`` and most
+    other languages refuse the whole file.
+    """
+    if isinstance(value, dict):
+        return {printable(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, os.PathLike):
+        return printable(os.fspath(value))
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()  # numpy scalar
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(path: str | os.PathLike, values: object, *, indent: int = 2) -> Path:
+    """Write ``values`` as valid JSON (see :func:`json_safe`) atomically and return the path."""
+    import json
+
+    return write_text_atomic(path, json.dumps(json_safe(values), indent=indent, allow_nan=False) + "\n")
 
 
 def save_png(figure, path: str | os.PathLike, *, dpi: int = 120, **savefig_options) -> Path:

@@ -122,13 +122,15 @@ def _format_table(info: dict) -> str:
     if info["duplicates_across"]:
         for item in info["duplicates_across"]:
             lines.append(f"shared between {item['splits'][0]} and {item['splits'][1]}: {item['patches']} patches")
+    for note in info.get("notes", []):
+        lines.append(f"note: {note}")
     for warning in info["warnings"]:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
 
 
 def run_info(args: argparse.Namespace) -> int:
-    import json
+    from pcamlab.fileio import write_json_atomic
     from pathlib import Path
 
     from pcamlab.data import open_split
@@ -151,7 +153,7 @@ def run_info(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "info.json"]
-    (out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json_atomic(out / "info.json", info)
     options = dict(valid_fraction=args.valid_fraction, seed=args.seed, skip_bad=args.skip_bad)
     for split in info["splits"]:
         reader = open_split(args.path, split, info["format"], **options)
@@ -181,6 +183,8 @@ def run_convert(args: argparse.Namespace) -> int:
         close()
     counts = ", ".join(f"{split} {count}" for split, count in result["counts"].items())
     print(f"wrote {result['path']} ({result['format']}, from {result['source_format']}): {counts} images")
+    for note in result.get("notes", []):
+        print(f"note: {note}")
     if result["skipped_images"]:
         print(f"skipped {result['skipped_images']} unreadable images")
     if result["skipped_splits"]:

@@ -50,19 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 never crashes a print
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     from pcamlab.errors import PcamlabError
+    from pcamlab.fileio import printable
 
     try:
         result = args.func(args)
     except PcamlabError as error:
         if args.debug:
             raise
-        print(f"pcamlab: error: {error}", file=sys.stderr)
+        print(f"pcamlab: error: {printable(error)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("pcamlab: interrupted", file=sys.stderr)

@@ -75,13 +75,13 @@ def run(args: argparse.Namespace) -> int:
     from pcamlab.config import load_config
 
     _check_arguments(args)
-    overrides = []
+    overrides: list = []  # typed (field, value) pairs: a flag's value is never re-read as YAML
     if args.data:
-        overrides.append(f"data.path={args.data}")
+        overrides.append(("data.path", args.data))
     if args.format:
-        overrides.append(f"data.format={args.format}")
+        overrides.append(("data.format", args.format))
     if args.skip_bad:
-        overrides.append("data.skip_bad=true")
+        overrides.append(("data.skip_bad", True))
     if args.resume:
         saved = Path(args.out) / "config.yaml"
         config = load_config(saved if saved.is_file() else args.config, overrides + args.overrides)
@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     from pcamlab.train.loop import train
 
     summary = train(config, args.out, resume=args.resume, progress=progress, log=print)
-    print(f"run folder: {args.out}  (best checkpoint: {summary['checkpoints']['best']})")
+    best = summary["checkpoints"]["best"]
+    print(f"run folder: {args.out}  ({f'best checkpoint: {best}' if best else 'no best checkpoint was written'})")
     return 0
 
 

@@ -99,34 +99,14 @@ _LOG_ASPECT_RANGE = (math.log(3 / 4), math.log(4 / 3))  # random resized crop as
 def check_augment_config(config: AugmentConfig) -> None:
     """Raise a ConfigError naming the first ``augment.*`` field that is out of range.
 
-    Called by ``augment_batch``; call it at start-up to fail before any data is loaded.
+    The ranges are declared once, in :data:`pcamlab.config_ranges.RANGES` (also checked when a config is
+    loaded). Called by ``augment_batch``, whose config may have been built in code.
     """
-    for name in ("brightness", "contrast", "saturation"):
-        value = getattr(config, name)
-        if not value >= 0:
-            raise ConfigError(f"augment.{name} must be >= 0 (0 = off, e.g. 0.1 for +-10%); got {value!r}")
-    if not 0 <= config.hue <= 0.5:
-        raise ConfigError(
-            f"augment.hue must be in [0, 0.5] (a fraction of the colour wheel, 0 = off); got {config.hue!r}"
-        )
-    if not 0 <= config.hed < 1:
-        raise ConfigError(
-            f"augment.hed must be in [0, 1) (Tellez et al. use 0.05, 0 = off); got {config.hed!r}"
-        )
-    if not 0 <= config.blur <= 1:
-        raise ConfigError(
-            f"augment.blur is a probability and must be in [0, 1] (0 = off); got {config.blur!r}"
-        )
-    if config.blur > 0 and not config.blur_sigma > 0:
-        raise ConfigError(
-            f"augment.blur_sigma must be > 0 pixels when augment.blur is on; "
-            f"got {config.blur_sigma!r} (e.g. 1.0)"
-        )
-    if not 0 < config.crop_scale <= 1:
-        raise ConfigError(
-            f"augment.crop_scale must be in (0, 1] (minimum kept area fraction, 1 = off); "
-            f"got {config.crop_scale!r}"
-        )
+    from pcamlab.config_ranges import RANGES, check_field
+
+    for field in RANGES:
+        if field.startswith("augment."):
+            check_field(field, getattr(config, field.split(".", 1)[1]))
 
 
 def augment_is_identity(config: AugmentConfig) -> bool:

@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable
@@ -44,7 +45,7 @@ from pcamlab.data.readers import (
     detect_format,
     open_split,
 )
-from pcamlab.errors import ConfigError, RunError, did_you_mean
+from pcamlab.errors import ConfigError, DataError, RunError, did_you_mean
 
 __all__ = ["TARGETS", "IMAGE_FORMATS", "convert"]
 
@@ -87,7 +88,8 @@ def convert(
     Raises:
         ConfigError: unknown ``to``, ``image_format`` or split.
         RunError: ``dst`` already exists.
-        DataError: the source cannot be read (its one-line message names the file).
+        DataError: the source cannot be read (its one-line message names the file), or a split would be
+            written with no image (all skipped, or only unlabeled splits for h5/folders): nothing is written.
     """
     if to not in TARGETS:
         raise ConfigError(f"convert target must be one of {list(TARGETS)}; got {to!r}{did_you_mean(to, TARGETS)}")
@@ -118,6 +120,11 @@ def convert(
     if to in ("h5", "folders"):
         skipped_splits = [reader.split for reader in readers if getattr(reader, "unlabeled", False)]
         readers = [reader for reader in readers if reader.split not in skipped_splits]
+    if not readers:  # finding nothing is not success: never write an empty dataset
+        raise DataError(
+            f"nothing to convert from {str(source)!r}: the splits {skipped_splits} are unlabeled and {to} needs a "
+            "label per image; convert a labelled split, or use to='kaggle'"
+        )
 
     destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = destination.parent / f"{destination.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
@@ -128,6 +135,12 @@ def convert(
     try:
         for reader in readers:
             counts[reader.split] = writer(reader, temporary, counter, image_format)
+            if counts[reader.split] == 0:  # every image skipped: the split would not read back
+                raise DataError(
+                    f"split {reader.split!r} of {str(source)!r} has no readable image (all {len(reader)} skipped, "
+                    f"first: {reader.name(0)}); nothing was written to {str(destination)!r}: run without skip_bad "
+                    "to see why, then fix or replace the files"
+                )
         if to == "kaggle":
             _finish_kaggle(temporary)
         os.rename(temporary, destination)
@@ -141,6 +154,7 @@ def convert(
         "counts": counts,
         "skipped_images": counter.skipped,
         "skipped_splits": skipped_splits,
+        "notes": list(dict.fromkeys(note for reader in readers for note in reader.notes)),
     }
 
 
@@ -246,15 +260,24 @@ def _write_kaggle(reader: PatchReader, folder: Path, counter: _Counter, image_fo
     used = counter.used_ids
     for index, image, label in counter.items(reader):
         stem = ids[index] if ids is not None else _stem(reader, index)
-        identifier = _unique(prefix + stem, used)
+        identifier = _unique(_kaggle_safe(prefix + stem), used)
         Image.fromarray(image).save(images_folder / f"{identifier}.tif")
         rows.append(f"{identifier},{label}")
     if rows and not (is_test and getattr(reader, "unlabeled", False)):
-        with open(labels_path, "a") as handle:
+        with open(labels_path, "a", encoding="utf-8") as handle:
             if handle.tell() == 0:
                 handle.write("id,label\n")
             handle.write("\n".join(rows) + "\n")
     return len(rows)
+
+
+def _kaggle_safe(stem: str) -> str:
+    """A Kaggle id the Kaggle reader accepts: characters outside ``A-Za-z0-9_.-`` become ``_``.
+
+    Source file names may hold spaces, accents or bytes that are not UTF-8 (``tumeur_\\xe9t\\xe9``);
+    the id must be a plain file stem that ``train_labels.csv`` (UTF-8 text) can name exactly.
+    """
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", stem) or "patch"
 
 
 def _finish_kaggle(folder: Path) -> None:

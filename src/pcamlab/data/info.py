@@ -59,7 +59,8 @@ def dataset_info(
         ``{"root", "format", "splits": {split: {"count", "class_counts", "positive_fraction",
         "image_shape", "dtype", "mean", "std", "duplicate_copies", "duplicate_groups",
         "conflicting_duplicates", "skipped"}}, "duplicates_across": [{"splits", "patches"}],
-        "warnings": [...]}``. ``mean``/``std`` are per RGB channel on the [0, 1] scale;
+        "warnings": [...], "notes": [...]}``; ``notes`` say what was read in an unambiguous dialect
+        (e.g. Kaggle ids with a .tif suffix). ``mean``/``std`` are per RGB channel on the [0, 1] scale;
         ``duplicate_copies`` counts images whose exact pixels appeared earlier in the same split;
         ``conflicting_duplicates`` counts groups of identical pixels with different labels.
         Class count keys are strings ("0", "1", "-1" for unlabeled) so the dict survives JSON.
@@ -80,7 +81,9 @@ def dataset_info(
         for split in chosen
     ]
     total, done = sum(len(reader) for reader in readers), 0
-    result: dict = {"root": str(path), "format": layout, "splits": {}, "duplicates_across": [], "warnings": []}
+    notes = list(dict.fromkeys(note for reader in readers for note in reader.notes))
+    result: dict = {"root": str(path), "format": layout, "splits": {}, "duplicates_across": [], "warnings": [],
+                    "notes": notes}
     hashes: dict[str, set[bytes]] = {}
     for reader in readers:
         statistics = _SplitStatistics()
@@ -111,6 +114,17 @@ def dataset_info(
             )
         if summary["skipped"]:
             result["warnings"].append(f"split {reader.split!r}: {summary['skipped']} unreadable images skipped")
+        if summary["count"] == 0:
+            result["warnings"].append(
+                f"split {reader.split!r} has no readable image: all {summary['skipped']} were skipped; "
+                f"first: {reader.name(0)}"
+            )
+    if not any(summary["count"] for summary in result["splits"].values()):
+        skipped = sum(summary["skipped"] for summary in result["splits"].values())
+        raise DataError(
+            f"no readable image in {str(path)!r}: all {skipped} images were skipped as unreadable (first: "
+            f"{readers[0].name(0)}); run without skip_bad to see why, then fix or replace the files"
+        )
     for first, second in itertools.combinations(hashes, 2):
         shared = len(hashes[first] & hashes[second])
         if shared:
@@ -219,6 +233,35 @@ def _outline_centres(axes, count: int, columns: int, size: int, gap: int = 2) ->
         )
 
 
+def _readable_images(reader: PatchReader, order: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` images of ``order`` that decode, in index order: uint8 (n, 96, 96, 3).
+
+    Unreadable ones are passed over when ``reader.skip_bad`` (the same files the statistics skip).
+
+    Raises:
+        BadImageError: an image is unreadable and the reader does not skip bad files.
+        DataError: none of the images in ``order`` is readable.
+    """
+    kept: list[int] = []
+    images: dict[int, np.ndarray] = {}
+    for index in order:
+        if len(kept) == count:
+            break
+        try:
+            images[int(index)] = reader[int(index)][0]
+        except BadImageError:
+            if not reader.skip_bad:
+                raise
+            continue
+        kept.append(int(index))
+    if not kept:
+        raise DataError(
+            f"none of the {len(order)} images drawn from split {reader.split!r} of {str(reader.root)!r} is "
+            f"readable (first: {reader.name(int(order[0]))}); fix or replace the files"
+        )
+    return np.stack([images[index] for index in sorted(kept)])
+
+
 def contact_sheet(
     reader: PatchReader, path: str | os.PathLike, per_class: int = 16, seed: int = 0, columns: int = 8
 ) -> Path:
@@ -247,8 +290,7 @@ def contact_sheet(
     blocks = []
     for label in classes:
         members = np.flatnonzero(reader.labels == label)
-        chosen = np.sort(generator.choice(members, size=min(per_class, len(members)), replace=False))
-        images = np.stack([reader[int(index)][0] for index in chosen])  # (n, 96, 96, 3)
+        images = _readable_images(reader, generator.permutation(members), per_class)  # (n, 96, 96, 3)
         blocks.append((label, len(members), images))
     rows = [max(1, -(-len(images) // columns)) for _, _, images in blocks]
     figure = _new_figure(columns * 1.0 + 0.3, sum(rows) * 1.0 + 0.45 * len(blocks) + 0.2)
@@ -290,16 +332,15 @@ def augment_sheet(
 
     config = config or AugmentConfig()
     generator = np.random.default_rng(seed)
-    chosen = np.sort(generator.choice(len(reader), size=min(count, len(reader)), replace=False))
-    originals = np.stack([reader[int(index)][0] for index in chosen])  # (n, 96, 96, 3) uint8
+    originals = _readable_images(reader, generator.permutation(len(reader)), count)  # (n, 96, 96, 3) uint8
     batch = torch.from_numpy(originals).permute(0, 3, 1, 2).float().div(255)  # (n, 3, 96, 96)
     batch = batch.repeat_interleave(per_patch, dim=0)  # (n * per_patch, 3, 96, 96)
     augmented = augment_batch(batch, config, torch.Generator().manual_seed(seed))
     augmented = (augmented.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    augmented = augmented.reshape(len(chosen), per_patch, *originals.shape[1:])  # (n, k, 96, 96, 3)
+    augmented = augmented.reshape(len(originals), per_patch, *originals.shape[1:])  # (n, k, 96, 96, 3)
     tiles = np.concatenate([originals[:, None], augmented], axis=1).reshape(-1, *originals.shape[1:])
     columns = per_patch + 1
-    figure = _new_figure(columns * 1.0 + 0.3, len(chosen) * 1.0 + 0.7)
+    figure = _new_figure(columns * 1.0 + 0.3, len(originals) * 1.0 + 0.7)
     axes = figure.add_subplot()
     axes.imshow(_mosaic(tiles, columns), interpolation="nearest")
     axes.set_axis_off()

@@ -33,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pcamlab.config_ranges import check_field
 from pcamlab.errors import ConfigError, DataError, did_you_mean
+from pcamlab.fileio import printable
 from pcamlab.registry import Registry
 
 __all__ = [
@@ -252,9 +254,12 @@ class PatchReader:
         format: registered name of the layout (``"h5"``, ``"folders"``, ``"kaggle"``).
         labels: int64 array ``(N,)`` of every label, read without decoding any image.
         skip_bad: default of ``load_split_arrays(..., skip_bad=...)`` for this reader.
+        notes: what was read in a way the layout does not prescribe but is unambiguous (e.g. Kaggle ids
+            written with their .tif suffix); commands show these lines.
     """
 
     format = ""
+    notes: list[str] = []  # read-only default; readers assign their own list
     #: what detection looks for, listed in "no recognisable layout" errors.
     looks_for = ""
 
@@ -273,6 +278,14 @@ class PatchReader:
         """Splits present under ``root``."""
         raise NotImplementedError
 
+    @classmethod
+    def no_splits_error(cls, root: Path) -> DataError:
+        """The error for a folder detected as this layout that holds no complete split."""
+        return DataError(
+            f"{str(root)!r} looks like the {cls.format} layout but holds no complete split; looked for "
+            f"{cls.looks_for}: add the files"
+        )
+
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -280,7 +293,11 @@ class PatchReader:
         raise NotImplementedError
 
     def name(self, index: int) -> str:
-        """File (or file and row) of item ``index``, for messages."""
+        """File (or file and row) of item ``index``, for messages and CSVs.
+
+        Printable: the bytes of a file name that is not UTF-8 appear as ``\\xe9`` escapes
+        (:func:`pcamlab.fileio.printable`), so any UTF-8 file can hold it.
+        """
         raise NotImplementedError
 
     def _check_index(self, index: int) -> int:
@@ -408,6 +425,28 @@ class H5Reader(PatchReader):
     def splits(cls, root: Path, **options) -> list[str]:
         return cls._present(root)
 
+    @classmethod
+    def no_splits_error(cls, root: Path) -> DataError:
+        gzipped = sorted(root.glob("camelyonpatch_level_2_split_*.h5.gz"))
+        if gzipped:
+            return DataError(
+                f"{str(gzipped[0])!r} is still gzip-compressed ({len(gzipped)} .h5.gz files in {str(root)!r}, no "
+                f"usable .h5 pair); decompress them first: gunzip -k {root / 'camelyonpatch_level_2_split_*.h5.gz'}"
+            )
+        for split in H5_SPLITS:
+            x_path, y_path = (root / H5_PATTERN.format(split=split, kind=kind) for kind in "xy")
+            if x_path.exists() != y_path.exists():
+                present, missing = (x_path, y_path) if x_path.exists() else (y_path, x_path)
+                return DataError(
+                    f"{str(missing)!r} is missing (found {present.name}); each split needs both the _x (images) "
+                    "and _y (labels) files: download or copy the missing one"
+                )
+        found = sorted(path.name for path in root.glob("camelyonpatch_level_2_split_*.h5"))
+        return DataError(
+            f"{str(root)!r} holds {found} but no complete _x/_y pair of the splits {list(H5_SPLITS)}; each split "
+            "needs camelyonpatch_level_2_split_<split>_x.h5 (images) and _y.h5 (labels): rename or add the files"
+        )
+
     @staticmethod
     def _open(path: Path):
         import h5py
@@ -472,7 +511,7 @@ class H5Reader(PatchReader):
         return image, int(self.labels[index])
 
     def name(self, index: int) -> str:
-        return f"{self.x_path} row {index}"
+        return printable(f"{self.x_path} row {index}")
 
     def close(self) -> None:
         """Close the image file (it re-opens on the next read)."""
@@ -576,7 +615,7 @@ class FoldersReader(PatchReader):
         return decode_image_file(self.files[index]), int(self.labels[index])
 
     def name(self, index: int) -> str:
-        return str(self.files[index])
+        return printable(self.files[index])
 
     def _validate_images(self) -> None:
         _validate_headers(self.files)
@@ -651,7 +690,7 @@ class KaggleReader(PatchReader):
                 f"data.valid_fraction must be between 0 and 1 (exclusive) to split the Kaggle train set; "
                 f"got {valid_fraction!r}: use e.g. 0.1"
             )
-        ids, labels = self._read_csv(root)
+        ids, labels, self.notes = self._read_csv(root)
         files = self._match_files(root, ids)
         chosen = self._split_indices(ids, labels, split)
         self.files = [files[index] for index in chosen]
@@ -675,49 +714,130 @@ class KaggleReader(PatchReader):
         return found
 
     @staticmethod
-    def _read_csv(root: Path) -> tuple[list[str], np.ndarray]:
+    def _read_csv(root: Path) -> tuple[list[str], np.ndarray, list[str]]:
+        """Read ``train_labels.csv``: ``(ids, int64 labels, notes)``.
+
+        Besides Kaggle's own ``id,label``, reads the dialects spreadsheets and pandas write when each
+        is unambiguous, and says so in ``notes``: a UTF-8 byte-order mark (Excel's "CSV UTF-8"), ``;``
+        or tab separators (Excel with a comma decimal separator) and Excel's ``sep=`` first line,
+        columns in another order or beside an unnamed index column (``DataFrame.to_csv()`` without
+        ``index=False``), ids carrying the file suffix or a folder (``train/<id>.tif``), labels
+        written as floats (``1.0``), and rows repeated with the same label. Anything else raises.
+        """
         path = root / KAGGLE_LABELS
+        notes: list[str] = []
+        raw = path.read_bytes()
+        if raw.startswith(b"PK\x03\x04") or raw.startswith(b"\xd0\xcf\x11\xe0"):
+            raise DataError(
+                f"{str(path)!r} is an Excel workbook, not CSV text; save it as 'CSV UTF-8 (comma delimited)' with "
+                "the columns id,label"
+            )
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            line = raw[: error.start].count(b"\n") + 1
+            raise DataError(
+                f"{str(path)!r} is not UTF-8 text (byte 0x{raw[error.start]:02x} on line {line}); save it as "
+                "'CSV UTF-8' (Kaggle ids are plain hex names)"
+            ) from None
+        if raw.startswith(b"\xef\xbb\xbf"):
+            notes.append(f"{KAGGLE_LABELS} starts with a UTF-8 byte-order mark (Excel's CSV UTF-8); ignored")
+        lines = text.splitlines()
+        first_line = 1
+        delimiter = ","
+        if lines and lines[0].strip().lower().startswith("sep=") and len(lines[0].strip()) == 5:
+            delimiter = lines[0].strip()[4]
+            lines, first_line = lines[1:], 2
+            notes.append(f"{KAGGLE_LABELS} starts with Excel's 'sep={delimiter}' line; read with that separator")
+        elif lines and "," not in lines[0]:
+            for candidate, what in ((";", "semicolons"), ("\t", "tabs")):
+                if candidate in lines[0]:
+                    delimiter = candidate
+                    notes.append(f"{KAGGLE_LABELS} is separated by {what}, not commas; read as such")
+                    break
+        rows = csv.reader(lines, delimiter=delimiter)
+        header = next(rows, None)
+        cells = [cell.strip().lower() for cell in header] if header else []
+        if "id" in cells and "label" in cells:
+            id_column, label_column = cells.index("id"), cells.index("label")
+            extra = [header[i] for i in range(len(cells)) if i not in (id_column, label_column)]
+            if extra:
+                index_column = [name for name in extra if name.strip() in ("", "Unnamed: 0")]
+                what = "an unnamed index column (pandas to_csv without index=False)" if index_column else f"columns {extra}"
+                notes.append(f"{KAGGLE_LABELS} has {what} besides id and label; read id and label only")
+            elif (id_column, label_column) != (0, 1):
+                notes.append(f"{KAGGLE_LABELS} lists label before id; read by the column names")
+        else:
+            raise DataError(
+                f"{str(path)!r} line {first_line} is {header!r}; the header must name the columns id and label "
+                "(Kaggle format 'id,label'): add or fix the header row"
+            )
         ids, labels, seen = [], [], {}
-        with open(path, newline="") as handle:
-            rows = csv.reader(handle)
-            header = next(rows, None)
-            if header is None or [cell.strip().lower() for cell in header[:2]] != ["id", "label"]:
+        suffixed = foldered = floats = repeated = 0
+        for line, row in enumerate(rows, start=first_line + 1):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) <= max(id_column, label_column):
                 raise DataError(
-                    f"{str(path)!r} line 1 is {header!r}; the header must be 'id,label' (Kaggle format): "
-                    "add or fix the header row"
+                    f"{str(path)!r} line {line} is {delimiter.join(row)!r}; each row needs an id and a label: fix it"
                 )
-            for line, row in enumerate(rows, start=2):
-                if not row or not "".join(row).strip():
-                    continue
-                if len(row) < 2:
-                    raise DataError(f"{str(path)!r} line {line} is {row!r}; each row must be 'id,label': fix it")
-                image_id, text = row[0].strip(), row[1].strip()
-                if not _KAGGLE_ID.match(image_id):
+            image_id, text = row[id_column].strip(), row[label_column].strip()
+            if "/" in image_id or "\\" in image_id:
+                image_id = re.split(r"[/\\]", image_id)[-1]
+                foldered += 1
+            stem, dot, suffix = image_id.rpartition(".")
+            if dot and f".{suffix.lower()}" in IMAGE_SUFFIXES and stem:
+                image_id = stem
+                suffixed += 1
+            if not _KAGGLE_ID.match(image_id):
+                raise DataError(
+                    f"{str(path)!r} line {line} has id {row[id_column]!r}; ids are file names of train/*.tif "
+                    "without .tif (letters, digits, _ . -): fix it"
+                )
+            if text in ("0.0", "1.0"):
+                text = text[0]
+                floats += 1
+            if text not in ("0", "1"):
+                raise DataError(
+                    f"{str(path)!r} line {line} (id {image_id}) has label {text!r}; labels must be 0 or 1: "
+                    "fix the row"
+                )
+            if image_id in seen:
+                first, first_label = seen[image_id]
+                if first_label != int(text):
                     raise DataError(
-                        f"{str(path)!r} line {line} has id {image_id!r}; ids are file names without .tif: fix it"
+                        f"{str(path)!r} line {line} gives id {image_id} label {text} but line {first} gave "
+                        f"{first_label}; each image needs one label: remove the wrong row"
                     )
-                if text not in ("0", "1"):
-                    raise DataError(
-                        f"{str(path)!r} line {line} (id {image_id}) has label {text!r}; labels must be 0 or 1: "
-                        "fix the row"
-                    )
-                if image_id in seen:
-                    raise DataError(
-                        f"{str(path)!r} line {line} repeats id {image_id} (first on line {seen[image_id]}); "
-                        "each image must be listed once: remove the duplicate row"
-                    )
-                seen[image_id] = line
-                ids.append(image_id)
-                labels.append(int(text))
+                repeated += 1
+                continue
+            seen[image_id] = (line, int(text))
+            ids.append(image_id)
+            labels.append(int(text))
         if not ids:
             raise DataError(f"{str(path)!r} has no rows; it must list 'id,label' for every train/*.tif")
-        return ids, np.asarray(labels, dtype=np.int64)
+        for count, what in (
+            (suffixed, "ids carry the file suffix (e.g. <id>.tif); read as file names"),
+            (foldered, "ids carry a folder (e.g. train/<id>.tif); read the file name only"),
+            (floats, "labels are written as floats (0.0/1.0); read as 0/1"),
+            (repeated, "rows repeat an id with the same label; each image counted once"),
+        ):
+            if count:
+                notes.append(f"{KAGGLE_LABELS}: {count} {what}")
+        return ids, np.asarray(labels, dtype=np.int64), notes
 
     @staticmethod
     def _match_files(root: Path, ids: list[str]) -> list[Path]:
         folder = root / "train"
         on_disk = {path.stem: path for path in _image_files(folder)}
         missing = [image_id for image_id in ids if image_id not in on_disk]
+        if missing and len(missing) == len(ids) and on_disk:  # not a few lost files: ids and names disagree
+            example = next(iter(on_disk.values())).name
+            raise DataError(
+                f"none of the {len(ids)} ids in {str(root / KAGGLE_LABELS)!r} names a file in {str(folder)!r} (id "
+                f"{ids[0]!r}, files like {example!r}); the ids must be the image file names without their suffix: "
+                "fix the id column (or point data.path at the folder that holds these images)"
+            )
         if missing:
             raise DataError(
                 f"{str(root / KAGGLE_LABELS)!r} lists {len(missing)} ids with no file in {str(folder)!r}, "
@@ -751,7 +871,7 @@ class KaggleReader(PatchReader):
         return decode_image_file(self.files[index]), int(self.labels[index])
 
     def name(self, index: int) -> str:
-        return str(self.files[index])
+        return printable(self.files[index])
 
     def _validate_images(self) -> None:
         _validate_headers(self.files)
@@ -780,11 +900,31 @@ def detect_format(root: str | os.PathLike) -> str:
             return name
     entries = sorted(child.name for child in path.iterdir())
     shown = f"{entries[:8]}{'...' if len(entries) > 8 else ''}" if entries else "nothing"
+    archives = [name for name in entries if name.lower().endswith(ARCHIVE_SUFFIXES)]
+    if archives:
+        raise DataError(
+            f"no recognisable PCam layout in {str(path)!r}: it holds archives {archives[:4]} that were never "
+            f"unpacked; unpack them there first (e.g. {_unpack_command(path / archives[0])}) and run the command again"
+        )
     looked = "; ".join(READERS.get(name).looks_for for name in READERS.names())
     raise DataError(
         f"no recognisable PCam layout in {str(path)!r} (it holds {shown}); looked for {looked}: "
         "arrange the files like one of these or pass the folder that holds them"
     )
+
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar", ".gz")
+
+
+def _unpack_command(archive: Path) -> str:
+    name = archive.name.lower()
+    if name.endswith(".zip"):
+        return f"unzip {archive} -d {archive.parent}"
+    if ".tar" in name or name.endswith(".tgz"):
+        return f"tar -xf {archive} -C {archive.parent}"
+    if name.endswith(".gz"):
+        return f"gunzip -k {archive}"
+    return f"7z x {archive}"
 
 
 def _reader_class(path: Path, format: str) -> type[PatchReader]:
@@ -802,12 +942,20 @@ def _reader_class(path: Path, format: str) -> type[PatchReader]:
 def available_splits(root: str | os.PathLike, format: str = "auto") -> list[str]:
     """Splits present in ``root``, e.g. ``["train", "valid"]``.
 
+    Raises:
+        DataError: the folder is missing, matches no layout, or holds no complete split (e.g. only the
+            gzip-compressed PCam downloads).
+
     Example:
         >>> available_splits("sample")
         ['train', 'valid']
     """
     path = _resolve_root(root)
-    return _reader_class(path, format).splits(path)
+    cls = _reader_class(path, format)
+    found = cls.splits(path)
+    if not found:  # finding nothing is not success: say what is there instead
+        raise cls.no_splits_error(path)
+    return found
 
 
 def open_split(
@@ -838,6 +986,8 @@ def open_split(
         >>> len(reader), reader.class_counts()
         (200, {0: 100, 1: 100})
     """
+    check_field("data.valid_fraction", valid_fraction)
+    check_field("data.seed", seed)
     path = _resolve_root(root)
     cls = _reader_class(path, format)
     reader = cls(path, split, valid_fraction=valid_fraction, seed=seed, skip_bad=skip_bad)

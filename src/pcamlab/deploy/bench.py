@@ -41,7 +41,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pcamlab.fileio import publish
+from pcamlab.fileio import json_safe, publish
 from pcamlab.errors import ConfigError, RunError, did_you_mean
 
 __all__ = [
@@ -428,9 +428,9 @@ def write_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *, fo
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", newline="") as file:
+        with os.fdopen(handle, "w", newline="", encoding="utf-8") as file:
             if suffix == ".json":
-                json.dump(list(rows), file, indent=2)
+                json.dump(json_safe(list(rows)), file, indent=2, allow_nan=False)
             else:
                 writer = csv.DictWriter(file, fieldnames=COLUMNS)
                 writer.writeheader()

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from pcamlab.errors import ConfigError, RunError, did_you_mean
-from pcamlab.fileio import publish
+from pcamlab.fileio import json_safe, publish
 from pcamlab.runtime.checkpoint import Checkpoint, load_checkpoint
 from pcamlab.runtime.contract import InputContract
 from pcamlab.runtime.predictor import (
@@ -295,7 +295,7 @@ def export_checkpoint(
             properties = {
                 ONNX_METADATA_KEYS["contract"]: json.dumps(contract.to_dict()),
                 ONNX_METADATA_KEYS["config"]: json.dumps(config_to_dict(checkpoint.config)),
-                ONNX_METADATA_KEYS["metadata"]: json.dumps(checkpoint.metadata),
+                ONNX_METADATA_KEYS["metadata"]: json.dumps(json_safe(checkpoint.metadata), allow_nan=False),
                 ONNX_METADATA_KEYS["input"]: input_kind,
             }
             report.update(export_onnx(wrapped, example, temporary, exporter=exporter, opset=opset,

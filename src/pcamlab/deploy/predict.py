@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from pcamlab.errors import DataError, RunError
+from pcamlab.config_ranges import RANGES, check_field
+from pcamlab.errors import CheckpointError, DataError, RunError
 from pcamlab.fileio import publish
 from pcamlab.runtime.predictor import load_predictor
 
@@ -64,7 +65,7 @@ def _open_output(out: Path, force: bool) -> tuple[Any, str]:
         raise RunError(f"--out {str(out)!r} is a folder; pass a file name such as {str(out / 'predictions.csv')!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    return os.fdopen(handle, "w", newline=""), temporary
+    return os.fdopen(handle, "w", newline="", encoding="utf-8"), temporary
 
 
 def predict_files(
@@ -92,7 +93,8 @@ def predict_files(
         threshold: decision threshold; default the one stored in the checkpoint.
         device: ``cpu`` or ``cuda[:N]`` (torch models only).
         force: replace an existing ``out``.
-        skip_bad: skip unusable image files (listed in ``result.skipped``) instead of stopping.
+        skip_bad: skip unusable image files, h5 files and h5 rows (listed in ``result.skipped``)
+            instead of stopping.
         progress: optional ``progress(done, total)`` callable, called after each batch.
 
     Returns:
@@ -109,21 +111,27 @@ def predict_files(
     """
     from pcamlab.deploy.sources import collect_sources, iterate_patches
 
-    if batch_size < 1:
-        raise DataError(f"--batch-size must be >= 1; got {batch_size}")
+    check_field("evaluate.batch_size", batch_size, name="batch_size")
+    check_field("evaluate.threshold", threshold, name="threshold")
     out_path = Path(out) if out is not None else None
     if out_path is not None and out_path.exists() and not force:
         raise RunError(f"{str(out_path)!r} already exists; choose another --out or pass --force to replace it")
     predictor = load_predictor(checkpoint, device=device)
     contract = predictor.contract
-    threshold = float(contract.threshold if threshold is None else threshold)
+    if threshold is None:
+        threshold = float(contract.threshold)
+        if not RANGES["evaluate.threshold"].contains(threshold):
+            raise CheckpointError(
+                f"model {str(checkpoint)!r} stores the decision threshold {threshold!r}, which is not a probability "
+                "in [0, 1]; pass threshold explicitly (e.g. 0.5)"
+            )
     class_names = list(contract.class_names)
-    sources = collect_sources(inputs, patch_size=contract.patch_size)
-    total = sum(source.count for source in sources)
-
     names: list[str] = []
     probabilities: list[np.ndarray] = []
     skipped: list[str] = []
+    sources = collect_sources(inputs, patch_size=contract.patch_size, skip_bad=skip_bad,
+                              skipped=skipped)
+    total = sum(source.count for source in sources)
     file, temporary = _open_output(out_path, force) if out_path is not None else (None, None)
     try:
         writer = csv.writer(file) if file is not None else None

@@ -24,6 +24,7 @@ import numpy as np
 
 from pcamlab.data.readers import IMAGE_SUFFIXES, PATCH_SIZE, BadImageError, check_x_dataset, decode_image_file
 from pcamlab.errors import DataError
+from pcamlab.fileio import printable
 
 __all__ = ["H5_SUFFIXES", "PatchSource", "collect_sources", "h5_row_name", "iterate_patches"]
 
@@ -48,7 +49,7 @@ class PatchSource:
 
 def h5_row_name(path: Path, row: int) -> str:
     """Name of one row of an h5 file in messages and CSVs (same wording as the h5 reader)."""
-    return f"{path} row {row}"
+    return printable(f"{path} row {row}")
 
 
 def _folder_images(folder: Path) -> list[Path]:
@@ -86,13 +87,22 @@ def _h5_source(path: Path, patch_size: int) -> PatchSource:
     return PatchSource(path, "h5", shape[0])
 
 
-def collect_sources(inputs: Sequence[str | os.PathLike], *, patch_size: int = PATCH_SIZE) -> list[PatchSource]:
+def collect_sources(
+    inputs: Sequence[str | os.PathLike],
+    *,
+    patch_size: int = PATCH_SIZE,
+    skip_bad: bool = False,
+    skipped: list[str] | None = None,
+) -> list[PatchSource]:
     """Resolve inputs into a list of patch sources, checking each one.
 
     Args:
         inputs: image files, folders (searched recursively for images) and ``.h5`` files with a
             dataset ``x`` of uint8 ``(N, patch_size, patch_size, 3)`` patches.
         patch_size: side of the patches the model takes (from the checkpoint contract).
+        skip_bad: leave out h5 files that cannot be opened or hold no usable dataset ``x`` instead of
+            raising; their names are appended to ``skipped``.
+        skipped: list collecting the names of files left out.
 
     Returns:
         One source per image file or h5 file, in input order (folders sorted); a file reached
@@ -129,7 +139,13 @@ def collect_sources(inputs: Sequence[str | os.PathLike], *, patch_size: int = PA
             for image in images:
                 add(PatchSource(image, "image", 1))
         elif path.suffix.lower() in H5_SUFFIXES:
-            add(_h5_source(path, patch_size))
+            try:
+                add(_h5_source(path, patch_size))
+            except DataError:
+                if not skip_bad:
+                    raise
+                if skipped is not None:
+                    skipped.append(printable(path))
         elif path.suffix.lower() in IMAGE_SUFFIXES:
             add(PatchSource(path, "image", 1))
         else:
@@ -147,14 +163,14 @@ def iterate_patches(
 
     Args:
         sources: from :func:`collect_sources`.
-        skip_bad: skip image files that cannot be used instead of raising; their names are appended
-            to ``skipped``.
-        skipped: list collecting the names of skipped files.
+        skip_bad: skip image files and h5 rows that cannot be used instead of raising; their names
+            are appended to ``skipped``.
+        skipped: list collecting the names of skipped files and rows.
 
     Raises:
         BadImageError: an image file is unreadable, truncated, not RGB or the wrong size (names the
             file), unless ``skip_bad``.
-        DataError: a row of an h5 file cannot be read.
+        DataError: a row of an h5 file cannot be read, unless ``skip_bad``.
     """
     import h5py
 
@@ -166,9 +182,9 @@ def iterate_patches(
                 if not skip_bad:
                     raise
                 if skipped is not None:
-                    skipped.append(str(source.path))
+                    skipped.append(printable(source.path))
                 continue
-            yield str(source.path), image
+            yield printable(source.path), image
             continue
         with h5py.File(source.path, "r") as file:
             dataset = file["x"]
@@ -176,6 +192,10 @@ def iterate_patches(
                 try:
                     image = dataset[row]  # (H, W, 3) uint8: one chunk, read one row at a time
                 except (OSError, RuntimeError) as error:
+                    if skip_bad:
+                        if skipped is not None:
+                            skipped.append(h5_row_name(source.path, row))
+                        continue
                     raise DataError(
                         f"cannot read {h5_row_name(source.path, row)} ({str(error).splitlines()[0]}): "
                         "the file is damaged; copy it again from the source"

@@ -162,6 +162,9 @@ def _run_facts(run_dir: Path) -> dict[str, Any]:
     return facts
 
 
+RUN_FILES = ("summary.json", "config.yaml", "history.csv", "metrics.json")  # any one marks a run folder
+
+
 def _metric_files(run_dir: Path) -> list[Path]:
     files = [run_dir / "metrics.json"] if (run_dir / "metrics.json").is_file() else []
     files += sorted(path for path in run_dir.glob("*/metrics.json") if path.parent.name != "tensorboard")
@@ -193,7 +196,8 @@ def compare_runs(run_dirs: Sequence[str | Path], sort_by: str = "roc_auc") -> li
 
     Raises:
         ConfigError: unknown ``sort_by`` or no run folder given.
-        DataError: a run folder is missing, or its metrics.json / summary.json is not readable JSON.
+        DataError: a run folder is missing or holds no run (none of :data:`RUN_FILES` nor an evaluation),
+            or its metrics.json / summary.json is not readable JSON.
 
     Example:
         >>> compare_runs(["runs/a", "runs/b"])[0]["roc_auc"]
@@ -207,8 +211,13 @@ def compare_runs(run_dirs: Sequence[str | Path], sort_by: str = "roc_auc") -> li
     for run_dir in map(Path, run_dirs):
         if not run_dir.is_dir():
             raise DataError(f"run folder {str(run_dir)!r} does not exist; pass folders written by pcamlab train --out")
-        facts = _run_facts(run_dir)
         files = _metric_files(run_dir)
+        if not files and not any((run_dir / name).is_file() for name in RUN_FILES):
+            raise DataError(
+                f"{str(run_dir)!r} is not a run folder: it holds none of {list(RUN_FILES)} or */metrics.json; "
+                "pass folders written by pcamlab train --out"
+            )
+        facts = _run_facts(run_dir)
         if not files:
             rows.append({**dict.fromkeys(COLUMNS), **facts, "run": run_dir.name, "evaluation": None})
             continue

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pcamlab.errors import DataError
+from pcamlab.fileio import printable
 
 __all__ = ["write_report", "FIGURE_CAPTIONS", "METRIC_DESCRIPTIONS", "MAX_IMAGE_BYTES"]
 
@@ -580,7 +581,7 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
         The path written.
 
     Raises:
-        DataError: ``run_dir`` is not a folder.
+        DataError: ``run_dir`` is not a folder, or holds no run (nothing to report).
 
     Example:
         >>> write_report("runs/demo")
@@ -589,6 +590,13 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"run folder {str(run_dir)!r} does not exist; pass a folder written by pcamlab train --out")
+    from pcamlab.evaluate.compare import RUN_FILES
+
+    if not any((run_dir / name).is_file() for name in RUN_FILES) and not _walk(run_dir, "metrics.json"):
+        raise DataError(
+            f"{str(run_dir)!r} is not a run folder: it holds none of {list(RUN_FILES)} nor an evaluation's "
+            "metrics.json; pass a folder written by pcamlab train --out (or pcamlab evaluate --out)"
+        )
     path = run_dir / "report.html" if path is None else Path(path)
 
     config_html, config_values = _config_section(run_dir)
@@ -663,7 +671,7 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
-        temporary.write_text(page, encoding="utf-8")
+        temporary.write_text(printable(page), encoding="utf-8")  # file names that are not UTF-8 as \xNN
         os.replace(temporary, path)
     finally:
         if temporary.exists():

@@ -8,15 +8,15 @@ Example:
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pcamlab.config_ranges import check_field
 from pcamlab.errors import RunError
-from pcamlab.fileio import atomic_path, write_text_atomic
+from pcamlab.fileio import atomic_path, printable, write_json_atomic
 
 __all__ = ["evaluate_checkpoint", "evaluate_predictions", "write_json"]
 
@@ -25,8 +25,8 @@ OUTPUT_FILES = ("metrics.json", "predictions.csv", "roc.png", "pr.png", "confusi
 
 
 def write_json(path: Path, values: Any) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
-    write_text_atomic(path, json.dumps(values, indent=2))
+    """Write valid JSON atomically (NaN as null, printable paths; temp file in the same folder, then rename)."""
+    write_json_atomic(path, values)
 
 
 def evaluate_predictions(
@@ -50,11 +50,11 @@ def evaluate_predictions(
     metrics.update(extra or {})
     write_json(out_dir / "metrics.json", metrics)
 
-    with atomic_path(out_dir / "predictions.csv") as temporary, open(temporary, "w", newline="") as file:
+    with atomic_path(out_dir / "predictions.csv") as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(["patch", "label", "probability", "predicted"])
         for index, (label, probability) in enumerate(zip(labels, probabilities)):
-            name = names[index] if names else str(index)
+            name = printable(names[index]) if names else str(index)
             writer.writerow([name, int(label), f"{probability:.6f}", int(probability >= threshold)])
 
     ci = metrics.get("roc_auc_ci")
@@ -102,6 +102,8 @@ def evaluate_checkpoint(
     from pcamlab.evaluate.metrics import roc_auc, validate_inputs
     from pcamlab.runtime.predictor import TorchPredictor
 
+    check_field("evaluate.threshold", threshold, name="threshold")
+    check_field("evaluate.batch_size", batch_size, name="batch_size")
     out_dir = Path(out_dir)
     if (out_dir / "metrics.json").exists() and not force:
         raise RunError(
@@ -120,6 +122,7 @@ def evaluate_checkpoint(
         "data": str(reader.root),
         "split": split,
         "skipped_files": skipped,
+        "data_notes": list(reader.notes),
         "tta": tta,
         "model": config.model.name,
         "epoch": checkpoint.metadata.get("epoch"),

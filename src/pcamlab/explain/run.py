@@ -9,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from pcamlab.errors import ConfigError
+from pcamlab.fileio import write_json_atomic
 from pcamlab.explain._common import check_contract, conv_layers, images_to_input, model_device
 from pcamlab.explain.feature_maps import eval_mode, plot_feature_maps
 from pcamlab.explain.filters import plot_first_layer_filters, plot_layer_filters
@@ -103,7 +103,8 @@ def run_explain(
     model, contract = checkpoint.model, check_contract(checkpoint.contract, f"contract of {str(checkpoint_path)!r}")
     if data_root is None:
         data_root = checkpoint.config.data.path
-    reader = open_split(data_root, split, checkpoint.config.data.format)
+    data = checkpoint.config.data  # the Kaggle layout's valid split is the one the model was validated on
+    reader = open_split(data_root, split, data.format, valid_fraction=data.valid_fraction, seed=data.seed)
     generator = np.random.default_rng(seed)
     count = min(n, len(reader))
     indices = np.sort(generator.choice(len(reader), size=count, replace=False))
@@ -155,7 +156,5 @@ def run_explain(
         "indices": [int(index) for index in indices],
         "files": files,
     }
-    files["summary"].write_text(
-        json.dumps({**summary, "files": {name: path.name for name, path in files.items()}}, indent=2) + "\n"
-    )
+    write_json_atomic(files["summary"], {**summary, "files": {name: path.name for name, path in files.items()}})
     return summary

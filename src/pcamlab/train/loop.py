@@ -40,8 +40,8 @@ import yaml
 from torch import nn
 
 from pcamlab.config import RunConfig, config_to_dict
-from pcamlab.errors import ConfigError, RunError
-from pcamlab.fileio import atomic_path, write_text_atomic
+from pcamlab.errors import ConfigError, DataError, RunError
+from pcamlab.fileio import atomic_path, write_json_atomic, write_text_atomic
 
 __all__ = ["train", "HISTORY_COLUMNS", "learning_rate_factor", "compute_loss", "split_head", "prepare_run_dir"]
 
@@ -51,8 +51,12 @@ HISTORY_COLUMNS = [
 ]
 
 
-def prepare_run_dir(out_dir: Path, resume: bool, marker: str = "resume.pt") -> None:
-    """Refuse to overwrite a run; on resume, require ``marker`` (what an interrupted run leaves behind)."""
+def prepare_run_dir(out_dir: Path, resume: bool, marker: str = "resume.pt", *, create: bool = True) -> None:
+    """Refuse to overwrite a run; on resume, require ``marker`` (what an interrupted run leaves behind).
+
+    With ``create=False`` the folder is left to the first file written into it, so a run that stops at
+    its data (a missing file, nothing readable) leaves no empty run folder behind.
+    """
     if resume:
         if not (out_dir / marker).is_file():
             raise RunError(f"nothing to resume in {str(out_dir)!r}: it has no {marker}; start a new run instead")
@@ -62,7 +66,8 @@ def prepare_run_dir(out_dir: Path, resume: bool, marker: str = "resume.pt") -> N
             f"output folder {str(out_dir)!r} already holds a run; choose another --out "
             "(or pass --resume to continue an interrupted run)"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if create:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def learning_rate_factor(
@@ -171,6 +176,13 @@ def _evaluate(model, source, contract, device, precision) -> dict[str, Any]:
                 output = model(x)  # (B, 1)
             logits.append(output.float().reshape(-1).cpu())
             labels.append(batch_labels)
+    if not logits:  # streaming met only unreadable validation files
+        from pcamlab.errors import DataError
+
+        raise DataError(
+            f"the validation split has no readable patch ({getattr(source, 'skipped', 0)} unreadable files "
+            "skipped); fix or replace the files"
+        )
     logit = torch.cat(logits)
     label = torch.cat(labels)
     loss = F.binary_cross_entropy_with_logits(logit, label.float()).item()
@@ -192,16 +204,34 @@ def _is_better(value: float, best: float | None, monitor: str, min_delta: float)
     return value > best + min_delta
 
 
-def _data_stats(images: torch.Tensor | None, reader) -> tuple[list[float], list[float]]:
-    """Per-channel mean/std in [0, 1] units from the training images (a sample of them when streaming)."""
+def _data_stats(images: torch.Tensor | None, reader, skip_bad: bool = False) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std in [0, 1] units from the training images (a sample of them when streaming).
+
+    When streaming, up to 2,048 seeded picks are decoded; with ``skip_bad`` unreadable ones are left out.
+    """
     from pcamlab.data.normalize import channel_stats
 
     if images is not None:
         return channel_stats(images.numpy())
+    from pcamlab.data import BadImageError
+    from pcamlab.errors import DataError
+
     rng = np.random.default_rng(0)
     picks = rng.choice(len(reader), size=min(len(reader), 2048), replace=False)
-    sample = np.stack([reader[int(i)][0] for i in sorted(picks)])
-    return channel_stats(sample)
+    sample, skipped = [], 0
+    for index in sorted(picks):
+        try:
+            sample.append(reader[int(index)][0])
+        except BadImageError:
+            if not skip_bad:
+                raise
+            skipped += 1  # the same files are skipped (and counted) by the batches
+    if not sample:
+        raise DataError(
+            f"none of the {len(picks)} training patches sampled for the channel statistics is readable (first: "
+            f"{reader.name(int(min(picks)))}); fix or replace the files"
+        )
+    return channel_stats(np.stack(sample))
 
 
 def _fit_stain_normalizer(config: RunConfig, sources: list) -> dict[str, Any] | None:
@@ -322,8 +352,9 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    from pcamlab.data import open_split
-    from pcamlab.data.augment import augment_batch, check_augment_config
+    from pcamlab.data import PATCH_SIZE, open_split
+    from pcamlab.config_ranges import check_combinations, check_ranges
+    from pcamlab.data.augment import augment_batch
     from pcamlab.data.loader import InMemoryBatches, make_batch_source
     from pcamlab.models import build_model, model_summary
     from pcamlab.train import distributed
@@ -334,19 +365,8 @@ def train(
     started = time.perf_counter()
     out_dir = Path(out_dir)
     train_config, data_config = config.train, config.data
-    if train_config.epochs < 1 or train_config.batch_size < 1:
-        raise ConfigError(
-            f"train.epochs and train.batch_size must be >= 1; got {train_config.epochs} and {train_config.batch_size}"
-        )
-    check_augment_config(config.augment)
-    if train_config.schedule_over == "budget" and (
-        train_config.time_budget_minutes <= 0 or train_config.scheduler not in ("cosine", "onecycle")
-    ):
-        raise ConfigError(
-            "train.schedule_over=budget needs train.time_budget_minutes > 0 and train.scheduler cosine or "
-            f"onecycle (got {train_config.time_budget_minutes} and {train_config.scheduler!r}); set both, "
-            "or use schedule_over=epochs"
-        )
+    check_ranges(config)  # configs built in code skip load_config's checks
+    check_combinations(config)
     config = _with_resolved_options(config)
     world = distributed.setup(train_config.device)
     main_process = world.rank == 0
@@ -363,7 +383,7 @@ def train(
             f"use e.g. {train_config.batch_size // world.size * world.size or world.size}"
         )
     if main_process:
-        prepare_run_dir(out_dir, resume)
+        prepare_run_dir(out_dir, resume, create=False)  # config.yaml, written once the data is read, creates it
         summary_path = out_dir / "summary.json"
         if resume and summary_path.is_file() and json.loads(summary_path.read_text()).get("finished"):
             raise RunError(f"run {str(out_dir)!r} already finished; start a new run with another --out")
@@ -386,6 +406,8 @@ def train(
         train_reader, valid_reader = readers
     valid_count = len(valid_reader) if valid_reader is not None else 0
     say(f"data: {train_reader.root} ({train_reader.format}); train {len(train_reader)}, valid {valid_count} patches")
+    for note in dict.fromkeys([*train_reader.notes, *(valid_reader.notes if valid_reader is not None else [])]):
+        say(f"data: note: {note}")
 
     def bar(description: str):
         handle = tqdm(total=0, desc=description, unit="patch", disable=not progress, leave=False)
@@ -409,6 +431,40 @@ def train(
             valid_reader, data_config, config.evaluate.batch_size, shuffle=False, progress=update
         )
         handle.close()
+    if train_source.num_samples == 0:
+        raise DataError(
+            f"no readable training patch in split {train_reader.split!r} of {str(train_reader.root)!r}: all "
+            f"{len(train_reader)} were skipped (first: {train_reader.name(0)}); fix or replace the files"
+        )
+    if valid_source is not None and valid_source.num_samples == 0:
+        raise DataError(
+            f"no readable validation patch in split {valid_reader.split!r} of {str(valid_reader.root)!r}: all "
+            f"{len(valid_reader)} were skipped (first: {valid_reader.name(0)}); fix or replace the files"
+        )
+    train_classes = sorted(set(train_source.labels.tolist()))
+    if len(train_classes) < 2:
+        raise DataError(
+            f"training split {train_reader.split!r} of {str(train_reader.root)!r} holds only class "
+            f"{train_classes[0]} ({train_source.num_samples} patches): a detector needs both classes to learn "
+            "from; add patches of the other class"
+        )
+    monitor = train_config.monitor
+    warnings: list[str] = []
+    valid_classes = sorted(set(valid_source.labels.tolist())) if valid_source is not None else [0, 1]
+    one_class_valid = len(valid_classes) < 2
+    if one_class_valid:  # ROC AUC and threshold choice need both classes
+        warnings.append(
+            f"validation split {valid_reader.split!r} holds only class {valid_classes[0]} "
+            f"({valid_source.num_samples} patches): val_auc is undefined"
+            + ("; monitoring val_loss instead of val_auc" if monitor == "val_auc" else "")
+            + (f"; evaluate.threshold_method {config.evaluate.threshold_method} needs both classes, so the threshold "
+               f"stays at evaluate.threshold {config.evaluate.threshold:g}"
+               if config.evaluate.threshold_method != "fixed" else "")
+            + "; add patches of the other class to the validation split"
+        )
+        monitor = "val_loss"
+        for line in warnings:
+            say(f"warning: {line}")
     if len(train_source) == 0:
         raise ConfigError(
             f"train.batch_size {train_config.batch_size} is larger than the {train_source.num_samples} "
@@ -422,8 +478,9 @@ def train(
 
     stain = _fit_stain_normalizer(config, [s for s in (train_source, valid_source) if s is not None])
     train_images = train_source.images if isinstance(train_source, InMemoryBatches) else None
-    mean, std = _data_stats(train_images, train_reader)
-    contract = InputContract(patch_size=train_reader[0][0].shape[0], mean=mean, std=std,
+    mean, std = _data_stats(train_images, train_reader, data_config.skip_bad or getattr(train_reader, "skip_bad", False))
+    # every reader yields PATCH_SIZE patches (checked per image), so no item needs decoding for it
+    contract = InputContract(patch_size=PATCH_SIZE, mean=mean, std=std,
                              threshold=config.evaluate.threshold, stain_normalization=stain)
     if stain is not None:
         say(f"data: {config.data.stain_normalization} stain normalisation fitted on training patches")
@@ -489,7 +546,6 @@ def train(
         labels_array = valid_source.labels.numpy()
         picks = [*np.flatnonzero(labels_array == 1)[:4], *np.flatnonzero(labels_array == 0)[:4]]
         picture_samples = valid_source.images.numpy()[picks]
-    monitor = train_config.monitor
     stop_reason = "all epochs done"
     epoch = first_epoch - 1
     local_batch = train_config.batch_size // world.size
@@ -562,6 +618,11 @@ def train(
             late = torch.tensor(float(time.perf_counter() - started > budget_seconds), device=device)
             out_of_time = world.sum(late).item() > 0
         loss_sum, seen = world.sum(loss_sum), int(world.sum(torch.tensor(float(seen), device=device)).item())
+        if seen == 0:  # streaming met only unreadable files: nothing was learned
+            raise DataError(
+                f"epoch {epoch} found no readable training patch in split {train_reader.split!r} of "
+                f"{str(train_reader.root)!r} ({train_source.skipped} unreadable files skipped); fix or replace the files"
+            )
         train_loss = (loss_sum / max(seen, 1)).item()
         if not math.isfinite(train_loss):
             raise RunError(
@@ -589,7 +650,7 @@ def train(
         improved = _is_better(value, best_value, monitor, train_config.min_delta) or valid_source is None
         if improved:
             best_value, best_epoch, stale_epochs, plateau_stale = value, epoch, 0, 0
-            if valid_source is not None and config.evaluate.threshold_method != "fixed":
+            if valid_source is not None and config.evaluate.threshold_method != "fixed" and not one_class_valid:
                 from pcamlab.evaluate.thresholds import ThresholdSelector
 
                 selector = ThresholdSelector(config.evaluate.threshold_method, config.evaluate.target_sensitivity)
@@ -669,10 +730,14 @@ def train(
             "skipped_files": train_source.skipped + (valid_source.skipped if valid_source else 0),
         },
         "contract": contract.to_dict(),
-        "checkpoints": {"best": str(out_dir / "best.safetensors"), "last": str(out_dir / "last.safetensors")},
+        "checkpoints": {
+            name: str(out_dir / f"{name}.safetensors") if (out_dir / f"{name}.safetensors").is_file() else None
+            for name in ("best", "last")
+        },
+        "warnings": warnings,
     }
     if main_process:
-        write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
+        write_json_atomic(out_dir / "summary.json", summary)
     world.close()
     best_text = "n/a" if best_value is None or (isinstance(best_value, float) and math.isnan(best_value)) else f"{best_value:.4f}"
     say(f"done: {stop_reason}; best {monitor} {best_text} at epoch {best_epoch}")

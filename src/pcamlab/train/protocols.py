@@ -48,7 +48,7 @@ import yaml
 from pcamlab.config import RunConfig, config_to_dict
 from pcamlab.data.readers import H5_PATTERN, PatchReader
 from pcamlab.errors import ConfigError, DataError, RunError
-from pcamlab.fileio import write_text_atomic
+from pcamlab.fileio import json_safe, write_text_atomic
 
 __all__ = [
     "CV_COLUMNS",
@@ -366,14 +366,8 @@ def slide_groups(reader: PatchReader, groups: str | os.PathLike | None = "auto")
 
 
 def _json_safe(value: Any) -> Any:
-    """NaN/inf become None so the JSON stays standard."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
-    return value
+    """NaN/inf become None so the JSON stays standard (see :func:`pcamlab.fileio.json_safe`)."""
+    return json_safe(value)
 
 
 def _spread(values: list[float]) -> dict[str, Any]:

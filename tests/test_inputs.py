@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_data import kaggle_id, sample_files, sample_patches, tiny_splits, write_bad_image, write_folders, write_h5, write_kaggle
+from fixtures_data import kaggle_id, sample_files, tiny_splits, write_bad_image, write_folders, write_h5, write_kaggle
 
 from pcamlab.cli.main import main
 from pcamlab.config import ModelConfig, RunConfig, config_from_dict, config_to_dict, load_config
 from pcamlab.config_ranges import RANGES, check_field
 from pcamlab.data import open_split
-from pcamlab.errors import ConfigError, DataError
+from pcamlab.errors import ConfigError
 
 H5_NAME = "camelyonpatch_level_2_split_{split}_{kind}.h5"
 MEAN, STD = [0.70, 0.54, 0.69], [0.24, 0.28, 0.22]
@@ -465,7 +465,7 @@ def test_a_checkpoint_storing_a_percentage_threshold_is_named(capsys, tmp_path, 
     save_file(load_file(str(checkpoint_path)), str(old),
               metadata={**header, "config": json.dumps(config), "contract": json.dumps(contract)})
     line = one_line_error(capsys, "evaluate", old, "--data", "sample", "--out", tmp_path / "e")
-    assert "old.safetensors" in line and "evaluate.threshold must be in [0, 1]" in line and "use 0.5" in line
+    assert "old.safetensors" in line and "threshold must be" in line and "[0, 1]" in line and "got 50" in line
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from pcamlab.config_ranges import RANGES, check_field
-from pcamlab.errors import CheckpointError, DataError, RunError
+from pcamlab.config_ranges import check_field
+from pcamlab.errors import DataError, RunError
 from pcamlab.fileio import publish
 from pcamlab.runtime.predictor import load_predictor
 
@@ -118,13 +118,7 @@ def predict_files(
         raise RunError(f"{str(out_path)!r} already exists; choose another --out or pass --force to replace it")
     predictor = load_predictor(checkpoint, device=device)
     contract = predictor.contract
-    if threshold is None:
-        threshold = float(contract.threshold)
-        if not RANGES["evaluate.threshold"].contains(threshold):
-            raise CheckpointError(
-                f"model {str(checkpoint)!r} stores the decision threshold {threshold!r}, which is not a probability "
-                "in [0, 1]; pass threshold explicitly (e.g. 0.5)"
-            )
+    threshold = float(contract.threshold if threshold is None else threshold)  # the contract checks its own
     class_names = list(contract.class_names)
     names: list[str] = []
     probabilities: list[np.ndarray] = []

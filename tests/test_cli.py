@@ -22,13 +22,44 @@ def tiny_folders(tmp_path_factory):
 
 
 def test_help_lists_every_command_fast():
+    from pcamlab.cli.main import COMMAND_MODULES
+
     result = subprocess.run([sys.executable, "-m", "pcamlab", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    for command in ("demo", "train", "evaluate"):
-        assert f"    {command} " in result.stdout
+    commands = [name.rsplit(".", 1)[1] for name in COMMAND_MODULES]
+    assert {"demo", "train", "evaluate", "predict", "export", "data", "explain", "bench"} <= set(commands)
+    for command in commands:
+        assert f"    {command} " in result.stdout, command
     # --help must not import torch (it stays fast)
     probe = "import sys, pcamlab.cli.main as m; m.build_parser(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_every_command_and_subcommand_has_working_help(capsys):
+    import argparse
+
+    from pcamlab.cli.main import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, command in commands.items():
+        paths = [[name]]
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                paths += [[name, sub] for sub in action.choices]
+        for path in paths:
+            with pytest.raises(SystemExit) as exit_info:
+                parser.parse_args([*path, "--help"])
+            assert exit_info.value.code == 0, path
+            assert "usage: pcamlab " + " ".join(path) in capsys.readouterr().out
+
+
+def test_a_command_module_that_fails_to_import_is_an_error(monkeypatch):
+    import pcamlab.cli.main as cli_main
+
+    monkeypatch.setattr(cli_main, "COMMAND_MODULES", [*cli_main.COMMAND_MODULES, "pcamlab.cli.no_such_command"])
+    with pytest.raises(ImportError, match="command module 'pcamlab.cli.no_such_command' cannot be imported"):
+        cli_main.build_parser()
 
 
 def test_train_then_evaluate_reproduces_the_validation_auc(tiny_folders, tmp_path, capsys):

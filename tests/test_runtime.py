@@ -169,3 +169,52 @@ def test_the_runtime_imports_without_the_training_package():
             "print(sorted(m for m in sys.modules if m.startswith(('pcamlab.train', 'pcamlab.cli'))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# -- every command that scores patches goes through the Predictor -----------------------------------
+
+needs_onnx = pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("onnxruntime") is None, reason="onnxruntime is not installed"
+)
+
+
+@needs_onnx
+def test_evaluate_scores_an_onnx_file_like_the_checkpoint_it_was_exported_from(tmp_path, capsys):
+    from pcamlab.cli.main import main
+    from pcamlab.deploy import export_checkpoint
+    from pcamlab.evaluate.run import evaluate_checkpoint
+
+    checkpoint = ASSETS / "checkpoint-v1-reinhard-w4.safetensors"  # with a stain normaliser, outside the graph
+    onnx_path = export_checkpoint(checkpoint, tmp_path / "model.onnx", exporter="legacy")["path"]
+    torch_metrics = evaluate_checkpoint(checkpoint, "sample", "valid", tmp_path / "eval-torch")
+    assert main(["evaluate", str(onnx_path), "--out", str(tmp_path / "eval-onnx")]) == 0  # data: the model's own
+    onnx_metrics = json.loads((tmp_path / "eval-onnx" / "metrics.json").read_text())
+    assert onnx_metrics["n"] == torch_metrics["n"] == 200
+    assert abs(onnx_metrics["roc_auc"] - torch_metrics["roc_auc"]) < 1e-5
+    assert onnx_metrics["threshold"] == torch_metrics["threshold"] == pytest.approx(0.37)
+    assert onnx_metrics["model"] == "simple-cnn" and onnx_metrics["epoch"] == 3
+    assert "ROC AUC" in capsys.readouterr().out
+
+
+def test_evaluate_and_explain_of_one_checkpoint_see_the_same_kaggle_split(tmp_path):
+    from fixtures_data import sample_patches, write_kaggle
+
+    from pcamlab.config import load_config
+    from pcamlab.evaluate.run import evaluate_checkpoint
+    from pcamlab.explain import run_explain
+
+    images, labels = sample_patches(40, "valid", seed=2)
+    root = write_kaggle(tmp_path / "kaggle", images, labels)
+    fixture = load_checkpoint(ASSETS / "checkpoint-v1-simple-cnn-w4.safetensors")
+    config = load_config(overrides=["model.name=simple-cnn", "model.options={width: 4}", f"data.path={root}",
+                                    "data.format=kaggle", "data.valid_fraction=0.3", "data.seed=7"])
+    path = save_checkpoint(tmp_path / "run" / "best.safetensors", fixture.model, config, fixture.contract)
+
+    metrics = evaluate_checkpoint(path, None, "valid", tmp_path / "run" / "eval-valid")
+    assert metrics["n"] == 12  # 30% of 40, the checkpoint's fraction (the default 0.1 would give 4)
+    evaluated = (tmp_path / "run" / "eval-valid" / "predictions.csv").read_text().splitlines()[1:]
+    names = [line.split(",")[0] for line in evaluated]
+    summary = run_explain(path, None, "valid", tmp_path / "run" / "explain-valid", n=5, per_group=1)
+    reader = open_split(root, "valid", "kaggle", valid_fraction=0.3, seed=7)
+    assert [reader.name(i) for i in range(len(reader))] == names
+    assert summary["feature_map_patch"] in names and max(summary["indices"]) < len(names)

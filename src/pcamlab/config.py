@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ __all__ = [
 @dataclass
 class DataConfig:
     path: str = "sample"  # dataset root; "sample" is the real PCam sample shipped inside the package
-    format: str = "auto"  # h5 | folders | kaggle | auto (detected from the files present)
+    format: str = "auto"  # auto (detected from the files) | a registered reader: h5, folders, kaggle (`pcamlab data info`)
     train_split: str = "train"  # split the model learns from
     valid_split: str = "valid"  # split used for early stopping and threshold choice
     test_split: str = "test"  # split held out for the final evaluation
@@ -131,7 +132,6 @@ class RunConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.format": ("auto", "h5", "folders", "kaggle"),
     "data.cache": ("auto", "ram", "stream"),
     "data.stain_normalization": ("none", "macenko", "reinhard"),
     "model.pretrained_format": ("auto", "pcamlab", "torchvision", "timm", "keras"),
@@ -145,8 +145,20 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Fields whose allowed values come from a registry of a higher layer, which declares them when imported
+# (``pcamlab.data.readers`` declares data.format = auto + its registered readers); config imports no layer.
+DECLARED_CHOICES: dict[str, Callable[[], Sequence[str]]] = {}
+
+
+def declare_choices(path: str, allowed: Callable[[], Sequence[str]]) -> None:
+    """Let a registry state the allowed values of the config field ``path`` (read at each check)."""
+    DECLARED_CHOICES[path] = allowed
+
+
 def _check_choice(path: str, value: Any) -> None:
     allowed = CHOICES.get(path)
+    if allowed is None and path in DECLARED_CHOICES:
+        allowed = tuple(DECLARED_CHOICES[path]())
     if allowed is not None and value not in allowed:
         raise ConfigError(
             f"{path} must be one of {list(allowed)}; got {value!r}{did_you_mean(value, allowed)}"

@@ -15,6 +15,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_format_argument(parser: argparse.ArgumentParser, help: str, default: str | None = None) -> None:
+    """``--format`` with the registered data readers (and ``auto``) as its choices."""
+    from pcamlab.data.readers import format_choices  # the reader registry only: no torch
+
+    parser.add_argument("--format", default=default, choices=format_choices(), help=help)
+
+
 def progress_bar(description: str, enabled: bool = True):
     """A ``progress(done, total)`` callable drawing a tqdm bar on stderr, and the bar to close."""
     from tqdm.auto import tqdm

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["register"]
+from pcamlab.cli._common import add_format_argument
 
-FORMATS = ["auto", "h5", "folders", "kaggle"]
+__all__ = ["register"]
 
 
 def register(subparsers) -> None:
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
         description="Describe every split of a dataset; with --out also write info.json and pictures.",
     )
     info.add_argument("path", help="dataset folder, or 'sample' for the real sample shipped in pcamlab")
-    info.add_argument("--format", default="auto", choices=FORMATS, help="layout (default: detected)")
+    add_format_argument(info, "layout (default: detected)", default="auto")
     info.add_argument("--out", help="folder for info.json, contact_<split>.png (and augment.png)")
     info.add_argument("--augment", action="store_true", help="also draw augmented patches (needs --out)")
     info.add_argument("--config", help="run config YAML whose augment section --augment uses")
@@ -48,8 +48,10 @@ def register(subparsers) -> None:
     )
     convert.add_argument("src", help="source dataset folder, or 'sample'")
     convert.add_argument("dst", help="new folder to create")
-    convert.add_argument("--to", required=True, choices=["h5", "folders", "kaggle"], help="target layout")
-    convert.add_argument("--format", default="auto", choices=FORMATS, help="source layout (default: detected)")
+    from pcamlab.data.convert import convert_targets
+
+    convert.add_argument("--to", required=True, choices=convert_targets(), help="target layout")
+    add_format_argument(convert, "source layout (default: detected)", default="auto")
     convert.add_argument(
         "--image-format", default="png", choices=["png", "jpg"],
         help="image files for --to folders: png (lossless, default) or jpg (JPEG sources copied as they are)",

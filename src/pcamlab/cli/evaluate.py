@@ -1,8 +1,10 @@
-"""``pcamlab evaluate``: score a checkpoint on a labelled split."""
+"""``pcamlab evaluate``: score a trained model (checkpoint, ONNX or TorchScript) on a labelled split."""
 
 from __future__ import annotations
 
 import argparse
+
+from pcamlab.cli._common import add_format_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -11,10 +13,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a checkpoint: writes metrics.json, predictions.csv, roc.png, pr.png, "
         "confusion_matrix.png, reliability.png and score_histogram.png.",
     )
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a .safetensors file from a run folder")
-    parser.add_argument("--data", required=True, metavar="PATH", help="dataset root, or 'sample'")
+    parser.add_argument("checkpoint", metavar="MODEL",
+                        help="a .safetensors checkpoint from a run folder, or an .onnx / .pt file from pcamlab export")
+    parser.add_argument("--data", default=None, metavar="PATH",
+                        help="dataset root, or 'sample' (default: the data the model was trained on)")
     parser.add_argument("--split", default="valid", help="split to score: valid or test (default valid)")
-    parser.add_argument("--format", default="auto", choices=["auto", "h5", "folders", "kaggle"])
+    add_format_argument(parser, "data layout (default: the model's own at its own data, else auto)")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: <run>/eval-<split>)")
     parser.add_argument("--tta", action="store_true", help="average over the 8 dihedral transforms")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the checkpoint's)")

@@ -2,7 +2,8 @@
 
 Each command lives in a module of this package that exposes ``register(subparsers)``; the module adds
 its parser and sets ``func`` to a function taking the parsed ``argparse.Namespace``. Heavy imports
-(torch, matplotlib) happen inside those functions so ``pcamlab --help`` stays fast.
+(torch, matplotlib) happen inside those functions so ``pcamlab --help`` stays fast. A listed module
+that fails to import is an error (never a silently missing command).
 
 Errors: a :class:`pcamlab.errors.PcamlabError` prints one line and exits with its ``exit_code``
 (2 for usage/config/data problems, 1 for run-time failures); ``--debug`` shows the traceback.
@@ -41,10 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name == name:  # command not written yet
-                continue
-            raise
+        except ImportError as error:
+            raise ImportError(
+                f"pcamlab command module {name!r} cannot be imported ({error}); reinstall pcamlab "
+                "(pip install -e .) or, if the command was removed, take it out of COMMAND_MODULES"
+            ) from error
         module.register(subparsers)
     return parser
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from pcamlab.cli._common import add_config_arguments
+from pcamlab.cli._common import add_config_arguments, add_format_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "pcamlab train --final --epochs-from runs/cv --out runs/final",
     )
     parser.add_argument("--data", metavar="PATH", help="dataset root (h5, class folders or Kaggle layout), or 'sample'")
-    parser.add_argument("--format", choices=["auto", "h5", "folders", "kaggle"], help="data layout (default: detect)")
+    add_format_argument(parser, "data layout (default: the config's data.format, auto = detect)")
     add_config_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="run folder to create, e.g. runs/first")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run (or cross-validation) in --out")

@@ -46,12 +46,22 @@ from pcamlab.data.readers import (
     open_split,
 )
 from pcamlab.errors import ConfigError, DataError, RunError, did_you_mean
+from pcamlab.registry import Registry
 
-__all__ = ["TARGETS", "IMAGE_FORMATS", "convert"]
+__all__ = ["WRITERS", "IMAGE_FORMATS", "convert", "convert_targets"]
 
-TARGETS = ("h5", "folders", "kaggle")
+# One writer per target layout, registered by the layout's reader name. A new format's reader file may
+# register one too: ``@WRITERS.register("myformat") def write(reader, folder, counter, image_format)``.
+WRITERS: Registry[Callable[..., int]] = Registry("convert target")
 IMAGE_FORMATS = ("png", "jpg")
 JPEG_QUALITY = 95  # when re-encoding is unavoidable; PCam's own JPEG copies use 75
+
+
+def convert_targets() -> tuple[str, ...]:
+    """Layouts ``convert`` can write: the registered readers that have a writer, in detection order."""
+    from pcamlab.data.readers import detection_order
+
+    return tuple(name for name in detection_order() if name in WRITERS)
 
 
 def convert(
@@ -91,8 +101,9 @@ def convert(
         DataError: the source cannot be read (its one-line message names the file), or a split would be
             written with no image (all skipped, or only unlabeled splits for h5/folders): nothing is written.
     """
-    if to not in TARGETS:
-        raise ConfigError(f"convert target must be one of {list(TARGETS)}; got {to!r}{did_you_mean(to, TARGETS)}")
+    targets = convert_targets()
+    if to not in targets:
+        raise ConfigError(f"convert target must be one of {list(targets)}; got {to!r}{did_you_mean(to, targets)}")
     if image_format not in IMAGE_FORMATS:
         raise ConfigError(
             f"image format must be one of {list(IMAGE_FORMATS)}; got {image_format!r}"
@@ -129,7 +140,7 @@ def convert(
     destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = destination.parent / f"{destination.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
     temporary.mkdir()
-    writer = _WRITERS[to]
+    writer = WRITERS.get(to)
     counter = _Counter(sum(len(reader) for reader in readers), progress, skip_bad)
     counts = {}
     try:
@@ -201,6 +212,7 @@ def _unique(stem: str, used: set[str]) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+@WRITERS.register("h5")
 def _write_h5(reader: PatchReader, folder: Path, counter: _Counter, image_format: str) -> int:
     import h5py
 
@@ -221,6 +233,7 @@ def _write_h5(reader: PatchReader, folder: Path, counter: _Counter, image_format
     return len(labels)
 
 
+@WRITERS.register("folders")
 def _write_folders(reader: PatchReader, folder: Path, counter: _Counter, image_format: str) -> int:
     from PIL import Image
 
@@ -247,6 +260,7 @@ def _write_folders(reader: PatchReader, folder: Path, counter: _Counter, image_f
     return count
 
 
+@WRITERS.register("kaggle")
 def _write_kaggle(reader: PatchReader, folder: Path, counter: _Counter, image_format: str) -> int:
     from PIL import Image
 
@@ -285,5 +299,3 @@ def _finish_kaggle(folder: Path) -> None:
     if not (folder / "train_labels.csv").exists():
         (folder / "train_labels.csv").write_text("id,label\n")
 
-
-_WRITERS = {"h5": _write_h5, "folders": _write_folders, "kaggle": _write_kaggle}

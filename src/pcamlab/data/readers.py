@@ -12,7 +12,9 @@ split). Layouts:
   gives the unlabeled ``test`` split.
 
 A new layout is one class registered in :data:`READERS` with ``detect``, ``splits``, ``__len__``,
-``__getitem__``, ``name`` and ``validate``.
+``__getitem__``, ``name`` and ``validate``; its ``detect_order`` places it in auto-detection. The
+config's ``data.format`` values, the CLI ``--format`` choices and auto-detection all read the registry
+(:func:`format_choices`, :func:`detection_order`).
 
 Example:
     >>> from pcamlab.data import open_split, load_split_arrays
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pcamlab.config import declare_choices
 from pcamlab.config_ranges import check_field
 from pcamlab.errors import ConfigError, DataError, did_you_mean
 from pcamlab.fileio import printable
@@ -49,6 +52,8 @@ __all__ = [
     "KaggleReader",
     "sample_root",
     "detect_format",
+    "detection_order",
+    "format_choices",
     "available_splits",
     "open_split",
     "load_split_arrays",
@@ -262,6 +267,8 @@ class PatchReader:
     notes: list[str] = []  # read-only default; readers assign their own list
     #: what detection looks for, listed in "no recognisable layout" errors.
     looks_for = ""
+    #: place in auto-detection, lowest first: layouts recognised by specific file names before generic ones.
+    detect_order = 50
 
     root: Path
     split: str
@@ -374,6 +381,7 @@ class H5Reader(PatchReader):
 
     format = "h5"
     looks_for = "h5: camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5"
+    detect_order = 10  # exact file names
 
     def __init__(self, root: Path, split: str, *, skip_bad: bool = False, **options):
         self.root, self.split, self.skip_bad = root, split, skip_bad
@@ -554,6 +562,7 @@ class FoldersReader(PatchReader):
     """
 
     format = "folders"
+    detect_order = 90  # any class folders: the most generic, tried last
     looks_for = (
         "folders: <root>/<split>/{0,1}/*.{jpg,jpeg,png,tif,tiff}, or <root>/train+val/{train,valid}/{0,1}/"
     )
@@ -662,6 +671,7 @@ class KaggleReader(PatchReader):
 
     format = "kaggle"
     looks_for = "kaggle: <root>/train/*.tif with <root>/train_labels.csv (id,label), optional <root>/test/*.tif"
+    detect_order = 20  # a named label file
 
     def __init__(
         self,
@@ -881,6 +891,19 @@ class KaggleReader(PatchReader):
 # Public functions.
 
 
+def detection_order() -> list[str]:
+    """Registered reader names in the order ``auto`` tries them (``detect_order``, then name)."""
+    return sorted(READERS.names(), key=lambda name: (READERS.get(name).detect_order, name))
+
+
+def format_choices() -> tuple[str, ...]:
+    """Allowed values of ``data.format``: ``auto`` and every registered reader, in detection order."""
+    return ("auto", *detection_order())
+
+
+declare_choices("data.format", format_choices)  # the config's allowed values are the registry's
+
+
 def detect_format(root: str | os.PathLike) -> str:
     """Name of the layout found in ``root``: ``"h5"``, ``"folders"`` or ``"kaggle"``.
 
@@ -895,7 +918,7 @@ def detect_format(root: str | os.PathLike) -> str:
         'folders'
     """
     path = _resolve_root(root)
-    for name in ("h5", "kaggle", "folders"):  # most specific file names first
+    for name in detection_order():
         if READERS.get(name).detect(path):
             return name
     entries = sorted(child.name for child in path.iterdir())

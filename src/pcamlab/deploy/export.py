@@ -15,7 +15,7 @@ report's ``stain_normalization`` names the method, None when the checkpoint has 
 The batch axis is dynamic; H and W are fixed at the contract's patch size. The ONNX file carries the
 input contract, the run config and the checkpoint metadata as JSON in ``metadata_props`` (keys in
 :data:`pcamlab.runtime.predictor.ONNX_METADATA_KEYS`); the TorchScript file carries the contract as
-the extra file ``pcamlab_contract.json``.
+the extra files ``pcamlab_contract.json``, ``pcamlab_config.json`` and ``pcamlab_metadata.json``.
 
 Verification: a few REAL patches of the shipped sample (``open_split("sample", "valid")``) are run
 through the exported file (onnxruntime, or ``torch.jit.load``) at two batch sizes and compared with
@@ -54,8 +54,10 @@ from pcamlab.runtime.checkpoint import Checkpoint, load_checkpoint
 from pcamlab.runtime.contract import InputContract
 from pcamlab.runtime.predictor import (
     ONNX_METADATA_KEYS,
+    TORCHSCRIPT_CONFIG_FILE,
     TORCHSCRIPT_CONTRACT_FILE,
     TORCHSCRIPT_INPUT_FILE,
+    TORCHSCRIPT_METADATA_FILE,
     OnnxPredictor,
     TorchPredictor,
     TorchScriptPredictor,
@@ -306,6 +308,8 @@ def export_checkpoint(
                 traced = torch.jit.trace(wrapped, example)
                 torch.jit.save(traced, temporary, _extra_files={
                     TORCHSCRIPT_CONTRACT_FILE: json.dumps(contract.to_dict()), TORCHSCRIPT_INPUT_FILE: input_kind,
+                    TORCHSCRIPT_CONFIG_FILE: json.dumps(config_to_dict(checkpoint.config)),
+                    TORCHSCRIPT_METADATA_FILE: json.dumps(checkpoint.metadata),
                 })
             with _quiet_exporter():
                 predictor = TorchScriptPredictor(temporary)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pcamlab.config_ranges import check_field
-from pcamlab.errors import RunError
+from pcamlab.errors import CheckpointError, RunError
 from pcamlab.fileio import atomic_path, printable, write_json_atomic
 
 __all__ = ["evaluate_checkpoint", "evaluate_predictions", "write_json"]
@@ -68,11 +68,11 @@ def evaluate_predictions(
 
 def evaluate_checkpoint(
     checkpoint_path: str | Path,
-    data: str | Path,
+    data: str | Path | None,
     split: str,
     out_dir: str | Path,
     *,
-    format: str = "auto",
+    format: str | None = None,
     tta: bool = False,
     threshold: float | None = None,
     batch_size: int = 256,
@@ -80,39 +80,53 @@ def evaluate_checkpoint(
     force: bool = False,
     progress: Callable[[int, int], object] | None = None,
 ) -> dict[str, Any]:
-    """Predict a labelled split with a checkpoint and write the evaluation into ``out_dir``.
+    """Predict a labelled split with a trained model and write the evaluation into ``out_dir``.
 
     Args:
-        checkpoint_path: a ``.safetensors`` checkpoint written by ``pcamlab train``.
-        data: dataset root (or ``"sample"``).
+        checkpoint_path: a ``.safetensors`` checkpoint written by ``pcamlab train``, or an ``.onnx`` /
+            TorchScript ``.pt`` file written by ``pcamlab export`` (any :func:`pcamlab.runtime.load_predictor`
+            input); all give the same metrics (the exported file to ~1e-6 in probability).
+        data: dataset root (or ``"sample"``); None = the data the model was trained on.
         split: the split to score (``valid`` or ``test``).
         out_dir: folder for metrics.json, predictions.csv and the plots.
-        format: data layout, ``auto`` to detect.
+        format: data layout (a reader name or ``auto``); None = the model's own at its own data, else ``auto``.
         tta: average over the 8 dihedral transforms; the metrics then also report the AUC without TTA.
-        threshold: decision threshold; default the one stored in the checkpoint.
+        threshold: decision threshold; default the one stored with the model.
         batch_size: patches per inference batch.
-        device: ``cpu`` or ``cuda[:N]``.
+        device: ``cpu`` or ``cuda[:N]`` (torch runtimes).
         force: replace an earlier evaluation in ``out_dir``.
         progress: optional ``progress(done, total)`` callable.
 
     Returns:
         The metrics (also in ``out_dir/metrics.json``).
+
+    Raises:
+        RunError: ``out_dir`` holds an evaluation and ``force`` is off.
+        CheckpointError: the model file cannot be loaded, or it carries no run config and ``data`` is None.
+        DataError: the split cannot be read or has no labels.
     """
-    from pcamlab.data import load_split_arrays, open_split
+    from pcamlab.config import DataConfig
+    from pcamlab.data import load_split_arrays
+    from pcamlab.data.source import open_run_split
     from pcamlab.evaluate.metrics import roc_auc, validate_inputs
-    from pcamlab.runtime.predictor import TorchPredictor
+    from pcamlab.runtime.predictor import load_predictor
 
     check_field("evaluate.threshold", threshold, name="threshold")
     check_field("evaluate.batch_size", batch_size, name="batch_size")
     out_dir = Path(out_dir)
     if (out_dir / "metrics.json").exists() and not force:
         raise RunError(
-            f"{str(out_dir / 'metrics.json')!r} already exists; choose another --out or pass --force to replace it"
+            f"{str(out_dir / 'metrics.json')!r} already exists; choose another output folder or pass force=True "
+            "to replace it"
         )
-    predictor = TorchPredictor.from_checkpoint(checkpoint_path, device=device)
-    checkpoint = predictor.checkpoint
-    config = checkpoint.config
-    reader = open_split(data, split, format, valid_fraction=config.data.valid_fraction, seed=config.data.seed)
+    predictor = load_predictor(checkpoint_path, device=device)
+    config = predictor.config
+    if config is None and data is None:
+        raise CheckpointError(
+            f"{str(checkpoint_path)!r} does not say which data it was trained on (exported before pcamlab "
+            "stored it); pass the data folder to evaluate it on"
+        )
+    reader = open_run_split(config.data if config is not None else DataConfig(), split, path=data, format=format)
     images, labels, skipped = load_split_arrays(reader, progress=progress)
     validate_inputs(labels, np.full(len(labels), 0.5), where=f"split {split!r} of {reader.root}")
     threshold = float(predictor.contract.threshold if threshold is None else threshold)
@@ -124,8 +138,8 @@ def evaluate_checkpoint(
         "skipped_files": skipped,
         "data_notes": list(reader.notes),
         "tta": tta,
-        "model": config.model.name,
-        "epoch": checkpoint.metadata.get("epoch"),
+        "model": config.model.name if config is not None else None,
+        "epoch": predictor.metadata.get("epoch"),
     }
     if tta:
         plain = predictor.predict_proba(images, batch_size=batch_size)

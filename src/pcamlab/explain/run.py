@@ -72,7 +72,8 @@ def run_explain(
 
     Args:
         checkpoint_path: a ``.safetensors`` checkpoint written by ``pcamlab train``.
-        data_root: dataset folder or ``"sample"``; None = the ``data.path`` stored in the checkpoint.
+        data_root: dataset folder or ``"sample"``; None = the checkpoint's data (its path and format;
+            a Kaggle layout's valid split is made with its ``valid_fraction`` and ``seed``, as evaluate does).
         split: split to explain, e.g. ``"valid"``.
         out_dir: folder for the PNGs and ``explain.json`` (created; files in it are replaced).
         n: patches drawn from the split (all of them when the split is smaller).
@@ -92,8 +93,9 @@ def run_explain(
         CheckpointError: the checkpoint cannot be loaded.
         DataError: the data cannot be opened or read.
     """
-    from pcamlab.data import open_split
+    from pcamlab.data.source import open_run_split
     from pcamlab.runtime import checkpoint as checkpoint_module
+    from pcamlab.runtime.predictor import TorchPredictor
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"n must be a positive number of patches to explain; got {n!r}")
@@ -101,10 +103,9 @@ def run_explain(
         raise ConfigError(f"per_group must be a positive integer; got {per_group!r}")
     checkpoint = checkpoint_module.load_checkpoint(checkpoint_path, device=device)
     model, contract = checkpoint.model, check_contract(checkpoint.contract, f"contract of {str(checkpoint_path)!r}")
-    if data_root is None:
-        data_root = checkpoint.config.data.path
-    data = checkpoint.config.data  # the Kaggle layout's valid split is the one the model was validated on
-    reader = open_split(data_root, split, data.format, valid_fraction=data.valid_fraction, seed=data.seed)
+    predictor = TorchPredictor(model, contract, device=device)  # Grad-CAM needs the torch model itself
+    reader = open_run_split(checkpoint.config.data, split, path=data_root)  # the split evaluate sees
+    data_root = checkpoint.config.data.path if data_root is None else data_root
     generator = np.random.default_rng(seed)
     count = min(n, len(reader))
     indices = np.sort(generator.choice(len(reader), size=count, replace=False))
@@ -117,7 +118,7 @@ def run_explain(
             progress(done, count)
     images_array = np.stack(images)  # (N, H, W, 3) uint8
     labels_array = np.asarray(labels, dtype=np.int64)  # (N,)
-    probabilities = predict_probabilities(model, images_array, contract)  # (N,)
+    probabilities = predictor.predict_proba(images_array)  # (N,) float32
     threshold = contract.threshold
 
     out_dir = Path(out_dir)

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pcamlab.errors import CheckpointError, ConfigError, RunError
+from pcamlab.config import RunConfig, config_from_dict
+from pcamlab.errors import CheckpointError, ConfigError, PcamlabError, RunError
 from pcamlab.registry import Registry
 from pcamlab.runtime.checkpoint import Checkpoint, contract_from_stored, load_checkpoint
 from pcamlab.runtime.contract import INFERENCE_PRECISIONS, InputContract
@@ -45,8 +46,10 @@ __all__ = [
     "MODEL_SUFFIXES",
     "ONNX_METADATA_KEYS",
     "RUNTIMES",
+    "TORCHSCRIPT_CONFIG_FILE",
     "TORCHSCRIPT_CONTRACT_FILE",
     "TORCHSCRIPT_INPUT_FILE",
+    "TORCHSCRIPT_METADATA_FILE",
     "OnnxPredictor",
     "PatchPredictor",
     "Predictor",
@@ -67,6 +70,8 @@ ONNX_METADATA_KEYS = {
 }
 TORCHSCRIPT_CONTRACT_FILE = "pcamlab_contract.json"
 TORCHSCRIPT_INPUT_FILE = "pcamlab_input.txt"
+TORCHSCRIPT_CONFIG_FILE = "pcamlab_config.json"  # written since pcamlab.runtime; older files lack it
+TORCHSCRIPT_METADATA_FILE = "pcamlab_metadata.json"
 
 RUNTIMES: Registry[type[PatchPredictor]] = Registry("runtime")
 
@@ -84,6 +89,16 @@ class Predictor(Protocol):
     def predict_proba(self, images: np.ndarray, *, batch_size: int = 256, tta: bool = False) -> np.ndarray:
         """float32 (N,) probabilities of class 1 for uint8 RGB patches (N, H, W, 3)."""
         ...
+
+
+def _read_config(values: dict[str, Any] | None, where: str) -> RunConfig | None:
+    """The RunConfig an exported file stores (None when it stores none)."""
+    if values is None:
+        return None
+    try:
+        return config_from_dict(values)
+    except PcamlabError as error:
+        raise CheckpointError(f"{where} holds a config this pcamlab cannot read: {error}") from None
 
 
 def require_onnx() -> None:
@@ -109,11 +124,18 @@ class PatchPredictor:
 
     Attributes:
         contract: the input contract.
+        config: the run config the model was trained with (a ``RunConfig``), or None when the file
+            does not carry one (a model in memory, a TorchScript file exported before pcamlab.runtime).
+        metadata: run facts of the checkpoint (``epoch``, ``val_auc``...); empty when unknown.
+        path: the file it was loaded from, or None.
         suffixes: file suffixes this runtime opens (class attribute, for :func:`load_predictor`).
     """
 
     suffixes: tuple[str, ...] = ()
     contract: InputContract
+    config: RunConfig | None = None
+    metadata: dict[str, Any] = {}
+    path: Path | None = None
 
     @classmethod
     def open(cls, path: Path, device: str = "cpu") -> PatchPredictor:
@@ -199,6 +221,8 @@ class TorchPredictor(PatchPredictor):
         self.model = model.to(self.device).eval()
         self.checkpoint = checkpoint
         self.path = checkpoint.path if checkpoint is not None else None
+        self.config = checkpoint.config if checkpoint is not None else None
+        self.metadata = checkpoint.metadata if checkpoint is not None else {}
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint | str | os.PathLike, device: str = "cpu",
@@ -214,16 +238,6 @@ class TorchPredictor(PatchPredictor):
     def open(cls, path: Path, device: str = "cpu") -> TorchPredictor:
         return cls.from_checkpoint(path, device=device)
 
-    @property
-    def config(self):
-        """The run config of the checkpoint (None for a model in memory)."""
-        return self.checkpoint.config if self.checkpoint is not None else None
-
-    @property
-    def metadata(self) -> dict[str, Any]:
-        """The checkpoint's run facts (empty for a model in memory)."""
-        return self.checkpoint.metadata if self.checkpoint is not None else {}
-
     @torch.inference_mode()
     def forward(self, batch: np.ndarray) -> np.ndarray:
         x = self.contract.to_model_input(torch.from_numpy(batch).to(self.device))  # (B, 3, H, W)
@@ -238,7 +252,7 @@ class OnnxPredictor(PatchPredictor):
 
     Attributes:
         contract: the input contract stored in the file's metadata.
-        config: the run config stored with it (plain values).
+        config: the run config stored with it.
         metadata: the checkpoint's run facts stored with it.
         input_kind: ``"uint8"`` (the graph takes uint8 NHWC patches and normalises inside) or
             ``"float"`` (it takes the model input; this class builds it with the contract).
@@ -271,8 +285,9 @@ class OnnxPredictor(PatchPredictor):
                 f"ONNX file {str(self.path)!r} has no {ONNX_METADATA_KEYS['contract']!r} metadata, so its input "
                 "contract is unknown; export it with pcamlab export"
             )
-        self.config = json.loads(properties.get(ONNX_METADATA_KEYS["config"], "{}"))
-        self.contract = contract_from_stored(json.loads(properties[ONNX_METADATA_KEYS["contract"]]), self.config,
+        stored_config = json.loads(properties.get(ONNX_METADATA_KEYS["config"], "null"))
+        self.config = _read_config(stored_config, f"ONNX file {str(self.path)!r}")
+        self.contract = contract_from_stored(json.loads(properties[ONNX_METADATA_KEYS["contract"]]), stored_config,
                                              f"ONNX file {str(self.path)!r}: contract")
         self.metadata = json.loads(properties.get(ONNX_METADATA_KEYS["metadata"], "{}"))
         self.input_kind = properties.get(ONNX_METADATA_KEYS["input"], "uint8")
@@ -310,7 +325,8 @@ class TorchScriptPredictor(PatchPredictor):
                 f"TorchScript file {str(self.path)!r} does not exist; write one with: "
                 "pcamlab export CHECKPOINT --format torchscript"
             )
-        extra = {TORCHSCRIPT_CONTRACT_FILE: "", TORCHSCRIPT_INPUT_FILE: ""}
+        extra = {name: "" for name in (TORCHSCRIPT_CONTRACT_FILE, TORCHSCRIPT_INPUT_FILE, TORCHSCRIPT_CONFIG_FILE,
+                                       TORCHSCRIPT_METADATA_FILE)}
         try:
             with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; the file still loads
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -324,7 +340,10 @@ class TorchScriptPredictor(PatchPredictor):
                 f"TorchScript file {str(self.path)!r} carries no {TORCHSCRIPT_CONTRACT_FILE}; "
                 "export it with pcamlab export"
             )
-        self.contract = contract_from_stored(json.loads(extra[TORCHSCRIPT_CONTRACT_FILE]), None,
+        stored_config = json.loads(extra[TORCHSCRIPT_CONFIG_FILE] or "null")
+        self.config = _read_config(stored_config, f"TorchScript file {str(self.path)!r}")
+        self.metadata = json.loads(extra[TORCHSCRIPT_METADATA_FILE] or "{}")
+        self.contract = contract_from_stored(json.loads(extra[TORCHSCRIPT_CONTRACT_FILE]), stored_config,
                                              f"TorchScript file {str(self.path)!r}: contract")
         self.device = device
 

@@ -1,0 +1,46 @@
+"""The rules of the house, enforced: import contracts (``.importlinter``, docs/ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _lint_imports(*arguments: str) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).with_name("lint-imports")
+    command = str(script) if script.exists() else shutil.which("lint-imports")
+    if command is None:
+        pytest.skip("import-linter is not installed (pip install -e '.[test]')")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([command, "--no-cache", *arguments], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_import_contracts_are_kept():
+    result = _lint_imports()
+    report = result.stdout + result.stderr
+    assert result.returncode == 0, report[-3000:]
+    assert "0 broken" in report
+    for name in ("Layers:", "The library never imports the CLI", "Models import neither data nor train",
+                 "do not import train", "Data imports neither models nor train"):
+        assert name in report  # every contract of the issue is in the file and was checked
+
+
+def test_a_broken_contract_fails_the_check(tmp_path):
+    """The checker sees function-level imports: train imports the runtime inside train(), and is caught."""
+    config = tmp_path / "contracts.ini"
+    config.write_text(
+        "[importlinter]\nroot_package = pcamlab\n\n"
+        "[importlinter:contract:probe]\nname = probe\ntype = forbidden\n"
+        "source_modules =\n    pcamlab.train.loop\nforbidden_modules =\n    pcamlab.runtime.checkpoint\n"
+    )
+    result = _lint_imports("--config", str(config))
+    assert result.returncode == 1 and "BROKEN" in result.stdout
+    assert "pcamlab.train.loop -> pcamlab.runtime.checkpoint" in result.stdout

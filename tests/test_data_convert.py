@@ -40,12 +40,13 @@ def test_round_trip_h5_folders_kaggle_h5_is_lossless(tmp_path, splits):
     kaggle = convert(tmp_path / "folders", tmp_path / "kaggle", to="kaggle")
     assert kaggle["counts"] == {"train": 8, "valid": 6}
     assert detect_format(tmp_path / "kaggle") == "kaggle"
-    expected = _keys(*_all(source))
-    assert _keys(*_all(tmp_path / "kaggle")) == expected  # train+valid merged, re-split by the reader
+    for split, (images, labels) in splits.items():  # each patch stays in its split (splits.csv)
+        assert _keys(*load_split_arrays(open_split(tmp_path / "kaggle", split))[:2]) == _keys(images, labels)
 
     back = convert(tmp_path / "kaggle", tmp_path / "back", to="h5", valid_fraction=0.3, seed=2)
-    assert back["counts"] == {"train": 10, "valid": 4}  # round(0.3 * 7) = 2 per class
-    assert _keys(*_all(tmp_path / "back")) == expected
+    assert back["counts"] == {"train": 8, "valid": 6}  # valid_fraction/seed unused: the splits are kept
+    for split, (images, labels) in splits.items():
+        assert _keys(*load_split_arrays(open_split(tmp_path / "back", split))[:2]) == _keys(images, labels)
 
 
 def test_h5_output_has_the_official_layout(tmp_path, splits):
@@ -119,3 +120,92 @@ def test_progress_and_bad_options(tmp_path, splits):
         convert(source, tmp_path / "x", to="folders", image_format="webp")
     with pytest.raises(ConfigError, match="did you mean 'valid'"):
         convert(source, tmp_path / "x", to="folders", splits=["vaild"])
+
+
+def _membership(root, format="auto"):
+    """``{pixel hash: split}`` of every labelled patch in every split of ``root``."""
+    member = {}
+    for split in available_splits(root, format):
+        images, labels, _ = load_split_arrays(open_split(root, split, format))
+        for key, _label in _keys(images, labels):
+            member[key] = split
+    return member
+
+
+def test_sample_folders_to_kaggle_to_h5_keeps_every_patch_in_its_split(tmp_path):
+    """Issue 9 2.1: the real sample's 200 validation patches (other slides) must not end up in training."""
+    source = tmp_path / "sample"
+    import shutil
+
+    from pcamlab.data import sample_root
+
+    for split in ("train", "valid"):  # a quarter of the real sample keeps the test fast
+        for label in ("0", "1"):
+            files = sorted((sample_root() / split / label).glob("*.jpg"))[: 100 if split == "train" else 25]
+            (source / split / label).mkdir(parents=True)
+            for file in files:
+                shutil.copyfile(file, source / split / label / file.name)
+    expected = _membership(source)
+    kaggle = convert(source, tmp_path / "kaggle", to="kaggle")
+    assert kaggle["counts"] == {"train": 200, "valid": 50}
+    assert _membership(tmp_path / "kaggle") == expected
+    h5 = convert(tmp_path / "kaggle", tmp_path / "h5", to="h5", valid_fraction=0.5, seed=7)
+    assert h5["counts"] == {"train": 200, "valid": 50}
+    assert _membership(tmp_path / "h5") == expected
+    assert any("splits.csv" in note for note in h5["notes"])  # says where the split came from
+    back = convert(tmp_path / "h5", tmp_path / "kaggle2", to="kaggle")  # and once more through Kaggle
+    assert _membership(tmp_path / "kaggle2") == expected
+
+
+def test_every_target_keeps_the_splits_of_every_source(tmp_path, splits):
+    """Each source -> target pair: the same patches in the same splits (labelled test included)."""
+    three = {"train": splits["train"], "valid": splits["valid"][:3], "test": (splits["valid"][0][3:], splits["valid"][1][3:])}
+    three["valid"] = (splits["valid"][0][:3], splits["valid"][1][:3])
+    sources = {
+        "h5": write_h5(tmp_path / "src-h5", three),
+        "folders": write_folders(tmp_path / "src-folders", three),
+    }
+    sources["kaggle"] = convert(sources["h5"], tmp_path / "src-kaggle", to="kaggle")["path"]
+    expected = _membership(sources["h5"])
+    assert sorted(set(expected.values())) == ["test", "train", "valid"]
+    for source_name, source in sources.items():
+        assert _membership(source) == expected, source_name
+        for target in ("h5", "folders", "kaggle"):
+            out = tmp_path / f"{source_name}-to-{target}"
+            result = convert(source, out, to=target)
+            assert result["skipped_splits"] == [], (source_name, target)
+            assert _membership(out) == expected, (source_name, target)
+
+
+def test_h5_target_refuses_a_split_it_cannot_name_and_kaggle_keeps_it(tmp_path, splits):
+    source = write_folders(tmp_path / "src", {"train": splits["train"], "holdout": splits["valid"]})
+    with pytest.raises(ConfigError, match="'holdout'.*convert to folders or kaggle"):
+        convert(source, tmp_path / "h5", to="h5")
+    assert not (tmp_path / "h5").exists()
+    convert(source, tmp_path / "kaggle", to="kaggle")
+    assert sorted(available_splits(tmp_path / "kaggle")) == ["holdout", "train"]
+    assert len(open_split(tmp_path / "kaggle", "holdout")) == 6
+
+
+def test_slide_meta_csv_is_carried_into_h5_and_its_loss_is_noted_elsewhere(tmp_path, splits):
+    source = write_h5(tmp_path / "h5", splits)
+    meta = "coord_y,coord_x,tumor_patch,center_tumor_patch,wsi\n" + "".join(
+        f"0,{row},False,False,slide_{row % 3}\n" for row in range(8)
+    )
+    (source / "camelyonpatch_level_2_split_train_meta.csv").write_text(meta)
+    copied = convert(source, tmp_path / "h5-again", to="h5")
+    assert (tmp_path / "h5-again" / "camelyonpatch_level_2_split_train_meta.csv").read_text() == meta
+    assert copied["notes"] == []
+    folders = convert(source, tmp_path / "folders", to="folders")
+    assert any("slide meta CSVs of ['train'] are not carried" in note for note in folders["notes"])
+
+
+def test_bad_splits_csv_says_how_to_fix_it(tmp_path, splits):
+    from pcamlab.errors import DataError
+
+    convert(write_h5(tmp_path / "h5", splits), tmp_path / "kaggle", to="kaggle")
+    path = tmp_path / "kaggle" / "splits.csv"
+    rows = path.read_text().splitlines()
+    path.write_text("\n".join(rows[:-1]) + "\n")
+    with pytest.raises(DataError, match="gives no split for 1 ids"):
+        open_split(tmp_path / "kaggle", "train")

@@ -10,13 +10,18 @@ What each target holds:
   (N, 96, 96, 3) chunked (1, 96, 96, 3) gzip, ``y`` uint8 (N, 1, 1, 1)), readable row by row.
 - ``folders``: ``<split>/<label>/<name>.png`` (lossless) or ``.jpg`` with ``image_format="jpg"``
   (quality 95; JPEG source files are copied byte for byte instead of being re-encoded).
-- ``kaggle``: the labelled splits ``train`` and ``valid`` together in ``train/<id>.tif`` +
-  ``train_labels.csv`` (Kaggle has no validation split; the Kaggle reader makes one with
-  ``valid_fraction``/``seed``); a ``test`` split goes to ``test/<id>.tif`` and, when it has labels,
-  to ``test_labels.csv`` so they are not lost (the Kaggle reader does not read that file).
+- ``kaggle``: the labelled splits other than ``test`` together in ``train/<id>.tif`` +
+  ``train_labels.csv``, and ``splits.csv`` (``id,split``) that keeps each image in its source split
+  (Kaggle itself has no validation split; without ``splits.csv`` the reader would re-split at random
+  and mix the source's validation slides into training). A ``test`` split goes to ``test/<id>.tif``
+  and, when it has labels, to ``test_labels.csv``; the Kaggle reader reads both back.
 
-Unlabeled splits (the Kaggle ``test`` split) cannot go into ``h5`` or ``folders`` (both need a
-label per image); they are left out and listed in the result's ``"skipped_splits"``.
+Nothing is dropped silently. Unlabeled splits (the Kaggle ``test`` split) cannot go into ``h5`` or
+``folders`` (both need a label per image); they are left out and listed in ``"skipped_splits"``.
+``h5`` holds only the splits ``train``, ``valid`` and ``test``: another split name is refused. PCam's
+slide meta CSVs (``camelyonpatch_level_2_split_<split>_meta.csv``, used to group k-fold folds by
+slide) are carried into ``h5`` (rows of skipped images dropped too); the other layouts have no place
+for them, and the result's ``"notes"`` says so, as it says how a Kaggle source was split.
 
 Example:
     >>> from pcamlab.data.convert import convert
@@ -37,7 +42,10 @@ from pathlib import Path
 import numpy as np
 
 from pcamlab.data.readers import (
+    H5_META_PATTERN,
     H5_PATTERN,
+    H5_SPLITS,
+    KAGGLE_SPLITS,
     BadImageError,
     PatchReader,
     _resolve_root,
@@ -93,10 +101,11 @@ def convert(
 
     Returns:
         ``{"path": dst, "format": to, "source_format", "counts": {split: n}, "skipped_images": n,
-        "skipped_splits": [...]}``.
+        "skipped_splits": [...], "notes": [...]}``; ``notes`` are sentences about what the target
+        cannot hold or how the source's splits were made.
 
     Raises:
-        ConfigError: unknown ``to``, ``image_format`` or split.
+        ConfigError: unknown ``to``, ``image_format`` or split, or a split ``h5`` cannot name.
         RunError: ``dst`` already exists.
         DataError: the source cannot be read (its one-line message names the file), or a split would be
             written with no image (all skipped, or only unlabeled splits for h5/folders): nothing is written.
@@ -118,6 +127,13 @@ def convert(
             raise ConfigError(
                 f"split {split!r} is not in {str(source)!r}; it has {present}{did_you_mean(split, present)}"
             )
+    if to == "h5":
+        unnamed = [split for split in chosen if split not in H5_SPLITS]
+        if unnamed:
+            raise ConfigError(
+                f"the h5 layout holds only the splits {list(H5_SPLITS)}; {str(source)!r} has {unnamed}, which "
+                "would not read back: convert to folders or kaggle, or choose the splits to convert (splits)"
+            )
     destination = Path(dst).expanduser()
     if destination.exists():
         raise RunError(
@@ -136,6 +152,7 @@ def convert(
             f"nothing to convert from {str(source)!r}: the splits {skipped_splits} are unlabeled and {to} needs a "
             "label per image; convert a labelled split, or use to='kaggle'"
         )
+    notes = _notes(source, source_format, to, readers)
 
     destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = destination.parent / f"{destination.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
@@ -152,6 +169,8 @@ def convert(
                     f"first: {reader.name(0)}); nothing was written to {str(destination)!r}: run without skip_bad "
                     "to see why, then fix or replace the files"
                 )
+            if to == "h5" and source_format == "h5":
+                _copy_meta(reader, temporary, counter.kept[reader.split])
         if to == "kaggle":
             _finish_kaggle(temporary)
         os.rename(temporary, destination)
@@ -165,8 +184,46 @@ def convert(
         "counts": counts,
         "skipped_images": counter.skipped,
         "skipped_splits": skipped_splits,
-        "notes": list(dict.fromkeys(note for reader in readers for note in reader.notes)),
+        "notes": list(dict.fromkeys([*notes, *(note for reader in readers for note in reader.notes)])),
     }
+
+
+def _meta_path(root: Path, split: str) -> Path:
+    return root / H5_META_PATTERN.format(split=split)
+
+
+def _notes(source: Path, source_format: str, to: str, readers: list[PatchReader]) -> list[str]:
+    """What the conversion cannot carry, or how the source's splits were made, one sentence each."""
+    notes = []
+    split_sources = {getattr(reader, "split_source", None) for reader in readers if reader.split != "test"}
+    for split_source in sorted(filter(None, split_sources)):
+        notes.append(f"the Kaggle source's train/valid split is its {split_source}")
+    if source_format == "h5" and to != "h5":
+        with_meta = [reader.split for reader in readers if _meta_path(source, reader.split).is_file()]
+        if with_meta:
+            notes.append(
+                f"the slide meta CSVs of {with_meta} are not carried ({to} has no place for them): k-fold on "
+                "the converted data cannot group folds by slide unless you pass the slide ids (groups)"
+            )
+    return notes
+
+
+def _copy_meta(reader: PatchReader, folder: Path, kept: list[int]) -> None:
+    """Write the source's slide meta CSV of ``reader.split`` with the rows of the kept images only."""
+    import csv
+
+    source = _meta_path(reader.root, reader.split)
+    if not source.is_file():
+        return
+    with open(source, newline="") as handle:
+        rows = list(csv.reader(handle))
+    header, body = rows[0], rows[1:]
+    if len(body) != len(reader):
+        return  # a meta CSV that does not match its split row for row is not ours to rewrite
+    with open(_meta_path(folder, reader.split), "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(body[index] for index in kept)
 
 
 class _Counter:
@@ -176,9 +233,11 @@ class _Counter:
         self.total, self.progress, self.skip_bad = total, progress, skip_bad
         self.done = self.skipped = 0
         self.used_ids: set[str] = set()  # Kaggle ids written so far, unique across splits
+        self.kept: dict[str, list[int]] = {}  # split -> source indices written, in order
 
     def items(self, reader: PatchReader):
         """Yield ``(index, image, label)`` of every usable item."""
+        kept = self.kept.setdefault(reader.split, [])
         for index in range(len(reader)):
             try:
                 image, label = reader[index]
@@ -187,6 +246,7 @@ class _Counter:
                     raise
                 self.skipped += 1
             else:
+                kept.append(index)
                 yield index, image, label
             self.done += 1
             if self.progress is not None and (self.done % 256 == 0 or self.done == self.total):
@@ -270,19 +330,26 @@ def _write_kaggle(reader: PatchReader, folder: Path, counter: _Counter, image_fo
     labels_path = folder / ("test_labels.csv" if is_test else "train_labels.csv")
     ids = getattr(reader, "ids", None)
     prefix = "" if ids is not None or reader.split in ("train", "test") else f"{reader.split}_"
-    rows = []
+    rows, identifiers = [], []
     used = counter.used_ids
     for index, image, label in counter.items(reader):
         stem = ids[index] if ids is not None else _stem(reader, index)
         identifier = _unique(_kaggle_safe(prefix + stem), used)
         Image.fromarray(image).save(images_folder / f"{identifier}.tif")
         rows.append(f"{identifier},{label}")
+        identifiers.append(identifier)
     if rows and not (is_test and getattr(reader, "unlabeled", False)):
-        with open(labels_path, "a", encoding="utf-8") as handle:
-            if handle.tell() == 0:
-                handle.write("id,label\n")
-            handle.write("\n".join(rows) + "\n")
+        _append_rows(labels_path, "id,label", rows)
+    if identifiers and not is_test:  # the split each image came from, so it reads back into the same split
+        _append_rows(folder / KAGGLE_SPLITS, "id,split", [f"{identifier},{reader.split}" for identifier in identifiers])
     return len(rows)
+
+
+def _append_rows(path: Path, header: str, rows: list[str]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        if handle.tell() == 0:
+            handle.write(header + "\n")
+        handle.write("\n".join(rows) + "\n")
 
 
 def _kaggle_safe(stem: str) -> str:

@@ -8,8 +8,9 @@ split). Layouts:
 - ``folders``: class folders ``<root>/<split>/{0,1}/*.{jpg,jpeg,png,tif,tiff}``, also the course
   layout ``<root>/train+val/{train,valid}/{0,1}/``. The embedded sample (``root="sample"``) is one.
 - ``kaggle``: ``<root>/train/*.tif`` + ``<root>/train_labels.csv`` (Kaggle "Histopathologic Cancer
-  Detection"), split into ``train``/``valid`` by a seeded stratified fraction; ``<root>/test/*.tif``
-  gives the unlabeled ``test`` split.
+  Detection"), split into ``train``/``valid`` by a seeded stratified fraction, or by the split of
+  each id in ``<root>/splits.csv`` where ``pcamlab data convert`` wrote one; ``<root>/test/*.tif``
+  gives the ``test`` split (unlabeled, unless ``<root>/test_labels.csv`` lists its labels).
 
 A new layout is one class registered in :data:`READERS` with ``detect``, ``splits``, ``__len__``,
 ``__getitem__``, ``name`` and ``validate``; its ``detect_order`` places it in auto-detection. The
@@ -65,7 +66,10 @@ PATCH_SIZE = 96  # PCam patches are 96x96 pixels at 10x (level 2)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 H5_PATTERN = "camelyonpatch_level_2_split_{split}_{kind}.h5"
 H5_SPLITS = ("train", "valid", "test")
+H5_META_PATTERN = "camelyonpatch_level_2_split_{split}_meta.csv"  # slide of each row (column 'wsi')
 KAGGLE_LABELS = "train_labels.csv"
+KAGGLE_TEST_LABELS = "test_labels.csv"  # not Kaggle's: written by `data convert` for a labelled test split
+KAGGLE_SPLITS = "splits.csv"  # not Kaggle's: `id,split` written by `data convert` to keep the source's splits
 COURSE_FOLDER = "train+val"
 
 READERS: Registry[type[PatchReader]] = Registry("data format")
@@ -664,9 +668,12 @@ class KaggleReader(PatchReader):
     Kaggle ships no validation split, so ``train`` and ``valid`` are made from the labelled images by
     a stratified split: for each class, ids sorted, permuted with ``numpy.random.default_rng(seed)``,
     and the first ``round(valid_fraction * count)`` go to ``valid``. The same seed gives the same split.
+    Where ``splits.csv`` (header ``id,split``, one row per id of ``train_labels.csv``) sits beside
+    ``train_labels.csv``, as ``pcamlab data convert --to kaggle`` writes it, the splits are those of
+    the source instead (``valid_fraction`` and ``seed`` are then unused; ``split_source`` says which).
 
-    The ``test`` split (a ``test/`` folder) has NO labels: ``labels`` is all ``-1`` and items return
-    label ``-1``. Evaluation refuses unlabeled splits; use it for prediction only.
+    The ``test`` split (a ``test/`` folder) has NO labels (``labels`` all ``-1``; evaluation refuses
+    it) unless ``test_labels.csv`` (header ``id,label``) lists a label for every ``test/*.tif``.
     """
 
     format = "kaggle"
@@ -688,21 +695,24 @@ class KaggleReader(PatchReader):
         available = self.splits(root)
         if split not in available:
             raise _unknown_split(root, split, available, "kaggle")
-        self.unlabeled = split == "test"
-        if self.unlabeled:
-            self.files = _image_files(root / "test")
-            if not self.files:
-                raise DataError(f"Kaggle test folder {str(root / 'test')!r} has no .tif images; add them or remove it")
-            self.labels = np.full(len(self.files), -1, dtype=np.int64)
+        if split == "test":
+            self._open_test(root)
             return
-        if not 0.0 < valid_fraction < 1.0:
-            raise ConfigError(
-                f"data.valid_fraction must be between 0 and 1 (exclusive) to split the Kaggle train set; "
-                f"got {valid_fraction!r}: use e.g. 0.1"
-            )
-        ids, labels, self.notes = self._read_csv(root)
-        files = self._match_files(root, ids)
-        chosen = self._split_indices(ids, labels, split)
+        self.unlabeled = False
+        ids, labels, self.notes = self._read_csv(root / KAGGLE_LABELS)
+        files = self._match_files(root / "train", root / KAGGLE_LABELS, ids)
+        assigned = self._read_splits(root, ids)
+        if assigned is not None:
+            self.split_source = f"{KAGGLE_SPLITS} (the splits of the converted source)"
+            chosen = np.flatnonzero(assigned == split)
+        else:
+            if not 0.0 < valid_fraction < 1.0:
+                raise ConfigError(
+                    f"data.valid_fraction must be between 0 and 1 (exclusive) to split the Kaggle train set; "
+                    f"got {valid_fraction!r}: use e.g. 0.1"
+                )
+            self.split_source = f"stratified random split, valid_fraction={valid_fraction}, seed={seed}"
+            chosen = self._split_indices(ids, labels, split)
         self.files = [files[index] for index in chosen]
         self.ids = [ids[index] for index in chosen]
         self.labels = labels[chosen]
@@ -718,14 +728,72 @@ class KaggleReader(PatchReader):
 
     @classmethod
     def splits(cls, root: Path, **options) -> list[str]:
-        found = ["train", "valid"] if cls.detect(root) else []
+        found = cls._split_names(root) if cls.detect(root) else []
         if (root / "test").is_dir():
             found.append("test")
         return found
 
     @staticmethod
-    def _read_csv(root: Path) -> tuple[list[str], np.ndarray, list[str]]:
-        """Read ``train_labels.csv``: ``(ids, int64 labels, notes)``.
+    def _split_names(root: Path) -> list[str]:
+        """Splits of the labelled images: those named in ``splits.csv`` (in order of appearance), or train/valid."""
+        path = root / KAGGLE_SPLITS
+        if not path.is_file():
+            return ["train", "valid"]
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = csv.reader(handle)
+            next(rows, None)
+            names = dict.fromkeys(row[1].strip() for row in rows if len(row) >= 2 and row[1].strip())
+        return list(names)
+
+    def _open_test(self, root: Path) -> None:
+        folder = root / "test"
+        self.files = _image_files(folder)
+        if not self.files:
+            raise DataError(f"Kaggle test folder {str(folder)!r} has no .tif images; add them or remove it")
+        labels_path = root / KAGGLE_TEST_LABELS
+        self.unlabeled = not labels_path.is_file()
+        if self.unlabeled:
+            self.labels = np.full(len(self.files), -1, dtype=np.int64)
+            return
+        ids, labels, self.notes = self._read_csv(labels_path)
+        self.files = self._match_files(folder, labels_path, ids)
+        self.ids, self.labels = ids, labels
+
+    @staticmethod
+    def _read_splits(root: Path, ids: list[str]) -> np.ndarray | None:
+        """The split of every id from ``splits.csv``, in the order of ``ids``; ``None`` without the file."""
+        path = root / KAGGLE_SPLITS
+        if not path.is_file():
+            return None
+        assigned: dict[str, str] = {}
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = csv.reader(handle)
+            header = next(rows, None)
+            if header is None or [cell.strip().lower() for cell in header[:2]] != ["id", "split"]:
+                raise DataError(
+                    f"{str(path)!r} line 1 is {header!r}; the header must be 'id,split': fix it, or delete the "
+                    "file to split train/ at random by data.valid_fraction and data.seed"
+                )
+            for line, row in enumerate(rows, start=2):
+                if not row or not "".join(row).strip():
+                    continue
+                if len(row) < 2 or not row[1].strip() or row[1].strip() == "test":
+                    raise DataError(
+                        f"{str(path)!r} line {line} is {row!r}; each row must be 'id,split' with a split other "
+                        "than 'test' (test images live in test/): fix the row"
+                    )
+                assigned[row[0].strip()] = row[1].strip()
+        missing = [image_id for image_id in ids if image_id not in assigned]
+        if missing:
+            raise DataError(
+                f"{str(path)!r} gives no split for {len(missing)} ids of {KAGGLE_LABELS}, e.g. {missing[0]}; "
+                "add an 'id,split' row for each, or delete the file to split at random by data.valid_fraction"
+            )
+        return np.asarray([assigned[image_id] for image_id in ids], dtype=object)
+
+    @staticmethod
+    def _read_csv(path: Path) -> tuple[list[str], np.ndarray, list[str]]:
+        """Read ``train_labels.csv`` (or ``test_labels.csv``): ``(ids, int64 labels, notes)``.
 
         Besides Kaggle's own ``id,label``, reads the dialects spreadsheets and pandas write when each
         is unambiguous, and says so in ``notes``: a UTF-8 byte-order mark (Excel's "CSV UTF-8"), ``;``
@@ -734,7 +802,6 @@ class KaggleReader(PatchReader):
         ``index=False``), ids carrying the file suffix or a folder (``train/<id>.tif``), labels
         written as floats (``1.0``), and rows repeated with the same label. Anything else raises.
         """
-        path = root / KAGGLE_LABELS
         notes: list[str] = []
         raw = path.read_bytes()
         if raw.startswith(b"PK\x03\x04") or raw.startswith(b"\xd0\xcf\x11\xe0"):
@@ -751,19 +818,19 @@ class KaggleReader(PatchReader):
                 "'CSV UTF-8' (Kaggle ids are plain hex names)"
             ) from None
         if raw.startswith(b"\xef\xbb\xbf"):
-            notes.append(f"{KAGGLE_LABELS} starts with a UTF-8 byte-order mark (Excel's CSV UTF-8); ignored")
+            notes.append(f"{path.name} starts with a UTF-8 byte-order mark (Excel's CSV UTF-8); ignored")
         lines = text.splitlines()
         first_line = 1
         delimiter = ","
         if lines and lines[0].strip().lower().startswith("sep=") and len(lines[0].strip()) == 5:
             delimiter = lines[0].strip()[4]
             lines, first_line = lines[1:], 2
-            notes.append(f"{KAGGLE_LABELS} starts with Excel's 'sep={delimiter}' line; read with that separator")
+            notes.append(f"{path.name} starts with Excel's 'sep={delimiter}' line; read with that separator")
         elif lines and "," not in lines[0]:
             for candidate, what in ((";", "semicolons"), ("\t", "tabs")):
                 if candidate in lines[0]:
                     delimiter = candidate
-                    notes.append(f"{KAGGLE_LABELS} is separated by {what}, not commas; read as such")
+                    notes.append(f"{path.name} is separated by {what}, not commas; read as such")
                     break
         rows = csv.reader(lines, delimiter=delimiter)
         header = next(rows, None)
@@ -774,9 +841,9 @@ class KaggleReader(PatchReader):
             if extra:
                 index_column = [name for name in extra if name.strip() in ("", "Unnamed: 0")]
                 what = "an unnamed index column (pandas to_csv without index=False)" if index_column else f"columns {extra}"
-                notes.append(f"{KAGGLE_LABELS} has {what} besides id and label; read id and label only")
+                notes.append(f"{path.name} has {what} besides id and label; read id and label only")
             elif (id_column, label_column) != (0, 1):
-                notes.append(f"{KAGGLE_LABELS} lists label before id; read by the column names")
+                notes.append(f"{path.name} lists label before id; read by the column names")
         else:
             raise DataError(
                 f"{str(path)!r} line {first_line} is {header!r}; the header must name the columns id and label "
@@ -825,7 +892,7 @@ class KaggleReader(PatchReader):
             ids.append(image_id)
             labels.append(int(text))
         if not ids:
-            raise DataError(f"{str(path)!r} has no rows; it must list 'id,label' for every train/*.tif")
+            raise DataError(f"{str(path)!r} has no rows; it must list 'id,label' for every image of its folder")
         for count, what in (
             (suffixed, "ids carry the file suffix (e.g. <id>.tif); read as file names"),
             (foldered, "ids carry a folder (e.g. train/<id>.tif); read the file name only"),
@@ -833,32 +900,31 @@ class KaggleReader(PatchReader):
             (repeated, "rows repeat an id with the same label; each image counted once"),
         ):
             if count:
-                notes.append(f"{KAGGLE_LABELS}: {count} {what}")
+                notes.append(f"{path.name}: {count} {what}")
         return ids, np.asarray(labels, dtype=np.int64), notes
 
     @staticmethod
-    def _match_files(root: Path, ids: list[str]) -> list[Path]:
-        folder = root / "train"
+    def _match_files(folder: Path, labels_path: Path, ids: list[str]) -> list[Path]:
         on_disk = {path.stem: path for path in _image_files(folder)}
         missing = [image_id for image_id in ids if image_id not in on_disk]
         if missing and len(missing) == len(ids) and on_disk:  # not a few lost files: ids and names disagree
             example = next(iter(on_disk.values())).name
             raise DataError(
-                f"none of the {len(ids)} ids in {str(root / KAGGLE_LABELS)!r} names a file in {str(folder)!r} (id "
+                f"none of the {len(ids)} ids in {str(labels_path)!r} names a file in {str(folder)!r} (id "
                 f"{ids[0]!r}, files like {example!r}); the ids must be the image file names without their suffix: "
                 "fix the id column (or point data.path at the folder that holds these images)"
             )
         if missing:
             raise DataError(
-                f"{str(root / KAGGLE_LABELS)!r} lists {len(missing)} ids with no file in {str(folder)!r}, "
+                f"{str(labels_path)!r} lists {len(missing)} ids with no file in {str(folder)!r}, "
                 f"e.g. {missing[0]}.tif; copy the missing images or delete their rows"
             )
         listed = set(ids)
         extra = sorted(stem for stem in on_disk if stem not in listed)
         if extra:
             raise DataError(
-                f"{len(extra)} images in {str(folder)!r} have no row in {KAGGLE_LABELS}, e.g. "
-                f"{on_disk[extra[0]].name}; add 'id,label' rows for them or move them out of train/"
+                f"{len(extra)} images in {str(folder)!r} have no row in {labels_path.name}, e.g. "
+                f"{on_disk[extra[0]].name}; add 'id,label' rows for them or move them out of {folder.name}/"
             )
         return [on_disk[image_id] for image_id in ids]
 

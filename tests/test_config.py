@@ -77,3 +77,47 @@ def test_every_shipped_config_loads(path):
     from pcamlab.models import build_model
 
     build_model(config.model)
+
+
+def test_a_second_config_merges_into_the_first_field_by_field():
+    """Issue 9 2.5: baseline.yaml + a model file keeps the baseline's optimiser, batch and augmentation."""
+    from pcamlab.cli.main import build_parser
+
+    first, second = REPO / "configs/baseline.yaml", REPO / "configs/models/simple-cnn.yaml"
+    args = build_parser().parse_args(["train", "--config", str(first), "--config", str(second), "--out", "x"])
+    config = load_config(args.config, ["train.epochs=2"])
+    baseline, model_file = load_config(first), load_config(second)
+    assert config.model == model_file.model  # the later file's model, with its own options
+    assert (config.train.optimizer, config.train.learning_rate, config.train.batch_size) == ("adam", 0.001, 32)
+    assert config.augment == baseline.augment and config.augment.dihedral is False
+    assert config.train.epochs == 2  # --set still wins over both files
+    assert config.config_files == [str(first), str(second)]  # the resolved config says what was merged
+
+
+def test_merge_keeps_options_of_the_same_model_and_drops_another_models(tmp_path):
+    (tmp_path / "a.yaml").write_text("model:\n  name: fcn\n  options: {width: 16, dropout: 0.2}\n")
+    (tmp_path / "b.yaml").write_text("model:\n  options: {width: 8}\n")
+    (tmp_path / "c.yaml").write_text("model:\n  name: baseline\n")
+    same = load_config([tmp_path / "a.yaml", tmp_path / "b.yaml"])
+    assert same.model.name == "fcn" and same.model.options == {"width": 8, "dropout": 0.2}
+    other = load_config([tmp_path / "a.yaml", tmp_path / "c.yaml"])
+    assert other.model.name == "baseline" and other.model.options == {}
+
+
+def test_saved_config_keeps_its_file_list(tmp_path):
+    import yaml
+
+    config = load_config([REPO / "configs/baseline.yaml", REPO / "configs/models/fcn.yaml"])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(config_to_dict(config)))
+    assert load_config(saved) == config
+    assert load_config(None).config_files == []
+
+
+def test_resume_refuses_a_config_it_would_ignore(tmp_path, capsys):
+    from pcamlab.cli.main import main
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("train:\n  epochs: 2\n")
+    code = main(["train", "--out", str(tmp_path / "run"), "--resume", "--config", str(REPO / "configs/baseline.yaml")])
+    assert code == 2 and "drop --config" in capsys.readouterr().err

@@ -1,14 +1,18 @@
 """One typed, nested run configuration.
 
-Precedence: dataclass defaults < YAML file < ``--set section.field=value`` overrides. Unknown keys
-and wrong types fail at load time with a suggestion. The resolved config is written into every run
-folder and every checkpoint.
+Precedence: dataclass defaults < YAML files, in the order given (a later file wins field by field) <
+``--set section.field=value`` overrides. Unknown keys and wrong types fail at load time with a
+suggestion. The resolved config is written into every run folder and every checkpoint; its
+``config_files`` lists the files merged into it, in order.
 
 Example:
     >>> from pcamlab.config import load_config
     >>> config = load_config("configs/default.yaml", overrides=["train.epochs=3"])
     >>> config.train.epochs
     3
+    >>> config = load_config(["configs/baseline.yaml", "configs/models/simple-cnn.yaml"])
+    >>> config.model.name, config.train.optimizer, config.config_files
+    ('simple-cnn', 'adam', ['configs/baseline.yaml', 'configs/models/simple-cnn.yaml'])
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "apply_overrides",
+    "merge_values",
 ]
 
 
@@ -129,6 +134,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    config_files: list[str] = field(default_factory=list)  # YAML files merged into this config, in order (later wins)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -176,6 +182,10 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
         return dict(value)
     if origin in (typing.Union, types.UnionType):
         return value
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{path} must be a list of strings; got {value!r}")
+        return list(value)
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -342,18 +352,65 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
+def merge_values(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Merge nested config values field by field: ``update`` wins, sections merge recursively.
+
+    ``model.options`` belong to one model: when ``update`` names another ``model.name`` than ``base``,
+    the options of ``base`` are dropped instead of merged into the new model's.
+
+    Example:
+        >>> merge_values({"train": {"epochs": 3, "batch_size": 32}}, {"train": {"epochs": 5}})
+        {'train': {'epochs': 5, 'batch_size': 32}}
+    """
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            previous = merged[key]
+            if key == "model" and "name" in value and value["name"] != previous.get("name", value["name"]):
+                previous = {name: item for name, item in previous.items() if name != "options"}
+            merged[key] = merge_values(previous, value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_config(
-    path: str | Path | None = None, overrides: list[str | tuple[str, Any]] | None = None
+    path: str | Path | list[str | Path] | tuple[str | Path, ...] | None = None,
+    overrides: list[str | tuple[str, Any]] | None = None,
 ) -> RunConfig:
-    """Load defaults, then the YAML file (if any), then overrides (see :func:`apply_overrides`).
+    """Load defaults, then the YAML file(s) in order, then overrides (see :func:`apply_overrides`).
 
     Every field's type and range is checked, then the combinations that cannot train
     (:data:`pcamlab.config_ranges.COMBINATIONS`).
+
+    Args:
+        path: one YAML file, several (merged in order by :func:`merge_values`: a later file wins
+            field by field, e.g. ``configs/baseline.yaml`` then ``configs/models/simple-cnn.yaml``
+            keeps the baseline's optimiser and swaps the model), or None for the defaults.
+        overrides: ``section.field=value`` strings or typed ``(field, value)`` pairs, applied last.
+
+    Returns:
+        The validated config; ``config_files`` lists the files merged (a saved ``config.yaml`` keeps
+        the list it was made from).
+
+    Raises:
+        ConfigError: a missing or malformed file, an unknown key, a wrong type or range, or a combination
+            that cannot train (with a suggestion).
     """
     from pcamlab.config_ranges import check_combinations
 
-    values = read_yaml(path) if path else {}
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    values: dict[str, Any] = {}
+    files: list[str] = []
+    for item in paths:
+        file_values = read_yaml(item)
+        listed = file_values.pop("config_files", None)  # a saved config.yaml names the files it came from
+        if listed is not None and not (isinstance(listed, list) and all(isinstance(name, str) for name in listed)):
+            raise ConfigError(f"config file {str(item)!r}: config_files must be a list of file names; got {listed!r}")
+        files += [str(item)] if listed is None else listed
+        values = merge_values(values, file_values)
     values = apply_overrides(values, overrides or [])
+    values.setdefault("config_files", files)
     config = config_from_dict(values)
     check_combinations(config)
     return config

@@ -8,7 +8,11 @@ import sys
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """--config FILE and repeated --set section.field=value."""
-    parser.add_argument("--config", metavar="FILE", help="YAML run config (see configs/); defaults otherwise")
+    parser.add_argument(
+        "--config", metavar="FILE", action="append", default=[],
+        help="YAML run config (see configs/); repeat to merge several in order, a later file winning field by "
+        "field (e.g. --config configs/baseline.yaml --config configs/models/simple-cnn.yaml); defaults otherwise",
+    )
     parser.add_argument(
         "--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
         help="override one config field, e.g. --set train.epochs=5 (repeatable)",

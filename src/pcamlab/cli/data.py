@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     add_format_argument(info, "layout (default: detected)", default="auto")
     info.add_argument("--out", help="folder for info.json, contact_<split>.png (and augment.png)")
     info.add_argument("--augment", action="store_true", help="also draw augmented patches (needs --out)")
-    info.add_argument("--config", help="run config YAML whose augment section --augment uses")
+    info.add_argument("--config", action="append", default=[],
+                      help="run config YAML whose augment section --augment uses (repeatable: merged in order)")
     info.add_argument("--per-class", type=int, default=16, help="patches per class on each contact sheet")
     info.add_argument("--seed", type=int, default=0, help="seed of the drawn patches and of Kaggle splits")
     info.add_argument("--valid-fraction", type=float, default=0.1, help="Kaggle layout: held-out fraction")

@@ -18,7 +18,8 @@ from pcamlab.cli._common import add_config_arguments, add_format_argument
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train", help="train a model from a YAML config into a run folder (hold-out, k-fold or final fit)",
-        description="Train a model. Precedence: config defaults < --config FILE < --data/--format < --set.",
+        description="Train a model. Precedence: config defaults < --config FILE (repeatable: merged in order, a "
+        "later file winning field by field) < --data/--format < --set.",
         epilog="Examples: pcamlab train --config configs/baseline.yaml --out runs/first; "
         "pcamlab train --protocol kfold --folds 5 --repeats 2 --out runs/cv; "
         "pcamlab train --final --epochs-from runs/cv --out runs/final",
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pcamlab.config import load_config
+    from pcamlab.errors import ConfigError
 
     _check_arguments(args)
     overrides: list = []  # typed (field, value) pairs: a flag's value is never re-read as YAML
@@ -82,11 +84,19 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(("data.format", args.format))
     if args.skip_bad:
         overrides.append(("data.skip_bad", True))
-    if args.resume:
-        saved = Path(args.out) / "config.yaml"
-        config = load_config(saved if saved.is_file() else args.config, overrides + args.overrides)
+    saved = Path(args.out) / "config.yaml"
+    if args.resume and saved.is_file():
+        if args.config:
+            raise ConfigError(
+                f"--resume continues with the run's own {saved}; drop --config {' '.join(args.config)} "
+                "(a run keeps the config it started with)"
+            )
+        config = load_config(saved, overrides + args.overrides)
     else:
         config = load_config(args.config, overrides + args.overrides)
+        if len(args.config) > 1:
+            print(f"config: merged {' < '.join(args.config)} (a later file wins field by field; "
+                  "the resolved config lists them in config_files)")
     progress = not args.no_progress and sys.stderr.isatty()
 
     if args.protocol == "kfold":

@@ -316,6 +316,9 @@ def test_keras_flatten_order_matters(tmp_path):
 
 
 def test_training_with_a_frozen_backbone_keeps_the_loaded_weights(tmp_path):
+    """Only loaded tensors freeze; the skipped 7x7 stem (random) and its batch-norm train from epoch 1 (issue 9 2.4)."""
+    import json
+
     from pcamlab.runtime import load_checkpoint
     from pcamlab.train.loop import train
 
@@ -324,6 +327,7 @@ def test_training_with_a_frozen_backbone_keeps_the_loaded_weights(tmp_path):
     data = write_h5(tmp_path / "h5", {"train": (images, labels), "valid": (valid_images, valid_labels)})
     source = _state(_model("resnet18", 1, width=8))
     imagenet = _to_torchvision_resnet(source)
+    imagenet["conv1.weight"] = torch.randn(8, 3, 7, 7)  # ImageNet's 7x7 stem: skipped, the model's 3x3 stays random
     imagenet["fc.weight"], imagenet["fc.bias"] = torch.randn(1000, 64), torch.randn(1000)
     weights = tmp_path / "imagenet.pth"
     torch.save(imagenet, weights)
@@ -335,14 +339,29 @@ def test_training_with_a_frozen_backbone_keeps_the_loaded_weights(tmp_path):
     lines: list[str] = []
     train(load_config(None, [*settings, "train.epochs=1"]), tmp_path / "frozen", progress=False, log=lines.append)
 
-    assert any(line.startswith("model: 100 tensors loaded from") for line in lines), lines
+    assert any(line.startswith("model: 95 of 102 tensors loaded from") for line in lines), lines
+    assert any(line.startswith("model: skipped conv1.weight: shape (8, 3, 7, 7) does not fit") for line in lines)
+    assert any(line.startswith("model: skipped bn1.weight: follows conv1.weight") for line in lines)
+    assert not any(line.startswith("warning:") for line in lines)  # 95 of 102 is most of the model
     trained = load_checkpoint(tmp_path / "frozen" / "last.safetensors").model.state_dict()
-    backbone = [name for name in source if not name.startswith("head.") and not name.endswith("num_batches_tracked")]
-    for name in backbone:  # weights and batch-norm statistics: the frozen backbone is untouched
+    stem = [name for name in source if name.startswith("stem.") and not name.endswith("num_batches_tracked")]
+    backbone = [name for name in source if not name.startswith(("head.", "stem."))
+                and not name.endswith("num_batches_tracked")]
+    for name in backbone:  # weights and batch-norm statistics: the frozen, loaded backbone is untouched
         assert torch.equal(trained[name], source[name]), name
     torch.manual_seed(7)  # the loop seeds torch with train.seed before building the model
-    initial_head = build_model("resnet18", width=8).head.weight
-    assert not torch.allclose(trained["head.weight"], initial_head)  # the head learned
+    initial = build_model("resnet18", width=8).state_dict()
+    assert not torch.allclose(trained["head.weight"], initial["head.weight"])  # the head learned
+    for name in stem:  # the random stem is not frozen with the loaded layers: it learned too
+        assert not torch.equal(trained[name], initial[name]), name
+
+    summary = json.loads((tmp_path / "frozen" / "summary.json").read_text())["pretrained"]
+    assert summary["tensors"] == 102 and len(summary["loaded"]) == 95
+    assert sorted(summary["left_at_initial_values"]) == sorted(stem + ["head.weight", "head.bias"])
+    assert any(entry.startswith("conv1.weight: shape (8, 3, 7, 7)") for entry in summary["skipped"])
+    assert any(entry.startswith("fc.weight: shape (1000, 64)") for entry in summary["skipped"])
+    assert "stages.0.0.conv1.weight" in summary["frozen_and_slowed"]
+    assert not any(name.startswith(("stem.", "head.")) for name in summary["frozen_and_slowed"])
 
     train(load_config(None, [*settings, "train.epochs=2", "train.max_steps_per_epoch=1"]), tmp_path / "thawed",
           progress=False)
@@ -402,3 +421,43 @@ def test_shipped_transfer_config_takes_torchvision_resnet18_weights(tmp_path):
     assert torch.equal(model.state_dict()["stages.3.1.conv2.weight"], imagenet["layer4.1.conv2.weight"])
     loaded = model.state_dict()["stages.2.0.shortcut.1.running_var"]
     assert torch.equal(loaded, imagenet["layer3.0.downsample.1.running_var"])
+
+
+def test_backbone_learning_rate_factor_slows_only_loaded_tensors(tmp_path):
+    from pcamlab.train.loop import _make_optimizer
+
+    model = _model("resnet18", 1, width=8)
+    imagenet = _to_torchvision_resnet(_state(_model("resnet18", 2, width=8)))
+    imagenet["conv1.weight"] = torch.randn(8, 3, 7, 7)
+    torch.save(imagenet, tmp_path / "imagenet.pth")
+    report = load_pretrained(model, tmp_path / "imagenet.pth")
+    config = load_config(None, ["train.learning_rate=0.01", "train.backbone_lr_factor=0.1"])
+    optimizer = _make_optimizer(model, config, report["loaded"])
+    rate = {id(p): group["peak_lr"] for group in optimizer.param_groups for p in group["params"]}
+    names = dict(model.named_parameters())
+    assert rate[id(names["stem.0.weight"])] == pytest.approx(0.01)  # random stem: full rate
+    assert rate[id(names["stem.1.weight"])] == pytest.approx(0.01)
+    assert rate[id(names["head.weight"])] == pytest.approx(0.01)
+    assert rate[id(names["stages.0.0.conv1.weight"])] == pytest.approx(0.001)  # loaded: 0.1 x
+
+
+def test_keras_course_baseline_into_simple_cnn_warns_that_most_stays_random(tmp_path):
+    from pcamlab.train.loop import _load_pretrained
+
+    path = tmp_path / "baseline.h5"
+    _write_keras2(path, _keras_baseline_weights(seed=3))
+    config = load_config(None, ["model.name=simple-cnn", f"model.pretrained={path}"])
+    lines: list[str] = []
+    facts, loaded = _load_pretrained(_model("simple-cnn", 0), config, lines.append)
+    assert facts["tensors"] == 22 and len(loaded) == 2
+    assert any(line.startswith("warning: only 2 of 22 tensors of simple-cnn were loaded") for line in lines), lines
+    assert facts["warning"].startswith("only 2 of 22")
+    assert len(facts["skipped"]) >= 4 and all(": " in entry for entry in facts["skipped"])
+
+
+def test_freezing_without_pretrained_weights_is_refused(tmp_path):
+    from pcamlab.train.loop import _load_pretrained
+
+    config = load_config(None, ["train.freeze_backbone_epochs=2"])
+    with pytest.raises(ConfigError, match="train.freeze_backbone_epochs=2 .* model.pretrained, which is not set"):
+        _load_pretrained(_model("simple-cnn", 0), config, print)

@@ -29,7 +29,7 @@ import csv
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ from pcamlab.config import RunConfig, config_to_dict
 from pcamlab.errors import ConfigError, DataError, RunError
 from pcamlab.fileio import atomic_path, write_json_atomic, write_text_atomic
 
-__all__ = ["train", "HISTORY_COLUMNS", "learning_rate_factor", "compute_loss", "split_head", "prepare_run_dir"]
+__all__ = ["train", "HISTORY_COLUMNS", "learning_rate_factor", "compute_loss", "split_head", "split_pretrained",
+           "prepare_run_dir"]
 
 HISTORY_COLUMNS = [
     "epoch", "train_loss", "val_loss", "val_auc", "val_accuracy", "learning_rate", "seconds",
@@ -139,10 +140,24 @@ def split_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]
     return backbone, [p for p in model.parameters() if id(p) in head_ids]
 
 
-def _make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
-    """Four parameter groups: backbone/head x weights/(biases, norms); no weight decay on the latter."""
+def split_pretrained(model: nn.Module, loaded: Iterable[str]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(pretrained backbone, the rest): what ``freeze_backbone_epochs`` freezes and ``backbone_lr_factor`` slows.
+
+    Only parameters loaded from ``model.pretrained`` (names in ``loaded``) outside the head count as the
+    pretrained backbone; the head and every tensor left at its random initial values (a skipped
+    ImageNet 7x7 stem, say) train at the full learning rate from the first epoch.
+    """
+    loaded = set(loaded)
+    head_ids = {id(p) for p in split_head(model)[1]}
+    backbone_ids = {id(p) for name, p in model.named_parameters() if name in loaded and id(p) not in head_ids}
+    parameters = list(model.parameters())
+    return [p for p in parameters if id(p) in backbone_ids], [p for p in parameters if id(p) not in backbone_ids]
+
+
+def _make_optimizer(model: nn.Module, config: RunConfig, loaded: Iterable[str] = ()) -> torch.optim.Optimizer:
+    """Four parameter groups: pretrained backbone/rest x weights/(biases, norms); no weight decay on the latter."""
     train = config.train
-    backbone, head = split_head(model)
+    backbone, head = split_pretrained(model, loaded)
     groups = []
     for part, parameters, factor in (("backbone", backbone, train.backbone_lr_factor), ("head", head, 1.0)):
         weights = [p for p in parameters if p.requires_grad and p.ndim > 1]
@@ -158,6 +173,65 @@ def _make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimize
     if train.optimizer == "rmsprop":
         return torch.optim.RMSprop(groups, lr=train.learning_rate, momentum=train.momentum, alpha=0.9)
     return torch.optim.AdamW(groups, lr=train.learning_rate)
+
+
+MOSTLY_INITIAL = 0.5  # warn when fewer than this fraction of the model's tensors were loaded
+
+
+def _load_pretrained(model: nn.Module, config: RunConfig, say: Callable[[str], object]) -> tuple[dict | None, list[str]]:
+    """Load ``model.pretrained`` into ``model``, say what was loaded and skipped, and return the facts.
+
+    Returns:
+        ``(facts for summary.json or None, names of the loaded tensors)``. The facts list every
+        skipped source tensor with its reason, every model tensor left at its initial values, and the
+        parameters that ``train.freeze_backbone_epochs`` freezes and ``train.backbone_lr_factor`` slows.
+
+    Raises:
+        ConfigError: ``train.freeze_backbone_epochs`` or ``train.backbone_lr_factor`` is set without
+            ``model.pretrained`` (they apply to loaded tensors only).
+    """
+    train = config.train
+    if not config.model.pretrained:
+        if train.freeze_backbone_epochs > 0 or train.backbone_lr_factor != 1.0:
+            raise ConfigError(
+                f"train.freeze_backbone_epochs={train.freeze_backbone_epochs} and train.backbone_lr_factor="
+                f"{train.backbone_lr_factor} freeze and slow tensors loaded from model.pretrained, which is not "
+                "set: set model.pretrained to a weight file, or train.freeze_backbone_epochs=0 and "
+                "train.backbone_lr_factor=1"
+            )
+        return None, []
+    from pcamlab.models.transfer import load_pretrained
+
+    report = load_pretrained(model, config.model.pretrained, config.model.pretrained_format)
+    total = len(report["loaded"]) + len(report["missing"])
+    say(f"model: {len(report['loaded'])} of {total} tensors loaded from {config.model.pretrained} "
+        f"({report['source_format']}), {len(report['missing'])} left at their initial values")
+    for entry in report["skipped"]:
+        say(f"model: skipped {entry}")
+    if report["missing"]:
+        say(f"model: left at initial values (trained at the full learning rate): {', '.join(report['missing'])}")
+    warning = None
+    if len(report["loaded"]) < MOSTLY_INITIAL * total:
+        warning = (
+            f"only {len(report['loaded'])} of {total} tensors of {config.model.name} were loaded from "
+            f"{config.model.pretrained}: most of the model starts from random values; check that model.name "
+            "and model.options match the weights (and model.pretrained_format)"
+        )
+        say(f"warning: {warning}")
+    backbone_ids = {id(p) for p in split_pretrained(model, report["loaded"])[0]}
+    pretrained_backbone = [name for name, parameter in model.named_parameters() if id(parameter) in backbone_ids]
+    facts = {
+        "path": str(config.model.pretrained),
+        "source_format": report["source_format"],
+        "tensors": total,
+        "loaded": report["loaded"],
+        "left_at_initial_values": report["missing"],
+        "skipped": report["skipped"],
+        "adapted": report["adapted"],
+        "frozen_and_slowed": pretrained_backbone,  # by freeze_backbone_epochs / backbone_lr_factor
+        "warning": warning,
+    }
+    return facts, report["loaded"]
 
 
 def _evaluate(model, source, contract, device, precision) -> dict[str, Any]:
@@ -488,15 +562,10 @@ def train(
     # -- model and optimiser ---------------------------------------------------------------------
     model = build_model(config.model).to(device)
     size = model_summary(model, input_size=contract.patch_size)
-    if config.model.pretrained:
-        from pcamlab.models.transfer import load_pretrained
-
-        report = load_pretrained(model, config.model.pretrained, config.model.pretrained_format)
-        say(f"model: {len(report['loaded'])} tensors loaded from {config.model.pretrained}, "
-            f"{len(report['missing'])} left at their initial values")
+    transfer, loaded = _load_pretrained(model, config, say)
     if train_config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = _make_optimizer(model, config)
+    optimizer = _make_optimizer(model, config, loaded)
     ema = _EMA(model, train_config.ema_decay) if train_config.ema_decay > 0 else None
     trained = world.wrap(model)  # DistributedDataParallel when several processes, else the model itself
     forward = torch.compile(trained) if train_config.compile else trained
@@ -557,7 +626,7 @@ def train(
         return learning_rate_factor(config, progress, plateau_factor, used)
 
     out_of_time = False
-    backbone_ids = {id(p) for p in split_head(model)[0]}
+    backbone_ids = {id(p) for p in split_pretrained(model, loaded)[0]}
 
     # -- epochs ----------------------------------------------------------------------------------
     for epoch in range(first_epoch, train_config.epochs + 1):
@@ -736,6 +805,8 @@ def train(
         },
         "warnings": warnings,
     }
+    if transfer is not None:
+        summary["pretrained"] = transfer
     if main_process:
         write_json_atomic(out_dir / "summary.json", summary)
     world.close()

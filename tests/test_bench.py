@@ -110,7 +110,7 @@ def test_cli_bench_prints_table_and_writes_csv(tmp_path, capsys):
     assert "baseline" in printed and "train img/s" in printed
     with open(out, newline="") as file:
         assert len(list(csv.DictReader(file))) == 1
-    assert main(arguments) == 1  # refuses to overwrite before timing anything
+    assert main(arguments) == 2  # refuses to overwrite before timing anything
     assert "--force" in capsys.readouterr().err
 
 

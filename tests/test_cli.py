@@ -83,7 +83,7 @@ def test_train_then_evaluate_reproduces_the_validation_auc(tiny_folders, tmp_pat
     assert "ROC AUC" in capsys.readouterr().out
 
     # a second evaluation into the same folder is refused, not silently overwritten
-    assert main(["evaluate", str(run / "best.safetensors"), "--data", str(tiny_folders)]) == 1
+    assert main(["evaluate", str(run / "best.safetensors"), "--data", str(tiny_folders)]) == 2
     assert "already exists" in capsys.readouterr().err
 
 
@@ -133,3 +133,66 @@ def test_demo_writes_every_promised_file(tmp_path, capsys, monkeypatch):
     # a second demo never overwrites the first
     assert main(["demo", "--no-progress", *short]) == 0
     assert (tmp_path / "runs" / "demo-2" / "metrics.json").is_file()
+
+
+def test_unusable_output_or_run_folders_are_usage_errors_exit_2(tiny_folders, tmp_path, capsys):
+    """Issue 9 2.10: an existing output, a run with nothing to resume, a missing run folder: 2, not 1."""
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("a finished run lives here")
+    cases = [
+        (["train", "--data", str(tiny_folders), "--out", str(taken)], "already holds a run"),
+        (["train", "--data", str(tiny_folders), "--out", str(tmp_path / "empty"), "--resume"], "nothing to resume"),
+        (["train", "--data", str(tiny_folders), "--out", str(taken), "--final"], "already holds a run"),
+        (["report", str(tmp_path / "no-such-run")], "does not exist"),
+        (["data", "convert", str(tiny_folders), str(taken), "--to", "h5"], "already exists"),
+    ]
+    (tmp_path / "empty").mkdir()
+    for argv, message in cases:
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2, (argv, err)
+        assert message in err and err.count("\n") == 1, (argv, err)
+
+
+def test_threshold_dependent_numbers_say_their_threshold_and_where_it_was_chosen(tiny_folders, tmp_path, capsys):
+    """Issue 9 2.9: accuracy & co. at a threshold chosen on the same split are labelled optimistic."""
+    run = tmp_path / "run"
+    assert main([
+        "train", "--data", str(tiny_folders), "--out", str(run), "--no-progress",
+        "--set", "model.name=baseline", "--set", "model.options={filters: [8, 16], dense_units: 16}",
+        "--set", "train.epochs=1", "--set", "train.batch_size=8", "--set", "evaluate.threshold_method=youden",
+    ]) == 0
+    log = capsys.readouterr().out
+    assert "val_acc@0.5 " in log and "val_acc " not in log  # the training log's accuracy says it is at 0.5
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["threshold_chosen_on"]["split"] == "valid" and summary["val_accuracy_threshold"] == 0.5
+
+    assert main(["evaluate", str(run / "best.safetensors"), "--data", str(tiny_folders), "--split", "valid"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((run / "eval-valid" / "metrics.json").read_text())
+    origin = metrics["threshold_origin"]
+    threshold = f"{metrics['threshold']:.3f}"
+    assert origin["source"] == "youden" and origin["optimistic"] is True
+    assert origin["label"] == (f"{threshold} (youden, chosen on validation split 'valid' during training; "
+                               "measured on that same split: optimistic)")
+    assert {"accuracy", "recall", "specificity", "precision", "f1", "tp"} <= set(origin["applies_to"])
+    assert f"threshold    {threshold}  (youden, chosen on validation split 'valid'" in printed
+    for name in ("accuracy", "precision", "recall", "specificity", "F1", "confusion"):
+        line = next(line for line in printed.splitlines() if line.startswith(name))
+        assert line.endswith(f"at {threshold}"), line
+
+    assert main(["evaluate", str(run / "best.safetensors"), "--data", str(tiny_folders), "--split", "train"]) == 0
+    other = json.loads((run / "eval-train" / "metrics.json").read_text())["threshold_origin"]
+    assert other["optimistic"] is False and "optimistic" not in other["label"]
+    assert main(["evaluate", str(run / "best.safetensors"), "--data", str(tiny_folders), "--threshold", "0.3",
+                 "--out", str(tmp_path / "given")]) == 0
+    given = json.loads((tmp_path / "given" / "metrics.json").read_text())["threshold_origin"]
+    assert given["label"] == "0.300 (given by the caller)"
+    capsys.readouterr()
+
+    assert main(["report", str(run)]) == 0
+    html = (run / "report.html").read_text()
+    assert f"Threshold: {threshold} (youden, chosen on validation split" in html  # the glance (first metrics file)
+    assert "measured on that same split: optimistic" in html  # eval-valid's threshold-dependent rows say so
+    assert f"Accuracy at {metrics['threshold']:.2f}" in html

@@ -33,7 +33,7 @@ def test_data_convert_and_existing_destination(tmp_path, capsys):
     assert main(["data", "convert", str(root), str(tmp_path / "folders"), "--to", "folders"]) == 0
     assert "train 8, valid 4" in capsys.readouterr().out
     assert sorted(path.name for path in (tmp_path / "folders" / "valid" / "1").iterdir()) == ["0000002.png", "0000003.png"]
-    assert main(["data", "convert", str(root), str(tmp_path / "folders"), "--to", "kaggle"]) == 1
+    assert main(["data", "convert", str(root), str(tmp_path / "folders"), "--to", "kaggle"]) == 2
     assert "already exists" in capsys.readouterr().err
 
 

@@ -294,7 +294,7 @@ def test_cli_export_then_predict(tmp_path, checkpoint_path, patches, reference, 
     assert np.abs(np.array([float(row["probability"]) for row in rows]) - reference).max() < TOLERANCE
 
     capsys.readouterr()
-    assert main(["predict", str(checkpoint_path), str(tmp_path / "images"), "--out", str(out)]) == 1
+    assert main(["predict", str(checkpoint_path), str(tmp_path / "images"), "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("pcamlab: error:") and "--force" in error and "\n" not in error
     assert main(["predict", str(checkpoint_path), str(tmp_path / "nothing")]) == 2

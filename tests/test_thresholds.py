@@ -102,3 +102,20 @@ def test_errors_are_one_line_and_actionable():
         ThresholdSelector().predict([0.5])
     with pytest.raises(DataError, match="this split has no labels"):
         choose_threshold([-1, -1], [0.1, 0.2])
+
+
+def test_describe_threshold_says_where_it_was_chosen_and_when_it_is_optimistic(tmp_path):
+    from pcamlab.evaluate.thresholds import describe_threshold
+
+    valid = {"data": str(tmp_path), "split": "valid"}
+    assert describe_threshold(0.5)["label"] == "0.500 (fixed by evaluate.threshold, not chosen on data)"
+    same = describe_threshold(0.42, method="youden", chosen_on=valid, measured_on=dict(valid))
+    assert same["optimistic"] is True and same["label"].endswith("measured on that same split: optimistic)")
+    test = describe_threshold(0.42, method="youden", chosen_on=valid, measured_on={"data": str(tmp_path), "split": "test"})
+    assert test["optimistic"] is False and "optimistic" not in test["label"]
+    other_data = describe_threshold(0.42, method="f1", chosen_on=valid, measured_on={"data": "/elsewhere", "split": "valid"})
+    assert other_data["optimistic"] is False
+    fold = {"data": str(tmp_path), "split": "train[fold 2 of 5]"}  # a k-fold validation part of train
+    assert describe_threshold(0.3, method="youden", chosen_on=fold, measured_on={"data": str(tmp_path) + "/", "split": "train"})["optimistic"]
+    unknown = describe_threshold(0.3, method="youden")
+    assert unknown["optimistic"] is None and "chosen on the validation data of training" in unknown["label"]

@@ -16,6 +16,7 @@ __all__ = [
     "DataError",
     "CheckpointError",
     "RunError",
+    "RunFolderError",
     "did_you_mean",
 ]
 
@@ -39,9 +40,20 @@ class CheckpointError(PcamlabError, ValueError):
 
 
 class RunError(PcamlabError, RuntimeError):
-    """A failure while running (training diverged, an output folder exists, ...)."""
+    """A failure while running (training diverged, a download failed, an export disagrees, ...)."""
 
     exit_code = 1
+
+
+class RunFolderError(RunError):
+    """An output or run folder that cannot be used as given: a usage error (exit code 2), not a failure.
+
+    The output exists already (pcamlab never overwrites a finished result), holds nothing to resume,
+    or the run folder to read does not exist. A subclass of :class:`RunError` so existing handlers
+    still catch it.
+    """
+
+    exit_code = 2
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:

@@ -59,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out and not args.force:
         from pathlib import Path
 
-        from pcamlab.errors import RunError
+        from pcamlab.errors import RunFolderError
 
         if Path(args.out).exists():  # fail before minutes of timing, not after
-            raise RunError(f"{args.out!r} already exists; choose another --out or pass --force to replace it")
+            raise RunFolderError(f"{args.out!r} already exists; choose another --out or pass --force to replace it")
     rows = run_bench(
         args.models, precisions=args.precision, batch_sizes=args.batch_size, channels_last=args.channels_last,
         steps=args.steps, warmup=args.warmup, onnx=args.onnx, compile=args.compile, device=args.device,

@@ -24,12 +24,12 @@ def run(args: argparse.Namespace) -> int:
 
     from pcamlab.cli.evaluate import format_metrics
     from pcamlab.demo import run_demo
-    from pcamlab.errors import RunError
+    from pcamlab.errors import RunFolderError
 
     if args.out:
         out = Path(args.out)
         if out.exists() and any(out.iterdir()):
-            raise RunError(f"{str(out)!r} already holds a run; choose another --out (runs are never overwritten)")
+            raise RunFolderError(f"{str(out)!r} already holds a run; choose another --out (runs are never overwritten)")
     else:  # a second `make demo` starts a new run folder instead of failing or overwriting
         out, number = Path("runs/demo"), 1
         while out.exists() and any(out.iterdir()):

@@ -32,16 +32,20 @@ def format_metrics(metrics: dict) -> str:
     """A short human-readable block of the key metrics."""
     ci = metrics.get("roc_auc_ci") or [float("nan"), float("nan")]
     auc = metrics.get("roc_auc")
+    threshold = metrics["threshold"]
+    origin = metrics.get("threshold_origin") or {}
+    where = origin.get("label", f"{threshold:.3f}").split(" ", 1)[-1]  # "(youden, chosen on ...)"
+    at = f"at {threshold:.3f}"  # every threshold-dependent number says its threshold
     lines = [
         f"patches      {metrics['n']} ({metrics['n_positive']} tumour)",
         f"ROC AUC      {auc:.4f}  (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if auc is not None else "ROC AUC      undefined",
-        f"threshold    {metrics['threshold']:.3f}",
-        f"accuracy     {metrics['accuracy']:.4f}",
-        f"precision    {metrics['precision']:.4f}",
-        f"recall       {metrics['recall']:.4f}",
-        f"specificity  {metrics['specificity']:.4f}",
-        f"F1           {metrics['f1']:.4f}",
-        f"confusion    TP {metrics['tp']}  FP {metrics['fp']}  TN {metrics['tn']}  FN {metrics['fn']}",
+        f"threshold    {threshold:.3f}  {where}" if origin else f"threshold    {threshold:.3f}",
+        f"accuracy     {metrics['accuracy']:.4f}  {at}",
+        f"precision    {metrics['precision']:.4f}  {at}",
+        f"recall       {metrics['recall']:.4f}  {at}",
+        f"specificity  {metrics['specificity']:.4f}  {at}",
+        f"F1           {metrics['f1']:.4f}  {at}",
+        f"confusion    TP {metrics['tp']}  FP {metrics['fp']}  TN {metrics['tn']}  FN {metrics['fn']}  {at}",
     ]
     effect = metrics.get("tta_effect")
     if effect:

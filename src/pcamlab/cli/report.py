@@ -19,13 +19,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pcamlab.errors import RunError
+    from pcamlab.errors import RunFolderError
     from pcamlab.evaluate.plots import plot_training_curves
     from pcamlab.evaluate.report import write_report
 
     folder = Path(args.run)
     if not folder.is_dir():
-        raise RunError(f"run folder {str(folder)!r} does not exist; pass a folder written by pcamlab train")
+        raise RunFolderError(f"run folder {str(folder)!r} does not exist; pass a folder written by pcamlab train")
     if (folder / "history.csv").is_file():
         plot_training_curves(folder / "history.csv", folder / "training_curves.png")
     path = write_report(folder, args.out)

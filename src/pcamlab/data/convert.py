@@ -53,7 +53,7 @@ from pcamlab.data.readers import (
     detect_format,
     open_split,
 )
-from pcamlab.errors import ConfigError, DataError, RunError, did_you_mean
+from pcamlab.errors import ConfigError, DataError, RunFolderError, did_you_mean
 from pcamlab.registry import Registry
 
 __all__ = ["WRITERS", "IMAGE_FORMATS", "convert", "convert_targets"]
@@ -106,7 +106,7 @@ def convert(
 
     Raises:
         ConfigError: unknown ``to``, ``image_format`` or split, or a split ``h5`` cannot name.
-        RunError: ``dst`` already exists.
+        RunFolderError: ``dst`` already exists.
         DataError: the source cannot be read (its one-line message names the file), or a split would be
             written with no image (all skipped, or only unlabeled splits for h5/folders): nothing is written.
     """
@@ -136,7 +136,7 @@ def convert(
             )
     destination = Path(dst).expanduser()
     if destination.exists():
-        raise RunError(
+        raise RunFolderError(
             f"convert destination {str(destination)!r} already exists; pass a new folder or delete it first"
         )
     readers = [

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from pcamlab.fileio import json_safe, publish
-from pcamlab.errors import ConfigError, RunError, did_you_mean
+from pcamlab.errors import ConfigError, RunFolderError, did_you_mean
 
 __all__ = [
     "COLUMNS",
@@ -417,14 +417,14 @@ def write_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *, fo
 
     Raises:
         ConfigError: the suffix is neither ``.json`` nor ``.csv``.
-        RunError: the file exists and ``force`` is off.
+        RunFolderError: the file exists and ``force`` is off.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".json", ".csv"):
         raise ConfigError(f"--out must end in .json or .csv; got {str(path)!r}")
     if path.exists() and not force:
-        raise RunError(f"{str(path)!r} already exists; choose another --out or pass --force to replace it")
+        raise RunFolderError(f"{str(path)!r} already exists; choose another --out or pass --force to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pcamlab.errors import ConfigError, RunError, did_you_mean
+from pcamlab.errors import ConfigError, RunError, RunFolderError, did_you_mean
 from pcamlab.fileio import json_safe, publish
 from pcamlab.runtime.checkpoint import Checkpoint, load_checkpoint
 from pcamlab.runtime.contract import InputContract
@@ -255,7 +255,8 @@ def export_checkpoint(
 
     Raises:
         ConfigError: unknown format, exporter or input kind, or an opset below 17.
-        RunError: ``out`` exists without ``force``, or the verification difference exceeds ``tolerance``
+        RunFolderError: ``out`` exists without ``force`` (exit code 2).
+        RunError: the verification difference exceeds ``tolerance``
             (nothing is written then).
         CheckpointError: the checkpoint cannot be loaded.
 
@@ -278,7 +279,7 @@ def export_checkpoint(
         out = default_export_path(checkpoint.path, format)
     out = Path(out)
     if out.exists() and not force:
-        raise RunError(f"{str(out)!r} already exists; choose another --out or pass --force to replace it")
+        raise RunFolderError(f"{str(out)!r} already exists; choose another --out or pass --force to replace it")
 
     contract = checkpoint.contract
     model = checkpoint.model.to("cpu").float().eval()

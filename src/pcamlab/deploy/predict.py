@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from pcamlab.config_ranges import check_field
-from pcamlab.errors import DataError, RunError
+from pcamlab.errors import DataError, RunFolderError
 from pcamlab.fileio import publish
 from pcamlab.runtime.predictor import load_predictor
 
@@ -60,9 +60,9 @@ class PredictionResult:
 
 def _open_output(out: Path, force: bool) -> tuple[Any, str]:
     if out.exists() and not force:
-        raise RunError(f"{str(out)!r} already exists; choose another --out or pass --force to replace it")
+        raise RunFolderError(f"{str(out)!r} already exists; choose another --out or pass --force to replace it")
     if out.is_dir():
-        raise RunError(f"--out {str(out)!r} is a folder; pass a file name such as {str(out / 'predictions.csv')!r}")
+        raise RunFolderError(f"--out {str(out)!r} is a folder; pass a file name such as {str(out / 'predictions.csv')!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     return os.fdopen(handle, "w", newline="", encoding="utf-8"), temporary
@@ -103,7 +103,7 @@ def predict_files(
     Raises:
         DataError: a missing input, an unknown file kind, an empty folder, or an unusable image
             (wrong size, not RGB, unreadable), each naming the file.
-        RunError: ``out`` exists and ``force`` is off.
+        RunFolderError: ``out`` exists and ``force`` is off.
         CheckpointError: the model file cannot be loaded.
 
     Example:
@@ -115,7 +115,7 @@ def predict_files(
     check_field("evaluate.threshold", threshold, name="threshold")
     out_path = Path(out) if out is not None else None
     if out_path is not None and out_path.exists() and not force:
-        raise RunError(f"{str(out_path)!r} already exists; choose another --out or pass --force to replace it")
+        raise RunFolderError(f"{str(out_path)!r} already exists; choose another --out or pass --force to replace it")
     predictor = load_predictor(checkpoint, device=device)
     contract = predictor.contract
     threshold = float(contract.threshold if threshold is None else threshold)  # the contract checks its own

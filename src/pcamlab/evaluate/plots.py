@@ -388,7 +388,7 @@ def plot_training_curves(
     loss_axes, score_axes, rate_axes = figure.subplots(1, 3)
     _plot_columns(loss_axes, columns, (("train_loss", "train"), ("val_loss", "validation")), "Loss")
     loss_axes.set_title("Loss")
-    _plot_columns(score_axes, columns, (("val_auc", "val AUC"), ("val_accuracy", "val accuracy")), "Score")
+    _plot_columns(score_axes, columns, (("val_auc", "val AUC"), ("val_accuracy", "val accuracy at 0.5")), "Score")
     score_axes.set_title("Validation AUC and accuracy")
     _plot_columns(rate_axes, columns, (("learning_rate", "learning rate"),), "Learning rate")
     rate_axes.set_title("Learning rate")

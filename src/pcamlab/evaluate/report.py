@@ -398,8 +398,8 @@ def _plot_history_fallback(rows: list[dict[str, str]], target: Path) -> Path:
     loss_axis, score_axis = figure.subplots(1, 2)
     for name in ("train_loss", "val_loss"):
         loss_axis.plot(epochs, column(name), marker="o", label=name)
-    for name in ("val_auc", "val_accuracy"):
-        score_axis.plot(epochs, column(name), marker="o", label=name)
+    for name, label in (("val_auc", "val_auc"), ("val_accuracy", "val_accuracy at 0.5")):
+        score_axis.plot(epochs, column(name), marker="o", label=label)
     for axis, title in ((loss_axis, "Loss"), (score_axis, "Validation scores")):
         axis.set_title(title)
         axis.set_xlabel("epoch")
@@ -482,10 +482,13 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
         parts.append(f"<table>{cells}</table>")
     if scalars:
         rows = []
+        at_threshold = _threshold_note(metrics)
         for key, value in scalars:
             name, meaning = METRIC_DESCRIPTIONS.get(key.split(".")[-1], (key, ""))
             if "." in key and key.split(".")[-1] in METRIC_DESCRIPTIONS:
                 name = f"{name} ({key.rsplit('.', 1)[0]})"
+            elif key in _THRESHOLD_DEPENDENT and at_threshold:
+                meaning = f"{meaning}; {at_threshold}" if meaning else at_threshold
             css = "number" if _is_number(value) else ""
             rows.append(
                 f'<tr><th>{_escape(name)}</th><td class="{css}">{_escape(_format_value(value))}</td>'
@@ -513,6 +516,19 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
     return "".join(parts) or _note("this metrics.json holds no values.")
 
 
+_THRESHOLD_DEPENDENT = ("accuracy", "balanced_accuracy", "precision", "recall", "sensitivity", "specificity", "f1",
+                        "tp", "fp", "tn", "fn")
+
+
+def _threshold_note(metrics: Mapping[str, Any]) -> str:
+    """``at threshold 0.424 (youden, chosen on ...)``: what every threshold-dependent number depends on."""
+    origin = metrics.get("threshold_origin")
+    if isinstance(origin, Mapping) and origin.get("label"):
+        return f"at threshold {origin['label']}"
+    threshold = metrics.get("threshold")
+    return f"at threshold {threshold:.3f} (where it was chosen is not recorded)" if _is_number(threshold) else ""
+
+
 def _find_metric(metrics: Mapping[str, Any], key: str) -> Any:
     if key in metrics:
         return metrics[key]
@@ -534,7 +550,9 @@ def _glance(metrics: Mapping[str, Any], source: str) -> str:
     accuracy = _find_metric(metrics, "accuracy")
     threshold = _find_metric(metrics, "threshold")
     count = _find_metric(metrics, "n")
-    for value, label in ((auc, "ROC AUC"), (sensitivity, "Sensitivity"), (specificity, "Specificity"), (accuracy, "Accuracy")):
+    at = f" at {threshold:.2f}" if _is_number(threshold) else ""
+    for value, label in ((auc, "ROC AUC"), (sensitivity, f"Sensitivity{at}"), (specificity, f"Specificity{at}"),
+                         (accuracy, f"Accuracy{at}")):
         if _is_number(value):
             cards.append(f'<div class="card"><div class="value">{value:.3f}</div><div class="label">{label}</div></div>')
     if not cards:
@@ -553,6 +571,12 @@ def _glance(metrics: Mapping[str, Any], source: str) -> str:
             f"{at} model finds {sensitivity * 100:.1f}% of tumour patches and correctly clears "
             f"{specificity * 100:.1f}% of normal patches."
         )
+        origin = metrics.get("threshold_origin")
+        if isinstance(origin, Mapping) and origin.get("label"):
+            sentences.append(f"Threshold: {_escape(str(origin['label']))}.")
+            if origin.get("optimistic"):
+                sentences.append("Numbers at a threshold chosen on the split they are measured on are optimistic; "
+                                 "measure them on a split the threshold did not see (e.g. test).")
     if _is_number(count):
         sentences.append(f"Based on {int(count)} patches ({_escape(source)}).")
     return f'<div class="glance">{"".join(cards)}</div><p>{" ".join(sentences)}</p>'

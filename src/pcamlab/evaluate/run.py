@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pcamlab.config_ranges import check_field
-from pcamlab.errors import CheckpointError, RunError
+from pcamlab.errors import CheckpointError, RunFolderError
 from pcamlab.fileio import atomic_path, printable, write_json_atomic
 
 __all__ = ["evaluate_checkpoint", "evaluate_predictions", "write_json"]
@@ -38,14 +38,25 @@ def evaluate_predictions(
     names: list[str] | None = None,
     extra: dict[str, Any] | None = None,
     seed: int = 0,
+    threshold_origin: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score predictions and write ``metrics.json``, ``predictions.csv`` and the plots into ``out_dir``."""
+    """Score predictions and write ``metrics.json``, ``predictions.csv`` and the plots into ``out_dir``.
+
+    ``metrics.json`` holds ``threshold_origin`` (from
+    :func:`pcamlab.evaluate.thresholds.describe_threshold`; a fixed threshold when not given): the
+    threshold behind every threshold-dependent number (listed in its ``applies_to``), where it was
+    chosen and whether those numbers are optimistic (chosen on the same split).
+    """
     from pcamlab.evaluate import plots
-    from pcamlab.evaluate.metrics import compute_metrics, metrics_at_thresholds
+    from pcamlab.evaluate.metrics import THRESHOLD_METRICS, compute_metrics, metrics_at_thresholds
+    from pcamlab.evaluate.thresholds import describe_threshold
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = compute_metrics(labels, probabilities, threshold, seed=seed)
+    origin = dict(threshold_origin or describe_threshold(threshold))
+    origin["applies_to"] = [name for name in THRESHOLD_METRICS if name != "threshold"]
+    metrics["threshold_origin"] = origin
     metrics["at_thresholds"] = metrics_at_thresholds(labels, probabilities, {"0.5": 0.5, "chosen": threshold})
     metrics.update(extra or {})
     write_json(out_dir / "metrics.json", metrics)
@@ -115,7 +126,7 @@ def evaluate_checkpoint(
     check_field("evaluate.batch_size", batch_size, name="batch_size")
     out_dir = Path(out_dir)
     if (out_dir / "metrics.json").exists() and not force:
-        raise RunError(
+        raise RunFolderError(
             f"{str(out_dir / 'metrics.json')!r} already exists; choose another output folder or pass force=True "
             "to replace it"
         )
@@ -129,7 +140,17 @@ def evaluate_checkpoint(
     reader = open_run_split(config.data if config is not None else DataConfig(), split, path=data, format=format)
     images, labels, skipped = load_split_arrays(reader, progress=progress)
     validate_inputs(labels, np.full(len(labels), 0.5), where=f"split {split!r} of {reader.root}")
-    threshold = float(predictor.contract.threshold if threshold is None else threshold)
+    from pcamlab.evaluate.thresholds import describe_threshold
+
+    given = threshold is not None
+    contract = predictor.contract
+    threshold = float(contract.threshold if threshold is None else threshold)
+    chosen_on = checkpoint.metadata.get("threshold_chosen_on")
+    method = (chosen_on or {}).get("method") or (
+        contract.threshold_source if contract.threshold_source != "fixed" else config.evaluate.threshold_method
+    )
+    origin = describe_threshold(threshold, method=method, chosen_on=chosen_on,
+                                measured_on={"data": str(reader.root), "split": split}, given=given)
     probabilities = predictor.predict_proba(images, batch_size=batch_size, tta=tta)
     extra: dict[str, Any] = {
         "checkpoint": str(checkpoint_path),
@@ -145,4 +166,5 @@ def evaluate_checkpoint(
         plain = predictor.predict_proba(images, batch_size=batch_size)
         extra["tta_effect"] = {"roc_auc_without_tta": roc_auc(labels, plain), "roc_auc_with_tta": roc_auc(labels, probabilities)}
     names = [reader.name(index) for index in range(len(reader))] if skipped == 0 else None
-    return evaluate_predictions(labels, probabilities, out_dir, threshold=threshold, names=names, extra=extra)
+    return evaluate_predictions(labels, probabilities, out_dir, threshold=threshold, names=names, extra=extra,
+                                threshold_origin=origin)

@@ -27,7 +27,7 @@ import numpy as np
 from pcamlab.errors import ConfigError, DataError, did_you_mean
 from pcamlab.evaluate.metrics import roc_curve, validate_inputs
 
-__all__ = ["METHODS", "ThresholdSelector", "choose_threshold"]
+__all__ = ["METHODS", "ThresholdSelector", "choose_threshold", "describe_threshold"]
 
 METHODS = ("youden", "sensitivity", "f1")
 
@@ -125,3 +125,83 @@ def choose_threshold(y_true: Any, y_prob: Any, method: str = "youden", target: f
         0.3
     """
     return ThresholdSelector(method, target).fit(y_true, y_prob).threshold_
+
+
+def _base_split(split: str) -> str:
+    """``train`` for a k-fold validation part ``train[fold 2 of 5, ...]``."""
+    return str(split).split("[", 1)[0]
+
+
+def _same_root(first: str | None, second: str | None) -> bool:
+    from pathlib import Path
+
+    if not first or not second:
+        return False
+    if "sample" in (first, second):
+        from pcamlab.data import sample_root
+
+        first, second = (str(sample_root()) if name == "sample" else name for name in (first, second))
+    return Path(first).expanduser().resolve() == Path(second).expanduser().resolve()
+
+
+def describe_threshold(
+    threshold: float,
+    *,
+    method: str = "fixed",
+    chosen_on: dict[str, Any] | None = None,
+    measured_on: dict[str, Any] | None = None,
+    given: bool = False,
+) -> dict[str, Any]:
+    """Where a decision threshold came from, and whether numbers measured at it are optimistic.
+
+    Every threshold-dependent number (accuracy, sensitivity, specificity, precision, F1, confusion
+    counts) is only as honest as its threshold: chosen on the split it is measured on, it is optimistic.
+
+    Args:
+        threshold: the threshold in use, a probability in [0, 1].
+        method: ``fixed`` (``evaluate.threshold``) or the ``evaluate.threshold_method`` that chose it
+            (``youden``, ``sensitivity``, ``f1``), or another source's name (e.g. a cross-validation median).
+        chosen_on: ``{"data": root, "split": name}`` of the validation patches it was chosen on (a k-fold
+            validation part is named ``train[fold ...]``), or None when unknown.
+        measured_on: ``{"data": root, "split": name}`` of the patches the numbers are measured on.
+        given: the caller passed this threshold explicitly (``--threshold``).
+
+    Returns:
+        ``{"threshold", "source", "chosen_on", "measured_on", "optimistic", "label"}``; ``optimistic``
+        is True when measured on (part of) the split it was chosen on, None when that is unknown;
+        ``label`` is one line for a person, e.g. ``"0.424 (youden, chosen on validation split 'valid'
+        during training; measured on that same split: optimistic)"``.
+
+    Example:
+        >>> describe_threshold(0.5)["label"]
+        '0.500 (fixed by evaluate.threshold, not chosen on data)'
+    """
+    where = chosen_on or {}
+    measured = measured_on or {}
+    optimistic: bool | None = False
+    if given:
+        source, text = "given", "given by the caller"
+    elif method == "fixed":
+        source, text = "fixed", "fixed by evaluate.threshold, not chosen on data"
+    else:
+        source = method
+        if where.get("split"):
+            text = f"{method}, chosen on validation split {where['split']!r} during training"
+            if measured.get("split"):
+                same = _same_root(where.get("data"), measured.get("data")) and (
+                    _base_split(where["split"]) == _base_split(measured["split"])
+                )
+                optimistic = same
+                if same:
+                    text += "; measured on that same split: optimistic"
+        else:
+            text = f"{method}, chosen on the validation data of training"
+            optimistic = None
+    return {
+        "threshold": float(threshold),
+        "source": source,
+        "chosen_on": dict(where) or None,
+        "measured_on": dict(measured) or None,
+        "optimistic": optimistic,
+        "label": f"{float(threshold):.3f} ({text})",
+    }

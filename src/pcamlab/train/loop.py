@@ -40,7 +40,7 @@ import yaml
 from torch import nn
 
 from pcamlab.config import RunConfig, config_to_dict
-from pcamlab.errors import ConfigError, DataError, RunError
+from pcamlab.errors import ConfigError, DataError, RunError, RunFolderError
 from pcamlab.fileio import atomic_path, write_json_atomic, write_text_atomic
 
 __all__ = ["train", "HISTORY_COLUMNS", "learning_rate_factor", "compute_loss", "split_head", "split_pretrained",
@@ -60,10 +60,10 @@ def prepare_run_dir(out_dir: Path, resume: bool, marker: str = "resume.pt", *, c
     """
     if resume:
         if not (out_dir / marker).is_file():
-            raise RunError(f"nothing to resume in {str(out_dir)!r}: it has no {marker}; start a new run instead")
+            raise RunFolderError(f"nothing to resume in {str(out_dir)!r}: it has no {marker}; start a new run instead")
         return
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise RunError(
+        raise RunFolderError(
             f"output folder {str(out_dir)!r} already holds a run; choose another --out "
             "(or pass --resume to continue an interrupted run)"
         )
@@ -235,7 +235,11 @@ def _load_pretrained(model: nn.Module, config: RunConfig, say: Callable[[str], o
 
 
 def _evaluate(model, source, contract, device, precision) -> dict[str, Any]:
-    """Validation loss, AUC and accuracy at the contract threshold, with the raw predictions."""
+    """Validation loss, AUC and accuracy at threshold 0.5 (history's ``val_accuracy``), with the raw predictions.
+
+    The accuracy is at 0.5 for every epoch, not at the threshold chosen so far, so the column compares
+    across epochs; ``pcamlab evaluate`` reports accuracy at the stored threshold and says where it came from.
+    """
     from pcamlab.evaluate.metrics import roc_auc
     from pcamlab.runtime.device import autocast
 
@@ -460,7 +464,7 @@ def train(
         prepare_run_dir(out_dir, resume, create=False)  # config.yaml, written once the data is read, creates it
         summary_path = out_dir / "summary.json"
         if resume and summary_path.is_file() and json.loads(summary_path.read_text()).get("finished"):
-            raise RunError(f"run {str(out_dir)!r} already finished; start a new run with another --out")
+            raise RunFolderError(f"run {str(out_dir)!r} already finished; start a new run with another --out")
     world.barrier()
     if train_config.threads > 0:
         torch.set_num_threads(train_config.threads)
@@ -627,6 +631,11 @@ def train(
 
     out_of_time = False
     backbone_ids = {id(p) for p in split_pretrained(model, loaded)[0]}
+    # where a chosen threshold comes from, so threshold-dependent numbers can say so (and when they are optimistic)
+    threshold_chosen_on = None
+    if valid_reader is not None and config.evaluate.threshold_method != "fixed":
+        threshold_chosen_on = {"data": str(valid_reader.root), "split": valid_reader.split,
+                               "method": config.evaluate.threshold_method}
 
     # -- epochs ----------------------------------------------------------------------------------
     for epoch in range(first_epoch, train_config.epochs + 1):
@@ -742,6 +751,8 @@ def train(
                 writer.add_pr_curve("val/pr_curve", scores["labels"], scores["probabilities"], epoch)
             writer.flush()
             metadata = {"epoch": epoch, monitor: value, "val_auc": scores["val_auc"], "val_loss": scores["val_loss"]}
+            if threshold_chosen_on is not None:
+                metadata["threshold_chosen_on"] = threshold_chosen_on
             save_checkpoint(out_dir / "last.safetensors", scored, config, contract, metadata)
             if improved:
                 save_checkpoint(out_dir / "best.safetensors", scored, config, contract, metadata)
@@ -760,7 +771,7 @@ def train(
         world.barrier()
         say(
             f"epoch {epoch:>3}  train_loss {train_loss:.4f}  val_loss {scores['val_loss']:.4f}  "
-            f"val_auc {scores['val_auc']:.4f}  val_acc {scores['val_accuracy']:.4f}  "
+            f"val_auc {scores['val_auc']:.4f}  val_acc@0.5 {scores['val_accuracy']:.4f}  "
             f"{row['images_per_second']:.0f} img/s  {row['seconds']:.1f}s" + ("  *best" if improved and valid_source else "")
         )
         if valid_source is not None and train_config.patience > 0 and stale_epochs >= train_config.patience:
@@ -783,6 +794,8 @@ def train(
         "best": {key: float(best_row[key]) for key in ("val_auc", "val_loss", "val_accuracy")},
         "threshold": contract.threshold,
         "threshold_method": config.evaluate.threshold_method,
+        "threshold_chosen_on": threshold_chosen_on,
+        "val_accuracy_threshold": 0.5,  # history.csv's val_accuracy and best.val_accuracy are at 0.5
         "model": config.model.name,
         "parameters": size["parameters"],
         "flops_per_patch": size["flops"],

@@ -47,7 +47,7 @@ import yaml
 
 from pcamlab.config import RunConfig, config_to_dict
 from pcamlab.data.readers import H5_PATTERN, PatchReader
-from pcamlab.errors import ConfigError, DataError, RunError
+from pcamlab.errors import ConfigError, DataError, RunError, RunFolderError
 from pcamlab.fileio import json_safe, write_text_atomic
 
 __all__ = [
@@ -424,7 +424,7 @@ def _read_plan(path: Path, count: int, folds: int, repeats: int) -> np.ndarray:
         rows = list(csv.reader(file))
     plan = np.asarray([[int(cell) - 1 for cell in row[3:]] for row in rows[1:]], dtype=np.int64).T
     if plan.shape != (repeats, count) or plan.max(initial=0) >= folds:
-        raise RunError(
+        raise RunFolderError(
             f"{str(path)!r} holds a fold plan for {plan.shape[1] if plan.ndim == 2 else 0} patches, "
             f"{plan.shape[0]} repeats; this run asks for {count} patches, {repeats} repeats of {folds} folds: "
             "resume with the same data, --folds and --repeats"
@@ -582,20 +582,21 @@ def _epochs_text(epochs: int) -> str:
 
 def format_cv_table(result: dict[str, Any]) -> str:
     """A plain-text table of the folds of a :func:`run_kfold` result, with mean +- sd and the median epoch."""
-    header = f"{'repeat':>6} {'fold':>4} {'train':>7} {'valid':>7} {'val_auc':>8} {'val_loss':>8} {'val_acc':>8} {'best_epoch':>10}"
+    header = f"{'repeat':>6} {'fold':>4} {'train':>7} {'valid':>7} {'val_auc':>8} {'val_loss':>8} {'val_acc@0.5':>11} {'best_epoch':>10}"
     lines = [header, "-" * len(header)]
     for row in result["folds"]:
         lines.append(
             f"{row['repeat']:>6} {row['fold']:>4} {row['train_patches']:>7} {row['valid_patches']:>7} "
-            f"{float(row['val_auc']):>8.4f} {float(row['val_loss']):>8.4f} {float(row['val_accuracy']):>8.4f} "
+            f"{float(row['val_auc']):>8.4f} {float(row['val_loss']):>8.4f} {float(row['val_accuracy']):>11.4f} "
             f"{int(row['best_epoch']):>10}"
         )
     lines.append("-" * len(header))
     for metric in CV_METRICS:
-        lines.append(f"{metric:>12}: {_plus_minus(result['metrics'][metric])}  (mean +- sd over {result['metrics'][metric]['n']} folds)")
+        name = f"{metric}@0.5" if metric == "val_accuracy" else metric  # accuracy at threshold 0.5
+        lines.append(f"{name:>16}: {_plus_minus(result['metrics'][metric])}  (mean +- sd over {result['metrics'][metric]['n']} folds)")
     if result["repeats"] > 1:
         spread = result["repeat_means"]["val_auc"]
-        lines.append(f"{'':>12}  val_auc of the {result['repeats']} repeat means: {_plus_minus(spread)}")
+        lines.append(f"{'':>16}  val_auc of the {result['repeats']} repeat means: {_plus_minus(spread)}")
     lines.append(f"median best epoch: {result['best_epoch_median']:g} (final fit: {_epochs_text(result['epochs_for_final'])})")
     return "\n".join(lines)
 
@@ -696,7 +697,7 @@ def run_final(
     say = log or (lambda line: None)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise RunError(f"output folder {str(out_dir)!r} already holds a run; choose another --out")
+        raise RunFolderError(f"output folder {str(out_dir)!r} already holds a run; choose another --out")
     final_config = copy.deepcopy(config)
     threshold_note = None
     chosen_length = epochs is not None or epochs_from is not None

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import shutil
+from pathlib import Path
 
 from fixtures_data import sample_patches, write_bad_image, write_folders
 
@@ -196,3 +197,21 @@ def test_threshold_dependent_numbers_say_their_threshold_and_where_it_was_chosen
     assert f"Threshold: {threshold} (youden, chosen on validation split" in html  # the glance (first metrics file)
     assert "measured on that same split: optimistic" in html  # eval-valid's threshold-dependent rows say so
     assert f"Accuracy at {metrics['threshold']:.2f}" in html
+
+
+def test_readme_run_folder_table_lists_what_train_writes(tiny_folders, tmp_path):
+    """Issue 9 2.10: the README's run-folder table listed files `train` alone never writes."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("| file | what it is | written by |", 1)[1].split("\n\n", 1)[0]
+    promised = set()
+    for row in table.splitlines()[2:]:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        if cells[-1] == "`train`":
+            promised |= {name.rstrip("/") for name in re.findall(r"`([^`]+)`", cells[0])}
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_folders), "--out", str(run), "--no-progress",
+                 "--set", "model.name=baseline", "--set", "model.options={filters: [4, 8], dense_units: 8}",
+                 "--set", "train.epochs=1", "--set", "train.batch_size=8"]) == 0
+    assert promised == {path.name for path in run.iterdir()}

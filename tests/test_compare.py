@@ -119,3 +119,63 @@ def test_compare_cli(runs, capsys):
     assert lines[0].startswith("run,evaluation,model") and lines[1].startswith("small,")
     assert main(["compare", str(runs[0]), "--sort", "auc_roc"]) == 2
     assert "sort_by must be one of" in capsys.readouterr().err
+
+
+def make_cv_folder(root: Path, name: str = "cv", aucs=(0.90, 0.92, 0.94)) -> Path:
+    """A cross-validation folder as run_kfold writes it (cv_summary.json, cv_results.csv, config.yaml)."""
+    from pcamlab.config import load_config
+    from pcamlab.train.protocols import _cv_summary, _write_results
+
+    folder = root / name
+    folder.mkdir(parents=True)
+    rows = [{"repeat": 1, "fold": index + 1, "train_patches": 80, "valid_patches": 40, "val_auc": auc,
+             "val_loss": 0.4, "val_accuracy": 0.8 + index / 100, "best_epoch": 3 + index, "epochs_run": 6,
+             "threshold": 0.5, "wall_seconds": 1.0, "run": f"repeat-1/fold-{index + 1}"} for index, auc in enumerate(aucs)]
+    config = load_config(None, ["model.name=baseline"])
+    class Reader:  # what _cv_summary reads of the train split
+        root = folder
+
+        def __len__(self):
+            return 120
+
+    summary = _cv_summary(rows, config, len(aucs), 1, "none", Reader())
+    (folder / "cv_summary.json").write_text(json.dumps(summary))
+    _write_results(folder / "cv_results.csv", rows)
+    (folder / "config.yaml").write_text("model:\n  name: baseline\ntrain:\n  epochs: 6\n  learning_rate: 0.001\n")
+    return folder
+
+
+def test_a_cross_validation_folder_shows_the_folds_mean_and_sd(tmp_path):
+    """Issue 9 2.10: compare on a k-fold folder printed nothing useful."""
+    folder = make_cv_folder(tmp_path)
+    rows = compare_runs([folder])
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["evaluation"] == "kfold 3" and row["folds"] == 3 and row["model"] == "baseline"
+    assert row["roc_auc"] == pytest.approx(0.92) and row["roc_auc_sd"] == pytest.approx(0.02)
+    assert row["accuracy"] == pytest.approx(0.81) and row["threshold"] == 0.5  # val_accuracy is at 0.5
+    table = format_table(rows)
+    assert "roc_auc_sd" in table and "0.0200" in table and "0.9200" in table
+
+
+def test_compare_shows_the_config_fields_that_differ(tmp_path, capsys):
+    from pcamlab.cli.main import main
+    from pcamlab.evaluate.compare import config_differences
+
+    first = make_run(tmp_path, "a", auc=0.9)
+    second = make_run(tmp_path, "b", auc=0.91, model="simple-cnn")
+    folder = make_cv_folder(tmp_path)
+    differences = config_differences([first, second, folder])
+    assert differences["model.name"] == {str(first): "baseline", str(second): "simple-cnn", str(folder): "baseline"}
+    assert differences["train.epochs"][str(folder)] == 6 and differences["train.learning_rate"][str(first)] is None
+    assert config_differences([first, make_run(tmp_path, "c", auc=0.5)]) == {}
+
+    assert main(["compare", str(first), str(second), str(folder)]) == 0
+    printed = capsys.readouterr().out
+    assert "config fields that differ (3):" in printed
+    line = next(line for line in printed.splitlines() if line.strip().startswith("model.name"))
+    assert f"{first}: baseline" in line and f"{second}: simple-cnn" in line
+    assert main(["compare", str(first), str(second), "--format", "markdown"]) == 0
+    assert "| config field |" in capsys.readouterr().out
+    assert main(["compare", str(first), str(make_run(tmp_path, "d", auc=0.5))]) == 0
+    assert "config: the runs' config.yaml files agree" in capsys.readouterr().out

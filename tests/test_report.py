@@ -151,3 +151,17 @@ def test_report_renders_in_chromium(tmp_path):
     match = re.search(r'id="image-check">loaded=(\d+) total=(\d+)<', result.stdout)
     assert match, f"Chromium printed no image check (exit {result.returncode}): {result.stderr[-500:]}"
     assert (int(match.group(1)), int(match.group(2))) == (expected, expected)
+
+
+def test_report_of_a_cross_validation_folder_shows_every_fold_and_mean_sd(tmp_path):
+    """Issue 9 2.10: report on a k-fold folder printed nothing useful."""
+    from test_compare import make_cv_folder
+
+    from pcamlab.evaluate.report import write_report
+
+    folder = make_cv_folder(tmp_path)
+    page = write_report(folder).read_text()
+    assert 'id="cross-validation"' in page and "3-fold cross-validation" in page
+    assert "0.9200 &plusmn; 0.0200" in page  # val AUC mean +- sd, also on the glance card
+    assert "0.9000" in page and "0.9400" in page  # every fold's AUC
+    assert "Validation accuracy at 0.5" in page

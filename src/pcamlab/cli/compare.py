@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="compare the metrics of several run folders in one table",
         description=(
             "Compare run folders: one row per metrics.json (the run folder and its eval-* subfolders) with "
-            "facts from summary.json, config.yaml and history.csv. Best first."
+            "facts from summary.json, config.yaml and history.csv, best first; a cross-validation folder shows its "
+            "folds' mean and sd. Then the config fields that differ between the runs (table and markdown)."
         ),
     )
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by pcamlab train --out")
@@ -28,11 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pcamlab.evaluate.compare import COLUMNS, compare_runs, format_rows
+    from pcamlab.evaluate.compare import COLUMNS, compare_runs, config_differences, format_config_differences, format_rows
 
     rows = compare_runs(args.runs, sort_by=args.sort)
     columns = None
     if args.all_columns:
         columns = [column for column in COLUMNS if column == "run" or any(row.get(column) is not None for row in rows)]
     print(format_rows(rows, args.format, columns), end="")
+    if args.format != "csv" and len(args.runs) > 1:  # CSV stays one table a program can read
+        differences = config_differences(args.runs)
+        print()
+        print(format_config_differences(differences, args.format) or "config: the runs' config.yaml files agree", end="" if differences else "\n")
     return 0

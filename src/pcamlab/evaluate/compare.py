@@ -2,7 +2,10 @@
 
 Each run contributes one row per ``metrics.json`` it holds (the run folder itself and its ``eval-*``
 or other subfolders), with facts about the run from ``summary.json``, ``config.yaml`` and
-``history.csv``. A run that has not been evaluated yet still gets one row, with empty metrics.
+``history.csv``. A run that has not been evaluated yet still gets one row, with empty metrics. A
+cross-validation folder (``cv_summary.json``) gets a row of its folds' mean with the sample sd beside
+it (``roc_auc_sd``, ``accuracy_sd``; its accuracy is at threshold 0.5, as in training).
+:func:`config_differences` lists the config fields whose values differ between the runs.
 
 Example:
     >>> from pcamlab.evaluate.compare import compare_runs, format_rows
@@ -28,6 +31,8 @@ __all__ = [
     "LOWER_IS_BETTER",
     "FORMATS",
     "compare_runs",
+    "config_differences",
+    "format_config_differences",
     "format_table",
     "format_csv",
     "format_markdown",
@@ -63,16 +68,17 @@ SUMMARY_ALIASES: dict[str, tuple[str, ...]] = {
     "train_seconds": ("train_seconds", "training_seconds", "wall_seconds", "total_seconds", "seconds", "elapsed_seconds"),
     "images_per_second": ("train_images_per_second_median", "images_per_second"),
 }
+CV_COLUMNS = ("folds", "roc_auc_sd", "accuracy_sd")  # a cross-validation row: fold count and sample sd over folds
 COLUMNS = (
-    "run", "evaluation", "model", *METRIC_ALIASES, "parameters", "flops_per_patch", "epochs", "best_epoch",
-    "best_val_auc", "train_seconds", "images_per_second",
+    "run", "evaluation", "model", *METRIC_ALIASES, *CV_COLUMNS, "parameters", "flops_per_patch", "epochs",
+    "best_epoch", "best_val_auc", "train_seconds", "images_per_second",
 )
 # The compact set the terminal table and Markdown show by default (CSV has every column).
 KEY_COLUMNS = (
-    "run", "evaluation", "model", "split", "n", "roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "accuracy",
-    "sensitivity", "specificity", "threshold", "ece", "parameters", "epochs", "train_seconds",
+    "run", "evaluation", "model", "split", "n", "folds", "roc_auc", "roc_auc_sd", "roc_auc_ci_low", "roc_auc_ci_high",
+    "accuracy", "accuracy_sd", "sensitivity", "specificity", "threshold", "ece", "parameters", "epochs", "train_seconds",
 )
-LOWER_IS_BETTER = frozenset({"brier", "ece", "log_loss", "train_seconds", "parameters"})
+LOWER_IS_BETTER = frozenset({"brier", "ece", "log_loss", "train_seconds", "parameters", "roc_auc_sd", "accuracy_sd"})
 TEXT_COLUMNS = frozenset({"run", "evaluation", "model", "split"})
 FORMATS = ("table", "csv", "markdown")
 
@@ -162,13 +168,120 @@ def _run_facts(run_dir: Path) -> dict[str, Any]:
     return facts
 
 
-RUN_FILES = ("summary.json", "config.yaml", "history.csv", "metrics.json")  # any one marks a run folder
+RUN_FILES = ("summary.json", "config.yaml", "history.csv", "metrics.json", "cv_summary.json")  # any one marks a run folder
 
 
 def _metric_files(run_dir: Path) -> list[Path]:
     files = [run_dir / "metrics.json"] if (run_dir / "metrics.json").is_file() else []
     files += sorted(path for path in run_dir.glob("*/metrics.json") if path.parent.name != "tensorboard")
     return files
+
+
+def _cv_row(run_dir: Path) -> dict[str, Any] | None:
+    """The row of a cross-validation folder: each metric's mean over the folds, with its sample sd."""
+    path = run_dir / "cv_summary.json"
+    if not path.is_file():
+        return None
+    summary = _read_json(path)
+    metrics = summary.get("metrics") if isinstance(summary.get("metrics"), Mapping) else {}
+
+    def spread(name: str, key: str) -> Any:
+        values = metrics.get(name)
+        return values.get(key) if isinstance(values, Mapping) else None
+
+    row = dict.fromkeys(COLUMNS)
+    folds, repeats = summary.get("folds"), summary.get("repeats") or 1
+    row.update({
+        "run": run_dir.name,
+        "evaluation": f"kfold {folds}" + (f" x {repeats} repeats" if repeats > 1 else ""),
+        "model": summary.get("model"),
+        "split": f"{summary.get('split', 'train')} held-out folds",
+        "n": summary.get("patches"),
+        "folds": spread("val_auc", "n"),
+        "roc_auc": spread("val_auc", "mean"),
+        "roc_auc_sd": spread("val_auc", "sd"),
+        "accuracy": spread("val_accuracy", "mean"),
+        "accuracy_sd": spread("val_accuracy", "sd"),
+        "threshold": 0.5 if spread("val_accuracy", "mean") is not None else None,  # val_accuracy is at 0.5
+        "log_loss": None,
+        "best_epoch": summary.get("best_epoch_median"),
+    })
+    return row
+
+
+def _flat_config(run_dir: Path) -> dict[str, Any] | None:
+    """The run's config.yaml as ``{"train.learning_rate": 0.001, "model.options.width": 32, ...}``."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise DataError(f"{str(path)!r} is not readable YAML ({error}); re-run the step that writes it") from None
+    if not isinstance(values, Mapping):
+        return None
+    flat: dict[str, Any] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, Mapping) and value:
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(values, "")
+    flat.pop("config_files", None)  # where the values came from, not what they are
+    return flat
+
+
+def config_differences(run_dirs: Sequence[str | Path]) -> dict[str, dict[str, Any]]:
+    """The config fields whose values differ between runs, from each run's ``config.yaml``.
+
+    Args:
+        run_dirs: run folders (hold-out, cross-validation or final fit); those without a config.yaml
+            are left out.
+
+    Returns:
+        ``{field: {run: value}}`` in field order, ``run`` being the folder as given; a field one run
+        lacks shows as None for it. Empty when fewer than two runs have a config.yaml or all agree.
+
+    Example:
+        >>> config_differences(["runs/baseline", "runs/simple"])
+        {'model.name': {'runs/baseline': 'baseline', 'runs/simple': 'simple-cnn'}, ...}
+    """
+    configs = {str(run_dir): flat for run_dir in run_dirs if (flat := _flat_config(Path(run_dir))) is not None}
+    if len(configs) < 2:
+        return {}
+    fields = list(dict.fromkeys(key for flat in configs.values() for key in flat))
+    differences = {}
+    for field in fields:
+        values = {run: flat.get(field) for run, flat in configs.items()}
+        if len({json.dumps(value, sort_keys=True, default=str) for value in values.values()}) > 1:
+            differences[field] = values
+    return differences
+
+
+def format_config_differences(differences: Mapping[str, Mapping[str, Any]], format: str = "table") -> str:
+    """:func:`config_differences` as text: one line per field (``table``) or a Markdown table."""
+    if not differences:
+        return ""
+    runs = list(dict.fromkeys(run for values in differences.values() for run in values))
+
+    def show(value: Any) -> str:
+        return "-" if value is None else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+    if format == "markdown":
+        lines = ["| config field | " + " | ".join(runs) + " |", "| --- |" + " --- |" * len(runs)]
+        lines += [f"| {field} | " + " | ".join(show(values.get(run)).replace("|", "\\|") for run in runs) + " |"
+                  for field, values in differences.items()]
+        return "\n".join(lines) + "\n"
+    width = max(len(field) for field in differences)
+    lines = [f"config fields that differ ({len(differences)}):"]
+    lines += [f"  {field:<{width}}  " + "  ".join(f"{run}: {show(values.get(run))}" for run in runs)
+              for field, values in differences.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _sort_key(row: Mapping[str, Any], column: str) -> tuple[int, Any]:
@@ -218,6 +331,11 @@ def compare_runs(run_dirs: Sequence[str | Path], sort_by: str = "roc_auc") -> li
                 "pass folders written by pcamlab train --out"
             )
         facts = _run_facts(run_dir)
+        cv_row = _cv_row(run_dir)
+        if cv_row is not None:
+            rows.append(cv_row)
+            if not files:
+                continue
         if not files:
             rows.append({**dict.fromkeys(COLUMNS), **facts, "run": run_dir.name, "evaluation": None})
             continue

@@ -582,6 +582,60 @@ def _glance(metrics: Mapping[str, Any], source: str) -> str:
     return f'<div class="glance">{"".join(cards)}</div><p>{" ".join(sentences)}</p>'
 
 
+def _cv_section(run_dir: Path) -> tuple[str, str]:
+    """(section HTML, glance HTML) of a cross-validation folder: every fold and the mean +- sd; ("", "") otherwise."""
+    summary, problem = _read_json(run_dir / "cv_summary.json") if (run_dir / "cv_summary.json").is_file() else (None, None)
+    if problem:
+        return _note(problem), ""
+    if not isinstance(summary, Mapping):
+        return "", ""
+    rows: list[dict[str, str]] = []
+    results = run_dir / "cv_results.csv"
+    if results.is_file():
+        try:
+            with results.open(newline="") as stream:
+                rows = list(csv.DictReader(stream))
+        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            return _note(f"cv_results.csv could not be read ({error})."), ""
+    metrics = summary.get("metrics") if isinstance(summary.get("metrics"), Mapping) else {}
+    names = {"val_auc": "Validation ROC AUC", "val_loss": "Validation loss", "val_accuracy": "Validation accuracy at 0.5"}
+
+    def spread(metric: str) -> str:
+        values = metrics.get(metric)
+        if not isinstance(values, Mapping) or not _is_number(values.get("mean")):
+            return "-"
+        sd = f"{values['sd']:.4f}" if _is_number(values.get("sd")) else "n/a"
+        return f"{values['mean']:.4f} &plusmn; {sd}"
+
+    columns = ["repeat", "fold", "train_patches", "valid_patches", "val_auc", "val_loss", "val_accuracy", "best_epoch"]
+    header = "".join(f"<th>{_escape(names.get(column, column.replace('_', ' ')))}</th>" for column in columns)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="number">{_escape(_format_value(_number_or_text(row.get(column))))}</td>'
+                         for column in columns) + "</tr>"
+        for row in rows
+    )
+    body += ('<tr><th colspan="4">mean &plusmn; sd over the folds</th>'
+             + "".join(f'<td class="number">{spread(metric)}</td>' for metric in ("val_auc", "val_loss", "val_accuracy"))
+             + f'<td class="number">{_escape(_format_value(summary.get("best_epoch_median")))} (median)</td></tr>')
+    folds, repeats = summary.get("folds"), summary.get("repeats") or 1
+    intro = (f"<p>{_escape(folds)}-fold cross-validation{f' repeated {repeats} times' if repeats > 1 else ''} over "
+             f"split {_escape(summary.get('split'))} ({_escape(summary.get('patches'))} patches, folds "
+             f"{_escape(summary.get('groups') or 'not grouped by slide')}); each fold's model is validated on the "
+             "patches it did not train on. Accuracy is at threshold 0.5.</p>")
+    section = intro + f"<table><tr>{header}</tr>{body}</table>"
+    glance = (f'<div class="glance"><div class="card"><div class="value">{spread("val_auc")}</div>'
+              f'<div class="label">Validation ROC AUC, mean &plusmn; sd over {len(rows) or folds} folds</div></div></div>')
+    return section, glance
+
+
+def _number_or_text(value: Any) -> Any:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return int(number) if number.is_integer() and "." not in str(value) else number
+
+
 def _folder_title(relative: Path) -> str:
     if str(relative) in ("", "."):
         return "Run folder"
@@ -666,12 +720,15 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
     if not figure_parts:
         figure_parts.append(_note("No PNG figures in this run folder; pcamlab evaluate and pcamlab explain write them."))
 
+    cv_html, cv_glance = _cv_section(run_dir)
     model = config_values.get("model", {}).get("name") if isinstance(config_values.get("model"), dict) else None
     title = f"pcamlab run report: {run_dir.resolve().name}"
     subtitle = f"Model {model}. " if model else ""
     generated = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     sections = [
-        ("glance", "At a glance", glance_html or _note("No metrics yet: the headline numbers appear once the run is evaluated.")),
+        ("glance", "At a glance", glance_html or cv_glance
+         or _note("No metrics yet: the headline numbers appear once the run is evaluated.")),
+        *([("cross-validation", "Cross-validation", cv_html)] if cv_html else []),
         ("data", "Data and run summary", summary_html),
         ("training", "Training", training_html),
         ("metrics", "Evaluation metrics", "".join(metrics_parts)),

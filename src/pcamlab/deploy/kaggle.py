@@ -26,7 +26,7 @@ import numpy as np
 
 from pcamlab.deploy.predict import PredictionResult, predict_files
 from pcamlab.deploy.sources import collect_sources
-from pcamlab.errors import DataError, RunError
+from pcamlab.errors import DataError, RunFolderError
 from pcamlab.fileio import write_text_atomic
 
 __all__ = ["KAGGLE_COLUMNS", "read_template", "kaggle_ids", "predict_kaggle"]
@@ -118,11 +118,11 @@ def predict_kaggle(
     Raises:
         DataError: a non-TIFF input, a repeated id, or ids of the template and the files that differ
             (the count and the first few of each are named).
-        RunError: ``out`` exists and ``force`` is off.
+        RunFolderError: ``out`` exists and ``force`` is off.
     """
     out_path = Path(out)
     if out_path.exists() and not force:
-        raise RunError(f"{str(out_path)!r} already exists; choose another --out or pass --force to replace it")
+        raise RunFolderError(f"{str(out_path)!r} already exists; choose another --out or pass --force to replace it")
     files = kaggle_ids([source.path for source in collect_sources(inputs)])  # an .h5 input fails here: not .tif
     order = list(files)
     if template is not None:

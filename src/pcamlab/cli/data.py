@@ -192,8 +192,6 @@ def run_convert(args: argparse.Namespace) -> int:
         print(f"skipped {result['skipped_images']} unreadable images")
     if result["skipped_splits"]:
         print(f"left out unlabeled splits {result['skipped_splits']} ({result['format']} needs labels)")
-    for note in result["notes"]:
-        print(f"note: {note}")
     return 0
 
 

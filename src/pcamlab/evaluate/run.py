@@ -112,7 +112,7 @@ def evaluate_checkpoint(
         The metrics (also in ``out_dir/metrics.json``).
 
     Raises:
-        RunError: ``out_dir`` holds an evaluation and ``force`` is off.
+        RunFolderError: ``out_dir`` holds an evaluation and ``force`` is off.
         CheckpointError: the model file cannot be loaded, or it carries no run config and ``data`` is None.
         DataError: the split cannot be read or has no labels.
     """
@@ -145,10 +145,10 @@ def evaluate_checkpoint(
     given = threshold is not None
     contract = predictor.contract
     threshold = float(contract.threshold if threshold is None else threshold)
-    chosen_on = checkpoint.metadata.get("threshold_chosen_on")
-    method = (chosen_on or {}).get("method") or (
-        contract.threshold_source if contract.threshold_source != "fixed" else config.evaluate.threshold_method
-    )
+    chosen_on = (predictor.metadata or {}).get("threshold_chosen_on")
+    method = (chosen_on or {}).get("method") or contract.threshold_source
+    if method == "fixed" and config is not None:  # contracts written before threshold_source existed say "fixed"
+        method = config.evaluate.threshold_method
     origin = describe_threshold(threshold, method=method, chosen_on=chosen_on,
                                 measured_on={"data": str(reader.root), "split": split}, given=given)
     probabilities = predictor.predict_proba(images, batch_size=batch_size, tta=tta)

@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "pcamlab.cli.report",
     "pcamlab.cli.compare",
     "pcamlab.cli.bench",
+    "pcamlab.cli.slide",
     "pcamlab.cli.serve",
 ]
 

@@ -1,0 +1,197 @@
+"""``pcamlab slide``: inspect whole-slide images (``info``) and map their tumour with a patch model (``predict``).
+
+A thin adapter over :mod:`pcamlab.slide`: ``info`` calls :func:`pcamlab.slide.slide_info`; ``predict``
+loads the model once and calls :func:`pcamlab.slide.predict_slide` per slide of its shard, one folder
+per slide under ``--out``, with a progress bar in tiles per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["register", "parse_shard"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "slide", help="whole-slide images: info, and tumour heatmaps from a patch model",
+        description="Inspect whole-slide images and map their tumour with a trained patch model.",
+    )
+    commands = parser.add_subparsers(dest="slide_command", metavar="SUBCOMMAND", title="subcommands")
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+    info = commands.add_parser(
+        "info", help="vendor, levels, dimensions, microns per pixel and a thumbnail of a slide",
+        description="Print what a slide holds: backend, vendor, pyramid levels with their sizes, microns per "
+        "pixel and where they come from, and a text thumbnail (or a PNG with --thumbnail).",
+    )
+    info.add_argument("slide", metavar="SLIDE", help="slide file (.svs, .tif, .ndpi, .mrxs, ...)")
+    info.add_argument("--mpp", type=float, help="level-0 microns per pixel when the slide does not say")
+    info.add_argument("--thumbnail", metavar="FILE", help="also write a PNG thumbnail (longer side --size)")
+    info.add_argument("--size", type=int, default=1024, help="thumbnail longer side in pixels (default 1024)")
+    info.add_argument("--json", action="store_true", help="print the facts as JSON")
+    info.set_defaults(func=run_info)
+
+    predict = commands.add_parser(
+        "predict", help="tumour heatmaps of slides from a patch model (one folder per slide)",
+        description="Tile each slide at the model's training resolution (its contract's mpp, PCam's 0.972 "
+        "um/px by default), predict every tissue tile, and write OUT/<slide name>/: probability maps (.npy), "
+        "heatmap and overlay PNGs, tissue mask, tiles.csv, tumour_tiles.geojson (QuPath), summary.json and "
+        "report.html. An interrupted slide resumes where it stopped; finished slides are skipped.",
+    )
+    predict.add_argument("model", metavar="MODEL", help="checkpoint .safetensors, or exported .onnx / .pt")
+    predict.add_argument("slides", metavar="SLIDE", nargs="+", help="slide files")
+    predict.add_argument("--out", required=True, metavar="DIR", help="folder for one result folder per slide")
+    predict.add_argument("--stride", type=int, help="tile step in model pixels, dividing the patch size "
+                         "(default: the patch size; e.g. 48 or 32 overlap tiles and average them)")
+    predict.add_argument("--mpp", type=float, help="level-0 microns per pixel for slides whose metadata lacks it")
+    predict.add_argument("--tissue-method", default="saturation", choices=["saturation", "otsu"],
+                         help="tissue mask rule (default: PCam's HSV saturation threshold)")
+    predict.add_argument("--tissue-threshold", type=float, default=0.07,
+                         help="HSV saturation below which a pixel is glass (default 0.07)")
+    predict.add_argument("--min-tissue", type=float, default=0.25,
+                         help="predict a tile when at least this share of it is tissue (default 0.25)")
+    predict.add_argument("--threshold", type=float, help="tumour probability threshold (default: the model's)")
+    predict.add_argument("--top-k", type=int, default=10, help="slide score: mean of the top k tiles (default 10)")
+    predict.add_argument("--batch-size", type=int, default=256, help="tiles per forward pass (default 256)")
+    predict.add_argument("--readers", type=int, default=2, help="reader threads ahead of the model (default 2)")
+    predict.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch checkpoints only)")
+    predict.add_argument("--backend", choices=["openslide", "tiffslide"], help="force a slide reader")
+    predict.add_argument("--shard", metavar="I/N", help="process only the I-th of N shares of the slides "
+                         "(1 <= I <= N; slide k goes to share k mod N + 1), for cluster array jobs")
+    predict.add_argument("--no-resume", action="store_true", help="start unfinished slides again from scratch")
+    predict.set_defaults(func=run_predict)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"2/4"`` -> (2, 4); None -> (1, 1). Raises ConfigError naming --shard."""
+    from pcamlab.errors import ConfigError
+
+    if text is None:
+        return 1, 1
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        index = count = 0
+    if not 1 <= index <= count:
+        raise ConfigError(f"--shard must be I/N with 1 <= I <= N, e.g. 2/4; got {text!r}")
+    return index, count
+
+
+def _text_thumbnail(image, columns: int = 64) -> str:
+    """A few lines of characters, darker = more stain, for a quick look in a terminal."""
+    import numpy as np
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    rows = max(1, int(round(columns * height / width / 2)))  # terminal cells are about twice as tall as wide
+    grey = np.asarray(Image.fromarray(image).convert("L").resize((columns, rows), Image.Resampling.BOX))
+    ramp = " .:-=+*#%@"
+    background = max(float(np.percentile(grey, 95)), 1.0)  # the glass: brightest common grey
+    darkness = np.clip((background - grey.astype(np.float32)) / background, 0, 1)
+    indices = np.clip((darkness * 3.0 * (len(ramp) - 1)).astype(int), 0, len(ramp) - 1)  # stain is light: stretch
+    return "\n".join("".join(ramp[i] for i in row) for row in indices)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    import json
+
+    from pcamlab.slide import open_slide
+
+    with open_slide(args.slide, mpp=args.mpp) as slide:
+        info = slide.info()
+        thumbnail = slide.thumbnail(args.size if args.thumbnail else 256)
+    if args.thumbnail:
+        from PIL import Image
+
+        from pcamlab.fileio import atomic_path
+
+        with atomic_path(args.thumbnail) as temporary:
+            Image.fromarray(thumbnail).save(temporary, format="PNG")
+    if args.json:
+        print(json.dumps(info.to_dict(), indent=2))
+        return 0
+    print(f"slide     {info.path}")
+    print(f"reader    {info.backend} ({info.vendor})")
+    if info.mpp:
+        print(f"mpp       {info.mpp[0]:.4g} x {info.mpp[1]:.4g} um/px at level 0 (from {info.mpp_source})")
+    else:
+        print("mpp       unknown (no metadata, no TIFF resolution tags): pass --mpp to predict")
+    if info.objective_power:
+        print(f"objective {info.objective_power:g}x")
+    print("level  width x height    downsample  um/px")
+    for level, ((width, height), downsample) in enumerate(zip(info.level_dimensions, info.level_downsamples)):
+        mpp = f"{info.mpp[0] * downsample:.4g}" if info.mpp else "-"
+        print(f"{level:>5}  {width:>7} x {height:<7}  {downsample:>10.4g}  {mpp}")
+    print(_text_thumbnail(thumbnail))
+    if args.thumbnail:
+        print(f"thumbnail written to {args.thumbnail} ({thumbnail.shape[1]} x {thumbnail.shape[0]})")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from pcamlab.slide import MissingResolutionError, load_predictor, plan_grid, predict_slide
+    from pcamlab.slide.batch import shard, slide_folders
+    from pcamlab.slide.reader import open_slide
+
+    index, count = parse_shard(args.shard)
+    mine = shard(args.slides, index, count)
+    out = Path(args.out)
+    folders = slide_folders(mine, out)  # raises when two slides share a folder name
+    if not mine:
+        print(f"shard {index}/{count}: no slides (of {len(args.slides)})")
+        return 0
+    predictor = load_predictor(args.model, device=args.device)
+    from pcamlab.slide._model import PCAM_MPP, contract_value
+
+    patch_size = int(contract_value(predictor.contract, "patch_size", 96))
+    target_mpp = float(contract_value(predictor.contract, "mpp", PCAM_MPP))
+    try:  # check every slide before any work: a typo or a missing mpp fails in seconds, with nothing written
+        for slide_path in mine:
+            with open_slide(slide_path, mpp=args.mpp, backend=args.backend) as slide:
+                plan_grid(slide, patch_size, args.stride or patch_size, target_mpp)
+    except MissingResolutionError as error:
+        raise MissingResolutionError(f"{error}; on the command line: --mpp 0.25") from None
+
+    done = skipped = 0
+    for slide_path, folder in zip(mine, folders):
+        if (folder / "summary.json").is_file():
+            print(f"{slide_path}: already finished in {folder}, skipped")
+            skipped += 1
+            continue
+        bar = tqdm(total=0, desc=Path(slide_path).name, unit="tile", leave=False,
+                   disable=not sys.stderr.isatty(), dynamic_ncols=True)
+
+        def progress(done_tiles: int, total: int, bar=bar) -> None:
+            if bar.total != total:
+                bar.total = total
+                bar.n = bar.last_print_n = done_tiles
+                bar.refresh()
+            else:
+                bar.update(done_tiles - bar.n)
+
+        try:
+            result = predict_slide(
+                predictor, slide_path, folder, stride=args.stride, mpp=args.mpp, tissue_method=args.tissue_method,
+                tissue_threshold=args.tissue_threshold, min_tissue_fraction=args.min_tissue, threshold=args.threshold,
+                top_k=args.top_k, batch_size=args.batch_size, readers=args.readers, backend=args.backend,
+                resume=not args.no_resume, progress=progress,
+            )
+        finally:
+            bar.close()
+        summary = result.summary
+        resumed = f", {summary['tiles_resumed']:,} resumed" if summary["tiles_resumed"] else ""
+        print(
+            f"{slide_path}: score max {summary['score_max']:.3f} top-{summary['top_k']} mean "
+            f"{summary['score_top_k_mean']:.3f}; tumour {summary['tumour_area_mm2']:.2f} mm2 of "
+            f"{summary['tissue_area_mm2']:.1f} mm2 tissue; {summary['tiles']:,} tiles{resumed} "
+            f"({summary['tiles_per_second'] or 0:,.0f} tiles/s), {summary['seconds']:.1f} s -> {folder}"
+        )
+        done += 1
+    print(f"{done} slide(s) done, {skipped} already finished" + (f" (shard {index}/{count})" if count > 1 else ""))
+    return 0

@@ -1,0 +1,43 @@
+"""Whole-slide tumour maps from a trained patch model (``pcamlab slide``).
+
+- :mod:`~pcamlab.slide.reader`: open a slide with OpenSlide, else tiffslide; levels, mpp, regions.
+- :mod:`~pcamlab.slide.tissue`: the tissue mask (PCam's HSV-saturation rule, or Otsu).
+- :mod:`~pcamlab.slide.predict`: :func:`predict_slide`, tiled inference through a Predictor, resumable.
+- :mod:`~pcamlab.slide.outputs`: heatmap, overlay, GeoJSON for QuPath, CSV, HTML section.
+- :mod:`~pcamlab.slide.synthetic`: pyramidal TIFF slides of real PCam patches, with ground truth.
+
+This package never imports ``pcamlab.train``; models are loaded through the shared Predictor.
+
+Example:
+    >>> from pcamlab.slide import load_predictor, predict_slide
+    >>> result = predict_slide(load_predictor("model.onnx"), "slide.tif", "out/slide")
+    >>> result.summary["score_max"]
+"""
+
+from pcamlab.slide._model import PCAM_MPP, load_predictor
+from pcamlab.slide.predict import OUTPUT_FILES, Grid, SlideResult, plan_grid, predict_slide
+from pcamlab.slide.reader import BACKENDS, MissingResolutionError, Slide, SlideInfo, open_slide, slide_info
+from pcamlab.slide.synthetic import SyntheticSlide, make_synthetic_slide, read_truth, sample_pools
+from pcamlab.slide.tissue import TISSUE_METHODS, tissue_mask
+
+__all__ = [
+    "BACKENDS",
+    "Grid",
+    "MissingResolutionError",
+    "OUTPUT_FILES",
+    "PCAM_MPP",
+    "Slide",
+    "SlideInfo",
+    "SlideResult",
+    "SyntheticSlide",
+    "TISSUE_METHODS",
+    "load_predictor",
+    "make_synthetic_slide",
+    "open_slide",
+    "plan_grid",
+    "predict_slide",
+    "read_truth",
+    "sample_pools",
+    "slide_info",
+    "tissue_mask",
+]

@@ -1,0 +1,55 @@
+"""Many slides: which ones a shard of a cluster job takes, and the folder each one gets.
+
+Example:
+    >>> shard(["a.svs", "b.svs", "c.svs"], 2, 2)
+    ['b.svs']
+    >>> slide_folders(["x/a.svs", "y/b.tif"], Path("out"))
+    [PosixPath('out/a'), PosixPath('out/b')]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from pcamlab.errors import ConfigError, DataError
+
+__all__ = ["shard", "slide_folders"]
+
+
+def shard(slides: Sequence[str | os.PathLike], index: int, count: int) -> list[str | os.PathLike]:
+    """The slides of share ``index`` (1-based) of ``count``: slide k (0-based, in the given order) goes to
+    share ``k % count + 1``, so every slide lands in exactly one share whatever the list length.
+
+    Raises:
+        ConfigError: ``index`` not in 1..``count``.
+    """
+    if not (isinstance(index, int) and isinstance(count, int) and 1 <= index <= count):
+        raise ConfigError(f"shard must be index/count with 1 <= index <= count; got {index}/{count}")
+    return [slide for position, slide in enumerate(slides) if position % count == index - 1]
+
+
+def slide_folders(slides: Sequence[str | os.PathLike], out: Path) -> list[Path]:
+    """``out/<file name without its suffix>`` for each slide (``.ome.tif`` loses both suffixes).
+
+    Raises:
+        DataError: two slides would share a folder (same name in different folders).
+    """
+    folders: dict[Path, str] = {}
+    result = []
+    for slide in slides:
+        name = Path(slide).name
+        for suffix in (".ome.tiff", ".ome.tif"):
+            if name.lower().endswith(suffix):
+                name = name[: -len(suffix)]
+                break
+        else:
+            name = Path(name).stem
+        folder = out / name
+        if folder in folders:
+            raise DataError(f"slides {folders[folder]!r} and {str(slide)!r} would both write to {str(folder)!r}; "
+                            "rename one, or predict them into different output folders")
+        folders[folder] = str(slide)
+        result.append(folder)
+    return result

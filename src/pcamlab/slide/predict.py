@@ -1,0 +1,512 @@
+"""Whole-slide tumour maps: tile a slide at the model's resolution, predict the tissue tiles, write the maps.
+
+:func:`predict_slide` is the library entry point (the CLI and the web service call it):
+
+1. open the slide (OpenSlide, else tiffslide) and find its microns per pixel (metadata, TIFF tags, or
+   the ``mpp`` given);
+2. choose the pyramid level nearest the model's training resolution (the input contract's ``mpp``,
+   PCam's 0.972 um/px by default); when no level is within 5% of it, read the next finer level and
+   resample every region to the model's resolution (box filter);
+3. lay a grid of ``patch_size`` tiles at ``stride`` over the slide, compute a tissue mask on a low
+   level (:mod:`pcamlab.slide.tissue`) and keep the tiles with enough tissue;
+4. read regions with a bounded pool of reader threads running ahead of the model, predict them in
+   batches through the Predictor, and write each batch's probabilities into a memory-mapped ``.npy``
+   grid at once (memory does not grow with the slide; a killed run resumes from that file);
+5. average overlapping tiles into the probability map and write the outputs (see :class:`SlideResult`).
+
+Everything is written into a hidden ``.NAME.partial`` folder beside ``out_dir`` and renamed to
+``out_dir`` only when complete, so ``out_dir`` is either absent or whole; a finished ``out_dir`` is never
+overwritten.
+
+Example:
+    >>> from pcamlab.slide import load_predictor, predict_slide
+    >>> predictor = load_predictor("runs/demo/best.safetensors")
+    >>> result = predict_slide(predictor, "slide.tif", "out/slide", stride=48)
+    >>> result.summary["score_max"], result.files["heatmap"]
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pcamlab.errors import ConfigError, DataError, RunError
+from pcamlab.fileio import write_text_atomic
+from pcamlab.slide._model import PCAM_MPP, contract_value
+from pcamlab.slide.reader import Slide, open_slide, read_downsampled
+from pcamlab.slide.tissue import DEFAULT_SATURATION_THRESHOLD, tissue_mask
+
+__all__ = ["Grid", "SlideResult", "plan_grid", "predict_slide", "OUTPUT_FILES", "LEVEL_TOLERANCE"]
+
+LEVEL_TOLERANCE = 0.05  # a level within 5% of the model's mpp is read as is; otherwise regions are resampled
+MASK_PIXELS_PER_TILE = 8  # the tissue mask has about 8 x 8 pixels per tile
+REGION_PIXELS = 1024  # edge of one reader's region in pixels of the level read (bounds reader memory)
+STATE_FILE = "state.json"
+TILE_FILE = "tile_probabilities.npy"
+OUTPUT_FILES = {  # key -> file name in the slide's folder
+    "tile_probabilities": TILE_FILE,  # float32 (rows, cols) per tile, NaN = not predicted (glass)
+    "probability_map": "probability_map.npy",  # float32 per stride cell, overlapping tiles averaged
+    "heatmap": "heatmap.png",
+    "overlay": "overlay.png",
+    "thumbnail": "thumbnail.png",
+    "tissue_mask": "tissue_mask.png",
+    "tiles_csv": "tiles.csv",
+    "geojson": "tumour_tiles.geojson",
+    "summary": "summary.json",
+    "report": "report.html",
+}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where the tiles lie: model-resolution tiles mapped to a pyramid level and to level-0 pixels.
+
+    Attributes:
+        level: pyramid level read.
+        level_downsample: that level's downsample relative to level 0.
+        read_scale: level pixels per model pixel (1.0 when the level matches the model's mpp).
+        model_mpp: microns per model pixel actually used (the level's mpp when read as is).
+        patch_size: tile edge in model pixels.
+        stride: step between tiles in model pixels (divides ``patch_size``).
+        rows, cols: tile grid size.
+        slide_width_level0, slide_height_level0: level-0 size of the slide.
+        mpp0: level-0 microns per pixel.
+    """
+
+    level: int
+    level_downsample: float
+    read_scale: float
+    model_mpp: float
+    patch_size: int
+    stride: int
+    rows: int
+    cols: int
+    slide_width_level0: int
+    slide_height_level0: int
+    mpp0: float
+
+    @property
+    def level0_per_model_pixel(self) -> float:
+        return self.read_scale * self.level_downsample
+
+    @property
+    def tile_size_level0(self) -> int:
+        return int(round(self.patch_size * self.level0_per_model_pixel))
+
+    @property
+    def cells_per_tile(self) -> int:
+        return self.patch_size // self.stride
+
+    def tile_origin_level0(self, row: int, col: int) -> tuple[int, int]:
+        """Top-left level-0 pixel of tile (row, col)."""
+        scale = self.stride * self.level0_per_model_pixel
+        return int(round(col * scale)), int(round(row * scale))
+
+    @property
+    def map_width_level0(self) -> float:
+        return (self.cols - 1 + self.cells_per_tile) * self.stride * self.level0_per_model_pixel
+
+    @property
+    def map_height_level0(self) -> float:
+        return (self.rows - 1 + self.cells_per_tile) * self.stride * self.level0_per_model_pixel
+
+    @property
+    def extent_mm(self) -> tuple[float, float]:
+        """Width and height of the probability map in millimetres."""
+        return self.map_width_level0 * self.mpp0 / 1000, self.map_height_level0 * self.mpp0 / 1000
+
+    @property
+    def slide_extent_mm(self) -> tuple[float, float]:
+        return self.slide_width_level0 * self.mpp0 / 1000, self.slide_height_level0 * self.mpp0 / 1000
+
+    @property
+    def cell_area_mm2(self) -> float:
+        return (self.stride * self.model_mpp / 1000) ** 2
+
+
+@dataclass
+class SlideResult:
+    """What :func:`predict_slide` returns.
+
+    Attributes:
+        slide: the slide file.
+        out_dir: the finished folder.
+        summary: the content of ``summary.json`` (scores, areas, tiles, seconds, geometry).
+        files: key of ``OUTPUT_FILES`` -> path.
+        probability_map: float32 map per stride cell (NaN = no tissue tile), as written.
+    """
+
+    slide: Path
+    out_dir: Path
+    summary: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+    probability_map: np.ndarray | None = None
+
+
+def _choose_level(slide: Slide, mpp0: float, target_mpp: float) -> tuple[int, float]:
+    """(level, read_scale): the level nearest ``target_mpp``; resample from the next finer one if none is close."""
+    level_mpps = [mpp0 * downsample for downsample in slide.level_downsamples]
+    nearest = min(range(len(level_mpps)), key=lambda index: abs(math.log(level_mpps[index] / target_mpp)))
+    if abs(level_mpps[nearest] / target_mpp - 1) <= LEVEL_TOLERANCE:
+        return nearest, 1.0
+    finer = [index for index, value in enumerate(level_mpps) if value < target_mpp]
+    level = max(finer, key=lambda index: level_mpps[index]) if finer else 0  # coarsest finer level, else upsample
+    return level, target_mpp / level_mpps[level]
+
+
+def plan_grid(slide: Slide, patch_size: int, stride: int, target_mpp: float) -> Grid:
+    """The tile grid of ``slide`` for a model of ``patch_size`` pixels at ``target_mpp`` um/px.
+
+    Raises:
+        MissingResolutionError: the slide's mpp is unknown.
+        ConfigError: ``stride`` does not divide ``patch_size``.
+        DataError: the model's patch does not fit in the slide at the model's resolution.
+    """
+    if not (isinstance(stride, int) and 1 <= stride <= patch_size and patch_size % stride == 0):
+        divisors = [d for d in range(patch_size, 0, -1) if patch_size % d == 0][:6]
+        raise ConfigError(f"stride must divide the model's patch size {patch_size} (e.g. {divisors}); got {stride!r}")
+    mpp0 = slide.require_mpp()
+    level, read_scale = _choose_level(slide, mpp0, target_mpp)
+    level_width, level_height = slide.level_dimensions[level]
+    model_width, model_height = int(level_width / read_scale), int(level_height / read_scale)
+    level_mpp = mpp0 * slide.level_downsamples[level]
+    if model_width < patch_size or model_height < patch_size:
+        raise DataError(
+            f"slide {str(slide.path)!r} is {model_width} x {model_height} pixels at the model's {target_mpp:.3g} "
+            f"um/px, smaller than the model's {patch_size} x {patch_size} patch; use a model with a smaller "
+            "patch_size or a larger slide"
+        )
+    return Grid(
+        level=level, level_downsample=slide.level_downsamples[level], read_scale=read_scale,
+        model_mpp=level_mpp * read_scale, patch_size=patch_size, stride=stride,
+        rows=(model_height - patch_size) // stride + 1, cols=(model_width - patch_size) // stride + 1,
+        slide_width_level0=slide.dimensions[0], slide_height_level0=slide.dimensions[1], mpp0=mpp0,
+    )
+
+
+def _tile_tissue_fraction(mask: np.ndarray, grid: Grid, mask_downsample: float) -> np.ndarray:
+    """float32 (rows, cols): share of each tile's footprint that the mask calls tissue (integral image)."""
+    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
+    integral[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0), axis=1)
+    step = grid.stride * grid.level0_per_model_pixel / mask_downsample
+    size = grid.patch_size * grid.level0_per_model_pixel / mask_downsample
+    tops = np.clip(np.round(np.arange(grid.rows) * step).astype(int), 0, mask.shape[0])
+    lefts = np.clip(np.round(np.arange(grid.cols) * step).astype(int), 0, mask.shape[1])
+    bottoms = np.clip(np.round(np.arange(grid.rows) * step + size).astype(int), 0, mask.shape[0])
+    rights = np.clip(np.round(np.arange(grid.cols) * step + size).astype(int), 0, mask.shape[1])
+    area = np.maximum((bottoms - tops)[:, None] * (rights - lefts)[None, :], 1)
+    inside = (integral[bottoms][:, rights] - integral[tops][:, rights] - integral[bottoms][:, lefts]
+              + integral[tops][:, lefts])
+    return (inside / area).astype(np.float32)
+
+
+def _model_name(predictor: Any) -> str:
+    path = getattr(predictor, "path", None)
+    return str(path) if path else type(predictor).__name__
+
+
+def _state(slide: Slide, grid: Grid, predictor: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """What a partial run must match to be resumed: the slide file, the geometry, the model, the settings."""
+    status = slide.path.stat()
+    contract = getattr(predictor, "contract", {})
+    contract_dict = contract if isinstance(contract, dict) else getattr(contract, "to_dict", lambda: {})()
+    return {
+        "slide": str(slide.path.resolve()), "slide_bytes": status.st_size, "slide_mtime_ns": status.st_mtime_ns,
+        "grid": asdict(grid), "model": _model_name(predictor),
+        "contract": json.loads(json.dumps(contract_dict, default=str)), "settings": settings,
+    }
+
+
+class _Readers:
+    """A bounded pool of reader threads, each with its own open slide, producing tile batches in order."""
+
+    def __init__(self, slide_path: Path, backend: str, mpp: float | None, grid: Grid, workers: int):
+        self.slide_path, self.backend, self.mpp, self.grid = slide_path, backend, mpp, grid
+        self.local = threading.local()
+        self.opened: list[Slide] = []
+        self.lock = threading.Lock()
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slide-reader")
+
+    def _slide(self) -> Slide:
+        slide = getattr(self.local, "slide", None)
+        if slide is None:
+            slide = open_slide(self.slide_path, mpp=self.mpp, backend=self.backend)
+            self.local.slide = slide
+            with self.lock:
+                self.opened.append(slide)
+        return slide
+
+    def read(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """uint8 (N, patch, patch, 3) tiles at (rows, cols), from one region read covering all of them."""
+        from PIL import Image
+
+        grid = self.grid
+        size, stride, scale = grid.patch_size, grid.stride, grid.read_scale
+        top, left = int(rows.min()) * stride, int(cols.min()) * stride  # model pixels
+        height, width = int(rows.max()) * stride + size - top, int(cols.max()) * stride + size - left
+        read_width, read_height = max(1, int(round(width * scale))), max(1, int(round(height * scale)))
+        origin = (int(round(left * grid.level0_per_model_pixel)), int(round(top * grid.level0_per_model_pixel)))
+        region = self._slide().read_region(origin, grid.level, (read_width, read_height))
+        if scale != 1.0:
+            resample = Image.Resampling.BOX if scale > 1 else Image.Resampling.BILINEAR
+            region = np.asarray(Image.fromarray(region).resize((width, height), resample))
+        tiles = np.empty((len(rows), size, size, 3), dtype=np.uint8)
+        for index, (row, col) in enumerate(zip((rows * stride - top).tolist(), (cols * stride - left).tolist())):
+            tiles[index] = region[row:row + size, col:col + size]
+        return tiles, rows, cols
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for slide in self.opened:
+            slide.close()
+
+
+def _chunks(todo_rows: np.ndarray, todo_cols: np.ndarray, grid: Grid) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Group the tiles to predict into blocks whose region is about REGION_PIXELS on a side when read."""
+    span = max(1, int((REGION_PIXELS / grid.read_scale - grid.patch_size) // grid.stride) + 1)  # tiles per block side
+    block = (todo_rows // span) * (grid.cols // span + 1) + todo_cols // span
+    order = np.argsort(block, kind="stable")
+    blocks, starts = np.unique(block[order], return_index=True)
+    ends = list(starts[1:]) + [len(order)]
+    return [(todo_rows[order[s:e]], todo_cols[order[s:e]]) for s, e in zip(starts, ends)]
+
+
+def _predict_tiles(predictor: Any, readers: _Readers, chunks: list, tiles_grid: np.ndarray, batch_size: int,
+                   workers: int, progress: Callable[[int, int], object] | None, done: int, total: int) -> int:
+    """Read chunks ahead with the pool, predict in batches, write each batch into the memory map. Returns tiles done."""
+    pending: collections.deque = collections.deque()
+    queue_depth = 2 * workers  # regions read ahead of the model: bounds memory
+    next_chunk = 0
+    buffer_tiles, buffer_rows, buffer_cols, buffered = [], [], [], 0
+
+    def flush(count: int) -> None:
+        """Predict the first ``count`` buffered tiles and write them; the rest stay buffered."""
+        nonlocal buffer_tiles, buffer_rows, buffer_cols, buffered, done
+        images = np.concatenate(buffer_tiles) if len(buffer_tiles) > 1 else buffer_tiles[0]
+        rows, cols = np.concatenate(buffer_rows), np.concatenate(buffer_cols)
+        buffer_tiles, buffer_rows, buffer_cols = [images[count:]], [rows[count:]], [cols[count:]]
+        buffered = len(images) - count
+        images, rows, cols = images[:count], rows[:count], cols[:count]
+        probabilities = np.asarray(predictor.predict_proba(images, batch_size=len(images)), dtype=np.float32)
+        if probabilities.shape != (len(images),):
+            raise RunError(f"the predictor returned shape {probabilities.shape} for {len(images)} tiles; expected "
+                           f"({len(images)},): a Predictor's predict_proba must return one probability per patch")
+        tiles_grid[rows, cols] = probabilities
+        tiles_grid.flush()
+        done += len(images)
+        if progress is not None:
+            progress(done, total)
+
+    while next_chunk < len(chunks) or pending:
+        while next_chunk < len(chunks) and len(pending) < queue_depth:
+            pending.append(readers.pool.submit(readers.read, *chunks[next_chunk]))
+            next_chunk += 1
+        tiles, rows, cols = pending.popleft().result()
+        buffer_tiles.append(tiles)
+        buffer_rows.append(rows)
+        buffer_cols.append(cols)
+        buffered += len(tiles)
+        while buffered >= batch_size:
+            flush(batch_size)
+    if buffered:
+        flush(buffered)
+    return done
+
+
+def _open_partial(partial: Path, state: dict[str, Any], shape: tuple[int, int], resume: bool) -> np.ndarray:
+    """The memory-mapped tile grid of the partial folder: reopened when its state matches, else new."""
+    state_path = partial / STATE_FILE
+    if partial.exists():
+        previous = None
+        try:
+            previous = json.loads(state_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            pass  # no state written yet: the previous run died while creating the folder; start again
+        if previous is not None and resume and previous == state:
+            try:
+                tiles = np.load(partial / TILE_FILE, mmap_mode="r+")
+                if tiles.shape == shape and tiles.dtype == np.float32:
+                    return tiles
+            except (OSError, ValueError):
+                pass
+        if previous is not None and previous != state and resume:
+            raise RunError(
+                f"{str(partial)!r} holds an unfinished run of other settings (slide file, model, stride, mpp or "
+                "tissue options changed); delete that folder to start again, or run with the same settings to resume it"
+            )
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    tiles = np.lib.format.open_memmap(partial / TILE_FILE, mode="w+", dtype=np.float32, shape=shape)
+    tiles[:] = np.nan
+    tiles.flush()
+    write_text_atomic(state_path, json.dumps(state, indent=2) + "\n")  # last: marks the folder resumable
+    return tiles
+
+
+def predict_slide(
+    predictor: Any,
+    slide_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    stride: int | None = None,
+    mpp: float | None = None,
+    tissue_method: str = "saturation",
+    tissue_threshold: float = DEFAULT_SATURATION_THRESHOLD,
+    min_tissue_fraction: float = 0.25,
+    threshold: float | None = None,
+    top_k: int = 10,
+    batch_size: int = 256,
+    readers: int = 2,
+    backend: str | None = None,
+    resume: bool = True,
+    progress: Callable[[int, int], object] | None = None,
+) -> SlideResult:
+    """Predict every tissue tile of a whole-slide image and write its tumour maps into ``out_dir``.
+
+    Args:
+        predictor: a Predictor (``contract`` + ``predict_proba(uint8 (N, H, W, 3)) -> (N,)``), e.g. from
+            :func:`pcamlab.slide.load_predictor` (torch checkpoint, ONNX or TorchScript).
+        slide_path: the slide (anything :func:`pcamlab.slide.open_slide` reads).
+        out_dir: the slide's folder to create (must not exist, or be empty).
+        stride: step between tiles in model pixels; must divide the patch size. Default: the patch size
+            (no overlap). Smaller strides overlap tiles and average them into a smoother map.
+        mpp: level-0 microns per pixel, used only when neither the metadata nor the TIFF tags have it.
+        tissue_method: ``"saturation"`` (PCam's rule) or ``"otsu"``.
+        tissue_threshold: HSV saturation cut for ``"saturation"`` (0-1, default 0.07).
+        min_tissue_fraction: a tile is predicted when at least this share of it is tissue (0-1].
+        threshold: probability at which a tile counts as tumour (default: the model's contract threshold).
+        top_k: the slide score ``score_top_k_mean`` averages the ``top_k`` highest tile probabilities.
+        batch_size: tiles per ``predict_proba`` call.
+        readers: reader threads running ahead of the model (each keeps 2 regions in flight at most).
+        backend: force ``"openslide"`` or ``"tiffslide"``.
+        resume: continue an unfinished run of the same settings found beside ``out_dir`` (else start over).
+        progress: called as ``progress(tiles_done, tiles_total)`` after each batch (resumed tiles count as done).
+
+    Returns:
+        A :class:`SlideResult`; the folder holds ``OUTPUT_FILES``: the tile and cell probability arrays
+        (float32 ``.npy``, NaN = no tissue), ``heatmap.png`` and ``overlay.png`` with a colour bar,
+        ``thumbnail.png``, ``tissue_mask.png``, ``tiles.csv`` (level-0 pixel boxes and probabilities),
+        ``tumour_tiles.geojson`` (tiles >= threshold, for QuPath), ``summary.json`` and ``report.html``.
+
+    Raises:
+        DataError: unreadable or unsupported slide, unknown resolution (``MissingResolutionError``), no
+            tissue found, or a model patch that does not fit the slide. Raised before anything is written.
+        ConfigError: a parameter out of range (stride, fractions, batch size, readers, top_k).
+        RunError: ``out_dir`` already holds files, or an unfinished run of other settings is in the way.
+
+    Example:
+        >>> result = predict_slide(load_predictor("model.onnx"), "slide.tif", "out/slide", stride=48)
+        >>> round(result.summary["score_max"], 3)
+        0.991
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    for name, value, low in (("batch_size", batch_size, 1), ("readers", readers, 1), ("top_k", top_k, 1)):
+        if not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name} must be an integer >= {low}; got {value!r}")
+    if not 0 < min_tissue_fraction <= 1:
+        raise ConfigError(f"min_tissue_fraction must be in (0, 1]; got {min_tissue_fraction!r}, e.g. 0.25")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        finished = (out_dir / OUTPUT_FILES["summary"]).is_file()
+        raise RunError(
+            f"{str(out_dir)!r} already holds {'a finished slide result' if finished else 'files'}; it is never "
+            "overwritten: choose another out_dir or delete it"
+        )
+    contract = predictor.contract
+    patch_size = int(contract_value(contract, "patch_size", 96))
+    target_mpp = float(contract_value(contract, "mpp", PCAM_MPP))
+    threshold = float(contract_value(contract, "threshold", 0.5) if threshold is None else threshold)
+    if not 0 <= threshold <= 1:
+        raise ConfigError(f"threshold must be a probability in [0, 1]; got {threshold!r}")
+    stride = patch_size if stride is None else stride
+
+    with open_slide(slide_path, mpp=mpp, backend=backend) as slide:
+        grid = plan_grid(slide, patch_size, stride, target_mpp)
+        mask_downsample = max(1.0, grid.tile_size_level0 / MASK_PIXELS_PER_TILE)
+        low = read_downsampled(slide, mask_downsample)
+        mask = tissue_mask(low, method=tissue_method, threshold=tissue_threshold)
+        thumbnail = slide.thumbnail(1024)
+        tissue = _tile_tissue_fraction(mask, grid, mask_downsample) >= min_tissue_fraction
+        if not tissue.any():
+            raise DataError(
+                f"no tissue found in slide {str(slide.path)!r} (tissue_method={tissue_method!r}, saturation "
+                f"threshold {tissue_threshold}, {mask.mean():.1%} of the mask is tissue, no tile has "
+                f"{min_tissue_fraction:.0%}); check the slide, or lower tissue_threshold / min_tissue_fraction"
+            )
+        settings = {"tissue_method": tissue_method, "tissue_threshold": tissue_threshold,
+                    "min_tissue_fraction": min_tissue_fraction, "backend": slide.backend}
+        state = _state(slide, grid, predictor, settings)
+        info = slide.info()
+
+    partial = out_dir.parent / f".{out_dir.name}.partial"
+    tiles_grid = _open_partial(partial, state, (grid.rows, grid.cols), resume)
+    todo_rows, todo_cols = np.nonzero(tissue & ~np.isfinite(np.asarray(tiles_grid)))
+    total = int(tissue.sum())
+    resumed = total - len(todo_rows)
+    if progress is not None:
+        progress(resumed, total)
+    inference_started = time.perf_counter()
+    pool = _Readers(Path(slide_path), info.backend, mpp, grid, readers)
+    try:
+        _predict_tiles(predictor, pool, _chunks(todo_rows, todo_cols, grid), tiles_grid, batch_size, readers,
+                       progress, resumed, total)
+    finally:
+        pool.close()
+    inference_seconds = time.perf_counter() - inference_started
+
+    tiles = np.array(tiles_grid)  # (rows, cols) float32, small: one value per tile
+    del tiles_grid
+    from pcamlab.slide import outputs
+
+    probability_map = outputs.average_overlaps(tiles, grid.cells_per_tile)
+    known = tiles[np.isfinite(tiles)]
+    top = np.sort(known)[::-1][:top_k]
+    files = {key: partial / name for key, name in OUTPUT_FILES.items()}
+    np.save(files["probability_map"].with_suffix(".tmp.npy"), probability_map)
+    os.replace(files["probability_map"].with_suffix(".tmp.npy"), files["probability_map"])
+    name = Path(slide_path).name
+    summary = {
+        "slide": str(Path(slide_path)), "slide_name": name, "backend": info.backend, "vendor": info.vendor,
+        "slide_dimensions": list(info.level_dimensions[0]), "slide_mpp": grid.mpp0, "mpp_source": info.mpp_source,
+        "level": grid.level, "level_mpp": grid.mpp0 * grid.level_downsample, "resampled": grid.read_scale != 1.0,
+        "read_scale": grid.read_scale, "model": _model_name(predictor), "model_mpp": grid.model_mpp,
+        "contract_mpp": target_mpp, "patch_size": patch_size, "stride": stride, "threshold": threshold,
+        "score_max": float(known.max()), "top_k": int(len(top)), "score_top_k_mean": float(top.mean()),
+        "tumour_area_mm2": float(np.sum(probability_map >= threshold) * grid.cell_area_mm2),
+        "tissue_area_mm2": float(mask.sum() * (mask_downsample * grid.mpp0 / 1000) ** 2),
+        "tiles": total, "tiles_resumed": resumed, "tiles_grid": grid.rows * grid.cols,
+        "tiles_above_threshold": int(np.sum(known >= threshold)),
+        "inference_seconds": round(inference_seconds, 3),
+        "tiles_per_second": round((total - resumed) / inference_seconds, 1) if inference_seconds > 0 else None,
+        "tissue_method": tissue_method, "tissue_threshold": tissue_threshold,
+        "min_tissue_fraction": min_tissue_fraction, "grid": asdict(grid),
+    }
+    title = f"{name}: max {summary['score_max']:.3f}, tumour {summary['tumour_area_mm2']:.2f} mm2"
+    outputs.write_mask_png(files["tissue_mask"], mask)
+    outputs._save_image(files["thumbnail"], thumbnail)
+    outputs.write_heatmap_png(files["heatmap"], probability_map, grid, title)
+    outputs.write_overlay_png(files["overlay"], thumbnail, probability_map, grid, title)
+    outputs.write_tiles_csv(files["tiles_csv"], tiles, grid)
+    outputs.write_geojson(files["geojson"], tiles, grid, threshold)
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    outputs.write_slide_report(files["report"], summary, {
+        "Heatmap": files["heatmap"], "Overlay": files["overlay"], "Tissue mask": files["tissue_mask"]})
+    write_text_atomic(files["summary"], json.dumps(summary, indent=2) + "\n")
+    (partial / STATE_FILE).unlink()
+    if out_dir.exists():
+        out_dir.rmdir()  # checked empty above
+    os.replace(partial, out_dir)
+    return SlideResult(Path(slide_path), out_dir, summary,
+                       {key: out_dir / name for key, name in OUTPUT_FILES.items()}, probability_map)

@@ -21,10 +21,9 @@ import torch
 from pcamlab.config import ModelConfig, RunConfig
 from pcamlab.data.augment import dihedral
 from pcamlab.evaluate.metrics import roc_auc
-from pcamlab.evaluate.predict import predict_proba
 from pcamlab.models import build_model
 from pcamlab.slide.synthetic import sample_pools
-from pcamlab.train.checkpoint import make_contract, save_checkpoint
+from pcamlab.runtime import InputContract, TorchPredictor, save_checkpoint
 
 MEAN = [0.70, 0.54, 0.69]  # approximate PCam channel means/stds (0-1 scale); the model learns around them
 STD = [0.17, 0.20, 0.15]
@@ -42,7 +41,7 @@ def main() -> None:
     normal, tumour = sample_pools("train")
     images = np.concatenate([normal, tumour])
     labels = torch.from_numpy(np.r_[np.zeros(len(normal)), np.ones(len(tumour))].astype(np.float32))
-    contract = make_contract(MEAN, STD)
+    contract = InputContract(mean=MEAN, std=STD)
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
     inputs = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std  # (N, 3, 96, 96)
@@ -66,7 +65,7 @@ def main() -> None:
     valid_normal, valid_tumour = sample_pools("valid")
     valid = np.concatenate([valid_normal, valid_tumour])
     valid_labels = np.r_[np.zeros(len(valid_normal)), np.ones(len(valid_tumour))]
-    auc = roc_auc(valid_labels, predict_proba(model, valid, contract))
+    auc = roc_auc(valid_labels, TorchPredictor(model, contract).predict_proba(valid))
     out = save_checkpoint(Path(args.out), model, config, contract, {"epoch": args.epochs, "valid_auc": auc})
     print(f"valid patch AUC {auc:.4f}; written {out} ({out.stat().st_size / 1024:.0f} KB)")
 

@@ -1,15 +1,15 @@
 """The one place the slide package touches a trained model: loading a predictor and reading its contract.
 
-Issue 11 moves prediction to ``pcamlab.runtime`` (``load_predictor`` and an ``InputContract`` dataclass);
-until it lands, the deploy predictors are used. Switching is the import below; ``contract_value`` reads a
-field from either the dict contract of today or the frozen dataclass of ``pcamlab.runtime.contract``.
+Prediction goes through the one Predictor of ``pcamlab.runtime`` (torch checkpoint, ONNX or TorchScript).
+``contract_value`` reads a field of the predictor's contract: the frozen ``InputContract`` dataclass, or a
+plain dict from a Predictor written elsewhere (e.g. a test double or the web service's own wrapper).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pcamlab.deploy.predictors import load_predictor
+from pcamlab.runtime import load_predictor
 
 __all__ = ["load_predictor", "contract_value", "PCAM_MPP"]
 

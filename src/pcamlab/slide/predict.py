@@ -198,8 +198,8 @@ def plan_grid(slide: Slide, patch_size: int, stride: int, target_mpp: float) -> 
 
 def _tile_tissue_fraction(mask: np.ndarray, grid: Grid, mask_downsample: float) -> np.ndarray:
     """float32 (rows, cols): share of each tile's footprint that the mask calls tissue (integral image)."""
-    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    integral[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0), axis=1)
+    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int32)  # < 2**31 mask pixels
+    integral[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.int32), axis=1, dtype=np.int32)
     step = grid.stride * grid.level0_per_model_pixel / mask_downsample
     size = grid.patch_size * grid.level0_per_model_pixel / mask_downsample
     tops = np.clip(np.round(np.arange(grid.rows) * step).astype(int), 0, mask.shape[0])
@@ -367,7 +367,7 @@ def predict_slide(
     min_tissue_fraction: float = 0.25,
     threshold: float | None = None,
     top_k: int = 10,
-    batch_size: int = 256,
+    batch_size: int = 128,
     readers: int = 2,
     backend: str | None = None,
     resume: bool = True,

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from pcamlab.errors import ConfigError, DataError, RunError
-from pcamlab.fileio import write_text_atomic
+from pcamlab.fileio import write_json_atomic
 from pcamlab.slide._model import PCAM_MPP, contract_value
 from pcamlab.slide.reader import Slide, open_slide, read_downsampled
 from pcamlab.slide.tissue import DEFAULT_SATURATION_THRESHOLD, tissue_mask
@@ -351,7 +351,7 @@ def _open_partial(partial: Path, state: dict[str, Any], shape: tuple[int, int], 
     tiles = np.lib.format.open_memmap(partial / TILE_FILE, mode="w+", dtype=np.float32, shape=shape)
     tiles[:] = np.nan
     tiles.flush()
-    write_text_atomic(state_path, json.dumps(state, indent=2) + "\n")  # last: marks the folder resumable
+    write_json_atomic(state_path, state)  # last: marks the folder resumable
     return tiles
 
 
@@ -503,7 +503,7 @@ def predict_slide(
     summary["seconds"] = round(time.perf_counter() - started, 3)
     outputs.write_slide_report(files["report"], summary, {
         "Heatmap": files["heatmap"], "Overlay": files["overlay"], "Tissue mask": files["tissue_mask"]})
-    write_text_atomic(files["summary"], json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(files["summary"], summary)
     (partial / STATE_FILE).unlink()
     if out_dir.exists():
         out_dir.rmdir()  # checked empty above

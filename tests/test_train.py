@@ -39,9 +39,12 @@ def _config(data, *extra):
     return load_config(None, [f"data.path={data}", *TINY, *extra])
 
 
-def test_run_folder_is_complete_and_checkpoint_reloads(tiny_data, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16 runs everywhere: native or emulated, tiny is cheap
+def test_run_folder_is_complete_and_checkpoint_reloads(tiny_data, tmp_path, precision):
     out = tmp_path / "run"
-    summary = train(_config(tiny_data), out, progress=False)
+    summary = train(_config(tiny_data, f"train.precision={precision}", "evaluate.threshold_method=youden"), out,
+                    progress=False)
+    assert summary["precision"] == precision
     for name in ("config.yaml", "history.csv", "best.safetensors", "last.safetensors", "summary.json", "resume.pt"):
         assert (out / name).is_file(), name
     assert list((out / "tensorboard").iterdir()), "TensorBoard event file missing"
@@ -62,6 +65,10 @@ def test_run_folder_is_complete_and_checkpoint_reloads(tiny_data, tmp_path):
     images, labels, _ = load_split_arrays(open_split(tiny_data, "valid"))
     probabilities = TorchPredictor.from_checkpoint(checkpoint).predict_proba(images)
     assert roc_auc(labels, probabilities) == pytest.approx(summary["best"]["val_auc"], abs=1e-6)
+    # the stored threshold is the one evaluate would choose on these fp32 scores, not a bf16-rounded one
+    from pcamlab.evaluate.thresholds import choose_threshold
+
+    assert checkpoint.contract.threshold == pytest.approx(choose_threshold(labels, probabilities), rel=1e-6)
 
 
 def test_finished_run_is_never_overwritten(tiny_data, tmp_path):
@@ -75,9 +82,11 @@ def test_finished_run_is_never_overwritten(tiny_data, tmp_path):
     assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == before
 
 
-def test_interrupted_run_resumes_to_identical_weights(tiny_data, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_interrupted_run_resumes_to_identical_weights(tiny_data, tmp_path, precision):
+    options = [f"train.precision={precision}", "train.deterministic=true"]  # deterministic: bitwise on CUDA too
     straight = tmp_path / "straight"
-    train(_config(tiny_data), straight, progress=False)
+    train(_config(tiny_data, *options), straight, progress=False)
 
     interrupted = tmp_path / "interrupted"
 
@@ -86,9 +95,9 @@ def test_interrupted_run_resumes_to_identical_weights(tiny_data, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(_config(tiny_data), interrupted, progress=False, log=stop_after_epoch_two)
+        train(_config(tiny_data, *options), interrupted, progress=False, log=stop_after_epoch_two)
     assert not (interrupted / "summary.json").exists()
-    train(_config(tiny_data), interrupted, resume=True, progress=False)
+    train(_config(tiny_data, *options), interrupted, resume=True, progress=False)
 
     expected = load_file(str(straight / "last.safetensors"))
     resumed = load_file(str(interrupted / "last.safetensors"))

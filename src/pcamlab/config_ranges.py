@@ -176,6 +176,16 @@ def _budget_schedule(config) -> str | None:
     return None
 
 
+def _deterministic_clock(config) -> str | None:
+    train = config.train
+    if train.deterministic and train.schedule_over == "budget":
+        return (
+            "train.deterministic repeats runs bit for bit, but train.schedule_over=budget sets the learning rate "
+            "from the wall clock; use train.schedule_over=epochs (or train.deterministic=false)"
+        )
+    return None
+
+
 def _same_splits(config) -> str | None:
     data = config.data
     if data.train_split == data.valid_split:
@@ -211,6 +221,7 @@ def _plateau_after_early_stop(config) -> str | None:
 
 COMBINATIONS: list[Callable[[Any], str | None]] = [
     _budget_schedule,
+    _deterministic_clock,
     _same_splits,
     _stain_needs_ram,
     _plateau_after_early_stop,

@@ -6,6 +6,9 @@
 - ``--final``: fit on train+valid for the epoch count chosen on validation (``--epochs-from RUN``, or
   ``train.epochs``), then evaluate on the test split. With ``--protocol kfold`` the cross-validation runs
   first and the final fit goes into ``OUT/final`` with the CV's median best epoch.
+- ``--resume``: continue the interrupted run in ``--out``, whatever its protocol (the folder knows it).
+- ``--continue RUN``: train the finished run RUN further (``--set train.epochs=N``, N larger) into the new
+  folder ``--out``; RUN is not touched.
 """
 
 from __future__ import annotations
@@ -28,13 +31,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_format_argument(parser, "data layout (default: the config's data.format, auto = detect)")
     add_config_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="run folder to create, e.g. runs/first")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run (or cross-validation) in --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run (or cross-validation) in --out; its protocol, folds and "
+                        "config come from the folder")
+    parser.add_argument("--continue", dest="continue_from", metavar="RUN",
+                        help="train the finished run RUN further into the new folder --out, up to a larger "
+                        "train.epochs (--set train.epochs=N); RUN's files are left as they are")
     parser.add_argument("--skip-bad", action="store_true",
                         help="go on past unreadable or malformed image files and report how many were skipped")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     protocol = parser.add_argument_group("evaluation protocol")
     protocol.add_argument(
-        "--protocol", choices=["holdout", "kfold"], default="holdout",
+        "--protocol", choices=["holdout", "kfold"], default=None,
         help="holdout: train on train, validate on valid (default); kfold: cross-validate over the train split",
     )
     protocol.add_argument("--folds", type=int, metavar="K", help="k of k-fold (default 5; needs --protocol kfold)")
@@ -55,6 +63,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _check_arguments(args: argparse.Namespace) -> None:
     from pcamlab.errors import ConfigError
 
+    if args.resume:  # the folder knows its protocol: take it from there, refuse a contradicting --protocol
+        from pcamlab.train.protocols import run_folder_protocol
+
+        found = run_folder_protocol(args.out)
+        if found is not None and found["protocol"] == "final":
+            raise ConfigError(
+                f"{args.out!r} is a final fit; a final fit cannot be resumed: run it again into a new folder "
+                "(pcamlab train --final ... --out NEW)"
+            )
+        if found is not None:
+            if args.protocol is not None and args.protocol != found["protocol"]:
+                raise ConfigError(
+                    f"{args.out!r} holds a {found['protocol']} run but --protocol {args.protocol} was given; "
+                    "drop --protocol (--resume reads it from the folder)"
+                )
+            args.protocol = found["protocol"]
+    if args.continue_from is not None and (args.resume or args.final or args.protocol == "kfold"):
+        raise ConfigError("--continue trains one finished hold-out run further; drop --resume, --final and --protocol")
     kfold = args.protocol == "kfold"
     for flag, value in (("--folds", args.folds), ("--repeats", args.repeats), ("--groups", args.groups)):
         if value is not None and not kfold:
@@ -84,14 +110,18 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(("data.format", args.format))
     if args.skip_bad:
         overrides.append(("data.skip_bad", True))
-    saved = Path(args.out) / "config.yaml"
-    if args.resume and saved.is_file():
-        if args.config:
-            raise ConfigError(
-                f"--resume continues with the run's own {saved}; drop --config {' '.join(args.config)} "
-                "(a run keeps the config it started with)"
-            )
-        config = load_config(saved, overrides + args.overrides)
+    if args.resume or args.continue_from:
+        saved = Path(args.continue_from or args.out) / "config.yaml"
+        if saved.is_file():
+            if args.config:
+                raise ConfigError(
+                    f"{'--continue' if args.continue_from else '--resume'} continues with the run's own {saved}; "
+                    f"drop --config {' '.join(args.config)} (a run keeps the config it started with)"
+                )
+            config = load_config(saved, overrides + args.overrides)
+        else:
+            config = load_config(args.config, overrides + args.overrides)
+        _refuse_resuming_a_finished_run(args)
     else:
         config = load_config(args.config, overrides + args.overrides)
         if len(args.config) > 1:
@@ -103,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         from pcamlab.train.protocols import format_cv_table, run_kfold
 
         result = run_kfold(
-            config, args.out, folds=5 if args.folds is None else args.folds, repeats=args.repeats or 1,
+            config, args.out, folds=args.folds, repeats=args.repeats,
             groups=args.groups or "auto", resume=args.resume, progress=progress, log=print,
         )
         print(format_cv_table(result))
@@ -117,10 +147,26 @@ def run(args: argparse.Namespace) -> int:
 
     from pcamlab.train.loop import train
 
-    summary = train(config, args.out, resume=args.resume, progress=progress, log=print)
+    summary = train(config, args.out, resume=args.resume, continue_from=args.continue_from, progress=progress, log=print)
     best = summary["checkpoints"]["best"]
     print(f"run folder: {args.out}  ({f'best checkpoint: {best}' if best else 'no best checkpoint was written'})")
     return 0
+
+
+def _refuse_resuming_a_finished_run(args: argparse.Namespace) -> None:
+    """``--resume`` of a finished run: say how to train it further without overwriting it."""
+    import json
+    from pathlib import Path
+
+    from pcamlab.errors import ConfigError
+
+    summary = Path(args.out) / "summary.json"
+    if args.resume and summary.is_file() and json.loads(summary.read_text()).get("finished"):
+        ran = json.loads(summary.read_text()).get("epochs_run")
+        raise ConfigError(
+            f"run {args.out!r} already finished ({ran} epochs) and is never overwritten; to train it further, "
+            f"write a new folder: pcamlab train --continue {args.out} --out NEW --set train.epochs=N (N > {ran})"
+        )
 
 
 def _final(config, out, epochs, epochs_from, progress: bool) -> None:

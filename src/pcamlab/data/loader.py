@@ -132,6 +132,10 @@ class StreamingBatches:
             collate_fn=_collate,
             persistent_workers=num_workers > 0,  # no worker start-up (and h5 re-open) every epoch
             prefetch_factor=4 if num_workers else None,
+            # the loader draws its workers' base seed when an iterator starts (every epoch without
+            # workers, the first epoch with persistent ones); from its own generator, never from torch's
+            # global one, which seeds dropout: a resumed run must see the same dropout as a straight one
+            generator=torch.Generator().manual_seed(0),
         )
 
     @property

@@ -42,6 +42,18 @@ class World:
         torch.distributed.all_reduce(value)
         return value
 
+    def broadcast(self, value: float) -> float:
+        """``value`` as rank 0 has it (itself for one process), so every process decides on one number.
+
+        The training loop sends rank 0's elapsed seconds through here: all processes then follow one
+        clock for a budget schedule and stop at the same step when the time budget ends.
+        """
+        if self.size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.broadcast(tensor, src=0)
+        return float(tensor.item())
+
     def barrier(self) -> None:
         if self.size > 1:
             torch.distributed.barrier()

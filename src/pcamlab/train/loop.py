@@ -10,11 +10,14 @@ logs a row to ``history.csv`` and TensorBoard, and saves ``last.safetensors`` (e
 
 A finished run folder is never overwritten: a new run needs a new ``out_dir``; ``resume=True``
 continues an interrupted one from its last completed epoch and ends with the same weights as a run
-that was never interrupted.
+that was never interrupted (a run interrupted before its first epoch ended starts again from epoch 1).
+``continue_from=RUN`` trains a finished run further, up to a larger ``train.epochs``, into a new
+``out_dir``: RUN's files stay as they were.
 
 Launched by ``torchrun --nproc-per-node N``, every process trains on its share of each global batch
 (``train.batch_size`` patches per step in total) with DistributedDataParallel; only rank 0 writes logs
-and checkpoints.
+and checkpoints. The processes follow one clock, rank 0's, so a time budget and a schedule over it
+give every process the same learning rate and the same last step.
 
 Example:
     >>> from pcamlab.config import load_config
@@ -24,10 +27,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
+import functools
 import json
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -52,19 +59,31 @@ HISTORY_COLUMNS = [
 ]
 
 
-def prepare_run_dir(out_dir: Path, resume: bool, marker: str = "resume.pt", *, create: bool = True) -> None:
-    """Refuse to overwrite a run; on resume, require ``marker`` (what an interrupted run leaves behind).
+def prepare_run_dir(out_dir: Path, resume: bool, *, create: bool = True) -> None:
+    """Refuse to overwrite a run; on resume, require a started run (its ``config.yaml``) in ``out_dir``.
 
     With ``create=False`` the folder is left to the first file written into it, so a run that stops at
     its data (a missing file, nothing readable) leaves no empty run folder behind.
+
+    Raises:
+        RunError: a new run into a folder that holds files, or a resume of a folder that holds no run
+            (the message says which: missing, empty, or without ``config.yaml``).
     """
+    where = str(out_dir)
     if resume:
-        if not (out_dir / marker).is_file():
-            raise RunFolderError(f"nothing to resume in {str(out_dir)!r}: it has no {marker}; start a new run instead")
+        if not out_dir.is_dir():
+            raise RunFolderError(f"nothing to resume: {where!r} does not exist; start a new run there instead")
+        if not any(out_dir.iterdir()):
+            raise RunFolderError(f"nothing to resume: {where!r} is empty; start a new run there instead")
+        if not (out_dir / "config.yaml").is_file():
+            raise RunFolderError(
+                f"nothing to resume in {where!r}: it holds no pcamlab run (no config.yaml); point resume at a "
+                "run folder, or start a new run in another folder"
+            )
         return
     if out_dir.exists() and any(out_dir.iterdir()):
         raise RunFolderError(
-            f"output folder {str(out_dir)!r} already holds a run; choose another --out "
+            f"output folder {where!r} already holds a run; choose another --out "
             "(or pass --resume to continue an interrupted run)"
         )
     if create:
@@ -77,14 +96,16 @@ def learning_rate_factor(
     """Multiplier of the peak learning rate at ``progress`` epochs (fractional) into training.
 
     With ``budget_fraction`` (the share of ``train.time_budget_minutes`` used so far, for
-    ``train.schedule_over: budget``) the cosine or one-cycle decay runs over the time budget instead of
-    the epochs, so a slow model still ends its schedule when the budget ends (Li et al. 2020,
-    "Budgeted training"); the warm-up stays in epochs.
+    ``train.schedule_over: budget``) the cosine or one-cycle decay runs over whichever ends training
+    first, the time budget or ``train.epochs``: its position is the larger of ``budget_fraction`` and
+    ``progress / train.epochs``. So a slow model still ends its schedule when the budget ends (Li et al.
+    2020, "Budgeted training"), and a budget recipe cut to fewer epochs (``train.epochs=2``) ends its
+    schedule at the end of epoch 2; the warm-up stays in epochs.
     """
     train = config.train
     budget = None
     if budget_fraction is not None and train.scheduler in ("cosine", "onecycle"):
-        budget = min(max(budget_fraction, 0.0), 1.0)
+        budget = min(max(budget_fraction, progress / max(train.epochs, 1e-9), 0.0), 1.0)
     if train.scheduler == "onecycle":  # Smith & Topin 2019: cosine up to the peak, cosine down to ~0
         if budget is not None:  # rise over the first 30% of the budget, fall over the rest
             position, up, total = budget, 0.3, 1.0
@@ -234,14 +255,16 @@ def _load_pretrained(model: nn.Module, config: RunConfig, say: Callable[[str], o
     return facts, report["loaded"]
 
 
-def _evaluate(model, source, contract, device, precision) -> dict[str, Any]:
+def _evaluate(model, source, contract, device) -> dict[str, Any]:
     """Validation loss, AUC and accuracy at threshold 0.5 (history's ``val_accuracy``), with the raw predictions.
 
     The accuracy is at 0.5 for every epoch, not at the threshold chosen so far, so the column compares
     across epochs; ``pcamlab evaluate`` reports accuracy at the stored threshold and says where it came from.
+    Scored in fp32 whatever ``train.precision`` is, as ``evaluate`` and ``predict`` score: the AUC a
+    checkpoint was chosen on is then the AUC ``evaluate`` reproduces, and a threshold chosen here is
+    not rounded to bf16's 8-bit mantissa (bf16 logits put thresholds on a coarse grid of sigmoids).
     """
     from pcamlab.evaluate.metrics import roc_auc
-    from pcamlab.runtime.device import autocast
 
     model.eval()
     logits, labels = [], []
@@ -250,8 +273,7 @@ def _evaluate(model, source, contract, device, precision) -> dict[str, Any]:
             if len(batch_labels) == 0:
                 continue
             x = contract.to_model_input(images.to(device, non_blocking=True))  # (B, 3, H, W)
-            with autocast(device, precision):
-                output = model(x)  # (B, 1)
+            output = model(x)  # (B, 1), fp32
             logits.append(output.float().reshape(-1).cpu())
             labels.append(batch_labels)
     if not logits:  # streaming met only unreadable validation files
@@ -400,11 +422,82 @@ def _with_resolved_options(config: RunConfig) -> RunConfig:
     return resolved
 
 
+def _check_continue(config: RunConfig, run: Path) -> Path:
+    """``run`` when ``config`` may train it further: a finished run of the same model, more epochs asked."""
+    summary_path = run / "summary.json"
+    if not summary_path.is_file() or not json.loads(summary_path.read_text()).get("finished"):
+        raise RunError(
+            f"continue_from {str(run)!r} is not a finished run (no finished summary.json); an interrupted run "
+            "is resumed instead"
+        )
+    if not (run / "resume.pt").is_file():
+        raise RunError(f"continue_from {str(run)!r} has no resume.pt (its optimiser state); it cannot be continued")
+    ran = int(json.loads(summary_path.read_text())["epochs_run"])
+    if config.train.epochs <= ran:
+        raise ConfigError(
+            f"train.epochs is {config.train.epochs} but {str(run)!r} already ran {ran} epochs; continuing needs "
+            f"more, e.g. train.epochs={2 * ran}"
+        )
+    saved = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    if saved.get("model") != _plain(config_to_dict(config)["model"]):
+        raise ConfigError(
+            f"continue_from {str(run)!r} trained model {saved.get('model')}, but config.model is "
+            f"{config_to_dict(config)['model']}; continue with the run's own config.yaml"
+        )
+    return run
+
+
+@contextlib.contextmanager
+def torch_settings(train_config) -> Any:
+    """Thread count and determinism flags for one run, put back as they were afterwards.
+
+    ``train.threads`` > 0 sets torch's CPU threads (a float sum split over another number of threads
+    rounds differently, so runs compare bit for bit only at the same count). ``train.deterministic``
+    turns on deterministic algorithms (``torch.use_deterministic_algorithms``, warning where an op has
+    none), oneDNN's deterministic mode (``torch.backends.mkldnn.deterministic``, which
+    ``use_deterministic_algorithms`` does not set), cuDNN's, and cuBLAS's fixed workspace.
+    """
+    previous = (
+        torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.mkldnn.deterministic,
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+    )
+    try:
+        if train_config.threads > 0:
+            torch.set_num_threads(train_config.threads)
+        if train_config.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it before its first call
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.mkldnn.deterministic = True
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        yield
+    finally:
+        threads, deterministic, warn_only, mkldnn, cudnn, benchmark = previous
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.mkldnn.deterministic = mkldnn
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn, benchmark
+
+
+def _in_torch_settings(function: Callable) -> Callable:
+    """Run ``function(config, ...)`` inside :func:`torch_settings` of ``config.train``: no global state leaks."""
+
+    @functools.wraps(function)
+    def wrapper(config: RunConfig, *args: Any, **kwargs: Any) -> Any:
+        with torch_settings(config.train):
+            return function(config, *args, **kwargs)
+
+    return wrapper
+
+
+@_in_torch_settings
 def train(
     config: RunConfig,
     out_dir: str | Path,
     *,
     resume: bool = False,
+    continue_from: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     readers: tuple[Any, Any | None] | None = None,
@@ -414,7 +507,13 @@ def train(
     Args:
         config: the resolved run configuration.
         out_dir: the run folder to create (must not hold a run unless ``resume``).
-        resume: continue an interrupted run in ``out_dir`` from its last completed epoch.
+        resume: continue an interrupted run in ``out_dir`` from its last completed epoch (from epoch 1
+            when it was interrupted before its first epoch ended).
+        continue_from: a finished run folder to train further, up to ``train.epochs`` (more than it
+            ran), into the new ``out_dir``; its history, checkpoints and optimiser state are copied, the
+            best checkpoint stays best until an epoch beats it, early-stopping patience starts afresh
+            and the learning rate follows the schedule over the new ``train.epochs`` (for a cosine that
+            had ended, a warm restart). The finished run is not touched.
         progress: show tqdm progress bars (on stderr).
         log: called with one human-readable line per event (the CLI passes ``print``).
         readers: ``(train_reader, valid_reader)`` to use instead of opening ``config.data``'s splits
@@ -425,8 +524,10 @@ def train(
         The run summary (also written to ``summary.json``).
 
     Raises:
-        RunError: the output folder holds a run, training diverged, or nothing to resume.
-        DataError / ConfigError: bad data or configuration (one line with the fix).
+        RunError: the output folder holds a run, training diverged, nothing to resume, or
+            ``continue_from`` is not a finished run.
+        DataError / ConfigError: bad data or configuration (one line with the fix), or a
+            ``continue_from`` whose model differs from ``config.model`` or that ran ``train.epochs`` already.
     """
     from tqdm.auto import tqdm
 
@@ -446,13 +547,9 @@ def train(
     check_ranges(config)  # configs built in code skip load_config's checks
     check_combinations(config)
     config = _with_resolved_options(config)
+    source_run = _check_continue(config, Path(continue_from)) if continue_from is not None else None
     world = distributed.setup(train_config.device)
     main_process = world.rank == 0
-    if world.size > 1 and train_config.schedule_over == "budget":
-        raise ConfigError(
-            "train.schedule_over=budget follows each process's own clock, so replicas would drift apart "
-            "under torchrun; use schedule_over=epochs with several processes"
-        )
     say = (log or (lambda line: None)) if main_process else (lambda line: None)
     progress = progress and main_process
     if world.size > 1 and train_config.batch_size % world.size:
@@ -464,13 +561,22 @@ def train(
         prepare_run_dir(out_dir, resume, create=False)  # config.yaml, written once the data is read, creates it
         summary_path = out_dir / "summary.json"
         if resume and summary_path.is_file() and json.loads(summary_path.read_text()).get("finished"):
-            raise RunFolderError(f"run {str(out_dir)!r} already finished; start a new run with another --out")
+            raise RunFolderError(
+                f"run {str(out_dir)!r} already finished; it is never overwritten: start a new run in another "
+                "folder, or train it further into a new folder with continue_from"
+            )
+        if resume and (out_dir / "folds.csv").is_file():
+            raise RunFolderError(
+                f"{str(out_dir)!r} is a cross-validation folder (it has folds.csv); resume it as one "
+                "(protocols.run_kfold with resume=True), not as a single run"
+            )
     world.barrier()
-    if train_config.threads > 0:
-        torch.set_num_threads(train_config.threads)
-    if train_config.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    restore_from = source_run if source_run is not None else out_dir if (resume and (out_dir / "resume.pt").is_file()) else None
+    if resume and restore_from is None:
+        say(f"{out_dir}: interrupted before its first epoch ended; nothing to keep, training again from epoch 1")
+    if train_config.deterministic and train_config.time_budget_minutes > 0:
+        say("note: train.time_budget_minutes follows the wall clock, so the last (partial) epoch of "
+            "deterministic runs can end at different steps; every epoch before it repeats bit for bit")
     torch.manual_seed(train_config.seed)
     device = world.device
     precision = resolve_precision(train_config.precision, device)
@@ -586,25 +692,42 @@ def train(
     first_epoch, best_value, best_epoch, stale_epochs = 1, None, 0, 0
     plateau_factor, plateau_stale = 1.0, 0
     history: list[dict[str, Any]] = []
-    if resume:
+    if restore_from is not None:
         from safetensors.torch import load_file
 
-        state = torch.load(out_dir / "resume.pt", map_location="cpu", weights_only=True)
+        state = torch.load(restore_from / "resume.pt", map_location="cpu", weights_only=True)
+        if bool(state.get("validated", True)) != (valid_source is not None):
+            raise RunError(
+                f"{str(restore_from)!r} was trained " + ("with" if state.get("validated", True) else "without")
+                + " a validation split, but this run has " + ("one" if valid_source is not None else "none")
+                + "; a final fit and a validated run cannot continue each other: start a new run"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
-            ema.model.load_state_dict(load_file(str(out_dir / "last.safetensors"), device=str(device)))
+            ema.model.load_state_dict(load_file(str(restore_from / "last.safetensors"), device=str(device)))
             ema.updates = int(state["ema_updates"])
         first_epoch = int(state["epoch"]) + 1
         best_value, best_epoch, stale_epochs = state["best_value"], int(state["best_epoch"]), int(state["stale_epochs"])
         plateau_factor, plateau_stale = float(state["plateau_factor"]), int(state["plateau_stale"])
         contract = contract.replace(threshold=float(state["threshold"]),
                                     threshold_source=config.evaluate.threshold_method)
-        with open(out_dir / "history.csv") as file:
+        with open(restore_from / "history.csv") as file:
             history = [row for row in csv.DictReader(file) if int(row["epoch"]) < first_epoch]
-        say(f"resuming {out_dir} at epoch {first_epoch}")
-    elif main_process:
+        if source_run is not None:
+            stale_epochs, plateau_stale = 0, 0  # the continuation gets its own early-stopping patience
+            say(f"continuing {source_run} (finished after epoch {first_epoch - 1}) into {out_dir}, "
+                f"up to epoch {train_config.epochs}; {source_run} is left as it is")
+        else:
+            say(f"resuming {out_dir} at epoch {first_epoch}")
+    if main_process and (restore_from is None or source_run is not None):
         write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    if main_process and source_run is not None:  # the new folder starts as a copy of the finished one
+        for name in ("best.safetensors", "last.safetensors", "resume.pt"):
+            with atomic_path(out_dir / name) as temporary:
+                shutil.copyfile(source_run / name, temporary)
+        if (source_run / "tensorboard").is_dir():
+            shutil.copytree(source_run / "tensorboard", out_dir / "tensorboard", dirs_exist_ok=True)
     writer = None
     if main_process:
         write_text_atomic(
@@ -625,8 +748,11 @@ def train(
     budget_seconds = 60 * train_config.time_budget_minutes
     budget_by_time = train_config.schedule_over == "budget"
 
+    def elapsed() -> float:  # seconds since the start by rank 0's clock: one clock for every process
+        return world.broadcast(time.perf_counter() - started)
+
     def rate_at(progress: float) -> float:  # the learning-rate factor now, ``progress`` epochs in
-        used = (time.perf_counter() - started) / budget_seconds if budget_by_time else None
+        used = elapsed() / budget_seconds if budget_by_time else None
         return learning_rate_factor(config, progress, plateau_factor, used)
 
     out_of_time = False
@@ -685,16 +811,13 @@ def train(
             bar_handle.update(1)
             if step % 10 == 0:
                 bar_handle.set_postfix(loss=f"{loss.item():.3f}", lr=f"{train_config.learning_rate * factor:.1e}")
-            # one process stops mid-epoch (the partial epoch is still validated and checkpointed);
-            # several processes decide together at the epoch's end, or DDP would wait forever
-            if budget_seconds > 0 and world.size == 1 and time.perf_counter() - started > budget_seconds:
+            # stop mid-epoch when the budget ends (the partial epoch is still validated and checkpointed);
+            # every process reads rank 0's clock, so all stop after the same step
+            if budget_seconds > 0 and elapsed() > budget_seconds:
                 out_of_time = True
                 break
         bar_handle.close()
         train_seconds = time.perf_counter() - epoch_start
-        if budget_seconds > 0 and world.size > 1:
-            late = torch.tensor(float(time.perf_counter() - started > budget_seconds), device=device)
-            out_of_time = world.sum(late).item() > 0
         loss_sum, seen = world.sum(loss_sum), int(world.sum(torch.tensor(float(seen), device=device)).item())
         if seen == 0:  # streaming met only unreadable files: nothing was learned
             raise DataError(
@@ -709,7 +832,7 @@ def train(
             )
         scored = ema.model if ema is not None else model
         if valid_source is not None:
-            scores = _evaluate(scored, valid_source, contract, device, precision)
+            scores = _evaluate(scored, valid_source, contract, device)
         else:
             scores = {"val_loss": float("nan"), "val_auc": float("nan"), "val_accuracy": float("nan")}
         row = {
@@ -762,6 +885,7 @@ def train(
                 "best_epoch": best_epoch, "stale_epochs": stale_epochs, "plateau_factor": plateau_factor,
                 "plateau_stale": plateau_stale, "threshold": contract.threshold,
                 "ema_updates": ema.updates if ema is not None else 0,
+                "validated": valid_source is not None,  # False: a final fit (run_folder_protocol reads it)
             }
             with atomic_path(out_dir / "resume.pt") as temporary:
                 torch.save(resume_state, temporary)
@@ -769,9 +893,12 @@ def train(
                 _tensorboard_pictures(writer, scored, epoch, picture_samples, contract)
                 writer.flush()
         world.barrier()
+        validation = (
+            f"val_loss {scores['val_loss']:.4f}  val_auc {scores['val_auc']:.4f}  val_acc@0.5 {scores['val_accuracy']:.4f}"
+            if valid_source is not None else "no validation split (a final fit trains on all of it)"
+        )
         say(
-            f"epoch {epoch:>3}  train_loss {train_loss:.4f}  val_loss {scores['val_loss']:.4f}  "
-            f"val_auc {scores['val_auc']:.4f}  val_acc@0.5 {scores['val_accuracy']:.4f}  "
+            f"epoch {epoch:>3}  train_loss {train_loss:.4f}  {validation}  "
             f"{row['images_per_second']:.0f} img/s  {row['seconds']:.1f}s" + ("  *best" if improved and valid_source else "")
         )
         if valid_source is not None and train_config.patience > 0 and stale_epochs >= train_config.patience:
@@ -791,7 +918,9 @@ def train(
         "epochs_run": epoch,
         "best_epoch": best_epoch,
         "monitor": monitor,
-        "best": {key: float(best_row[key]) for key in ("val_auc", "val_loss", "val_accuracy")},
+        "validated": valid_source is not None,  # False: a final fit, whose "best" is its last epoch
+        "best": {key: float(best_row[key]) if valid_source is not None else None
+                 for key in ("val_auc", "val_loss", "val_accuracy")},
         "threshold": contract.threshold,
         "threshold_method": config.evaluate.threshold_method,
         "threshold_chosen_on": threshold_chosen_on,
@@ -803,6 +932,9 @@ def train(
         "processes": world.size,
         "precision": precision,
         "channels_last": train_config.channels_last,
+        "threads": torch.get_num_threads(),  # float sums depend on it: runs repeat bit for bit at the same count
+        "deterministic": train_config.deterministic,
+        "continued_from": str(source_run) if source_run is not None else None,
         "train_images_per_second_median": float(np.median(speeds)) if speeds else None,
         "wall_seconds": round(time.perf_counter() - started, 2),
         "data": {
@@ -823,6 +955,9 @@ def train(
     if main_process:
         write_json_atomic(out_dir / "summary.json", summary)
     world.close()
-    best_text = "n/a" if best_value is None or (isinstance(best_value, float) and math.isnan(best_value)) else f"{best_value:.4f}"
-    say(f"done: {stop_reason}; best {monitor} {best_text} at epoch {best_epoch}")
+    if valid_source is None:
+        say(f"done: {stop_reason}; no validation split, so the model is the last epoch's (epoch {epoch})")
+    else:
+        best_text = "n/a" if best_value is None or (isinstance(best_value, float) and math.isnan(best_value)) else f"{best_value:.4f}"
+        say(f"done: {stop_reason}; best {monitor} {best_text} at epoch {best_epoch}")
     return summary

@@ -60,6 +60,7 @@ __all__ = [
     "meta_csv_path",
     "read_slide_ids",
     "run_final",
+    "run_folder_protocol",
     "run_kfold",
     "slide_groups",
     "stratified_folds",
@@ -419,25 +420,63 @@ def _write_plan(path: Path, plan: np.ndarray, labels: np.ndarray, groups: np.nda
     write_text_atomic(path, buffer.getvalue())
 
 
-def _read_plan(path: Path, count: int, folds: int, repeats: int) -> np.ndarray:
+def _load_plan(path: Path) -> np.ndarray:
+    """The fold plan written by :func:`_write_plan`: int64 ``(repeats, N)``, folds 0-based."""
     with open(path, newline="") as file:
         rows = list(csv.reader(file))
     plan = np.asarray([[int(cell) - 1 for cell in row[3:]] for row in rows[1:]], dtype=np.int64).T
-    if plan.shape != (repeats, count) or plan.max(initial=0) >= folds:
+    if plan.ndim != 2 or plan.size == 0:
+        raise RunFolderError(f"{str(path)!r} holds no fold plan (no rows); the cross-validation folder is damaged")
+    return plan
+
+
+def _read_plan(path: Path, count: int, folds: int, repeats: int) -> np.ndarray:
+    plan = _load_plan(path)
+    if plan.shape != (repeats, count) or plan.max(initial=0) + 1 != folds:
         raise RunFolderError(
-            f"{str(path)!r} holds a fold plan for {plan.shape[1] if plan.ndim == 2 else 0} patches, "
-            f"{plan.shape[0]} repeats; this run asks for {count} patches, {repeats} repeats of {folds} folds: "
-            "resume with the same data, --folds and --repeats"
+            f"{str(path)!r} holds a fold plan of {plan.max(initial=0) + 1} folds x {plan.shape[0]} repeats for "
+            f"{plan.shape[1]} patches; this run asks for {folds} folds x {repeats} repeats of {count} patches: "
+            "resume with the same data, folds and repeats (or leave folds and repeats unset to take the plan's)"
         )
     return plan
+
+
+def run_folder_protocol(out_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The protocol a run folder was started with, read from the files it holds.
+
+    Returns:
+        ``{"protocol": "kfold", "folds": k, "repeats": r}`` for a cross-validation folder (its
+        ``folds.csv``), ``{"protocol": "final"}`` for a final fit (its ``final.json``),
+        ``{"protocol": "holdout"}`` for any other folder with a ``config.yaml``, and None when the folder
+        holds no run (missing, empty, or no ``config.yaml``).
+
+    Example:
+        >>> run_folder_protocol("runs/cv")
+        {'protocol': 'kfold', 'folds': 5, 'repeats': 1}
+    """
+    folder = Path(out_dir)
+    if (folder / "folds.csv").is_file():
+        plan = _load_plan(folder / "folds.csv")
+        return {"protocol": "kfold", "folds": int(plan.max()) + 1, "repeats": int(plan.shape[0])}
+    if (folder / "final.json").is_file():
+        return {"protocol": "final"}
+    if (folder / "resume.pt").is_file():  # an interrupted final fit has no final.json yet: its state says so
+        import torch
+
+        state = torch.load(folder / "resume.pt", map_location="cpu", weights_only=True)
+        if not state.get("validated", True):
+            return {"protocol": "final"}
+    if (folder / "config.yaml").is_file():
+        return {"protocol": "holdout"}
+    return None
 
 
 def run_kfold(
     config: RunConfig,
     out_dir: str | Path,
     *,
-    folds: int = 5,
-    repeats: int = 1,
+    folds: int | None = None,
+    repeats: int | None = None,
     groups: str | os.PathLike | None = "auto",
     resume: bool = False,
     progress: bool = True,
@@ -454,12 +493,13 @@ def run_kfold(
     Args:
         config: the resolved run configuration; ``data.seed`` seeds the folds (``+ repeat``).
         out_dir: folder to create; must not hold a run unless ``resume``.
-        folds: k, at least 2.
-        repeats: how many times to redraw the folds (iterated k-fold).
+        folds: k, at least 2 (None: 5, or on resume the plan's k).
+        repeats: how many times to redraw the folds (iterated k-fold; None: 1, or on resume the plan's).
         groups: slide ids to group the folds by: ``"auto"`` (the PCam meta CSV beside h5 files when
             present), ``"none"``, or the path of a meta CSV.
-        resume: continue an interrupted cross-validation in ``out_dir``: finished folds are kept, an
-            interrupted fold resumes from its last epoch, the rest are trained.
+        resume: continue an interrupted cross-validation in ``out_dir`` with the folds of its
+            ``folds.csv``: finished folds are kept, an interrupted fold resumes from its last epoch, the
+            rest are trained.
         progress: show tqdm progress bars.
         log: called with one line per event, each prefixed with its fold.
 
@@ -476,19 +516,35 @@ def run_kfold(
     """
     from pcamlab.train.loop import prepare_run_dir, train
 
-    folds = _check_fold_count(folds)
-    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
-        raise ConfigError(f"repeats must be an integer >= 1; got {repeats!r}: use 1 for plain k-fold")
+    def check_repeats(value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(f"repeats must be an integer >= 1; got {value!r}: use 1 for plain k-fold")
+
+    if folds is not None:  # checked before anything is written
+        _check_fold_count(folds)
+    if repeats is not None:
+        check_repeats(repeats)
     out_dir = Path(out_dir)
+    plan_path = out_dir / "folds.csv"
+    prepare_run_dir(out_dir, resume)
+    if resume and not plan_path.is_file() and any(out_dir.glob("*.safetensors")):
+        raise RunFolderError(
+            f"{str(out_dir)!r} holds a single (hold-out) run, not a cross-validation (no folds.csv); resume it as one"
+        )
+    planned = run_folder_protocol(out_dir) if resume and plan_path.is_file() else None
+    if planned is not None:  # the folder knows its folds and repeats
+        folds = planned["folds"] if folds is None else folds
+        repeats = planned["repeats"] if repeats is None else repeats
+    folds = _check_fold_count(5 if folds is None else folds)
+    repeats = 1 if repeats is None else int(repeats)
     say = log or (lambda line: None)
     reader = _open_train_split(config, config.data.train_split)
     slides, group_source = slide_groups(reader, groups)
     labels = np.asarray(reader.labels, dtype=np.int64)
-    plan_path = out_dir / "folds.csv"
-    prepare_run_dir(out_dir, resume, marker="folds.csv")
-    if resume:
+    if planned is not None:
         plan = _read_plan(plan_path, len(labels), folds, repeats)
-    else:
+        say(f"resuming the cross-validation in {out_dir}: {repeats} x {folds} folds from its folds.csv")
+    else:  # a new cross-validation, or one interrupted before it wrote its plan
         plan = _fold_plan(labels, folds, repeats, config.data.seed, slides)
         write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
         _write_plan(plan_path, plan, labels, slides)
@@ -510,7 +566,7 @@ def run_kfold(
                 summary = json.loads(summary_path.read_text())
                 say(f"[{tag}] already finished, kept")
             else:
-                again = resume and (fold_dir / "resume.pt").is_file()
+                again = resume and fold_dir.is_dir() and any(fold_dir.iterdir())  # started: train resumes or restarts it
                 summary = train(config, fold_dir, resume=again, progress=progress, log=_fold_log(log, tag),
                                 readers=(train_part, valid_part))
             rows.append({
@@ -636,6 +692,11 @@ def choice_from_run(run: str | os.PathLike) -> dict[str, Any]:
         summary = json.loads(path.read_text())
     except json.JSONDecodeError:
         raise ConfigError(f"{str(path)!r} is not valid JSON; point --epochs-from at a finished run folder") from None
+    if summary.get("validated") is False:
+        raise ConfigError(
+            f"{str(path)!r} is a final fit: it was not validated, so its epoch count was not chosen on validation; "
+            "point --epochs-from at the hold-out run or cross-validation it came from"
+        )
     if "epochs_for_final" in summary:
         epochs, threshold = summary["epochs_for_final"], summary.get("threshold_median")
     else:

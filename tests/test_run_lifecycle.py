@@ -1,0 +1,270 @@
+"""A run's life: its schedule ends with it, it resumes whatever its protocol, it can be trained further
+without touching the finished folder, several processes share one clock, and deterministic runs repeat."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from fixtures_data import sample_patches, write_h5
+from safetensors.torch import load_file
+
+from pcamlab.cli.main import main
+from pcamlab.config import load_config
+from pcamlab.errors import ConfigError, RunError
+from pcamlab.train.loop import HISTORY_COLUMNS, learning_rate_factor, train
+from pcamlab.train.protocols import choice_from_run, run_final, run_folder_protocol, run_kfold
+
+TINY = [
+    "model.name=baseline", "model.options={filters: [8, 16], dense_units: 16}", "train.batch_size=8",
+    "train.epochs=2", "train.patience=0", "train.learning_rate=0.003", "train.warmup_epochs=0",
+    "train.precision=fp32", "train.threads=1",
+]
+TIMING = {"seconds", "images_per_second"}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    images, labels = sample_patches(32, split="train", seed=5)
+    valid_images, valid_labels = sample_patches(16, split="valid", seed=6)
+    return write_h5(tmp_path_factory.mktemp("h5"), {"train": (images, labels), "valid": (valid_images, valid_labels)})
+
+
+def _config(data, *extra):
+    return load_config(None, [f"data.path={data}", *TINY, *extra])
+
+
+def _history(run):
+    with open(run / "history.csv") as file:
+        return list(csv.DictReader(file))
+
+
+def _numbers(rows):
+    """History rows without the timing columns (which differ run to run by nature)."""
+    return [{key: value for key, value in row.items() if key not in TIMING} for row in rows]
+
+
+def _fingerprint(folder):
+    return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+# -- 2.2: a schedule ends when training ends, epochs or budget --------------------------------------------
+
+
+def test_budget_recipe_cut_to_fewer_epochs_ends_its_schedule_with_the_last_epoch(tiny_data, tmp_path):
+    recipe = load_config("configs/default.yaml", ["train.epochs=2"])
+    assert recipe.train.schedule_over == "budget" and recipe.train.time_budget_minutes == 15
+    # 2 epochs in, 5% of the 15 minutes used: training ends here, so the schedule must be at its end
+    assert learning_rate_factor(recipe, 2.0, budget_fraction=0.05) == pytest.approx(0.01)
+    assert learning_rate_factor(recipe, 1.0, budget_fraction=0.05) == pytest.approx(0.505)  # half-way
+    # the budget still ends the schedule when it comes first
+    assert learning_rate_factor(load_config("configs/default.yaml"), 4.0, budget_fraction=1.0) == pytest.approx(0.01)
+
+    config = _config(tiny_data, "train.batch_size=2", "train.schedule_over=budget", "train.time_budget_minutes=60")
+    train(config, tmp_path / "run", progress=False)
+    rates = [float(row["learning_rate"]) for row in _history(tmp_path / "run")]
+    assert len(rates) == 2 and rates[-1] < 0.02 * config.train.learning_rate  # 16 steps/epoch: last at 31/32
+
+
+# -- 2.6: resume reads the protocol from the folder; accurate messages --------------------------------------
+
+
+def test_resume_of_an_interrupted_kfold_needs_no_protocol_flags(tiny_data, tmp_path, capsys):
+    out = tmp_path / "cv"
+    config = _config(tiny_data, "train.epochs=1")
+
+    def stop_in_fold_two(line: str) -> None:
+        if line.startswith("[fold 2/2] epoch"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_kfold(config, out, folds=2, groups="none", progress=False, log=stop_in_fold_two)
+    assert run_folder_protocol(out) == {"protocol": "kfold", "folds": 2, "repeats": 1}
+    assert not (out / "cv_summary.json").exists()
+    assert main(["train", "--resume", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "resuming the cross-validation" in printed and "[fold 1/2] already finished, kept" in printed
+    summary = json.loads((out / "cv_summary.json").read_text())
+    assert summary["folds"] == 2 and len(summary["runs"]) == 2
+    # a contradicting --protocol is refused, not obeyed
+    assert main(["train", "--resume", "--protocol", "holdout", "--out", str(out)]) == 2
+    assert "holds a kfold run" in capsys.readouterr().err
+
+
+def test_resume_messages_say_what_is_really_there(tiny_data, tmp_path, monkeypatch):
+    config = _config(tiny_data, "train.epochs=1")
+    with pytest.raises(RunError, match="nothing to resume: .* does not exist"):
+        train(config, tmp_path / "missing", resume=True, progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunError, match="nothing to resume: .* is empty"):
+        train(config, tmp_path / "empty", resume=True, progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("not a run")
+    with pytest.raises(RunError, match="holds no pcamlab run"):
+        run_kfold(config, tmp_path / "other", folds=2, resume=True, progress=False)
+
+    # interrupted before its first epoch ended: resume starts it again instead of refusing
+    started = tmp_path / "started"
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr("pcamlab.train.loop.compute_loss", interrupt)  # Ctrl-C at the first step
+        with pytest.raises(KeyboardInterrupt):
+            train(config, started, progress=False)
+    assert (started / "config.yaml").is_file() and not (started / "resume.pt").exists()
+    lines: list[str] = []
+    summary = train(config, started, resume=True, progress=False, log=lines.append)
+    assert summary["finished"] and any("training again from epoch 1" in line for line in lines)
+
+    # a hold-out folder is not resumed as a cross-validation, nor a final fit as a hold-out run
+    with pytest.raises(RunError, match="single \\(hold-out\\) run, not a cross-validation"):
+        run_kfold(config, started, folds=2, resume=True, progress=False)
+
+
+# -- 3.3: continuing a finished run for more epochs ------------------------------------------------------
+
+
+def test_continuing_a_finished_run_writes_a_new_folder_and_equals_a_longer_run(tiny_data, tmp_path, capsys):
+    constant = ["train.scheduler=none"]  # the same rate either way, so continuing 2 -> 3 must equal 3 straight
+    first = tmp_path / "first"
+    train(_config(tiny_data, *constant), first, progress=False)
+    before = _fingerprint(first)
+
+    # --resume of a finished run names the way to train it further, and touches nothing
+    assert main(["train", "--resume", "--out", str(first), "--set", "train.epochs=3"]) == 2
+    assert f"--continue {first} --out NEW" in capsys.readouterr().err
+    more = tmp_path / "more"
+    assert main(["train", "--continue", str(first), "--out", str(more), "--no-progress", "--set", "train.epochs=3"]) == 0
+    assert _fingerprint(first) == before  # the finished run is left exactly as it was
+    summary = json.loads((more / "summary.json").read_text())
+    assert summary["continued_from"] == str(first) and summary["epochs_run"] == 3
+    assert _numbers(_history(more))[:2] == _numbers(_history(first))
+
+    straight = tmp_path / "straight"
+    train(_config(tiny_data, *constant, "train.epochs=3"), straight, progress=False)
+    assert _numbers(_history(more)) == _numbers(_history(straight))
+    expected, got = load_file(str(straight / "last.safetensors")), load_file(str(more / "last.safetensors"))
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+    with pytest.raises(ConfigError, match="already ran 2 epochs; continuing needs more"):
+        train(_config(tiny_data, *constant), tmp_path / "same", continue_from=first, progress=False)
+    with pytest.raises(ConfigError, match="continue with the run's own config.yaml"):
+        train(_config(tiny_data, *constant, "train.epochs=3", "model.options={filters: [4, 8], dense_units: 16}"),
+              tmp_path / "other-model", continue_from=first, progress=False)
+    assert not (tmp_path / "same").exists() and not (tmp_path / "other-model").exists()
+
+
+# -- 2.10 (part): a final fit has no validation columns to print -----------------------------------------
+
+
+def test_final_fit_prints_no_nan_and_is_not_a_source_of_epochs(tiny_data, tmp_path):
+    lines: list[str] = []
+    run_final(_config(tiny_data), tmp_path / "final", epochs=1, progress=False, log=lines.append)
+    epoch_lines = [line for line in lines if line.startswith("epoch")]
+    assert epoch_lines and not any("nan" in line for line in lines), lines
+    assert "no validation split" in epoch_lines[0]
+    summary = json.loads((tmp_path / "final" / "summary.json").read_text())
+    assert summary["validated"] is False and summary["best"]["val_auc"] is None
+    assert run_folder_protocol(tmp_path / "final") == {"protocol": "final"}
+    with pytest.raises(ConfigError, match="was not validated"):
+        choice_from_run(tmp_path / "final")
+
+
+# -- 2.8: deterministic runs repeat, and train() leaves no global torch state behind ------------------------
+
+
+def test_deterministic_runs_repeat_and_leave_no_global_state(tiny_data, tmp_path):
+    options = ["train.deterministic=true", "model.options={filters: [8, 16], dense_units: 16, dropout: 0.5}",
+               "augment.hed=0.05", "augment.brightness=0.1"]
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.mkldnn.deterministic, torch.get_num_threads())
+    runs = []
+    for name in ("a", "b"):
+        summary = train(_config(tiny_data, *options), tmp_path / name, progress=False)
+        assert summary["deterministic"] and summary["threads"] == 1
+        assert (torch.are_deterministic_algorithms_enabled(), torch.backends.mkldnn.deterministic,
+                torch.get_num_threads()) == flags  # put back as they were
+        runs.append(tmp_path / name)
+    assert _numbers(_history(runs[0])) == _numbers(_history(runs[1]))
+    first, second = load_file(str(runs[0] / "last.safetensors")), load_file(str(runs[1] / "last.safetensors"))
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    with pytest.raises(ConfigError, match="train.deterministic .* wall clock"):
+        _config(tiny_data, *options, "train.schedule_over=budget", "train.time_budget_minutes=1")
+
+
+def test_streaming_batches_never_draw_from_the_global_random_stream(tiny_data):
+    from pcamlab.config import DataConfig
+    from pcamlab.data import open_split
+    from pcamlab.data.loader import make_batch_source
+
+    source = make_batch_source(open_split(tiny_data, "train"), DataConfig(cache="stream"), 8, shuffle=True)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    batches = list(source.epoch(seed=1))
+    assert len(batches) == 4
+    assert torch.equal(torch.get_rng_state(), state)  # dropout after this sees the stream it was seeded with
+
+
+# -- 2.7: several processes follow one clock -----------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        return handle.getsockname()[1]
+
+
+# Rank 1's clock runs an hour ahead: on its own clock its budget would be spent at once. Each rank writes
+# the learning-rate factors it used.
+CLOCK_WORKER = """
+import json, os, sys, time
+import pcamlab.train.loop as loop
+rank = int(os.environ["RANK"])
+if rank == 1:
+    real = time.perf_counter
+    time.perf_counter = lambda: real() + 3600.0
+factors = []
+original = loop.learning_rate_factor
+def recording(*args, **kwargs):
+    factors.append(original(*args, **kwargs))
+    return factors[-1]
+loop.learning_rate_factor = recording
+from pcamlab.config import load_config
+summary = loop.train(load_config(None, sys.argv[2:]), sys.argv[1], progress=False)
+with open(os.path.join(sys.argv[1], f"rates-{rank}.json"), "w") as file:
+    json.dump({"factors": factors, "stop": summary["stop_reason"]}, file)
+"""
+
+
+def test_two_processes_share_one_clock_under_a_budget_schedule(tiny_data, tmp_path):
+    out = tmp_path / "double"
+    options = [f"data.path={tiny_data}", *TINY, "train.device=cpu", "train.epochs=3",
+               "train.schedule_over=budget", "train.time_budget_minutes=30"]
+    port = str(_free_port())
+    processes = []
+    for rank in range(2):
+        env = dict(os.environ, WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1")
+        processes.append(subprocess.Popen([sys.executable, "-c", CLOCK_WORKER, str(out), *options], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outputs = [process.communicate(timeout=240)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    assert all(process.returncode == 0 for process in processes), outputs
+    rank0, rank1 = (json.loads((out / f"rates-{rank}.json").read_text()) for rank in range(2))
+    assert rank0 == rank1  # the same learning rate at every step, and the same stop
+    assert rank0["stop"] == "all epochs done" and len(rank0["factors"]) > 3
+    assert json.loads((out / "summary.json").read_text())["processes"] == 2
+    assert list(_history(out)[0]) == HISTORY_COLUMNS

@@ -1,8 +1,15 @@
 """Device, precision and memory-format choices for training and inference.
 
 ``precision: auto`` picks bf16 autocast only where the hardware runs bf16 natively: CUDA devices with
-bf16 support, and CPUs on which oneDNN reports native bf16 (AVX-512-BF16 / AMX). On a CPU without it
-(e.g. AVX2-only), bf16 autocast is emulated and measured slower than fp32, so auto stays fp32.
+bf16 support, and CPUs with AVX-512-BF16 or AMX instructions. Elsewhere bf16 autocast is emulated and
+measured slower than fp32, so auto stays fp32: on AVX2-only CPUs, and on AVX-512 CPUs without BF16/AMX
+too, where oneDNN still reports bf16 support (``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is
+True) but converts in software: there simple-cnn scored 14.8-17.0 patches/s in bf16 against
+30.9-33.3 in fp32 (Intel Xeon AVX-512 without BF16/AMX, 2 shared cores, 1,024 PCam patches).
+
+Training is the only place this precision is used: scoring (validation, evaluate, predict, thresholds)
+runs in fp32 everywhere (``InputContract.precision``), so a model's numbers do not depend on the
+machine that trained it.
 """
 
 from __future__ import annotations
@@ -17,9 +24,14 @@ __all__ = ["resolve_device", "resolve_precision", "autocast", "cpu_has_native_bf
 
 
 def cpu_has_native_bf16() -> bool:
-    """True when oneDNN runs bf16 convolutions natively on this CPU."""
+    """True when this CPU has bf16 arithmetic in hardware (AVX-512-BF16 or AMX) and oneDNN uses it.
+
+    oneDNN's own check (``_is_mkldnn_bf16_supported``) is True on any AVX-512 CPU, where bf16 is
+    emulated; it is necessary, not sufficient.
+    """
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        hardware = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        return hardware and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 

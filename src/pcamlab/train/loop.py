@@ -260,11 +260,13 @@ def _evaluate(model, source, contract, device) -> dict[str, Any]:
 
     The accuracy is at 0.5 for every epoch, not at the threshold chosen so far, so the column compares
     across epochs; ``pcamlab evaluate`` reports accuracy at the stored threshold and says where it came from.
-    Scored in fp32 whatever ``train.precision`` is, as ``evaluate`` and ``predict`` score: the AUC a
-    checkpoint was chosen on is then the AUC ``evaluate`` reproduces, and a threshold chosen here is
-    not rounded to bf16's 8-bit mantissa (bf16 logits put thresholds on a coarse grid of sigmoids).
+    Scored in the contract's precision (fp32, whatever ``train.precision`` is), as ``evaluate``,
+    ``predict`` and every Predictor score: the AUC a checkpoint was chosen on is then the AUC
+    ``evaluate`` reproduces on any machine, and a threshold chosen here is not rounded to bf16's 8-bit
+    mantissa (bf16 logits put thresholds on a coarse grid of sigmoids).
     """
     from pcamlab.evaluate.metrics import roc_auc
+    from pcamlab.runtime.device import autocast
 
     model.eval()
     logits, labels = [], []
@@ -273,7 +275,8 @@ def _evaluate(model, source, contract, device) -> dict[str, Any]:
             if len(batch_labels) == 0:
                 continue
             x = contract.to_model_input(images.to(device, non_blocking=True))  # (B, 3, H, W)
-            output = model(x)  # (B, 1), fp32
+            with autocast(device, contract.precision):
+                output = model(x)  # (B, 1)
             logits.append(output.float().reshape(-1).cpu())
             labels.append(batch_labels)
     if not logits:  # streaming met only unreadable validation files
@@ -664,7 +667,9 @@ def train(
     train_images = train_source.images if isinstance(train_source, InMemoryBatches) else None
     mean, std = _data_stats(train_images, train_reader, data_config.skip_bad or getattr(train_reader, "skip_bad", False))
     # every reader yields PATCH_SIZE patches (checked per image), so no item needs decoding for it
-    contract = InputContract(patch_size=PATCH_SIZE, mean=mean, std=std,
+    # scored in fp32 on every machine (validation, evaluate, predict): bf16 scores moved the chosen threshold
+    # and lost ties (626 distinct bf16 probabilities of 1,024) for no speed-up on a CPU without bf16 hardware
+    contract = InputContract(patch_size=PATCH_SIZE, mean=mean, std=std, precision="fp32",
                              threshold=config.evaluate.threshold, stain_normalization=stain)
     if stain is not None:
         say(f"data: {config.data.stain_normalization} stain normalisation fitted on training patches")

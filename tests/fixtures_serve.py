@@ -8,7 +8,6 @@ shipped sample, encoded losslessly (PNG) so that server answers must equal the p
 from __future__ import annotations
 
 import io
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from pcamlab.config import ModelConfig, RunConfig
 from pcamlab.models import build_model
 from pcamlab.runtime import InputContract, TorchPredictor, save_checkpoint
 
-__all__ = ["MEAN", "STD", "serve_patches", "write_serve_checkpoint", "png_bytes", "free_port"]
+__all__ = ["MEAN", "STD", "serve_patches", "write_serve_checkpoint", "png_bytes"]
 
 MEAN, STD = [0.70, 0.54, 0.69], [0.16, 0.20, 0.15]
 METADATA = {"epoch": 3, "val_auc": 0.8765, "val_loss": 0.4321}
@@ -52,9 +51,3 @@ def png_bytes(image: np.ndarray, mode: str | None = None) -> bytes:
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

@@ -12,12 +12,14 @@ Example:
 """
 
 from pcamlab.serve.app import API_VERSION, ServeSettings, create_app
+from pcamlab.serve.background import BackgroundServer, free_port
 from pcamlab.serve.inputs import TooManyPatches, UnsupportedUpload, Upload, decode_uploads
 from pcamlab.serve.model import ExplainUnavailable, ServedModel
 from pcamlab.serve.pool import PoolBusy, WorkerPool
 
 __all__ = [
     "API_VERSION",
+    "BackgroundServer",
     "ExplainUnavailable",
     "PoolBusy",
     "ServeSettings",
@@ -28,4 +30,5 @@ __all__ = [
     "WorkerPool",
     "create_app",
     "decode_uploads",
+    "free_port",
 ]

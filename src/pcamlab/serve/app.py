@@ -140,6 +140,11 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
+class SlideListing(BaseModel):
+    enabled: bool = Field(description="whether this server runs slide heatmap jobs (it has a slide root)")
+    slides: list[str] = Field(description="slide paths relative to the slide root, to name in a job")
+
+
 def create_app(model: ServedModel, settings: ServeSettings | None = None) -> Any:
     """Build the FastAPI app serving ``model`` (loaded once, shared by every request).
 
@@ -298,6 +303,11 @@ def create_app(model: ServedModel, settings: ServeSettings | None = None) -> Any
             "X-Probability": f"{probability:.6f}", "X-Predicted-Class": model.class_names[label],
             "X-Gradcam-Layer": layer, "Cache-Control": "no-store",
         })
+
+    @api.get("/slides", response_model=SlideListing, tags=["slides"])
+    async def slides() -> dict[str, Any]:
+        """The slides heatmap jobs may read (below the server's slide root); ``enabled`` false without one."""
+        return {"enabled": False, "slides": []}
 
     app.include_router(api)
 

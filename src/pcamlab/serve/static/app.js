@@ -299,9 +299,9 @@ async function loadSlides() {
   try {
     listing = await (await api("/v1/slides")).json();
   } catch (_) {
-    return; // no slide feature on this server
+    return;
   }
-  if (!listing.slides || !listing.slides.length) return;
+  if (!listing.enabled || !listing.slides.length) return; // no --slide-root, or nothing in it
   $("slide-select").replaceChildren(...listing.slides.map((name) => element("option", { value: name, text: name })));
   $("slides").hidden = false;
 }

@@ -28,7 +28,7 @@ def main() -> int:
     parser.add_argument("--patches", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--width", type=int, default=1200)
-    parser.add_argument("--height", type=int, default=980)
+    parser.add_argument("--height", type=int, default=1600, help="at most; the page's own height when smaller")
     args = parser.parse_args()
 
     from selenium import webdriver
@@ -67,6 +67,11 @@ def main() -> int:
                 return 1
             Select(driver.find_element(By.ID, "sort")).select_by_value("probability-desc")
             time.sleep(0.5)
+            height = driver.execute_script(  # the page's content plus the window's own frame
+                "return Math.ceil(document.querySelector('main').getBoundingClientRect().bottom + window.scrollY)"
+                " + (window.outerHeight - window.innerHeight)")
+            driver.set_window_size(args.width, min(args.height, int(height)))
+            time.sleep(0.3)
             raw = Path(args.out).with_suffix(".raw.png")
             driver.save_screenshot(str(raw))
     finally:

@@ -55,6 +55,7 @@ async function api(path, options = {}) {
 function format(value, digits = 4) {
   if (value === null || value === undefined) return "—";
   if (typeof value === "number") return Number.isInteger(value) ? value.toLocaleString("en") : value.toFixed(digits);
+  if (Array.isArray(value)) return "[" + value.map((item) => format(item, 3)).join(", ") + "]";
   if (typeof value === "object") return JSON.stringify(value);
   return String(value);
 }
@@ -209,6 +210,7 @@ function pumpGradCam() {
     state.camRunning++;
     const form = new FormData();
     form.append("file", item.blob, item.name.split("/").pop());
+    form.append("alpha", "0.6");
     api("/v1/explain", { method: "POST", body: form })
       .then((response) => response.blob())
       .then((blob) => { item.camUrl = URL.createObjectURL(blob); updateCard(item); })

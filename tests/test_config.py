@@ -121,3 +121,13 @@ def test_resume_refuses_a_config_it_would_ignore(tmp_path, capsys):
     (tmp_path / "run" / "config.yaml").write_text("train:\n  epochs: 2\n")
     code = main(["train", "--out", str(tmp_path / "run"), "--resume", "--config", str(REPO / "configs/baseline.yaml")])
     assert code == 2 and "drop --config" in capsys.readouterr().err
+
+
+def test_input_scaling_choices_are_the_contracts():
+    from pcamlab.config import CHOICES
+    from pcamlab.runtime.contract import INPUT_SCALINGS
+
+    assert CHOICES["data.input_scaling"] == INPUT_SCALINGS
+    assert load_config(None, ["data.input_scaling=unit"]).data.input_scaling == "unit"
+    with pytest.raises(ConfigError, match="data.input_scaling must be one of.*did you mean 'unit'"):
+        load_config(None, ["data.input_scaling=units"])

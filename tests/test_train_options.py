@@ -74,9 +74,10 @@ def test_ema_threshold_and_options_run_and_are_recorded(tiny_data, tmp_path):
     out = tmp_path / "options"
     summary = train(_config(
         tiny_data, "train.ema_decay=0.9", "train.grad_clip=1.0", "train.l1=1e-5", "train.optimizer=rmsprop",
-        "train.scheduler=plateau", "train.loss=focal", "evaluate.threshold_method=youden",
+        "train.scheduler=plateau", "train.loss=focal", "evaluate.threshold_method=youden", "data.input_scaling=unit",
     ), out, progress=False)
     contract = read_metadata(out / "best.safetensors").contract
+    assert contract.input_scaling == "unit"  # x / 255 only: the course way, kept for every predictor
     assert summary["threshold"] == contract.threshold
     assert 0.0 <= contract.threshold <= 1.0 and contract.threshold != 0.5  # chosen on validation
     assert contract.threshold_source == "youden"

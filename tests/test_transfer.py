@@ -461,3 +461,34 @@ def test_freezing_without_pretrained_weights_is_refused(tmp_path):
     config = load_config(None, ["train.freeze_backbone_epochs=2"])
     with pytest.raises(ConfigError, match="train.freeze_backbone_epochs=2 .* model.pretrained, which is not set"):
         _load_pretrained(_model("simple-cnn", 0), config, print)
+
+
+def test_ported_keras_baseline_with_unit_input_scaling_matches_keras_in_every_runtime(tmp_path):
+    """Issue 9 3.2: data.input_scaling=unit (x / 255, no mean/std) is stored in the contract and applied by
+    every predictor and export, so a ported course baseline gives Keras' probabilities from uint8 patches."""
+    from pcamlab.deploy.export import export_checkpoint
+    from pcamlab.runtime import InputContract, load_predictor, save_checkpoint
+
+    layers = _keras_baseline_weights(seed=3)
+    _write_keras2(tmp_path / "baseline.h5", layers)
+    model = _model("baseline", 0)
+    load_pretrained(model, tmp_path / "baseline.h5")
+    config = load_config(None, ["model.name=baseline", "data.input_scaling=unit"])
+    images = sample_patches(4)[0]  # uint8 (4, 96, 96, 3)
+    expected = _keras_reference_forward(images.astype(np.float32) / 255.0, layers)
+    mean, std = (0.70, 0.54, 0.69), (0.17, 0.21, 0.16)  # training statistics a standardising contract would use
+
+    unit = save_checkpoint(tmp_path / "port.safetensors", model.eval(), config,
+                           InputContract(mean=mean, std=std, input_scaling="unit"))
+    predictor = load_predictor(unit)
+    assert predictor.contract.input_scaling == "unit"
+    np.testing.assert_allclose(predictor.predict_proba(images), expected, rtol=1e-4, atol=1e-5)
+    for format in ("onnx", "torchscript"):
+        exported = export_checkpoint(unit, tmp_path / f"port.{'onnx' if format == 'onnx' else 'pt'}", format=format)
+        runtime = load_predictor(exported["path"])
+        assert runtime.contract.input_scaling == "unit"
+        np.testing.assert_allclose(runtime.predict_proba(images), expected, rtol=1e-4, atol=1e-5)
+
+    standardized = save_checkpoint(tmp_path / "standardized.safetensors", model, config,
+                                   InputContract(mean=mean, std=std, input_scaling="standardize"))
+    assert np.abs(load_predictor(standardized).predict_proba(images) - expected).max() > 1e-3  # the test can fail

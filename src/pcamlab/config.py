@@ -58,6 +58,7 @@ class DataConfig:
     num_workers: int = 0  # DataLoader worker processes when streaming (0 = in the main process)
     skip_bad: bool = False  # skip unreadable files instead of stopping (their count is reported)
     stain_normalization: str = "none"  # none | macenko | reinhard: fitted on training patches, kept in the checkpoint
+    input_scaling: str = "standardize"  # standardize ((x/255 - mean)/std, mean/std of the training patches) | unit (x/255 only, the Keras course way); kept in the checkpoint's contract
 
 
 @dataclass
@@ -140,6 +141,7 @@ class RunConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.cache": ("auto", "ram", "stream"),
     "data.stain_normalization": ("none", "macenko", "reinhard"),
+    "data.input_scaling": ("standardize", "unit"),  # = pcamlab.runtime.contract.INPUT_SCALINGS
     "model.pretrained_format": ("auto", "pcamlab", "torchvision", "timm", "keras"),
     "train.optimizer": ("sgd", "adam", "adamw", "rmsprop"),
     "train.scheduler": ("none", "step", "exponential", "cosine", "onecycle", "plateau"),

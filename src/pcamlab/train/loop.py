@@ -670,6 +670,7 @@ def train(
     # scored in fp32 on every machine (validation, evaluate, predict): bf16 scores moved the chosen threshold
     # and lost ties (626 distinct bf16 probabilities of 1,024) for no speed-up on a CPU without bf16 hardware
     contract = InputContract(patch_size=PATCH_SIZE, mean=mean, std=std, precision="fp32",
+                             input_scaling=data_config.input_scaling,
                              threshold=config.evaluate.threshold, stain_normalization=stain)
     if stain is not None:
         say(f"data: {config.data.stain_normalization} stain normalisation fitted on training patches")

@@ -492,3 +492,133 @@ def test_ported_keras_baseline_with_unit_input_scaling_matches_keras_in_every_ru
     standardized = save_checkpoint(tmp_path / "standardized.safetensors", model, config,
                                    InputContract(mean=mean, std=std, input_scaling="standardize"))
     assert np.abs(load_predictor(standardized).predict_proba(images) - expected).max() > 1e-3  # the test can fail
+
+
+# -- VGG16 and ResNet50 (issue 9 3.1): the course notes' transfer-learning backbones ---------------------
+
+
+def _keras_name_resnet50(module: str) -> str:
+    """pcamlab resnet50 module -> keras.applications.ResNet50 layer name (written independently of transfer.py)."""
+    if module in ("stem.0", "stem.1"):
+        return "conv1_conv" if module == "stem.0" else "conv1_bn"
+    parts = module.split(".")  # stages.S.B.conv1 | stages.S.B.shortcut.0
+    stage, block = int(parts[1]) + 2, int(parts[2]) + 1
+    if parts[3] == "shortcut":
+        return f"conv{stage}_block{block}_0_{'conv' if parts[4] == '0' else 'bn'}"
+    return f"conv{stage}_block{block}_{parts[3][-1]}_{'conv' if parts[3].startswith('conv') else 'bn'}"
+
+
+def test_torchvision_and_timm_resnet50_fill_every_tensor(tmp_path):
+    source = _state(_model("resnet50", 1, width=4, stem_kernel=7, stem_stride=2, stem_pool=True))
+    imagenet = _to_torchvision_resnet(source)
+    assert "layer1.0.conv3.weight" in imagenet and "layer1.0.downsample.0.weight" in imagenet  # torchvision's names
+    imagenet["fc.weight"], imagenet["fc.bias"] = torch.randn(1000, 128), torch.randn(1000)
+    torch.save(imagenet, tmp_path / "resnet50.pth")
+    model = _model("resnet50", 2, width=4, stem_kernel=7, stem_stride=2, stem_pool=True)
+    report = load_pretrained(model, tmp_path / "resnet50.pth")
+    assert report["source_format"] == "torchvision" and report["missing"] == ["head.weight", "head.bias"]
+    _assert_loaded_equal(model, source, report["loaded"])
+    assert len(report["loaded"]) == len([k for k in source if not k.endswith("num_batches_tracked")]) - 2
+
+    timm = {}  # resnet50d: deep stem, average-pool shortcut (downsample.0 is the pool: conv .1, bn .2)
+    for key, value in imagenet.items():
+        if key.startswith("conv1."):
+            continue
+        if ".downsample." in key:
+            index = key.split(".downsample.")[1].split(".")[0]
+            key = key.replace(f".downsample.{index}.", f".downsample.{int(index) + 1}.")
+        timm[key] = value
+    timm["conv1.0.weight"], timm["conv1.6.weight"] = torch.randn(4, 3, 3, 3), torch.randn(4, 4, 3, 3)
+    torch.save(timm, tmp_path / "resnet50d.pth")
+    report = load_pretrained(_model("resnet50", 2, width=4), tmp_path / "resnet50d.pth")
+    assert report["source_format"] == "timm"
+    assert "stages.0.0.shortcut.0.weight" in report["loaded"] and "stages.3.2.conv3.weight" in report["loaded"]
+    assert any(entry.startswith("conv1.0.weight: timm's deep stem") for entry in report["skipped"])
+
+
+def test_keras_resnet50_is_matched_by_name_and_its_conv_biases_fold_into_batch_norm(tmp_path):
+    source_model = _model("resnet50", 1, width=4)
+    source = _state(source_model)
+    generator = np.random.default_rng(0)
+    layers, order = {}, []
+    for name, module in source_model.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            bias = generator.normal(size=module.out_channels).astype(np.float32)
+            kernel = source[f"{name}.weight"].permute(2, 3, 1, 0).numpy()  # (kh, kw, in, out)
+            layers[_keras_name_resnet50(name)] = [("kernel:0", kernel), ("bias:0", bias)]
+            order.append(_keras_name_resnet50(name))
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            keras_name = _keras_name_resnet50(name)
+            bias = layers[keras_name[:-2] + "conv"][1][1]
+            layers[keras_name] = [("gamma:0", source[f"{name}.weight"].numpy()), ("beta:0", source[f"{name}.bias"].numpy()),
+                                  ("moving_mean:0", source[f"{name}.running_mean"].numpy() + bias),  # Keras' mean sees the bias
+                                  ("moving_variance:0", source[f"{name}.running_var"].numpy())]
+            order.append(keras_name)
+    layers["predictions"] = [("kernel:0", np.zeros((512, 1000), np.float32)), ("bias:0", np.zeros(1000, np.float32))]
+    # Keras 2's file order puts each block's shortcut after its main path: matching by order would fail
+    def keras2_rank(name: str) -> tuple:
+        parts = name.replace("conv1_", "conv1_block0_9_").split("_")
+        return (parts[0], int(parts[1][5:]), 9 if parts[2] == "0" else int(parts[2]), parts[3]) if len(parts) == 4 else ("z",)
+    ordered = sorted(layers.items(), key=lambda item: keras2_rank(item[0]))
+    assert [name for name, _ in ordered].index("conv2_block1_0_conv") > [name for name, _ in ordered].index("conv2_block1_3_conv")
+    _write_keras2(tmp_path / "resnet50.h5", ordered)
+
+    model = _model("resnet50", 2, width=4)
+    report = load_pretrained(model, tmp_path / "resnet50.h5")
+    assert report["source_format"] == "keras" and report["missing"] == ["head.weight", "head.bias"]
+    state = model.state_dict()
+    for name in report["loaded"]:
+        torch.testing.assert_close(state[name], source[name], rtol=0, atol=1e-5, msg=name)
+    assert any(entry.startswith("conv2_block1_1_conv/") and "bias:0: folded into the running mean" in entry
+               for entry in report["skipped"])
+    images = torch.from_numpy(sample_patches(2)[0].astype(np.float32) / 255).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        model.head.load_state_dict(source_model.head.state_dict())
+        torch.testing.assert_close(model.eval()(images), source_model.eval()(images), rtol=1e-4, atol=1e-5)
+
+
+def test_torchvision_timm_and_keras_vgg16_fill_every_convolution(tmp_path):
+    source_model = _model("vgg16", 1, width=4)
+    source = _state(source_model)
+    convs = [name for name, module in source_model.features.named_children() if isinstance(module, torch.nn.Conv2d)]
+    assert convs == ["0", "2", "5", "7", "10", "12", "14", "17", "19", "21", "24", "26", "28"]  # torchvision's vgg16
+    conv_keys = [f"features.{index}.{leaf}" for index in convs for leaf in ("weight", "bias")]
+
+    torchvision = {key: source[key] for key in conv_keys}
+    torchvision.update({"classifier.0.weight": torch.randn(4096, 25088 // 64), "classifier.6.weight": torch.randn(1000, 4096)})
+    torch.save(torchvision, tmp_path / "vgg16.pth")
+    model = _model("vgg16", 2, width=4)
+    report = load_pretrained(model, tmp_path / "vgg16.pth")
+    assert report["source_format"] == "torchvision" and sorted(report["loaded"]) == sorted(conv_keys)
+    _assert_loaded_equal(model, source, report["loaded"])
+    assert any(entry.startswith("classifier.0.weight: ImageNet's classifier") for entry in report["skipped"])
+
+    timm = {key: source[key] for key in conv_keys}
+    timm.update({"pre_logits.fc1.weight": torch.randn(32, 32, 7, 7), "head.fc.weight": torch.randn(1000, 32)})
+    torch.save(timm, tmp_path / "vgg16-timm.pth")
+    report = load_pretrained(_model("vgg16", 2, width=4), tmp_path / "vgg16-timm.pth")
+    assert report["source_format"] == "timm" and sorted(report["loaded"]) == sorted(conv_keys)
+
+    bn_model = _model("vgg16", 3, width=4, batch_norm=True)  # vgg16_bn file: features indices differ
+    bn_source = _state(bn_model)
+    bn_file = {k: v for k, v in bn_source.items() if k.startswith("features.")}
+    bn_file["classifier.6.weight"] = torch.randn(1000, 4096)
+    torch.save(bn_file, tmp_path / "vgg16_bn.pth")
+    plain = _model("vgg16", 2, width=4)
+    report = load_pretrained(plain, tmp_path / "vgg16_bn.pth")
+    assert len(report["loaded"]) == 26  # 13 convolutions, matched by order; their batch-norms have no place
+    assert any("set model.options.batch_norm=true" in entry for entry in report["skipped"])
+    report = load_pretrained(_model("vgg16", 2, width=4, batch_norm=True), tmp_path / "vgg16_bn.pth")
+    assert report["missing"] == [k for k in bn_source if k.startswith("head.")]
+
+    keras = [(f"block{stage}_conv{number}", [("kernel:0", source[f"features.{index}.weight"].permute(2, 3, 1, 0).numpy()),
+                                             ("bias:0", source[f"features.{index}.bias"].numpy())])
+             for (stage, number), index in zip(
+                 [(s, n) for s, count in enumerate((2, 2, 3, 3, 3), start=1) for n in range(1, count + 1)], convs)]
+    keras += [("fc1", [("kernel:0", np.zeros((4608 // 16, 64), np.float32)), ("bias:0", np.zeros(64, np.float32))]),
+              ("predictions", [("kernel:0", np.zeros((64, 1000), np.float32)), ("bias:0", np.zeros(1000, np.float32))])]
+    _write_keras2(tmp_path / "vgg16.h5", keras)
+    model = _model("vgg16", 2, width=4)
+    report = load_pretrained(model, tmp_path / "vgg16.h5")
+    assert report["source_format"] == "keras" and sorted(report["loaded"]) == sorted(conv_keys)
+    _assert_loaded_equal(model, source, report["loaded"])

@@ -12,17 +12,22 @@ has a counterpart of the same shape into the model:
 Names are mapped from the source's naming scheme onto pcamlab's modules:
 
 - ``pcamlab``: the same names (a checkpoint of the same or a wider/narrower pcamlab model);
-- ``torchvision`` ResNet (``conv1, bn1, layer1.0.conv1, ..., fc``) onto ``resnet18`` / ``resnet34``,
-  and DenseNet (``features.conv0, features.denseblock1.denselayer1.norm1, ..., classifier``) onto
-  ``densenet-small`` (dense block b / layer l onto the model's block b / layer l);
+- ``torchvision`` ResNet (``conv1, bn1, layer1.0.conv1, ..., conv3, bn3, fc``) onto ``resnet18`` /
+  ``resnet34`` / ``resnet50``, VGG (``features.N``, ``classifier.0/3/6``; ``vgg16`` and ``vgg16_bn``)
+  onto ``vgg16`` (convolutions and batch-norms matched in order), and DenseNet (``features.conv0,
+  features.denseblock1.denselayer1.norm1, ..., classifier``) onto ``densenet-small`` (dense block b /
+  layer l onto the model's block b / layer l);
 - ``timm``: timm's ResNet and DenseNet use torchvision's names, plus the deep stem
   (``conv1.0 ... conv1.6``, skipped: pcamlab has a one-conv stem) and the average-pool shortcut
   (``downsample.1`` conv / ``downsample.2`` batch-norm) of its "d" variants. A timm file without
-  those layers is indistinguishable from a torchvision one and is detected as ``torchvision``;
+  those layers is indistinguishable from a torchvision one and is detected as ``torchvision``; timm's
+  VGG has torchvision's ``features.N`` and its own ``pre_logits.fc1/fc2`` and ``head.fc`` (skipped);
 - ``keras``: Conv2D kernels (kh, kw, in, out) become (out, in, kh, kw), Dense kernels (in, out)
   become (out, in), and the first Dense layer after a Flatten gets its input rows reordered from
   Keras' NHWC flatten order to torch's NCHW order. Keras layers are matched to the model's
-  Conv2d / Linear / BatchNorm2d modules in order, kind by kind.
+  Conv2d / Linear / BatchNorm2d modules in order, kind by kind (``VGG16``'s ``block1_conv1`` ...
+  ``block5_conv3`` onto ``vgg16``), except ``keras.applications`` ResNets (``conv2_block1_1_conv``),
+  matched by name onto ``resnet50``, each conv bias folded into the batch-norm's running mean.
 
 A tensor whose shape does not fit (the ImageNet 7x7 stem vs pcamlab's 3x3 stem, the 1000-class
 ``fc`` vs the 1-logit head) is skipped with a reason, and so is a batch-norm that follows a skipped
@@ -264,7 +269,10 @@ def read_weights(path: str | Path) -> tuple[str, Any, dict[str, str]]:
 
 # -- name mapping --------------------------------------------------------------------------------
 
-_RESNET_BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(conv1|bn1|conv2|bn2)\.(.+)$")
+_RESNET_BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(conv1|bn1|conv2|bn2|conv3|bn3)\.(.+)$")
+_VGG_FEATURE = re.compile(r"^features\.(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
+_VGG_CLASSIFIER = ("classifier.", "pre_logits.", "head.fc.")  # torchvision's fc6-8; timm's conv fc6/fc7 and head
+_KERAS_RESNET = re.compile(r"^(?:conv1_(conv|bn)|conv(\d)_block(\d+)_(\d)_(conv|bn))$")
 _RESNET_DOWNSAMPLE = re.compile(r"^layer(\d+)\.(\d+)\.downsample\.(\d+)\.(.+)$")
 _DENSE_LAYER = re.compile(r"^features\.denseblock(\d+)\.denselayer(\d+)\.(norm1|conv1|norm2|conv2)\.(.+)$")
 _LEGACY_DENSE = re.compile(  # torchvision's pre-0.3 files: "denselayer1.norm.1.weight" for "denselayer1.norm1.weight"
@@ -289,13 +297,69 @@ def detect_source_format(keys: Iterable[str], header: dict[str, str] | None = No
         return "timm" if timm_only else "torchvision"
     if any(key.startswith("features.denseblock") for key in keys):
         return "timm" if any(key.startswith("features.conv1.") for key in keys) else "torchvision"
+    if _is_vgg(keys):
+        return "timm" if any(key.startswith(("pre_logits.", "head.fc.")) for key in keys) else "torchvision"
     if any(key.startswith(("stem.", "stages.", "features.", "classifier.", "head.")) for key in keys):
         return "pcamlab"
     return None
 
 
+def _is_vgg(keys: Iterable[str]) -> bool:
+    """torchvision's ``vgg16(_bn)`` (``features.N`` + ``classifier.6``) or timm's (``pre_logits.fc1``, ``head.fc``)."""
+    keys = list(keys)
+    return any(_VGG_FEATURE.match(key) for key in keys) and any(
+        key in ("classifier.6.weight", "pre_logits.fc1.weight", "head.fc.weight") for key in keys
+    )
+
+
+def _vgg_candidates(state: dict[str, torch.Tensor], model: nn.Module) -> list[_Candidate]:
+    """torchvision/timm VGG ``features.N`` -> the model's ``features`` convolutions and batch-norms, in order.
+
+    Matching by order, not index, takes ``vgg16`` and ``vgg16_bn`` files into either layout (a batch-norm
+    the model lacks is skipped with its reason).
+    """
+    features = getattr(model, "features", None)
+    model_convs = [f"features.{name}" for name, m in (features.named_children() if features is not None else [])
+                   if isinstance(m, nn.Conv2d)]
+    model_norms = [f"features.{name}" for name, m in (features.named_children() if features is not None else [])
+                   if isinstance(m, nn.BatchNorm2d)]
+    indices = sorted({int(match.group(1)) for match in map(_VGG_FEATURE.match, state) if match})
+    conv_of, norm_of, last_conv = {}, {}, None
+    for index in indices:
+        weight = state.get(f"features.{index}.weight")
+        if f"features.{index}.running_mean" in state:
+            norm_of[index] = (len(norm_of), last_conv)
+        elif weight is not None and weight.ndim == 4:
+            conv_of[index] = len(conv_of)
+            last_conv = f"features.{index}.weight"
+    candidates = []
+    for key, tensor in state.items():
+        candidate = _Candidate(key, tensor, None, "has no counterpart in pcamlab's vgg16")
+        match = _VGG_FEATURE.match(key)
+        if key.startswith(_VGG_CLASSIFIER):
+            candidate.reason = ("ImageNet's classifier (7x7x512 maps of 224 px patches, 1000 classes) has no "
+                                "counterpart: the vgg16 head (global pool, dense, logit) starts new")
+        elif not model_convs:
+            candidate.reason = "the model is not a pcamlab VGG (use model.name=vgg16)"
+        elif match and int(match.group(1)) in conv_of:
+            number = conv_of[int(match.group(1))]
+            if number < len(model_convs):
+                candidate.target = f"{model_convs[number]}.{match.group(2)}"
+            else:
+                candidate.reason = f"the model has only {len(model_convs)} convolutions"
+        elif match and int(match.group(1)) in norm_of:
+            number, conv = norm_of[int(match.group(1))]
+            candidate.depends_on = conv
+            if number < len(model_norms):
+                candidate.target = f"{model_norms[number]}.{match.group(2)}"
+            else:
+                candidate.reason = "the model has no batch-norm there (vgg16_bn weights: set model.options.batch_norm=true)"
+        candidates.append(candidate)
+    return candidates
+
+
 def _resnet_candidates(state: dict[str, torch.Tensor]) -> list[_Candidate]:
-    """torchvision/timm ResNet names -> pcamlab ``resnet18/34`` names (``stem``, ``stages``, ``head``)."""
+    """torchvision/timm ResNet names -> pcamlab ``resnet18/34/50`` names (``stem``, ``stages``, ``head``)."""
     deep_stem = any(key.startswith("conv1.0.") for key in state)
     stem_conv = "conv1.6.weight" if deep_stem else "conv1.weight"
     average_down = {  # timm "d" variants: downsample = (AvgPool2d, conv, bn)
@@ -409,8 +473,63 @@ def _identity_candidates(state: dict[str, torch.Tensor]) -> list[_Candidate]:
     return [_Candidate(key, tensor, key, "has no counterpart in the model") for key, tensor in state.items()]
 
 
+def _keras_resnet_candidates(layers: list[_KerasLayer]) -> list[_Candidate]:
+    """``keras.applications`` ResNet names (``conv2_block1_1_conv``) -> pcamlab ``resnet50`` names.
+
+    Keras' ResNet convolutions carry a bias; pcamlab's do not, since the batch-norm after each one
+    absorbs it exactly: BN(conv(x) + b) with moving mean m = BN(conv(x)) with running mean m - b. The bias
+    is folded into that running mean (listed in ``skipped`` as folded, not lost).
+    """
+    by_name = {layer.name.rsplit("/", 1)[-1]: layer for layer in layers}
+    candidates = []
+
+    def target(name: str) -> str | None:
+        match = _KERAS_RESNET.match(name)
+        if match is None:
+            return None
+        if match.group(1):
+            return f"stem.{0 if match.group(1) == 'conv' else 1}"
+        stage, block, index, kind = int(match.group(2)) - 2, int(match.group(3)) - 1, match.group(4), match.group(5)
+        if index == "0":
+            return f"stages.{stage}.{block}.shortcut.{0 if kind == 'conv' else 1}"
+        return f"stages.{stage}.{block}.{'conv' if kind == 'conv' else 'bn'}{index}"
+
+    for name, layer in by_name.items():
+        arrays = [np.asarray(array) for array in layer.arrays]
+        module = target(name)
+        labels = [f"{layer.name}/{weight}" for weight in layer.weight_names]
+        if module is None:
+            for label, array in zip(labels, arrays):
+                candidates.append(_Candidate(label, torch.from_numpy(array), None,
+                                             "has no counterpart in pcamlab's resnet (ImageNet's 1000-class head)"
+                                             if name == "predictions" else "has no counterpart in pcamlab's resnet"))
+            continue
+        if name.endswith("_conv"):
+            kernel = torch.from_numpy(np.ascontiguousarray(arrays[0].transpose(3, 2, 0, 1)))  # (out, in, kh, kw)
+            candidates.append(_Candidate(labels[0], kernel, f"{module}.weight"))
+            if len(arrays) > 1:
+                candidates.append(_Candidate(labels[1], torch.from_numpy(arrays[1]), None,
+                                             "folded into the running mean of the batch-norm that follows"))
+            continue
+        conv = by_name.get(name[: -len("bn")] + "conv")
+        bias = np.asarray(conv.arrays[1]) if conv is not None and len(conv.arrays) > 1 else 0.0
+        depends = f"{conv.name}/{conv.weight_names[0]}" if conv is not None else None
+        for leaf, label, array in zip(("weight", "bias", "running_mean", "running_var"), labels, arrays):
+            if leaf == "running_mean":
+                array = array - bias  # BN(y + b) with mean m == BN(y) with mean m - b
+            candidates.append(_Candidate(label, torch.from_numpy(np.ascontiguousarray(array)), f"{module}.{leaf}",
+                                         depends_on=depends))
+    return candidates
+
+
 def _keras_candidates(layers: list[_KerasLayer], model: nn.Module) -> list[_Candidate]:
-    """Keras layers -> the model's Conv2d / Linear / BatchNorm2d modules in order, kind by kind."""
+    """Keras layers -> the model's Conv2d / Linear / BatchNorm2d modules in order, kind by kind.
+
+    ``keras.applications`` ResNets are matched by layer name instead (their file order puts a block's
+    shortcut after its main path).
+    """
+    if sum(1 for layer in layers if _KERAS_RESNET.match(layer.name.rsplit("/", 1)[-1])) >= 3:
+        return _keras_resnet_candidates(layers)
     modules = {"conv": [], "dense": [], "batch_norm": []}
     last_conv_channels: int | None = None
     flatten_channels: dict[str, int] = {}  # Linear name -> channels of the feature map it flattens
@@ -552,10 +671,12 @@ def load_pretrained(
             )
         if source_format == "pcamlab":
             family, candidates = "pcamlab names", _identity_candidates(weights)
+        elif _is_vgg(weights):
+            family, candidates = "VGG names, for model vgg16", _vgg_candidates(weights, model)
         elif any(key.startswith("features.denseblock") or _LEGACY_DENSE.match(key) for key in weights):
             family, candidates = "DenseNet names, for model densenet-small", _densenet_candidates(weights, model)
         else:
-            family, candidates = "ResNet names, for model resnet18/resnet34", _resnet_candidates(weights)
+            family, candidates = "ResNet names, for model resnet18/resnet34/resnet50", _resnet_candidates(weights)
 
     targets = model.state_dict()  # shares storage with the model: copy_ fills the model
     loaded: list[str] = []

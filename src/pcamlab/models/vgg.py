@@ -1,4 +1,12 @@
-"""``vgg-small``: VGG-style stages of two 3x3 convolutions, max-pool, then a dense classifier."""
+"""VGG networks: ``vgg-small`` (stages of two 3x3 convolutions, max-pool, dense classifier) and ``vgg16``.
+
+``vgg16`` is Simonyan & Zisserman's configuration D (13 convolutions in 5 stages, 64-128-256-512-512) with
+its ``features`` laid out exactly as torchvision's ``vgg16`` (``batch_norm=True``: ``vgg16_bn``), so
+ImageNet weights from torchvision, timm or Keras (``keras.applications.VGG16``) load into every
+convolution (``pcamlab.models.transfer``). The ImageNet classifier (7x7x512 maps of 224 px patches,
+1000 classes) does not fit 96 px patches; the head is the course's instead: global average pool, dense
+256 + ReLU, dropout, logit.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,7 @@ from pcamlab.errors import ConfigError
 from pcamlab.models.factory import register_model
 from pcamlab.models.layers import check_activation, initialise, make_activation
 
-__all__ = ["VGGSmall", "build_vgg_small"]
+__all__ = ["VGGSmall", "VGG16", "VGG16_STAGES", "build_vgg_small", "build_vgg16"]
 
 
 class VGGSmall(nn.Module):
@@ -82,3 +90,58 @@ def build_vgg_small(
     widths = [width * 2**index for index in range(stages)]
     model = VGGSmall(widths, depth, batch_norm, dense_units, dropout, activation, input_size)
     return initialise(model, init)
+
+
+VGG16_STAGES = (2, 2, 3, 3, 3)  # convolutions per stage (configuration D); widths 1, 2, 4, 8, 8 x width
+
+
+class VGG16(nn.Module):
+    """torchvision-layout ``features`` (conv(-bn)-ReLU ..., max-pool per stage) > GAP > dense > dropout > logit."""
+
+    def __init__(self, width: int, batch_norm: bool, dense_units: int, dropout: float):
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels = 3
+        for stage, count in enumerate(VGG16_STAGES):
+            out_channels = width * min(2**stage, 8)
+            for _ in range(count):
+                layers.append(nn.Conv2d(in_channels, out_channels, 3, padding=1))  # bias, as torchvision's
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(out_channels))
+                layers.append(nn.ReLU(inplace=True))
+                in_channels = out_channels
+            layers.append(nn.MaxPool2d(2, 2))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        hidden = [nn.Linear(in_channels, dense_units), nn.ReLU(inplace=True), nn.Dropout(dropout)] if dense_units else []
+        self.head = nn.Sequential(*hidden, nn.Linear(dense_units or in_channels, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.features(images)  # (B, 8*width, 3, 3) for 96x96
+        return self.head(self.pool(features).flatten(1))  # (B, 1) logits
+
+
+@register_model("vgg16")
+def build_vgg16(
+    width: int = 64,
+    batch_norm: bool = False,
+    dense_units: int = 256,
+    dropout: float = 0.5,
+    init: str = "kaiming",
+) -> nn.Module:
+    """VGG-16 (13 conv3x3 in 5 stages, 64-512) for ImageNet transfer; GAP, dense 256, logit (any input size).
+
+    Args:
+        width: channels of the first stage (64 = the standard widths, which ImageNet weights need).
+        batch_norm: batch-norm after each convolution (torchvision's ``vgg16_bn`` layout).
+        dense_units: width of the hidden dense layer of the head (0 = the logit right after the pool).
+        dropout: dropout after the hidden dense layer.
+        init: weight initialisation (default | kaiming | xavier | orthogonal) before any weights are loaded.
+    """
+    if width < 1:
+        raise ConfigError(f"model.options.width must be >= 1; got {width}")
+    if dense_units < 0:
+        raise ConfigError(f"model.options.dense_units must be >= 0 (0 = no hidden layer); got {dense_units}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"model.options.dropout must be in [0, 1); got {dropout}")
+    return initialise(VGG16(width, batch_norm, dense_units, dropout), init)

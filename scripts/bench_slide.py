@@ -60,7 +60,9 @@ else:
     result = {"tiles": summary["tiles"], "seconds": seconds, "tiles_per_second": summary["tiles"] / seconds,
               "inference_seconds": summary["inference_seconds"], "tissue_area_mm2": summary["tissue_area_mm2"],
               "tiles_grid": summary["tiles_grid"]}
-result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+usage = resource.getrusage(resource.RUSAGE_SELF)
+result["peak_rss_mb"] = usage.ru_maxrss / 1024
+result["cpu_seconds"] = usage.ru_utime + usage.ru_stime  # of the whole child: on a shared machine, tiles per CPU-second
 print("RESULT " + json.dumps(result))
 """
 

@@ -393,6 +393,8 @@ def predict_slide(
         backend: force ``"openslide"`` or ``"tiffslide"``.
         resume: continue an unfinished run of the same settings found beside ``out_dir`` (else start over).
         progress: called as ``progress(tiles_done, tiles_total)`` after each batch (resumed tiles count as done).
+            An exception raised by it stops the run (e.g. a service cancelling a job); what was predicted
+            stays in the partial folder and the same call later resumes from it.
 
     Returns:
         A :class:`SlideResult`; the folder holds ``OUTPUT_FILES``: the tile and cell probability arrays

@@ -130,3 +130,33 @@ def test_page_uploads_real_patches_and_shows_probability_class_and_gradcam(brows
         assert np.allclose([float(row["probability"]) for row in rows], sorted(expected.values(), reverse=True), atol=1e-6)
         severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert severe == []  # no script error, no Content-Security-Policy violation
+
+
+def test_page_draws_a_slide_heatmap_over_the_thumbnail_and_zooms(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from pcamlab.slide import make_synthetic_slide, sample_pools
+
+    root = tmp_path / "slides"
+    root.mkdir()
+    make_synthetic_slide(root / "little.tif", *sample_pools("valid"), width=1152, height=960, seed=3)
+    model = ServedModel.load(Path(__file__).parent / "assets" / "slide_model.safetensors")
+    with BackgroundServer(create_app(model, ServeSettings(slide_root=root))) as server:
+        browser.get(server.url)
+        wait_for(lambda: browser.find_element(By.ID, "slides").is_displayed(), "the slide section")
+        assert browser.find_element(By.ID, "slide-select").get_attribute("value") == "little.tif"
+        browser.find_element(By.CSS_SELECTOR, "#slide-form button[type=submit]").click()
+        wait_for(lambda: "slide score" in browser.find_element(By.ID, "slide-status").text, "the slide summary", 60)
+        sizes = browser.execute_script("""
+            const thumbnail = document.getElementById('slide-thumbnail'), heat = document.getElementById('slide-heatmap');
+            return [thumbnail.naturalWidth, heat.naturalWidth, heat.naturalHeight, thumbnail.naturalHeight,
+                    thumbnail.getBoundingClientRect().width, heat.getBoundingClientRect().width];""")
+        assert sizes[0] > 0 and sizes[0:2] == [sizes[1], sizes[0]] and sizes[2] == sizes[3]  # same picture size
+        assert sizes[4] == pytest.approx(sizes[5], abs=1)  # the heatmap lies exactly over the thumbnail
+        before = sizes[4]
+        browser.find_element(By.ID, "zoom-in").click()
+        after = browser.execute_script("return document.getElementById('slide-heatmap').getBoundingClientRect().width")
+        assert after == pytest.approx(before * 1.5, rel=0.02)
+        assert browser.find_element(By.ID, "geojson-link").get_attribute("href").startswith("blob:")
+        severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        assert severe == []

@@ -27,11 +27,11 @@ import secrets
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Annotated, Any
+import pathlib
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Path, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
@@ -44,11 +44,12 @@ from pcamlab.serve.inputs import TooManyPatches, UnsupportedUpload, Upload, deco
 from pcamlab.serve.limits import BodySizeLimit
 from pcamlab.serve.model import ExplainUnavailable, ServedModel
 from pcamlab.serve.pool import PoolBusy, WorkerPool
+from pcamlab.serve.slides import RESULT_FILES, JobNotFound, JobNotReady, SlideJobs, SlideNotFound, SlideQueueFull
 
 __all__ = ["API_VERSION", "ServeSettings", "create_app", "STATIC_DIR"]
 
 API_VERSION = "v1"
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = pathlib.Path(__file__).resolve().parent / "static"
 logger = logging.getLogger("pcamlab.serve")
 
 
@@ -73,7 +74,7 @@ class ServeSettings:
     workers: int = 2  # one per core of a small machine; each runs torch on cores // workers threads
     max_queue: int = 32  # waiting jobs; a queue this deep already means seconds of latency on 2 cores
     batch_size: int = 64  # patches per forward pass inside one request
-    slide_root: Path | None = None  # slide heatmap jobs read only below this folder
+    slide_root: pathlib.Path | None = None  # slide heatmap jobs read only below this folder
     device: str = "cpu"  # where a torch checkpoint runs
 
     # (field, lowest allowed value) for the integer limits, checked by validate()
@@ -91,7 +92,7 @@ class ServeSettings:
             value, lowest = getattr(self, item.name), self._MINIMA[item.name]
             if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
                 raise ConfigError(f"serve setting {item.name} must be an integer >= {lowest}; got {value!r}")
-        if self.slide_root is not None and not Path(self.slide_root).is_dir():
+        if self.slide_root is not None and not pathlib.Path(self.slide_root).is_dir():
             raise ConfigError(
                 f"serve setting slide_root must be an existing folder of slides; got {str(self.slide_root)!r}"
             )
@@ -145,6 +146,24 @@ class SlideListing(BaseModel):
     slides: list[str] = Field(description="slide paths relative to the slide root, to name in a job")
 
 
+class SlideJobRequest(BaseModel):
+    slide: str = Field(min_length=1, max_length=1000, description="a path from GET /v1/slides (relative to the root)")
+    stride: int | None = Field(default=None, ge=1, le=4096,
+                               description="tile step in model pixels, dividing the patch size (default: the patch size)")
+
+
+class SlideJobStatus(BaseModel):
+    id: str
+    slide: str
+    stride: int | None
+    status: str = Field(description="queued | running | done | failed")
+    progress: float = Field(ge=0.0, le=1.0, description="share of the tissue tiles predicted")
+    error: str | None = Field(description="why a failed job failed, in one line")
+    summary: dict[str, Any] | None = Field(description="slide score (max and top-k mean), tumour and tissue area "
+                                                       "in mm2, tiles, seconds; when done")
+    results: dict[str, str] = Field(description="result name -> URL, when done")
+
+
 def create_app(model: ServedModel, settings: ServeSettings | None = None) -> Any:
     """Build the FastAPI app serving ``model`` (loaded once, shared by every request).
 
@@ -160,6 +179,8 @@ def create_app(model: ServedModel, settings: ServeSettings | None = None) -> Any
     """
     settings = (settings or ServeSettings()).validate()
     pool = WorkerPool(settings.workers, settings.max_queue)
+    jobs = (SlideJobs(model.predictor, settings.slide_root, batch_size=settings.batch_size)
+            if settings.slide_root is not None else None)
 
     errors = {
         status: {"model": ErrorResponse, "description": description}
@@ -178,6 +199,8 @@ def create_app(model: ServedModel, settings: ServeSettings | None = None) -> Any
     async def lifespan(_app: Any):
         yield
         pool.shutdown()
+        if jobs is not None:
+            jobs.shutdown()
 
     app = FastAPI(
         title="pcamlab serve",
@@ -190,14 +213,16 @@ def create_app(model: ServedModel, settings: ServeSettings | None = None) -> Any
     app.state.model = model
     app.state.settings = settings
     app.state.pool = pool
+    app.state.slide_jobs = jobs
 
     status_of = [(UnsupportedUpload, 415), (TooManyPatches, 413), (ExplainUnavailable, 409), (PoolBusy, 503),
+                 (SlideNotFound, 404), (JobNotFound, 404), (JobNotReady, 409), (SlideQueueFull, 503),
                  (DataError, 400), (ConfigError, 400)]
 
     @app.exception_handler(PcamlabError)
     async def pcamlab_error(_request: Request, error: PcamlabError) -> JSONResponse:
         status = next((code for kind, code in status_of if isinstance(error, kind)), 500)
-        headers = {"Retry-After": "1"} if status == 503 else None
+        headers = {"Retry-After": "1" if isinstance(error, PoolBusy) else "30"} if status == 503 else None
         return JSONResponse({"detail": str(error)}, status_code=status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
@@ -307,7 +332,43 @@ def create_app(model: ServedModel, settings: ServeSettings | None = None) -> Any
     @api.get("/slides", response_model=SlideListing, tags=["slides"])
     async def slides() -> dict[str, Any]:
         """The slides heatmap jobs may read (below the server's slide root); ``enabled`` false without one."""
-        return {"enabled": False, "slides": []}
+        if jobs is None:
+            return {"enabled": False, "slides": []}
+        return {"enabled": True, "slides": await pool.run(jobs.list)}
+
+    def slide_jobs() -> SlideJobs:
+        if jobs is None:
+            raise JobNotFound("this server runs no slide jobs; start it with --slide-root DIR (a folder of slides)")
+        return jobs
+
+    slide_errors = {
+        404: {"model": ErrorResponse, "description": "no such slide below the slide root, or no such job"},
+        409: {"model": ErrorResponse, "description": "the job has not finished (or failed)"},
+    }
+
+    @api.post("/slides/jobs", response_model=SlideJobStatus, status_code=202, tags=["slides"],
+              responses={400: errors[400], 404: slide_errors[404], 503: errors[503]})
+    async def start_slide_job(request: SlideJobRequest) -> dict[str, Any]:
+        """Start a tumour heatmap of a slide below the slide root (or return the job already made for it)."""
+        return slide_jobs().submit(request.slide, request.stride).to_dict()
+
+    @api.get("/slides/jobs/{job_id}", response_model=SlideJobStatus, tags=["slides"],
+             responses={404: slide_errors[404]})
+    async def slide_job(job_id: Annotated[str, Path(max_length=64)]) -> dict[str, Any]:
+        """A slide job's status and progress; its summary and result URLs once done."""
+        return slide_jobs().get(job_id).to_dict()
+
+    @api.get("/slides/jobs/{job_id}/{name}", tags=["slides"], response_class=FileResponse,
+             responses={200: {"content": {"image/png": {}, "application/geo+json": {}},
+                              "description": "thumbnail.png (RGB), heatmap.png (RGBA, the map laid on the thumbnail), "
+                                             "overlay.png (with a colour bar), heatmap.geojson (QuPath detections)"},
+                        **slide_errors})
+    async def slide_result(job_id: Annotated[str, Path(max_length=64)],
+                           name: Literal["thumbnail.png", "heatmap.png", "overlay.png", "heatmap.geojson"]) -> FileResponse:
+        """A result of a finished slide job."""
+        path = slide_jobs().result(job_id, name)
+        media = "application/geo+json" if name.endswith(".geojson") else "image/png"
+        return FileResponse(path, media_type=media, headers={"Cache-Control": "no-store"})
 
     app.include_router(api)
 

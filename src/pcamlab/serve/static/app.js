@@ -309,7 +309,18 @@ async function loadSlides() {
 }
 
 function applyZoom() {
-  $("slide-stage").style.transform = `scale(${slide.zoom})`;
+  // the stage takes the zoomed size, so the viewport scrolls over the whole enlarged slide
+  const thumbnail = $("slide-thumbnail");
+  if (!thumbnail.naturalWidth) return;
+  thumbnail.style.width = `${Math.round(thumbnail.naturalWidth * slide.zoom)}px`;
+  thumbnail.style.height = `${Math.round(thumbnail.naturalHeight * slide.zoom)}px`;
+}
+
+function fitZoom() {
+  const thumbnail = $("slide-thumbnail");
+  const available = $("slide-viewport").clientWidth - 2;
+  slide.zoom = thumbnail.naturalWidth ? Math.min(1, available / thumbnail.naturalWidth) : 1;
+  applyZoom();
 }
 
 async function runSlideJob(event) {
@@ -321,6 +332,7 @@ async function runSlideJob(event) {
   try {
     let job = await (await api("/v1/slides/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ slide: name }) })).json();
+    $("slide-view").hidden = true;
     while (job.status === "queued" || job.status === "running") {
       status.textContent = `${job.status}${job.progress ? ` ${(job.progress * 100).toFixed(0)}%` : ""}…`;
       await new Promise((resolve) => setTimeout(resolve, 1000));
@@ -331,15 +343,19 @@ async function runSlideJob(event) {
       api(`/v1/slides/jobs/${job.id}/thumbnail.png`).then((r) => r.blob()),
       api(`/v1/slides/jobs/${job.id}/heatmap.png`).then((r) => r.blob()),
     ]);
+    const loaded = new Promise((resolve) => { $("slide-thumbnail").onload = resolve; });
     $("slide-thumbnail").src = URL.createObjectURL(thumbnail);
     $("slide-heatmap").src = URL.createObjectURL(heatmap);
     const geojson = await api(`/v1/slides/jobs/${job.id}/heatmap.geojson`).then((r) => r.blob());
     $("geojson-link").href = URL.createObjectURL(geojson);
     $("geojson-link").download = name.replace(/\.[^.]+$/, "") + ".geojson";
     $("slide-view").hidden = false;
-    slide.zoom = 1;
-    applyZoom();
-    status.textContent = job.summary || "done";
+    await loaded;
+    fitZoom();
+    const summary = job.summary || {};
+    status.textContent = `slide score (max tile) ${format(summary.score_max, 3)}, top-${summary.top_k} mean `
+      + `${format(summary.score_top_k_mean, 3)}; tumour ${format(summary.tumour_area_mm2, 2)} mm² of `
+      + `${format(summary.tissue_area_mm2, 2)} mm² tissue; ${format(summary.tiles)} tiles in ${format(summary.seconds, 1)} s`;
   } catch (error) {
     status.textContent = error.message;
     status.classList.add("error");
@@ -370,7 +386,7 @@ function setUp() {
   $("slide-form").addEventListener("submit", runSlideJob);
   $("zoom-in").addEventListener("click", () => { slide.zoom = Math.min(16, slide.zoom * 1.5); applyZoom(); });
   $("zoom-out").addEventListener("click", () => { slide.zoom = Math.max(0.25, slide.zoom / 1.5); applyZoom(); });
-  $("zoom-reset").addEventListener("click", () => { slide.zoom = 1; applyZoom(); });
+  $("zoom-reset").addEventListener("click", fitZoom);
   $("heat-opacity").addEventListener("input", (event) => { $("slide-heatmap").style.opacity = event.target.value; });
   loadModelCard();
 }

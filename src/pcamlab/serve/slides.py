@@ -1,0 +1,298 @@
+"""Slide heatmap jobs for the server: a slide below the configured root -> tumour map, thumbnail, GeoJSON.
+
+A job runs :func:`pcamlab.slide.predict_slide` with the server's one predictor, in a single background
+thread (a slide takes minutes; patch requests keep their own pool), and keeps its results in a private
+folder until the server stops. Slides are named by their path *relative to the slide root*; a name that
+is absolute, climbs out with ``..``, or resolves (through a symbolic link) outside the root is refused,
+so a client can read no other file of the machine.
+
+Example:
+    >>> jobs = SlideJobs(model.predictor, Path("/data/slides"))
+    >>> job = jobs.submit("case_001.svs")
+    >>> jobs.get(job.id).status
+    'running'
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from pcamlab.errors import ConfigError, DataError
+
+__all__ = ["SLIDE_SUFFIXES", "RESULT_FILES", "SlideJob", "SlideJobs", "SlideNotFound", "JobNotFound", "JobNotReady",
+           "SlideQueueFull", "list_slides", "resolve_slide", "write_heat_layer"]
+
+# Whole-slide formats OpenSlide or tiffslide read (pcamlab.slide.open_slide); listed for the page.
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide")
+# What a finished job serves: name in the URL -> file in the slide's result folder.
+RESULT_FILES = {
+    "thumbnail.png": "thumbnail.png",  # the whole slide, RGB
+    "heatmap.png": "heat_layer.png",  # RGBA, same size as the thumbnail: the map placed on it, transparent off tissue
+    "overlay.png": "overlay.png",  # pcamlab slide's overlay with axes in mm and a colour bar
+    "heatmap.geojson": "tumour_tiles.geojson",  # tiles above the threshold, QuPath detections in level-0 pixels
+}
+MAX_LISTED = 1000  # slides listed for the page
+MAX_KEPT = 16  # finished jobs whose results are kept; older ones are deleted
+
+
+class SlideNotFound(DataError):
+    """The named slide is not a slide file below the root (HTTP 404)."""
+
+
+class JobNotFound(DataError):
+    """No job has this id (HTTP 404)."""
+
+
+class JobNotReady(DataError):
+    """The job has not finished, or failed (HTTP 409)."""
+
+
+class SlideQueueFull(DataError):
+    """Too many slide jobs waiting (HTTP 503)."""
+
+
+def list_slides(root: Path, limit: int = MAX_LISTED) -> list[str]:
+    """Slide files below ``root`` (any depth; hidden entries and links leading outside it skipped) as POSIX
+    paths relative to it, sorted."""
+    found: list[str] = []
+    root = Path(root)
+    base = root.resolve()
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
+        for name in sorted(files):
+            path = Path(directory) / name
+            if not name.startswith(".") and name.lower().endswith(SLIDE_SUFFIXES) and path.resolve().is_relative_to(base):
+                found.append(path.relative_to(root).as_posix())
+                if len(found) >= limit:
+                    return sorted(found)
+    return sorted(found)
+
+
+def resolve_slide(root: Path, name: str) -> Path:
+    """The file a slide name means, checked to lie below ``root``.
+
+    Args:
+        root: the server's slide root.
+        name: a path relative to it, with ``/`` separators (as :func:`list_slides` gives).
+
+    Raises:
+        DataError: the name is empty, absolute, holds ``..``, a backslash or a NUL (400).
+        SlideNotFound: no slide file of that name below the root, including a link leading outside it (404).
+    """
+    text = str(name)
+    parts = PurePosixPath(text).parts
+    if not text or "\x00" in text or "\\" in text or text.startswith("/") or ".." in parts or len(text) > 1000:
+        raise DataError(
+            f"slide {text[:200]!r} must be a path relative to the slide root, without '..' (as GET /v1/slides lists)"
+        )
+    base = Path(root).resolve()
+    path = (base / text).resolve()
+    if not path.is_relative_to(base) or not path.is_file() or not path.name.lower().endswith(SLIDE_SUFFIXES):
+        raise SlideNotFound(f"no slide {text!r} below the slide root; GET /v1/slides lists the slides there")
+    return path
+
+
+def write_heat_layer(path: Path, probability_map: np.ndarray, grid: Any, thumbnail_size: tuple[int, int]) -> Path:
+    """The probability map as an RGBA PNG laid on the thumbnail: same size, transparent where no tissue tile.
+
+    Args:
+        path: PNG to write.
+        probability_map: float32 per stride cell (NaN = not predicted).
+        grid: the slide's :class:`pcamlab.slide.Grid` (where the map lies in level-0 pixels).
+        thumbnail_size: (width, height) of the thumbnail in pixels.
+    """
+    from matplotlib import colormaps
+    from PIL import Image
+
+    from pcamlab.slide.outputs import COLOUR_MAP
+
+    width, height = thumbnail_size
+    scale = width / grid.slide_width_level0
+    map_width = max(1, int(round(grid.map_width_level0 * scale)))
+    map_height = max(1, int(round(grid.map_height_level0 * scale)))
+    values = np.asarray(Image.fromarray(np.asarray(probability_map, dtype=np.float32), mode="F")
+                        .resize((map_width, map_height), Image.Resampling.NEAREST))
+    canvas = np.full((height, width), np.nan, dtype=np.float32)
+    canvas[:min(height, map_height), :min(width, map_width)] = values[:height, :width]
+    known = np.isfinite(canvas)
+    rgba = (colormaps[COLOUR_MAP](np.nan_to_num(canvas, nan=0.0)) * 255).round().astype(np.uint8)  # (H, W, 4)
+    rgba[..., 3] = np.where(known, 255, 0)
+    from pcamlab.fileio import atomic_path
+
+    with atomic_path(path) as temporary, open(temporary, "wb") as stream:
+        Image.fromarray(rgba, mode="RGBA").save(stream, format="PNG")
+    return path
+
+
+@dataclass
+class SlideJob:
+    """One slide heatmap job.
+
+    Attributes:
+        id: 16 hex characters, unguessable.
+        slide: the slide name as asked (relative to the root).
+        stride: tile stride in model pixels (None = the patch size).
+        status: ``queued``, ``running``, ``done`` or ``failed``.
+        progress: share of the tissue tiles predicted (0-1).
+        error: the one-line reason of a failure.
+        summary: scores and areas of a finished slide (``pcamlab slide``'s summary.json, abridged).
+        folder: the finished result folder.
+    """
+
+    id: str
+    slide: str
+    stride: int | None
+    status: str = "queued"
+    progress: float = 0.0
+    error: str | None = None
+    summary: dict[str, Any] | None = None
+    folder: Path | None = None
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """What GET /v1/slides/jobs/ID answers."""
+        done = self.status == "done"
+        return {
+            "id": self.id, "slide": self.slide, "stride": self.stride, "status": self.status,
+            "progress": round(self.progress, 4), "error": self.error, "summary": self.summary,
+            "results": {name: f"/v1/slides/jobs/{self.id}/{name}" for name in RESULT_FILES} if done else {},
+        }
+
+
+SUMMARY_KEYS = ("score_max", "score_top_k_mean", "top_k", "threshold", "tumour_area_mm2", "tissue_area_mm2",
+                "tiles", "tiles_above_threshold", "slide_dimensions", "slide_mpp", "model_mpp", "stride", "seconds")
+
+
+class SlideJobs:
+    """Slide heatmap jobs of one server: one runs at a time, ``max_queued`` may wait.
+
+    Args:
+        predictor: the server's predictor (``contract`` + ``predict_proba``).
+        root: the folder slides may be read from.
+        batch_size: tiles per forward pass.
+        max_queued: jobs waiting before new ones are refused (:class:`SlideQueueFull`).
+
+    Raises:
+        ConfigError: ``root`` is not a folder.
+    """
+
+    def __init__(self, predictor: Any, root: Path, *, batch_size: int = 64, max_queued: int = 4):
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise ConfigError(f"slide_root must be an existing folder of slides; got {str(self.root)!r}")
+        self.predictor = predictor
+        self.batch_size = batch_size
+        self.max_queued = max_queued
+        self.work = Path(tempfile.mkdtemp(prefix="pcamlab-serve-slides-"))
+        self._jobs: OrderedDict[str, SlideJob] = OrderedDict()
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pcamlab-slide-job")
+
+    def list(self) -> list[str]:
+        """The slides below the root (see :func:`list_slides`)."""
+        return list_slides(self.root)
+
+    def submit(self, slide: str, stride: int | None = None) -> SlideJob:
+        """Start (or find) the job for ``slide`` at ``stride``; a finished or running one is returned as is.
+
+        Raises:
+            DataError / SlideNotFound: a bad or unknown slide name.
+            SlideQueueFull: ``max_queued`` jobs already wait.
+        """
+        path = resolve_slide(self.root, slide)
+        with self._lock:
+            for job in self._jobs.values():
+                if job.slide == slide and job.stride == stride and job.status != "failed":
+                    return job
+            waiting = sum(job.status == "queued" for job in self._jobs.values())
+            if waiting >= self.max_queued:
+                raise SlideQueueFull(
+                    f"{waiting} slide jobs are already waiting (limit {self.max_queued}); retry when one has finished"
+                )
+            job = SlideJob(secrets.token_hex(8), slide, stride)
+            self._jobs[job.id] = job
+            self._evict()
+        self._executor.submit(self._run, job, path)
+        return job
+
+    def get(self, job_id: str) -> SlideJob:
+        """The job with this id.
+
+        Raises:
+            JobNotFound: no such job (or it was evicted).
+        """
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(f"no slide job {job_id[:40]!r} on this server; start one with POST /v1/slides/jobs")
+        return job
+
+    def result(self, job_id: str, name: str) -> Path:
+        """The file ``name`` (a key of ``RESULT_FILES``) of a finished job.
+
+        Raises:
+            JobNotFound: unknown job or result name.
+            JobNotReady: the job is queued, running or failed.
+        """
+        job = self.get(job_id)
+        if name not in RESULT_FILES:
+            raise JobNotFound(f"a slide job has no result {name!r}; results are {list(RESULT_FILES)}")
+        if job.status != "done" or job.folder is None:
+            reason = f": {job.error}" if job.error else ""
+            raise JobNotReady(f"slide job {job.id} is {job.status}{reason}; poll GET /v1/slides/jobs/{job.id}")
+        return job.folder / RESULT_FILES[name]
+
+    def _run(self, job: SlideJob, path: Path) -> None:
+        from PIL import Image
+
+        from pcamlab.errors import PcamlabError
+        from pcamlab.slide import Grid, predict_slide
+
+        job.status = "running"
+
+        def progress(done: int, total: int) -> None:
+            job.progress = done / total if total else 1.0
+
+        try:
+            folder = self.work / job.id / "slide"
+            result = predict_slide(self.predictor, path, folder, stride=job.stride, batch_size=self.batch_size,
+                                   resume=False, progress=progress)
+            with Image.open(result.files["thumbnail"]) as thumbnail:
+                size = thumbnail.size
+            write_heat_layer(folder / RESULT_FILES["heatmap.png"], result.probability_map,
+                             Grid(**result.summary["grid"]), size)
+            job.summary = {key: result.summary.get(key) for key in SUMMARY_KEYS}
+            job.folder = folder
+            job.progress = 1.0
+            job.status = "done"
+        except PcamlabError as error:
+            job.error, job.status = str(error), "failed"
+        except Exception as error:  # a bug or an I/O failure: reported on the job, never lost in a thread
+            job.error, job.status = f"the slide job failed ({type(error).__name__}: {error})", "failed"
+        finally:
+            job.finished = time.time()
+
+    def _evict(self) -> None:
+        """Drop the oldest finished jobs (and their files) beyond ``MAX_KEPT``; called with the lock held."""
+        finished = [job for job in self._jobs.values() if job.status in ("done", "failed")]
+        for job in finished[: max(0, len(finished) - MAX_KEPT)]:
+            del self._jobs[job.id]
+            shutil.rmtree(self.work / job.id, ignore_errors=True)
+
+    def shutdown(self) -> None:
+        """Wait for the running job, drop queued ones, delete every result."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self.work, ignore_errors=True)

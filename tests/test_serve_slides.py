@@ -1,0 +1,107 @@
+"""Slide heatmap jobs of ``pcamlab serve``: start, poll, fetch the map, and no path outside the slide root.
+
+The slide is a small synthetic pyramidal TIFF of real PCam patches (``pcamlab.slide.make_synthetic_slide``)
+and the model the 44 KB slide test model, so a whole job takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="pcamlab serve needs fastapi (pip install 'pcamlab[serve]')")
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+from pcamlab.errors import DataError  # noqa: E402
+from pcamlab.serve import ServedModel, ServeSettings, create_app  # noqa: E402
+from pcamlab.serve.slides import resolve_slide  # noqa: E402
+from pcamlab.slide import make_synthetic_slide, sample_pools  # noqa: E402
+
+MODEL = Path(__file__).parent / "assets" / "slide_model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def slide_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("slides")
+    (root / "cases").mkdir()
+    make_synthetic_slide(root / "cases" / "little.tif", *sample_pools("valid"), width=1152, height=960, seed=3)
+    outside = make_synthetic_slide(tmp_path_factory.mktemp("elsewhere") / "secret.tif", *sample_pools("valid"),
+                                   width=480, height=480, seed=1)
+    (root / "link.tif").symlink_to(outside.path)  # a link leading out of the root
+    return root
+
+
+@pytest.fixture(scope="module")
+def served() -> ServedModel:
+    return ServedModel.load(MODEL)
+
+
+def wait_done(client: TestClient, job_id: str, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/slides/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"slide job {job_id} did not finish within {timeout:.0f} s")
+
+
+def test_slide_job_makes_a_heatmap_laid_on_the_thumbnail_and_a_geojson(served, slide_root):
+    with TestClient(create_app(served, ServeSettings(slide_root=slide_root))) as client:
+        assert client.get("/v1/slides").json() == {"enabled": True, "slides": ["cases/little.tif"]}
+        started = client.post("/v1/slides/jobs", json={"slide": "cases/little.tif"})
+        assert started.status_code == 202 and started.json()["status"] in ("queued", "running", "done")
+        job = wait_done(client, started.json()["id"])
+        assert job["status"] == "done" and job["error"] is None and job["progress"] == 1.0
+        summary = job["summary"]
+        assert summary["tiles"] > 0 and 0 <= summary["score_top_k_mean"] <= summary["score_max"] <= 1
+        assert summary["tissue_area_mm2"] > summary["tumour_area_mm2"] >= 0
+        assert set(job["results"]) == {"thumbnail.png", "heatmap.png", "overlay.png", "heatmap.geojson"}
+
+        thumbnail = Image.open(io.BytesIO(client.get(job["results"]["thumbnail.png"]).content))
+        layer = np.asarray(Image.open(io.BytesIO(client.get(job["results"]["heatmap.png"]).content)))
+        assert layer.shape == (thumbnail.size[1], thumbnail.size[0], 4)  # laid exactly on the thumbnail
+        alpha = layer[..., 3]
+        assert 0 < (alpha == 255).mean() < 1 and set(np.unique(alpha)) <= {0, 255}  # glass stays transparent
+        geojson = client.get(job["results"]["heatmap.geojson"])
+        assert geojson.headers["content-type"].startswith("application/geo+json")
+        assert json.loads(geojson.content)["type"] == "FeatureCollection"
+        assert client.get(job["results"]["overlay.png"]).headers["content-type"] == "image/png"
+
+        again = client.post("/v1/slides/jobs", json={"slide": "cases/little.tif"}).json()
+        assert again["id"] == job["id"] and again["status"] == "done"  # not computed twice
+
+
+@pytest.mark.parametrize("name, status", [
+    ("../elsewhere/secret.tif", 400),
+    ("/etc/passwd", 400),
+    ("cases/../../x.tif", 400),
+    ("cases\\little.tif", 400),
+    ("link.tif", 404),  # a link below the root that resolves outside it: not listed, refused
+    ("cases/missing.tif", 404),
+    ("cases/little.truth.png", 404),  # a file below the root, but not a slide
+])
+def test_slide_names_cannot_leave_the_root(served, slide_root, name, status):
+    with TestClient(create_app(served, ServeSettings(slide_root=slide_root))) as client:
+        response = client.post("/v1/slides/jobs", json={"slide": name})
+        assert response.status_code == status and "slide" in response.json()["detail"]
+    with pytest.raises(DataError):
+        resolve_slide(slide_root, name)
+
+
+def test_without_a_slide_root_slide_routes_say_how_to_enable_them(served):
+    with TestClient(create_app(served, ServeSettings())) as client:
+        assert client.get("/v1/slides").json() == {"enabled": False, "slides": []}
+        response = client.post("/v1/slides/jobs", json={"slide": "a.svs"})
+        assert response.status_code == 404 and "--slide-root" in response.json()["detail"]
+        unknown = client.get("/v1/slides/jobs/0123456789abcdef")
+        assert unknown.status_code == 404

@@ -165,6 +165,43 @@ def test_continuing_a_finished_run_writes_a_new_folder_and_equals_a_longer_run(t
     assert not (tmp_path / "same").exists() and not (tmp_path / "other-model").exists()
 
 
+# -- 2.3: a final model's threshold comes from models trained the same way ------------------------------
+
+
+def test_final_threshold_comes_from_models_trained_like_the_final_one(tiny_data, tmp_path):
+    from pcamlab.data import load_split_arrays, open_split
+    from pcamlab.evaluate.thresholds import choose_threshold
+    from pcamlab.runtime import load_checkpoint
+    from pcamlab.runtime.predictor import TorchPredictor
+
+    youden = "evaluate.threshold_method=youden"
+    # a budget recipe chose its threshold at its best epoch, mid-way down a schedule over 60 minutes: the
+    # final fit replays that many epochs with the schedule over them, another model, so it does not travel
+    recipe = [youden, "train.epochs=3", "train.scheduler=cosine", "train.schedule_over=budget",
+              "train.time_budget_minutes=60"]
+    budget = tmp_path / "budget"
+    train(_config(tiny_data, *recipe), budget, progress=False)
+    final = tmp_path / "final"
+    result = run_final(_config(tiny_data, *recipe), final, epochs_from=budget, progress=False)
+    fitted = final / "threshold-fit"
+    assert (fitted / "last.safetensors").is_file() and len(_history(fitted)) == result["epochs"]
+    images, labels, _ = load_split_arrays(open_split(tiny_data, "valid"))
+    expected = choose_threshold(labels, TorchPredictor.from_checkpoint(fitted / "last.safetensors").predict_proba(images))
+    for name in ("last.safetensors", "best.safetensors"):
+        contract = load_checkpoint(final / name).contract
+        assert contract.threshold == pytest.approx(expected) and "threshold-fit" in contract.threshold_source
+    assert json.loads((final / "final.json").read_text())["threshold_source"] == contract.threshold_source
+    assert json.loads((final / "summary.json").read_text())["threshold"] == contract.threshold
+
+    # a run trained exactly like the final fit (1 epoch, its last epoch chose the threshold) lends its own
+    same = tmp_path / "same"
+    source = train(_config(tiny_data, youden, "train.epochs=1"), same, progress=False)
+    result = run_final(_config(tiny_data, youden), tmp_path / "final-same", epochs_from=same, progress=False)
+    contract = load_checkpoint(tmp_path / "final-same" / "last.safetensors").contract
+    assert contract.threshold == source["threshold"] and "trained like this one" in contract.threshold_source
+    assert not (tmp_path / "final-same" / "threshold-fit").exists()
+
+
 # -- 2.10 (part): a final fit has no validation columns to print -----------------------------------------
 
 
@@ -268,3 +305,18 @@ def test_two_processes_share_one_clock_under_a_budget_schedule(tiny_data, tmp_pa
     assert rank0["stop"] == "all epochs done" and len(rank0["factors"]) > 3
     assert json.loads((out / "summary.json").read_text())["processes"] == 2
     assert list(_history(out)[0]) == HISTORY_COLUMNS
+
+
+def test_the_cli_prints_its_lines_once_under_torchrun(tiny_data, tmp_path, monkeypatch, capsys):
+    # torchrun starts the command in every process; only rank 0 speaks (the README's line printed its
+    # "run folder" line twice, interleaved with the other process's epochs)
+    arguments = ["train", "--data", str(tiny_data), "--out", str(tmp_path / "rank1"), "--no-progress"]
+    for item in [*TINY, "train.epochs=1"]:
+        arguments += ["--set", item]
+    monkeypatch.setenv("RANK", "1")  # WORLD_SIZE unset: trains alone, but as rank 1 would
+    assert main(arguments) == 0
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    assert main(["train", "--continue", str(tmp_path / "rank1"), "--out", str(tmp_path / "rank0"), "--no-progress",
+                 "--set", "train.epochs=2"]) == 0
+    assert "run folder:" in capsys.readouterr().out

@@ -31,3 +31,20 @@ def test_auto_precision_is_bf16_only_with_bf16_hardware(monkeypatch, avx512_bf16
     assert resolve_precision("auto", torch.device("cpu")) == expected
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked for: emulated is still allowed
+
+
+def test_scoring_is_ieee_fp32_on_gpus_and_puts_the_flags_back():
+    from pcamlab.runtime.device import scoring
+
+    cuda = torch.device("cuda")  # only flags are set: no GPU needed
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True  # torch's default for convolutions: TF32, a 10-bit mantissa
+    try:
+        with scoring(cuda, "fp32"):
+            assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (False, False)
+        assert torch.backends.cudnn.allow_tf32 is True
+        with scoring(torch.device("cpu"), "bf16"):
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+        assert not torch.is_autocast_enabled("cpu")
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -18,6 +18,14 @@ import argparse
 from pcamlab.cli._common import add_config_arguments, add_format_argument
 
 
+def _print(*args, **kwargs) -> None:
+    """``print`` on the first process only: under torchrun every process runs this command."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        print(*args, **kwargs)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train", help="train a model from a YAML config into a run folder (hold-out, k-fold or final fit)",
@@ -125,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config, overrides + args.overrides)
         if len(args.config) > 1:
-            print(f"config: merged {' < '.join(args.config)} (a later file wins field by field; "
+            _print(f"config: merged {' < '.join(args.config)} (a later file wins field by field; "
                   "the resolved config lists them in config_files)")
     progress = not args.no_progress and sys.stderr.isatty()
 
@@ -134,10 +142,10 @@ def run(args: argparse.Namespace) -> int:
 
         result = run_kfold(
             config, args.out, folds=args.folds, repeats=args.repeats,
-            groups=args.groups or "auto", resume=args.resume, progress=progress, log=print,
+            groups=args.groups or "auto", resume=args.resume, progress=progress, log=_print,
         )
-        print(format_cv_table(result))
-        print(f"cross-validation folder: {args.out}  (cv_results.csv, cv_summary.json)")
+        _print(format_cv_table(result))
+        _print(f"cross-validation folder: {args.out}  (cv_results.csv, cv_summary.json)")
         if args.final:
             _final(config, Path(args.out) / "final", None, args.out, progress)
         return 0
@@ -147,9 +155,9 @@ def run(args: argparse.Namespace) -> int:
 
     from pcamlab.train.loop import train
 
-    summary = train(config, args.out, resume=args.resume, continue_from=args.continue_from, progress=progress, log=print)
+    summary = train(config, args.out, resume=args.resume, continue_from=args.continue_from, progress=progress, log=_print)
     best = summary["checkpoints"]["best"]
-    print(f"run folder: {args.out}  ({f'best checkpoint: {best}' if best else 'no best checkpoint was written'})")
+    _print(f"run folder: {args.out}  ({f'best checkpoint: {best}' if best else 'no best checkpoint was written'})")
     return 0
 
 
@@ -174,11 +182,11 @@ def _final(config, out, epochs, epochs_from, progress: bool) -> None:
 
     from pcamlab.train.protocols import run_final
 
-    result = run_final(config, out, epochs=epochs, epochs_from=epochs_from, progress=progress, log=print)
+    result = run_final(config, out, epochs=epochs, epochs_from=epochs_from, progress=progress, log=_print)
     test = result["test"]
     if "skipped" in test:
         where = f"no test evaluation: {test['skipped']}"
     else:
         auc = "n/a" if test.get("roc_auc") is None else f"{test['roc_auc']:.4f}"
         where = f"test {test['split']!r}: AUC {auc}, metrics in {Path(out) / test['folder']}"
-    print(f"final model: {result['checkpoint']}  ({result['epochs']} epoch{'' if result['epochs'] == 1 else 's'} on {result['train_patches']['total']} patches; {where})")
+    _print(f"final model: {result['checkpoint']}  ({result['epochs']} epoch{'' if result['epochs'] == 1 else 's'} on {result['train_patches']['total']} patches; {where})")

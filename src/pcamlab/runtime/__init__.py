@@ -22,7 +22,7 @@ Example:
 
 from pcamlab.runtime.checkpoint import FORMAT, Checkpoint, CheckpointHeader, load_checkpoint, read_metadata, save_checkpoint
 from pcamlab.runtime.contract import InputContract
-from pcamlab.runtime.device import autocast, cpu_has_native_bf16, resolve_device, resolve_precision
+from pcamlab.runtime.device import autocast, cpu_has_native_bf16, resolve_device, resolve_precision, scoring
 from pcamlab.runtime.predictor import (
     MODEL_SUFFIXES,
     RUNTIMES,
@@ -56,4 +56,5 @@ __all__ = [
     "resolve_device",
     "resolve_precision",
     "save_checkpoint",
+    "scoring",
 ]

@@ -20,7 +20,7 @@ import torch
 
 from pcamlab.errors import ConfigError
 
-__all__ = ["resolve_device", "resolve_precision", "autocast", "cpu_has_native_bf16"]
+__all__ = ["resolve_device", "resolve_precision", "autocast", "scoring", "cpu_has_native_bf16"]
 
 
 def cpu_has_native_bf16() -> bool:
@@ -63,3 +63,23 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def scoring(device: torch.device, precision: str):
+    """The context every scoring forward pass runs in: validation, evaluate, predict, thresholds.
+
+    ``bf16`` is bf16 autocast. ``fp32`` is IEEE fp32 on every device: on CUDA, TF32 (on by default for
+    cuDNN convolutions, 10-bit mantissa) is switched off for the duration, so a GPU scores what a CPU
+    scores; training keeps its own :func:`autocast` and TF32.
+    """
+    if precision == "bf16" or device.type != "cuda":
+        with autocast(device, precision):
+            yield
+        return
+    previous = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = False, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous

@@ -40,7 +40,7 @@ from pcamlab.errors import CheckpointError, ConfigError, PcamlabError, RunError
 from pcamlab.registry import Registry
 from pcamlab.runtime.checkpoint import Checkpoint, contract_from_stored, load_checkpoint
 from pcamlab.runtime.contract import INFERENCE_PRECISIONS, InputContract
-from pcamlab.runtime.device import autocast, resolve_device
+from pcamlab.runtime.device import resolve_device, scoring
 
 __all__ = [
     "MODEL_SUFFIXES",
@@ -241,7 +241,7 @@ class TorchPredictor(PatchPredictor):
     @torch.inference_mode()
     def forward(self, batch: np.ndarray) -> np.ndarray:
         x = self.contract.to_model_input(torch.from_numpy(batch).to(self.device))  # (B, 3, H, W)
-        with autocast(self.device, self.precision):
+        with scoring(self.device, self.precision):  # IEEE fp32 on GPUs too (no TF32)
             logits = self.model(x)  # (B, 1)
         return torch.sigmoid(logits.float().reshape(-1)).double().cpu().numpy()  # (B,)
 

@@ -266,7 +266,7 @@ def _evaluate(model, source, contract, device) -> dict[str, Any]:
     mantissa (bf16 logits put thresholds on a coarse grid of sigmoids).
     """
     from pcamlab.evaluate.metrics import roc_auc
-    from pcamlab.runtime.device import autocast
+    from pcamlab.runtime.device import scoring
 
     model.eval()
     logits, labels = [], []
@@ -275,7 +275,7 @@ def _evaluate(model, source, contract, device) -> dict[str, Any]:
             if len(batch_labels) == 0:
                 continue
             x = contract.to_model_input(images.to(device, non_blocking=True))  # (B, 3, H, W)
-            with autocast(device, contract.precision):
+            with scoring(device, contract.precision):
                 output = model(x)  # (B, 1)
             logits.append(output.float().reshape(-1).cpu())
             labels.append(batch_labels)

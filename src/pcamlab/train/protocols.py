@@ -446,7 +446,8 @@ def run_folder_protocol(out_dir: str | os.PathLike) -> dict[str, Any] | None:
 
     Returns:
         ``{"protocol": "kfold", "folds": k, "repeats": r}`` for a cross-validation folder (its
-        ``folds.csv``), ``{"protocol": "final"}`` for a final fit (its ``final.json``),
+        ``folds.csv``), ``{"protocol": "final"}`` for a final fit (its ``final.json``, or for an
+        interrupted one its ``resume.pt``, which records that it had no validation split),
         ``{"protocol": "holdout"}`` for any other folder with a ``config.yaml``, and None when the folder
         holds no run (missing, empty, or no ``config.yaml``).
 
@@ -661,6 +662,73 @@ def format_cv_table(result: dict[str, Any]) -> str:
 # Final fit.
 
 
+def _threshold_like_the_final_model(
+    final_config: RunConfig, out_dir: Path, epochs: int, chosen: dict[str, Any] | None, splits: list[str],
+    progress: bool, log: Callable[[str], None] | None,
+) -> tuple[float, str, dict[str, Any]]:
+    """The final model's threshold, where it came from, and the data it was chosen on (see :func:`run_final`)."""
+    from pcamlab.data import load_split_arrays
+    from pcamlab.evaluate.thresholds import ThresholdSelector
+    from pcamlab.runtime.predictor import TorchPredictor
+    from pcamlab.train.loop import train
+
+    method = final_config.evaluate.threshold_method
+    if chosen is not None and chosen["threshold"] is not None and chosen["threshold_method"] == method and all(
+        _trained_like(final_config, run, epochs) for run in chosen["runs"]
+    ):
+        models = f"the median over its {len(chosen['runs'])} fold models" if len(chosen["runs"]) > 1 else "its model"
+        source_summary = json.loads((chosen["runs"][0] / "summary.json").read_text())
+        chosen_on = source_summary.get("threshold_chosen_on") or {"data": final_config.data.path, "method": method}
+        return float(chosen["threshold"]), (
+            f"{method} on validation by {chosen['source']} ({models}, trained like this one: {_epochs_text(epochs)}, "
+            "the same settings)"
+        ), {**chosen_on, "method": method}
+    data = final_config.data
+    train_reader = _open_train_split(final_config, data.train_split)
+    if data.valid_split in splits:
+        valid_reader = _open_train_split(final_config, data.valid_split)
+        where = f"split {data.valid_split!r}"
+    else:
+        train_part, valid_part = stratified_folds(train_reader.labels, 5, data.seed)[0]
+        valid_reader = SubsetReader(train_reader, valid_part, description="threshold-fit valid")
+        train_reader = SubsetReader(train_reader, train_part, description="threshold-fit train")
+        where = f"a stratified fifth of split {data.train_split!r}"
+    folder = out_dir / "threshold-fit"
+    say = log or (lambda line: None)
+    say(f"final fit: choosing its {method} threshold with a model trained the same way ({_epochs_text(epochs)} on "
+        f"{train_reader.split!r}), validated on {where}, in {folder}")
+    calibration = copy.deepcopy(final_config)
+    calibration.train.patience = 0  # all the epochs, as the final model
+    train(calibration, folder, progress=progress, log=_fold_log(log, "threshold-fit"), readers=(train_reader, valid_reader))
+    images, labels, _ = load_split_arrays(valid_reader)
+    probabilities = TorchPredictor.from_checkpoint(folder / "last.safetensors").predict_proba(images)  # fp32
+    selector = ThresholdSelector(method, final_config.evaluate.target_sensitivity).fit(labels, probabilities)
+    return float(selector.threshold_), (
+        f"{method} on {where} by threshold-fit/last.safetensors, a model trained like this one "
+        f"({_epochs_text(epochs)} on {train_reader.split!r}, the same settings)"
+    ), {"data": str(valid_reader.root), "split": valid_reader.split, "method": method}
+
+
+def _store_threshold(out_dir: Path, threshold: float, source: str, chosen_on: dict[str, Any]) -> None:
+    """Put the final model's threshold and its source into its checkpoints and summary.json.
+
+    ``contract.threshold_source`` says in words where it came from; the metadata's
+    ``threshold_chosen_on`` (``{data, split, method}``) lets ``evaluate`` label numbers measured at it.
+    """
+    from pcamlab.fileio import write_json_atomic
+    from pcamlab.runtime.checkpoint import load_checkpoint, save_checkpoint
+
+    contract = None
+    for name in ("last.safetensors", "best.safetensors"):
+        checkpoint = load_checkpoint(out_dir / name)
+        contract = checkpoint.contract.replace(threshold=threshold, threshold_source=source)
+        metadata = {**checkpoint.metadata, "threshold_chosen_on": chosen_on}
+        save_checkpoint(out_dir / name, checkpoint.model, checkpoint.config, contract, metadata)
+    summary = json.loads((out_dir / "summary.json").read_text())
+    summary.update(threshold=threshold, contract=contract.to_dict(), threshold_chosen_on=chosen_on)
+    write_json_atomic(out_dir / "summary.json", summary)
+
+
 def choice_from_run(run: str | os.PathLike) -> dict[str, Any]:
     """The epoch count (and threshold) chosen on validation by an earlier run.
 
@@ -706,8 +774,31 @@ def choice_from_run(run: str | os.PathLike) -> dict[str, Any]:
             f"{str(path)!r} has no best epoch >= 1 (got {epochs!r}); the run must have finished at least one "
             "validated epoch: pass --epochs N instead"
         )
+    runs = [path.parent / run for run in summary["runs"]] if "runs" in summary else [path.parent]
     return {"epochs": epochs, "threshold": threshold, "threshold_method": summary.get("threshold_method", "fixed"),
-            "source": str(path)}
+            "source": str(path), "runs": runs}
+
+
+# Settings that change how a model is trained (and so the scale of its scores); the others (when to stop,
+# where and how fast it runs) do not.
+_NOT_TRAINING_SETTINGS = ("patience", "min_delta", "monitor", "device", "threads", "compile", "deterministic")
+
+
+def _trained_like(final_config: RunConfig, run: Path, epochs: int) -> bool:
+    """True when the run folder ``run`` trained its model as the final fit trains: same model, augmentation
+    and train settings (``epochs`` epochs, the same schedule), its threshold chosen at its last epoch."""
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+        saved = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    except (OSError, json.JSONDecodeError, yaml.YAMLError):
+        return False
+    if not (summary.get("best_epoch") == summary.get("epochs_run") == epochs and summary.get("stop_reason") == "all epochs done"):
+        return False
+    mine = config_to_dict(final_config)
+    theirs = saved.get("train", {})
+    same_train = all(theirs.get(key) == value for key, value in mine["train"].items() if key not in _NOT_TRAINING_SETTINGS)
+    same_model = saved.get("model", {}).get("name") == mine["model"]["name"]
+    return same_train and same_model and saved.get("augment") == mine["augment"]
 
 
 def run_final(
@@ -723,14 +814,23 @@ def run_final(
 
     Nothing is validated during this fit (there is no data left to validate on), so the epoch count
     must come from earlier validation: ``epochs``, or the best epoch of ``epochs_from`` (a hold-out run
-    or a cross-validation folder), or else ``train.epochs`` (logged as not chosen on validation). When
-    ``evaluate.threshold_method`` is not ``fixed`` and ``epochs_from`` chose a threshold, that threshold
-    goes into the final checkpoint. Note that the count was chosen for a smaller training set; with
-    more patches per epoch it is, if anything, on the safe side.
+    or a cross-validation folder), or else ``train.epochs`` (logged as not chosen on validation). Note
+    that the count was chosen for a smaller training set; with more patches per epoch it is, if
+    anything, on the safe side.
+
+    With ``evaluate.threshold_method`` other than ``fixed``, the final model's threshold comes from
+    models trained the same way (the same settings, this many epochs, the schedule over them, the last
+    epoch kept): the threshold of ``epochs_from`` (the median over its folds) when its models were
+    trained so; otherwise a model trained like the final one on ``data.train_split`` and validated on
+    ``data.valid_split`` (a stratified fifth of the train split when there is none), in
+    ``out_dir/threshold-fit/``, whose last epoch chooses it. A fold model chosen at the best epoch of
+    a longer or budget schedule scores on another scale: its threshold would not fit the final model.
+    The checkpoints' ``contract.threshold_source`` and ``final.json`` say which it was.
 
     Writes ``out_dir`` as a run folder (``last.safetensors`` = ``best.safetensors`` = the final model),
-    ``eval-test/`` (:func:`~pcamlab.evaluate.run.evaluate_checkpoint` of ``last.safetensors`` on
-    ``data.test_split``) when the data has a labelled test split, and ``final.json``.
+    ``threshold-fit/`` when a threshold had to be chosen so, ``eval-test/``
+    (:func:`~pcamlab.evaluate.run.evaluate_checkpoint` of ``last.safetensors`` on ``data.test_split``)
+    when the data has a labelled test split, and ``final.json``.
 
     Args:
         config: the resolved run configuration.
@@ -760,7 +860,7 @@ def run_final(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise RunFolderError(f"output folder {str(out_dir)!r} already holds a run; choose another --out")
     final_config = copy.deepcopy(config)
-    threshold_note = None
+    chosen = None
     chosen_length = epochs is not None or epochs_from is not None
     if epochs is not None:
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
@@ -769,9 +869,6 @@ def run_final(
     elif epochs_from is not None:
         chosen = choice_from_run(epochs_from)
         epochs, source = chosen["epochs"], chosen["source"]
-        if config.evaluate.threshold_method != "fixed" and chosen["threshold"] is not None:
-            final_config.evaluate.threshold = float(chosen["threshold"])
-            threshold_note = f"threshold {chosen['threshold']:.4f} chosen on validation by {source}"
     else:
         epochs, source = config.train.epochs, "train.epochs (not chosen on validation)"
         say("final fit: no --epochs/--epochs-from given; using train.epochs, which was not chosen on validation")
@@ -791,16 +888,21 @@ def run_final(
         say(f"final fit: the data has no {data.valid_split!r} split; fitting on {data.train_split!r} alone")
     both = ConcatReader(parts)
     say(f"final fit: {_epochs_text(epochs)} ({source}) on {both.split} = "
-        + " + ".join(str(len(part)) for part in parts) + f" = {len(both)} patches"
-        + (f"; {threshold_note}" if threshold_note else ""))
+        + " + ".join(str(len(part)) for part in parts) + f" = {len(both)} patches")
     summary = train(final_config, out_dir, progress=progress, log=log, readers=(both, None))
+    threshold, threshold_source = final_config.evaluate.threshold, "fixed"
+    if final_config.evaluate.threshold_method != "fixed":
+        threshold, threshold_source, chosen_on = _threshold_like_the_final_model(
+            final_config, out_dir, int(epochs), chosen, splits, progress, log)
+        _store_threshold(out_dir, threshold, threshold_source, chosen_on)
+    say(f"final fit: threshold {threshold:.4f} ({threshold_source})")
 
     result: dict[str, Any] = {
         "protocol": "final",
         "epochs": int(epochs),
         "epochs_source": source,
-        "threshold": summary["threshold"],
-        "threshold_source": threshold_note or f"evaluate.threshold {final_config.evaluate.threshold}",
+        "threshold": threshold,
+        "threshold_source": threshold_source,
         "train_patches": {**{part.split: len(part) for part in parts}, "total": len(both)},
         "summary": "summary.json",
         "checkpoint": str(out_dir / "last.safetensors"),

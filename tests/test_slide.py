@@ -324,3 +324,13 @@ def test_slide_package_does_not_import_training_code():
              "print(sorted(m for m in sys.modules if m.startswith('pcamlab.train')))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+def test_an_output_folder_with_other_files_is_refused_untouched(tmp_path, slide, capsys):
+    out = tmp_path / "out"
+    (out / "small").mkdir(parents=True)
+    (out / "small" / "notes.txt").write_text("mine\n")
+    assert main(["slide", "predict", str(MODEL), str(slide.path), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "already holds files" in error and len(error.splitlines()) == 1
+    assert [p.name for p in out.iterdir()] == ["small"] and [p.name for p in (out / "small").iterdir()] == ["notes.txt"]

@@ -110,7 +110,7 @@ def _save_image(path: Path, image: np.ndarray) -> Path:
     from PIL import Image
 
     with atomic_path(path) as temporary:
-        Image.fromarray(image).save(temporary, format="PNG", optimize=True)
+        Image.fromarray(image).save(temporary, format="PNG")
     return path
 
 
@@ -168,7 +168,7 @@ def write_overlay_png(path: Path, thumbnail: np.ndarray, probability_map: np.nda
     scale = width / grid.slide_width_level0
     map_width = max(1, int(round(grid.map_width_level0 * scale)))
     map_height = max(1, int(round(grid.map_height_level0 * scale)))
-    values = np.asarray(Image.fromarray(probability_map, mode="F").resize((map_width, map_height),
+    values = np.asarray(Image.fromarray(probability_map.astype(np.float32)).resize((map_width, map_height),
                                                                           Image.Resampling.NEAREST))
     canvas = np.full((height, width), np.nan, dtype=np.float32)
     canvas[:min(height, map_height), :min(width, map_width)] = values[:height, :width]

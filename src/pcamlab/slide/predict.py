@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from pcamlab.errors import ConfigError, DataError, RunError
+from pcamlab.errors import ConfigError, DataError, RunError, RunFolderError
 from pcamlab.fileio import write_json_atomic
 from pcamlab.slide._model import PCAM_MPP, contract_value
 from pcamlab.slide.reader import Slide, open_slide, read_downsampled
@@ -342,7 +342,7 @@ def _open_partial(partial: Path, state: dict[str, Any], shape: tuple[int, int], 
             except (OSError, ValueError):
                 pass
         if previous is not None and previous != state and resume:
-            raise RunError(
+            raise RunFolderError(
                 f"{str(partial)!r} holds an unfinished run of other settings (slide file, model, stride, mpp or "
                 "tissue options changed); delete that folder to start again, or run with the same settings to resume it"
             )
@@ -406,7 +406,9 @@ def predict_slide(
         DataError: unreadable or unsupported slide, unknown resolution (``MissingResolutionError``), no
             tissue found, or a model patch that does not fit the slide. Raised before anything is written.
         ConfigError: a parameter out of range (stride, fractions, batch size, readers, top_k).
-        RunError: ``out_dir`` already holds files, or an unfinished run of other settings is in the way.
+        RunFolderError: ``out_dir`` already holds files, or an unfinished run of other settings is in the way
+            (exit code 2).
+        RunError: the predictor returned the wrong shape.
 
     Example:
         >>> result = predict_slide(load_predictor("model.onnx"), "slide.tif", "out/slide", stride=48)
@@ -422,7 +424,7 @@ def predict_slide(
         raise ConfigError(f"min_tissue_fraction must be in (0, 1]; got {min_tissue_fraction!r}, e.g. 0.25")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         finished = (out_dir / OUTPUT_FILES["summary"]).is_file()
-        raise RunError(
+        raise RunFolderError(
             f"{str(out_dir)!r} already holds {'a finished slide result' if finished else 'files'}; it is never "
             "overwritten: choose another out_dir or delete it"
         )

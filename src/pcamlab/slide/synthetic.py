@@ -104,7 +104,7 @@ def _smooth_field(generator: np.random.Generator, rows: int, cols: int, grain: i
     from PIL import Image
 
     coarse = generator.standard_normal((max(2, rows // grain + 2), max(2, cols // grain + 2))).astype(np.float32)
-    return np.asarray(Image.fromarray(coarse, mode="F").resize((cols, rows), Image.Resampling.BICUBIC))
+    return np.asarray(Image.fromarray(coarse).resize((cols, rows), Image.Resampling.BICUBIC))
 
 
 def _layout(generator: np.random.Generator, rows: int, cols: int, tissue_fraction: float,

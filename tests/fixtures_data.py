@@ -179,13 +179,32 @@ def write_all_formats(tmp: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]
     }
 
 
+def _png16(values: np.ndarray, significant_bits: int | None = None) -> bytes:
+    """A 16-bit RGB PNG of uint16 ``(H, W, 3)`` values (Pillow cannot write one), optionally with sBIT."""
+    import struct
+    import zlib
+
+    height, width, _ = values.shape
+    rows = b"".join(b"\x00" + values[row].astype(">u2").tobytes() for row in range(height))  # filter 0
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+    sbit = chunk(b"sBIT", bytes([significant_bits] * 3)) if significant_bits else b""
+    return b"\x89PNG\r\n\x1a\n" + header + sbit + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
 def write_bad_image(path: Path, kind: str, source: np.ndarray | None = None) -> Path:
     """Write one broken image at ``path`` (suffix kept) and return it.
 
     Kinds: ``truncated`` (first half of a real JPEG/PNG), ``not-image`` (text), ``empty`` (0 bytes),
-    ``grayscale``, ``rgba``, ``16bit`` (16-bit grayscale PNG), ``16bit-rgb`` (16-bit RGB TIFF, value x 257,
-    needs a .tif path; Pillow reads it back as the 8-bit values), ``float-rgb`` (float32 RGB TIFF in
-    [0, 1], which only tifffile reads), ``small`` (64x64 RGB).
+    ``grayscale``, ``rgba`` (a transparent 16x16 corner), ``rgba-opaque``, ``palette``, ``la``, ``cmyk``,
+    ``16bit`` (16-bit grayscale PNG), ``16bit-rgb`` (16-bit RGB TIFF, value x 257, needs a .tif path),
+    ``12bit-rgb`` (16-bit RGB TIFF holding 0..4095, as cameras write), ``12bit-rgb-declared`` (the same
+    with MaxSampleValue 4095), ``16bit-png-rgb`` (value x 257), ``12bit-png-rgb`` (0..4095, no sBIT),
+    ``12bit-png-rgb-sbit`` (0..4095 with sBIT 12), ``float-rgb`` (float32 RGB TIFF in [0, 1], which only
+    tifffile reads), ``small`` (64x64 RGB).
     """
     image = source if source is not None else sample_patches(2)[0][0]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,8 +222,29 @@ def write_bad_image(path: Path, kind: str, source: np.ndarray | None = None) -> 
         path.write_bytes(b"")
     elif kind == "grayscale":
         Image.fromarray(image).convert("L").save(path, format=pillow_format)
-    elif kind == "rgba":
-        Image.fromarray(image).convert("RGBA").save(path, format="PNG" if pillow_format == "JPEG" else pillow_format)
+    elif kind in ("rgba", "rgba-opaque"):
+        rgba = np.dstack([image, np.full(image.shape[:2], 255, dtype=np.uint8)])
+        if kind == "rgba":
+            rgba[:16, :16, 3] = 0  # a transparent corner: what lies behind it is unknown
+        Image.fromarray(rgba, "RGBA").save(path, format="PNG" if pillow_format == "JPEG" else pillow_format)
+    elif kind == "palette":
+        Image.fromarray(image).convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(
+            path, format="PNG" if pillow_format == "JPEG" else pillow_format
+        )
+    elif kind == "la":
+        Image.fromarray(image).convert("LA").save(path, format="PNG")
+    elif kind == "cmyk":
+        Image.fromarray(image).convert("CMYK").save(path, format="JPEG" if pillow_format == "JPEG" else "TIFF")
+    elif kind in ("12bit-rgb", "12bit-rgb-declared"):  # camera data in a 16-bit file: values 0..4095
+        import tifffile
+
+        values = np.rint(image.astype(np.float64) * 4095 / 255).astype(np.uint16)
+        extratags = [(281, "H", 3, (4095, 4095, 4095))] if kind.endswith("declared") else []
+        tifffile.imwrite(path, values, photometric="rgb", extratags=extratags)
+    elif kind in ("16bit-png-rgb", "12bit-png-rgb", "12bit-png-rgb-sbit"):
+        values = image.astype(np.uint16) * 257 if kind == "16bit-png-rgb" else np.rint(
+            image.astype(np.float64) * 4095 / 255).astype(np.uint16)
+        path.write_bytes(_png16(values, significant_bits=12 if kind.endswith("sbit") else None))
     elif kind == "16bit":
         gray = np.asarray(Image.fromarray(image).convert("L"), dtype=np.uint16) * 257
         Image.fromarray(gray).save(path, format="PNG" if pillow_format == "JPEG" else pillow_format)

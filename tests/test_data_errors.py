@@ -76,7 +76,7 @@ def test_unknown_format_is_a_config_error_with_suggestion(tmp_path, patches):
     [
         ("small", ".png", "is 64x64 pixels"),
         ("grayscale", ".jpg", "8-bit grayscale (mode 'L')"),
-        ("rgba", ".png", "alpha channel (RGBA)"),
+        ("rgba", ".png", "alpha channel with 256 transparent pixels"),
         ("16bit", ".png", "16-bit grayscale (mode 'I;16')"),
         ("float-rgb", ".tif", "dtype float32"),
     ],

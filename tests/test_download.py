@@ -85,6 +85,14 @@ class _Handler(BaseHTTPRequestHandler):
         if name not in state["files"]:
             self.send_error(404, "Not Found")
             return
+        if state["web_page"] is not None:  # a mirror answering with a page (login, quota, moved file)
+            body = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Log in to download</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", state["web_page"])
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         data = state["files"][name]
         if state["corrupt"]:
             data = bytes(byte ^ 0xFF for byte in data[:64]) + data[64:]
@@ -128,6 +136,7 @@ def server(release):
         "corrupt": False,
         "ignore_range": False,
         "stall_seconds": 0,  # wait this long once before sending a body, then send none
+        "web_page": None,  # a Content-Type: answer every request with an HTML page served as that type
     }
     thread = threading.Thread(
         target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -324,3 +333,15 @@ def test_progress_bars_can_be_silenced(tmp_path, table, server, capsys):
     _fetch(tmp_path, server, ["valid_x"], progress=False)
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+@pytest.mark.parametrize("content_type", ["text/html; charset=utf-8", "application/octet-stream"])
+def test_a_mirror_that_sends_a_web_page_is_named_not_retried(tmp_path, table, server, content_type):
+    server.state["web_page"] = content_type  # announced as a page, or disguised as the file (md5 then differs)
+    with pytest.raises(DataError) as caught:
+        _fetch(tmp_path, server, ["valid_x"], retries=3)
+    message = str(caught.value)
+    assert "sent a web page instead of camelyonpatch_level_2_split_valid_x.h5.gz" in message
+    assert "base_url" in message and "run the same command again" not in message and "\n" not in message
+    assert len(server.state["requests"]) == 1  # fetching again would bring the same page
+    assert list(tmp_path.iterdir()) == []  # nothing kept: no .part, no .corrupt

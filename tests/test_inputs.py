@@ -22,7 +22,7 @@ from fixtures_data import kaggle_id, sample_files, tiny_splits, write_bad_image,
 from pcamlab.cli.main import main
 from pcamlab.config import ModelConfig, RunConfig, config_from_dict, config_to_dict, load_config
 from pcamlab.config_ranges import RANGES, check_field
-from pcamlab.data import open_split
+from pcamlab.data import BadImageError, open_split
 from pcamlab.errors import ConfigError
 
 H5_NAME = "camelyonpatch_level_2_split_{split}_{kind}.h5"
@@ -507,3 +507,164 @@ def test_set_string_fields_keep_their_text_and_yaml_numbers_are_refused(tmp_path
     with pytest.raises(ConfigError, match=r"data.path must be a string; got the number 2024.1 .*quote it, e.g. path: '2024.1'"):
         load_config(file)
     assert config_from_dict(config_to_dict(load_config(None, ["data.path=2024.10"]))).data.path == "2024.10"
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Bit depth and colour modes: scale by the real bit depth when the file says it, convert what is exact,
+#    refuse what needs a choice; never a silent, nearly black patch.
+
+READ = {  # kind, suffix: how far the decoded patch may be from the original 8-bit pixels
+    ("16bit-rgb", ".tif"): 0,
+    ("12bit-rgb-declared", ".tif"): 1,  # MaxSampleValue 4095
+    ("16bit-png-rgb", ".png"): 0,
+    ("12bit-png-rgb-sbit", ".png"): 1,  # sBIT 12
+    ("rgba-opaque", ".png"): 0,
+}
+REFUSED = {
+    ("12bit-rgb", ".tif"): "is 16-bit but its largest value is",
+    ("12bit-png-rgb", ".png"): "it uses 12 bits",
+    ("rgba", ".png"): "transparent pixels",
+    ("la", ".png"): "grayscale with alpha",
+    ("cmyk", ".jpg"): "is CMYK",
+    ("cmyk", ".tif"): "is CMYK",
+    ("16bit", ".png"): "16-bit grayscale",
+    ("grayscale", ".tif"): "8-bit grayscale",
+    ("float-rgb", ".tif"): "dtype float32",
+}
+
+
+@pytest.mark.parametrize("kind, suffix", list(READ))
+def test_deep_and_convertible_images_are_read_at_their_real_depth(capsys, tmp_path, checkpoint_path, kind, suffix):
+    from pcamlab.data.readers import decode_image_file
+
+    original = tiny_splits(train=2, valid=2)["valid"][0][0]
+    path = write_bad_image(tmp_path / "in" / f"patch{suffix}", kind, original)
+    decoded = decode_image_file(path)
+    assert decoded.dtype == np.uint8 and decoded.shape == (96, 96, 3)
+    assert int(np.abs(decoded.astype(int) - original.astype(int)).max()) <= READ[(kind, suffix)]
+    code, out, err = run_cli(capsys, "predict", checkpoint_path, path, "--out", tmp_path / "p.csv")
+    assert code == 0 and err == "" and "1 patches" in out
+
+
+def test_palette_images_are_converted_exactly(tmp_path):
+    from PIL import Image
+
+    from pcamlab.data.readers import decode_image_file
+
+    path = write_bad_image(tmp_path / "palette.png", "palette", tiny_splits(train=2, valid=2)["valid"][0][0])
+    assert np.array_equal(decode_image_file(path), np.asarray(Image.open(path).convert("RGB")))
+
+
+@pytest.mark.parametrize("kind, suffix", list(REFUSED))
+def test_images_that_need_a_choice_are_refused_with_the_fix(capsys, tmp_path, checkpoint_path, kind, suffix):
+    original = tiny_splits(train=2, valid=2)["valid"][0][0]
+    path = write_bad_image(tmp_path / "in" / f"patch{suffix}", kind, original)
+    line = one_line_error(capsys, "predict", checkpoint_path, path, "--out", tmp_path / "p.csv")
+    assert str(path) in line and REFUSED[(kind, suffix)] in line
+    assert any(word in line for word in ("convert", "rescale", "flatten")), line
+    assert not (tmp_path / "p.csv").exists()
+    root = tmp_path / "data"  # the readers (and their header-only validate) say the same
+    write_folders(root, tiny_splits(train=4, valid=2))
+    bad = write_bad_image(root / "train" / "1" / f"zz{suffix}", kind, original)
+    line = one_line_error(capsys, "data", "info", root)
+    assert str(bad) in line and REFUSED[(kind, suffix)] in line
+    reader = open_split(root, "train")
+    with pytest.raises(BadImageError, match=REFUSED[(kind, suffix)].replace("(", r"\(")):
+        reader.validate()
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. Advice that can help: a locked HDF5 file is not a broken download, a web page is not a file.
+
+
+def _hold_open(path: Path, *, crash: bool = False):
+    """A second process that opens ``path`` for writing and keeps it (or dies holding it, ``crash``)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import h5py, os, sys, time\n"
+        f"f = h5py.File({str(path)!r}, 'a', libver='latest')\n"
+        "print('ready', flush=True)\n"
+        + ("os._exit(9)\n" if crash else "time.sleep(60)\n")
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    return process
+
+
+def test_a_locked_h5_file_says_locked_and_how_to_proceed(capsys, tmp_path, small, checkpoint_path):
+    root = write_h5(tmp_path / "h5", small)
+    x_path = root / H5_NAME.format(split="valid", kind="x")
+    process = _hold_open(x_path)
+    try:
+        for argv in (["data", "info", root], ["predict", checkpoint_path, x_path, "--out", tmp_path / "p.csv"]):
+            line = one_line_error(capsys, *argv)
+            assert "is locked by another process" in line and "HDF5_USE_FILE_LOCKING=FALSE" in line, line
+            assert "download" not in line.split("locked")[0] and "again from" not in line
+    finally:
+        process.kill()
+        process.wait()
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_an_h5_file_left_open_by_a_crashed_writer_says_h5clear(capsys, tmp_path, small):
+    root = write_h5(tmp_path / "h5", small)
+    y_path = root / H5_NAME.format(split="train", kind="y")
+    import h5py
+
+    with h5py.File(y_path, "r") as file:
+        labels = file["y"][()]
+    with h5py.File(y_path, "w", libver="latest") as file:  # the file format that records open writers
+        file["y"] = labels
+    _hold_open(y_path, crash=True).wait()
+    line = one_line_error(capsys, "data", "info", root)
+    assert "marked open for writing" in line and f"h5clear -s {y_path}" in line
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (lambda good: b"<!DOCTYPE html><html><body>Sign in to Google Drive</body></html>", "is a web page, not HDF5"),
+        (lambda good: gzip.compress(good), "holds gzip-compressed data"),
+        (lambda good: good[: len(good) // 3], "is truncated ("),
+        (lambda good: b"", "is empty (0 bytes)"),
+        (lambda good: b"x,y\n1,2\n" * 20, "is not an HDF5 file (it starts with b'x,y"),
+    ],
+)
+def test_h5_files_that_cannot_open_say_why(capsys, tmp_path, small, checkpoint_path, content, expected):
+    root = write_h5(tmp_path / "h5", small)
+    x_path = root / H5_NAME.format(split="valid", kind="x")
+    x_path.write_bytes(content(x_path.read_bytes()))
+    for argv in (["data", "info", root], ["predict", checkpoint_path, x_path, "--out", tmp_path / "p.csv"]):
+        line = one_line_error(capsys, *argv)
+        assert str(x_path) in line and expected in line, line
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_onnx_fallback_note_has_no_terminal_colour_codes(capsys, tmp_path, checkpoint_path, monkeypatch):
+    real_export = torch.onnx.export
+
+    def export(*args, dynamo=True, **options):
+        if dynamo:  # what torch's dynamo exporter raises, colours included
+            raise RuntimeError("Failed to export the model with torch.export. \x1b[96mThis is step 1/3\x1b[0m of exporting")
+        return real_export(*args, dynamo=False, **options)
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+    code, out, err = run_cli(capsys, "export", checkpoint_path, "--out", tmp_path / "model.onnx")
+    assert code == 0, err
+    note = next(line for line in out.splitlines() if line.startswith("note: the dynamo exporter failed"))
+    assert "\x1b" not in out + err and "This is step 1/3 of exporting" in note
+
+
+def test_a_full_disk_is_one_line_not_a_traceback(capsys, tmp_path, checkpoint_path, monkeypatch):
+    import errno
+
+    import pcamlab.deploy.predict
+
+    def full(out, force):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out))
+
+    monkeypatch.setattr(pcamlab.deploy.predict, "_open_output", full)
+    code, out, err = run_cli(capsys, "predict", checkpoint_path, sample_files(2)[0][0], "--out", tmp_path / "p.csv")
+    assert code == 1 and err.count("\n") == 1 and "the disk is full" in err and "p.csv" in err, err

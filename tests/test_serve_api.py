@@ -136,8 +136,10 @@ def test_bad_images_get_400_with_the_cli_message(client, patches, tmp_path, monk
     image = patches[0]
     if kind == "grayscale":
         data = png_bytes(image, "L")
-    elif kind == "rgba":
-        data = png_bytes(image, "RGBA")
+    elif kind == "rgba":  # transparent pixels: refused (an opaque alpha channel is simply dropped)
+        rgba = np.dstack([image, np.full(image.shape[:2], 255, dtype=np.uint8)])
+        rgba[:16, :16, 3] = 0
+        data = png_bytes(rgba)
     elif kind == "wrong_size":
         data = png_bytes(np.ascontiguousarray(image[:64, :80]))
     else:

@@ -8,7 +8,11 @@ at run time).
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
+
+# ANSI/VT100 escape sequences (colours, cursor moves) that some libraries put into their messages
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 
 __all__ = [
     "PcamlabError",
@@ -18,6 +22,7 @@ __all__ = [
     "RunError",
     "RunFolderError",
     "did_you_mean",
+    "plain_line",
 ]
 
 
@@ -54,6 +59,22 @@ class RunFolderError(RunError):
     """
 
     exit_code = 2
+
+
+def plain_line(text: object, limit: int | None = None) -> str:
+    """``text`` as one plain line: terminal colour codes removed, line breaks and runs of spaces as one space.
+
+    For messages of other libraries quoted in ours (the ONNX exporter colours its errors), which would
+    otherwise print ``\x1b[31m`` into log files.
+
+    Args:
+        text: any message.
+        limit: cut to this many characters (with "...") when given.
+    """
+    line = " ".join(_ESCAPES.sub("", str(text)).split())
+    if limit is not None and len(line) > limit:
+        line = line[: limit - 3] + "..."
+    return line
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:

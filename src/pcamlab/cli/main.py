@@ -12,6 +12,7 @@ Errors: a :class:`pcamlab.errors.PcamlabError` prints one line and exits with it
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from pcamlab.errors import PcamlabError
+    from pcamlab.errors import PcamlabError, plain_line
     from pcamlab.fileio import printable
 
     try:
@@ -69,12 +70,32 @@ def main(argv: list[str] | None = None) -> int:
     except PcamlabError as error:
         if args.debug:
             raise
-        print(f"pcamlab: error: {printable(error)}", file=sys.stderr)
+        print(f"pcamlab: error: {plain_line(printable(error))}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # the disk or the folder, not pcamlab: one line, unless a bug needs the trace
+        message = _storage_message(error)
+        if args.debug or message is None:
+            raise
+        print(f"pcamlab: error: {plain_line(printable(message))}", file=sys.stderr)
+        return 1 if error.errno in (errno.ENOSPC, errno.EDQUOT) else 2
     except KeyboardInterrupt:
         print("pcamlab: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def _storage_message(error: OSError) -> str | None:
+    """One line for a file that cannot be written or read for a reason of the machine (None otherwise)."""
+    where = f" {error.filename!r}" if error.filename else ""
+    fixes = {
+        errno.ENOSPC: "the disk is full: free space or write elsewhere (--out)",
+        errno.EDQUOT: "the disk quota is used up: free space or write elsewhere (--out)",
+        errno.EROFS: "that file system is read-only: write elsewhere (--out)",
+        errno.EACCES: "permission denied: fix the permissions or choose another place (--out)",
+        errno.EPERM: "operation not permitted: fix the permissions or choose another place (--out)",
+    }
+    fix = fixes.get(error.errno)
+    return None if fix is None else f"cannot use{where}: {fix}"
 
 
 if __name__ == "__main__":

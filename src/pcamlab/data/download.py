@@ -348,6 +348,8 @@ def _fetch_once(entry: PcamFile, url: str, part: Path, *, chunk_size: int, timeo
             return
         raise
     with response:
+        if response.headers.get_content_type() == "text/html":  # a page about the file, not the file
+            raise DataError(_web_page_message(entry, url, response.status))
         total = entry.size
         if response.status == 206:
             start, announced_total = _parse_content_range(response.headers.get("Content-Range"))
@@ -384,11 +386,27 @@ def _verify(entry: PcamFile, part: Path, url: str, chunk_size: int, progress: bo
     got = _md5_of(part, chunk_size, progress, entry.remote_name)
     if got == entry.md5:
         return
+    from pcamlab.hdf5 import looks_like_web_page
+
+    with open(part, "rb") as stream:
+        head = stream.read(1024)
+    if looks_like_web_page(head):  # served as a file, but it is a page: fetching again brings the same page
+        part.unlink()
+        raise DataError(_web_page_message(entry, url, None))
     corrupt = part.with_name(entry.remote_name + ".corrupt")
     part.replace(corrupt)
     raise DataError(
         f"downloaded {entry.remote_name} from {url} is corrupt: md5 {got}, expected {entry.md5}; "
         f"it was moved to {corrupt.name}; run the same command again to download it afresh"
+    )
+
+
+def _web_page_message(entry: PcamFile, url: str, status: int | None) -> str:
+    answered = f" (HTTP {status})" if status else ""
+    return (
+        f"the server sent a web page instead of {entry.remote_name}{answered} from {url}: the URL is wrong, the "
+        "file moved, or the server wants a login, a confirmation or shows a quota/maintenance page; open the URL "
+        "in a browser to see it, then fix base_url (or try later with the default Zenodo URL); nothing was kept"
     )
 
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from pcamlab.config import declare_choices
 from pcamlab.config_ranges import check_field
-from pcamlab.errors import ConfigError, DataError, did_you_mean
+from pcamlab.errors import ConfigError, DataError, did_you_mean, plain_line
 from pcamlab.fileio import printable
 from pcamlab.registry import Registry
 
@@ -176,6 +176,11 @@ def check_image_array(image: np.ndarray, name: str) -> np.ndarray:
 
 
 def _unreadable(name: str, error: Exception) -> BadImageError:
+    if isinstance(error, PermissionError):
+        return BadImageError(
+            f"cannot read image {name}: permission denied; give your user read access (e.g. chmod a+r on it) "
+            "or copy the file somewhere you can read it"
+        )
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     if reason.startswith("cannot identify image file"):
         reason = "not a recognised image format"
@@ -185,54 +190,171 @@ def _unreadable(name: str, error: Exception) -> BadImageError:
     )
 
 
+#: Pillow modes converted to RGB because the conversion is exact and needs no choice.
+_EXACT_TO_RGB = ("P", "RGBX", "YCbCr")
+#: Pillow modes whose alpha channel is dropped when every pixel is opaque.
+_WITH_ALPHA = ("RGBA", "PA", "RGBa")
+
+
+def _declared_bits(image, raw: bytes | None) -> tuple[int, int | None]:
+    """``(bits per sample, declared maximum value or None)`` from a PNG or TIFF header.
+
+    Pillow opens 16-bit RGB PNG and TIFF files as 8-bit ``RGB`` (it keeps the high byte), so the file's
+    own header is read: PNG IHDR bit depth and ``sBIT`` significant bits, TIFF ``BitsPerSample`` (258)
+    and ``MaxSampleValue`` (281).
+    """
+    if image.format == "PNG" and raw is not None and raw[12:16] == b"IHDR":
+        bits = raw[24]
+        significant = None
+        position = 8
+        while position + 8 <= len(raw):  # walk the chunks before the image data for sBIT
+            length = int.from_bytes(raw[position : position + 4], "big")
+            kind = raw[position + 4 : position + 8]
+            if kind == b"sBIT" and length >= 3:
+                significant = max(raw[position + 8 : position + 11])
+            if kind in (b"IDAT", b"IEND"):
+                break
+            position += 12 + length
+        declared = (1 << significant) - 1 if significant and significant < bits else None
+        return bits, declared
+    tags = getattr(image, "tag_v2", None)
+    if image.format == "TIFF" and tags is not None:
+        per_sample = tags.get(258, (8,))
+        bits = max(per_sample) if isinstance(per_sample, tuple) else int(per_sample)
+        maximum = tags.get(281)
+        maximum = max(maximum) if isinstance(maximum, tuple) else maximum
+        declared = int(maximum) if maximum and int(maximum) < (1 << bits) - 1 else None
+        return bits, declared
+    return 8, None
+
+
+def _png_16bit(raw: bytes) -> np.ndarray:
+    """The full 16-bit values of an RGB PNG, which Pillow hands over as their high bytes only.
+
+    Pillow's PNG decoder runs twice over the file: once as usual (big-endian samples: the high byte),
+    once with the raw mode ``RGB;16L`` (which takes the other byte); the value is ``high * 256 + low``.
+    """
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(raw)) as image:
+        high = np.asarray(image, dtype=np.uint8).astype(np.uint16)
+    with Image.open(io.BytesIO(raw)) as image:
+        image.tile = [image.tile[0]._replace(args="RGB;16L")]
+        low = np.asarray(image, dtype=np.uint8)
+    return high * 256 + low
+
+
+def _to_8bit(values: np.ndarray, bits: int, declared: int | None, name: str) -> np.ndarray:
+    """Scale more-than-8-bit samples to uint8 by the real bit depth, or refuse when it is unknown.
+
+    The maximum is the file's declared one (PNG sBIT, TIFF MaxSampleValue) when the data respects it,
+    else ``2**bits - 1``. Data that uses only 12 bits of a 16-bit file without saying so (a camera's raw
+    range) would come out nearly black (at most 15 of 255): that is refused, never guessed.
+    """
+    largest = int(values.max())
+    if declared is not None and largest <= declared:
+        maximum = declared
+    else:  # no declaration, or data beyond it (a PNG scaled up to full range, as its spec asks)
+        maximum = (1 << bits) - 1
+        if bits > 12 and largest < 4096:
+            used = max(largest, 1).bit_length()
+            raise BadImageError(
+                f"image {name} is {bits}-bit but its largest value is {largest} (it uses {used} bits, e.g. a "
+                f"camera's raw range) and the file does not say its real bit depth, so read as {bits}-bit it "
+                f"would be nearly black; rescale it to 8-bit RGB with the real range, e.g. "
+                f"(value * 255 / {(1 << max(used, 8)) - 1}).round().astype('uint8'), or record the depth "
+                "(TIFF MaxSampleValue, PNG sBIT)"
+            )
+    scaled = np.rint(values.astype(np.float32) * (255.0 / maximum))
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
 def decode_image_file(path: Path, data: bytes | None = None) -> np.ndarray:
     """Decode one image file into uint8 ``(96, 96, 3)`` RGB, with one-line errors.
 
-    JPEG/PNG/TIFF decode with Pillow; a TIFF Pillow cannot read (e.g. 16-bit RGB) falls back to
-    tifffile so the error can say what it holds.
+    JPEG/PNG/TIFF decode with Pillow; a TIFF Pillow cannot read falls back to tifffile. What is exact
+    is converted and what needs a choice is refused:
+
+    - palette (``P``), ``RGBX`` and ``YCbCr`` images become RGB; an alpha channel (``RGBA``, ``PA``,
+      palette transparency) is dropped when every pixel is opaque, refused otherwise (the background
+      behind transparent pixels is unknown);
+    - 16-bit (or 10/12/14-bit) RGB PNG and TIFF files are scaled to 8 bits by the bit depth the file
+      declares (PNG ``sBIT``, TIFF ``MaxSampleValue``), else by their container depth; data that fits
+      in 12 bits of a 16-bit file without saying so is refused (it would be read nearly black);
+    - grayscale, CMYK, Lab, HSV and float images are refused with the conversion to make.
 
     Args:
         path: the file; with ``data`` only its name (messages) and suffix (TIFF fallback) are used.
         data: the file's bytes when they are already in memory (an upload to ``pcamlab serve``).
 
     Raises:
-        BadImageError: unreadable or truncated file, non-RGB mode, 16-bit data or wrong size.
+        BadImageError: unreadable or truncated file, a mode that needs a choice, an unknown bit depth,
+            or the wrong size.
     """
     import io
 
     from PIL import Image, UnidentifiedImageError
 
-    name = str(path)
-    source = path if data is None else io.BytesIO(data)
+    name = printable(path)
     try:
+        raw = data if data is not None else (Path(path).read_bytes() if Path(path).suffix.lower() == ".png" else None)
+        source = path if raw is None else io.BytesIO(raw)  # PNG: one read serves Pillow and the header
         with Image.open(source) as image:
-            if image.mode != "RGB":
-                raise BadImageError(_mode_message(name, image.mode))
             if image.size != (PATCH_SIZE, PATCH_SIZE):
                 raise BadImageError(
                     f"image {name} is {image.size[0]}x{image.size[1]} pixels (width x height); "
                     f"{_RESIZE_FIX}"
                 )
-            image.load()
-            array = np.asarray(image, dtype=np.uint8)
+            mode = image.mode
+            if mode == "P" and "transparency" in image.info:
+                mode = "PA"
+            if mode == "RGB":
+                bits, declared = _declared_bits(image, raw)
+                if bits > 8:
+                    values = _png_16bit(raw) if image.format == "PNG" else _read_tiff(path, data)
+                    return check_image_array(_to_8bit(values, bits, declared, name), name)
+                image.load()
+                array = np.asarray(image, dtype=np.uint8)
+            elif mode in _EXACT_TO_RGB:
+                array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+            elif mode in _WITH_ALPHA:
+                rgba = np.asarray(image.convert("RGBA"), dtype=np.uint8)
+                transparent = int((rgba[..., 3] < 255).sum())
+                if transparent:
+                    raise BadImageError(
+                        f"image {name} has an alpha channel with {transparent} transparent pixels; pcamlab will not "
+                        "guess what lies behind them: flatten it onto the slide background and save it as RGB, e.g. "
+                        "Image.alpha_composite(Image.new('RGBA', im.size, 'white'), im).convert('RGB')"
+                    )
+                array = rgba[..., :3]
+            else:
+                raise BadImageError(_mode_message(name, image.mode))
     except BadImageError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        if path.suffix.lower() not in (".tif", ".tiff"):
+        if isinstance(error, PermissionError) or Path(path).suffix.lower() not in (".tif", ".tiff"):
             raise _unreadable(name, error) from None
         array = _decode_tiff(path, error, data)
+        if array.dtype == np.uint16 and array.ndim == 3 and array.shape[-1] == 3:
+            array = _to_8bit(array, 16, None, name)
     return check_image_array(array, name)
 
 
-def _decode_tiff(path: Path, pillow_error: Exception, data: bytes | None = None) -> np.ndarray:
+def _read_tiff(path: Path, data: bytes | None = None) -> np.ndarray:
     import io
 
     import tifffile
 
+    return np.asarray(tifffile.imread(path if data is None else io.BytesIO(data)))
+
+
+def _decode_tiff(path: Path, pillow_error: Exception, data: bytes | None = None) -> np.ndarray:
     try:
-        return np.asarray(tifffile.imread(path if data is None else io.BytesIO(data)))
+        return _read_tiff(path, data)
     except Exception:  # tifffile raises many types; the Pillow error is the clearer one
-        raise _unreadable(str(path), pillow_error) from None
+        raise _unreadable(printable(path), pillow_error) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -461,15 +583,9 @@ class H5Reader(PatchReader):
 
     @staticmethod
     def _open(path: Path):
-        import h5py
+        from pcamlab.hdf5 import open_hdf5
 
-        try:
-            return h5py.File(path, "r")
-        except OSError as error:
-            raise DataError(
-                f"cannot open {str(path)!r} as HDF5 ({str(error).splitlines()[0]}): the file is truncated "
-                "or not HDF5; download it again (the official files come gzipped: gunzip them first)"
-            ) from None
+        return open_hdf5(path)  # one line naming why: locked, compressed, a web page, truncated, ...
 
     @staticmethod
     def _dataset(file, name: str, path: Path):
@@ -519,7 +635,10 @@ class H5Reader(PatchReader):
         try:
             image = images[index]  # (96, 96, 3) uint8, one chunk
         except (OSError, RuntimeError) as error:
-            raise _unreadable(self.name(index), error) from None
+            raise BadImageError(
+                f"cannot read {self.name(index)} ({plain_line(error, 120)}): that part of the file is damaged; "
+                "copy or download the file again, or pass skip_bad=True (config data.skip_bad: true) to skip such rows"
+            ) from None
         return image, int(self.labels[index])
 
     def name(self, index: int) -> str:
@@ -642,16 +761,24 @@ def _validate_headers(files: list[Path]) -> None:
         try:
             with Image.open(path) as image:
                 mode, size = image.mode, image.size
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            if path.suffix.lower() in (".tif", ".tiff"):
+                header = None
+                if image.format == "PNG":
+                    with open(path, "rb") as stream:
+                        header = stream.read(64)  # signature, IHDR and an sBIT right after it
+                deep = mode == "RGB" and _declared_bits(image, header)[0] > 8
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            if path.suffix.lower() in (".tif", ".tiff") and not isinstance(error, PermissionError):
                 decode_image_file(path)  # tifffile fallback says what is wrong
                 continue
-            raise _unreadable(str(path), OSError("not a recognised image")) from None
-        if mode != "RGB":
-            raise BadImageError(_mode_message(str(path), mode))
+            raise _unreadable(printable(path), error) from None
+        if mode not in ("RGB", *_EXACT_TO_RGB, *_WITH_ALPHA):
+            raise BadImageError(_mode_message(printable(path), mode))
+        if mode != "RGB" or deep:  # rare: the pixels decide (transparency, the bit depth really used)
+            decode_image_file(path)
+            continue
         if size != (PATCH_SIZE, PATCH_SIZE):
             raise BadImageError(
-                f"image {path} is {size[0]}x{size[1]} pixels (width x height); {_RESIZE_FIX}"
+                f"image {printable(path)} is {size[0]}x{size[1]} pixels (width x height); {_RESIZE_FIX}"
             )
 
 

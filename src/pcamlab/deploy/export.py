@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pcamlab.errors import ConfigError, RunError, RunFolderError, did_you_mean
+from pcamlab.errors import ConfigError, RunError, RunFolderError, did_you_mean, plain_line
 from pcamlab.fileio import json_safe, publish
 from pcamlab.runtime.checkpoint import Checkpoint, load_checkpoint
 from pcamlab.runtime.contract import InputContract
@@ -200,10 +200,10 @@ def export_onnx(
         except Exception as error:  # the dynamo exporter raises many types on unsupported graphs
             if exporter == "dynamo":
                 raise RunError(
-                    f"the dynamo ONNX exporter failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+                    f"the dynamo ONNX exporter failed ({type(error).__name__}: {plain_line(error, 200)}); "
                     "retry with --exporter legacy"
                 ) from None
-            dynamo_error = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            dynamo_error = f"{type(error).__name__}: {plain_line(error, 200)}"
     if used is None:
         with _quiet_exporter():
             torch.onnx.export(

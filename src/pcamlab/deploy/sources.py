@@ -64,16 +64,9 @@ def _folder_images(folder: Path) -> list[Path]:
 
 
 def _h5_source(path: Path, patch_size: int) -> PatchSource:
-    import h5py
+    from pcamlab.hdf5 import open_hdf5
 
-    try:
-        file = h5py.File(path, "r")
-    except OSError as error:
-        raise DataError(
-            f"cannot open input {str(path)!r} as HDF5 ({str(error).splitlines()[0]}): the file is truncated "
-            "or not HDF5; copy it again (official PCam files come gzipped: gunzip them first)"
-        ) from None
-    with file:
+    with open_hdf5(path, "input") as file:  # one line naming why not: locked, compressed, a web page, ...
         if "x" not in file:
             names = list(file.keys())
             hint = " (this looks like a labels file: pass the matching _x.h5 file)" if "y" in names else ""
@@ -172,7 +165,7 @@ def iterate_patches(
             file), unless ``skip_bad``.
         DataError: a row of an h5 file cannot be read, unless ``skip_bad``.
     """
-    import h5py
+    from pcamlab.hdf5 import open_hdf5
 
     for source in sources:
         if source.kind == "image":
@@ -186,7 +179,7 @@ def iterate_patches(
                 continue
             yield printable(source.path), image
             continue
-        with h5py.File(source.path, "r") as file:
+        with open_hdf5(source.path, "input") as file:
             dataset = file["x"]
             for row in range(source.count):
                 try:

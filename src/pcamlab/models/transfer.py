@@ -212,7 +212,13 @@ def _read_keras(path: Path) -> list[_KerasLayer]:
                 data = io.BytesIO(archive.read("model.weights.h5"))
             with h5py.File(data, "r") as handle:
                 return _read_keras_handle(handle, path)
-        with h5py.File(path, "r") as handle:
+        try:
+            handle = h5py.File(path, "r")
+        except OSError as error:  # locked, compressed, a web page, truncated...: say which
+            from pcamlab.hdf5 import diagnose_hdf5
+
+            raise CheckpointError(f"Keras weight file: {diagnose_hdf5(path, error)}") from None
+        with handle:
             return _read_keras_handle(handle, path)
     except CheckpointError:
         raise

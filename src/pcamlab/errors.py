@@ -65,7 +65,7 @@ def plain_line(text: object, limit: int | None = None) -> str:
     """``text`` as one plain line: terminal colour codes removed, line breaks and runs of spaces as one space.
 
     For messages of other libraries quoted in ours (the ONNX exporter colours its errors), which would
-    otherwise print ``\x1b[31m`` into log files.
+    otherwise print ``\\x1b[31m`` into log files.
 
     Args:
         text: any message.

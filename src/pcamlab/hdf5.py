@@ -13,14 +13,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
-from pcamlab.errors import DataError
+from pcamlab.errors import DataError, PcamlabError, plain_line
 from pcamlab.fileio import printable
 
-__all__ = ["open_hdf5", "diagnose_hdf5", "looks_like_web_page"]
+__all__ = ["open_hdf5", "diagnose_hdf5", "looks_like_web_page", "damaged_structure"]
 
 
 def looks_like_web_page(head: bytes) -> bool:
@@ -104,3 +106,26 @@ def open_hdf5(path: str | os.PathLike, what: str = ""):
     except OSError as error:
         message = diagnose_hdf5(path, error)
         raise DataError(f"{what} {message}" if what else message) from None
+
+
+@contextlib.contextmanager
+def damaged_structure(path: str | os.PathLike, what: str = "") -> Iterator[None]:
+    """Turn h5py's errors while reading a file's structure (groups, datasets, shapes) into one line.
+
+    An HDF5 file opens from its first bytes; damage further in (a flipped byte in a B-tree or an object
+    header) only shows when a dataset is looked up, as ``RuntimeError``, ``KeyError``, ``OSError`` or
+    ``ValueError`` from h5py. pcamlab's own errors pass through unchanged.
+
+    Raises:
+        DataError: the structure cannot be read.
+    """
+    try:
+        yield
+    except PcamlabError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as error:
+        prefix = f"{what} " if what else ""
+        raise DataError(
+            f"{prefix}{printable(path)!r} is damaged: its HDF5 structure cannot be read ({plain_line(error, 100)}); "
+            "copy or download it again"
+        ) from None

@@ -7,7 +7,8 @@ half-written ``dst``. An existing ``dst`` is refused.
 What each target holds:
 
 - ``h5``: ``camelyonpatch_level_2_split_<split>_{x,y}.h5`` per labelled split (``x`` uint8
-  (N, 96, 96, 3) chunked (1, 96, 96, 3) gzip, ``y`` uint8 (N, 1, 1, 1)), readable row by row.
+  (N, 96, 96, 3) chunked (1, 96, 96, 3) gzip, ``y`` uint8 (N, 1, 1, 1)), readable row by row, with
+  Fletcher-32 checksums and checksummed metadata (HDF5 1.8 format) so damage is found when read.
 - ``folders``: ``<split>/<label>/<name>.png`` (lossless) or ``.jpg`` with ``image_format="jpg"``
   (quality 95; JPEG source files are copied byte for byte instead of being re-encoded).
 - ``kaggle``: the labelled splits other than ``test`` together in ``train/<id>.tif`` +
@@ -63,6 +64,9 @@ __all__ = ["WRITERS", "IMAGE_FORMATS", "convert", "convert_targets"]
 WRITERS: Registry[Callable[..., int]] = Registry("convert target")
 IMAGE_FORMATS = ("png", "jpg")
 JPEG_QUALITY = 95  # when re-encoding is unavoidable; PCam's own JPEG copies use 75
+# HDF5 written by pcamlab carries checksums: Fletcher-32 on every chunk and the 1.8 file format's checksummed
+# metadata, so a damaged byte is an error when read, not other pixels (readable by HDF5 >= 1.8, 2008).
+H5_LIBVER = "v108"
 
 
 def convert_targets() -> tuple[str, ...]:
@@ -279,17 +283,18 @@ def _write_h5(reader: PatchReader, folder: Path, counter: _Counter, image_format
     x_path = folder / H5_PATTERN.format(split=reader.split, kind="x")
     y_path = folder / H5_PATTERN.format(split=reader.split, kind="y")
     labels = []
-    with h5py.File(x_path, "w") as file:
+    with h5py.File(x_path, "w", libver=H5_LIBVER) as file:
         images = file.create_dataset(
             "x", shape=(len(reader), 96, 96, 3), maxshape=(None, 96, 96, 3), dtype=np.uint8,
-            chunks=(1, 96, 96, 3), compression="gzip", compression_opts=4,
+            chunks=(1, 96, 96, 3), compression="gzip", compression_opts=4, fletcher32=True,
         )
         for _, image, label in counter.items(reader):
             images[len(labels)] = image  # one chunk per row, like the official files
             labels.append(label)
         images.resize(len(labels), axis=0)  # rows of skipped images are dropped
-    with h5py.File(y_path, "w") as file:
-        file.create_dataset("y", data=np.asarray(labels, dtype=np.uint8).reshape(-1, 1, 1, 1))
+    with h5py.File(y_path, "w", libver=H5_LIBVER) as file:
+        values = np.asarray(labels, dtype=np.uint8).reshape(-1, 1, 1, 1)
+        file.create_dataset("y", data=values, chunks=(max(len(values), 1), 1, 1, 1), fletcher32=True)
     return len(labels)
 
 

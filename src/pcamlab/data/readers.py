@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -293,14 +294,31 @@ def decode_image_file(path: Path, data: bytes | None = None) -> np.ndarray:
         BadImageError: unreadable or truncated file, a mode that needs a choice, an unknown bit depth,
             or the wrong size.
     """
+    name = printable(path)
+    with warnings.catch_warnings(record=True) as caught:  # Pillow warns, rather than fails, on some damage
+        warnings.simplefilter("always")
+        array = _decode(path, data, name)
+    cut = [str(warning.message) for warning in caught if _TRUNCATION.search(str(warning.message))]
+    if cut:
+        raise BadImageError(
+            f"cannot decode image {name} (Pillow: {plain_line(cut[0], 80)}): the file is truncated; copy it again "
+            "from the source, delete it, or pass skip_bad=True (config data.skip_bad: true) to skip such files"
+        )
+    return array
+
+
+#: Pillow warnings that mean the file ends before its own header says it does.
+_TRUNCATION = re.compile(r"Truncated File Read|larger than file|image file is truncated", re.IGNORECASE)
+
+
+def _decode(path: Path, data: bytes | None, name: str) -> np.ndarray:
     import io
 
     from PIL import Image, UnidentifiedImageError
 
-    name = printable(path)
     try:
-        raw = data if data is not None else (Path(path).read_bytes() if Path(path).suffix.lower() == ".png" else None)
-        source = path if raw is None else io.BytesIO(raw)  # PNG: one read serves Pillow and the header
+        raw = data if data is not None else Path(path).read_bytes()  # the content decides, not the suffix
+        source = io.BytesIO(raw)  # one read serves Pillow and the PNG header
         with Image.open(source) as image:
             if image.size != (PATCH_SIZE, PATCH_SIZE):
                 raise BadImageError(
@@ -598,14 +616,18 @@ class H5Reader(PatchReader):
         return file[name]
 
     def _check_x(self) -> int:
-        with self._open(self.x_path) as file:
+        from pcamlab.hdf5 import damaged_structure
+
+        with self._open(self.x_path) as file, damaged_structure(self.x_path):
             images = self._dataset(file, "x", self.x_path)
             shape, dtype = tuple(images.shape), images.dtype
         check_x_dataset(self.x_path, shape, dtype)
         return shape[0]
 
     def _read_labels(self) -> np.ndarray:
-        with self._open(self.y_path) as file:
+        from pcamlab.hdf5 import damaged_structure
+
+        with self._open(self.y_path) as file, damaged_structure(self.y_path):
             labels = self._dataset(file, "y", self.y_path)
             shape, dtype = tuple(labels.shape), labels.dtype
             if not (len(shape) >= 1 and all(size == 1 for size in shape[1:])):
@@ -624,8 +646,11 @@ class H5Reader(PatchReader):
     def _ensure_open(self):
         if self._images is None or self._pid != os.getpid():
             # A forked worker must not share the parent's HDF5 handle: open a fresh one.
+            from pcamlab.hdf5 import damaged_structure
+
             self._file = self._open(self.x_path)
-            self._images = self._file["x"]
+            with damaged_structure(self.x_path):
+                self._images = self._file["x"]
             self._pid = os.getpid()
         return self._images
 
@@ -634,7 +659,7 @@ class H5Reader(PatchReader):
         images = self._ensure_open()
         try:
             image = images[index]  # (96, 96, 3) uint8, one chunk
-        except (OSError, RuntimeError) as error:
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as error:  # a damaged chunk or index
             raise BadImageError(
                 f"cannot read {self.name(index)} ({plain_line(error, 120)}): that part of the file is damaged; "
                 "copy or download the file again, or pass skip_bad=True (config data.skip_bad: true) to skip such rows"

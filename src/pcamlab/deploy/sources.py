@@ -64,9 +64,9 @@ def _folder_images(folder: Path) -> list[Path]:
 
 
 def _h5_source(path: Path, patch_size: int) -> PatchSource:
-    from pcamlab.hdf5 import open_hdf5
+    from pcamlab.hdf5 import damaged_structure, open_hdf5
 
-    with open_hdf5(path, "input") as file:  # one line naming why not: locked, compressed, a web page, ...
+    with open_hdf5(path, "input") as file, damaged_structure(path, "input"):  # locked, compressed, a web page...
         if "x" not in file:
             names = list(file.keys())
             hint = " (this looks like a labels file: pass the matching _x.h5 file)" if "y" in names else ""
@@ -77,6 +77,8 @@ def _h5_source(path: Path, patch_size: int) -> PatchSource:
         dataset = file["x"]
         shape, dtype = tuple(dataset.shape), dataset.dtype
     check_x_dataset(path, shape, dtype, patch_size)
+    if shape[0] == 0:  # finding nothing is not success
+        raise DataError(f"input {printable(path)!r} holds no patch (its dataset 'x' has 0 rows); pass a file with patches")
     return PatchSource(path, "h5", shape[0])
 
 
@@ -165,7 +167,7 @@ def iterate_patches(
             file), unless ``skip_bad``.
         DataError: a row of an h5 file cannot be read, unless ``skip_bad``.
     """
-    from pcamlab.hdf5 import open_hdf5
+    from pcamlab.hdf5 import damaged_structure, open_hdf5
 
     for source in sources:
         if source.kind == "image":
@@ -180,11 +182,12 @@ def iterate_patches(
             yield printable(source.path), image
             continue
         with open_hdf5(source.path, "input") as file:
-            dataset = file["x"]
+            with damaged_structure(source.path, "input"):
+                dataset = file["x"]
             for row in range(source.count):
                 try:
                     image = dataset[row]  # (H, W, 3) uint8: one chunk, read one row at a time
-                except (OSError, RuntimeError) as error:
+                except (OSError, RuntimeError, ValueError, KeyError, TypeError) as error:  # a damaged chunk or index
                     if skip_bad:
                         if skipped is not None:
                             skipped.append(h5_row_name(source.path, row))

@@ -88,14 +88,14 @@ def encode(image: np.ndarray, suffix: str) -> bytes:
 def odd_shape(draw, image: np.ndarray, suffix: str) -> tuple[bytes, bool]:
     """``(file bytes, readable)``: the patch in an odd size, channel count or bit depth.
 
-    A readable one holds exactly ``image`` (lossless encodings), except a palette image, which holds
-    its own palette colours.
+    A readable one must be read as the pixels Pillow decodes from it (for 16-bit files: the high byte,
+    which is ``value / 257`` exactly for the full-range values written here).
     """
     kind = draw(st.sampled_from(["size", "gray", "gray-alpha", "rgba", "16-bit", "12-bit", "palette"]))
     if kind == "size":
         height, width = draw(st.integers(1, 130)), draw(st.integers(1, 130))
         picture = np.resize(image, (height, width, 3))
-        return encode(picture, suffix), (height, width) == (96, 96)
+        return encode(picture, suffix), (height, width) == (96, 96)  # 96x96: the patch itself, as encoded
     if kind in ("gray", "gray-alpha"):
         picture = Image.fromarray(image).convert("L" if kind == "gray" else "LA")
         buffer = io.BytesIO()
@@ -158,9 +158,8 @@ def broken_file(draw) -> dict:
     # damage the format itself detects: a PNG (CRC + zlib), or any cut, swap or shape change
     detectable = how != "flip" or suffix == ".png"
     expected = np.array(Image.open(io.BytesIO(good)).convert("RGB"))  # what a success must have read
-    if how == "odd-shape" and readable:
-        opened = Image.open(io.BytesIO(data))
-        expected = np.array(opened.convert("RGB")) if opened.mode == "P" else image
+    if how == "odd-shape" and readable:  # its own pixels: palette colours, a lossy re-encoding, 16-bit / 257
+        expected = np.array(Image.open(io.BytesIO(data)).convert("RGB"))
     return Broken(index=index, suffix=suffix, data=data, how=how, readable=readable, detectable=detectable,
                   expected=expected)
 
@@ -342,12 +341,12 @@ def broken_h5(draw) -> dict:
     elif how == "y-shape":
         labels = np.resize(labels, (6, 2))
     # as the official release writes them (no checksums), or as pcamlab convert does (Fletcher-32 on every
-    # chunk, checksummed 1.8-format metadata)
+    # chunk, checksummed 1.10-format metadata and chunk index)
     checksums = draw(st.booleans())
     files = {}
     for kind, values in (("x", images), ("y", labels)):
         buffer = io.BytesIO()
-        with h5py.File(buffer, "w", libver="v108" if checksums else "earliest") as handle:
+        with h5py.File(buffer, "w", libver="v110" if checksums else "earliest") as handle:
             chunks = (1, *values.shape[1:]) if kind == "x" and values.ndim > 1 and len(values) else None
             if checksums and chunks is None and len(values):
                 chunks = values.shape

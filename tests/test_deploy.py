@@ -292,6 +292,10 @@ def test_cli_export_then_predict(tmp_path, checkpoint_path, patches, reference, 
     assert main(["predict", str(exported), str(tmp_path / "images"), "--out", str(out)]) == 0
     rows = read_csv(out)
     assert np.abs(np.array([float(row["probability"]) for row in rows]) - reference).max() < TOLERANCE
+    assert ", fixed by evaluate.threshold, not chosen on data)" in capsys.readouterr().out
+    assert main(["predict", str(exported), str(tmp_path / "images"), "--out", str(out), "--force",
+                 "--threshold", "0.3"]) == 0
+    assert "(threshold 0.300, given by --threshold)" in capsys.readouterr().out  # the count says its threshold
 
     capsys.readouterr()
     assert main(["predict", str(checkpoint_path), str(tmp_path / "images"), "--out", str(out)]) == 2

@@ -50,13 +50,17 @@ def run(args: argparse.Namespace) -> int:
     positive = int(result.predicted.sum())
     print(
         f"{len(result.names)} patches: {positive} predicted {result.class_names[1]}, "
-        f"{len(result.names) - positive} {result.class_names[0]} (threshold {result.threshold:.3f}"
+        f"{len(result.names) - positive} {result.class_names[0]} (threshold {result.threshold:.3f}, "
+        f"{_SOURCES.get(result.threshold_source, f'{result.threshold_source}, chosen on validation during training')}"
         f"{', TTA' if args.tta else ''})"
     )
     if result.skipped:
         print(f"skipped {len(result.skipped)} unusable files, first: {result.skipped[0]}")
     print(f"written to {result.out}")
     return 0
+
+
+_SOURCES = {"given": "given by --threshold", "fixed": "fixed by evaluate.threshold, not chosen on data"}
 
 
 def run_kaggle(args: argparse.Namespace) -> int:

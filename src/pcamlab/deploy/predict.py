@@ -44,6 +44,8 @@ class PredictionResult:
         probabilities: float64 (N,) probability of class 1 (tumour).
         predicted: int64 (N,) 1 where ``probability >= threshold``.
         threshold: the decision threshold used.
+        threshold_source: where it came from: ``given`` (the caller's), or the model contract's
+            ``threshold_source`` (``fixed``, or the ``evaluate.threshold_method`` that chose it on validation).
         class_names: names of classes 0 and 1.
         skipped: files skipped as unusable (only with ``skip_bad``).
         out: the CSV written, or None.
@@ -55,6 +57,7 @@ class PredictionResult:
     threshold: float
     class_names: list[str]
     skipped: list[str] = field(default_factory=list)
+    threshold_source: str = "fixed"
     out: Path | None = None
 
 
@@ -118,6 +121,7 @@ def predict_files(
         raise RunFolderError(f"{str(out_path)!r} already exists; choose another --out or pass --force to replace it")
     predictor = load_predictor(checkpoint, device=device)
     contract = predictor.contract
+    threshold_source = contract.threshold_source if threshold is None else "given"
     threshold = float(contract.threshold if threshold is None else threshold)  # the contract checks its own
     class_names = list(contract.class_names)
     names: list[str] = []
@@ -174,6 +178,7 @@ def predict_files(
         probabilities=values,
         predicted=(values >= threshold).astype(np.int64),
         threshold=threshold,
+        threshold_source=threshold_source,
         class_names=class_names,
         skipped=skipped,
         out=out_path,

@@ -105,3 +105,29 @@ def test_without_a_slide_root_slide_routes_say_how_to_enable_them(served):
         assert response.status_code == 404 and "--slide-root" in response.json()["detail"]
         unknown = client.get("/v1/slides/jobs/0123456789abcdef")
         assert unknown.status_code == 404
+
+
+def test_stopping_the_server_stops_a_running_slide_job_and_deletes_its_files(served, slide_root):
+    import threading
+
+    from pcamlab.serve.slides import SlideJobs
+
+    started, release = threading.Event(), threading.Event()
+
+    class HeldPredictor:  # the real predictor, held inside its first batch until the server is stopping
+        contract = served.predictor.contract
+
+        def predict_proba(self, images, **options):
+            started.set()
+            release.wait(30)
+            return served.predictor.predict_proba(images, **options)
+
+    jobs = SlideJobs(HeldPredictor(), slide_root, batch_size=8)
+    job = jobs.submit("cases/little.tif")
+    assert started.wait(30)
+    stopper = threading.Thread(target=jobs.shutdown)
+    stopper.start()
+    time.sleep(0.2)  # shutdown has raised the stop flag and waits for the job
+    release.set()
+    stopper.join(30)
+    assert job.status == "failed" and "server stopped" in job.error and not jobs.work.exists()

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = ServeSettings(
         token=token, max_request_bytes=int(args.max_request_mb * 2**20), max_images=args.max_images,
-        workers=args.workers, max_queue=args.max_queue, device=args.device,
+        workers=args.workers, max_queue=args.max_queue,
         slide_root=Path(args.slide_root).expanduser() if args.slide_root else None,
     ).validate()
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // settings.workers))

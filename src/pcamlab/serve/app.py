@@ -65,7 +65,6 @@ class ServeSettings:
         max_queue: jobs waiting for a worker before new ones get 503.
         batch_size: patches per forward pass.
         slide_root: folder the slide jobs may read slides from (None = slide jobs off).
-        device: ``cpu`` or ``cuda[:N]`` for torch checkpoints.
     """
 
     token: str | None = None
@@ -75,7 +74,6 @@ class ServeSettings:
     max_queue: int = 32  # waiting jobs; a queue this deep already means seconds of latency on 2 cores
     batch_size: int = 64  # patches per forward pass inside one request
     slide_root: pathlib.Path | None = None  # slide heatmap jobs read only below this folder
-    device: str = "cpu"  # where a torch checkpoint runs
 
     # (field, lowest allowed value) for the integer limits, checked by validate()
     _MINIMA = {"max_request_bytes": 1024, "max_images": 1, "workers": 1, "max_queue": 0, "batch_size": 1}

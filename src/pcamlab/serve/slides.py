@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pcamlab.errors import ConfigError, DataError
+from pcamlab.errors import ConfigError, DataError, RunError
 
 __all__ = ["SLIDE_SUFFIXES", "RESULT_FILES", "SlideJob", "SlideJobs", "SlideNotFound", "JobNotFound", "JobNotReady",
            "SlideQueueFull", "list_slides", "resolve_slide", "write_heat_layer"]
@@ -200,6 +200,7 @@ class SlideJobs:
         self._jobs: OrderedDict[str, SlideJob] = OrderedDict()
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pcamlab-slide-job")
+        self._stopping = threading.Event()
 
     def list(self) -> list[str]:
         """The slides below the root (see :func:`list_slides`)."""
@@ -264,6 +265,8 @@ class SlideJobs:
         job.status = "running"
 
         def progress(done: int, total: int) -> None:
+            if self._stopping.is_set():  # predict_slide stops at the next batch when its callback raises
+                raise RunError("the server stopped before the slide was finished")
             job.progress = done / total if total else 1.0
 
         try:
@@ -293,6 +296,7 @@ class SlideJobs:
             shutil.rmtree(self.work / job.id, ignore_errors=True)
 
     def shutdown(self) -> None:
-        """Wait for the running job, drop queued ones, delete every result."""
+        """Stop the running job at its next batch, drop queued ones, delete every result."""
+        self._stopping.set()
         self._executor.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.work, ignore_errors=True)

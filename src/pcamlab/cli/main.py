@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "pcamlab.cli.explain",
     "pcamlab.cli.report",
     "pcamlab.cli.compare",
+    "pcamlab.cli.tune",
     "pcamlab.cli.bench",
     "pcamlab.cli.slide",
     "pcamlab.cli.serve",

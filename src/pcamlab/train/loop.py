@@ -504,6 +504,7 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     readers: tuple[Any, Any | None] | None = None,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data`` and write a run folder.
 
@@ -522,6 +523,10 @@ def train(
         readers: ``(train_reader, valid_reader)`` to use instead of opening ``config.data``'s splits
             (cross-validation folds, train+valid for a final fit). ``valid_reader`` may be None: no
             validation, every epoch's weights are "best" and the run trains ``train.epochs`` epochs.
+        on_epoch: called as ``on_epoch(epoch, row)`` after each epoch is logged and checkpointed (``row``
+            is that epoch's ``history.csv`` row, ``val_auc`` a float). An exception it raises stops
+            training and propagates (``pcamlab tune`` prunes a trial this way); the run folder then
+            holds the epochs so far and no ``summary.json``.
 
     Returns:
         The run summary (also written to ``summary.json``).
@@ -907,6 +912,8 @@ def train(
             f"epoch {epoch:>3}  train_loss {train_loss:.4f}  {validation}  "
             f"{row['images_per_second']:.0f} img/s  {row['seconds']:.1f}s" + ("  *best" if improved and valid_source else "")
         )
+        if on_epoch is not None:
+            on_epoch(epoch, row)
         if valid_source is not None and train_config.patience > 0 and stale_epochs >= train_config.patience:
             stop_reason = f"early stop: {monitor} did not improve for {stale_epochs} epochs"
             break

@@ -482,6 +482,7 @@ def run_kfold(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Cross-validate ``config`` on its ``train`` split: ``repeats`` x ``folds`` full training runs.
 
@@ -503,6 +504,7 @@ def run_kfold(
             rest are trained.
         progress: show tqdm progress bars.
         log: called with one line per event, each prefixed with its fold.
+        on_epoch: passed to every fold's :func:`~pcamlab.train.loop.train` (called after each epoch).
 
     Returns:
         The CV summary (also in ``cv_summary.json``), with the per-fold rows under ``"folds"``.
@@ -569,7 +571,7 @@ def run_kfold(
             else:
                 again = resume and fold_dir.is_dir() and any(fold_dir.iterdir())  # started: train resumes or restarts it
                 summary = train(config, fold_dir, resume=again, progress=progress, log=_fold_log(log, tag),
-                                readers=(train_part, valid_part))
+                                readers=(train_part, valid_part), on_epoch=on_epoch)
             rows.append({
                 "repeat": repeat + 1, "fold": fold + 1,
                 "train_patches": len(train_part), "valid_patches": len(valid_part),

@@ -1,0 +1,712 @@
+"""Studies on Optuna: storage, samplers, pruners, the trial objective and the worker loop.
+
+A study folder holds::
+
+    study.json     what the study is (objectives, protocol, sampler, pruner, storage, search or sweep)
+    base.yaml      the resolved base config;  space.yaml  the search space or sweep plan as given
+    study.db       the Optuna storage (SQLite) unless the study lives in PostgreSQL (``storage=``)
+    trials/trial-NNNN/   one normal run folder per trial (checkpoints, history.csv, summary.json)
+    trials.csv, best.yaml, report.html, figures/   written by :mod:`pcamlab.tune.report`
+
+Every trial process records a heartbeat in the storage (``heartbeat_seconds``); a trial whose process
+died (killed, machine lost) is marked failed once its heartbeat is older than the grace period and a
+copy with the same parameters is queued (Optuna's ``RetryHeartbeatStaleTrialCallback``), so a study
+ends with every trial accounted for. ``resume`` reopens the folder: with the default SQLite storage,
+trials left running by a stopped study are failed and re-queued at once (the folder's lock proves
+their process is gone).
+
+The study's budget is counted in finished trials (complete or pruned): a failed trial does not use up
+a place, its retry does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import math
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pcamlab.config import config_from_dict
+from pcamlab.errors import ConfigError, PcamlabError, RunError, did_you_mean
+from pcamlab.fileio import write_text_atomic
+from pcamlab.tune.space import SearchSpace, SweepPlan, load_space, load_sweep
+
+__all__ = [
+    "OBJECTIVES",
+    "PROTOCOLS",
+    "PRUNERS",
+    "SAMPLERS",
+    "StudySettings",
+    "local_storage_url",
+    "open_storage",
+    "resume_study",
+    "check_data",
+    "run_study",
+    "write_study_outputs",
+]
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "none")
+PROTOCOLS = ("holdout", "kfold")
+OBJECTIVES = ("auc", "latency")  # auc: validation ROC AUC (maximised); latency: inference ms per patch (minimised)
+LATENCY_BATCH = 64  # patches per timed predict_proba call
+STUDY_FILE = "study.json"
+
+
+@dataclass
+class StudySettings:
+    """What a study optimises and how; saved in ``study.json`` and in the Optuna study's user attrs."""
+
+    kind: str = "search"  # search (a sampler explores a space) | sweep (one factor at a time, grid of runs)
+    objectives: tuple[str, ...] = ("auc",)  # auc and/or latency
+    protocol: str = "holdout"  # holdout: best validation AUC of one run | kfold: mean best AUC over folds
+    folds: int = 5  # k for protocol kfold
+    sampler: str = "tpe"  # tpe | random | grid
+    pruner: str = "median"  # median | hyperband | none (pruning needs one objective)
+    startup_trials: int = 3  # trials finished before pruning (and TPE) start
+    trial_minutes: float = 0.0  # per-trial training budget (train.time_budget_minutes; 0 = the config's own)
+    seed: int = 0  # seeds the sampler (worker w uses seed + w)
+
+    def check(self) -> StudySettings:
+        """Raise a one-line ConfigError naming the bad parameter; return self."""
+        for name, value, allowed in (("sampler", self.sampler, SAMPLERS), ("pruner", self.pruner, PRUNERS),
+                                     ("protocol", self.protocol, PROTOCOLS), ("kind", self.kind, ("search", "sweep"))):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {list(allowed)}; got {value!r}{did_you_mean(value, allowed)}")
+        objectives = tuple(self.objectives)
+        if not objectives or len(set(objectives)) != len(objectives) or "auc" not in objectives:
+            raise ConfigError(f"objectives must include auc, each once (e.g. auc or auc,latency); got {','.join(objectives)!r}")
+        for objective in objectives:
+            if objective not in OBJECTIVES:
+                raise ConfigError(f"objectives must be among {list(OBJECTIVES)}; got {objective!r}{did_you_mean(objective, OBJECTIVES)}")
+        if self.protocol == "kfold" and self.folds < 2:
+            raise ConfigError(f"folds must be >= 2 for protocol kfold; got {self.folds}")
+        if self.trial_minutes < 0:
+            raise ConfigError(f"trial_minutes must be >= 0 (0 = the config's own budget); got {self.trial_minutes}")
+        self.objectives = objectives
+        return self
+
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize" if objective == "auc" else "minimize" for objective in self.objectives]
+
+    @property
+    def prunes(self) -> bool:
+        """Optuna prunes single-objective studies only; a sweep trains every run in full."""
+        return self.pruner != "none" and len(self.objectives) == 1 and self.kind == "search"
+
+
+# ----------------------------------------------------------------------------------------------
+# Storage.
+
+
+def local_storage_url(out_dir: str | Path) -> str:
+    """The embedded SQLite storage of a study folder."""
+    return f"sqlite:///{Path(out_dir).resolve() / 'study.db'}"
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password (what study.json and messages show)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot parse is reported by open_storage
+        return url.split("@")[-1]
+
+
+def _sqlalchemy_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3 here (psycopg2 is not a dependency)."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def open_storage(url: str, heartbeat_seconds: int = 10):
+    """An Optuna RDB storage with heartbeats and retries of trials whose process died.
+
+    Args:
+        url: ``sqlite:///PATH`` or ``postgresql://USER:PASSWORD@HOST:PORT/DB`` (any SQLAlchemy URL).
+        heartbeat_seconds: how often a running trial records that it is alive; a trial silent for
+            3x that long is failed and re-queued (at most twice).
+
+    Raises:
+        ConfigError: the URL is not a database URL.
+        RunError: the database cannot be reached (one line, with the URL minus its password).
+    """
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    if "://" not in url:
+        raise ConfigError(f"storage must be a database URL such as postgresql://user:password@host:5432/db or sqlite:///study.db; got {url!r}")
+    if isinstance(heartbeat_seconds, bool) or not isinstance(heartbeat_seconds, int) or heartbeat_seconds < 1:
+        raise ConfigError(f"heartbeat_seconds must be an integer >= 1; got {heartbeat_seconds!r}")
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                _sqlalchemy_url(url), engine_kwargs=engine, heartbeat_interval=heartbeat_seconds,
+                grace_period=3 * heartbeat_seconds,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
+    except Exception as error:  # noqa: BLE001 - SQLAlchemy/driver errors have many types
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RunError(f"cannot open study storage {_redacted(url)!r}: {first}; check the URL and that the database server runs") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Samplers and pruners.
+
+
+def _sampler(settings: StudySettings, task: SearchSpace | SweepPlan, worker: int):
+    import optuna
+
+    seed = settings.seed + worker
+    if isinstance(task, SweepPlan):
+        return optuna.samplers.GridSampler({"run": list(range(len(task.runs)))}, seed=seed)
+    if settings.sampler == "grid":
+        return optuna.samplers.GridSampler(task.grid(), seed=seed)
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(settings.startup_trials, 1), multivariate=True,
+                                      group=True, constant_liar=True)
+
+
+def _pruner(settings: StudySettings):
+    import optuna
+
+    if not settings.prunes:
+        return optuna.pruners.NopPruner()
+    if settings.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto", reduction_factor=3)
+    return optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials, n_warmup_steps=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# One trial.
+
+
+class _Reporter:
+    """The ``on_epoch`` callback of a trial's training: reports validation AUC, prunes when told."""
+
+    def __init__(self, trial, prune: bool):
+        self.trial = trial
+        self.prune = prune
+        self.step = 0  # one step per epoch, counted across the folds of a k-fold trial
+
+    def __call__(self, epoch: int, row: dict[str, Any]) -> None:
+        import optuna
+
+        self.step += 1
+        auc = float(row["val_auc"])
+        if not self.prune or math.isnan(auc):
+            return
+        self.trial.report(auc, self.step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}: val_auc {auc:.4f} below the pruner's bar")
+
+
+def _latency_ms(checkpoint: Path, threads: int) -> float:
+    """Inference milliseconds per patch of a checkpoint: best of 3 timed batches of LATENCY_BATCH patches."""
+    import numpy as np
+    import torch
+
+    from pcamlab.deploy.predictors import load_predictor  # pcamlab.runtime.predictor once issue 11 lands
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    predictor = load_predictor(checkpoint)
+    size = int(predictor.contract["patch_size"]) if hasattr(predictor, "contract") else 96
+    images = np.random.default_rng(0).integers(0, 256, size=(LATENCY_BATCH, size, size, 3), dtype=np.uint8)
+    predictor.predict_proba(images[:8], batch_size=LATENCY_BATCH)  # warm-up
+    timings = []
+    for _ in range(3):
+        start = time.perf_counter()
+        predictor.predict_proba(images, batch_size=LATENCY_BATCH)
+        timings.append(time.perf_counter() - start)
+    return 1000.0 * min(timings) / LATENCY_BATCH
+
+
+@dataclass
+class _Job:
+    """Everything a worker process needs (picklable)."""
+
+    out_dir: str
+    storage_url: str
+    study_name: str
+    settings: StudySettings
+    base: dict[str, Any]
+    task: SearchSpace | SweepPlan
+    target: int  # finished trials the study should hold
+    deadline: float | None  # time.time() after which no new trial starts
+    heartbeat_seconds: int
+    threads: int
+    worker: int = 0
+
+
+def _trial_config(job: _Job, trial) -> tuple[Any, dict[str, Any]]:
+    """The trial's RunConfig and the values that define it (sampled params, or the sweep run)."""
+    if isinstance(job.task, SweepPlan):
+        run = job.task.runs[trial.suggest_int("run", 0, len(job.task.runs) - 1)]
+        values = job.task.apply(job.base, run)
+        described = {"knob": run.knob, "value": run.value, "seed": run.seed}
+    else:
+        described = job.task.sample(trial)
+        values = job.task.apply(job.base, described)
+    train = values.setdefault("train", {})
+    if job.settings.trial_minutes > 0:
+        train["time_budget_minutes"] = job.settings.trial_minutes
+    if job.threads > 0 and not train.get("threads"):
+        train["threads"] = job.threads
+    return config_from_dict(values), described
+
+
+def _objective(job: _Job, log: Callable[[str], None]):
+    import optuna
+
+    from pcamlab.train.loop import train
+    from pcamlab.train.protocols import run_kfold
+
+    settings = job.settings
+
+    def objective(trial):
+        config, described = _trial_config(job, trial)
+        run_dir = Path(job.out_dir) / "trials" / f"trial-{trial.number:04d}"
+        trial.set_user_attr("run", str(run_dir.relative_to(job.out_dir)))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        if isinstance(job.task, SweepPlan):
+            for key, value in described.items():
+                trial.set_user_attr(key, value)
+        retried = trial.study._storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
+        log(f"trial {trial.number} started" + (f" (retry of trial {retried})" if retried is not None else "")
+            + f": {_describe(described)}")
+        reporter = _Reporter(trial, settings.prunes)
+        record = {"number": trial.number, "values": described, "state": "RUNNING"}
+        try:
+            if settings.protocol == "kfold":
+                result = run_kfold(config, run_dir, folds=settings.folds, groups="auto", progress=False, on_epoch=reporter)
+                aucs = [float(row["val_auc"]) for row in result["folds"]]
+                auc = float(result["metrics"]["val_auc"]["mean"])
+                trial.set_user_attr("fold_aucs", aucs)
+                checkpoint = run_dir / "repeat-1" / "fold-1" / "best.safetensors"
+                summary = result["folds"][0]
+                epochs_run = sum(int(row["epochs_run"]) for row in result["folds"])
+                wall = sum(float(row["wall_seconds"]) for row in result["folds"])
+            else:
+                summary = train(config, run_dir, progress=False, on_epoch=reporter)
+                auc = float(summary["best"]["val_auc"])
+                checkpoint = Path(summary["checkpoints"]["best"])
+                epochs_run, wall = int(summary["epochs_run"]), float(summary["wall_seconds"])
+                trial.set_user_attr("parameters", int(summary["parameters"]))
+                trial.set_user_attr("flops_per_patch", int(summary["flops_per_patch"]))
+        except optuna.TrialPruned as pruned:
+            write_text_atomic(run_dir / "trial.json", json.dumps({**record, "state": "PRUNED", "reason": str(pruned)}, indent=2))
+            raise
+        except PcamlabError as error:
+            trial.set_user_attr("error", str(error))
+            if run_dir.is_dir():
+                write_text_atomic(run_dir / "trial.json", json.dumps({**record, "state": "FAIL", "reason": str(error)}, indent=2))
+            raise
+        trial.set_user_attr("val_auc", auc)
+        trial.set_user_attr("best_epoch", int(summary["best_epoch"]))
+        trial.set_user_attr("epochs_run", epochs_run)
+        trial.set_user_attr("train_seconds", wall)
+        if math.isnan(auc):
+            raise RunError(f"trial {trial.number} has no validation AUC (one class only in the validation split?)")
+        values: list[float] = [auc]
+        if "latency" in settings.objectives:
+            latency = _latency_ms(checkpoint, job.threads)
+            trial.set_user_attr("latency_ms", latency)
+            values.append(latency)
+        write_text_atomic(run_dir / "trial.json", json.dumps({**record, "state": "COMPLETE", "objectives": values}, indent=2))
+        return values[0] if len(values) == 1 else tuple(values)
+
+    return objective
+
+
+def _describe(described: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={_short(value)}" for key, value in described.items()) or "base config"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Workers.
+
+
+def _counts(study) -> dict[str, int]:
+    counts = dict.fromkeys(("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"), 0)
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state.name in counts:
+            counts[trial.state.name] += 1
+    counts["finished"] = counts["COMPLETE"] + counts["PRUNED"]
+    return counts
+
+
+def _load_study(job: _Job):
+    import optuna
+
+    storage = open_storage(job.storage_url, job.heartbeat_seconds)
+    return optuna.load_study(study_name=job.study_name, storage=storage,
+                             sampler=_sampler(job.settings, job.task, job.worker), pruner=_pruner(job.settings))
+
+
+def _progress_line(study, job: _Job, started: float, durations: list[float]) -> str:
+    counts = _counts(study)
+    best = _best_text(study, job.settings)
+    left = []
+    if job.deadline is not None:
+        left.append(f"{max(job.deadline - time.time(), 0) / 60:.1f} min of the study budget left")
+    remaining = max(job.target - counts["finished"], 0)
+    if durations and remaining:
+        left.append(f"~{remaining * (sum(durations) / len(durations)) / 60:.1f} min per worker for {remaining} more")
+    return (f"[{counts['finished']}/{job.target} finished: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, "
+            f"{counts['FAIL']} failed] best {best}" + (f"; {'; '.join(left)}" if left else ""))
+
+
+def _best_text(study, settings: StudySettings) -> str:
+    from optuna.trial import TrialState
+
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not complete:
+        return "none yet"
+    if len(settings.objectives) == 1:
+        top = max(complete, key=lambda t: t.value)
+        return f"val_auc {top.value:.4f} (trial {top.number})"
+    front = study.best_trials
+    top = max(front, key=lambda t: t.values[0])
+    return f"{len(front)} on the Pareto front, top val_auc {top.values[0]:.4f} at {top.values[1]:.2f} ms/patch (trial {top.number})"
+
+
+def _work(job: _Job, log: Callable[[str], None]) -> None:
+    """One worker: run trials until the study holds ``target`` finished trials or the deadline passes."""
+    from optuna.storages import fail_stale_trials
+
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if job.threads > 0:
+        import torch
+
+        torch.set_num_threads(job.threads)
+    study = _load_study(job)
+    objective = _objective(job, log)
+    durations: list[float] = []
+    started = time.time()
+
+    def finished(study, trial) -> None:
+        if trial.datetime_start and trial.datetime_complete:
+            durations.append((trial.datetime_complete - trial.datetime_start).total_seconds())
+        if trial.state.name == "COMPLETE":
+            what = "val_auc " + " / ".join(f"{v:.4f}" if i == 0 else f"{v:.2f} ms/patch" for i, v in enumerate(trial.values))
+        elif trial.state.name == "PRUNED":
+            what = f"pruned after {len(trial.intermediate_values)} epochs"
+        else:
+            what = f"failed: {trial.user_attrs.get('error', 'see the log above')}"
+        log(f"trial {trial.number} {what}  {_progress_line(study, job, started, durations)}")
+
+    while True:
+        fail_stale_trials(study)
+        counts = _counts(study)
+        if counts["finished"] >= job.target:
+            break
+        if job.deadline is not None and time.time() >= job.deadline:
+            log(f"study budget reached: no new trial starts ({counts['finished']} of {job.target} finished)")
+            break
+        if counts["finished"] + counts["RUNNING"] >= job.target and counts["WAITING"] == 0:
+            time.sleep(job.heartbeat_seconds)  # the last trials run elsewhere: wait until they end or go stale
+            continue
+        study.optimize(objective, n_trials=1, catch=(PcamlabError,), callbacks=[finished], gc_after_trial=True)
+
+
+def _worker_entry(job: _Job, log: Callable[[str], None]) -> None:
+    try:
+        _work(job, log)
+    except KeyboardInterrupt:
+        pass
+
+
+# ----------------------------------------------------------------------------------------------
+# The study folder.
+
+
+def _lock(out_dir: Path):
+    """An exclusive lock on the study folder for this process's life (released by the OS if it dies)."""
+    handle = open(out_dir / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunError(f"another pcamlab tune is running on study folder {str(out_dir)!r}; wait for it or stop it first") from None
+    return handle
+
+
+def _fail_orphans(study, storage, log) -> None:
+    """Fail and re-queue trials a stopped local study left RUNNING (their process is gone)."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=2)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            storage.set_trial_user_attr(trial._trial_id, "error", "its process stopped mid-trial; re-queued")
+            retry(study, storage.get_trial(trial._trial_id))
+            log(f"trial {trial.number} was left running by the stopped study: marked failed and re-queued")
+
+
+def run_study(
+    base: dict[str, Any],
+    space_file: str | Path,
+    out_dir: str | Path,
+    settings: StudySettings | None = None,
+    *,
+    trials: int | None = None,
+    minutes: float = 0.0,
+    workers: int = 1,
+    storage: str | None = None,
+    study_name: str | None = None,
+    heartbeat_seconds: int = 10,
+    threads: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Create a study folder and run a search (or a sweep) on Optuna; write its outputs.
+
+    Args:
+        base: nested plain values of the base config (``config_to_dict(load_config(...))``).
+        space_file: a search space YAML (``settings.kind`` search) or a sweep plan (sweep).
+        out_dir: the study folder to create (must not hold a study: use :func:`resume_study`).
+        settings: objectives, protocol, sampler, pruner, per-trial budget (defaults: TPE, median pruner,
+            hold-out AUC).
+        trials: finished trials the study should hold (default 20; a sweep: all its runs; grid: the
+            grid's size at most).
+        minutes: study budget in minutes: no trial starts after it (0 = none).
+        workers: trial processes on this machine, sharing the storage.
+        storage: a database URL (PostgreSQL for several machines); default: ``study.db`` in the folder.
+            With a URL whose database already holds ``study_name``, this folder's workers join it.
+        study_name: the study's name in the storage (default: the folder's name).
+        heartbeat_seconds: trial heartbeat; a trial silent for 3x this is failed and re-queued.
+        threads: torch threads per worker (0: the cores divided among the workers).
+        log: called with one line per event (the CLI passes ``print``).
+
+    Returns:
+        The study outputs of :func:`pcamlab.tune.report.write_outputs` (paths, counts, best trial).
+
+    Raises:
+        ConfigError: bad space, settings or parameters (one line). RunError: the folder holds a study,
+            another tune runs on it, or the storage cannot be reached.
+
+    Example:
+        >>> base = config_to_dict(load_config("configs/tune/base-tiny.yaml"))
+        >>> result = run_study(base, "configs/tune/default.yaml", "studies/first", trials=10)
+        >>> result["best"]["val_auc"]
+    """
+    settings = (settings or StudySettings()).check()
+    out_dir = Path(out_dir)
+    _check_budget(trials, minutes, workers)
+    task = load_sweep(space_file, base) if settings.kind == "sweep" else load_space(space_file, base)
+    if settings.kind == "search" and settings.sampler == "grid":
+        task.grid()  # floats without a step fail here, before anything is written
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if (out_dir / STUDY_FILE).is_file():
+            raise RunError(f"{str(out_dir)!r} already holds a study; resume it (resume_study / --resume) or choose another folder")
+        raise RunError(f"study folder {str(out_dir)!r} is not empty; choose a new folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out_dir)
+    url = storage or local_storage_url(out_dir)
+    name = study_name or out_dir.resolve().name
+    record = {
+        "study_name": name,
+        "storage": _redacted(url) if storage else "study.db",
+        "settings": _settings_dict(settings),
+        "trials": trials,
+        "space_file": str(space_file),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    write_text_atomic(out_dir / "base.yaml", yaml.safe_dump(base, sort_keys=False))
+    write_text_atomic(out_dir / "space.yaml", yaml.safe_dump(task.raw, sort_keys=False))
+    write_text_atomic(out_dir / STUDY_FILE, json.dumps(record, indent=2))
+    try:
+        return _run(out_dir, url, name, settings, base, task, trials, minutes, workers, heartbeat_seconds, threads,
+                    log or (lambda line: None), resume=False)
+    finally:
+        lock.close()
+
+
+def resume_study(
+    out_dir: str | Path,
+    *,
+    trials: int | None = None,
+    minutes: float = 0.0,
+    workers: int = 1,
+    storage: str | None = None,
+    heartbeat_seconds: int = 10,
+    threads: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Continue a stopped study in ``out_dir`` (its settings, base config and space are the folder's).
+
+    Trials left running by the stopped study are failed and re-queued with the same parameters (local
+    storage at once; a shared database once their heartbeat is stale). ``trials`` raises the target.
+
+    Raises:
+        RunError: ``out_dir`` holds no study, or the study lives in a database and ``storage`` (its URL
+            with the password, which the folder does not keep) is missing.
+    """
+    out_dir = Path(out_dir)
+    path = out_dir / STUDY_FILE
+    if not path.is_file():
+        raise RunError(f"nothing to resume in {str(out_dir)!r}: it has no {STUDY_FILE}; start a new study instead")
+    _check_budget(trials, minutes, workers)
+    record = json.loads(path.read_text())
+    settings = StudySettings(**{**record["settings"], "objectives": tuple(record["settings"]["objectives"])}).check()
+    if record["storage"] != "study.db" and not storage:
+        raise RunError(f"study {record['study_name']!r} lives in {record['storage']}; pass that storage URL (with its password) to resume")
+    base = yaml.safe_load((out_dir / "base.yaml").read_text())
+    space_path = out_dir / "space.yaml"
+    task = load_sweep(space_path, base) if settings.kind == "sweep" else load_space(space_path, base)
+    lock = _lock(out_dir)
+    try:
+        return _run(out_dir, storage or local_storage_url(out_dir), record["study_name"], settings, base, task,
+                    trials or record.get("trials"), minutes, workers, heartbeat_seconds, threads,
+                    log or (lambda line: None), resume=True)
+    finally:
+        lock.close()
+
+
+def _check_budget(trials: int | None, minutes: float, workers: int) -> None:
+    if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
+        raise ConfigError(f"trials must be an integer >= 1; got {trials!r}")
+    if minutes < 0:
+        raise ConfigError(f"minutes must be >= 0 (0 = no study budget); got {minutes!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be an integer >= 1; got {workers!r}")
+
+
+def _settings_dict(settings: StudySettings) -> dict[str, Any]:
+    values = dataclasses.asdict(settings)
+    values["objectives"] = list(settings.objectives)
+    return values
+
+
+def _run(out_dir, url, name, settings, base, task, trials, minutes, workers, heartbeat_seconds, threads, log, *, resume):
+    import multiprocessing
+
+    import optuna
+
+    from pcamlab.tune.report import write_outputs
+
+    storage = open_storage(url, heartbeat_seconds)
+    identity = {"kind": settings.kind, "objectives": list(settings.objectives), "protocol": settings.protocol,
+                "space": task.raw}
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, directions=settings.directions, load_if_exists=True)
+    except ValueError as error:  # e.g. the name exists with other directions
+        raise RunError(f"study {name!r} in {_redacted(url)}: {error}") from None
+    known = study.user_attrs.get("pcamlab")
+    if known is None:
+        study.set_user_attr("pcamlab", identity)
+        study.set_user_attr("base", base)
+        study.set_user_attr("settings", _settings_dict(settings))
+    elif known != identity:
+        raise ConfigError(
+            f"study {name!r} in {_redacted(url)} was made with another space, objectives or protocol; "
+            "use the same --space/--objectives/--protocol to join it, or another study name"
+        )
+    elif not resume:
+        log(f"joining study {name!r} in {_redacted(url)} ({len(study.trials)} trials so far)")
+    if resume and url == local_storage_url(out_dir):
+        _fail_orphans(study, storage, log)
+    size = len(task.runs) if isinstance(task, SweepPlan) else None
+    if settings.kind == "search" and settings.sampler == "grid":
+        size = math.prod(len(values) for values in task.grid().values())
+    target = size if trials is None and size is not None else (trials or 20)
+    if size is not None:
+        target = min(target, size)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    deadline = time.time() + 60 * minutes if minutes > 0 else None
+    job = _Job(str(out_dir), url, name, settings, base, task, target, deadline, heartbeat_seconds, threads)
+    what = f"sweep of {len(task.runs)} runs ({len(task.knobs)} knobs x values x {len(task.seeds)} seeds + base)" if isinstance(task, SweepPlan) else (
+        f"{settings.sampler} search of {len(task.params)} parameters for {target} trials")
+    log(f"study {name!r} ({_redacted(url) if url != local_storage_url(out_dir) else out_dir / 'study.db'}): {what}; "
+        f"objective {' + '.join(settings.objectives)} on {settings.protocol}"
+        + (f", {settings.pruner} pruning" if settings.prunes else "")
+        + (f", {minutes:g} min budget" if minutes else "") + f"; {workers} worker(s) x {threads} threads")
+    if workers == 1:
+        _work(job, log)
+    else:
+        context = multiprocessing.get_context("spawn")
+        processes = [context.Process(target=_worker_entry, args=(dataclasses.replace(job, worker=index), log), daemon=False)
+                     for index in range(workers)]
+        for process in processes:
+            process.start()
+        try:
+            for process in processes:
+                process.join()
+        except KeyboardInterrupt:
+            for process in processes:
+                process.join(timeout=10)
+            raise
+        bad = [process.exitcode for process in processes if process.exitcode not in (0, None)]
+        if bad:
+            log(f"{len(bad)} worker process(es) ended abnormally (exit codes {bad}); their trials were re-queued")
+    study = optuna.load_study(study_name=name, storage=storage)
+    return write_outputs(study, out_dir, settings, base, task, log=log)
+
+
+def check_data(base: dict[str, Any]) -> None:
+    """Open the base config's training split once, so a bad data path fails before any trial runs.
+
+    Raises:
+        DataError / ConfigError: the data cannot be opened (one line with the fix).
+    """
+    from pcamlab.data import open_split
+
+    config = config_from_dict(base)
+    open_split(config.data.path, config.data.train_split, format=config.data.format,
+               valid_fraction=config.data.valid_fraction, seed=config.data.seed)
+
+
+def write_study_outputs(out_dir: str | Path, *, storage: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Rewrite ``trials.csv``, ``best.yaml`` and ``report.html`` of a study folder from its storage.
+
+    For a study shared by several machines, any of them can refresh the outputs while others run.
+
+    Raises:
+        RunError: no study in ``out_dir``, or a database study without its ``storage`` URL.
+    """
+    import optuna
+
+    from pcamlab.tune.report import write_outputs
+
+    out_dir = Path(out_dir)
+    path = out_dir / STUDY_FILE
+    if not path.is_file():
+        raise RunError(f"{str(out_dir)!r} holds no study ({STUDY_FILE} is missing); pass a folder written by pcamlab tune")
+    record = json.loads(path.read_text())
+    if record["storage"] != "study.db" and not storage:
+        raise RunError(f"study {record['study_name']!r} lives in {record['storage']}; pass that storage URL (with its password)")
+    settings = StudySettings(**{**record["settings"], "objectives": tuple(record["settings"]["objectives"])}).check()
+    base = yaml.safe_load((out_dir / "base.yaml").read_text())
+    task = load_sweep(out_dir / "space.yaml", base) if settings.kind == "sweep" else load_space(out_dir / "space.yaml", base)
+    study = optuna.load_study(study_name=record["study_name"], storage=open_storage(storage or local_storage_url(out_dir)))
+    return write_outputs(study, out_dir, settings, base, task, log=log)

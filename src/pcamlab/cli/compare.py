@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "folds' mean and sd. Then the config fields that differ between the runs (table and markdown)."
         ),
     )
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by pcamlab train --out")
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by pcamlab train --out, or study folders of pcamlab tune (one row per trial)")
     parser.add_argument("--sort", default="roc_auc", metavar="COLUMN", help="column to rank by (default: roc_auc)")
     parser.add_argument(
         "--format", default="table", choices=["table", "csv", "markdown"], help="output format (default: table)"

@@ -293,11 +293,27 @@ def _sort_key(row: Mapping[str, Any], column: str) -> tuple[int, Any]:
     return (0, value if column in LOWER_IS_BETTER else -value)
 
 
+def _expand_studies(run_dirs) -> list[tuple[Path, str]]:
+    """(folder, row name) pairs: a study folder of ``pcamlab tune`` (``study.json``) stands for its trials."""
+    pairs = []
+    for run_dir in run_dirs:
+        if not run_dir.is_dir():
+            raise DataError(f"run folder {str(run_dir)!r} does not exist; pass folders written by pcamlab train --out")
+        if (run_dir / "study.json").is_file():
+            trials = sorted(path for path in (run_dir / "trials").glob("trial-*")  # a trial that failed early may be empty
+                            if path.is_dir() and any((path / file_name).exists() for file_name in (*RUN_FILES, "cv_results.csv")))
+            pairs += [(trial, f"{run_dir.name}/{trial.name}") for trial in trials]
+        else:
+            pairs.append((run_dir, run_dir.name))
+    return pairs
+
+
 def compare_runs(run_dirs: Sequence[str | Path], sort_by: str = "roc_auc") -> list[dict[str, Any]]:
     """Key metrics of several runs, one row per evaluation, best first.
 
     Args:
-        run_dirs: run folders written by ``pcamlab train --out`` (evaluated or not).
+        run_dirs: run folders written by ``pcamlab train --out`` (evaluated or not), or study folders of
+            ``pcamlab tune`` (one row per trial, named ``STUDY/trial-NNNN``).
         sort_by: a column of :data:`COLUMNS`. Scores sort best first (descending, or ascending for
             :data:`LOWER_IS_BETTER` columns such as brier, ece, log_loss); text sorts A-Z; rows
             missing the value come last.
@@ -321,11 +337,9 @@ def compare_runs(run_dirs: Sequence[str | Path], sort_by: str = "roc_auc") -> li
     if isinstance(run_dirs, (str, Path)) or not run_dirs:
         raise ConfigError(f"run_dirs must be a non-empty list of run folders; got {run_dirs!r}")
     rows: list[dict[str, Any]] = []
-    for run_dir in map(Path, run_dirs):
-        if not run_dir.is_dir():
-            raise DataError(f"run folder {str(run_dir)!r} does not exist; pass folders written by pcamlab train --out")
+    for run_dir, name in _expand_studies(map(Path, run_dirs)):
         files = _metric_files(run_dir)
-        if not files and not any((run_dir / name).is_file() for name in RUN_FILES):
+        if not files and not any((run_dir / file_name).is_file() for file_name in RUN_FILES):
             raise DataError(
                 f"{str(run_dir)!r} is not a run folder: it holds none of {list(RUN_FILES)} or */metrics.json; "
                 "pass folders written by pcamlab train --out"
@@ -337,13 +351,13 @@ def compare_runs(run_dirs: Sequence[str | Path], sort_by: str = "roc_auc") -> li
             if not files:
                 continue
         if not files:
-            rows.append({**dict.fromkeys(COLUMNS), **facts, "run": run_dir.name, "evaluation": None})
+            rows.append({**dict.fromkeys(COLUMNS), **facts, "run": name, "evaluation": None})
             continue
         for path in files:
             flat = _flatten(_read_json(path))
             row = dict.fromkeys(COLUMNS)
             row.update(facts)
-            row["run"] = run_dir.name
+            row["run"] = name
             row["evaluation"] = "" if path.parent == run_dir else path.parent.name
             for column, aliases in METRIC_ALIASES.items():
                 row[column] = _lookup(flat, aliases)

@@ -113,11 +113,12 @@ def trial_rows(study, settings, task, base: dict[str, Any]) -> list[dict[str, An
     return rows
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, precise: bool = False) -> str:
+    """A table cell: empty for None, floats to 4 decimals (``precise``: in full, for CSV)."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return repr(value) if precise else f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
     return str(value)
 
 
@@ -127,7 +128,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_cell(row.get(column)) for column in columns])
+        writer.writerow([_cell(row.get(column), precise=True) for column in columns])
     return buffer.getvalue()
 
 
@@ -289,7 +290,7 @@ def write_outputs(study, out_dir: str | Path, settings, base: dict[str, Any], ta
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(WHAT_MATTERED_COLUMNS)
         for item in table["rows"]:
-            writer.writerow([_cell(item[column]) for column in WHAT_MATTERED_COLUMNS])
+            writer.writerow([_cell(item[column], precise=True) for column in WHAT_MATTERED_COLUMNS])
         files["what_mattered_csv"] = write_text_atomic(out_dir / "what_mattered.csv", buffer.getvalue())
         files["what_mattered_md"] = write_text_atomic(out_dir / "what_mattered.md", format_what_mattered(table, markdown=True))
         plot = None

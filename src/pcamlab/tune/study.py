@@ -74,7 +74,7 @@ class StudySettings:
     pruner: str = "median"  # median | hyperband | none (pruning needs one objective)
     startup_trials: int = 3  # trials finished before pruning (and TPE) start
     trial_minutes: float = 0.0  # per-trial training budget (train.time_budget_minutes; 0 = the config's own)
-    seed: int = 0  # seeds the sampler (worker w uses seed + w)
+    seed: int = 0  # seeds the sampler (worker w of the session that creates the study uses seed + w)
 
     def check(self) -> StudySettings:
         """Raise a one-line ConfigError naming the bad parameter; return self."""
@@ -174,10 +174,9 @@ def open_storage(url: str, heartbeat_seconds: int = 10):
 # Samplers and pruners.
 
 
-def _sampler(settings: StudySettings, task: SearchSpace | SweepPlan, worker: int):
+def _sampler(settings: StudySettings, task: SearchSpace | SweepPlan, seed: int):
     import optuna
 
-    seed = settings.seed + worker
     if isinstance(task, SweepPlan):
         return optuna.samplers.GridSampler({"run": list(range(len(task.runs)))}, seed=seed)
     if settings.sampler == "grid":
@@ -258,6 +257,11 @@ class _Job:
     heartbeat_seconds: int
     threads: int
     worker: int = 0
+    seed_offset: int = 0  # 0 for the session that created the study; else distinct, so no two draw the same
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed + self.worker + self.seed_offset
 
 
 def _trial_config(job: _Job, trial) -> tuple[Any, dict[str, Any]]:
@@ -366,7 +370,7 @@ def _load_study(job: _Job):
 
     storage = open_storage(job.storage_url, job.heartbeat_seconds)
     return optuna.load_study(study_name=job.study_name, storage=storage,
-                             sampler=_sampler(job.settings, job.task, job.worker), pruner=_pruner(job.settings))
+                             sampler=_sampler(job.settings, job.task, job.seed), pruner=_pruner(job.settings))
 
 
 def _progress_line(study, job: _Job, started: float, durations: list[float]) -> str:
@@ -466,10 +470,14 @@ def _fail_orphans(study, storage, log) -> None:
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=2)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=2)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_user_attr(trial._trial_id, "error", "its process stopped mid-trial; re-queued")
         if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-            storage.set_trial_user_attr(trial._trial_id, "error", "its process stopped mid-trial; re-queued")
             retry(study, storage.get_trial(trial._trial_id))
             log(f"trial {trial.number} was left running by the stopped study: marked failed and re-queued")
 
@@ -636,6 +644,8 @@ def _run(out_dir, url, name, settings, base, task, trials, minutes, workers, hea
         log(f"joining study {name!r} in {_redacted(url)} ({len(study.trials)} trials so far)")
     if resume and url == local_storage_url(out_dir):
         _fail_orphans(study, storage, log)
+    # a resumed or joining session must not replay the first session's random draws
+    seed_offset = 0 if known is None else 7919 * len(study.trials) + os.getpid()
     size = len(task.runs) if isinstance(task, SweepPlan) else None
     if settings.kind == "search" and settings.sampler == "grid":
         size = math.prod(len(values) for values in task.grid().values())
@@ -644,7 +654,7 @@ def _run(out_dir, url, name, settings, base, task, trials, minutes, workers, hea
         target = min(target, size)
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     deadline = time.time() + 60 * minutes if minutes > 0 else None
-    job = _Job(str(out_dir), url, name, settings, base, task, target, deadline, heartbeat_seconds, threads)
+    job = _Job(str(out_dir), url, name, settings, base, task, target, deadline, heartbeat_seconds, threads, 0, seed_offset)
     what = f"sweep of {len(task.runs)} runs ({len(task.knobs)} knobs x values x {len(task.seeds)} seeds + base)" if isinstance(task, SweepPlan) else (
         f"{settings.sampler} search of {len(task.params)} parameters for {target} trials")
     log(f"study {name!r} ({_redacted(url) if url != local_storage_url(out_dir) else out_dir / 'study.db'}): {what}; "

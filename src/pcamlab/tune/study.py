@@ -60,6 +60,7 @@ PROTOCOLS = ("holdout", "kfold")
 OBJECTIVES = ("auc", "latency")  # auc: validation ROC AUC (maximised); latency: inference ms per patch (minimised)
 LATENCY_BATCH = 64  # patches per timed predict_proba call
 STUDY_FILE = "study.json"
+INTERRUPTED = "interrupted (Ctrl-C); resume re-queues it"
 
 
 @dataclass
@@ -322,6 +323,9 @@ def _objective(job: _Job, log: Callable[[str], None]):
         except optuna.TrialPruned as pruned:
             write_text_atomic(run_dir / "trial.json", json.dumps({**record, "state": "PRUNED", "reason": str(pruned)}, indent=2))
             raise
+        except KeyboardInterrupt:  # Optuna fails the trial; resume_study re-queues it
+            trial.set_user_attr("error", INTERRUPTED)
+            raise
         except PcamlabError as error:
             trial.set_user_attr("error", str(error))
             if run_dir.is_dir():
@@ -466,7 +470,7 @@ def _lock(out_dir: Path):
 
 
 def _fail_orphans(study, storage, log) -> None:
-    """Fail and re-queue trials a stopped local study left RUNNING (their process is gone)."""
+    """Fail and re-queue trials a stopped local study left RUNNING (their process is gone) or interrupted."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
@@ -480,6 +484,11 @@ def _fail_orphans(study, storage, log) -> None:
         if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
             retry(study, storage.get_trial(trial._trial_id))
             log(f"trial {trial.number} was left running by the stopped study: marked failed and re-queued")
+    retried = {t.system_attrs.get("failed_trial") for t in study.get_trials(deepcopy=False)}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.user_attrs.get("error") == INTERRUPTED and trial.number not in retried:
+            retry(study, trial)
+            log(f"trial {trial.number} was interrupted: re-queued")
 
 
 def run_study(

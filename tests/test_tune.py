@@ -20,7 +20,7 @@ from fixtures_data import sample_patches, write_h5
 
 from pcamlab.cli.main import main
 from pcamlab.config import config_to_dict, load_config
-from pcamlab.errors import ConfigError, RunError
+from pcamlab.errors import ConfigError, RunFolderError
 from pcamlab.tune.report import hanley_mcneil_interval
 from pcamlab.tune.space import load_space, load_sweep, spec_layers
 from pcamlab.tune.study import StudySettings, resume_study, run_study
@@ -227,7 +227,7 @@ def test_cli_study_writes_trials_best_config_report_and_compare_reads_it(tiny_da
     assert main(["compare", str(out)]) == 0
     table = capsys.readouterr().out
     assert all(f"study/trial-000{n}" in table for n in range(2))
-    with pytest.raises(RunError, match="already holds a study"):
+    with pytest.raises(RunFolderError, match="already holds a study"):
         run_study(_base(tiny_data), space, out, trials=1)
 
 

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from pcamlab.config import config_to_dict, load_config
     from pcamlab.tune.study import StudySettings, check_data, run_study
 
-    overrides = [f"data.path={args.data}"] if args.data else []
+    overrides = [("data.path", args.data)] if args.data else []
     base = config_to_dict(load_config(args.config, overrides + args.overrides))
     settings = StudySettings(
         kind="sweep" if args.sweep else "search", objectives=tuple(part.strip() for part in args.objectives.split(",") if part.strip()),

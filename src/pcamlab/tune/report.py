@@ -64,13 +64,12 @@ def _valid_counts(base: dict[str, Any]) -> tuple[int, int] | None:
     import numpy as np
 
     from pcamlab.config import config_from_dict
-    from pcamlab.data import open_split
+    from pcamlab.data.source import open_run_split
     from pcamlab.errors import PcamlabError
 
     config = config_from_dict(base)
     try:
-        reader = open_split(config.data.path, config.data.valid_split, format=config.data.format,
-                            valid_fraction=config.data.valid_fraction, seed=config.data.seed)
+        reader = open_run_split(config.data, config.data.valid_split)
     except PcamlabError:
         return None
     labels = np.asarray(reader.labels)

@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from pcamlab.config import config_from_dict
-from pcamlab.errors import ConfigError, PcamlabError, RunError, did_you_mean
+from pcamlab.errors import ConfigError, PcamlabError, RunError, RunFolderError, did_you_mean
 from pcamlab.fileio import write_text_atomic
 from pcamlab.tune.space import SearchSpace, SweepPlan, load_space, load_sweep
 
@@ -227,12 +227,12 @@ def _latency_ms(checkpoint: Path, threads: int) -> float:
     import numpy as np
     import torch
 
-    from pcamlab.deploy.predictors import load_predictor  # pcamlab.runtime.predictor once issue 11 lands
+    from pcamlab.runtime import load_predictor
 
     if threads > 0:
         torch.set_num_threads(threads)
     predictor = load_predictor(checkpoint)
-    size = int(predictor.contract["patch_size"]) if hasattr(predictor, "contract") else 96
+    size = int(predictor.contract.patch_size)
     images = np.random.default_rng(0).integers(0, 256, size=(LATENCY_BATCH, size, size, 3), dtype=np.uint8)
     predictor.predict_proba(images[:8], batch_size=LATENCY_BATCH)  # warm-up
     timings = []
@@ -316,7 +316,7 @@ def _objective(job: _Job, log: Callable[[str], None]):
             else:
                 summary = train(config, run_dir, progress=False, on_epoch=reporter)
                 auc = float(summary["best"]["val_auc"])
-                checkpoint = Path(summary["checkpoints"]["best"])
+                checkpoint = Path(summary["checkpoints"]["best"] or summary["checkpoints"]["last"])
                 epochs_run, wall = int(summary["epochs_run"]), float(summary["wall_seconds"])
                 trial.set_user_attr("parameters", int(summary["parameters"]))
                 trial.set_user_attr("flops_per_patch", int(summary["flops_per_patch"]))
@@ -465,7 +465,7 @@ def _lock(out_dir: Path):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise RunError(f"another pcamlab tune is running on study folder {str(out_dir)!r}; wait for it or stop it first") from None
+        raise RunFolderError(f"another pcamlab tune is running on study folder {str(out_dir)!r}; wait for it or stop it first") from None
     return handle
 
 
@@ -529,8 +529,8 @@ def run_study(
         The study outputs of :func:`pcamlab.tune.report.write_outputs` (paths, counts, best trial).
 
     Raises:
-        ConfigError: bad space, settings or parameters (one line). RunError: the folder holds a study,
-            another tune runs on it, or the storage cannot be reached.
+        ConfigError: bad space, settings or parameters (one line). RunFolderError: the folder holds a
+            study or another tune runs on it. RunError: the storage cannot be reached.
 
     Example:
         >>> base = config_to_dict(load_config("configs/tune/base-tiny.yaml"))
@@ -545,8 +545,8 @@ def run_study(
         task.grid()  # floats without a step fail here, before anything is written
     if out_dir.exists() and any(out_dir.iterdir()):
         if (out_dir / STUDY_FILE).is_file():
-            raise RunError(f"{str(out_dir)!r} already holds a study; resume it (resume_study / --resume) or choose another folder")
-        raise RunError(f"study folder {str(out_dir)!r} is not empty; choose a new folder")
+            raise RunFolderError(f"{str(out_dir)!r} already holds a study; resume it (resume_study / --resume) or choose another folder")
+        raise RunFolderError(f"study folder {str(out_dir)!r} is not empty; choose a new folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(out_dir)
     url = storage or local_storage_url(out_dir)
@@ -586,18 +586,18 @@ def resume_study(
     storage at once; a shared database once their heartbeat is stale). ``trials`` raises the target.
 
     Raises:
-        RunError: ``out_dir`` holds no study, or the study lives in a database and ``storage`` (its URL
-            with the password, which the folder does not keep) is missing.
+        RunFolderError: ``out_dir`` holds no study. ConfigError: the study lives in a database and
+            ``storage`` (its URL with the password, which the folder does not keep) is missing.
     """
     out_dir = Path(out_dir)
     path = out_dir / STUDY_FILE
     if not path.is_file():
-        raise RunError(f"nothing to resume in {str(out_dir)!r}: it has no {STUDY_FILE}; start a new study instead")
+        raise RunFolderError(f"nothing to resume in {str(out_dir)!r}: it has no {STUDY_FILE}; start a new study instead")
     _check_budget(trials, minutes, workers)
     record = json.loads(path.read_text())
     settings = StudySettings(**{**record["settings"], "objectives": tuple(record["settings"]["objectives"])}).check()
     if record["storage"] != "study.db" and not storage:
-        raise RunError(f"study {record['study_name']!r} lives in {record['storage']}; pass that storage URL (with its password) to resume")
+        raise ConfigError(f"study {record['study_name']!r} lives in {record['storage']}; pass that storage URL (with its password) to resume")
     base = yaml.safe_load((out_dir / "base.yaml").read_text())
     space_path = out_dir / "space.yaml"
     task = load_sweep(space_path, base) if settings.kind == "sweep" else load_space(space_path, base)
@@ -698,11 +698,10 @@ def check_data(base: dict[str, Any]) -> None:
     Raises:
         DataError / ConfigError: the data cannot be opened (one line with the fix).
     """
-    from pcamlab.data import open_split
+    from pcamlab.data.source import open_run_split
 
     config = config_from_dict(base)
-    open_split(config.data.path, config.data.train_split, format=config.data.format,
-               valid_fraction=config.data.valid_fraction, seed=config.data.seed)
+    open_run_split(config.data, config.data.train_split)
 
 
 def write_study_outputs(out_dir: str | Path, *, storage: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -711,7 +710,7 @@ def write_study_outputs(out_dir: str | Path, *, storage: str | None = None, log:
     For a study shared by several machines, any of them can refresh the outputs while others run.
 
     Raises:
-        RunError: no study in ``out_dir``, or a database study without its ``storage`` URL.
+        RunFolderError: no study in ``out_dir``. ConfigError: a database study without its ``storage`` URL.
     """
     import optuna
 
@@ -720,10 +719,10 @@ def write_study_outputs(out_dir: str | Path, *, storage: str | None = None, log:
     out_dir = Path(out_dir)
     path = out_dir / STUDY_FILE
     if not path.is_file():
-        raise RunError(f"{str(out_dir)!r} holds no study ({STUDY_FILE} is missing); pass a folder written by pcamlab tune")
+        raise RunFolderError(f"{str(out_dir)!r} holds no study ({STUDY_FILE} is missing); pass a folder written by pcamlab tune")
     record = json.loads(path.read_text())
     if record["storage"] != "study.db" and not storage:
-        raise RunError(f"study {record['study_name']!r} lives in {record['storage']}; pass that storage URL (with its password)")
+        raise ConfigError(f"study {record['study_name']!r} lives in {record['storage']}; pass that storage URL (with its password)")
     settings = StudySettings(**{**record["settings"], "objectives": tuple(record["settings"]["objectives"])}).check()
     base = yaml.safe_load((out_dir / "base.yaml").read_text())
     task = load_sweep(out_dir / "space.yaml", base) if settings.kind == "sweep" else load_space(out_dir / "space.yaml", base)

@@ -664,7 +664,8 @@ def _run(out_dir, url, name, settings, base, task, trials, minutes, workers, hea
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     deadline = time.time() + 60 * minutes if minutes > 0 else None
     job = _Job(str(out_dir), url, name, settings, base, task, target, deadline, heartbeat_seconds, threads, 0, seed_offset)
-    what = f"sweep of {len(task.runs)} runs ({len(task.knobs)} knobs x values x {len(task.seeds)} seeds + base)" if isinstance(task, SweepPlan) else (
+    what = (f"sweep of {len(task.runs)} runs ({sum(map(len, task.knobs.values()))} values of {len(task.knobs)} knobs + the base, "
+            f"x {len(task.seeds)} seeds)") if isinstance(task, SweepPlan) else (
         f"{settings.sampler} search of {len(task.params)} parameters for {target} trials")
     log(f"study {name!r} ({_redacted(url) if url != local_storage_url(out_dir) else out_dir / 'study.db'}): {what}; "
         f"objective {' + '.join(settings.objectives)} on {settings.protocol}"

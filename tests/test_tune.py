@@ -166,10 +166,16 @@ def test_what_mattered_pairs_by_seed_and_sizes_the_interval():
     table = what_mattered(rows)
     wide, narrow = table["rows"]
     assert wide["delta_auc"] == pytest.approx(0.05)  # paired: 0.05, 0.04, 0.06
-    half = 4.302653 * 0.01 / math.sqrt(3)  # t(0.975, 2) x sd of the differences / sqrt(3)
+    pooled = math.sqrt((0.0002 + 0.0006) / 4)  # squared deviations of both values' differences / (2 + 2) df
+    assert table["base"]["pooled_sd_difference"] == pytest.approx(pooled)
+    half = 4.302653 * max(0.01, pooled) / math.sqrt(3)  # t(0.975, 2) x sd (own 0.01, floored at the pooled) / sqrt(3)
     assert (wide["ci_low"], wide["ci_high"]) == pytest.approx((0.05 - half, 0.05 + half), abs=1e-6)
     assert wide["verdict"] == "better" and narrow["verdict"] == "within noise"
     assert table["base"]["sd_auc"] == pytest.approx(0.02)
+    # two seeds that happen to agree exactly get the pooled spread, not a zero-width interval
+    rows += [{"knob": "pool", "value": "sum", "seed": s, "val_auc": a} for s, a in [(0, 0.81), (1, 0.83), (2, 0.79)]]
+    chance = what_mattered(rows)["rows"][-1]
+    assert chance["ci_high"] - chance["ci_low"] > 0.02 and chance["verdict"] == "within noise"
     text = format_what_mattered(table)
     assert "+0.0500" in text and "within noise" in text and "better" in text
 

@@ -73,6 +73,11 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         from pcamlab.tune.study import resume_study
 
+        given = [flag for flag, value in (("--space", args.space), ("--config", args.config), ("--set", args.overrides),
+                                          ("--data", args.data), ("--sweep", args.sweep)) if value]
+        if given:
+            raise ConfigError(f"--resume continues the study as it was made (its base.yaml and space.yaml); drop {', '.join(given)}")
+
         _print_result(resume_study(args.out, **common))
         return 0
     if not args.space:

@@ -14,7 +14,8 @@ Each parameter has exactly one of ``int: [low, high]``, ``float: [low, high]`` (
 required for a float under the grid sampler) and ``when: {PARAM: value-or-list}`` (sampled only when an
 earlier categorical parameter took one of those values; otherwise the base config's value stays).
 Any field of :class:`pcamlab.config.RunConfig` may be searched; ``model.options.KEY`` must be an option
-of the model the trial builds.
+of the model the trial builds. Under the grid sampler every parameter is a grid axis, conditional ones
+included (their values repeat where they are inactive): keep conditional parameters out of grids.
 
 **Architecture knobs** (``spec.*``, :data:`SPEC_KNOBS`) describe a plain CNN in a few numbers: stages,
 width, convolutions per stage, 1x1 convolutions, stride-2 convolution versus pooling, pooling type,

@@ -3,8 +3,11 @@
 Each knob value was trained with the same seeds as the base config, so seed ``s`` of a value and seed
 ``s`` of the base share their initial weights, batch order and augmentation draws (for shapes that
 match); the effect of a value is estimated from the paired differences ``AUC(value, s) - AUC(base, s)``:
-their mean, and a Student-t 95% confidence interval over the seeds (``n - 1`` degrees of freedom). A
-value whose interval excludes 0 changed AUC by more than seed-to-seed noise explains; with 3 seeds the
+their mean, and a Student-t 95% confidence interval over the seeds (``n - 1`` degrees of freedom). The
+interval's standard deviation is the value's own spread of differences, but never below the spread
+pooled over every value of the sweep: with 2 or 3 seeds two differences can agree by chance (AUCs on a
+small validation split move in steps), and a zero-width interval would call that an effect. A value
+whose interval excludes 0 changed AUC by more than seed-to-seed noise explains; with 3 seeds the
 interval is wide (t = 4.30), which is the honest answer for 3 seeds.
 
 Example:
@@ -25,14 +28,19 @@ __all__ = ["WHAT_MATTERED_COLUMNS", "format_what_mattered", "plot_what_mattered"
 WHAT_MATTERED_COLUMNS = ["knob", "value", "seeds", "mean_auc", "sd_auc", "delta_auc", "ci_low", "ci_high", "verdict"]
 
 
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
-    """Student-t confidence interval of the mean of ``values`` (None for fewer than 2 values)."""
+def t_interval(values: Sequence[float], confidence: float = 0.95, sd_floor: float = 0.0) -> tuple[float, float] | None:
+    """Student-t confidence interval of the mean of ``values`` (None for fewer than 2 values).
+
+    ``sd_floor``: the smallest standard deviation used (a pooled estimate when the sample's own may be
+    too small by chance).
+    """
     from scipy.stats import t
 
     if len(values) < 2:
         return None
     mean = statistics.fmean(values)
-    half = t.ppf(0.5 + confidence / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    sd = max(statistics.stdev(values), sd_floor)
+    half = t.ppf(0.5 + confidence / 2, len(values) - 1) * sd / math.sqrt(len(values))
     return mean - half, mean + half
 
 
@@ -45,8 +53,8 @@ def what_mattered(rows: Sequence[dict[str, Any]], knobs: dict[str, list[str]] | 
         knobs: knob -> value labels, for the table's order (default: the order in ``rows``).
 
     Returns:
-        ``{"base": {"seeds", "mean_auc", "sd_auc", "aucs"}, "rows": [...]}``; each row has the keys of
-        :data:`WHAT_MATTERED_COLUMNS` plus ``differences`` (per seed). ``verdict`` is ``better`` or
+        ``{"base": {"seeds", "mean_auc", "sd_auc", "aucs", "pooled_sd_difference"}, "rows": [...]}``; each
+        row has the keys of :data:`WHAT_MATTERED_COLUMNS` plus ``differences`` (per seed). ``verdict`` is ``better`` or
         ``worse`` when the interval excludes 0, ``within noise`` otherwise, ``too few seeds`` below 2.
     """
     base = {int(row["seed"]): float(row["val_auc"]) for row in rows if row["knob"] == "base"}
@@ -62,28 +70,34 @@ def what_mattered(rows: Sequence[dict[str, Any]], knobs: dict[str, list[str]] | 
         for row in rows:
             if row["knob"] != "base" and row["value"] not in knobs.setdefault(row["knob"], []):
                 knobs[row["knob"]].append(row["value"])
-    table = []
+    cells = []
     for knob, values in knobs.items():
         for value in values:
             runs = {int(r["seed"]): float(r["val_auc"]) for r in rows if r["knob"] == knob and r["value"] == value}
-            differences = {seed: auc - base[seed] for seed, auc in runs.items() if seed in base}
-            interval = t_interval(list(differences.values()))
-            if interval is None:
-                verdict = "too few seeds"
-            elif interval[0] > 0:
-                verdict = "better"
-            elif interval[1] < 0:
-                verdict = "worse"
-            else:
-                verdict = "within noise"
-            table.append({
-                "knob": knob, "value": value, "seeds": len(runs),
-                "mean_auc": statistics.fmean(runs.values()) if runs else None,
-                "sd_auc": statistics.stdev(runs.values()) if len(runs) > 1 else None,
-                "delta_auc": statistics.fmean(differences.values()) if differences else None,
-                "ci_low": interval[0] if interval else None, "ci_high": interval[1] if interval else None,
-                "verdict": verdict, "differences": differences,
-            })
+            cells.append((knob, value, runs, {seed: auc - base[seed] for seed, auc in runs.items() if seed in base}))
+    squares = sum(sum((d - statistics.fmean(diffs.values())) ** 2 for d in diffs.values()) for *_, diffs in cells if diffs)
+    freedom = sum(len(diffs) - 1 for *_, diffs in cells if diffs)
+    pooled = math.sqrt(squares / freedom) if freedom > 0 else 0.0
+    summary["pooled_sd_difference"] = pooled
+    table = []
+    for knob, value, runs, differences in cells:
+        interval = t_interval(list(differences.values()), sd_floor=pooled)
+        if interval is None:
+            verdict = "too few seeds"
+        elif interval[0] > 0:
+            verdict = "better"
+        elif interval[1] < 0:
+            verdict = "worse"
+        else:
+            verdict = "within noise"
+        table.append({
+            "knob": knob, "value": value, "seeds": len(runs),
+            "mean_auc": statistics.fmean(runs.values()) if runs else None,
+            "sd_auc": statistics.stdev(runs.values()) if len(runs) > 1 else None,
+            "delta_auc": statistics.fmean(differences.values()) if differences else None,
+            "ci_low": interval[0] if interval else None, "ci_high": interval[1] if interval else None,
+            "verdict": verdict, "differences": differences,
+        })
     return {"base": summary, "rows": table}
 
 
@@ -125,30 +139,34 @@ def plot_what_mattered(table: dict[str, Any], path: str | Path) -> Path:
     from pcamlab.fileio import save_png
 
     rows = table["rows"]
-    figure, axes = plt.subplots(figsize=(7.5, 0.8 + 0.32 * max(len(rows), 1)))
-    sd = table["base"]["sd_auc"]
-    if sd:
-        band = 1.96 * math.sqrt(2) * sd
-        axes.axvspan(-band, band, color="0.9", zorder=0, label=f"seed noise of one run vs one run (base sd {sd:.4f})")
-    axes.axvline(0, color="0.4", linewidth=0.8)
-    colours = {"better": "tab:green", "worse": "tab:red"}
-    for index, row in enumerate(rows):
-        y = len(rows) - 1 - index
-        colour = colours.get(row["verdict"], "tab:blue")
-        for difference in row["differences"].values():
-            axes.plot(difference, y, "o", color=colour, alpha=0.35, markersize=4, zorder=2)
-        if row["delta_auc"] is not None:
-            if row["ci_low"] is not None:
-                axes.plot([row["ci_low"], row["ci_high"]], [y, y], color=colour, linewidth=2, zorder=3)
-            axes.plot(row["delta_auc"], y, "D", color=colour, markersize=6, zorder=4)
-    axes.set_yticks(range(len(rows)))
-    axes.set_yticklabels([f"{row['knob']}: {row['value']}" for row in reversed(rows)], fontsize=8)
-    axes.set_xlabel("validation AUC minus the base's (same seed); diamond = mean, line = 95% CI, dots = seeds")
     base = table["base"]
-    axes.set_title(f"What mattered: one knob at a time from the base (AUC {_number(base['mean_auc'])}, {base['seeds']} seeds)", fontsize=10)
-    if sd:
-        axes.legend(loc="lower right", fontsize=7, frameon=False)
-    figure.tight_layout()
-    saved = save_png(figure, path)
-    plt.close(figure)
+    sd = base["sd_auc"]
+    with plt.style.context("default"):  # Optuna's plots switch the global style to ggplot
+        figure, axes = plt.subplots(figsize=(8, 2.2 + 0.35 * max(len(rows), 1)))
+        if sd:
+            band = 1.96 * math.sqrt(2) * sd
+            axes.axvspan(-band, band, color="0.88", zorder=0,
+                         label=f"seed noise: one run vs one run (+-1.96 x sqrt(2) x base sd {sd:.4f})")
+        axes.axvline(0, color="0.4", linewidth=0.8)
+        colours = {"better": "tab:green", "worse": "tab:red"}
+        for index, row in enumerate(rows):
+            y = len(rows) - 1 - index
+            colour = colours.get(row["verdict"], "tab:blue")
+            for difference in row["differences"].values():
+                axes.plot(difference, y, "o", color=colour, alpha=0.4, markersize=4, zorder=2)
+            if row["delta_auc"] is not None:
+                if row["ci_low"] is not None:
+                    axes.plot([row["ci_low"], row["ci_high"]], [y, y], color=colour, linewidth=2, zorder=3)
+                axes.plot(row["delta_auc"], y, "D", color=colour, markersize=6, zorder=4)
+        axes.set_yticks(range(len(rows)))
+        axes.set_yticklabels([f"{row['knob']}: {row['value']}" for row in reversed(rows)], fontsize=8)
+        axes.set_ylim(-0.7, len(rows) - 0.3)
+        axes.set_xlabel("validation AUC minus the base's, same seed (diamond: mean; line: 95% CI; dots: seeds)", fontsize=9)
+        axes.set_title(f"What mattered: one knob at a time from the base\n(base AUC {_number(base['mean_auc'])} "
+                       f"over {base['seeds']} seeds)", fontsize=10)
+        if sd:
+            axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.5 / max(len(rows), 1) - 0.25), fontsize=8, frameon=False)
+        figure.tight_layout()
+        saved = save_png(figure, path, bbox_inches="tight")
+        plt.close(figure)
     return saved

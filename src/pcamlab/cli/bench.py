@@ -1,4 +1,4 @@
-"""``pcamlab bench``: training and inference throughput per model, precision and layout vs peak FLOP/s."""
+"""``pcamlab bench``: throughput per model, precision and layout vs peak FLOP/s; or ``--time-to-auc``."""
 
 from __future__ import annotations
 
@@ -48,12 +48,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--peak-size", type=int, help="side of the peak-FLOP/s matmul (default 2048 fp32, 1024 bf16)")
     parser.add_argument("--out", metavar="FILE", help="also write the rows to FILE (.json or .csv)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
+    group = parser.add_argument_group(
+        "time to AUC", "--time-to-auc trains each --config from scratch on --data, once per seed, each in a fresh "
+        "process, and reports the wall time (from the run's start: imports, decoding, training) to validation "
+        "AUC 0.85/0.90/0.92/0.94 and the AUC at 1/2/5/15 minutes, median over seeds (AUC in fp32, scored after "
+        "training on weights copied at fixed wall times). Writes time_to_auc.{md,json,png} into --out (a folder).",
+    )
+    group.add_argument("--time-to-auc", action="store_true", help="run the time-to-AUC benchmark instead")
+    group.add_argument("--config", dest="configs", action="append", default=[], metavar="FILE",
+                       help="a recipe (run config YAML); repeat for several (default configs/speedrun.yaml)")
+    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field in every recipe (repeatable)")
+    group.add_argument("--data", metavar="PATH", default="../shared/data/pcam-jpg",
+                       help="dataset root with train and valid splits (default ../shared/data/pcam-jpg)")
+    group.add_argument("--seeds", type=int, default=3, help="runs per recipe; the table gives medians (default 3)")
+    group.add_argument("--minutes", type=float, default=15.0,
+                       help="horizon: stop a run still training then (default 15)")
+    group.add_argument("--interval", type=float, default=0.0,
+                       help="seconds between weight copies (default: 5 s to 1 min, growing to 60 s after 5 min)")
+    group.add_argument("--valid-subset", type=int, default=0, metavar="N",
+                       help="score N fixed validation patches instead of all (default all)")
     parser.set_defaults(func=run)
+
+
+def run_time_to_auc(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pcamlab.config import load_config
+    from pcamlab.errors import ConfigError
+    from pcamlab.train.time_to_auc import run_time_to_auc as measure
+
+    if not args.out:
+        raise ConfigError("--time-to-auc writes a folder of results: pass --out FOLDER")
+    paths = args.configs or ["configs/speedrun.yaml"]
+    recipes = {}
+    for path in paths:
+        name = Path(path).stem
+        if name in recipes:
+            raise ConfigError(f"two recipes are named {name!r} (--config {path}); give the files different names")
+        recipes[name] = load_config(path, args.overrides)
+    result = measure(
+        recipes, args.data, args.out, seeds=args.seeds, minutes=args.minutes, interval=args.interval,
+        valid_subset=args.valid_subset, threads=args.threads, log=print,
+    )
+    print(result["markdown"], end="")
+    print(f"written to {Path(args.out) / 'time_to_auc.md'} (+ .json, .png)")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    if args.time_to_auc:
+        return run_time_to_auc(args)
     from pcamlab.deploy.bench import format_table, run_bench, write_results
 
     if args.out and not args.force:

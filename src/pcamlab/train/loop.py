@@ -505,6 +505,7 @@ def train(
     log: Callable[[str], None] | None = None,
     readers: tuple[Any, Any | None] | None = None,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    on_step: Callable[[nn.Module, float], bool] | None = None,
 ) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data`` and write a run folder.
 
@@ -527,6 +528,10 @@ def train(
             is that epoch's ``history.csv`` row, ``val_auc`` a float). An exception it raises stops
             training and propagates (``pcamlab tune`` prunes a trial this way); the run folder then
             holds the epochs so far and no ``summary.json``.
+        on_step: called after every optimiser step with the model that validation scores (the EMA
+            model when ``train.ema_decay`` > 0) and the epochs done (fractional); returning True stops
+            training like the time budget does (the partial epoch is validated and checkpointed).
+            ``pcamlab.train.time_to_auc`` snapshots weights through it.
 
     Returns:
         The run summary (also written to ``summary.json``).
@@ -766,7 +771,7 @@ def train(
         used = elapsed() / budget_seconds if budget_by_time else None
         return learning_rate_factor(config, progress, plateau_factor, used)
 
-    out_of_time = False
+    out_of_time = stopped_by_caller = False
     backbone_ids = {id(p) for p in split_pretrained(model, loaded)[0]}
     # where a chosen threshold comes from, so threshold-dependent numbers can say so (and when they are optimistic)
     threshold_chosen_on = None
@@ -826,6 +831,10 @@ def train(
             # every process reads rank 0's clock, so all stop after the same step
             if budget_seconds > 0 and elapsed() > budget_seconds:
                 out_of_time = True
+                break
+            if on_step is not None and on_step(ema.model if ema is not None else model, epoch - 1 + (step + 1) / steps_per_epoch):
+                stop_reason = f"stopped by the caller during epoch {epoch}"
+                stopped_by_caller = True
                 break
         bar_handle.close()
         train_seconds = time.perf_counter() - epoch_start
@@ -916,6 +925,8 @@ def train(
             on_epoch(epoch, row)
         if valid_source is not None and train_config.patience > 0 and stale_epochs >= train_config.patience:
             stop_reason = f"early stop: {monitor} did not improve for {stale_epochs} epochs"
+            break
+        if stopped_by_caller:
             break
         if out_of_time:
             stop_reason = f"time budget of {train_config.time_budget_minutes} minutes reached during epoch {epoch}"

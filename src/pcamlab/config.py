@@ -72,6 +72,7 @@ class AugmentConfig:
     blur: float = 0.0  # probability of a gaussian blur (0 = off)
     blur_sigma: float = 1.0  # max sigma of that blur, in pixels
     crop_scale: float = 1.0  # random resized crop: minimum area fraction kept (1 = off)
+    crop_size: int = 0  # train on random crops of this many px that keep the labelled centre 32x32 (0 = off); global-pooled models only
 
 
 @dataclass

@@ -63,6 +63,7 @@ __all__ = [
     "check_augment_config",
     "dihedral",
     "dihedral_inverse",
+    "random_label_crop",
     "rgb_to_hsv",
     "hsv_to_rgb",
     "rgb_to_hed",
@@ -107,6 +108,42 @@ def check_augment_config(config: AugmentConfig) -> None:
     for field in RANGES:
         if field.startswith("augment."):
             check_field(field, getattr(config, field.split(".", 1)[1]))
+
+
+LABEL_REGION = 32  # PCam labels a patch positive when its centre 32x32 px hold tumour (Veeling et al. 2018)
+
+
+def random_label_crop(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Random ``size`` x ``size`` crops of ``(B, H, W, C)`` patches, each still holding the centre 32x32.
+
+    PCam's label concerns only the centre 32x32 pixels, so a crop that keeps them keeps the label;
+    training on 64 px crops of 96 px patches costs (64/96)^2 = 0.44 of the convolution FLOPs, and
+    the random offsets act as translation augmentation. A global-pooled model then scores full patches.
+
+    Args:
+        images: ``(B, H, W, C)`` tensor of any dtype (uint8 patches in the loop), H = W.
+        size: crop side in pixels, ``32 <= size <= H``.
+        generator: a ``torch.Generator`` on the images' device; per-sample offsets come from it.
+
+    Returns:
+        ``(B, size, size, C)`` tensor, same dtype and device.
+
+    Raises:
+        ConfigError: ``size`` outside ``[32, H]``.
+    """
+    height = images.shape[1]
+    if not LABEL_REGION <= size <= height:
+        raise ConfigError(
+            f"augment.crop_size must be between {LABEL_REGION} and the patch size {height}; got {size}"
+        )
+    low = max(0, (height + LABEL_REGION) // 2 - size)  # the crop must reach the centre region's far edge
+    high = min(height - size, (height - LABEL_REGION) // 2)  # and start at or before its near edge
+    batch = images.shape[0]
+    offsets = torch.randint(low, high + 1, (batch, 2), generator=generator, device=images.device)  # (B, 2) y, x
+    span = torch.arange(size, device=images.device)
+    rows = (offsets[:, 0:1] + span)[:, :, None]  # (B, size, 1)
+    columns = (offsets[:, 1:2] + span)[:, None, :]  # (B, 1, size)
+    return images[torch.arange(batch, device=images.device)[:, None, None], rows, columns]  # (B, size, size, C)
 
 
 def augment_is_identity(config: AugmentConfig) -> bool:

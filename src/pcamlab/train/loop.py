@@ -401,6 +401,24 @@ def _tensorboard_pictures(writer, model, epoch, samples, contract) -> None:
     writer.add_images("gradcam/validation_patches", torch.from_numpy(overlays), epoch, dataformats="NHWC")
 
 
+def _check_crop(model: nn.Module, config: RunConfig, patch_size: int, device: torch.device) -> None:
+    """Fail at start-up when ``augment.crop_size`` cannot work: too large, or a model tied to one input size."""
+    size = config.augment.crop_size
+    if size > patch_size:
+        raise ConfigError(f"augment.crop_size {size} is larger than the {patch_size} px patches; use 48-72 or 0")
+    model.eval()
+    try:
+        with torch.no_grad():  # trained on crops, scored on full patches: both sizes must work
+            for side in (size, patch_size):
+                model(torch.zeros(2, 3, side, side, device=device))
+    except RuntimeError:
+        raise ConfigError(
+            f"augment.crop_size {size} needs a model that takes any input size (global pooling, e.g. simple-cnn); "
+            f"model.name {config.model.name!r} does not; set augment.crop_size=0"
+        ) from None
+    model.train()
+
+
 def _plain(value: Any) -> Any:
     """Tuples become lists (YAML/JSON safe), recursively."""
     if isinstance(value, (tuple, list)):
@@ -546,7 +564,7 @@ def train(
 
     from pcamlab.data import PATCH_SIZE, open_split
     from pcamlab.config_ranges import check_combinations, check_ranges
-    from pcamlab.data.augment import augment_batch
+    from pcamlab.data.augment import augment_batch, random_label_crop
     from pcamlab.data.loader import InMemoryBatches, make_batch_source
     from pcamlab.models import build_model, model_summary
     from pcamlab.train import distributed
@@ -689,6 +707,8 @@ def train(
     model = build_model(config.model).to(device)
     size = model_summary(model, input_size=contract.patch_size)
     transfer, loaded = _load_pretrained(model, config, say)
+    if config.augment.crop_size:
+        _check_crop(model, config, contract.patch_size, device)
     if train_config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _make_optimizer(model, config, loaded)
@@ -806,7 +826,9 @@ def train(
             factor = rate_at(epoch - 1 + step / steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = 0.0 if frozen and group["part"] == "backbone" else group["peak_lr"] * factor
-            images = images.to(device, non_blocking=True)
+            images = images.to(device, non_blocking=True)  # (B, H, W, 3) uint8
+            if config.augment.crop_size:  # (B, c, c, 3): still holds the labelled centre 32x32
+                images = random_label_crop(images, config.augment.crop_size, augment_generator)
             labels = labels.to(device, non_blocking=True).float()
             x = contract.to_unit(images)  # (B, 3, H, W) in [0, 1], channels_last strides
             x = contract.normalize(augment_batch(x, config.augment, augment_generator))

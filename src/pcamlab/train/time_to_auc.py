@@ -84,7 +84,7 @@ def cpu_description() -> dict[str, Any]:
     """The CPU model, its vector/matrix extensions, native bf16 and the 1-minute load average."""
     import torch
 
-    from pcamlab.train.device import cpu_has_native_bf16
+    from pcamlab.runtime import cpu_has_native_bf16
 
     name, flags = platform.processor() or platform.machine(), set()
     try:
@@ -144,8 +144,8 @@ def _train_and_score(values, out_dir, times, horizon, clock_zero, valid_subset) 
 
     from pcamlab.data import load_split_arrays, open_split
     from pcamlab.evaluate.metrics import roc_auc
-    from pcamlab.evaluate.predict import predict_proba
     from pcamlab.models import build_model
+    from pcamlab.runtime import TorchPredictor
 
     data = config.data
     reader = open_split(data.path, data.valid_split, format=data.format, valid_fraction=data.valid_fraction, seed=data.seed)
@@ -153,15 +153,15 @@ def _train_and_score(values, out_dir, times, horizon, clock_zero, valid_subset) 
     if 0 < valid_subset < len(labels):
         picks = np.sort(np.random.default_rng(0).choice(len(labels), size=valid_subset, replace=False))
         images, labels = images[picks], labels[picks]
-    contract = summary["contract"]
     model = build_model(config_from_dict(values).model).eval()
+    predictor = TorchPredictor(model, summary["contract"], precision="fp32")
     final_state = load_file(summary["checkpoints"]["best"])
     points = [*snapshots, {"seconds": finished_seconds, "epochs": float(summary["epochs_run"]), "state": final_state,
                            "final": True}]
     curve = []
     for point in points:
         model.load_state_dict(point["state"])
-        probabilities = predict_proba(model, images, contract, batch_size=512, precision="fp32")
+        probabilities = predictor.predict_proba(images, batch_size=512)
         auc = roc_auc(np.asarray(labels, dtype=np.int64), probabilities)
         curve.append({"seconds": round(point["seconds"], 3), "epochs": round(point["epochs"], 3),
                       "auc": None if auc is None else round(float(auc), 5), "final": bool(point.get("final"))})

@@ -1,0 +1,60 @@
+"""Speedrun levers: random crops that keep PCam's labelled centre, and the speedrun recipe itself."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fixtures_data import sample_patches, write_h5
+
+from pcamlab.config import AugmentConfig, load_config
+from pcamlab.data.augment import LABEL_REGION, check_augment_config, random_label_crop
+from pcamlab.errors import ConfigError
+from pcamlab.train.loop import train
+
+
+@pytest.mark.parametrize("size", [32, 48, 64, 72, 96])
+def test_every_crop_keeps_the_labelled_centre_and_its_offsets_vary(size):
+    images = torch.arange(96).repeat(8, 96, 1)[..., None].expand(8, 96, 96, 3)  # pixel value = column index
+    rows = torch.arange(96)[None, :, None, None].expand(8, 96, 96, 3)
+    generator = torch.Generator().manual_seed(0)
+    columns = random_label_crop(images.contiguous(), size, generator)
+    crop_rows = random_label_crop(rows.contiguous(), size, torch.Generator().manual_seed(0))
+    assert columns.shape == (8, size, size, 3) and columns.dtype == images.dtype
+    centre = (96 - LABEL_REGION) // 2
+    for crop in (columns[..., 0], crop_rows[..., 0].transpose(1, 2)):  # x offsets, then y offsets
+        first = crop[:, 0, 0]
+        assert (first <= centre).all() and (first + size >= centre + LABEL_REGION).all()
+        assert (crop == first[:, None, None] + torch.arange(size)[None, None, :]).all()  # contiguous windows
+    if LABEL_REGION < size < 96:
+        assert columns[:, 0, 0].unique().numel() > 1  # per-sample offsets
+
+
+def test_crop_size_limits_are_one_line_errors():
+    with pytest.raises(ConfigError, match="augment.crop_size must be 0 .* >= 32"):
+        check_augment_config(AugmentConfig(crop_size=16))
+    with pytest.raises(ConfigError, match="between 32 and the patch size 96"):
+        random_label_crop(torch.zeros(1, 96, 96, 3), 100, torch.Generator())
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    images, labels = sample_patches(32, split="train", seed=5)
+    valid_images, valid_labels = sample_patches(16, split="valid", seed=6)
+    return write_h5(tmp_path_factory.mktemp("h5"), {"train": (images, labels), "valid": (valid_images, valid_labels)})
+
+
+def test_speedrun_recipe_trains_on_crops_and_scores_full_patches(tiny_data, tmp_path):
+    config = load_config("configs/speedrun.yaml", [
+        f"data.path={tiny_data}", "model.options.width=4", "train.batch_size=8", "train.epochs=1",
+    ])
+    assert config.augment.crop_size == 64 and config.train.scheduler == "onecycle"
+    summary = train(config, tmp_path / "run", progress=False)
+    assert summary["contract"]["patch_size"] == 96  # validated and exported on the full patch
+    assert 0.0 <= summary["best"]["val_auc"] <= 1.0
+
+
+def test_crop_training_needs_a_global_pooled_model(tiny_data, tmp_path):
+    config = load_config(None, [f"data.path={tiny_data}", "model.name=baseline", "augment.crop_size=64",
+                                "train.batch_size=8", "train.epochs=1"])
+    with pytest.raises(ConfigError, match="takes any input size .* model.name 'baseline'"):
+        train(config, tmp_path / "run", progress=False)

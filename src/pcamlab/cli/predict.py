@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="patches per forward pass (default 256)")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch checkpoints only)")
+    parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx", "int8"],
+                        help="auto: the fastest export of this checkpoint beside it (NAME.int8.onnx, then NAME.onnx, "
+                        "written by pcamlab export), else torch (default auto)")
     parser.add_argument("--skip-bad", action="store_true", help="skip unusable image files instead of stopping")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.set_defaults(func=run)
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     result = predict_files(
         args.checkpoint, args.inputs, args.out or "predictions.csv", tta=args.tta, batch_size=args.batch_size,
         threshold=args.threshold, device=args.device, force=args.force, skip_bad=args.skip_bad, progress=update,
+        runtime=args.runtime,
     )
     bar.close()
     positive = int(result.predicted.sum())
@@ -56,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if result.skipped:
         print(f"skipped {len(result.skipped)} unusable files, first: {result.skipped[0]}")
+    print(f"runtime {result.runtime} ({result.runtime_reason})")
     print(f"written to {result.out}")
     return 0
 

@@ -27,6 +27,14 @@ Exporters: ``dynamo`` is ``torch.onnx.export(..., dynamo=True)`` (torch.export b
 ``legacy`` is the TorchScript-based ``dynamo=False`` path (opset 17). ``auto`` tries dynamo and falls
 back to legacy if it raises. TorchScript itself is deprecated in torch 2.13 (still works; prefer ONNX).
 
+Quantisation (``quantize="int8"``, ONNX only): the fp32 graph is quantised by ONNX Runtime's static
+post-training quantisation (:func:`quantize_onnx_int8`): weights int8 per output channel, activations
+uint8 with ranges calibrated on training patches (``calibration``), batch-norm folded into the
+convolutions first (``quant_pre_process``), QDQ format. Its probabilities differ from fp32 by up to a few
+hundredths, so it is verified differently: the AUC on the shipped sample's 200 validation patches must
+stay within ``INT8_AUC_TOLERANCE`` of the fp32 model's (the report gives both, and the largest
+probability difference); measure the change on your own validation split with ``pcamlab evaluate``.
+
 Example:
     >>> report = export_checkpoint("runs/demo/best.safetensors", "runs/demo/model.onnx")
     >>> report["max_abs_diff"] < 1e-4
@@ -52,6 +60,7 @@ from pcamlab.errors import ConfigError, RunError, RunFolderError, did_you_mean, 
 from pcamlab.fileio import json_safe, publish
 from pcamlab.runtime.checkpoint import Checkpoint, load_checkpoint
 from pcamlab.runtime.contract import InputContract
+from pcamlab.runtime.fastest import SOURCE_HASH_KEY, file_sha256
 from pcamlab.runtime.predictor import (
     ONNX_METADATA_KEYS,
     TORCHSCRIPT_CONFIG_FILE,
@@ -73,6 +82,8 @@ __all__ = [
     "default_export_path",
     "export_checkpoint",
     "export_onnx",
+    "calibration_patches",
+    "quantize_onnx_int8",
     "verification_patches",
 ]
 
@@ -82,6 +93,9 @@ INPUT_KINDS = ("uint8", "float")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 VERIFY_PATCHES = 16  # real sample patches run through the exported file
 DEFAULT_TOLERANCE = 1e-4  # largest allowed |probability difference| between torch and the export
+QUANTIZE_CHOICES = ("none", "int8")
+INT8_AUC_TOLERANCE = 0.01  # largest |AUC change| of int8 vs fp32 on the sample's 200 validation patches
+CALIBRATION_PATCHES = 512  # training patches that calibrate the int8 activation ranges
 
 
 class UInt8PatchModel(nn.Module):
@@ -235,6 +249,9 @@ def export_checkpoint(
     opset: int | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     force: bool = False,
+    quantize: str = "none",
+    calibration: np.ndarray | str | os.PathLike | None = None,
+    calibration_count: int = CALIBRATION_PATCHES,
 ) -> dict[str, Any]:
     """Export a checkpoint for deployment and verify the file against torch on real patches.
 
@@ -248,10 +265,16 @@ def export_checkpoint(
         opset: ONNX opset (>= 17; default per exporter).
         tolerance: largest allowed absolute difference of probabilities between torch and the file.
         force: replace an existing ``out``.
+        quantize: ``none`` or ``int8`` (ONNX static quantisation; default file name ``NAME.int8.onnx``).
+        calibration: int8 only: uint8 ``(N, H, W, 3)`` patches, or a dataset root whose training split
+            gives ``calibration_count`` seeded patches; default the checkpoint's own ``data.path``.
+        calibration_count: patches drawn from a dataset root for calibration.
 
     Returns:
         ``{"path", "format", "input_kind", "exporter", "opset", "max_abs_diff", "patches",
-        "batch_sizes", "bytes", "tolerance", "dynamo_error", "stain_normalization"}``.
+        "batch_sizes", "bytes", "tolerance", "dynamo_error", "stain_normalization", "quantize"}``;
+        with int8 also ``"calibration"`` (source and count), ``"fp32_bytes"``, ``"sample_auc_fp32"`` and
+        ``"sample_auc_int8"``.
 
     Raises:
         ConfigError: unknown format, exporter or input kind, or an opset below 17.
@@ -269,14 +292,25 @@ def export_checkpoint(
     _choice("--format", format, EXPORT_FORMATS)
     _choice("--input", input_kind, INPUT_KINDS)
     _choice("--exporter", exporter, EXPORTERS)
+    _choice("quantize", quantize, QUANTIZE_CHOICES)
     if format == "torchscript" and input_kind != "uint8":
         raise ConfigError("TorchScript export takes uint8 patches only; drop --input float or use --format onnx")
+    if quantize != "none" and format != "onnx":
+        raise ConfigError(f"quantize={quantize!r} needs format='onnx' (ONNX Runtime quantisation); got {format!r}")
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint, device="cpu")
     if out is None:
         if checkpoint.path is None:
             raise ConfigError("pass out=... : this checkpoint was not loaded from a file, so no default name exists")
         out = default_export_path(checkpoint.path, format)
+        if quantize == "int8":
+            out = out.with_suffix(".int8.onnx")
+    calibration_images, calibration_source = None, None
+    if quantize == "int8":
+        calibration_images, calibration_source = calibration_patches(
+            checkpoint.config.data.path if calibration is None else calibration, calibration_count,
+            checkpoint.contract.patch_size,
+        )
     out = Path(out)
     if out.exists() and not force:
         raise RunFolderError(f"{str(out)!r} already exists; choose another --out or pass --force to replace it")
@@ -301,8 +335,15 @@ def export_checkpoint(
                 ONNX_METADATA_KEYS["metadata"]: json.dumps(json_safe(checkpoint.metadata), allow_nan=False),
                 ONNX_METADATA_KEYS["input"]: input_kind,
             }
+            if checkpoint.path is not None:  # lets predict's runtime=auto trust this file for this checkpoint
+                properties[SOURCE_HASH_KEY] = file_sha256(checkpoint.path)
             report.update(export_onnx(wrapped, example, temporary, exporter=exporter, opset=opset,
                                       properties=properties))
+            if quantize == "int8":
+                report["fp32_bytes"] = Path(temporary).stat().st_size
+                properties[ONNX_METADATA_KEYS["quantization"]] = "int8 static (onnxruntime QDQ, per-channel weights)"
+                report.update(quantize_onnx_int8(temporary, temporary, calibration_images, properties=properties))
+                report["calibration"] = {"source": calibration_source, "patches": len(calibration_images)}
             predictor = OnnxPredictor(temporary)
         else:
             with _quiet_exporter(), torch.no_grad():
@@ -321,7 +362,9 @@ def export_checkpoint(
             got = np.concatenate([predictor.predict_proba(patches, batch_size=batch_sizes[0]),
                                   predictor.predict_proba(patches, batch_size=batch_sizes[1])])
         difference = float(np.max(np.abs(got - np.concatenate([expected, expected]))))
-        if not difference <= tolerance:
+        if quantize == "int8":
+            report.update(_check_int8_auc(model, contract, predictor))
+        elif not difference <= tolerance:
             raise RunError(
                 f"exported {format} model disagrees with torch on {len(patches)} sample patches: max |probability "
                 f"difference| {difference:.3g} > {tolerance:g}; nothing was written (try --exporter legacy)"
@@ -333,6 +376,111 @@ def export_checkpoint(
     report.update({
         "path": out, "max_abs_diff": difference, "patches": len(patches), "batch_sizes": batch_sizes,
         "bytes": out.stat().st_size, "tolerance": tolerance,
-        "stain_normalization": (contract.stain_normalization or {}).get("method"),
+        "stain_normalization": (contract.stain_normalization or {}).get("method"), "quantize": quantize,
     })
     return report
+
+
+def calibration_patches(
+    source: np.ndarray | str | os.PathLike, count: int = CALIBRATION_PATCHES, patch_size: int = 96, seed: int = 0,
+) -> tuple[np.ndarray, str]:
+    """uint8 ``(N, H, W, 3)`` patches that calibrate int8 activation ranges, and where they came from.
+
+    Args:
+        source: uint8 patches (used as given), or a dataset root (or ``sample``) whose ``train`` split
+            gives ``count`` patches drawn without replacement by a seeded generator.
+        count: patches to draw from a dataset root (all of them if the split is smaller).
+        patch_size: the model's patch side; patches of another size are refused.
+        seed: seed of the draw.
+
+    Raises:
+        ConfigError: count < 1, or the patches are not uint8 (N, patch_size, patch_size, 3).
+        DataError: the dataset root cannot be opened (its message names the fix).
+    """
+    if isinstance(source, np.ndarray):
+        images, where = source, f"{len(source)} given patches"
+    else:
+        from pcamlab.data import open_split
+
+        if count < 1:
+            raise ConfigError(f"calibration_count must be >= 1 patch; got {count}")
+        reader = open_split(str(source), "train")
+        picks = np.sort(np.random.default_rng(seed).choice(len(reader), size=min(count, len(reader)), replace=False))
+        images = np.stack([reader[int(index)][0] for index in picks])  # (N, H, W, 3)
+        where = f"{len(picks)} patches of {source} train (seed {seed})"
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (patch_size, patch_size, 3) or not len(images):
+        raise ConfigError(
+            f"calibration patches must be uint8 (N, {patch_size}, {patch_size}, 3); got {images.dtype} {images.shape}"
+        )
+    return images, where
+
+
+def quantize_onnx_int8(
+    source: str | os.PathLike, target: str | os.PathLike, calibration: np.ndarray, *, batch_size: int = 64,
+    properties: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Static int8 quantisation of a pcamlab uint8-input ONNX file by ONNX Runtime.
+
+    Batch-norm is folded into the preceding convolutions and the graph optimised
+    (``quant_pre_process``); then weights become int8 per output channel and activations uint8, their
+    ranges the min/max seen on ``calibration`` (QDQ format: ``QuantizeLinear``/``DequantizeLinear`` pairs
+    that onnxruntime fuses into integer convolutions). The uint8 input, its normalisation and the
+    sigmoid stay as they are. ``source`` and ``target`` may be the same file.
+
+    Args:
+        source: fp32 ONNX file written by :func:`export_onnx` (input ``images``: uint8 (B, H, W, 3)).
+        target: where to write the int8 file.
+        calibration: uint8 (N, H, W, 3) training patches, fed in batches of ``batch_size``.
+        properties: ``metadata_props`` to store in the int8 file (the quantiser drops the source's).
+
+    Returns:
+        ``{"quantizer": "onnxruntime <version>", "quantized_nodes": int}``.
+    """
+    import onnx
+    import onnxruntime
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"images": np.ascontiguousarray(calibration[start : start + batch_size])}
+                                 for start in range(0, len(calibration), batch_size)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as folder:
+        prepared = Path(folder) / "prepared.onnx"
+        quantized = Path(folder) / "int8.onnx"
+        with _quiet_exporter():
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+            quantize_static(
+                str(prepared), str(quantized), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+            )
+        model = onnx.load(str(quantized))
+        if properties:
+            onnx.helper.set_model_props(model, properties)
+        onnx.save(model, str(target))
+    nodes = sum(node.op_type == "DequantizeLinear" for node in model.graph.node)
+    return {"quantizer": f"onnxruntime {onnxruntime.__version__}", "quantized_nodes": int(nodes)}
+
+
+def _check_int8_auc(model: nn.Module, contract: InputContract, predictor: OnnxPredictor) -> dict[str, Any]:
+    """AUC of fp32 torch and of the int8 file on the sample's validation patches; RunError past the limit."""
+    from pcamlab.data import load_split_arrays, open_split
+    from pcamlab.evaluate.metrics import roc_auc
+
+    if contract.patch_size != 96 or contract.stain_normalization:
+        return {"sample_auc_fp32": None, "sample_auc_int8": None}  # the sample does not fit this model
+    images, labels, _ = load_split_arrays(open_split("sample", "valid"))
+    reference = roc_auc(labels, TorchPredictor(model, contract, precision="fp32").predict_proba(images).astype(np.float64))
+    quantized = roc_auc(labels, predictor.predict_proba(images).astype(np.float64))
+    if abs(quantized - reference) > INT8_AUC_TOLERANCE:
+        raise RunError(
+            f"int8 quantisation changed the AUC on the {len(labels)} sample validation patches from {reference:.4f} "
+            f"to {quantized:.4f} (limit {INT8_AUC_TOLERANCE}); nothing was written: calibrate on more patches "
+            "(calibration_count) or keep the fp32 export"
+        )
+    return {"sample_auc_fp32": round(float(reference), 5), "sample_auc_int8": round(float(quantized), 5)}

@@ -49,6 +49,7 @@ class PredictionResult:
         class_names: names of classes 0 and 1.
         skipped: files skipped as unusable (only with ``skip_bad``).
         out: the CSV written, or None.
+        runtime: the runtime that scored (``torch | onnx | int8 | torchscript``) and why it was chosen.
     """
 
     names: list[str]
@@ -59,6 +60,8 @@ class PredictionResult:
     skipped: list[str] = field(default_factory=list)
     threshold_source: str = "fixed"
     out: Path | None = None
+    runtime: str = "torch"
+    runtime_reason: str = ""
 
 
 def _open_output(out: Path, force: bool) -> tuple[Any, str]:
@@ -83,6 +86,7 @@ def predict_files(
     force: bool = False,
     skip_bad: bool = False,
     progress: Callable[[int, int], object] | None = None,
+    runtime: str = "auto",
 ) -> PredictionResult:
     """Predict every patch of ``inputs`` and optionally write a CSV.
 
@@ -99,6 +103,9 @@ def predict_files(
         skip_bad: skip unusable image files, h5 files and h5 rows (listed in ``result.skipped``)
             instead of stopping.
         progress: optional ``progress(done, total)`` callable, called after each batch.
+        runtime: for a checkpoint path: ``auto`` (the fastest export of this very checkpoint beside
+            it, else torch; see :func:`pcamlab.runtime.fastest.open_fastest`), ``torch``, ``onnx`` or
+            ``int8``.
 
     Returns:
         A :class:`PredictionResult`.
@@ -119,7 +126,13 @@ def predict_files(
     out_path = Path(out) if out is not None else None
     if out_path is not None and out_path.exists() and not force:
         raise RunFolderError(f"{str(out_path)!r} already exists; choose another --out or pass --force to replace it")
-    predictor = load_predictor(checkpoint, device=device)
+    if isinstance(checkpoint, (str, os.PathLike)):
+        from pcamlab.runtime.fastest import open_fastest
+
+        predictor, runtime, runtime_reason = open_fastest(checkpoint, runtime, device=device)
+    else:
+        predictor, runtime_reason = load_predictor(checkpoint, device=device), "a loaded model"
+        runtime = type(predictor).__name__
     contract = predictor.contract
     threshold_source = contract.threshold_source if threshold is None else "given"
     threshold = float(contract.threshold if threshold is None else threshold)  # the contract checks its own
@@ -182,4 +195,6 @@ def predict_files(
         class_names=class_names,
         skipped=skipped,
         out=out_path,
+        runtime=runtime,
+        runtime_reason=runtime_reason,
     )

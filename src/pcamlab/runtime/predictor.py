@@ -67,6 +67,7 @@ ONNX_METADATA_KEYS = {
     "config": "pcamlab.config",  # the resolved run config (JSON)
     "metadata": "pcamlab.metadata",  # run facts of the checkpoint (JSON)
     "input": "pcamlab.input",  # "uint8" (NHWC RGB patches) or "float" (normalised NCHW)
+    "quantization": "pcamlab.quantization",  # absent for fp32; how the graph was quantised (e.g. int8 static)
 }
 TORCHSCRIPT_CONTRACT_FILE = "pcamlab_contract.json"
 TORCHSCRIPT_INPUT_FILE = "pcamlab_input.txt"

@@ -16,6 +16,9 @@ subset of the validation split instead of all of it (faster, noisier); the repor
 From those points: the wall time to reach each AUC of :data:`MILESTONE_AUCS` (the first point at or
 above it, so resolution = the snapshot spacing) and the AUC at each time of :data:`MILESTONE_SECONDS`
 (the last point at or before it; a run that finished earlier keeps its final model), median over seeds.
+Each point also records the run process's CPU seconds (``time.process_time``, all threads, from the
+process's start): on a shared machine wall time grows with the load, CPU time much less, so compare
+recipes measured under load by CPU seconds (and repeat on a quiet machine for wall-time claims).
 A milestone a seed never reaches counts as infinitely late, so the median is "not reached" when more
 than half the seeds miss it.
 
@@ -132,11 +135,12 @@ def _train_and_score(values, out_dir, times, horizon, clock_zero, valid_subset) 
             while pending and pending[0] <= now:
                 pending.pop(0)
             state = {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
-            snapshots.append({"seconds": now, "epochs": epochs, "state": state})
+            snapshots.append({"seconds": now, "cpu_seconds": time.process_time(), "epochs": epochs, "state": state})
         return now >= horizon
 
     summary = train(config, out_dir, progress=False, on_step=on_step)
     finished_seconds = time.time() - clock_zero
+    finished_cpu_seconds = time.process_time()
     threads = torch.get_num_threads()
 
     # -- scoring, after the clock stopped ------------------------------------------------------
@@ -156,14 +160,15 @@ def _train_and_score(values, out_dir, times, horizon, clock_zero, valid_subset) 
     model = build_model(config_from_dict(values).model).eval()
     predictor = TorchPredictor(model, summary["contract"], precision="fp32")
     final_state = load_file(summary["checkpoints"]["best"])
-    points = [*snapshots, {"seconds": finished_seconds, "epochs": float(summary["epochs_run"]), "state": final_state,
-                           "final": True}]
+    points = [*snapshots, {"seconds": finished_seconds, "cpu_seconds": finished_cpu_seconds,
+                           "epochs": float(summary["epochs_run"]), "state": final_state, "final": True}]
     curve = []
     for point in points:
         model.load_state_dict(point["state"])
         probabilities = predictor.predict_proba(images, batch_size=512)
         auc = roc_auc(np.asarray(labels, dtype=np.int64), probabilities)
-        curve.append({"seconds": round(point["seconds"], 3), "epochs": round(point["epochs"], 3),
+        curve.append({"seconds": round(point["seconds"], 3), "cpu_seconds": round(point["cpu_seconds"], 2),
+                      "epochs": round(point["epochs"], 3),
                       "auc": None if auc is None else round(float(auc), 5), "final": bool(point.get("final"))})
     return {
         "curve": curve, "finished_seconds": round(finished_seconds, 3), "stop_reason": summary["stop_reason"],

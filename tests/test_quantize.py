@@ -1,0 +1,83 @@
+"""int8 export (ONNX Runtime static quantisation) and predict's choice of the fastest runtime."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pcamlab.cli.main import main
+from pcamlab.data import load_split_arrays, open_split
+from pcamlab.deploy import export_checkpoint
+from pcamlab.errors import CheckpointError, ConfigError
+from pcamlab.runtime import OnnxPredictor, TorchPredictor, load_checkpoint, load_predictor, save_checkpoint
+from pcamlab.runtime.fastest import open_fastest
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None,
+    reason="onnx and onnxruntime are not installed (pip install onnx onnxruntime)",
+)
+
+ASSET = Path(__file__).parent / "assets" / "checkpoint-v1-simple-cnn-w4.safetensors"  # trained on the sample
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A copy of a trained checkpoint with its int8 export beside it (the default name)."""
+    checkpoint = tmp_path_factory.mktemp("run") / "best.safetensors"
+    shutil.copy(ASSET, checkpoint)
+    report = export_checkpoint(checkpoint, quantize="int8", calibration="sample", calibration_count=64)
+    return checkpoint, report
+
+
+def test_int8_export_is_smaller_loads_and_keeps_the_auc(exported):
+    checkpoint, report = exported
+    assert report["path"] == checkpoint.with_suffix(".int8.onnx") and report["quantize"] == "int8"
+    assert report["bytes"] < report["fp32_bytes"]
+    assert report["quantized_nodes"] > 0 and report["calibration"]["patches"] == 64
+    assert abs(report["sample_auc_int8"] - report["sample_auc_fp32"]) <= 0.01
+    images, _, _ = load_split_arrays(open_split("sample", "valid"))
+    predictor = load_predictor(report["path"])
+    assert isinstance(predictor, OnnxPredictor)
+    int8 = predictor.predict_proba(images[:32])
+    fp32 = TorchPredictor.from_checkpoint(checkpoint, precision="fp32").predict_proba(images[:32])
+    assert int8.dtype == np.float32 and np.max(np.abs(int8 - fp32)) < 0.05  # close, not equal: it is int8
+    assert predictor.contract == TorchPredictor.from_checkpoint(checkpoint).contract
+
+
+def test_auto_runtime_takes_the_matching_int8_export_and_never_a_stale_one(exported, tmp_path):
+    checkpoint, report = exported
+    predictor, runtime, reason = open_fastest(checkpoint)
+    assert runtime == "int8" and isinstance(predictor, OnnxPredictor) and "from this checkpoint" in reason
+    assert open_fastest(checkpoint, "torch")[1] == "torch"
+    with pytest.raises(CheckpointError, match="no best.onnx.*pcamlab export"):
+        open_fastest(checkpoint, "onnx")
+    # another checkpoint under the same name: its old export must not be used
+    loaded = load_checkpoint(checkpoint)
+    other = save_checkpoint(tmp_path / "best.safetensors", loaded.model, loaded.config, loaded.contract, {"epoch": 9})
+    shutil.copy(report["path"], tmp_path / "best.int8.onnx")
+    predictor, runtime, reason = open_fastest(other)
+    assert runtime == "torch" and "another checkpoint" in reason
+    with pytest.raises(CheckpointError, match="another checkpoint"):
+        open_fastest(other, "int8")
+    with pytest.raises(ConfigError, match="runtime must be one of"):
+        open_fastest(checkpoint, "tensorrt")
+    with pytest.raises(ConfigError, match="is a int8 file"):
+        open_fastest(report["path"], "torch")
+
+
+def test_predict_cli_reports_its_runtime(exported, tmp_path, capsys):
+    checkpoint, _ = exported
+    images = Path(open_split("sample", "valid").root) / "valid" / "1"
+    assert main(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "p.csv")]) == 0
+    assert "runtime int8 (" in capsys.readouterr().out
+    assert main(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "q.csv"), "--runtime", "torch"]) == 0
+    assert "runtime torch (" in capsys.readouterr().out
+
+
+def test_int8_needs_onnx_format(tmp_path):
+    with pytest.raises(ConfigError, match="needs format='onnx'"):
+        export_checkpoint(ASSET, tmp_path / "m.pt", format="torchscript", quantize="int8")

@@ -6,8 +6,8 @@ import pytest
 import torch
 from fixtures_data import sample_patches, write_h5
 
-from pcamlab.config import AugmentConfig, load_config
-from pcamlab.data.augment import LABEL_REGION, check_augment_config, random_label_crop
+from pcamlab.config import load_config
+from pcamlab.data.augment import LABEL_REGION, random_label_crop
 from pcamlab.errors import ConfigError
 from pcamlab.train.loop import train
 
@@ -31,7 +31,7 @@ def test_every_crop_keeps_the_labelled_centre_and_its_offsets_vary(size):
 
 def test_crop_size_limits_are_one_line_errors():
     with pytest.raises(ConfigError, match="augment.crop_size must be 0 .* >= 32"):
-        check_augment_config(AugmentConfig(crop_size=16))
+        load_config(None, ["augment.crop_size=16"])
     with pytest.raises(ConfigError, match="between 32 and the patch size 96"):
         random_label_crop(torch.zeros(1, 96, 96, 3), 100, torch.Generator())
 

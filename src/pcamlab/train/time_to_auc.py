@@ -128,8 +128,10 @@ def _train_and_score(values, out_dir, times, horizon, clock_zero, valid_subset) 
     config = config_from_dict(values)
     pending = list(times)
     snapshots: list[dict[str, Any]] = []
+    progress = {"epochs": 0.0}
 
     def on_step(model: torch.nn.Module, epochs: float) -> bool:
+        progress["epochs"] = epochs
         now = time.time() - clock_zero
         if pending and now >= pending[0]:
             while pending and pending[0] <= now:
@@ -161,7 +163,7 @@ def _train_and_score(values, out_dir, times, horizon, clock_zero, valid_subset) 
     predictor = TorchPredictor(model, summary["contract"], precision="fp32")
     final_state = load_file(summary["checkpoints"]["best"])
     points = [*snapshots, {"seconds": finished_seconds, "cpu_seconds": finished_cpu_seconds,
-                           "epochs": float(summary["epochs_run"]), "state": final_state, "final": True}]
+                           "epochs": progress["epochs"], "state": final_state, "final": True}]
     curve = []
     for point in points:
         model.load_state_dict(point["state"])

@@ -523,7 +523,8 @@ def run_study(
         study_name: the study's name in the storage (default: the folder's name).
         heartbeat_seconds: trial heartbeat; a trial silent for 3x this is failed and re-queued.
         threads: torch threads per worker (0: the cores divided among the workers).
-        log: called with one line per event (the CLI passes ``print``).
+        log: called with one line per event (the CLI passes ``print``); with ``workers > 1`` it runs in
+            each worker process, so it must be picklable (``print`` and module-level functions are).
 
     Returns:
         The study outputs of :func:`pcamlab.tune.report.write_outputs` (paths, counts, best trial).
@@ -564,7 +565,7 @@ def run_study(
     write_text_atomic(out_dir / STUDY_FILE, json.dumps(record, indent=2))
     try:
         return _run(out_dir, url, name, settings, base, task, trials, minutes, workers, heartbeat_seconds, threads,
-                    log or (lambda line: None), resume=False)
+                    log or _quiet, resume=False)
     finally:
         lock.close()
 
@@ -605,9 +606,13 @@ def resume_study(
     try:
         return _run(out_dir, storage or local_storage_url(out_dir), record["study_name"], settings, base, task,
                     trials or record.get("trials"), minutes, workers, heartbeat_seconds, threads,
-                    log or (lambda line: None), resume=True)
+                    log or _quiet, resume=True)
     finally:
         lock.close()
+
+
+def _quiet(line: str) -> None:
+    """The default ``log``: says nothing (a module-level function, so worker processes can receive it)."""
 
 
 def _check_budget(trials: int | None, minutes: float, workers: int) -> None:

@@ -668,3 +668,33 @@ def test_a_full_disk_is_one_line_not_a_traceback(capsys, tmp_path, checkpoint_pa
     monkeypatch.setattr(pcamlab.deploy.predict, "_open_output", full)
     code, out, err = run_cli(capsys, "predict", checkpoint_path, sample_files(2)[0][0], "--out", tmp_path / "p.csv")
     assert code == 1 and err.count("\n") == 1 and "the disk is full" in err and "p.csv" in err, err
+
+
+# Siblings of case 2 and 3 found later: the Kaggle submission template as Excel saves it, and run folders
+# with names that are not UTF-8 in compare's CSV.
+
+
+def test_submission_template_with_a_byte_order_mark_is_read(capsys, tmp_path, small, checkpoint_path):
+    images = small["valid"][0]
+    root = write_kaggle(tmp_path / "kaggle", small["train"][0], small["train"][1], test_images=images)
+    ids = [kaggle_id(image) for image in images]
+    template = tmp_path / "sample_submission.csv"
+    template.write_bytes(("\ufeffId,Label\r\n" + "".join(f"{i},0\r\n" for i in reversed(ids))).encode("utf-8"))
+    out = tmp_path / "submission.csv"
+    code, stdout, err = run_cli(capsys, "predict", checkpoint_path, root / "test", "--format", "kaggle",
+                                "--template", template, "--out", out)
+    assert code == 0, err
+    assert [row.split(",")[0] for row in out.read_text().splitlines()[1:]] == list(reversed(ids))
+    template.write_bytes("id,label\ncaf\xe9,0\n".encode("latin-1"))
+    line = one_line_error(capsys, "predict", checkpoint_path, root / "test", "--format", "kaggle",
+                          "--template", template, "--out", tmp_path / "again.csv")
+    assert "sample_submission.csv" in line and "is not UTF-8 text" in line
+
+
+def test_compare_writes_non_utf8_run_names(capsys, tmp_path):
+    run = tmp_path / LATIN1
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"roc_auc": 0.9, "n": 10}))
+    code, out, err = run_cli(capsys, "compare", run, "--format", "csv")
+    assert code == 0, err
+    assert SHOWN in out and "\udce9" not in out

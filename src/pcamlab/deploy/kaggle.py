@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,8 +44,17 @@ def read_template(path: str | os.PathLike) -> list[str]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"template {str(path)!r} does not exist; pass the competition's sample_submission.csv")
-    with open(path, newline="") as file:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # Excel's "CSV UTF-8" starts with a byte-order mark
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"template {str(path)!r} is not UTF-8 text (byte at offset {error.start}); save it as 'CSV UTF-8' or "
+            "re-download the competition's sample_submission.csv"
+        ) from None
+    with io.StringIO(text, newline="") as file:
         reader = csv.DictReader(file)
+        if reader.fieldnames:
+            reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
         if not reader.fieldnames or "id" not in reader.fieldnames:
             raise DataError(
                 f"template {str(path)!r} has columns {reader.fieldnames}; it must have a header 'id,label' "

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pcamlab.errors import ConfigError, DataError, did_you_mean
+from pcamlab.fileio import printable
 
 __all__ = [
     "COLUMNS",
@@ -351,13 +352,13 @@ def compare_runs(run_dirs: Sequence[str | Path], sort_by: str = "roc_auc") -> li
             if not files:
                 continue
         if not files:
-            rows.append({**dict.fromkeys(COLUMNS), **facts, "run": name, "evaluation": None})
+            rows.append({**dict.fromkeys(COLUMNS), **facts, "run": printable(name), "evaluation": None})
             continue
         for path in files:
             flat = _flatten(_read_json(path))
             row = dict.fromkeys(COLUMNS)
             row.update(facts)
-            row["run"] = name
+            row["run"] = printable(name)
             row["evaluation"] = "" if path.parent == run_dir else path.parent.name
             for column, aliases in METRIC_ALIASES.items():
                 row[column] = _lookup(flat, aliases)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -133,16 +132,6 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_auc():
     assert first["roc_auc_ci"] == again["roc_auc_ci"]
     assert first["roc_auc_ci"] != other["roc_auc_ci"]
     assert first["bootstrap"] == 300
-
-
-def test_bootstrap_of_3000_patches_is_fast():
-    generator = np.random.default_rng(0)
-    labels = generator.integers(0, 2, 3000)
-    probabilities = generator.random(3000)
-    start = time.perf_counter()
-    metrics.bootstrap_roc_auc(labels, probabilities, resamples=1000, seed=0)
-    # About 0.2 s on one core; the bound leaves room for a busy shared machine.
-    assert time.perf_counter() - start < 3.0
 
 
 def test_bootstrap_drops_single_class_resamples_and_says_so():

@@ -192,8 +192,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, predictor, slide, resul
     assert np.allclose(np.load(resumed.files["tile_probabilities"]), np.load(result.files["tile_probabilities"]),
                        atol=1e-5, equal_nan=True)
     assert not partial.exists()
-    with pytest.raises(RunError, match="never overwritten"):
-        predict_slide(predictor, slide.path, out)
+    assert predict_slide(predictor, slide.path, out, batch_size=64).skipped  # same model and settings: done
 
 
 @pytest.mark.slow
@@ -334,3 +333,47 @@ def test_an_output_folder_with_other_files_is_refused_untouched(tmp_path, slide,
     error = capsys.readouterr().err.strip()
     assert "already holds files" in error and len(error.splitlines()) == 1
     assert [p.name for p in out.iterdir()] == ["small"] and [p.name for p in (out / "small").iterdir()] == ["notes.txt"]
+
+
+def test_a_finished_folder_of_other_settings_is_refused_not_skipped(tmp_path, slide, result, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    import shutil
+
+    shutil.copytree(result.out_dir, out / "small")  # finished with stride 96 and the model's threshold
+    assert main(["slide", "predict", str(MODEL), str(slide.path), "--out", str(out)]) == 0
+    assert "already finished" in capsys.readouterr().out
+    for extra in (["--stride", "48"], ["--threshold", "0.9"], ["--tissue-method", "otsu"]):
+        assert main(["slide", "predict", str(MODEL), str(slide.path), "--out", str(out), *extra]) == 2
+        error = capsys.readouterr().err.strip()
+        assert "finished slide result of other settings" in error and "--out" in error, error
+        assert len(error.splitlines()) == 1
+    other_model = tmp_path / "other.safetensors"
+    shutil.copy(MODEL, other_model)
+    assert main(["slide", "predict", str(other_model), str(slide.path), "--out", str(out)]) == 2
+    assert "model" in capsys.readouterr().err
+    assert json.loads((out / "small" / "summary.json").read_text()) == result.summary  # untouched
+
+
+def test_an_implausible_resolution_is_refused_before_anything_is_written(tmp_path, pools, capsys):
+    bare = make_synthetic_slide(tmp_path / "bare.tif", *pools, width=960, height=960, seed=1, resolution_tags=False)
+    coarse = make_synthetic_slide(tmp_path / "coarse.tif", *pools, width=960, height=960, seed=1, mpp=50)
+    for path, extra in ((bare.path, ["--mpp", "100"]), (coarse.path, [])):
+        out = tmp_path / f"out-{path.stem}"
+        assert main(["slide", "predict", str(MODEL), str(path), "--out", str(out), *extra]) == 2
+        error = capsys.readouterr().err.strip()
+        assert "coarser than 2x the model's 0.972 um/px" in error and len(error.splitlines()) == 1, error
+        assert not out.exists()
+    with open_slide(bare.path, mpp=1.9) as opened:  # up to 2x is allowed (read level 0, upsample <= 2x)
+        assert plan_grid(opened, 96, 96, 0.972).read_scale == pytest.approx(0.972 / 1.9)
+
+
+def test_out_naming_a_file_is_one_line(tmp_path, slide, capsys):
+    out = tmp_path / "notes.txt"
+    out.write_text("mine\n")
+    assert main(["slide", "predict", str(MODEL), str(slide.path), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "is a file" in error and len(error.splitlines()) == 1, error
+    with pytest.raises(RunError, match="which is a file"):
+        predict_slide(load_predictor(MODEL), slide.path, out / "small")
+    assert out.read_text() == "mine\n"

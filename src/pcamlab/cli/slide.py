@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Tile each slide at the model's training resolution (its contract's mpp, PCam's 0.972 "
         "um/px by default), predict every tissue tile, and write OUT/<slide name>/: probability maps (.npy), "
         "heatmap and overlay PNGs, tissue mask, tiles.csv, tumour_tiles.geojson (QuPath), summary.json and "
-        "report.html. An interrupted slide resumes where it stopped; finished slides are skipped.",
+        "report.html. An interrupted slide resumes where it stopped; slides finished with the same model and settings are skipped, and a finished folder of other settings is refused (never overwritten).",
     )
     predict.add_argument("model", metavar="MODEL", help="checkpoint .safetensors, or exported .onnx / .pt")
     predict.add_argument("slides", metavar="SLIDE", nargs="+", help="slide files")
@@ -139,9 +139,13 @@ def run_predict(args: argparse.Namespace) -> int:
     from pcamlab.slide.batch import shard, slide_folders
     from pcamlab.slide.reader import open_slide
 
+    from pcamlab.errors import RunFolderError
+
     index, count = parse_shard(args.shard)
     mine = shard(args.slides, index, count)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {args.out!r} is a file; --out names a folder (one result folder per slide)")
     folders = slide_folders(mine, out)  # raises when two slides share a folder name
     if not mine:
         print(f"shard {index}/{count}: no slides (of {len(args.slides)})")
@@ -160,10 +164,6 @@ def run_predict(args: argparse.Namespace) -> int:
 
     done = skipped = 0
     for slide_path, folder in zip(mine, folders):
-        if (folder / "summary.json").is_file():
-            print(f"{slide_path}: already finished in {folder}, skipped")
-            skipped += 1
-            continue
         bar = tqdm(total=0, desc=Path(slide_path).name, unit="tile", leave=False,
                    disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
@@ -182,8 +182,14 @@ def run_predict(args: argparse.Namespace) -> int:
                 top_k=args.top_k, batch_size=args.batch_size, readers=args.readers, backend=args.backend,
                 resume=not args.no_resume, progress=progress,
             )
+        except RunFolderError as error:
+            raise RunFolderError(f"{error} (or pass another --out)") from None
         finally:
             bar.close()
+        if result.skipped:
+            print(f"{slide_path}: already finished in {folder} with the same model and settings, skipped")
+            skipped += 1
+            continue
         summary = result.summary
         resumed = f", {summary['tiles_resumed']:,} resumed" if summary["tiles_resumed"] else ""
         print(

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
+import hashlib
 import json
 import math
 import os
@@ -51,9 +53,11 @@ from pcamlab.slide.tissue import DEFAULT_SATURATION_THRESHOLD, tissue_mask
 __all__ = ["Grid", "SlideResult", "plan_grid", "predict_slide", "OUTPUT_FILES", "LEVEL_TOLERANCE"]
 
 LEVEL_TOLERANCE = 0.05  # a level within 5% of the model's mpp is read as is; otherwise regions are resampled
+MAX_UPSAMPLING = 2.0  # a slide coarser than 2x the model's mpp is refused: its tiles would be mostly interpolation
 MASK_PIXELS_PER_TILE = 8  # the tissue mask has about 8 x 8 pixels per tile
 REGION_PIXELS = 1024  # edge of one reader's region in pixels of the level read (bounds reader memory)
 STATE_FILE = "state.json"
+RUN_KEY = "run"  # summary.json's record of what produced the folder: the resume state plus threshold and top_k
 TILE_FILE = "tile_probabilities.npy"
 OUTPUT_FILES = {  # key -> file name in the slide's folder
     "tile_probabilities": TILE_FILE,  # float32 (rows, cols) per tile, NaN = not predicted (glass)
@@ -145,7 +149,8 @@ class SlideResult:
         out_dir: the finished folder.
         summary: the content of ``summary.json`` (scores, areas, tiles, seconds, geometry).
         files: key of ``OUTPUT_FILES`` -> path.
-        probability_map: float32 map per stride cell (NaN = no tissue tile), as written.
+        probability_map: float32 map per stride cell (NaN = no tissue tile), as written (None when skipped).
+        skipped: ``out_dir`` was already finished by the same slide file, model and settings; nothing was done.
     """
 
     slide: Path
@@ -153,6 +158,7 @@ class SlideResult:
     summary: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
     probability_map: np.ndarray | None = None
+    skipped: bool = False  # True when out_dir already held this result (same slide, model and settings)
 
 
 def _choose_level(slide: Slide, mpp0: float, target_mpp: float) -> tuple[int, float]:
@@ -178,6 +184,12 @@ def plan_grid(slide: Slide, patch_size: int, stride: int, target_mpp: float) -> 
         divisors = [d for d in range(patch_size, 0, -1) if patch_size % d == 0][:6]
         raise ConfigError(f"stride must divide the model's patch size {patch_size} (e.g. {divisors}); got {stride!r}")
     mpp0 = slide.require_mpp()
+    if mpp0 > MAX_UPSAMPLING * target_mpp:
+        raise DataError(
+            f"slide {str(slide.path)!r} is {mpp0:.4g} um/px at level 0, coarser than {MAX_UPSAMPLING:g}x the "
+            f"model's {target_mpp:.4g} um/px (tiles would be upsampled {mpp0 / target_mpp:.3g}x); check the slide's "
+            "resolution (a wrong mpp value or TIFF resolution tags), or use a model trained at a coarser mpp"
+        )
     level, read_scale = _choose_level(slide, mpp0, target_mpp)
     level_width, level_height = slide.level_dimensions[level]
     model_width, model_height = int(level_width / read_scale), int(level_height / read_scale)
@@ -217,6 +229,24 @@ def _model_name(predictor: Any) -> str:
     return str(path) if path else type(predictor).__name__
 
 
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _model_sha256(predictor: Any) -> str | None:
+    """SHA-256 of the predictor's model file (None for an in-memory predictor without a path)."""
+    path = getattr(predictor, "path", None)
+    if not path or not Path(path).is_file():
+        return None
+    status = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), status.st_size, status.st_mtime_ns)
+
+
 def _state(slide: Slide, grid: Grid, predictor: Any, settings: dict[str, Any]) -> dict[str, Any]:
     """What a partial run must match to be resumed: the slide file, the geometry, the model, the settings."""
     status = slide.path.stat()
@@ -224,7 +254,7 @@ def _state(slide: Slide, grid: Grid, predictor: Any, settings: dict[str, Any]) -
     contract_dict = contract if isinstance(contract, dict) else getattr(contract, "to_dict", lambda: {})()
     return {
         "slide": str(slide.path.resolve()), "slide_bytes": status.st_size, "slide_mtime_ns": status.st_mtime_ns,
-        "grid": asdict(grid), "model": _model_name(predictor),
+        "grid": asdict(grid), "model": _model_name(predictor), "model_sha256": _model_sha256(predictor),
         "contract": json.loads(json.dumps(contract_dict, default=str)), "settings": settings,
     }
 
@@ -355,6 +385,37 @@ def _open_partial(partial: Path, state: dict[str, Any], shape: tuple[int, int], 
     return tiles
 
 
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Keys (one level of nesting, as ``grid.stride``) whose values differ between two run records."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changed += [f"{key}.{name}" for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name)]
+        elif before != after:
+            changed.append(key)
+    return changed
+
+
+def _finished(out_dir: Path, record: dict[str, Any]) -> SlideResult:
+    """The finished ``out_dir`` as a skipped result when it was made by the same run ``record``; else refuse."""
+    try:
+        summary = json.loads((out_dir / OUTPUT_FILES["summary"]).read_text())
+    except (OSError, ValueError):
+        summary = {}
+    recorded = summary.get(RUN_KEY) if isinstance(summary, dict) else None
+    current = json.loads(json.dumps(record, default=str))
+    if recorded != current:
+        changed = _differences(recorded, current) if isinstance(recorded, dict) else ["no settings recorded"]
+        raise RunFolderError(
+            f"{str(out_dir)!r} holds a finished slide result of other settings or another model (differs in: "
+            f"{', '.join(changed[:6])}); it is never overwritten: choose another out_dir, or delete that folder "
+            "to redo it"
+        )
+    return SlideResult(Path(record["slide"]), out_dir, summary,
+                       {key: out_dir / name for key, name in OUTPUT_FILES.items()}, None, skipped=True)
+
+
 def predict_slide(
     predictor: Any,
     slide_path: str | os.PathLike,
@@ -406,8 +467,9 @@ def predict_slide(
         DataError: unreadable or unsupported slide, unknown resolution (``MissingResolutionError``), no
             tissue found, or a model patch that does not fit the slide. Raised before anything is written.
         ConfigError: a parameter out of range (stride, fractions, batch size, readers, top_k).
-        RunFolderError: ``out_dir`` already holds files, or an unfinished run of other settings is in the way
-            (exit code 2).
+        RunFolderError: ``out_dir`` is a file or already holds files, holds a finished result of another slide
+            file, model or settings (a finished result of the same ones is returned with ``skipped=True``), or
+            an unfinished run of other settings is in the way (exit code 2).
         RunError: the predictor returned the wrong shape.
 
     Example:
@@ -422,12 +484,16 @@ def predict_slide(
             raise ConfigError(f"{name} must be an integer >= {low}; got {value!r}")
     if not 0 < min_tissue_fraction <= 1:
         raise ConfigError(f"min_tissue_fraction must be in (0, 1]; got {min_tissue_fraction!r}, e.g. 0.25")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        finished = (out_dir / OUTPUT_FILES["summary"]).is_file()
-        raise RunFolderError(
-            f"{str(out_dir)!r} already holds {'a finished slide result' if finished else 'files'}; it is never "
-            "overwritten: choose another out_dir or delete it"
-        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunFolderError(f"out_dir {str(out_dir)!r} is a file, not a folder; choose another out_dir")
+    for parent in out_dir.parents:
+        if parent.exists() and not parent.is_dir():
+            raise RunFolderError(f"out_dir {str(out_dir)!r} lies below {str(parent)!r}, which is a file, not a "
+                                 "folder; choose another out_dir")
+    finished = (out_dir / OUTPUT_FILES["summary"]).is_file()
+    if out_dir.exists() and not finished and any(out_dir.iterdir()):
+        raise RunFolderError(f"{str(out_dir)!r} already holds files; it is never overwritten: choose another "
+                             "out_dir or delete it")
     contract = predictor.contract
     patch_size = int(contract_value(contract, "patch_size", 96))
     target_mpp = float(contract_value(contract, "mpp", PCAM_MPP))
@@ -438,6 +504,11 @@ def predict_slide(
 
     with open_slide(slide_path, mpp=mpp, backend=backend) as slide:
         grid = plan_grid(slide, patch_size, stride, target_mpp)
+        settings = {"tissue_method": tissue_method, "tissue_threshold": tissue_threshold,
+                    "min_tissue_fraction": min_tissue_fraction, "backend": slide.backend}
+        state = _state(slide, grid, predictor, settings)
+        if finished:  # decided before the tissue mask: a finished slide is checked in milliseconds
+            return _finished(out_dir, {**state, "threshold": threshold, "top_k": top_k})
         mask_downsample = max(1.0, grid.tile_size_level0 / MASK_PIXELS_PER_TILE)
         low = read_downsampled(slide, mask_downsample)
         mask = tissue_mask(low, method=tissue_method, threshold=tissue_threshold)
@@ -449,13 +520,12 @@ def predict_slide(
                 f"threshold {tissue_threshold}, {mask.mean():.1%} of the mask is tissue, no tile has "
                 f"{min_tissue_fraction:.0%}); check the slide, or lower tissue_threshold / min_tissue_fraction"
             )
-        settings = {"tissue_method": tissue_method, "tissue_threshold": tissue_threshold,
-                    "min_tissue_fraction": min_tissue_fraction, "backend": slide.backend}
-        state = _state(slide, grid, predictor, settings)
         info = slide.info()
 
     partial = out_dir.parent / f".{out_dir.name}.partial"
+    record = {**state, "threshold": threshold, "top_k": top_k}
     tiles_grid = _open_partial(partial, state, (grid.rows, grid.cols), resume)
+
     todo_rows, todo_cols = np.nonzero(tissue & ~np.isfinite(np.asarray(tiles_grid)))
     total = int(tissue.sum())
     resumed = total - len(todo_rows)
@@ -495,7 +565,7 @@ def predict_slide(
         "inference_seconds": round(inference_seconds, 3),
         "tiles_per_second": round((total - resumed) / inference_seconds, 1) if inference_seconds > 0 else None,
         "tissue_method": tissue_method, "tissue_threshold": tissue_threshold,
-        "min_tissue_fraction": min_tissue_fraction, "grid": asdict(grid),
+        "min_tissue_fraction": min_tissue_fraction, "grid": asdict(grid), RUN_KEY: record,
     }
     title = f"{name}: max {summary['score_max']:.3f}, tumour {summary['tumour_area_mm2']:.2f} mm2"
     outputs.write_mask_png(files["tissue_mask"], mask)

@@ -131,7 +131,19 @@ def test_explain_returns_a_gradcam_overlay_png_of_the_patch(client, patches, exp
     assert response.headers["x-gradcam-layer"].startswith("features")
 
 
-@pytest.mark.parametrize("kind", ["grayscale", "wrong_size", "truncated", "rgba"])
+def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
+    """A PNG header declaring width x height RGB pixels (Pillow refuses it as a decompression bomb on open)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("kind", ["grayscale", "wrong_size", "truncated", "rgba", "bomb"])
 def test_bad_images_get_400_with_the_cli_message(client, patches, tmp_path, monkeypatch, kind):
     image = patches[0]
     if kind == "grayscale":
@@ -142,6 +154,8 @@ def test_bad_images_get_400_with_the_cli_message(client, patches, tmp_path, monk
         data = png_bytes(rgba)
     elif kind == "wrong_size":
         data = png_bytes(np.ascontiguousarray(image[:64, :80]))
+    elif kind == "bomb":
+        data = bomb_png()
     else:
         data = png_bytes(image)[:200]
     monkeypatch.chdir(tmp_path)
@@ -154,6 +168,12 @@ def test_bad_images_get_400_with_the_cli_message(client, patches, tmp_path, monk
     assert response.json() == {"detail": str(cli_error.value)} and "\n" not in response.json()["detail"]
     explained = client.post("/v1/explain", files={"file": ("bad.png", data, "image/png")})
     assert explained.status_code == 400 and explained.json()["detail"] == str(cli_error.value)
+    if kind == "bomb":
+        assert "900,000,000 pixels" in str(cli_error.value)
+        from pcamlab.data.readers import _validate_headers
+
+        with pytest.raises(BadImageError, match="decompression bomb"):
+            _validate_headers([Path("bad.png")])
 
 
 @pytest.mark.parametrize("name, data, words", [

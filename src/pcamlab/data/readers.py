@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import struct
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -174,6 +175,13 @@ def check_image_array(image: np.ndarray, name: str) -> np.ndarray:
             f"image {name} is {image.shape[1]}x{image.shape[0]} pixels (width x height); {_RESIZE_FIX}"
         )
     return image
+
+
+def _too_large(name: str, error: Exception) -> BadImageError:
+    """Pillow's DecompressionBombError (a header declaring hundreds of millions of pixels) as the size error."""
+    declared = re.search(r"\((\d+) pixels\)", str(error))
+    pixels = f"{int(declared.group(1)):,} pixels" if declared else "more pixels than Pillow's safety limit"
+    return BadImageError(f"image {name} declares {pixels} (a decompression bomb, not decoded); {_RESIZE_FIX}")
 
 
 def _unreadable(name: str, error: Exception) -> BadImageError:
@@ -351,7 +359,9 @@ def _decode(path: Path, data: bytes | None, name: str) -> np.ndarray:
                 raise BadImageError(_mode_message(name, image.mode))
     except BadImageError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+    except Image.DecompressionBombError as error:
+        raise _too_large(name, error) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error) as error:
         if isinstance(error, PermissionError) or Path(path).suffix.lower() not in (".tif", ".tiff"):
             raise _unreadable(name, error) from None
         array = _decode_tiff(path, error, data)
@@ -791,7 +801,9 @@ def _validate_headers(files: list[Path]) -> None:
                     with open(path, "rb") as stream:
                         header = stream.read(64)  # signature, IHDR and an sBIT right after it
                 deep = mode == "RGB" and _declared_bits(image, header)[0] > 8
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        except Image.DecompressionBombError as error:
+            raise _too_large(printable(path), error) from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
             if path.suffix.lower() in (".tif", ".tiff") and not isinstance(error, PermissionError):
                 decode_image_file(path)  # tifffile fallback says what is wrong
                 continue

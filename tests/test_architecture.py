@@ -44,3 +44,41 @@ def test_a_broken_contract_fails_the_check(tmp_path):
     result = _lint_imports("--config", str(config))
     assert result.returncode == 1 and "BROKEN" in result.stdout
     assert "pcamlab.train.loop -> pcamlab.runtime.checkpoint" in result.stdout
+
+
+def _raised_texts(path: Path) -> list[tuple[int, str]]:
+    """The literal text of every ``raise`` statement's message in a module."""
+    import ast
+
+    texts = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            parts = [part.value for part in ast.walk(node.exc) if isinstance(part, ast.Constant) and isinstance(part.value, str)]
+            texts.append((node.lineno, " ".join(parts)))
+    return texts
+
+
+def test_library_errors_name_parameters_and_config_fields_not_cli_flags():
+    import re
+
+    flag = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
+    offenders = []
+    for path in sorted((REPO / "src" / "pcamlab").rglob("*.py")):
+        if "cli" in path.relative_to(REPO / "src" / "pcamlab").parts:
+            continue
+        for line, text in _raised_texts(path):
+            if flag.search(text):
+                offenders.append(f"{path.relative_to(REPO)}:{line}: {flag.search(text).group()}")
+    assert offenders == [], "library messages name CLI flags (name the parameter; the CLI adds the flag):\n" + "\n".join(offenders)
+
+
+def test_the_cli_shows_the_flags_of_the_parameters_a_message_names():
+    from pcamlab.cli.main import cli_message
+
+    flags = {"out": "--out", "force": "--force", "exporter": "--exporter", "resume": "--resume"}
+    assert cli_message("'runs/out/a.csv' exists; choose another out or pass force=True", ("out", "force"), flags) \
+        == "'runs/out/a.csv' exists; choose another --out or pass --force"
+    assert cli_message("failed (try exporter='legacy')", ("exporter",), flags) == "failed (try --exporter legacy)"
+    assert cli_message("choose another out_dir (or resume=True)", ("out_dir", "resume"), flags) \
+        == "choose another --out (or --resume)"
+    assert cli_message("n must be positive", ("n",), flags) == "n must be positive"  # no such flag: unchanged

@@ -92,7 +92,7 @@ def test_bad_arguments_fail_with_a_suggestion():
         run_bench(["baseline"], precisions=["fp16"])
     with pytest.raises(ConfigError, match="at least one"):
         run_bench(["baseline"], batch_sizes=[])
-    with pytest.raises(ConfigError, match="--steps"):
+    with pytest.raises(ConfigError, match="steps must be >= 1"):
         run_bench(["baseline"], steps=0)
 
 

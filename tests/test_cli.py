@@ -215,3 +215,17 @@ def test_readme_run_folder_table_lists_what_train_writes(tiny_folders, tmp_path)
                  "--set", "model.name=baseline", "--set", "model.options={filters: [4, 8], dense_units: 8}",
                  "--set", "train.epochs=1", "--set", "train.batch_size=8"]) == 0
     assert promised == {path.name for path in run.iterdir()}
+def test_the_demo_run_folder_is_chosen_by_the_library(tmp_path, monkeypatch, capsys):
+    from pcamlab.demo import demo_run_dir
+    from pcamlab.errors import RunError
+
+    monkeypatch.chdir(tmp_path)
+    assert str(demo_run_dir()) == "runs/demo"
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "history.csv").write_text("epoch\n")
+    assert str(demo_run_dir()) == "runs/demo-2"
+    with pytest.raises(RunError, match="already holds a run; choose another out_dir") as error:
+        demo_run_dir("runs/demo")
+    assert error.value.parameters == ("out_dir",)
+    assert main(["demo", "--out", "runs/demo"]) != 0
+    assert "already holds a run; choose another --out" in capsys.readouterr().err  # the CLI names its flag

@@ -144,7 +144,7 @@ def test_predict_refuses_to_overwrite_unless_forced(tmp_path, checkpoint_path, p
     write_pngs(folder, patches[:2])
     out = tmp_path / "predictions.csv"
     out.write_text("keep me\n")
-    with pytest.raises(RunError, match="already exists.*--force"):
+    with pytest.raises(RunError, match="already exists.*force=True"):
         predict_files(checkpoint_path, [folder], out)
     assert out.read_text() == "keep me\n"
     predict_files(checkpoint_path, [folder], out, force=True)

@@ -75,7 +75,7 @@ def test_finished_run_is_never_overwritten(tiny_data, tmp_path):
     out = tmp_path / "run"
     train(_config(tiny_data, "train.epochs=1"), out, progress=False)
     before = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
-    with pytest.raises(RunError, match="already holds a run; choose another --out"):
+    with pytest.raises(RunError, match="already holds a run; choose another out_dir"):
         train(_config(tiny_data, "train.epochs=1"), out, progress=False)
     with pytest.raises(RunError, match="already finished"):
         train(_config(tiny_data, "train.epochs=1"), out, resume=True, progress=False)

@@ -17,7 +17,31 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_demo", "demo_config_path"]
+__all__ = ["run_demo", "demo_config_path", "demo_run_dir"]
+
+DEFAULT_RUN_DIR = Path("runs/demo")
+
+
+def demo_run_dir(out_dir: str | Path | None = None) -> Path:
+    """The folder a demo writes into: ``out_dir`` when given and free, else ``runs/demo`` or the first free
+    ``runs/demo-2``, ``runs/demo-3``... (a second demo starts a new folder; runs are never overwritten).
+
+    Raises:
+        RunFolderError: ``out_dir`` was given and already holds files.
+    """
+    from pcamlab.errors import RunFolderError
+
+    if out_dir is not None:
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            raise RunFolderError(f"{str(out)!r} already holds a run; choose another out_dir (runs are never overwritten)",
+                           parameters=("out_dir",))
+        return out
+    out, number = DEFAULT_RUN_DIR, 1
+    while out.exists() and any(out.iterdir()):
+        number += 1
+        out = DEFAULT_RUN_DIR.with_name(f"{DEFAULT_RUN_DIR.name}-{number}")
+    return out
 
 
 def demo_config_path() -> Path:

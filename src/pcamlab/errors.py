@@ -27,9 +27,21 @@ __all__ = [
 
 
 class PcamlabError(Exception):
-    """Base class of every error pcamlab raises on purpose."""
+    """Base class of every error pcamlab raises on purpose.
+
+    The message names function parameters (``force=True``, ``out``) and config fields (``train.epochs``),
+    never command-line flags. ``parameters`` lists the parameters it names, so that the CLI can show
+    them as its flags (``--force``, ``--out``) without the library knowing them.
+
+    Example:
+        >>> raise RunError("'a.csv' already exists; choose another out or pass force=True", parameters=("out", "force"))
+    """
 
     exit_code = 2
+
+    def __init__(self, *args: object, parameters: tuple[str, ...] = ()):
+        super().__init__(*args)
+        self.parameters = tuple(parameters)
 
 
 class ConfigError(PcamlabError, ValueError):

@@ -133,15 +133,16 @@ def _format_table(info: dict) -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from pcamlab.fileio import write_json_atomic
-    from pathlib import Path
-
-    from pcamlab.data import open_split
-    from pcamlab.data.info import augment_sheet, contact_sheet, dataset_info
+    from pcamlab.data.info import dataset_info, write_info_folder
     from pcamlab.errors import ConfigError
 
     if args.augment and not args.out:
         raise ConfigError("--augment writes a picture and needs --out DIR; add --out (e.g. --out runs/data-info)")
+    augment_config = None
+    if args.augment and args.config:
+        from pcamlab.config import load_config
+
+        augment_config = load_config(args.config).augment
     progress, close = _progress_bar("reading")
     try:
         info = dataset_info(
@@ -153,21 +154,10 @@ def run_info(args: argparse.Namespace) -> int:
     print(_format_table(info))
     if not args.out:
         return 0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "info.json"]
-    write_json_atomic(out / "info.json", info)
-    options = dict(valid_fraction=args.valid_fraction, seed=args.seed, skip_bad=args.skip_bad)
-    for split in info["splits"]:
-        reader = open_split(args.path, split, info["format"], **options)
-        written.append(contact_sheet(reader, out / f"contact_{split}.png", per_class=args.per_class, seed=args.seed))
-    if args.augment:
-        from pcamlab.config import load_config
-
-        config = load_config(args.config).augment if args.config else None
-        first = next(iter(info["splits"]))
-        reader = open_split(args.path, first, info["format"], **options)
-        written.append(augment_sheet(reader, out / "augment.png", config, seed=args.seed))
+    written = write_info_folder(
+        info, args.out, per_class=args.per_class, seed=args.seed, valid_fraction=args.valid_fraction,
+        skip_bad=args.skip_bad, augment=args.augment, augment_config=augment_config,
+    )
     print("wrote " + ", ".join(str(path) for path in written))
     return 0
 

@@ -20,21 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import sys
-    from pathlib import Path
 
     from pcamlab.cli.evaluate import format_metrics
-    from pcamlab.demo import run_demo
-    from pcamlab.errors import RunFolderError
+    from pcamlab.demo import demo_run_dir, run_demo
 
-    if args.out:
-        out = Path(args.out)
-        if out.exists() and any(out.iterdir()):
-            raise RunFolderError(f"{str(out)!r} already holds a run; choose another --out (runs are never overwritten)")
-    else:  # a second `make demo` starts a new run folder instead of failing or overwriting
-        out, number = Path("runs/demo"), 1
-        while out.exists() and any(out.iterdir()):
-            number += 1
-            out = Path(f"runs/demo-{number}")
+    out = demo_run_dir(args.out)  # runs/demo, or runs/demo-2... when it exists
     print(f"pcamlab demo: training the default CNN on the real PCam sample shipped with pcamlab -> {out}/")
     result = run_demo(out, overrides=args.overrides, progress=not args.no_progress and sys.stderr.isatty(), log=print)
     summary = result["summary"]

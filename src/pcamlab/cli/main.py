@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import re
 import sys
 
 # Command modules, in the order `pcamlab --help` lists them. Add a new command module here.
@@ -54,6 +55,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Library parameters whose name differs from the flag's destination (``train(config, out_dir)`` <- ``--out``).
+PARAMETER_DESTINATIONS = {"out_dir": "out", "out_path": "out", "batch_sizes": "batch_size", "precisions": "precision"}
+
+
+def _command_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """``dest -> --flag`` of the command that ran (and of its subcommand)."""
+    flags: dict[str, str] = {}
+    current = parser
+    while current is not None:
+        following = None
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = getattr(args, action.dest, None)
+                following = action.choices.get(chosen) if chosen else None
+            elif action.option_strings:
+                flags.setdefault(action.dest, max(action.option_strings, key=len))
+        current = following
+    return flags
+
+
+def cli_message(message: str, parameters: tuple[str, ...], flags: dict[str, str]) -> str:
+    """A library message as the command line says it: each named parameter becomes the command's flag.
+
+    ``force=True`` -> ``--force``; ``exporter='legacy'`` -> ``--exporter legacy``; ``out`` -> ``--out``.
+    Parameters the command has no flag for stay as they are.
+
+    Example:
+        >>> cli_message("choose another out or pass force=True", ("out", "force"), {"out": "--out", "force": "--force"})
+        'choose another --out or pass --force'
+    """
+    for parameter in parameters:
+        flag = flags.get(parameter) or flags.get(PARAMETER_DESTINATIONS.get(parameter, ""))
+        if not flag:
+            continue
+        name = re.escape(parameter)
+        message = re.sub(rf"(?<![\w.-]){name}=True\b", flag, message)
+        message = re.sub(rf"(?<![\w.-]){name}=(['\"]?)([^'\"\s,;)]+)\1", rf"{flag} \2", message)
+        message = re.sub(rf"(?<![\w./'-]){name}(?![\w=/'-])", flag, message)  # not inside a path
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 never crashes a print
         if hasattr(stream, "reconfigure"):
@@ -71,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     except PcamlabError as error:
         if args.debug:
             raise
-        print(f"pcamlab: error: {plain_line(printable(error))}", file=sys.stderr)
+        message = cli_message(plain_line(printable(error)), getattr(error, "parameters", ()), _command_flags(parser, args))
+        print(f"pcamlab: error: {message}", file=sys.stderr)
         return error.exit_code
     except OSError as error:  # the disk or the folder, not pcamlab: one line, unless a bug needs the trace
         message = _storage_message(error)

@@ -27,7 +27,7 @@ from pcamlab.data.readers import BadImageError, PatchReader, _resolve_root, avai
 from pcamlab.errors import ConfigError, DataError, did_you_mean
 from pcamlab.fileio import save_png
 
-__all__ = ["CLASS_NAMES", "dataset_info", "contact_sheet", "augment_sheet"]
+__all__ = ["CLASS_NAMES", "dataset_info", "contact_sheet", "augment_sheet", "write_info_folder"]
 
 CLASS_NAMES = {0: "no tumour", 1: "tumour in the centre 32x32", -1: "unlabeled"}
 CENTRE = 32  # side of the centre region that decides a PCam label, in pixels
@@ -359,3 +359,46 @@ def augment_sheet(
         fontsize=7,
     )
     return _save(figure, path)
+
+
+def write_info_folder(
+    info: dict,
+    out: str | os.PathLike,
+    *,
+    per_class: int = 16,
+    seed: int = 0,
+    valid_fraction: float = 0.1,
+    skip_bad: bool = False,
+    augment: bool = False,
+    augment_config=None,
+) -> list[Path]:
+    """Write what ``pcamlab data info`` keeps: ``info.json`` (atomically), one contact sheet per split and,
+    with ``augment``, ``augment.png`` of the first split.
+
+    Args:
+        info: the result of :func:`dataset_info` (its ``root`` and ``format`` say which data to draw).
+        out: folder to write into (created).
+        per_class: patches per class on each contact sheet.
+        seed: seed of the drawn patches (and of a Kaggle layout's split, with ``valid_fraction``).
+        valid_fraction: Kaggle layout: held-out fraction (as given to :func:`dataset_info`).
+        skip_bad: skip unreadable images while drawing.
+        augment: also write ``augment.png``.
+        augment_config: the ``AugmentConfig`` that picture uses (default: its defaults).
+
+    Returns:
+        The files written, ``info.json`` first.
+    """
+    from pcamlab.fileio import write_json_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "info.json", info)
+    written = [out / "info.json"]
+    options = dict(valid_fraction=valid_fraction, seed=seed, skip_bad=skip_bad)
+    for split in info["splits"]:
+        reader = open_split(info["root"], split, info["format"], **options)
+        written.append(contact_sheet(reader, out / f"contact_{split}.png", per_class=per_class, seed=seed))
+    if augment:
+        reader = open_split(info["root"], next(iter(info["splits"])), info["format"], **options)
+        written.append(augment_sheet(reader, out / "augment.png", augment_config, seed=seed))
+    return written

@@ -132,10 +132,11 @@ def measure_peak_flops(
 def _check_list(name: str, values: Sequence[Any], allowed: Sequence[Any] | None = None) -> list[Any]:
     values = list(values)
     if not values:
-        raise ConfigError(f"{name} needs at least one value; got an empty list")
+        raise ConfigError(f"{name} needs at least one value; got an empty list", parameters=(name,))
     for value in values:
         if allowed is not None and value not in allowed:
-            raise ConfigError(f"{name} must be among {list(allowed)}; got {value!r}{did_you_mean(value, allowed)}")
+            raise ConfigError(f"{name} must be among {list(allowed)}; got {value!r}{did_you_mean(value, allowed)}",
+                              parameters=(name,))
     return values
 
 
@@ -290,14 +291,15 @@ def run_bench(
     from pcamlab.models import list_models, model_summary
     from pcamlab.runtime.device import resolve_device
 
-    models = _check_list("--models", models, list_models())
-    precisions = _check_list("--precision", precisions, PRECISIONS)
-    batch_sizes = _check_list("--batch-size", batch_sizes)
-    layouts = _check_list("--channels-last", channels_last, (True, False))
+    models = _check_list("models", models, list_models())
+    precisions = _check_list("precisions", precisions, PRECISIONS)
+    batch_sizes = _check_list("batch_sizes", batch_sizes)
+    layouts = _check_list("channels_last", channels_last, (True, False))
     if any(not isinstance(size, int) or size < 1 for size in batch_sizes):
-        raise ConfigError(f"--batch-size values must be positive integers; got {batch_sizes}")
+        raise ConfigError(f"batch_sizes must be positive integers; got {batch_sizes}", parameters=("batch_sizes",))
     if steps < 1 or warmup < 0:
-        raise ConfigError(f"--steps must be >= 1 and --warmup >= 0; got steps={steps}, warmup={warmup}")
+        raise ConfigError(f"steps must be >= 1 and warmup >= 0; got steps={steps}, warmup={warmup}",
+                          parameters=("steps", "warmup"))
     if onnx:
         from pcamlab.runtime.predictor import require_onnx
 
@@ -422,9 +424,10 @@ def write_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *, fo
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".json", ".csv"):
-        raise ConfigError(f"--out must end in .json or .csv; got {str(path)!r}")
+        raise ConfigError(f"the results file must end in .json or .csv; got {str(path)!r}")
     if path.exists() and not force:
-        raise RunFolderError(f"{str(path)!r} already exists; choose another --out or pass --force to replace it")
+        raise RunFolderError(f"{str(path)!r} already exists; choose another path or pass force=True to replace it",
+                       parameters=("force",))
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

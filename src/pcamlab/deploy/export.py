@@ -130,7 +130,8 @@ class NormalisedInputModel(nn.Module):
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
-        raise ConfigError(f"{name} must be one of {list(allowed)}; got {value!r}{did_you_mean(value, allowed)}")
+        raise ConfigError(f"{name} must be one of {list(allowed)}; got {value!r}{did_you_mean(value, allowed)}",
+                          parameters=(name,))
     return value
 
 
@@ -215,7 +216,7 @@ def export_onnx(
             if exporter == "dynamo":
                 raise RunError(
                     f"the dynamo ONNX exporter failed ({type(error).__name__}: {plain_line(error, 200)}); "
-                    "retry with --exporter legacy"
+                    "retry with exporter='legacy'", parameters=("exporter",)
                 ) from None
             dynamo_error = f"{type(error).__name__}: {plain_line(error, 200)}"
     if used is None:
@@ -289,14 +290,16 @@ def export_checkpoint(
     """
     from pcamlab.config import config_to_dict
 
-    _choice("--format", format, EXPORT_FORMATS)
-    _choice("--input", input_kind, INPUT_KINDS)
-    _choice("--exporter", exporter, EXPORTERS)
+    _choice("format", format, EXPORT_FORMATS)
+    _choice("input_kind", input_kind, INPUT_KINDS)
+    _choice("exporter", exporter, EXPORTERS)
     _choice("quantize", quantize, QUANTIZE_CHOICES)
     if format == "torchscript" and input_kind != "uint8":
-        raise ConfigError("TorchScript export takes uint8 patches only; drop --input float or use --format onnx")
+        raise ConfigError("TorchScript export takes uint8 patches only; use input_kind='uint8' or format='onnx'",
+                          parameters=("input_kind", "format"))
     if quantize != "none" and format != "onnx":
-        raise ConfigError(f"quantize={quantize!r} needs format='onnx' (ONNX Runtime quantisation); got {format!r}")
+        raise ConfigError(f"quantize={quantize!r} needs format='onnx' (ONNX Runtime quantisation); got {format!r}",
+                          parameters=("quantize", "format"))
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint, device="cpu")
     if out is None:
@@ -313,7 +316,8 @@ def export_checkpoint(
         )
     out = Path(out)
     if out.exists() and not force:
-        raise RunFolderError(f"{str(out)!r} already exists; choose another --out or pass --force to replace it")
+        raise RunFolderError(f"{str(out)!r} already exists; choose another out or pass force=True to replace it",
+                       parameters=("out", "force"))
 
     contract = checkpoint.contract
     model = checkpoint.model.to("cpu").float().eval()
@@ -367,7 +371,7 @@ def export_checkpoint(
         elif not difference <= tolerance:
             raise RunError(
                 f"exported {format} model disagrees with torch on {len(patches)} sample patches: max |probability "
-                f"difference| {difference:.3g} > {tolerance:g}; nothing was written (try --exporter legacy)"
+                f"difference| {difference:.3g} > {tolerance:g}; nothing was written (try exporter='legacy')", parameters=("exporter",)
             )
         publish(temporary, out)
     except BaseException:

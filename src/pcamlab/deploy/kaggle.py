@@ -132,7 +132,8 @@ def predict_kaggle(
     """
     out_path = Path(out)
     if out_path.exists() and not force:
-        raise RunFolderError(f"{str(out_path)!r} already exists; choose another --out or pass --force to replace it")
+        raise RunFolderError(f"{str(out_path)!r} already exists; choose another out or pass force=True to replace it",
+                       parameters=("out", "force"))
     files = kaggle_ids([source.path for source in collect_sources(inputs)])  # an .h5 input fails here: not .tif
     order = list(files)
     if template is not None:

@@ -66,9 +66,11 @@ class PredictionResult:
 
 def _open_output(out: Path, force: bool) -> tuple[Any, str]:
     if out.exists() and not force:
-        raise RunFolderError(f"{str(out)!r} already exists; choose another --out or pass --force to replace it")
+        raise RunFolderError(f"{str(out)!r} already exists; choose another out or pass force=True to replace it",
+                       parameters=("out", "force"))
     if out.is_dir():
-        raise RunFolderError(f"--out {str(out)!r} is a folder; pass a file name such as {str(out / 'predictions.csv')!r}")
+        raise RunFolderError(f"out {str(out)!r} is a folder; pass a file name such as {str(out / 'predictions.csv')!r}",
+                       parameters=("out",))
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     return os.fdopen(handle, "w", newline="", encoding="utf-8"), temporary
@@ -125,7 +127,8 @@ def predict_files(
     check_field("evaluate.threshold", threshold, name="threshold")
     out_path = Path(out) if out is not None else None
     if out_path is not None and out_path.exists() and not force:
-        raise RunFolderError(f"{str(out_path)!r} already exists; choose another --out or pass --force to replace it")
+        raise RunFolderError(f"{str(out_path)!r} already exists; choose another out or pass force=True to replace it",
+                             parameters=("out", "force"))
     if isinstance(checkpoint, (str, os.PathLike)):
         from pcamlab.runtime.fastest import open_fastest
 

@@ -299,7 +299,7 @@ def _expand_studies(run_dirs) -> list[tuple[Path, str]]:
     pairs = []
     for run_dir in run_dirs:
         if not run_dir.is_dir():
-            raise DataError(f"run folder {str(run_dir)!r} does not exist; pass folders written by pcamlab train --out")
+            raise DataError(f"run folder {str(run_dir)!r} does not exist; pass run folders written by pcamlab train")
         if (run_dir / "study.json").is_file():
             trials = sorted(path for path in (run_dir / "trials").glob("trial-*")  # a trial that failed early may be empty
                             if path.is_dir() and any((path / file_name).exists() for file_name in (*RUN_FILES, "cv_results.csv")))
@@ -343,7 +343,7 @@ def compare_runs(run_dirs: Sequence[str | Path], sort_by: str = "roc_auc") -> li
         if not files and not any((run_dir / file_name).is_file() for file_name in RUN_FILES):
             raise DataError(
                 f"{str(run_dir)!r} is not a run folder: it holds none of {list(RUN_FILES)} or */metrics.json; "
-                "pass folders written by pcamlab train --out"
+                "pass run folders written by pcamlab train"
             )
         facts = _run_facts(run_dir)
         cv_row = _cv_row(run_dir)

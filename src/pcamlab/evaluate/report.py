@@ -667,13 +667,13 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise DataError(f"run folder {str(run_dir)!r} does not exist; pass a folder written by pcamlab train --out")
+        raise DataError(f"run folder {str(run_dir)!r} does not exist; pass a run folder written by pcamlab train")
     from pcamlab.evaluate.compare import RUN_FILES
 
     if not any((run_dir / name).is_file() for name in RUN_FILES) and not _walk(run_dir, "metrics.json"):
         raise DataError(
             f"{str(run_dir)!r} is not a run folder: it holds none of {list(RUN_FILES)} nor an evaluation's "
-            "metrics.json; pass a folder written by pcamlab train --out (or pcamlab evaluate --out)"
+            "metrics.json; pass a run folder written by pcamlab train (or an evaluation folder of pcamlab evaluate)"
         )
     path = run_dir / "report.html" if path is None else Path(path)
 

@@ -127,8 +127,8 @@ def evaluate_checkpoint(
     out_dir = Path(out_dir)
     if (out_dir / "metrics.json").exists() and not force:
         raise RunFolderError(
-            f"{str(out_dir / 'metrics.json')!r} already exists; choose another output folder or pass force=True "
-            "to replace it"
+            f"{str(out_dir / 'metrics.json')!r} already exists; choose another out_dir or pass force=True to replace it",
+            parameters=("out_dir", "force"),
         )
     predictor = load_predictor(checkpoint_path, device=device)
     config = predictor.config

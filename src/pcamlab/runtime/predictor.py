@@ -269,7 +269,8 @@ class OnnxPredictor(PatchPredictor):
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(
-                f"ONNX file {str(self.path)!r} does not exist; write one with: pcamlab export CHECKPOINT --format onnx"
+                f"ONNX file {str(self.path)!r} does not exist; write one from a checkpoint with pcamlab export "
+                "(pcamlab.deploy.export_checkpoint, format 'onnx')"
             )
         options = onnxruntime.SessionOptions()
         if threads:
@@ -324,7 +325,7 @@ class TorchScriptPredictor(PatchPredictor):
         if not self.path.is_file():
             raise CheckpointError(
                 f"TorchScript file {str(self.path)!r} does not exist; write one with: "
-                "pcamlab export CHECKPOINT --format torchscript"
+                "pcamlab export (pcamlab.deploy.export_checkpoint, format 'torchscript')"
             )
         extra = {name: "" for name in (TORCHSCRIPT_CONTRACT_FILE, TORCHSCRIPT_INPUT_FILE, TORCHSCRIPT_CONFIG_FILE,
                                        TORCHSCRIPT_METADATA_FILE)}

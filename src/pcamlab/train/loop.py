@@ -83,8 +83,8 @@ def prepare_run_dir(out_dir: Path, resume: bool, *, create: bool = True) -> None
         return
     if out_dir.exists() and any(out_dir.iterdir()):
         raise RunFolderError(
-            f"output folder {where!r} already holds a run; choose another --out "
-            "(or pass --resume to continue an interrupted run)"
+            f"output folder {where!r} already holds a run; choose another out_dir "
+            "(or resume=True to continue an interrupted run)", parameters=("out_dir", "resume"),
         )
     if create:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -594,7 +594,7 @@ def train(
         if resume and summary_path.is_file() and json.loads(summary_path.read_text()).get("finished"):
             raise RunFolderError(
                 f"run {str(out_dir)!r} already finished; it is never overwritten: start a new run in another "
-                "folder, or train it further into a new folder with continue_from"
+                "out_dir, or train it further into a new folder with continue_from", parameters=("out_dir", "continue_from"),
             )
         if resume and (out_dir / "folds.csv").is_file():
             raise RunFolderError(

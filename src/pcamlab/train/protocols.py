@@ -436,7 +436,8 @@ def _read_plan(path: Path, count: int, folds: int, repeats: int) -> np.ndarray:
         raise RunFolderError(
             f"{str(path)!r} holds a fold plan of {plan.max(initial=0) + 1} folds x {plan.shape[0]} repeats for "
             f"{plan.shape[1]} patches; this run asks for {folds} folds x {repeats} repeats of {count} patches: "
-            "resume with the same data, folds and repeats (or leave folds and repeats unset to take the plan's)"
+            "resume with the same data, folds and repeats (or leave folds and repeats unset to take the plan's)",
+            parameters=("folds", "repeats"),
         )
     return plan
 
@@ -753,19 +754,21 @@ def choice_from_run(run: str | os.PathLike) -> dict[str, Any]:
                 break
         else:
             raise ConfigError(
-                f"--epochs-from {str(run)!r} holds neither summary.json nor cv_summary.json; point it at a finished "
-                "training run or cross-validation folder"
+                f"epochs_from {str(run)!r} holds neither summary.json nor cv_summary.json; point it at a finished "
+                "training run or cross-validation folder", parameters=("epochs_from",)
             )
     if not path.is_file():
-        raise ConfigError(f"--epochs-from {str(run)!r} does not exist; point it at a finished run folder")
+        raise ConfigError(f"epochs_from {str(run)!r} does not exist; point it at a finished run folder",
+                          parameters=("epochs_from",))
     try:
         summary = json.loads(path.read_text())
     except json.JSONDecodeError:
-        raise ConfigError(f"{str(path)!r} is not valid JSON; point --epochs-from at a finished run folder") from None
+        raise ConfigError(f"{str(path)!r} is not valid JSON; point epochs_from at a finished run folder",
+                          parameters=("epochs_from",)) from None
     if summary.get("validated") is False:
         raise ConfigError(
             f"{str(path)!r} is a final fit: it was not validated, so its epoch count was not chosen on validation; "
-            "point --epochs-from at the hold-out run or cross-validation it came from"
+            "point epochs_from at the hold-out run or cross-validation it came from", parameters=("epochs_from",)
         )
     if "epochs_for_final" in summary:
         epochs, threshold = summary["epochs_for_final"], summary.get("threshold_median")
@@ -774,7 +777,7 @@ def choice_from_run(run: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(
             f"{str(path)!r} has no best epoch >= 1 (got {epochs!r}); the run must have finished at least one "
-            "validated epoch: pass --epochs N instead"
+            "validated epoch: give epochs instead", parameters=("epochs",)
         )
     runs = [path.parent / run for run in summary["runs"]] if "runs" in summary else [path.parent]
     return {"epochs": epochs, "threshold": threshold, "threshold_method": summary.get("threshold_method", "fixed"),
@@ -860,7 +863,8 @@ def run_final(
     say = log or (lambda line: None)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise RunFolderError(f"output folder {str(out_dir)!r} already holds a run; choose another --out")
+        raise RunFolderError(f"output folder {str(out_dir)!r} already holds a run; choose another out_dir",
+                       parameters=("out_dir",))
     final_config = copy.deepcopy(config)
     chosen = None
     chosen_length = epochs is not None or epochs_from is not None
@@ -873,7 +877,7 @@ def run_final(
         epochs, source = chosen["epochs"], chosen["source"]
     else:
         epochs, source = config.train.epochs, "train.epochs (not chosen on validation)"
-        say("final fit: no --epochs/--epochs-from given; using train.epochs, which was not chosen on validation")
+        say("final fit: neither epochs nor epochs_from given; using train.epochs, which was not chosen on validation")
     final_config.train.epochs = int(epochs)
     if chosen_length and final_config.train.schedule_over == "budget":
         # replay the chosen length: a schedule over a time budget would not end at the chosen epoch

@@ -26,15 +26,8 @@ def add_format_argument(parser: argparse.ArgumentParser, help: str, default: str
     parser.add_argument("--format", default=default, choices=format_choices(), help=help)
 
 
-def progress_bar(description: str, enabled: bool = True):
-    """A ``progress(done, total)`` callable drawing a tqdm bar on stderr, and the bar to close."""
-    from tqdm.auto import tqdm
+def progress_bar(description: str, enabled: bool = True, unit: str = "patch"):
+    """``(progress(done, total), close)``: a bar on stderr when it is a terminal (pcamlab.progress)."""
+    from pcamlab.progress import progress_bar as bar
 
-    bar = tqdm(total=0, desc=description, unit="patch", disable=not enabled or not sys.stderr.isatty(), leave=False)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return update, bar
+    return bar(description, enabled and sys.stderr.isatty(), unit=unit)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pcamlab.cli._common import add_format_argument
+from pcamlab.cli._common import add_format_argument, progress_bar
 
 __all__ = ["register"]
 
@@ -82,19 +82,6 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _progress_bar(description: str):
-    """A ``progress(done, total)`` callable drawing a tqdm bar on stderr, and a closer."""
-    from tqdm import tqdm
-
-    bar = tqdm(desc=description, unit="img", file=sys.stderr, disable=None, leave=False)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    return progress, bar.close
-
-
 def _format_table(info: dict) -> str:
     header = ["split", "images", "label 0", "label 1", "unlabeled", "positive", "mean R G B", "std R G B", "dupl.", "skipped"]
     rows = []
@@ -143,7 +130,7 @@ def run_info(args: argparse.Namespace) -> int:
         from pcamlab.config import load_config
 
         augment_config = load_config(args.config).augment
-    progress, close = _progress_bar("reading")
+    progress, close = progress_bar("reading", unit="img")
     try:
         info = dataset_info(
             args.path, args.format, valid_fraction=args.valid_fraction, seed=args.seed,
@@ -165,7 +152,7 @@ def run_info(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     from pcamlab.data.convert import convert
 
-    progress, close = _progress_bar("converting")
+    progress, close = progress_bar("converting", unit="img")
     try:
         result = convert(
             args.src, args.dst, to=args.to, format=args.format, progress=progress,

@@ -60,12 +60,12 @@ def run(args: argparse.Namespace) -> int:
     from pcamlab.evaluate.run import evaluate_checkpoint
 
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}{'-tta' if args.tta else ''}"
-    update, bar = progress_bar("decoding")
+    update, close = progress_bar("decoding")
     metrics = evaluate_checkpoint(
         args.checkpoint, args.data, args.split, out, format=args.format, tta=args.tta,
         threshold=args.threshold, batch_size=args.batch_size, device=args.device, force=args.force, progress=update,
     )
-    bar.close()
+    close()
     print(format_metrics(metrics))
     print(f"written to {out}/ (metrics.json, predictions.csv, roc.png, pr.png, confusion_matrix.png, ...)")
     return 0

@@ -44,13 +44,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--template orders a Kaggle submission; add --format kaggle")
     from pcamlab.deploy import predict_files
 
-    update, bar = progress_bar("predicting")
+    update, close = progress_bar("predicting")
     result = predict_files(
         args.checkpoint, args.inputs, args.out or "predictions.csv", tta=args.tta, batch_size=args.batch_size,
         threshold=args.threshold, device=args.device, force=args.force, skip_bad=args.skip_bad, progress=update,
         runtime=args.runtime,
     )
-    bar.close()
+    close()
     positive = int(result.predicted.sum())
     print(
         f"{len(result.names)} patches: {positive} predicted {result.class_names[1]}, "
@@ -77,12 +77,12 @@ def run_kaggle(args: argparse.Namespace) -> int:
         raise ConfigError("--skip-bad cannot be used with --format kaggle: a submission needs every test id")
     if args.threshold is not None:
         raise ConfigError("--threshold has no effect with --format kaggle: the label is the probability itself")
-    update, bar = progress_bar("predicting")
+    update, close = progress_bar("predicting")
     result = predict_kaggle(
         args.checkpoint, args.inputs, args.out or "submission.csv", template=args.template, tta=args.tta,
         batch_size=args.batch_size, device=args.device, force=args.force, progress=update,
     )
-    bar.close()
+    close()
     order = f"in the order of {args.template}" if args.template else "sorted by file name"
     print(f"{len(result.names)} test patches, rows {order}{' (TTA)' if args.tta else ''}")
     print(f"written to {result.out} (id,label; label = P({result.class_names[1]}))")

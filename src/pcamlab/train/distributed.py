@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["World", "setup"]
+__all__ = ["World", "check_processes", "setup"]
 
 
 @dataclass
@@ -62,6 +62,29 @@ class World:
         if self.initialised and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
             self.initialised = False
+
+
+def check_processes(config, processes: int) -> None:
+    """The config checks that depend on the number of training processes (``torchrun``).
+
+    Raises:
+        ConfigError: ``train.schedule_over`` is ``budget`` (each process's clock differs), or
+            ``train.batch_size`` is not divisible by ``processes``.
+    """
+    from pcamlab.errors import ConfigError
+
+    if processes <= 1:
+        return
+    if config.train.schedule_over == "budget":
+        raise ConfigError(
+            "train.schedule_over=budget follows each process's own clock, so replicas would drift apart "
+            "under torchrun; use schedule_over=epochs with several processes"
+        )
+    if config.train.batch_size % processes:
+        raise ConfigError(
+            f"train.batch_size {config.train.batch_size} must be divisible by the {processes} processes; "
+            f"use e.g. {config.train.batch_size // processes * processes or processes}"
+        )
 
 
 def setup(device_name: str = "auto") -> World:

@@ -380,27 +380,6 @@ class _EMA:
                 averaged.copy_(current)
 
 
-def _tensorboard_pictures(writer, model, epoch, samples, contract) -> None:
-    """First-layer filters and Grad-CAM of a few fixed validation patches, once per epoch."""
-    from pcamlab.explain.filters import first_layer_tiles
-    from pcamlab.explain.gradcam import GradCAM, overlay
-
-    tiles = torch.from_numpy(first_layer_tiles(model))  # (F, k, k, 3)
-    count, size = tiles.shape[0], tiles.shape[1]
-    columns = int(math.ceil(math.sqrt(count)))
-    rows = -(-count // columns)
-    grid = torch.zeros(rows * (size + 1), columns * (size + 1), 3)
-    for index in range(count):
-        row, column = divmod(index, columns)
-        grid[row * (size + 1) : row * (size + 1) + size, column * (size + 1) : column * (size + 1) + size] = tiles[index]
-    writer.add_image("filters/first_layer", grid.repeat_interleave(8, 0).repeat_interleave(8, 1), epoch, dataformats="HWC")
-    images = samples
-    device = next(model.parameters()).device
-    cams = GradCAM(model)(contract.to_model_input(torch.from_numpy(images).to(device)))  # (B, H, W)
-    overlays = np.stack([overlay(image, cam.numpy()) for image, cam in zip(images, cams)])  # (B, H, W, 3)
-    writer.add_images("gradcam/validation_patches", torch.from_numpy(overlays), epoch, dataformats="NHWC")
-
-
 def _check_crop(model: nn.Module, config: RunConfig, patch_size: int, device: torch.device) -> None:
     """Fail at start-up when ``augment.crop_size`` cannot work: too large, or a model tied to one input size."""
     size = config.augment.crop_size
@@ -432,12 +411,10 @@ def _with_resolved_options(config: RunConfig) -> RunConfig:
     """A copy of ``config`` whose ``model.options`` lists every builder option, defaults included.
 
     Written into config.yaml and every checkpoint, so a checkpoint rebuilds the same network even if a
-    builder's default changes in a later pcamlab.
+    builder's default changes in a later pcamlab. The options are validated when the model is built.
     """
-    from pcamlab.models import build_model
     from pcamlab.models.factory import model_options
 
-    build_model(config.model)  # validates the options first (one-line errors)
     resolved = copy.deepcopy(config)
     resolved.model.options = _plain({**model_options(config.model.name), **config.model.options})
     return resolved
@@ -560,13 +537,14 @@ def train(
         DataError / ConfigError: bad data or configuration (one line with the fix), or a
             ``continue_from`` whose model differs from ``config.model`` or that ran ``train.epochs`` already.
     """
-    from tqdm.auto import tqdm
-
     from pcamlab.data import PATCH_SIZE, open_split
     from pcamlab.config_ranges import check_combinations, check_ranges
     from pcamlab.data.augment import augment_batch, random_label_crop
     from pcamlab.data.loader import InMemoryBatches, make_batch_source
+    from pcamlab.explain.tensorboard import picture_samples as picture_samples_of
+    from pcamlab.explain.tensorboard import write_epoch_pictures
     from pcamlab.models import build_model, model_summary
+    from pcamlab.progress import progress_bar
     from pcamlab.train import distributed
     from pcamlab.runtime.checkpoint import save_checkpoint
     from pcamlab.runtime.contract import InputContract
@@ -580,14 +558,10 @@ def train(
     config = _with_resolved_options(config)
     source_run = _check_continue(config, Path(continue_from)) if continue_from is not None else None
     world = distributed.setup(train_config.device)
+    distributed.check_processes(config, world.size)
     main_process = world.rank == 0
     say = (log or (lambda line: None)) if main_process else (lambda line: None)
     progress = progress and main_process
-    if world.size > 1 and train_config.batch_size % world.size:
-        raise ConfigError(
-            f"train.batch_size {train_config.batch_size} must be divisible by the {world.size} processes; "
-            f"use e.g. {train_config.batch_size // world.size * world.size or world.size}"
-        )
     if main_process:
         prepare_run_dir(out_dir, resume, create=False)  # config.yaml, written once the data is read, creates it
         summary_path = out_dir / "summary.json"
@@ -609,6 +583,7 @@ def train(
         say("note: train.time_budget_minutes follows the wall clock, so the last (partial) epoch of "
             "deterministic runs can end at different steps; every epoch before it repeats bit for bit")
     torch.manual_seed(train_config.seed)
+    model = build_model(config.model)  # built once: checks model.options; its weights come from the seed
     device = world.device
     precision = resolve_precision(train_config.precision, device)
 
@@ -624,28 +599,18 @@ def train(
     for note in dict.fromkeys([*train_reader.notes, *(valid_reader.notes if valid_reader is not None else [])]):
         say(f"data: note: {note}")
 
-    def bar(description: str):
-        handle = tqdm(total=0, desc=description, unit="patch", disable=not progress, leave=False)
-
-        def update(done: int, total: int) -> None:
-            handle.total = total
-            handle.n = done
-            handle.refresh()
-
-        return update, handle
-
-    update, handle = bar("decoding train")
+    update, close = progress_bar("decoding train", progress)
     train_source = make_batch_source(
         train_reader, data_config, train_config.batch_size, shuffle=True, drop_last=True, progress=update
     )
-    handle.close()
+    close()
     valid_source = None
     if valid_reader is not None:
-        update, handle = bar("decoding valid")
+        update, close = progress_bar("decoding valid", progress)
         valid_source = make_batch_source(
             valid_reader, data_config, config.evaluate.batch_size, shuffle=False, progress=update
         )
-        handle.close()
+        close()
     if train_source.num_samples == 0:
         raise DataError(
             f"no readable training patch in split {train_reader.split!r} of {str(train_reader.root)!r}: all "
@@ -704,7 +669,7 @@ def train(
         say(f"data: {config.data.stain_normalization} stain normalisation fitted on training patches")
 
     # -- model and optimiser ---------------------------------------------------------------------
-    model = build_model(config.model).to(device)
+    model = model.to(device)
     size = model_summary(model, input_size=contract.patch_size)
     transfer, loaded = _load_pretrained(model, config, say)
     if config.augment.crop_size:
@@ -773,11 +738,9 @@ def train(
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=first_epoch)
-    picture_samples = None
+    picture_samples = None  # fixed validation patches drawn in TensorBoard every epoch (RAM-cached data only)
     if valid_source is not None and isinstance(valid_source, InMemoryBatches):
-        labels_array = valid_source.labels.numpy()
-        picks = [*np.flatnonzero(labels_array == 1)[:4], *np.flatnonzero(labels_array == 0)[:4]]
-        picture_samples = valid_source.images.numpy()[picks]
+        picture_samples = picture_samples_of(valid_source.images.numpy(), valid_source.labels.numpy())
     stop_reason = "all epochs done"
     epoch = first_epoch - 1
     local_batch = train_config.batch_size // world.size
@@ -813,8 +776,8 @@ def train(
         loss_sum = torch.zeros((), device=device)
         seen = 0
         factor = rate_at(epoch - 1)
-        bar_handle = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{train_config.epochs}", unit="step",
-                          disable=not progress, leave=False)
+        update, close = progress_bar(f"epoch {epoch}/{train_config.epochs}", progress, unit="step",
+                                     total=steps_per_epoch)
         for step, (images, labels, _) in enumerate(train_source.epoch(seed=train_config.seed * 7919 + epoch)):
             if step >= steps_per_epoch:
                 break
@@ -846,9 +809,8 @@ def train(
                 ema.update(model)
             loss_sum += loss.detach() * len(labels)
             seen += len(labels)
-            bar_handle.update(1)
-            if step % 10 == 0:
-                bar_handle.set_postfix(loss=f"{loss.item():.3f}", lr=f"{train_config.learning_rate * factor:.1e}")
+            shown = {"loss": f"{loss.item():.3f}", "lr": f"{train_config.learning_rate * factor:.1e}"} if step % 10 == 0 else {}
+            update(step + 1, steps_per_epoch, **shown)
             # stop mid-epoch when the budget ends (the partial epoch is still validated and checkpointed);
             # every process reads rank 0's clock, so all stop after the same step
             if budget_seconds > 0 and elapsed() > budget_seconds:
@@ -858,7 +820,7 @@ def train(
                 stop_reason = f"stopped by the caller during epoch {epoch}"
                 stopped_by_caller = True
                 break
-        bar_handle.close()
+        close()
         train_seconds = time.perf_counter() - epoch_start
         loss_sum, seen = world.sum(loss_sum), int(world.sum(torch.tensor(float(seen), device=device)).item())
         if seen == 0:  # streaming met only unreadable files: nothing was learned
@@ -932,7 +894,7 @@ def train(
             with atomic_path(out_dir / "resume.pt") as temporary:
                 torch.save(resume_state, temporary)
             if picture_samples is not None:  # after the checkpoints: a picture never costs an epoch
-                _tensorboard_pictures(writer, scored, epoch, picture_samples, contract)
+                write_epoch_pictures(writer, scored, epoch, picture_samples, contract)
                 writer.flush()
         world.barrier()
         validation = (

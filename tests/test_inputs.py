@@ -55,14 +55,14 @@ def one_line_error(capsys, *argv) -> str:
 def checkpoint_path(tmp_path_factory) -> Path:
     """An untrained course baseline with a real contract: enough to run predict/evaluate/explain."""
     from pcamlab.models import build_model
-    from pcamlab.train.checkpoint import make_contract, save_checkpoint
+    from pcamlab.runtime import InputContract, save_checkpoint
 
     config = RunConfig(model=ModelConfig(name="baseline", options={"filters": [4, 8], "dense_units": 8}))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model(config.model).eval()
     path = tmp_path_factory.mktemp("checkpoint") / "best.safetensors"
-    return save_checkpoint(path, model, config, make_contract(MEAN, STD, threshold=0.5), {"epoch": 1})
+    return save_checkpoint(path, model, config, InputContract(mean=MEAN, std=STD, threshold=0.5), {"epoch": 1})
 
 
 @pytest.fixture(scope="module")

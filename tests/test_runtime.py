@@ -218,3 +218,19 @@ def test_evaluate_and_explain_of_one_checkpoint_see_the_same_kaggle_split(tmp_pa
     reader = open_split(root, "valid", "kaggle", valid_fraction=0.3, seed=7)
     assert [reader.name(i) for i in range(len(reader))] == names
     assert summary["feature_map_patch"] in names and max(summary["indices"]) < len(names)
+
+
+def test_bench_times_a_model_file_end_to_end_through_its_predictor(tmp_path, capsys):
+    from pcamlab.cli.main import main
+    from pcamlab.deploy.bench import bench_model_file
+
+    rows = bench_model_file(ASSETS / "checkpoint-v1-reinhard-w4.safetensors", batch_sizes=[16, 32], patches=32,
+                            repeats=1)  # with its stain normaliser
+    assert [(row["runtime"], row["batch_size"], row["patches"]) for row in rows] == [("torch", 16, 32), ("torch", 32, 32)]
+    assert all(row["images_per_second"] > 0 and row["ms_per_patch"] > 0 for row in rows)
+    out = tmp_path / "bench.csv"
+    assert main(["bench", "--model", str(ASSETS / "checkpoint-v1-simple-cnn-w4.safetensors"), "--batch-size", "8",
+                 "--tta", "--patches", "16", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "patches/s" in printed and "checkpoint-v1-simple-cnn-w4.safetensors  torch" in printed
+    assert out.read_text().splitlines()[0].startswith("model,runtime,batch_size,tta,patches,images_per_second")

@@ -34,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--models", type=_names, default=["baseline", "simple-cnn"], metavar="A,B",
                         help="registered models (default baseline,simple-cnn; see pcamlab models)")
+    parser.add_argument("--model", metavar="FILE",
+                        help="instead: time a trained model file (.safetensors, .onnx, .pt) end to end through "
+                        "its predictor on real sample patches (uint8 in, probabilities out)")
+    parser.add_argument("--tta", action="store_true", help="with --model: time test-time augmentation")
+    parser.add_argument("--patches", type=int, default=256, help="with --model: patches per timed pass (default 256)")
     parser.add_argument("--precision", type=_names, default=["fp32"], metavar="P,Q",
                         help="fp32 and/or bf16 (default fp32)")
     parser.add_argument("--batch-size", type=_sizes, default=[64], metavar="N,M", help="default 64")
@@ -101,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.time_to_auc:
         return run_time_to_auc(args)
-    from pcamlab.deploy.bench import format_table, run_bench, write_results
+    from pcamlab.deploy.bench import bench_model_file, format_model_table, format_table, run_bench, write_results
 
     if args.out and not args.force:
         from pathlib import Path
@@ -110,6 +115,13 @@ def run(args: argparse.Namespace) -> int:
 
         if Path(args.out).exists():  # fail before minutes of timing, not after
             raise RunFolderError(f"{args.out!r} already exists; choose another --out or pass --force to replace it")
+    if args.model:
+        rows = bench_model_file(args.model, batch_sizes=args.batch_size, patches=args.patches, tta=args.tta,
+                                device=args.device)
+        print(format_model_table(rows))
+        if args.out:
+            print(f"written to {write_results(rows, args.out, force=args.force)}")
+        return 0
     rows = run_bench(
         args.models, precisions=args.precision, batch_sizes=args.batch_size, channels_last=args.channels_last,
         steps=args.steps, warmup=args.warmup, onnx=args.onnx, compile=args.compile, device=args.device,

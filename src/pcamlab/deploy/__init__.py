@@ -18,12 +18,10 @@ Example:
 from pcamlab.deploy.export import export_checkpoint
 from pcamlab.deploy.kaggle import predict_kaggle
 from pcamlab.deploy.predict import PredictionResult, predict_files
-from pcamlab.deploy.predictors import CheckpointPredictor
-from pcamlab.runtime.predictor import OnnxPredictor, TorchPredictor, TorchScriptPredictor, load_onnx, load_predictor
 from pcamlab.deploy.sources import PatchSource, collect_sources, iterate_patches
+from pcamlab.runtime.predictor import OnnxPredictor, TorchPredictor, TorchScriptPredictor, load_onnx, load_predictor
 
 __all__ = [
-    "CheckpointPredictor",
     "OnnxPredictor",
     "PatchSource",
     "PredictionResult",

@@ -36,16 +36,25 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> first CUDA device if present, else CPU; checks that a requested GPU exists."""
+def resolve_device(name: str = "auto", field: str = "train.device") -> torch.device:
+    """``auto`` -> first CUDA device if present, else CPU; checks that a requested GPU exists.
+
+    Args:
+        name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        field: the config field or parameter the messages name (``device`` for inference calls).
+
+    Raises:
+        ConfigError: an unknown device, or a GPU asked for where none is visible.
+    """
+    parameters = () if "." in field else (field,)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N; got {name!r}") from None
+        raise ConfigError(f"{field} must be auto, cpu, cuda or cuda:N; got {name!r}", parameters=parameters) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {name!r} but no CUDA GPU is visible; use train.device=cpu")
+        raise ConfigError(f"{field} is {name!r} but no CUDA GPU is visible; use {field}=cpu", parameters=parameters)
     return device
 
 

@@ -215,7 +215,7 @@ class TorchPredictor(PatchPredictor):
         checkpoint: Checkpoint | None = None,
     ):
         self.contract = InputContract.coerce(contract)
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.device = device if isinstance(device, torch.device) else resolve_device(device, field="device")
         self.precision = precision or self.contract.precision
         if self.precision not in INFERENCE_PRECISIONS:
             raise ConfigError(f"precision must be one of {list(INFERENCE_PRECISIONS)}; got {self.precision!r}")
@@ -229,7 +229,7 @@ class TorchPredictor(PatchPredictor):
     def from_checkpoint(cls, checkpoint: Checkpoint | str | os.PathLike, device: str = "cpu",
                         precision: str | None = None) -> TorchPredictor:
         """A predictor for a checkpoint file or a loaded :class:`Checkpoint`."""
-        torch_device = resolve_device(device) if isinstance(device, str) else device
+        torch_device = resolve_device(device, field="device") if isinstance(device, str) else device
         if not isinstance(checkpoint, Checkpoint):
             checkpoint = load_checkpoint(checkpoint, device=torch_device)
         return cls(checkpoint.model, checkpoint.contract, device=torch_device, precision=precision,

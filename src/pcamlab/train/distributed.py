@@ -68,19 +68,11 @@ def check_processes(config, processes: int) -> None:
     """The config checks that depend on the number of training processes (``torchrun``).
 
     Raises:
-        ConfigError: ``train.schedule_over`` is ``budget`` (each process's clock differs), or
-            ``train.batch_size`` is not divisible by ``processes``.
+        ConfigError: ``train.batch_size`` is not divisible by ``processes``.
     """
     from pcamlab.errors import ConfigError
 
-    if processes <= 1:
-        return
-    if config.train.schedule_over == "budget":
-        raise ConfigError(
-            "train.schedule_over=budget follows each process's own clock, so replicas would drift apart "
-            "under torchrun; use schedule_over=epochs with several processes"
-        )
-    if config.train.batch_size % processes:
+    if processes > 1 and config.train.batch_size % processes:
         raise ConfigError(
             f"train.batch_size {config.train.batch_size} must be divisible by the {processes} processes; "
             f"use e.g. {config.train.batch_size // processes * processes or processes}"

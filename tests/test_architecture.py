@@ -62,13 +62,17 @@ def test_library_errors_name_parameters_and_config_fields_not_cli_flags():
     import re
 
     flag = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
+    # HTTP answers of the service go to web clients, past any CLI that could translate them: they may name
+    # the flag the server was started with.
+    allowed = {("src/pcamlab/serve/app.py", "--slide-root")}
     offenders = []
     for path in sorted((REPO / "src" / "pcamlab").rglob("*.py")):
         if "cli" in path.relative_to(REPO / "src" / "pcamlab").parts:
             continue
         for line, text in _raised_texts(path):
-            if flag.search(text):
-                offenders.append(f"{path.relative_to(REPO)}:{line}: {flag.search(text).group()}")
+            found = flag.search(text)
+            if found and (str(path.relative_to(REPO)), found.group()) not in allowed:
+                offenders.append(f"{path.relative_to(REPO)}:{line}: {found.group()}")
     assert offenders == [], "library messages name CLI flags (name the parameter; the CLI adds the flag):\n" + "\n".join(offenders)
 
 

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Library parameters whose name differs from the flag's destination (``train(config, out_dir)`` <- ``--out``).
-PARAMETER_DESTINATIONS = {"out_dir": "out", "out_path": "out", "batch_sizes": "batch_size", "precisions": "precision"}
+PARAMETER_DESTINATIONS = {"out_dir": "out", "out_path": "out", "batch_sizes": "batch_size", "precisions": "precision",
+                          "space_file": "space"}
 
 
 def _command_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:

@@ -546,7 +546,8 @@ def run_study(
         task.grid()  # floats without a step fail here, before anything is written
     if out_dir.exists() and any(out_dir.iterdir()):
         if (out_dir / STUDY_FILE).is_file():
-            raise RunFolderError(f"{str(out_dir)!r} already holds a study; resume it (resume_study / --resume) or choose another folder")
+            raise RunFolderError(f"{str(out_dir)!r} already holds a study; resume it (resume_study, resume=True) or "
+                                 "choose another out_dir", parameters=("resume", "out_dir"))
         raise RunFolderError(f"study folder {str(out_dir)!r} is not empty; choose a new folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(out_dir)
@@ -652,7 +653,8 @@ def _run(out_dir, url, name, settings, base, task, trials, minutes, workers, hea
     elif known != identity:
         raise ConfigError(
             f"study {name!r} in {_redacted(url)} was made with another space, objectives or protocol; "
-            "use the same --space/--objectives/--protocol to join it, or another study name"
+            "use the same space_file, objectives and protocol to join it, or another study_name",
+            parameters=("space_file", "objectives", "protocol", "study_name"),
         )
     elif not resume:
         log(f"joining study {name!r} in {_redacted(url)} ({len(study.trials)} trials so far)")

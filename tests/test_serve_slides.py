@@ -131,3 +131,48 @@ def test_stopping_the_server_stops_a_running_slide_job_and_deletes_its_files(ser
     release.set()
     stopper.join(30)
     assert job.status == "failed" and "server stopped" in job.error and not jobs.work.exists()
+
+
+@pytest.fixture(scope="module")
+def odd_root(tmp_path_factory) -> Path:
+    """A bare slide (no resolution tags), a text file named .tif, and a good slide."""
+    root = tmp_path_factory.mktemp("odd")
+    make_synthetic_slide(root / "bare.tif", *sample_pools("valid"), width=480, height=480, seed=1,
+                         resolution_tags=False)
+    (root / "notes.tif").write_text("not a slide\n")
+    return root
+
+
+def test_slide_jobs_are_checked_before_202_and_take_an_mpp(served, odd_root):
+    with TestClient(create_app(served, ServeSettings(slide_root=odd_root))) as client:
+        assert client.get("/v1/slides").json()["slides"] == ["bare.tif"]  # the text file is not listed
+        for body, words in (({"slide": "bare.tif"}, '"mpp"'),
+                            ({"slide": "bare.tif", "mpp": 100}, "coarser than 2x"),
+                            ({"slide": "bare.tif", "mpp": 0.972, "stride": 50}, "stride must divide"),
+                            ({"slide": "notes.tif"}, "cannot read slide"),
+                            ({"slide": "bare.tif", "mpp": 0.972, "x": 1}, "x: Extra inputs are not permitted"),
+                            ({"slide": "bare.tif", "mpp": -1}, "mpp:")):
+            response = client.post("/v1/slides/jobs", json=body)
+            detail = response.json()["detail"]
+            assert response.status_code == 400 and words in detail, (body, detail)
+            assert isinstance(detail, str) and "\n" not in detail and str(odd_root) not in detail, detail
+        started = client.post("/v1/slides/jobs", json={"slide": "bare.tif", "mpp": 0.972})
+        assert started.status_code == 202 and started.json()["mpp"] == 0.972
+        job = wait_done(client, started.json()["id"])
+        assert job["status"] == "done", job["error"]
+
+
+@pytest.mark.parametrize("request_args, words", [
+    ({"url": "/v1/slides/jobs", "content": b"{not json", "headers": {"content-type": "application/json"}},
+     "JSON"),
+    ({"url": "/v1/slides/jobs", "json": {"slide": "", "stride": 0}}, "slide: String should have at least"),
+    ({"url": "/v1/predict", "json": {"files": ["secret-body-text"]}}, "files: Field required"),
+    ({"url": "/v1/predict", "data": {"tta": "maybe"}, "files": {"files": ("a.png", b"x", "image/png")}}, "tta:"),
+])
+def test_request_validation_errors_are_the_one_line_shape_without_echoing_the_body(served, odd_root,
+                                                                                    request_args, words):
+    with TestClient(create_app(served, ServeSettings(slide_root=odd_root))) as client:
+        response = client.post(**request_args)
+    detail = response.json()["detail"]
+    assert response.status_code == 400 and isinstance(detail, str) and words in detail, detail
+    assert "\n" not in detail and "secret-body-text" not in detail and "maybe" not in detail

@@ -32,14 +32,15 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Path, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import pcamlab
-from pcamlab.errors import ConfigError, DataError, PcamlabError
+from pcamlab.errors import ConfigError, DataError, PcamlabError, plain_line
 from pcamlab.serve.inputs import TooManyPatches, UnsupportedUpload, Upload, decode_one_image, decode_uploads
 from pcamlab.serve.limits import BodySizeLimit
 from pcamlab.serve.model import ExplainUnavailable, ServedModel
@@ -145,15 +146,20 @@ class SlideListing(BaseModel):
 
 
 class SlideJobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     slide: str = Field(min_length=1, max_length=1000, description="a path from GET /v1/slides (relative to the root)")
     stride: int | None = Field(default=None, ge=1, le=4096,
                                description="tile step in model pixels, dividing the patch size (default: the patch size)")
+    mpp: float | None = Field(default=None, gt=0, le=100,
+                              description="level-0 microns per pixel, for a slide whose metadata lacks it (e.g. 0.25)")
 
 
 class SlideJobStatus(BaseModel):
     id: str
     slide: str
     stride: int | None
+    mpp: float | None = Field(default=None, description="the mpp given in the request, if any")
     status: str = Field(description="queued | running | done | failed")
     progress: float = Field(ge=0.0, le=1.0, description="share of the tissue tiles predicted")
     error: str | None = Field(description="why a failed job failed, in one line")
@@ -234,6 +240,17 @@ def create_app(model: ServedModel, settings: ServeSettings | None = None) -> Any
         elif cause and status == 400:
             detail = f"{detail}: {cause}"
         return JSONResponse({"detail": str(detail)}, status_code=status, headers=getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        """FastAPI's field errors as the API's one line; the values sent are never echoed back."""
+        problems = []
+        for item in error.errors()[:4]:
+            where = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query", "path", "form"))
+            problems.append(f"{where or 'body'}: {item.get('msg', 'invalid')}")
+        more = f" (and {len(error.errors()) - 4} more)" if len(error.errors()) > 4 else ""
+        return JSONResponse({"detail": plain_line("invalid request: " + "; ".join(problems) + more, 500)},
+                            status_code=400)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
@@ -348,7 +365,7 @@ def create_app(model: ServedModel, settings: ServeSettings | None = None) -> Any
               responses={400: errors[400], 404: slide_errors[404], 503: errors[503]})
     async def start_slide_job(request: SlideJobRequest) -> dict[str, Any]:
         """Start a tumour heatmap of a slide below the slide root (or return the job already made for it)."""
-        return slide_jobs().submit(request.slide, request.stride).to_dict()
+        return (await pool.run(lambda: slide_jobs().submit(request.slide, request.stride, request.mpp))).to_dict()
 
     @api.get("/slides/jobs/{job_id}", response_model=SlideJobStatus, tags=["slides"],
              responses={404: slide_errors[404]})

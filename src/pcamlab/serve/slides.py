@@ -64,8 +64,8 @@ class SlideQueueFull(DataError):
 
 
 def list_slides(root: Path, limit: int = MAX_LISTED) -> list[str]:
-    """Slide files below ``root`` (any depth; hidden entries and links leading outside it skipped) as POSIX
-    paths relative to it, sorted."""
+    """Slide files below ``root`` (any depth; hidden entries, links leading outside it and files that do not
+    open as slides skipped) as POSIX paths relative to it, sorted."""
     found: list[str] = []
     root = Path(root)
     base = root.resolve()
@@ -73,11 +73,29 @@ def list_slides(root: Path, limit: int = MAX_LISTED) -> list[str]:
         subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
         for name in sorted(files):
             path = Path(directory) / name
-            if not name.startswith(".") and name.lower().endswith(SLIDE_SUFFIXES) and path.resolve().is_relative_to(base):
+            if (not name.startswith(".") and name.lower().endswith(SLIDE_SUFFIXES)
+                    and path.resolve().is_relative_to(base) and _opens(path)):
                 found.append(path.relative_to(root).as_posix())
                 if len(found) >= limit:
                     return sorted(found)
     return sorted(found)
+
+
+def _opens(path: Path) -> bool:
+    """Whether ``path`` opens as a slide (a text file named ``.tif`` does not)."""
+    from pcamlab.errors import PcamlabError
+    from pcamlab.slide import open_slide
+
+    try:
+        open_slide(path).close()
+    except PcamlabError:
+        return False
+    return True
+
+
+def _relative(message: str, path: Path, name: str) -> str:
+    """``message`` with the slide's absolute server path replaced by its name relative to the root."""
+    return message.replace(str(path), name)
 
 
 def resolve_slide(root: Path, name: str) -> Path:
@@ -144,6 +162,7 @@ class SlideJob:
         id: 16 hex characters, unguessable.
         slide: the slide name as asked (relative to the root).
         stride: tile stride in model pixels (None = the patch size).
+        mpp: level-0 microns per pixel given for a slide whose metadata lacks it (None = the slide's own).
         status: ``queued``, ``running``, ``done`` or ``failed``.
         progress: share of the tissue tiles predicted (0-1).
         error: the one-line reason of a failure.
@@ -154,6 +173,7 @@ class SlideJob:
     id: str
     slide: str
     stride: int | None
+    mpp: float | None = None
     status: str = "queued"
     progress: float = 0.0
     error: str | None = None
@@ -166,7 +186,7 @@ class SlideJob:
         """What GET /v1/slides/jobs/ID answers."""
         done = self.status == "done"
         return {
-            "id": self.id, "slide": self.slide, "stride": self.stride, "status": self.status,
+            "id": self.id, "slide": self.slide, "stride": self.stride, "mpp": self.mpp, "status": self.status,
             "progress": round(self.progress, 4), "error": self.error, "summary": self.summary,
             "results": {name: f"/v1/slides/jobs/{self.id}/{name}" for name in RESULT_FILES} if done else {},
         }
@@ -206,24 +226,54 @@ class SlideJobs:
         """The slides below the root (see :func:`list_slides`)."""
         return list_slides(self.root)
 
-    def submit(self, slide: str, stride: int | None = None) -> SlideJob:
-        """Start (or find) the job for ``slide`` at ``stride``; a finished or running one is returned as is.
+    def check(self, path: Path, name: str, stride: int | None, mpp: float | None) -> None:
+        """Open the slide and plan its grid, so a bad slide or option fails before a job is made.
 
         Raises:
-            DataError / SlideNotFound: a bad or unknown slide name.
+            DataError: the file does not open as a slide, its resolution is unknown (and no ``mpp`` given) or
+                implausible, or the model's patch does not fit; ConfigError: a stride not dividing the patch
+                size. Messages name the slide relative to the root.
+        """
+        from pcamlab.errors import PcamlabError
+        from pcamlab.slide import MissingResolutionError, open_slide, plan_grid
+        from pcamlab.slide._model import PCAM_MPP, contract_value
+
+        contract = self.predictor.contract
+        patch_size = int(contract_value(contract, "patch_size", 96))
+        try:
+            with open_slide(path, mpp=mpp) as opened:
+                plan_grid(opened, patch_size, patch_size if stride is None else stride,
+                          float(contract_value(contract, "mpp", PCAM_MPP)))
+        except MissingResolutionError as error:
+            raise DataError(_relative(f"{error}; in the request: \"mpp\": 0.25", path, name)) from None
+        except PcamlabError as error:
+            raise type(error)(_relative(str(error), path, name)) from None
+
+    def submit(self, slide: str, stride: int | None = None, mpp: float | None = None) -> SlideJob:
+        """Start (or find) the job for ``slide`` at ``stride``; a finished or running one is returned as is.
+
+        Args:
+            slide: the slide's path relative to the root.
+            stride: tile step in model pixels (None = the patch size).
+            mpp: level-0 microns per pixel, for a slide whose metadata lacks it.
+
+        Raises:
+            DataError / SlideNotFound: a bad or unknown slide name, a file that is not a slide, an unknown or
+                implausible resolution; ConfigError: a bad stride (all checked before a job is made).
             SlideQueueFull: ``max_queued`` jobs already wait.
         """
         path = resolve_slide(self.root, slide)
+        self.check(path, slide, stride, mpp)
         with self._lock:
             for job in self._jobs.values():
-                if job.slide == slide and job.stride == stride and job.status != "failed":
+                if job.slide == slide and job.stride == stride and job.mpp == mpp and job.status != "failed":
                     return job
             waiting = sum(job.status == "queued" for job in self._jobs.values())
             if waiting >= self.max_queued:
                 raise SlideQueueFull(
                     f"{waiting} slide jobs are already waiting (limit {self.max_queued}); retry when one has finished"
                 )
-            job = SlideJob(secrets.token_hex(8), slide, stride)
+            job = SlideJob(secrets.token_hex(8), slide, stride, mpp)
             self._jobs[job.id] = job
             self._evict()
         self._executor.submit(self._run, job, path)
@@ -271,8 +321,8 @@ class SlideJobs:
 
         try:
             folder = self.work / job.id / "slide"
-            result = predict_slide(self.predictor, path, folder, stride=job.stride, batch_size=self.batch_size,
-                                   resume=False, progress=progress)
+            result = predict_slide(self.predictor, path, folder, stride=job.stride, mpp=job.mpp,
+                                   batch_size=self.batch_size, resume=False, progress=progress)
             with Image.open(result.files["thumbnail"]) as thumbnail:
                 size = thumbnail.size
             write_heat_layer(folder / RESULT_FILES["heatmap.png"], result.probability_map,
@@ -282,9 +332,10 @@ class SlideJobs:
             job.progress = 1.0
             job.status = "done"
         except PcamlabError as error:
-            job.error, job.status = str(error), "failed"
+            job.error, job.status = _relative(str(error), path, job.slide).replace(str(self.work), "<work>"), "failed"
         except Exception as error:  # a bug or an I/O failure: reported on the job, never lost in a thread
-            job.error, job.status = f"the slide job failed ({type(error).__name__}: {error})", "failed"
+            message = _relative(f"the slide job failed ({type(error).__name__}: {error})", path, job.slide)
+            job.error, job.status = message.replace(str(self.work), "<work>"), "failed"
         finally:
             job.finished = time.time()
 

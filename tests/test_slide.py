@@ -377,3 +377,10 @@ def test_out_naming_a_file_is_one_line(tmp_path, slide, capsys):
     with pytest.raises(RunError, match="which is a file"):
         predict_slide(load_predictor(MODEL), slide.path, out / "small")
     assert out.read_text() == "mine\n"
+
+
+def test_a_closed_pipe_ends_quietly(slide):
+    """`pcamlab slide info a.tif | head -3`: the reader leaves early; no BrokenPipeError traceback."""
+    command = f"{sys.executable} -m pcamlab slide info {slide.path} | true"  # `true` closes the pipe at once
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr

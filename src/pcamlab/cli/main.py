@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = args.func(args)
+        sys.stdout.flush()  # here, so a closed pipe is caught below and not at interpreter exit
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly, as other Unix tools do
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the closed pipe
     except PcamlabError as error:
         if args.debug:
             raise
@@ -127,6 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         print("pcamlab: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's final flush does not raise BrokenPipeError again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (captured): nothing to silence
+        pass
 
 
 def _storage_message(error: OSError) -> str | None:

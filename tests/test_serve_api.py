@@ -296,6 +296,7 @@ def test_cli_serve_binds_loopback_by_default_and_warns_when_exposed(checkpoint_p
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append((app, options)))
+    monkeypatch.setattr("pcamlab.cli.serve.check_port", lambda host, port: None)  # another server may hold 8000
     monkeypatch.delenv("PCAMLAB_SERVE_TOKEN", raising=False)
     assert main(["serve", str(checkpoint_path), "--port", "8123"]) == 0
     assert calls[-1][1]["host"] == "127.0.0.1" and calls[-1][1]["port"] == 8123
@@ -310,3 +311,36 @@ def test_cli_serve_binds_loopback_by_default_and_warns_when_exposed(checkpoint_p
     assert exposure_warning("::1", None) is None and exposure_warning("localhost", None) is None
     assert main(["serve", str(checkpoint_path.parent / "missing.safetensors")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_serve_on_a_busy_port_is_one_line_before_serving(checkpoint_path, capsys):
+    import socket
+
+    from pcamlab.cli.main import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(checkpoint_path), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert f"--port {port} on --host 127.0.0.1 is already in use" in err and len(err.strip().splitlines()) == 1
+    assert "serving" not in out
+
+
+def test_zip_members_with_unsafe_paths_are_refused_as_such(client, patches):
+    for member in ("../../evil.jpg", "/etc/evil.png"):
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as zipped:
+            zipped.writestr("ok.png", png_bytes(patches[0]))
+            zipped.writestr(member, png_bytes(patches[1]))
+        response = client.post("/v1/predict", files=[("files", ("x.zip", archive.getvalue(), "application/zip"))])
+        detail = response.json()["detail"]
+        assert response.status_code == 400 and "unsafe path" in detail and member in detail, detail
+
+
+def test_explain_refuses_two_file_parts(client, patches):
+    parts = [("file", ("a.png", png_bytes(patches[0]), "image/png")),
+             ("file", ("b.png", png_bytes(patches[1]), "image/png"))]
+    response = client.post("/v1/explain", files=parts)
+    assert response.status_code == 400 and "one 'file' part" in response.json()["detail"]

@@ -56,6 +56,32 @@ def exposure_warning(host: str, token: str | None) -> str | None:
     )
 
 
+def check_port(host: str, port: int) -> None:
+    """Bind ``host:port`` once and let it go, so a busy port is one line before the model loads.
+
+    Raises:
+        ConfigError: the address is in use, not an address of this machine, or needs privileges.
+    """
+    import errno
+    import socket
+
+    from pcamlab.errors import ConfigError
+
+    try:
+        family, kind, protocol, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as error:
+        raise ConfigError(f"--host {host!r} is not a host name or address this machine knows ({error})") from None
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as error:
+            why = {errno.EADDRINUSE: "is already in use (another server?)",
+                   errno.EADDRNOTAVAIL: "is not an address of this machine",
+                   errno.EACCES: "needs privileges (ports below 1024)"}.get(error.errno, f"cannot be bound ({error})")
+            raise ConfigError(f"--port {port} on --host {host} {why}; choose another --port or stop what uses it") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import importlib.util
 
@@ -72,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_request_mb <= 0:
         raise ConfigError(f"--max-request-mb must be > 0; got {args.max_request_mb}")
     token = args.token if args.token is not None else os.environ.get(TOKEN_VARIABLE) or None
+    check_port(args.host, args.port)
     import torch
     import uvicorn
 

@@ -321,10 +321,15 @@ def create_app(model: ServedModel, settings: ServeSettings | None = None) -> Any
                          409: {"model": ErrorResponse, "description": "the model is an exported file without Grad-CAM"},
                          **{code: errors[code] for code in (400, 413, 415, 503)}})
     async def explain(
+        http_request: Request,
         file: Annotated[UploadFile, File(description="one patch image (jpg/png/tif), 96x96 RGB")],
         alpha: Annotated[float, Form(ge=0.0, le=1.0, description="weight of the heat map over the patch")] = 0.45,
     ) -> Response:
         """Grad-CAM overlay of one patch: where the network found evidence of tumour (class 1)."""
+        parts = len((await http_request.form()).getlist("file"))  # parsed once by starlette, cached
+        if parts != 1:
+            raise DataError(f"/v1/explain takes one 'file' part; this request has {parts}: send one patch per "
+                            "request (POST /v1/predict takes many)")
         upload = Upload(file.filename or "", await file.read())
 
         def job() -> tuple[bytes, float, str]:

@@ -165,6 +165,11 @@ def _zip_patches(name: str, data: bytes, counter: _Counter) -> tuple[list[str], 
         members = []
         for info in sorted(archive.infolist(), key=lambda item: item.filename):
             path = PurePosixPath(info.filename)
+            if info.filename.startswith("/") or "\\" in info.filename or ".." in path.parts:
+                raise DataError(
+                    f"zip upload {name!r} holds member {info.filename[:200]!r}, refused as an unsafe path (absolute, "
+                    "'..' or a backslash); zip the patches with plain relative names"
+                )
             hidden = any(part.startswith(".") or part == "__MACOSX" for part in path.parts)
             if info.is_dir() or hidden or path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue

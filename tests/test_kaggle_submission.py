@@ -101,3 +101,17 @@ def test_wrong_inputs_and_options_fail_with_one_line(tmp_path, checkpoint_path, 
         predict_kaggle(checkpoint_path, [competition / "test"], out)
     assert main(["predict", str(checkpoint_path), str(competition / "test"), "--template", "x.csv"]) == 2
     assert "add --format kaggle" in capsys.readouterr().err
+
+
+def test_template_with_bom_and_crlf_is_read_and_an_empty_one_says_so(tmp_path):
+    from pcamlab.deploy.kaggle import read_template
+
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(b"\xef\xbb\xbfId,Label\r\nabc,0\r\ndef,0\r\n")
+    assert read_template(excel) == ["abc", "def"]
+    for content in (b"", b"\xef\xbb\xbf", b"\r\n"):
+        empty = tmp_path / "empty.csv"
+        empty.write_bytes(content)
+        with pytest.raises(DataError, match="is empty") as error:
+            read_template(empty)
+        assert "None" not in str(error.value)

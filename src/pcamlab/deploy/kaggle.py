@@ -55,7 +55,12 @@ def read_template(path: str | os.PathLike) -> list[str]:
         reader = csv.DictReader(file)
         if reader.fieldnames:
             reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
-        if not reader.fieldnames or "id" not in reader.fieldnames:
+        if not reader.fieldnames:
+            raise DataError(
+                f"template {str(path)!r} is empty (no header line); it must start with the header 'id,label' like "
+                "the competition's sample_submission.csv: re-download it"
+            )
+        if "id" not in reader.fieldnames:
             raise DataError(
                 f"template {str(path)!r} has columns {reader.fieldnames}; it must have a header 'id,label' "
                 "like the competition's sample_submission.csv"

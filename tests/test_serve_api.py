@@ -165,9 +165,12 @@ def test_bad_images_get_400_with_the_cli_message(client, patches, tmp_path, monk
     good = ("files", ("good.png", png_bytes(image), "image/png"))
     response = client.post("/v1/predict", files=[good, ("files", ("bad.png", data, "image/png"))])
     assert response.status_code == 400
-    assert response.json() == {"detail": str(cli_error.value)} and "\n" not in response.json()["detail"]
+    said = str(cli_error.value).replace("delete it, or pass skip_bad=True to skip such files",
+                                        "or leave it out of the request")  # the API has no skip_bad
+    assert response.json() == {"detail": said} and "\n" not in response.json()["detail"]
+    assert "skip_bad" not in said and "config" not in said
     explained = client.post("/v1/explain", files={"file": ("bad.png", data, "image/png")})
-    assert explained.status_code == 400 and explained.json()["detail"] == str(cli_error.value)
+    assert explained.status_code == 400 and explained.json()["detail"] == said
     if kind == "bomb":
         assert "900,000,000 pixels" in str(cli_error.value)
         from pcamlab.data.readers import _validate_headers
@@ -344,3 +347,15 @@ def test_explain_refuses_two_file_parts(client, patches):
              ("file", ("b.png", png_bytes(patches[1]), "image/png"))]
     response = client.post("/v1/explain", files=parts)
     assert response.status_code == 400 and "one 'file' part" in response.json()["detail"]
+
+
+def test_unreadable_file_advice_is_the_flag_on_the_cli_and_absent_in_the_api(client, checkpoint_path, tmp_path, capsys):
+    from pcamlab.cli.main import main
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"junk")
+    assert main(["predict", str(checkpoint_path), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "pass --skip-bad to skip such files" in err and "config" not in err and "skip_bad" not in err
+    detail = client.post("/v1/predict", files=[("files", ("bad.png", b"junk", "image/png"))]).json()["detail"]
+    assert "leave it out of the request" in detail and "skip" not in detail

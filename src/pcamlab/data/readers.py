@@ -79,6 +79,11 @@ READERS: Registry[type[PatchReader]] = Registry("data format")
 _RESIZE_FIX = f"PCam patches are {PATCH_SIZE}x{PATCH_SIZE}; crop or resize your patches to that size"
 
 
+#: The advice of an unreadable file's message, naming the parameter (the CLI shows --skip-bad; the web
+#: service, which has no such option, replaces it with its own: see pcamlab.serve.inputs).
+SKIP_HINT = "pass skip_bad=True to skip"
+
+
 class BadImageError(DataError):
     """One image file cannot be used (unreadable, truncated, wrong size or colour mode).
 
@@ -195,7 +200,7 @@ def _unreadable(name: str, error: Exception) -> BadImageError:
         reason = "not a recognised image format"
     return BadImageError(
         f"cannot decode image {name} ({reason}): the file is truncated or not an image; copy it again "
-        "from the source, delete it, or pass skip_bad=True (config data.skip_bad: true) to skip such files"
+        f"from the source, delete it, or {SKIP_HINT} such files", parameters=("skip_bad",)
     )
 
 
@@ -310,7 +315,7 @@ def decode_image_file(path: Path, data: bytes | None = None) -> np.ndarray:
     if cut:
         raise BadImageError(
             f"cannot decode image {name} (Pillow: {plain_line(cut[0], 80)}): the file is truncated; copy it again "
-            "from the source, delete it, or pass skip_bad=True (config data.skip_bad: true) to skip such files"
+            f"from the source, delete it, or {SKIP_HINT} such files", parameters=("skip_bad",)
         )
     return array
 
@@ -672,7 +677,7 @@ class H5Reader(PatchReader):
         except (OSError, RuntimeError, ValueError, KeyError, TypeError) as error:  # a damaged chunk or index
             raise BadImageError(
                 f"cannot read {self.name(index)} ({plain_line(error, 120)}): that part of the file is damaged; "
-                "copy or download the file again, or pass skip_bad=True (config data.skip_bad: true) to skip such rows"
+                f"copy or download the file again, or {SKIP_HINT} such rows", parameters=("skip_bad",)
             ) from None
         return image, int(self.labels[index])
 

@@ -28,7 +28,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from pcamlab.data.readers import IMAGE_SUFFIXES, check_x_dataset, decode_image_file
+from pcamlab.data.readers import IMAGE_SUFFIXES, SKIP_HINT, BadImageError, check_x_dataset, decode_image_file
 from pcamlab.errors import DataError
 
 __all__ = [
@@ -67,6 +67,15 @@ class UnsupportedUpload(DataError):
 
 class TooManyPatches(DataError):
     """A request holds more patches than the server accepts (HTTP 413)."""
+
+
+def _decode_upload(path: PurePosixPath, data: bytes) -> np.ndarray:
+    """:func:`decode_image_file` with the service's advice: this API has no skip_bad, a file is left out."""
+    try:
+        return decode_image_file(path, data)
+    except BadImageError as error:
+        message = str(error).replace(f"delete it, or {SKIP_HINT} such files", "or leave it out of the request")
+        raise BadImageError(message) from None
 
 
 def _clean_name(name: str | None, index: int) -> str:
@@ -194,7 +203,7 @@ def _zip_patches(name: str, data: bytes, counter: _Counter) -> tuple[list[str], 
             if len(content) > MAX_MEMBER_BYTES:
                 raise TooManyPatches(f"zip member {member!r} is larger than it claims; zip the patches again")
             names.append(member)
-            images.append(decode_image_file(PurePosixPath(member), content))
+            images.append(_decode_upload(PurePosixPath(member), content))
     return names, images
 
 
@@ -210,7 +219,7 @@ def decode_one_image(upload: Upload) -> np.ndarray:
         raise UnsupportedUpload(
             f"upload {name!r} is not an image file ({'/'.join(IMAGE_SUFFIXES)}); send one patch image"
         )
-    return np.array(decode_image_file(PurePosixPath(name), upload.data))  # writable: torch warns on read-only
+    return np.array(_decode_upload(PurePosixPath(name), upload.data))  # writable: torch warns on read-only
 
 
 def decode_uploads(uploads: Sequence[Upload], *, patch_size: int, max_images: int) -> tuple[list[str], np.ndarray]:
@@ -240,7 +249,7 @@ def decode_uploads(uploads: Sequence[Upload], *, patch_size: int, max_images: in
         suffix = PurePosixPath(name).suffix.lower()
         if suffix in IMAGE_SUFFIXES:
             counter.add(1, name)
-            images.append(decode_image_file(PurePosixPath(name), upload.data))
+            images.append(_decode_upload(PurePosixPath(name), upload.data))
             names.append(name)
         elif suffix in ARCHIVE_SUFFIXES:
             member_names, member_images = _zip_patches(name, upload.data, counter)

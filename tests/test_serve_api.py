@@ -275,6 +275,14 @@ def test_page_and_its_script_come_from_this_server_only(client):
         assert "http://" not in text and "https://" not in text  # no CDN: works offline
     schema = client.get("/openapi.json").json()
     assert {"/v1/model", "/v1/predict", "/v1/explain", "/health"} <= set(schema["paths"])
+    docs = client.get("/docs")  # FastAPI's default Swagger UI loads from a CDN: a local page instead
+    assert docs.status_code == 200 and "/static/docs.js" in docs.text and "default-src 'self'" in docs.headers[
+        "content-security-policy"]
+    docs_script = client.get("/static/docs.js")
+    assert docs_script.status_code == 200 and 'fetch("/openapi.json")' in docs_script.text
+    for text in (docs.text, docs_script.text):
+        assert "http://" not in text and "https://" not in text and "swagger" not in text.lower()
+    assert client.get("/redoc").status_code == 404
 
 
 @needs_onnx

@@ -160,3 +160,15 @@ def test_page_draws_a_slide_heatmap_over_the_thumbnail_and_zooms(browser, tmp_pa
         assert browser.find_element(By.ID, "geojson-link").get_attribute("href").startswith("blob:")
         severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert severe == []
+
+
+def test_docs_page_lists_the_routes_offline(browser, checkpoint_path):
+    from selenium.webdriver.common.by import By
+
+    with BackgroundServer(create_app(ServedModel.load(checkpoint_path), ServeSettings(workers=1))) as server:
+        browser.get(server.url + "docs")
+        text = wait_for(lambda: "POST /v1/predict" in browser.find_element(By.ID, "routes").text
+                        and browser.find_element(By.ID, "routes").text, "the routes")
+        assert "GET /v1/model" in text and "Answers: 200" in text
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors, errors

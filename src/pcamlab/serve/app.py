@@ -1,6 +1,6 @@
 """The FastAPI application of ``pcamlab serve``: a versioned JSON API and the web page, in one process.
 
-Routes (the OpenAPI schema is at ``/openapi.json``, browsable at ``/docs``):
+Routes (the OpenAPI schema is at ``/openapi.json``, browsable at ``/docs``, a local page without a CDN):
 
 - ``GET /health``: liveness and the worker pool's load; never needs the token.
 - ``GET /v1/model``: the model card (architecture, input contract, threshold, training data,
@@ -211,6 +211,8 @@ def create_app(model: ServedModel, settings: ServeSettings | None = None) -> Any
         version=pcamlab.__version__,
         description="Tumour probability, Grad-CAM and the model card of a PCam patch classifier.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's Swagger UI and ReDoc load from a CDN; /docs is a local page instead
+        redoc_url=None,
         form_limits={"max_files": settings.max_images},
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
@@ -405,6 +407,11 @@ def create_app(model: ServedModel, settings: ServeSettings | None = None) -> Any
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=page_headers)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> FileResponse:
+        """The routes of /openapi.json as a plain page that needs no network."""
+        return FileResponse(STATIC_DIR / "docs.html", media_type="text/html", headers=page_headers)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

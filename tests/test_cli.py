@@ -95,9 +95,12 @@ def test_train_then_evaluate_reproduces_the_validation_auc(tiny_folders, tmp_pat
         (["train", "--data", "sample", "--out", "{tmp}/r", "--set", "train.optimiser=sgd"], "did you mean 'optimizer'"),
         (["train", "--data", "sample", "--out", "{tmp}/r", "--set", "model.name=resnet19"], "model.name must be one of"),
         (["evaluate", "{tmp}/missing.safetensors", "--data", "sample"], "does not exist"),
+        (["train", "--data", "sample", "--out", "{tmp}/file.txt"], "a file stands where a folder"),
+        (["data", "info", "sample", "--out", "{tmp}/file.txt"], "not a folder pcamlab can use"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(argv, message, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("mine\n")  # an --out naming an existing file (NotADirectory/FileExists)
     code = main([part.replace("{tmp}", str(tmp_path)) for part in argv])
     err = capsys.readouterr().err
     assert code == 2

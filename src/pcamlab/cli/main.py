@@ -153,6 +153,9 @@ def _storage_message(error: OSError) -> str | None:
         errno.EROFS: "that file system is read-only: write elsewhere (--out)",
         errno.EACCES: "permission denied: fix the permissions or choose another place (--out)",
         errno.EPERM: "operation not permitted: fix the permissions or choose another place (--out)",
+        errno.ENOTDIR: "a file stands where a folder is needed: choose another path (--out) or move that file",
+        errno.EEXIST: "it exists and is not a folder pcamlab can use: choose another path (--out)",
+        errno.EISDIR: "it is a folder where a file is needed: choose another path (--out)",
     }
     fix = fixes.get(error.errno)
     return None if fix is None else f"cannot use{where}: {fix}"

@@ -233,6 +233,9 @@ def test_iterated_kfold_resumes_only_what_is_missing(tiny_h5, tmp_path):
     assert (out / "repeat-1" / "fold-1" / "best.safetensors").stat().st_mtime_ns == kept
     assert (out / "repeat-2" / "fold-2" / "summary.json").is_file()
     assert [row["valid_patches"] for row in again["folds"]] == [row["valid_patches"] for row in first["folds"]]
+    with pytest.raises(RunError, match="already finished"):  # a finished cross-validation is never resumed
+        run_kfold(config, out, folds=2, repeats=2, groups="none", resume=True, progress=False)
+    (out / "cv_summary.json").unlink()  # as if interrupted again: a resume must keep the folder's plan
     with pytest.raises(RunError, match="fold plan of 2 folds x 2 repeats for 24 patches"):
         run_kfold(config, out, folds=2, repeats=3, groups="none", resume=True, progress=False)
 

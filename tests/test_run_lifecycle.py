@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from pcamlab.cli.main import main
 from pcamlab.config import load_config
-from pcamlab.errors import ConfigError, RunError
+from pcamlab.errors import ConfigError, RunError, RunFolderError
 from pcamlab.train.loop import HISTORY_COLUMNS, learning_rate_factor, train
 from pcamlab.train.protocols import choice_from_run, run_final, run_folder_protocol, run_kfold
 
@@ -94,6 +94,14 @@ def test_resume_of_an_interrupted_kfold_needs_no_protocol_flags(tiny_data, tmp_p
     assert "resuming the cross-validation" in printed and "[fold 1/2] already finished, kept" in printed
     summary = json.loads((out / "cv_summary.json").read_text())
     assert summary["folds"] == 2 and len(summary["runs"]) == 2
+    # a finished cross-validation is never resumed, like a finished hold-out run: one line, exit 2, untouched
+    kept = (out / "cv_summary.json").stat().st_mtime_ns
+    assert main(["train", "--resume", "--out", str(out), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert "already finished" in captured.err and "another --out" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert "already finished, kept" not in captured.out and (out / "cv_summary.json").stat().st_mtime_ns == kept
+    with pytest.raises(RunFolderError, match="already finished"):
+        run_kfold(config, out, folds=2, groups="none", resume=True, progress=False)
     # a contradicting --protocol is refused, not obeyed
     assert main(["train", "--resume", "--protocol", "holdout", "--out", str(out)]) == 2
     assert "holds a kfold run" in capsys.readouterr().err

@@ -502,7 +502,7 @@ def run_kfold(
             present), ``"none"``, or the path of a meta CSV.
         resume: continue an interrupted cross-validation in ``out_dir`` with the folds of its
             ``folds.csv``: finished folds are kept, an interrupted fold resumes from its last epoch, the
-            rest are trained.
+            rest are trained. A finished cross-validation (``cv_summary.json`` written) is never resumed.
         progress: show tqdm progress bars.
         log: called with one line per event, each prefixed with its fold.
         on_epoch: passed to every fold's :func:`~pcamlab.train.loop.train` (called after each epoch).
@@ -511,7 +511,8 @@ def run_kfold(
         The CV summary (also in ``cv_summary.json``), with the per-fold rows under ``"folds"``.
 
     Raises:
-        RunError: ``out_dir`` holds a run (or nothing to resume).
+        RunError: ``out_dir`` holds a run (or nothing to resume). RunFolderError: ``resume`` of a finished
+            cross-validation.
         ConfigError / DataError: bad fold count, too few patches or slides, bad meta CSV.
 
     Example:
@@ -531,6 +532,11 @@ def run_kfold(
     out_dir = Path(out_dir)
     plan_path = out_dir / "folds.csv"
     prepare_run_dir(out_dir, resume)
+    if resume and (out_dir / "cv_summary.json").is_file():  # written once, after the last fold
+        raise RunFolderError(
+            f"cross-validation {str(out_dir)!r} already finished (it has cv_summary.json); it is never overwritten: "
+            "start a new cross-validation in another out_dir", parameters=("out_dir",),
+        )
     if resume and not plan_path.is_file() and any(out_dir.glob("*.safetensors")):
         raise RunFolderError(
             f"{str(out_dir)!r} holds a single (hold-out) run, not a cross-validation (no folds.csv); resume it as one"

@@ -88,6 +88,67 @@ def test_train_then_evaluate_reproduces_the_validation_auc(tiny_folders, tmp_pat
     assert "already exists" in capsys.readouterr().err
 
 
+TINY_TRAIN = ["--no-progress", "--set", "model.name=baseline", "--set", "model.options={filters: [8, 16], dense_units: 16}",
+              "--set", "train.epochs=1", "--set", "train.batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def relative_run(tiny_folders, tmp_path_factory):
+    """A run trained with ``--data dm`` (a path relative to the working folder); returns (run, data)."""
+    import os
+
+    base = tmp_path_factory.mktemp("relative")
+    shutil.copytree(tiny_folders, base / "dm")
+    before = os.getcwd()
+    os.chdir(base)
+    try:
+        assert main(["train", "--data", "dm", "--out", "run", *TINY_TRAIN]) == 0
+    finally:
+        os.chdir(before)
+    return base / "run", base / "dm"
+
+
+def test_models_outside_a_run_folder_get_their_own_evaluation_folder(relative_run, tiny_folders, tmp_path, capsys):
+    run, _ = relative_run
+    for name in ("m", "q"):  # two model files side by side (as /tmp/m.onnx and /tmp/q.onnx)
+        shutil.copy(run / "best.safetensors", tmp_path / f"{name}.safetensors")
+        assert main(["evaluate", str(tmp_path / f"{name}.safetensors"), "--data", str(tiny_folders)]) == 0
+        assert (tmp_path / f"{name}-eval-valid" / "metrics.json").is_file()
+    assert not (tmp_path / "eval-valid").exists()
+    capsys.readouterr()
+    # the same model again is refused, in the command line's words
+    assert main(["evaluate", str(tmp_path / "m.safetensors"), "--data", str(tiny_folders)]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--force" in err and "force=True" not in err
+    # a bad model file is said as such, before any complaint about the output folder
+    (tmp_path / "m.py").write_text("print('not a model')\n")
+    (tmp_path / "broken.safetensors").write_bytes((run / "best.safetensors").read_bytes()[:100])
+    for bad in ("m.py", "broken.safetensors"):
+        assert main(["evaluate", str(tmp_path / bad), "--data", str(tiny_folders),
+                     "--out", str(tmp_path / "m-eval-valid")]) == 2
+        err = capsys.readouterr().err
+        assert "already exists" not in err and bad in err, err
+
+
+def test_a_run_trained_on_a_relative_data_path_evaluates_from_another_folder(relative_run, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    run, data = relative_run
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["path"] == str(data)  # stored absolute
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(run / "best.safetensors"), "--out", str(tmp_path / "a")]) == 0
+    assert f"split 'valid' of {data}" in capsys.readouterr().out
+    moved = data.with_name("dm-moved")
+    data.rename(moved)
+    try:
+        assert main(["evaluate", str(run / "best.safetensors"), "--out", str(tmp_path / "b")]) == 2
+        err = capsys.readouterr().err
+        assert "stored in checkpoint" in err and "pass --data" in err and err.count("\n") == 1, err
+        assert main(["evaluate", str(run / "best.safetensors"), "--data", str(moved), "--out", str(tmp_path / "b")]) == 0
+    finally:
+        moved.rename(data)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -184,6 +184,17 @@ def cv_run(tiny_h5, tmp_path_factory):
     return out, result
 
 
+def test_evaluating_a_fold_checkpoint_says_which_split_and_that_it_is_not_the_fold(cv_run, tiny_h5, tmp_path, capsys):
+    out, _ = cv_run
+    fold = out / "repeat-1" / "fold-2"
+    assert main(["evaluate", str(fold / "best.safetensors"), "--out", str(tmp_path / "e")]) == 0
+    printed = capsys.readouterr().out
+    assert f"split 'valid' of {tiny_h5}" in printed
+    assert "not the held-out part of repeat-1/fold-2" in printed and str(fold / "history.csv") in printed
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert (metrics["split"], metrics["data"], metrics["fold"]) == ("valid", str(tiny_h5), "repeat-1/fold-2")
+
+
 def test_kfold_writes_fold_runs_and_a_summary_of_them(cv_run, tiny_h5):
     out, result = cv_run
     for fold in (1, 2):

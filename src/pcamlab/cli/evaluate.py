@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="dataset root, or 'sample' (default: the data the model was trained on)")
     parser.add_argument("--split", default="valid", help="split to score: valid or test (default valid)")
     add_format_argument(parser, "data layout (default: the model's own at its own data, else auto)")
-    parser.add_argument("--out", metavar="DIR", help="output folder (default: <run>/eval-<split>)")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: <run>/eval-<split> for a run folder's checkpoint, else <folder>/<model name>-eval-<split>)")
     parser.add_argument("--tta", action="store_true", help="average over the 8 dihedral transforms")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the checkpoint's)")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -57,15 +57,19 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pcamlab.cli._common import progress_bar
-    from pcamlab.evaluate.run import evaluate_checkpoint
+    from pcamlab.evaluate.run import default_out_dir, evaluate_checkpoint
 
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}{'-tta' if args.tta else ''}"
+    out = Path(args.out) if args.out else default_out_dir(args.checkpoint, args.split, tta=args.tta)
     update, close = progress_bar("decoding")
     metrics = evaluate_checkpoint(
         args.checkpoint, args.data, args.split, out, format=args.format, tta=args.tta,
         threshold=args.threshold, batch_size=args.batch_size, device=args.device, force=args.force, progress=update,
     )
     close()
+    print(f"evaluated    split {metrics['split']!r} of {metrics['data']}")
+    if metrics.get("fold"):
+        print(f"note: this is the dataset's {metrics['split']!r} split, not the held-out part of {metrics['fold']}; "
+              f"that fold's own validation AUC is in {Path(args.checkpoint).parent / 'history.csv'}")
     print(format_metrics(metrics))
     print(f"written to {out}/ (metrics.json, predictions.csv, roc.png, pr.png, confusion_matrix.png, ...)")
     return 0

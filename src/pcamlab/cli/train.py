@@ -113,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
     overrides: list = []  # typed (field, value) pairs: a flag's value is never re-read as YAML
     if args.data:
-        overrides.append(("data.path", args.data))
+        # stored absolute, so the run's checkpoints find their data from any working folder ('sample' is a name)
+        data = args.data if args.data == "sample" else str(Path(args.data).expanduser().absolute())
+        overrides.append(("data.path", data))
     if args.format:
         overrides.append(("data.format", args.format))
     if args.skip_bad:

@@ -15,13 +15,49 @@ from typing import Any
 import numpy as np
 
 from pcamlab.config_ranges import check_field
-from pcamlab.errors import CheckpointError, RunFolderError
+from pcamlab.errors import CheckpointError, DataError, RunFolderError
 from pcamlab.fileio import atomic_path, printable, write_json_atomic
 
-__all__ = ["evaluate_checkpoint", "evaluate_predictions", "write_json"]
+__all__ = ["default_out_dir", "evaluate_checkpoint", "evaluate_predictions", "fold_of", "write_json"]
 
 OUTPUT_FILES = ("metrics.json", "predictions.csv", "roc.png", "pr.png", "confusion_matrix.png",
                 "reliability.png", "score_histogram.png")
+
+
+def _in_run_folder(model: Path) -> bool:
+    """Whether ``model`` is a checkpoint inside a run folder (``pcamlab train --out``)."""
+    folder = model.parent
+    return model.suffix == ".safetensors" and any(
+        (folder / name).is_file() for name in ("config.yaml", "summary.json", "history.csv"))
+
+
+def default_out_dir(model_path: str | Path, split: str, *, tta: bool = False) -> Path:
+    """The folder an evaluation of ``model_path`` on ``split`` is written to when none is given.
+
+    A checkpoint of a run folder: ``<run>/eval-<split>[-tta]`` (one run, one model). Any other model
+    file (an exported ``.onnx`` / ``.pt``, a copied checkpoint): ``<folder>/<stem>-eval-<split>[-tta]``,
+    so two models in one folder never share (and refuse) one output folder.
+
+    Example:
+        >>> default_out_dir("/tmp/m.onnx", "valid")
+        PosixPath('/tmp/m-eval-valid')
+    """
+    model = Path(model_path)
+    name = f"eval-{split}{'-tta' if tta else ''}"
+    return model.parent / (name if _in_run_folder(model) else f"{model.stem}-{name}")
+
+
+def fold_of(model_path: str | Path) -> str | None:
+    """``"repeat-R/fold-K"`` when ``model_path`` is a checkpoint of a k-fold cross-validation, else None.
+
+    A fold's run folder is ``<cv>/repeat-R/fold-K/`` under a folder holding ``folds.csv``
+    (:func:`pcamlab.train.protocols.run_kfold`).
+    """
+    fold = Path(model_path).parent
+    repeat = fold.parent
+    if fold.name.startswith("fold-") and repeat.name.startswith("repeat-") and (repeat.parent / "folds.csv").is_file():
+        return f"{repeat.name}/{fold.name}"
+    return None
 
 
 def write_json(path: Path, values: Any) -> None:
@@ -81,7 +117,7 @@ def evaluate_checkpoint(
     checkpoint_path: str | Path,
     data: str | Path | None,
     split: str,
-    out_dir: str | Path,
+    out_dir: str | Path | None = None,
     *,
     format: str | None = None,
     tta: bool = False,
@@ -99,7 +135,7 @@ def evaluate_checkpoint(
             input); all give the same metrics (the exported file to ~1e-6 in probability).
         data: dataset root (or ``"sample"``); None = the data the model was trained on.
         split: the split to score (``valid`` or ``test``).
-        out_dir: folder for metrics.json, predictions.csv and the plots.
+        out_dir: folder for metrics.json, predictions.csv and the plots; None = :func:`default_out_dir`.
         format: data layout (a reader name or ``auto``); None = the model's own at its own data, else ``auto``.
         tta: average over the 8 dihedral transforms; the metrics then also report the AUC without TTA.
         threshold: decision threshold; default the one stored with the model.
@@ -112,9 +148,10 @@ def evaluate_checkpoint(
         The metrics (also in ``out_dir/metrics.json``).
 
     Raises:
-        RunFolderError: ``out_dir`` holds an evaluation and ``force`` is off.
+        RunFolderError: ``out_dir`` holds an evaluation and ``force`` is off (checked after the model loads).
         CheckpointError: the model file cannot be loaded, or it carries no run config and ``data`` is None.
-        DataError: the split cannot be read or has no labels.
+        DataError: the split cannot be read or has no labels, or ``data`` is None and the data path
+            stored in the checkpoint does not exist (e.g. a relative path from another working folder).
     """
     from pcamlab.config import DataConfig
     from pcamlab.data import load_split_arrays
@@ -124,18 +161,24 @@ def evaluate_checkpoint(
 
     check_field("evaluate.threshold", threshold, name="threshold")
     check_field("evaluate.batch_size", batch_size, name="batch_size")
-    out_dir = Path(out_dir)
+    predictor = load_predictor(checkpoint_path, device=device)  # a bad model file is said first, not the output
+    out_dir = default_out_dir(checkpoint_path, split, tta=tta) if out_dir is None else Path(out_dir)
     if (out_dir / "metrics.json").exists() and not force:
         raise RunFolderError(
             f"{str(out_dir / 'metrics.json')!r} already exists; choose another out_dir or pass force=True to replace it",
             parameters=("out_dir", "force"),
         )
-    predictor = load_predictor(checkpoint_path, device=device)
     config = predictor.config
     if config is None and data is None:
         raise CheckpointError(
             f"{str(checkpoint_path)!r} does not say which data it was trained on (exported before pcamlab "
             "stored it); pass the data folder to evaluate it on"
+        )
+    if data is None and config is not None and config.data.path != "sample" and not Path(config.data.path).expanduser().exists():
+        raise DataError(
+            f"dataset root {config.data.path!r} (the data path stored in checkpoint {str(checkpoint_path)!r}) "
+            "does not exist; pass data, the folder holding that dataset here",
+            parameters=("data",),
         )
     reader = open_run_split(config.data if config is not None else DataConfig(), split, path=data, format=format)
     images, labels, skipped = load_split_arrays(reader, progress=progress)
@@ -156,6 +199,7 @@ def evaluate_checkpoint(
         "checkpoint": str(checkpoint_path),
         "data": str(reader.root),
         "split": split,
+        "fold": fold_of(checkpoint_path),  # a k-fold fold's checkpoint: the split above is not its held-out part
         "skipped_files": skipped,
         "data_notes": list(reader.notes),
         "tta": tta,

@@ -78,6 +78,20 @@ def test_predict_cli_reports_its_runtime(exported, tmp_path, capsys):
     assert "runtime torch (" in capsys.readouterr().out
 
 
+def test_int8_export_to_out_says_what_it_wrote_and_that_auto_will_not_find_it(exported, tmp_path, capsys):
+    checkpoint, _ = exported
+    out = tmp_path / "q.onnx"
+    assert main(["export", str(checkpoint), "--quantize", "int8", "--out", str(out), "--calibration", "sample",
+                 "--calibration-patches", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["q.onnx"]  # the int8 model, exactly at --out
+    assert "fp32 graph is not kept" in printed and "the fp32 file's size" not in printed
+    assert f"looks for {checkpoint.with_suffix('.int8.onnx')} beside the checkpoint" in printed
+    import onnx
+
+    assert "pcamlab.quantization" in {entry.key for entry in onnx.load(str(out), load_external_data=False).metadata_props}
+
+
 def test_int8_needs_onnx_format(tmp_path):
     with pytest.raises(ConfigError, match="needs format='onnx'"):
         export_checkpoint(ASSET, tmp_path / "m.pt", format="torchscript", quantize="int8")

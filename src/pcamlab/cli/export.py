@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--opset", type=int, help="ONNX opset, 17 or newer (default 18 dynamo / 17 legacy)")
     parser.add_argument("--quantize", default="none", choices=["none", "int8"],
                         help="int8: ONNX Runtime static quantisation calibrated on training patches, written to "
-                        "NAME.int8.onnx by default (ONNX only; default none)")
+                        "NAME.int8.onnx beside the checkpoint by default, or exactly --out; only the int8 file is written "
+                        "(ONNX only; default none)")
     parser.add_argument("--calibration", metavar="PATH",
                         help="dataset root whose train split calibrates int8 (default: the checkpoint's data.path)")
     parser.add_argument("--calibration-patches", type=int, default=512, metavar="N",
@@ -49,8 +50,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: the model expects {report['stain_normalization']} stain-normalised patches; the graph does "
               "not include it: pcamlab.deploy.load_onnx / pcamlab predict apply it from the stored contract, "
               "other runtimes must apply it first")
+    _say_where_auto_looks(args.checkpoint, report)
     if report["quantize"] == "int8":
-        print(f"int8: {report['bytes'] / report['fp32_bytes']:.2f}x the fp32 file's size; calibrated on "
+        print(f"int8: {report['bytes'] / report['fp32_bytes']:.2f}x the size of the fp32 graph it was quantised from "
+              "(that fp32 graph is not kept: export again without --quantize for NAME.onnx); calibrated on "
               f"{report['calibration']['source']}; {report['quantized_nodes']} quantised tensors ({report['quantizer']})")
         if report["sample_auc_fp32"] is not None:
             print(f"verified on the sample's validation patches: AUC fp32 {report['sample_auc_fp32']:.4f}, int8 "
@@ -60,3 +63,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"verified on {report['patches']} sample patches at batch sizes {report['batch_sizes']}: "
           f"max |probability difference| vs torch {report['max_abs_diff']:.2e} (limit {report['tolerance']:g})")
     return 0
+
+
+def _say_where_auto_looks(checkpoint: str, report: dict) -> None:
+    """An ONNX export written elsewhere than beside its checkpoint is never found by ``predict --runtime auto``."""
+    from pathlib import Path
+
+    from pcamlab.runtime.fastest import export_sibling
+
+    if report["format"] != "onnx" or Path(checkpoint).suffix != ".safetensors":
+        return
+    runtime = "int8" if report["quantize"] == "int8" else "onnx"
+    sibling = export_sibling(checkpoint, runtime)
+    if Path(report["path"]).resolve() != sibling.resolve():
+        print(f"note: pcamlab predict --runtime auto looks for {sibling} beside the checkpoint, so it will not use "
+              f"{report['path']}; pass the file itself (pcamlab predict {report['path']} ...) or export without --out")

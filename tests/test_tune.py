@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -212,12 +214,23 @@ def test_cli_study_writes_trials_best_config_report_and_compare_reads_it(tiny_da
     space = _space(tmp_path, "params:\n  train.learning_rate: {float: [0.001, 0.01], log: true}\n"
                              "  train.optimizer: {categorical: [adamw, sgd]}\n"
                              "  train.momentum: {float: [0.8, 0.95], when: {train.optimizer: sgd}}\n")
-    out = tmp_path / "study"
+    out = tmp_path / "st #1"  # a folder name the shell and a SQLAlchemy URL both need escaped
     args = ["tune", "--data", str(tiny_data), "--space", str(space), "--out", str(out), "--trials", "2",
             "--sampler", "random", "--threads", "1"] + [item for pair in (("--set", s) for s in TINY) for item in pair]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "trial 1 " in printed and "best val_auc" in printed and "[2/2 finished" in printed
+    # the printed dashboard command works when pasted: one shell word, a URL that opens this very study.db
+    command = next(line for line in printed.splitlines() if line.startswith("report:")).split("(interactive: ", 1)[1][:-1]
+    words = shlex.split(command)
+    assert words[0] == "optuna-dashboard" and len(words) == 2
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.engine import make_url
+
+    assert make_url(words[1]).database == str(out / "study.db")
+    engine = create_engine(words[1])
+    assert "trials" in inspect(engine).get_table_names()
+    engine.dispose()
     with open(out / "trials.csv") as file:
         rows = list(csv.DictReader(file))
     assert [row["state"] for row in rows] == ["COMPLETE"] * 2
@@ -229,10 +242,10 @@ def test_cli_study_writes_trials_best_config_report_and_compare_reads_it(tiny_da
     assert config_to_dict(config) == yaml.safe_load((out / best["run"] / "config.yaml").read_text())
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3 and "<script" not in page and "http://" not in page.replace("http://127.0.0.1", "")
-    assert "Top 2 trials" in page and "optuna-dashboard sqlite:///" in page
+    assert "Top 2 trials" in page and f"<code>{html.escape(command)}</code>" in page
     assert main(["compare", str(out)]) == 0
     table = capsys.readouterr().out
-    assert all(f"study/trial-000{n}" in table for n in range(2))
+    assert all(f"st #1/trial-000{n}" in table for n in range(2))
     with pytest.raises(RunFolderError, match="already holds a study"):
         run_study(_base(tiny_data), space, out, trials=1)
 

@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_result(result: dict) -> None:
+    from pcamlab.tune.study import dashboard_command
+
     counts = result["counts"]
     print(f"trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
           + (f", {counts['RUNNING']} still running elsewhere" if counts["RUNNING"] else ""))
@@ -110,4 +112,4 @@ def _print_result(result: dict) -> None:
         interval = "" if best["ci"][0] is None else f" (95% CI {best['ci'][0]:.4f}-{best['ci'][1]:.4f})"
         latency = "" if best["latency_ms"] is None else f", {best['latency_ms']:.2f} ms/patch"
         print(f"best: trial {best['number']}, val_auc {best['val_auc']:.4f}{interval}{latency}; config: {result['files']['best']}")
-    print(f"report: {result['files']['report']}  (interactive: optuna-dashboard {result['storage'] if '://' in result['storage'] else 'sqlite:///' + result['storage']})")
+    print(f"report: {result['files']['report']}  (interactive: {dashboard_command(result['storage'])})")

@@ -254,7 +254,7 @@ def write_outputs(study, out_dir: str | Path, settings, base: dict[str, Any], ta
         (sweep only)}``.
     """
     from pcamlab.tune.space import SweepPlan
-    from pcamlab.tune.study import _counts, _redacted
+    from pcamlab.tune.study import _counts, _redacted, dashboard_command
 
     say = log or (lambda line: None)
     out_dir = Path(out_dir)
@@ -312,7 +312,7 @@ def write_outputs(study, out_dir: str | Path, settings, base: dict[str, Any], ta
     for title, path, reason in figures:
         sections.append((title, _png_tag(path) if path else f"<p class='note'>not drawn: {html.escape(reason or '')}</p>"))
     storage = json.loads((out_dir / "study.json").read_text())["storage"] if (out_dir / "study.json").is_file() else "study.db"
-    dashboard = f"optuna-dashboard sqlite:///{out_dir / 'study.db'}" if storage == "study.db" else f"optuna-dashboard '{storage}' (with its password)"
+    dashboard = dashboard_command(out_dir / "study.db") if storage == "study.db" else f"{dashboard_command(storage)} (with its password)"
     sections.append(("Open the study interactively", f"<p><code>{html.escape(dashboard)}</code> then open http://127.0.0.1:8080/</p>"))
     facts = [
         ("study", study.study_name), ("storage", storage if storage != "study.db" else str(out_dir / "study.db")),

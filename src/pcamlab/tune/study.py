@@ -46,6 +46,7 @@ __all__ = [
     "PRUNERS",
     "SAMPLERS",
     "StudySettings",
+    "dashboard_command",
     "local_storage_url",
     "open_storage",
     "resume_study",
@@ -112,7 +113,36 @@ class StudySettings:
 
 def local_storage_url(out_dir: str | Path) -> str:
     """The embedded SQLite storage of a study folder."""
-    return f"sqlite:///{Path(out_dir).resolve() / 'study.db'}"
+    return sqlite_url(Path(out_dir).resolve() / "study.db")
+
+
+def sqlite_url(path: str | Path) -> str:
+    """``sqlite:///PATH`` with PATH percent-encoded (``#``, ``?``, ``%``, spaces), as SQLAlchemy decodes it.
+
+    A relative PATH stays relative (to the working directory of whoever opens the URL).
+    """
+    from urllib.parse import quote
+
+    return "sqlite:///" + quote(str(path), safe="/")
+
+
+def dashboard_command(storage: str | Path) -> str:
+    """The shell command that opens a study in optuna-dashboard, quoted for a POSIX shell.
+
+    Args:
+        storage: a database URL (with ``://``; shown as given, e.g. already without its password) or
+            the path of a study's SQLite file.
+
+    Example:
+        >>> dashboard_command("/tmp/st #1/study.db")
+        'optuna-dashboard sqlite:////tmp/st%20%231/study.db'
+        >>> dashboard_command("postgresql://pcam:***@db:5432/studies")  # shell-quoted where the shell needs it
+        "optuna-dashboard 'postgresql://pcam:***@db:5432/studies'"
+    """
+    import shlex
+
+    url = str(storage) if "://" in str(storage) else sqlite_url(storage)
+    return f"optuna-dashboard {shlex.quote(url)}"
 
 
 def _redacted(url: str) -> str:

@@ -111,6 +111,16 @@ def test_table_and_markdown_are_aligned_and_compact(runs):
         format_table(rows, ["run", "ecee"])
 
 
+def test_one_number_format_per_column():
+    rows = [{"run": "a", "roc_auc": 0.95, "train_seconds": 34.7}, {"run": "b", "roc_auc": 0.9, "train_seconds": 4.9},
+            {"run": "c", "roc_auc": None, "train_seconds": 1234.56}]
+    markdown = format_markdown(rows, ["run", "roc_auc", "train_seconds"]).splitlines()
+    assert [line.split("|")[3].strip() for line in markdown[2:]] == ["34.7", "4.9", "1234.6"]
+    assert [line.split("|")[2].strip() for line in markdown[2:]] == ["0.9500", "0.9000", "-"]
+    table = format_table(rows, ["run", "roc_auc", "train_seconds"]).splitlines()
+    assert [line.split()[2] for line in table[2:]] == ["34.7", "4.9", "1234.6"]
+
+
 def test_compare_cli(runs, capsys):
     from pcamlab.cli.main import main
 

@@ -380,7 +380,8 @@ def _present_columns(
     return [column for column in default if column == "run" or any(row.get(column) not in (None, "") for row in rows)]
 
 
-def _text(value: Any, precise: bool = False) -> str:
+def _text(value: Any, precise: bool = False, decimals: int | None = None) -> str:
+    """A cell's text; ``decimals`` fixes a float's places (the column's), else 4 below 10 and 1 above."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "" if precise else "-"
     if isinstance(value, bool):
@@ -388,17 +389,29 @@ def _text(value: Any, precise: bool = False) -> str:
     if isinstance(value, float):
         if precise:
             return repr(value)
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+        if decimals is None:
+            decimals = 4 if abs(value) < 10 else 1
+        return f"{value:.{decimals}f}"
     return str(value)
 
 
+def _cells(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[list[str]]:
+    """Each row's cell texts, one number format per column: 4 decimals, or 1 where any value is >= 10."""
+    decimals = []
+    for column in columns:
+        floats = [value for row in rows if isinstance(value := row.get(column), float) and math.isfinite(value)]
+        decimals.append(1 if any(abs(value) >= 10 for value in floats) else 4)
+    return [[_text(row.get(column), decimals=places) for column, places in zip(columns, decimals)] for row in rows]
+
+
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """Rows as an aligned plain-text table for the terminal (numbers right-aligned, '-' = unknown).
+    """Rows as an aligned plain-text table for the terminal (numbers right-aligned, '-' = unknown; one number
+    format per column: 4 decimals, or 1 where any of its values is 10 or more).
 
     Without ``columns``, shows the :data:`KEY_COLUMNS` that have a value in some row.
     """
     columns = _present_columns(rows, columns, KEY_COLUMNS)
-    cells = [[_text(row.get(column)) for column in columns] for row in rows]
+    cells = _cells(rows, columns)
     widths = [max([len(column)] + [len(line[index]) for line in cells]) for index, column in enumerate(columns)]
     numeric = [
         column not in TEXT_COLUMNS and all(isinstance(row.get(column), (int, float, type(None))) for row in rows)
@@ -426,18 +439,18 @@ def format_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None 
 
 
 def format_markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """Rows as a GitHub-flavoured Markdown table ('-' = unknown); default columns as format_table."""
-    columns = _present_columns(rows, columns, KEY_COLUMNS)
+    """Rows as a GitHub-flavoured Markdown table ('-' = unknown); default columns as format_table.
 
-    def cell(value: Any) -> str:
-        return _text(value).replace("|", "\\|")
+    Each column has one number format: 4 decimals, or 1 where any of its values is 10 or more.
+    """
+    columns = _present_columns(rows, columns, KEY_COLUMNS)
 
     numeric = [column not in TEXT_COLUMNS for column in columns]
     lines = [
         "| " + " | ".join(columns) + " |",
         "| " + " | ".join("---:" if is_number else "---" for is_number in numeric) + " |",
     ]
-    lines += ["| " + " | ".join(cell(row.get(column)) for column in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in _cells(rows, columns)]
     return "\n".join(lines) + "\n"
 
 

@@ -492,7 +492,11 @@ def test_data_flag_reaches_the_config_as_typed(monkeypatch, tmp_path):
 
     monkeypatch.setattr(pcamlab.train.loop, "train", fake_train)
     assert main(["train", "--data", "2024.10", "--out", str(tmp_path / "run"), "--skip-bad"]) == 0
-    assert seen["config"].data.path == "2024.10" and seen["config"].data.skip_bad is True
+    # The path keeps its text (not the number 2024.1); train stores it absolute so the checkpoint can be
+    # evaluated from another working folder.
+    assert seen["config"].data.path == os.path.abspath("2024.10") and seen["config"].data.skip_bad is True
+    assert main(["train", "--data", "my data #1", "--out", str(tmp_path / "run2")]) == 0
+    assert seen["config"].data.path == os.path.abspath("my data #1")
 
 
 def test_set_string_fields_keep_their_text_and_yaml_numbers_are_refused(tmp_path):

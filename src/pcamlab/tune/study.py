@@ -186,19 +186,25 @@ def open_storage(url: str, heartbeat_seconds: int = 10):
         raise ConfigError(f"heartbeat_seconds must be an integer >= 1; got {heartbeat_seconds!r}")
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        import warnings
+    import warnings
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                _sqlalchemy_url(url), engine_kwargs=engine, heartbeat_interval=heartbeat_seconds,
-                grace_period=3 * heartbeat_seconds,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-            )
-    except Exception as error:  # noqa: BLE001 - SQLAlchemy/driver errors have many types
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RunError(f"cannot open study storage {_redacted(url)!r}: {first}; check the URL and that the database server runs") from None
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    _sqlalchemy_url(url), engine_kwargs=engine, heartbeat_interval=heartbeat_seconds,
+                    grace_period=3 * heartbeat_seconds,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                )
+        except Exception as error:  # noqa: BLE001 - SQLAlchemy/driver errors have many types
+            # Workers that start together on an empty database all create Optuna's tables; on PostgreSQL the
+            # losers of that race get a unique violation (pg_type). The tables exist then: open again.
+            if attempt < 4 and ("UniqueViolation" in str(error) or "duplicate key" in str(error)):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise RunError(f"cannot open study storage {_redacted(url)!r}: {first}; check the URL and that the database server runs") from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -261,3 +261,10 @@ def write_bad_image(path: Path, kind: str, source: np.ndarray | None = None) -> 
     else:
         raise ValueError(f"unknown bad image kind {kind!r}")
     return path
+
+
+def write_tiny_h5(folder, *, train: int = 32, valid: int = 16, seeds: tuple[int, int] = (5, 6)):
+    """A small real-patch PCam HDF5 dataset (train and valid splits) for training tests; returns its root."""
+    images, labels = sample_patches(train, split="train", seed=seeds[0])
+    valid_images, valid_labels = sample_patches(valid, split="valid", seed=seeds[1])
+    return write_h5(folder, {"train": (images, labels), "valid": (valid_images, valid_labels)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixtures_data import sample_patches, write_h5
+from fixtures_data import write_tiny_h5
 
 from pcamlab.config import load_config
 from pcamlab.data.augment import LABEL_REGION, random_label_crop
@@ -38,9 +38,7 @@ def test_crop_size_limits_are_one_line_errors():
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    images, labels = sample_patches(32, split="train", seed=5)
-    valid_images, valid_labels = sample_patches(16, split="valid", seed=6)
-    return write_h5(tmp_path_factory.mktemp("h5"), {"train": (images, labels), "valid": (valid_images, valid_labels)})
+    return write_tiny_h5(tmp_path_factory.mktemp("h5"))
 
 
 def test_speedrun_recipe_trains_on_crops_and_scores_full_patches(tiny_data, tmp_path):

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from fixtures_data import sample_patches, write_h5
+from fixtures_data import write_tiny_h5
 from safetensors.torch import load_file
 
 from pcamlab.config import load_config
@@ -30,9 +30,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    images, labels = sample_patches(32, split="train", seed=1)
-    valid_images, valid_labels = sample_patches(16, split="valid", seed=2)
-    return write_h5(tmp_path_factory.mktemp("h5"), {"train": (images, labels), "valid": (valid_images, valid_labels)})
+    return write_tiny_h5(tmp_path_factory.mktemp("h5"), seeds=(1, 2))
 
 
 def _config(data, *extra):

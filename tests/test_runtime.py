@@ -234,3 +234,47 @@ def test_bench_times_a_model_file_end_to_end_through_its_predictor(tmp_path, cap
     printed = capsys.readouterr().out
     assert "patches/s" in printed and "checkpoint-v1-simple-cnn-w4.safetensors  torch" in printed
     assert out.read_text().splitlines()[0].startswith("model,runtime,batch_size,tta,patches,images_per_second")
+
+
+@pytest.mark.parametrize("name", ["simple-cnn", "fcn", "vgg-small", "densenet-small", "resnet18"])
+def test_torch_predictor_scores_with_batch_norm_folded_and_leaves_the_model_alone(name, fixture_patches):
+    from pcamlab.models import build_model
+    from pcamlab.runtime.fold import count_batch_norms
+
+    torch.manual_seed(0)
+    model = build_model(name).train()
+    with torch.no_grad():  # running statistics away from their initial 0/1, so folding has work to do
+        for _ in range(2):
+            model(torch.randn(4, 3, 96, 96) * 2 + 0.5)
+    model.eval()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    folded = TorchPredictor(model, InputContract(), fold_batch_norm=True)
+    plain = TorchPredictor(model, InputContract(), fold_batch_norm=False)
+    np.testing.assert_allclose(folded.predict_proba(fixture_patches), plain.predict_proba(fixture_patches), atol=2e-5)
+    assert count_batch_norms(folded.scoring_model) < count_batch_norms(model)  # it did fold
+    assert plain.scoring_model is model and folded.model is model
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+
+
+def test_folding_keeps_a_network_without_a_conv_then_batch_norm_pair_as_it_is():
+    from torch import nn
+
+    from pcamlab.runtime.fold import count_batch_norms, fold_batch_norm
+
+    pre_activation = nn.Sequential(nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 4, 3), nn.Flatten())  # BN before the conv
+    pre_activation.eval()
+    x = torch.randn(2, 3, 8, 8)
+    folded = fold_batch_norm(pre_activation)
+    assert count_batch_norms(folded) == 1 and torch.allclose(folded(x), pre_activation(x))
+
+
+def test_scoring_leaves_a_model_without_batch_norm_traceable_and_unchanged(fixture_patches):
+    """The course baseline has no batch norm: the predictor must still copy it, not convert it in place."""
+    from pcamlab.models import build_model
+
+    model = build_model("baseline").eval()
+    layouts = [parameter.is_contiguous() for parameter in model.parameters()]
+    TorchPredictor(model, InputContract()).predict_proba(fixture_patches)
+    assert not any(parameter.is_inference() for parameter in model.parameters())
+    assert [parameter.is_contiguous() for parameter in model.parameters()] == layouts
+    torch.jit.trace(model, torch.zeros(1, 3, 96, 96))  # what export does next with the same model

@@ -250,6 +250,47 @@ def test_cli_study_writes_trials_best_config_report_and_compare_reads_it(tiny_da
         run_study(_base(tiny_data), space, out, trials=1)
 
 
+def test_search_scores_the_base_config_first_and_says_whether_the_best_beats_it(tiny_data, tmp_path):
+    space = _space(tmp_path, "params:\n  train.learning_rate: {float: [0.001, 0.01], log: true}\n"
+                             "  train.optimizer: {categorical: [adamw, sgd]}\n"
+                             "  train.momentum: {float: [0.8, 0.95], when: {train.optimizer: sgd}}\n"
+                             "  model.options.width: {categorical: [4, 8]}\n"
+                             "  model.options.depth: {int: [1, 2]}\n")  # the base leaves depth to the model (1)
+    lines: list[str] = []
+    result = run_study(_base(tiny_data, "train.learning_rate=0.003", "train.optimizer=adamw"), space, tmp_path / "st",
+                       StudySettings(sampler="random", pruner="none"), trials=2, threads=1, log=lines.append)
+    first = _study(tmp_path / "st").trials[0]
+    assert first.params == {"train.learning_rate": 0.003, "train.optimizer": "adamw", "model.options.width": 4,
+                            "model.options.depth": 1}
+    assert first.user_attrs["base"] is True and "trial 0 is the base config" in "\n".join(lines)
+    with open(tmp_path / "st" / "trials.csv") as file:
+        assert [row["base"] for row in csv.DictReader(file)] == ["True", "False"]
+    base, best = result["base"], result["best"]
+    assert base["number"] == 0 and base["val_auc"] == pytest.approx(first.value)
+    assert base["best_minus_base"] == pytest.approx(best["val_auc"] - first.value)
+    assert base["beats"] is (best["number"] != 0 and base["best_minus_base"] > base["ci_half_width"])
+    assert "base config" in (tmp_path / "st" / "report.html").read_text()
+    # a base value outside the space: said, and no trial is marked as the base
+    lines.clear()
+    run_study(_base(tiny_data, "train.learning_rate=0.5"), space, tmp_path / "outside",
+              StudySettings(sampler="random", pruner="none"), trials=1, threads=1, log=lines.append)
+    assert any("not a point of the space" in line and "train.learning_rate=0.5 is outside [0.001, 0.01]" in line for line in lines)
+    assert "base" not in _study(tmp_path / "outside").trials[0].user_attrs
+
+
+def test_base_verdict_needs_more_than_the_base_interval_to_call_a_win():
+    from pcamlab.tune.report import _base_summary, base_verdict
+
+    rows = [{"number": 0, "state": "COMPLETE", "val_auc": 0.90, "val_auc_ci_low": 0.88, "val_auc_ci_high": 0.92, "base": True},
+            {"number": 1, "state": "COMPLETE", "val_auc": 0.915, "val_auc_ci_low": 0.9, "val_auc_ci_high": 0.93, "base": False}]
+    close = _base_summary(rows, {"number": 1, "val_auc": 0.915})
+    assert close["beats"] is False and "keep the base" in base_verdict(close)
+    far = _base_summary(rows, {"number": 1, "val_auc": 0.925})
+    assert far["beats"] is True and "candidate to replace it" in base_verdict(far)
+    assert _base_summary(rows, {"number": 0, "val_auc": 0.90})["beats"] is False  # the base itself is the best
+    assert _base_summary(rows[1:], {"number": 1, "val_auc": 0.915}) is None  # no base trial
+
+
 def test_grid_runs_every_value_once_and_feeds_the_pruner_each_epoch(tiny_data, tmp_path):
     base = _base(tiny_data, "train.epochs=3")
     space = _space(tmp_path, "params:\n  train.learning_rate: {categorical: [0.0001, 0.003, 0.03]}\n")
@@ -260,6 +301,24 @@ def test_grid_runs_every_value_once_and_feeds_the_pruner_each_epoch(tiny_data, t
     for trial in study.trials:  # the validation AUC of every epoch trained reached the pruner
         history = (tmp_path / "grid" / trial.user_attrs["run"] / "history.csv").read_text().splitlines()[1:]
         assert [round(v, 6) for v in trial.intermediate_values.values()] == [float(line.split(",")[3]) for line in history]
+
+
+def test_hyperband_pruner_gets_every_epoch_and_the_study_accounts_for_each_trial(tiny_data, tmp_path):
+    from optuna.pruners import HyperbandPruner
+
+    from pcamlab.tune.study import _pruner
+
+    assert isinstance(_pruner(StudySettings(pruner="hyperband").check()), HyperbandPruner)
+    space = _space(tmp_path, "params:\n  train.learning_rate: {float: [0.0001, 0.03], log: true}\n")
+    lines: list[str] = []
+    result = run_study(_base(tiny_data, "train.epochs=3"), space, tmp_path / "hb", StudySettings(sampler="random", pruner="hyperband"),
+                       trials=4, threads=1, log=lines.append)
+    assert any("hyperband pruning" in line for line in lines)
+    study = _study(tmp_path / "hb")
+    assert result["counts"]["finished"] == 4 == result["counts"]["COMPLETE"] + result["counts"]["PRUNED"]
+    for trial in study.trials:  # pruned ones stop early, complete ones report all 3 epochs
+        steps = sorted(trial.intermediate_values)
+        assert steps == list(range(1, len(steps) + 1)) and (len(steps) == 3 or trial.state.name == "PRUNED")
 
 
 def test_auc_and_latency_objectives_give_a_pareto_front(tiny_data, tmp_path):
@@ -374,6 +433,29 @@ def test_resume_after_a_kill_fails_and_requeues_the_interrupted_trial(tiny_data,
     with open(out / "trials.csv") as file:
         rows = {int(row["number"]): row for row in csv.DictReader(file)}
     assert rows[killed.number]["state"] == "FAIL" and "re-queued" in rows[killed.number]["error"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_trial_exits_130_and_resume_requeues_that_trial(tiny_data, tmp_path):
+    space = _space(tmp_path, "params:\n  train.learning_rate: {float: [0.001, 0.01], log: true}\n")
+    out = tmp_path / "study"
+    flags = [item for pair in (("--set", s) for s in [*TINY, "train.epochs=6"]) for item in pair]
+    process = _tune_process(["--data", str(tiny_data), "--space", str(space), "--out", str(out), "--trials", "2",
+                             "--sampler", "random", "--pruner", "none", *flags], tmp_path / "first.log")
+    try:
+        interrupted = _wait_for_running_trial(f"sqlite:///{out / 'study.db'}", "study", process, out)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends to the process group
+        assert process.wait(timeout=60) == 130, (tmp_path / "first.log").read_text()
+    finally:
+        _kill(process)
+    assert "pcamlab: interrupted" in (tmp_path / "first.log").read_text()
+    study = _study(out)
+    stopped = study.trials[interrupted.number]
+    assert stopped.state.name == "FAIL" and stopped.user_attrs["error"].startswith("interrupted (Ctrl-C)")
+    result = resume_study(out)
+    study = _study(out)
+    _accounted(study, 2)
+    assert result["counts"]["COMPLETE"] == 2
 
 
 @pytest.mark.slow

@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_result(result: dict) -> None:
+    from pcamlab.tune.report import base_verdict
     from pcamlab.tune.study import dashboard_command
 
     counts = result["counts"]
@@ -112,4 +113,6 @@ def _print_result(result: dict) -> None:
         interval = "" if best["ci"][0] is None else f" (95% CI {best['ci'][0]:.4f}-{best['ci'][1]:.4f})"
         latency = "" if best["latency_ms"] is None else f", {best['latency_ms']:.2f} ms/patch"
         print(f"best: trial {best['number']}, val_auc {best['val_auc']:.4f}{interval}{latency}; config: {result['files']['best']}")
+    if result.get("base") is not None:
+        print(f"base config: {base_verdict(result['base'])}")
     print(f"report: {result['files']['report']}  (interactive: {dashboard_command(result['storage'])})")

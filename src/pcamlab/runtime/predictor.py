@@ -198,6 +198,9 @@ class TorchPredictor(PatchPredictor):
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; the model is moved there.
         precision: ``fp32`` | ``bf16`` (autocast); default ``contract.precision``.
         checkpoint: the Checkpoint it came from, if any (its config and metadata).
+        fold_batch_norm: score with a copy whose batch-norm layers are folded into the convolutions
+            and whose weights are channels_last (:func:`pcamlab.runtime.fold.fold_batch_norm`; same
+            probabilities within float rounding). ``model`` itself is left as it is (Grad-CAM hooks it).
 
     Example:
         >>> predictor = TorchPredictor.from_checkpoint("runs/demo/best.safetensors")
@@ -213,6 +216,7 @@ class TorchPredictor(PatchPredictor):
         device: str | torch.device = "cpu",
         precision: str | None = None,
         checkpoint: Checkpoint | None = None,
+        fold_batch_norm: bool = True,
     ):
         self.contract = InputContract.coerce(contract)
         self.device = device if isinstance(device, torch.device) else resolve_device(device, field="device")
@@ -220,6 +224,8 @@ class TorchPredictor(PatchPredictor):
         if self.precision not in INFERENCE_PRECISIONS:
             raise ConfigError(f"precision must be one of {list(INFERENCE_PRECISIONS)}; got {self.precision!r}")
         self.model = model.to(self.device).eval()
+        self.fold_batch_norm = fold_batch_norm
+        self._scoring_model: nn.Module | None = None  # built at the first forward: the folded copy
         self.checkpoint = checkpoint
         self.path = checkpoint.path if checkpoint is not None else None
         self.config = checkpoint.config if checkpoint is not None else None
@@ -239,11 +245,24 @@ class TorchPredictor(PatchPredictor):
     def open(cls, path: Path, device: str = "cpu") -> TorchPredictor:
         return cls.from_checkpoint(path, device=device)
 
+    @property
+    def scoring_model(self) -> nn.Module:
+        """The network the forward pass runs: ``model``, or its batch-norm-folded channels_last copy."""
+        if self._scoring_model is None:
+            if self.fold_batch_norm:
+                from pcamlab.runtime.fold import fold_batch_norm
+
+                with torch.inference_mode(False):  # ordinary tensors: the copy may be traced or exported later
+                    self._scoring_model = fold_batch_norm(self.model).to(memory_format=torch.channels_last)
+            else:
+                self._scoring_model = self.model
+        return self._scoring_model
+
     @torch.inference_mode()
     def forward(self, batch: np.ndarray) -> np.ndarray:
         x = self.contract.to_model_input(torch.from_numpy(batch).to(self.device))  # (B, 3, H, W)
         with scoring(self.device, self.precision):  # IEEE fp32 on GPUs too (no TF32)
-            logits = self.model(x)  # (B, 1)
+            logits = self.scoring_model(x)  # (B, 1)
         return torch.sigmoid(logits.float().reshape(-1)).double().cpu().numpy()  # (B,)
 
 

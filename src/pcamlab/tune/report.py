@@ -34,10 +34,10 @@ import yaml
 
 from pcamlab.fileio import save_png, write_text_atomic
 
-__all__ = ["TRIAL_COLUMNS", "hanley_mcneil_interval", "trial_rows", "write_outputs"]
+__all__ = ["TRIAL_COLUMNS", "base_verdict", "hanley_mcneil_interval", "trial_rows", "write_outputs"]
 
 TRIAL_COLUMNS = ["number", "state", "val_auc", "val_auc_ci_low", "val_auc_ci_high", "latency_ms", "epochs_run",
-                 "best_epoch", "train_seconds", "duration_seconds", "run", "retry_of", "worker", "error"]
+                 "best_epoch", "train_seconds", "duration_seconds", "run", "retry_of", "worker", "error", "base"]
 TOP_TRIALS = 10
 
 
@@ -101,7 +101,7 @@ def trial_rows(study, settings, task, base: dict[str, Any]) -> list[dict[str, An
             "latency_ms": attrs.get("latency_ms"), "epochs_run": attrs.get("epochs_run", len(trial.intermediate_values) or None),
             "best_epoch": attrs.get("best_epoch"), "train_seconds": attrs.get("train_seconds"),
             "duration_seconds": duration, "run": attrs.get("run"), "retry_of": trial.system_attrs.get("failed_trial"),
-            "worker": attrs.get("worker"), "error": attrs.get("error"),
+            "worker": attrs.get("worker"), "error": attrs.get("error"), "base": bool(attrs.get("base", False)),
         }
         if isinstance(task, SweepPlan):
             run = task.runs[trial.params["run"]] if "run" in trial.params else None
@@ -110,6 +110,39 @@ def trial_rows(study, settings, task, base: dict[str, Any]) -> list[dict[str, An
             row.update({param.path: trial.params.get(param.path) for param in task.params})
         rows.append(row)
     return rows
+
+
+def _base_summary(rows: list[dict[str, Any]], best: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The base-config trial (enqueued as trial 0 of a search) against the best trial, or None.
+
+    ``beats`` is True when the best trial's AUC exceeds the base's by more than the half-width of the
+    base's 95% CI (the rule for replacing a default; one validation split, so the best is optimistic).
+    """
+    row = next((r for r in rows if r.get("base") and r["state"] == "COMPLETE" and r["val_auc"] is not None), None)
+    if row is None:
+        return None
+    summary = {"number": row["number"], "val_auc": row["val_auc"], "ci": [row["val_auc_ci_low"], row["val_auc_ci_high"]],
+               "best_minus_base": None, "beats": None}
+    if best is not None and best["val_auc"] is not None:
+        summary["best_minus_base"] = best["val_auc"] - row["val_auc"]
+        if row["val_auc_ci_low"] is not None:
+            half_width = (row["val_auc_ci_high"] - row["val_auc_ci_low"]) / 2
+            summary["ci_half_width"] = half_width
+            summary["beats"] = best["number"] != row["number"] and summary["best_minus_base"] > half_width
+    return summary
+
+
+def base_verdict(base: dict[str, Any]) -> str:
+    """One line: the base trial's AUC, and whether the best trial beats it by more than its CI."""
+    line = f"trial {base['number']}: val AUC {base['val_auc']:.4f}"
+    if base["ci"][0] is not None:
+        line += f" (95% CI {base['ci'][0]:.4f}-{base['ci'][1]:.4f})"
+    if base["best_minus_base"] is not None:
+        line += f"; best - base = {base['best_minus_base']:+.4f}"
+        if base["beats"] is not None:
+            line += (": more than the base's CI half-width, a candidate to replace it" if base["beats"]
+                     else f": within the base's CI half-width ({base['ci_half_width']:.4f}), keep the base")
+    return line
 
 
 def _cell(value: Any, precise: bool = False) -> str:
@@ -278,7 +311,7 @@ def write_outputs(study, out_dir: str | Path, settings, base: dict[str, Any], ta
         files["best"] = write_text_atomic(out_dir / "best.yaml", header + yaml.safe_dump(config, sort_keys=False))
     figures = _figures(study, settings, task, out_dir)
     sections = []
-    result: dict[str, Any] = {"counts": counts, "best": best_summary}
+    result: dict[str, Any] = {"counts": counts, "best": best_summary, "base": _base_summary(rows, best_summary)}
     if isinstance(task, SweepPlan):
         from pcamlab.tune.sweep import WHAT_MATTERED_COLUMNS, format_what_mattered, plot_what_mattered, what_mattered
 
@@ -321,6 +354,8 @@ def write_outputs(study, out_dir: str | Path, settings, base: dict[str, Any], ta
         ("trials", f"{counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed, {counts['RUNNING']} running, {counts['WAITING']} waiting"),
         ("best", "none yet" if best_summary is None else f"trial {best_summary['number']}: val AUC {best_summary['val_auc']:.4f}"),
     ]
+    if result["base"] is not None:
+        facts.append(("base config", base_verdict(result["base"])))
     files["figures"] = [path for _, path, _ in figures if path]
     files["report"] = write_text_atomic(out_dir / "report.html", _html(f"pcamlab study {study.study_name}", facts, sections))
     say(f"study outputs: {files['trials']}, {files.get('best', 'no best.yaml (no complete trial)')}, {files['report']}")

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from pcamlab.config import CHOICES, RunConfig, config_from_dict, read_yaml
-from pcamlab.errors import ConfigError, did_you_mean
+from pcamlab.errors import ConfigError, PcamlabError, did_you_mean
 
 __all__ = [
     "DOWNSAMPLING",
@@ -279,6 +279,45 @@ class SearchSpace:
     def apply(self, base: Mapping[str, Any], sampled: Mapping[str, Any]) -> dict[str, Any]:
         """Nested config values of a trial: the base config with the sampled values set."""
         return _apply(base, sampled, self.spec_defaults)
+
+    def base_point(self, base: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        """The base config as a point of this space, so a study can score it as its first trial.
+
+        Each active parameter takes the base's value of its field (a model option the base leaves out
+        takes the model's default; a ``spec.*`` knob the space's ``spec`` section or simple-cnn's layout).
+
+        Returns:
+            ``(point, "")``, or ``(None, reason)`` when a base value lies outside the space (a
+            categorical value not among the choices, a number outside ``[low, high]`` or off the step).
+        """
+        from pcamlab.models import model_options
+
+        point: dict[str, Any] = {}
+        for param in self.params:
+            if not param.active(point):
+                continue
+            if param.path.startswith("spec."):
+                knob = param.path[len("spec."):]
+                value = (self.spec_defaults or {}).get(knob, SPEC_KNOBS[knob][1] if knob in SPEC_KNOBS else None)
+            else:
+                value = _get_dotted(base, param.path)
+                if value is None and param.path.startswith("model.options."):
+                    name = _get_dotted(base, "model.name")
+                    try:
+                        value = model_options(name).get(param.path[len("model.options."):]) if name else None
+                    except PcamlabError:
+                        value = None
+            if value is None:
+                return None, f"the base config sets no value for {param.path}"
+            if param.kind == "categorical":
+                if value not in param.choices:
+                    return None, f"the base's {param.path}={value!r} is not among the choices {list(param.choices)}"
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not param.low <= value <= param.high:
+                return None, f"the base's {param.path}={value!r} is outside [{param.low:g}, {param.high:g}]"
+            elif param.step is not None and not float((value - param.low) / param.step).is_integer():
+                return None, f"the base's {param.path}={value!r} is not on the step {param.step:g} from {param.low:g}"
+            point[param.path] = int(value) if param.kind == "int" else value
+        return point, ""
 
     def grid(self) -> dict[str, list[Any]]:
         """The grid sampler's search space (every parameter, conditional ones included)."""

@@ -714,6 +714,13 @@ def _run(out_dir, url, name, settings, base, task, trials, minutes, workers, hea
         f"objective {' + '.join(settings.objectives)} on {settings.protocol}"
         + (f", {settings.pruner} pruning" if settings.prunes else "")
         + (f", {minutes:g} min budget" if minutes else "") + f"; {workers} worker(s) x {threads} threads")
+    if known is None and isinstance(task, SearchSpace) and settings.sampler != "grid":
+        point, reason = task.base_point(base)
+        if point is None:
+            log(f"the base config is not a point of the space ({reason}): no base trial to compare with")
+        else:  # trial 0 scores the base config itself: the reference a better recipe must beat
+            study.enqueue_trial(point, user_attrs={"base": True})
+            log("trial 0 is the base config (the reference the search must beat)")
     if workers == 1:
         _work(job, log)
     else:

@@ -7,14 +7,15 @@ its peak resident memory (``ru_maxrss``) is its own:
 - ``pipeline``: a constant predictor, so the figure is the slide pipeline alone (tissue mask, reading,
   region cutting, the memory-mapped grid, outputs): the ceiling any model can reach;
 - ``model only``: the predictor on 4,096 tiles already in memory (no slide): the model's own ceiling;
-- ``torch`` and ``onnxruntime``: the whole pipeline through the Predictor.
+- ``torch``, ``onnx`` and ``int8`` (ONNX Runtime, ``pcamlab export --quantize int8``): the whole
+  pipeline through the Predictor.
 
 The model is the default preset (``simple-cnn``) unless ``--model`` names a checkpoint; weights do not
 change the speed, so without one an untrained default model is written. This is a benchmark, not a
 test: it takes minutes. Run it once on a quiet machine and report the load average with the figures.
 
 Usage:
-    python scripts/bench_slide.py --work runs/bench-slide [--model CKPT] [--runtimes torch,onnx]
+    python scripts/bench_slide.py --work runs/bench-slide [--model CKPT] [--runs torch,onnx,int8]
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=25_000)
     parser.add_argument("--height", type=int, default=50_000)
     parser.add_argument("--tissue", type=float, default=0.4)
-    parser.add_argument("--runs", default="pipeline,model-only-torch,model-only-onnx,torch,onnx",
-                        help="comma-separated: pipeline, model-only-torch, model-only-onnx, torch, onnx")
+    parser.add_argument("--runs", default="pipeline,model-only-torch,model-only-onnx,model-only-int8,torch,onnx,int8",
+                        help="comma-separated: pipeline, model-only-torch, model-only-onnx, model-only-int8, torch, onnx, int8")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--readers", type=int, default=2)
     args = parser.parse_args()
@@ -117,15 +118,20 @@ def main() -> None:
     if not model.exists():
         default_checkpoint(model)
     onnx = model.with_suffix(".onnx")
-    if any("onnx" in run for run in args.runs.split(",")) and not onnx.exists():
+    if any(run.endswith(("onnx", "int8")) for run in args.runs.split(",")) and not onnx.exists():
         from pcamlab.deploy import export_checkpoint
 
         export_checkpoint(model, onnx)
+    int8 = model.with_suffix(".int8.onnx")
+    if any(run.endswith("int8") for run in args.runs.split(",")) and not int8.exists():
+        from pcamlab.deploy import export_checkpoint
+
+        export_checkpoint(model, int8, quantize="int8", calibration="sample")
 
     results = {}
     for run in args.runs.split(","):
         kind = "model-only" if run.startswith("model-only") else run
-        model_file = onnx if run.endswith("onnx") else model
+        model_file = onnx if run.endswith("onnx") else int8 if run.endswith("int8") else model
         out = work / f"out-{run}"
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(work / f".out-{run}.partial", ignore_errors=True)

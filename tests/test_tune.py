@@ -364,6 +364,41 @@ def test_sweep_trains_each_value_with_each_seed_and_reports_what_mattered(tiny_d
     assert layers[0]["conv"]["filters"] == 4
 
 
+def test_two_workers_train_every_sweep_run_exactly_once_seed_by_seed(tiny_data, tmp_path):
+    """Workers take queued runs from the storage; one grid seed per worker used to run some twice and skip others."""
+    plan = _space(tmp_path, "seeds: [0, 1]\nspec: {stages: 2, width: 4, dropout: 0.0}\nknobs:\n"
+                            "  pooling: {spec.downsample: [stride, average]}\n", "sweep.yaml")
+    out = tmp_path / "sweep2"
+    base = _base(tiny_data, "train.epochs=1")
+    run_study(base, plan, out, StudySettings(kind="sweep"), workers=2, threads=1)
+    study = _study(out)
+    runs = [t.params["run"] for t in study.trials]
+    assert sorted(runs) == list(range(6)) and all(t.state.name == "COMPLETE" for t in study.trials)
+    seeds = [t.user_attrs["seed"] for t in sorted(study.trials, key=lambda t: t.number)]
+    assert seeds == sorted(seeds)  # every run of seed 0 was queued before any of seed 1
+
+
+def test_resumed_sweep_queues_only_the_runs_it_lacks(tiny_data, tmp_path):
+    import optuna
+
+    from pcamlab.tune.space import load_sweep
+    from pcamlab.tune.study import _queue_sweep_runs, _sweep_runs_to_queue
+
+    plan = load_sweep(_space(tmp_path, "seeds: [0, 1]\nknobs:\n  dropout: {spec.dropout: [0.5]}\n", "sweep.yaml"))
+    study = optuna.create_study(direction="maximize")
+    done = study.ask({"run": optuna.distributions.IntDistribution(0, 3)})
+    study.tell(done, 0.8)  # run 0 (or whichever was drawn) finished
+    twice = optuna.trial.create_trial(params={"run": done.params["run"]}, distributions=done.distributions, value=0.7)
+    study.add_trial(twice)  # a duplicate from an old study: still one run
+    lines: list[str] = []
+    _queue_sweep_runs(study, plan, lines.append)
+    queued = sorted(t.system_attrs["fixed_params"]["run"] for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,)))
+    assert queued == sorted(set(range(4)) - {done.params["run"]}) and "queued the 3 sweep runs" in lines[0]
+    _queue_sweep_runs(study, plan, lines.append)  # again: nothing new
+    assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 3
+    assert _sweep_runs_to_queue(study, plan, finished_only=True) == queued
+
+
 def _tune_process(args: list[str], log: Path) -> subprocess.Popen:
     environment = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "pcamlab", "tune", *args], stdout=open(log, "w"), stderr=subprocess.STDOUT,

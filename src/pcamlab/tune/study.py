@@ -214,10 +214,13 @@ def open_storage(url: str, heartbeat_seconds: int = 10):
 def _sampler(settings: StudySettings, task: SearchSpace | SweepPlan, seed: int):
     import optuna
 
+    # A grid sampler maps trial number -> grid point through a permutation drawn from its seed, so
+    # every worker and every session of one study must use the same seed (settings.seed); with one
+    # seed per worker, two workers ran the same sweep run and others were never run.
     if isinstance(task, SweepPlan):
-        return optuna.samplers.GridSampler({"run": list(range(len(task.runs)))}, seed=seed)
+        return optuna.samplers.GridSampler({"run": list(range(len(task.runs)))}, seed=settings.seed)
     if settings.sampler == "grid":
-        return optuna.samplers.GridSampler(task.grid(), seed=seed)
+        return optuna.samplers.GridSampler(task.grid(), seed=settings.seed)
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(settings.startup_trials, 1), multivariate=True,
@@ -335,6 +338,10 @@ def _objective(job: _Job, log: Callable[[str], None]):
             for key, value in described.items():
                 trial.set_user_attr(key, value)
         retried = trial.study._storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
+        if isinstance(job.task, SweepPlan):
+            twin = _earlier_twin(trial, retried)
+            if twin is not None:  # two sessions queued the same run at once: train it once
+                raise optuna.TrialPruned(f"sweep run already taken by trial {twin}")
         log(f"trial {trial.number} started" + (f" (retry of trial {retried})" if retried is not None else "")
             + f": {_describe(described)}")
         reporter = _Reporter(trial, settings.prunes)
@@ -472,15 +479,58 @@ def _work(job: _Job, log: Callable[[str], None]) -> None:
     while True:
         fail_stale_trials(study)
         counts = _counts(study)
-        if counts["finished"] >= job.target:
+        if counts["finished"] >= job.target and (not isinstance(job.task, SweepPlan) or not _sweep_runs_to_queue(study, job.task, finished_only=True)):
             break
         if job.deadline is not None and time.time() >= job.deadline:
             log(f"study budget reached: no new trial starts ({counts['finished']} of {job.target} finished)")
             break
-        if counts["finished"] + counts["RUNNING"] >= job.target and counts["WAITING"] == 0:
+        if isinstance(job.task, SweepPlan) and counts["WAITING"] == 0 and not _sweep_runs_to_queue(study, job.task):
+            time.sleep(job.heartbeat_seconds)  # the last runs are running elsewhere: wait until they end or go stale
+            continue
+        if counts["finished"] + counts["RUNNING"] >= job.target and counts["WAITING"] == 0 and not isinstance(job.task, SweepPlan):
             time.sleep(job.heartbeat_seconds)  # the last trials run elsewhere: wait until they end or go stale
             continue
         study.optimize(objective, n_trials=1, catch=(PcamlabError,), callbacks=[finished], gc_after_trial=True)
+
+
+def _sweep_runs_to_queue(study, task: SweepPlan, finished_only: bool = False) -> list[int]:
+    """Sweep runs (indices into ``task.runs``) with no finished trial (nor, unless ``finished_only``, a running or queued one)."""
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.PRUNED) + (() if finished_only else (TrialState.RUNNING, TrialState.WAITING))
+    taken = set()
+    for trial in study.get_trials(deepcopy=False, states=states):
+        run = trial.params.get("run", trial.system_attrs.get("fixed_params", {}).get("run"))
+        if run is not None:
+            taken.add(int(run))
+    return [index for index in range(len(task.runs)) if index not in taken]
+
+
+def _earlier_twin(trial, retried: int | None) -> int | None:
+    """The number of another trial of the same sweep run that finished, or started before this one."""
+    from optuna.trial import TrialState
+
+    run = trial.params.get("run")
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        if other.number != trial.number and other.number != retried and other.params.get("run") == run and (
+                other.state == TrialState.COMPLETE or other.number < trial.number):
+            return other.number
+    return None
+
+
+def _queue_sweep_runs(study, task: SweepPlan, log: Callable[[str], None]) -> None:
+    """Queue every sweep run not yet finished, running or queued: all seeds of the first seed first.
+
+    Workers take queued trials one at a time from the storage (Optuna's WAITING trials: a database
+    transaction hands each to one worker), so no run is trained twice and none is skipped, on one
+    machine or many, and a resumed sweep queues only what it still lacks.
+    """
+    missing = _sweep_runs_to_queue(study, task)
+    order = sorted(missing, key=lambda index: (task.seeds.index(task.runs[index].seed), index))
+    for index in order:
+        study.enqueue_trial({"run": index})
+    if missing and len(missing) < len(task.runs):
+        log(f"queued the {len(missing)} sweep runs not yet finished or running")
 
 
 def _worker_entry(job: _Job, log: Callable[[str], None]) -> None:
@@ -696,6 +746,8 @@ def _run(out_dir, url, name, settings, base, task, trials, minutes, workers, hea
         log(f"joining study {name!r} in {_redacted(url)} ({len(study.trials)} trials so far)")
     if resume and url == local_storage_url(out_dir):
         _fail_orphans(study, storage, log)
+    if isinstance(task, SweepPlan) and (known is None or resume):  # a joining worker takes what is queued
+        _queue_sweep_runs(study, task, log)
     # a resumed or joining session must not replay the first session's random draws
     seed_offset = 0 if known is None else 7919 * len(study.trials) + os.getpid()
     size = len(task.runs) if isinstance(task, SweepPlan) else None

@@ -145,6 +145,12 @@ def test_a_run_trained_on_a_relative_data_path_evaluates_from_another_folder(rel
         err = capsys.readouterr().err
         assert "stored in checkpoint" in err and "pass --data" in err and err.count("\n") == 1, err
         assert main(["evaluate", str(run / "best.safetensors"), "--data", str(moved), "--out", str(tmp_path / "b")]) == 0
+        capsys.readouterr()
+        # explain reopens the run's data the same way, and says the same
+        assert main(["explain", str(run / "best.safetensors"), "--n", "8", "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert "stored in checkpoint" in err and "pass --data" in err and err.count("\n") == 1, err
+        assert not (tmp_path / "x").exists()
     finally:
         moved.rename(data)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pcamlab.config import DataConfig
 from pcamlab.data.readers import PatchReader, open_split
+from pcamlab.errors import DataError
 
 __all__ = ["RunData", "open_run_split", "resolve_run_data"]
 
@@ -74,6 +75,7 @@ def open_run_split(
     path: str | os.PathLike | None = None,
     format: str | None = None,
     skip_bad: bool = False,
+    stored_in: str | None = None,
 ) -> PatchReader:
     """Open ``split`` of a run's data (see :func:`resolve_run_data`) as a :class:`PatchReader`.
 
@@ -83,10 +85,19 @@ def open_run_split(
         path: another dataset root; None = the run's.
         format: reader name or ``auto``; None = the run's at its own path, else ``auto``.
         skip_bad: default of ``load_split_arrays``: skip unreadable images instead of stopping.
+        stored_in: what the run's data path was read from (e.g. ``checkpoint 'runs/a/best.safetensors'``),
+            named when that path is gone.
 
     Raises:
-        DataError / ConfigError: as :func:`pcamlab.data.open_split`.
+        DataError: ``path`` is None and the run's stored data path does not exist (moved data, or a
+            relative path read from another working folder): one line naming it, with
+            ``parameters=("data",)`` (the CLI says ``--data``). Otherwise as :func:`pcamlab.data.open_split`.
     """
+    if path is None and data.path != "sample" and not Path(data.path).expanduser().exists():
+        raise DataError(
+            f"dataset root {data.path!r} (the data path stored in {stored_in or 'the run'}) does not exist; "
+            "pass data, the folder holding that dataset here", parameters=("data",),
+        )
     resolved = resolve_run_data(data, path, format)
     return open_split(resolved.path, split, resolved.format, valid_fraction=resolved.valid_fraction,
                       seed=resolved.seed, skip_bad=skip_bad)

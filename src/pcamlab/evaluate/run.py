@@ -174,13 +174,8 @@ def evaluate_checkpoint(
             f"{str(checkpoint_path)!r} does not say which data it was trained on (exported before pcamlab "
             "stored it); pass the data folder to evaluate it on"
         )
-    if data is None and config is not None and config.data.path != "sample" and not Path(config.data.path).expanduser().exists():
-        raise DataError(
-            f"dataset root {config.data.path!r} (the data path stored in checkpoint {str(checkpoint_path)!r}) "
-            "does not exist; pass data, the folder holding that dataset here",
-            parameters=("data",),
-        )
-    reader = open_run_split(config.data if config is not None else DataConfig(), split, path=data, format=format)
+    reader = open_run_split(config.data if config is not None else DataConfig(), split, path=data, format=format,
+                            stored_in=f"checkpoint {str(checkpoint_path)!r}")
     images, labels, skipped = load_split_arrays(reader, progress=progress)
     validate_inputs(labels, np.full(len(labels), 0.5), where=f"split {split!r} of {reader.root}")
     from pcamlab.evaluate.thresholds import describe_threshold

@@ -104,7 +104,8 @@ def run_explain(
     checkpoint = checkpoint_module.load_checkpoint(checkpoint_path, device=device)
     model, contract = checkpoint.model, check_contract(checkpoint.contract, f"contract of {str(checkpoint_path)!r}")
     predictor = TorchPredictor(model, contract, device=device)  # Grad-CAM needs the torch model itself
-    reader = open_run_split(checkpoint.config.data, split, path=data_root)  # the split evaluate sees
+    reader = open_run_split(checkpoint.config.data, split, path=data_root,  # the split evaluate sees
+                            stored_in=f"checkpoint {str(checkpoint_path)!r}")
     data_root = checkpoint.config.data.path if data_root is None else data_root
     generator = np.random.default_rng(seed)
     count = min(n, len(reader))

@@ -804,7 +804,7 @@ def check_data(base: dict[str, Any]) -> None:
     from pcamlab.data.source import open_run_split
 
     config = config_from_dict(base)
-    open_run_split(config.data, config.data.train_split)
+    open_run_split(config.data, config.data.train_split, path=config.data.path)  # the --data given: its own error
 
 
 def write_study_outputs(out_dir: str | Path, *, storage: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:

@@ -278,3 +278,22 @@ def test_scoring_leaves_a_model_without_batch_norm_traceable_and_unchanged(fixtu
     assert not any(parameter.is_inference() for parameter in model.parameters())
     assert [parameter.is_contiguous() for parameter in model.parameters()] == layouts
     torch.jit.trace(model, torch.zeros(1, 3, 96, 96))  # what export does next with the same model
+
+
+def test_one_predictor_scores_new_weights_loaded_into_its_model(fixture_patches):
+    """The time-to-AUC benchmark loads snapshot after snapshot into one model behind one predictor."""
+    from pcamlab.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("simple-cnn", width=4).eval()
+    first = {key: value.clone() for key, value in model.state_dict().items()}
+    torch.manual_seed(1)
+    second = build_model("simple-cnn", width=4).state_dict()
+    predictor = TorchPredictor(model, InputContract())
+    before = predictor.predict_proba(fixture_patches)
+    model.load_state_dict(second)
+    after = predictor.predict_proba(fixture_patches)
+    np.testing.assert_allclose(after, TorchPredictor(model, InputContract(), fold_batch_norm=False).predict_proba(fixture_patches), atol=2e-5)
+    assert not np.allclose(before, after, atol=1e-4)
+    model.load_state_dict(first)
+    np.testing.assert_allclose(predictor.predict_proba(fixture_patches), before, atol=1e-6)

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import warnings
@@ -226,6 +227,7 @@ class TorchPredictor(PatchPredictor):
         self.model = model.to(self.device).eval()
         self.fold_batch_norm = fold_batch_norm
         self._scoring_model: nn.Module | None = None  # built at the first forward: the folded copy
+        self._scoring_version: tuple | None = None  # _weights_version() the copy was built from
         self.checkpoint = checkpoint
         self.path = checkpoint.path if checkpoint is not None else None
         self.config = checkpoint.config if checkpoint is not None else None
@@ -245,10 +247,21 @@ class TorchPredictor(PatchPredictor):
     def open(cls, path: Path, device: str = "cpu") -> TorchPredictor:
         return cls.from_checkpoint(path, device=device)
 
+    def _weights_version(self) -> tuple:
+        """Identity and in-place version of every parameter and buffer: changes when weights change."""
+        return tuple((id(tensor), tensor._version) for tensor in itertools.chain(self.model.parameters(), self.model.buffers()))
+
     @property
     def scoring_model(self) -> nn.Module:
-        """The network the forward pass runs: ``model``, or its batch-norm-folded channels_last copy."""
-        if self._scoring_model is None:
+        """The network the forward pass runs: ``model``, or its batch-norm-folded channels_last copy.
+
+        The copy is rebuilt whenever ``model``'s weights changed since it was made (``load_state_dict``,
+        an optimiser step, replaced parameters), so a predictor built once scores the weights it is
+        given at each call (the time-to-AUC benchmark loads snapshot after snapshot into one model).
+        """
+        version = self._weights_version() if self.fold_batch_norm else None
+        if self._scoring_model is None or version != self._scoring_version:
+            self._scoring_version = version
             if self.fold_batch_norm:
                 from pcamlab.runtime.fold import fold_batch_norm
 

@@ -142,7 +142,8 @@ def plot_what_mattered(table: dict[str, Any], path: str | Path) -> Path:
     base = table["base"]
     sd = base["sd_auc"]
     with plt.style.context("default"):  # Optuna's plots switch the global style to ggplot
-        figure, axes = plt.subplots(figsize=(8, 2.2 + 0.35 * max(len(rows), 1)))
+        height = 2.2 + 0.35 * max(len(rows), 1)  # inches
+        figure, axes = plt.subplots(figsize=(8, height))
         if sd:
             band = 1.96 * math.sqrt(2) * sd
             axes.axvspan(-band, band, color="0.88", zorder=0,
@@ -165,7 +166,8 @@ def plot_what_mattered(table: dict[str, Any], path: str | Path) -> Path:
         axes.set_title(f"What mattered: one knob at a time from the base\n(base AUC {_number(base['mean_auc'])} "
                        f"over {base['seeds']} seeds)", fontsize=10)
         if sd:
-            axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.5 / max(len(rows), 1) - 0.25), fontsize=8, frameon=False)
+            # just under the x label, whatever the number of rows: about 0.55 inch below the axes
+            axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.55 / max(height - 1.2, 1.0)), fontsize=8, frameon=False)
         figure.tight_layout()
         saved = save_png(figure, path, bbox_inches="tight")
         plt.close(figure)

@@ -69,6 +69,19 @@ def test_auto_runtime_takes_the_matching_int8_export_and_never_a_stale_one(expor
         open_fastest(report["path"], "torch")
 
 
+def test_auto_prefers_int8_then_fp32_onnx_as_measured(tmp_path):
+    from pcamlab.runtime.fastest import AUTO_ORDER
+
+    assert AUTO_ORDER == ("int8", "onnx")  # README inference table: int8 1.5x fp32 ONNX, fp32 ONNX 2x torch
+    checkpoint = tmp_path / "best.safetensors"
+    shutil.copy(ASSET, checkpoint)
+    export_checkpoint(checkpoint)  # best.onnx
+    assert open_fastest(checkpoint)[1] == "onnx"  # only fp32 beside it
+    export_checkpoint(checkpoint, quantize="int8", calibration="sample", calibration_count=64)
+    assert open_fastest(checkpoint)[1] == "int8"  # both: int8 first
+    assert open_fastest(checkpoint, "onnx")[1] == "onnx"  # asked for
+
+
 def test_predict_cli_reports_its_runtime(exported, tmp_path, capsys):
     checkpoint, _ = exported
     images = Path(open_split("sample", "valid").root) / "valid" / "1"

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch checkpoints only)")
     parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx", "int8"],
-                        help="auto: the fastest export of this checkpoint beside it (NAME.onnx, then NAME.int8.onnx, "
+                        help="auto: the fastest export of this checkpoint beside it (NAME.int8.onnx, then NAME.onnx, "
                         "written by pcamlab export), else torch (default auto)")
     parser.add_argument("--skip-bad", action="store_true", help="skip unusable image files instead of stopping")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")

@@ -448,13 +448,19 @@ def _accounted(study, target: int) -> None:
         assert retry.params == trial.params
 
 
-@pytest.mark.slow
-def test_resume_after_a_kill_fails_and_requeues_the_interrupted_trial(tiny_data, tmp_path):
+def _start_study_process(data: Path, tmp_path: Path, trials: int, epochs: int) -> tuple[Path, subprocess.Popen]:
+    """A random-search study of the learning rate in its own process (log: tmp_path/first.log): (out, process)."""
     space = _space(tmp_path, "params:\n  train.learning_rate: {float: [0.001, 0.01], log: true}\n")
     out = tmp_path / "study"
-    flags = [item for pair in (("--set", s) for s in [*TINY, "train.epochs=4"]) for item in pair]
-    process = _tune_process(["--data", str(tiny_data), "--space", str(space), "--out", str(out), "--trials", "3",
+    flags = [item for pair in (("--set", s) for s in [*TINY, f"train.epochs={epochs}"]) for item in pair]
+    process = _tune_process(["--data", str(data), "--space", str(space), "--out", str(out), "--trials", str(trials),
                              "--sampler", "random", "--pruner", "none", *flags], tmp_path / "first.log")
+    return out, process
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_fails_and_requeues_the_interrupted_trial(tiny_data, tmp_path):
+    out, process = _start_study_process(tiny_data, tmp_path, trials=3, epochs=4)
     try:
         killed = _wait_for_running_trial(f"sqlite:///{out / 'study.db'}", "study", process, out)
     finally:
@@ -472,11 +478,7 @@ def test_resume_after_a_kill_fails_and_requeues_the_interrupted_trial(tiny_data,
 
 @pytest.mark.slow
 def test_ctrl_c_mid_trial_exits_130_and_resume_requeues_that_trial(tiny_data, tmp_path):
-    space = _space(tmp_path, "params:\n  train.learning_rate: {float: [0.001, 0.01], log: true}\n")
-    out = tmp_path / "study"
-    flags = [item for pair in (("--set", s) for s in [*TINY, "train.epochs=6"]) for item in pair]
-    process = _tune_process(["--data", str(tiny_data), "--space", str(space), "--out", str(out), "--trials", "2",
-                             "--sampler", "random", "--pruner", "none", *flags], tmp_path / "first.log")
+    out, process = _start_study_process(tiny_data, tmp_path, trials=2, epochs=6)
     try:
         interrupted = _wait_for_running_trial(f"sqlite:///{out / 'study.db'}", "study", process, out)
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends to the process group

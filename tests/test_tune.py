@@ -291,6 +291,30 @@ def test_base_verdict_needs_more_than_the_base_interval_to_call_a_win():
     assert _base_summary(rows[1:], {"number": 1, "val_auc": 0.915}) is None  # no base trial
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--heartbeat", "0"], "heartbeat_seconds must be an integer >= 1"),
+    (["--storage", "bogus://x"], "is not a database URL pcamlab can open"),
+    (["--storage", "nodatabase"], "storage must be a database URL"),
+    (["--minutes", "nan"], "minutes must be >= 0"),
+    (["--trial-minutes", "nan"], "trial_minutes must be >= 0"),
+])
+def test_bad_study_settings_are_one_line_exit_2_and_leave_no_folder(tiny_data, tmp_path, capsys, extra, message):
+    space = _space(tmp_path, "params:\n  train.learning_rate: {float: [0.001, 0.01], log: true}\n")
+    out = tmp_path / "st"
+    args = ["tune", "--data", str(tiny_data), "--space", str(space), "--out", str(out), "--trials", "1", *extra]
+    assert main(args + [item for pair in (("--set", s) for s in TINY) for item in pair]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not out.exists()  # nothing half-written: the same command with a good value starts afresh
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(tiny_data, tmp_path, capsys):
+    space = _space(tmp_path, "params:\n  train.learning_rate: {float: [0.001, 0.01], log: true}\n")
+    assert main(["tune", "--data", str(tiny_data), "--space", str(space), "--out", "/proc/pcamlab-tune-test", "--trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot use" in err and "/proc/pcamlab-tune-test" in err and err.count("\n") == 1, err
+
+
 def test_grid_runs_every_value_once_and_feeds_the_pruner_each_epoch(tiny_data, tmp_path):
     base = _base(tiny_data, "train.epochs=3")
     space = _space(tmp_path, "params:\n  train.learning_rate: {categorical: [0.0001, 0.003, 0.03]}\n")
@@ -474,6 +498,8 @@ def test_resume_after_a_kill_fails_and_requeues_the_interrupted_trial(tiny_data,
     with open(out / "trials.csv") as file:
         rows = {int(row["number"]): row for row in csv.DictReader(file)}
     assert rows[killed.number]["state"] == "FAIL" and "re-queued" in rows[killed.number]["error"]
+    retry = next(row for row in rows.values() if row["retry_of"] == str(killed.number))
+    assert retry["state"] == "COMPLETE" and retry["error"] == ""  # the retry does not carry the failure's text
 
 
 @pytest.mark.slow

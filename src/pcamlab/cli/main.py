@@ -156,6 +156,7 @@ def _storage_message(error: OSError) -> str | None:
         errno.ENOTDIR: "a file stands where a folder is needed: choose another path (--out) or move that file",
         errno.EEXIST: "it exists and is not a folder pcamlab can use: choose another path (--out)",
         errno.EISDIR: "it is a folder where a file is needed: choose another path (--out)",
+        errno.ENOENT: "no such file or folder, and it cannot be made there: check the path (--out)",
     }
     fix = fixes.get(error.errno)
     return None if fix is None else f"cannot use{where}: {fix}"

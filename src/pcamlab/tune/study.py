@@ -92,7 +92,7 @@ class StudySettings:
                 raise ConfigError(f"objectives must be among {list(OBJECTIVES)}; got {objective!r}{did_you_mean(objective, OBJECTIVES)}")
         if self.protocol == "kfold" and self.folds < 2:
             raise ConfigError(f"folds must be >= 2 for protocol kfold; got {self.folds}")
-        if self.trial_minutes < 0:
+        if not self.trial_minutes >= 0:  # also NaN
             raise ConfigError(f"trial_minutes must be >= 0 (0 = the config's own budget); got {self.trial_minutes}")
         self.objectives = objectives
         return self
@@ -185,7 +185,9 @@ def open_storage(url: str, heartbeat_seconds: int = 10):
     if isinstance(heartbeat_seconds, bool) or not isinstance(heartbeat_seconds, int) or heartbeat_seconds < 1:
         raise ConfigError(f"heartbeat_seconds must be an integer >= 1; got {heartbeat_seconds!r}")
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: a trial stopped by Ctrl-C would otherwise log Optuna's warning with a KeyboardInterrupt
+    # traceback per worker; pcamlab prints its own line for every trial.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     import warnings
 
     for attempt in range(5):
@@ -204,6 +206,11 @@ def open_storage(url: str, heartbeat_seconds: int = 10):
                 time.sleep(0.5 * (attempt + 1))
                 continue
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+            if isinstance(error, (ArgumentError, NoSuchModuleError)):  # not a database URL SQLAlchemy knows
+                raise ConfigError(f"storage {_redacted(url)!r} is not a database URL pcamlab can open ({first}); "
+                                  "use postgresql://user:password@host:5432/db or sqlite:///PATH") from None
             raise RunError(f"cannot open study storage {_redacted(url)!r}: {first}; check the URL and that the database server runs") from None
 
 
@@ -375,6 +382,8 @@ def _objective(job: _Job, log: Callable[[str], None]):
                 write_text_atomic(run_dir / "trial.json", json.dumps({**record, "state": "FAIL", "reason": str(error)}, indent=2))
             raise
         trial.set_user_attr("val_auc", auc)
+        if "error" in trial.user_attrs:  # a retry carries its failed original's error: this one did not fail
+            trial.set_user_attr("error", None)
         trial.set_user_attr("best_epoch", int(summary["best_epoch"]))
         trial.set_user_attr("epochs_run", epochs_run)
         trial.set_user_attr("train_seconds", wall)
@@ -630,6 +639,10 @@ def run_study(
     task = load_sweep(space_file, base) if settings.kind == "sweep" else load_space(space_file, base)
     if settings.kind == "search" and settings.sampler == "grid":
         task.grid()  # floats without a step fail here, before anything is written
+    if isinstance(heartbeat_seconds, bool) or not isinstance(heartbeat_seconds, int) or heartbeat_seconds < 1:
+        raise ConfigError(f"heartbeat_seconds must be an integer >= 1; got {heartbeat_seconds!r}")
+    if storage:  # a bad URL or an unreachable server is said before the study folder exists
+        open_storage(storage, heartbeat_seconds)
     if out_dir.exists() and any(out_dir.iterdir()):
         if (out_dir / STUDY_FILE).is_file():
             raise RunFolderError(f"{str(out_dir)!r} already holds a study; resume it (resume_study, resume=True) or "
@@ -705,7 +718,7 @@ def _quiet(line: str) -> None:
 def _check_budget(trials: int | None, minutes: float, workers: int) -> None:
     if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
         raise ConfigError(f"trials must be an integer >= 1; got {trials!r}")
-    if minutes < 0:
+    if not minutes >= 0:  # also NaN
         raise ConfigError(f"minutes must be >= 0 (0 = no study budget); got {minutes!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1; got {workers!r}")

@@ -165,6 +165,11 @@ def _sqlalchemy_url(url: str) -> str:
     return url
 
 
+def _check_heartbeat(heartbeat_seconds: Any) -> None:
+    if isinstance(heartbeat_seconds, bool) or not isinstance(heartbeat_seconds, int) or heartbeat_seconds < 1:
+        raise ConfigError(f"heartbeat_seconds must be an integer >= 1; got {heartbeat_seconds!r}")
+
+
 def open_storage(url: str, heartbeat_seconds: int = 10):
     """An Optuna RDB storage with heartbeats and retries of trials whose process died.
 
@@ -182,8 +187,7 @@ def open_storage(url: str, heartbeat_seconds: int = 10):
 
     if "://" not in url:
         raise ConfigError(f"storage must be a database URL such as postgresql://user:password@host:5432/db or sqlite:///study.db; got {url!r}")
-    if isinstance(heartbeat_seconds, bool) or not isinstance(heartbeat_seconds, int) or heartbeat_seconds < 1:
-        raise ConfigError(f"heartbeat_seconds must be an integer >= 1; got {heartbeat_seconds!r}")
+    _check_heartbeat(heartbeat_seconds)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     # ERROR: a trial stopped by Ctrl-C would otherwise log Optuna's warning with a KeyboardInterrupt
     # traceback per worker; pcamlab prints its own line for every trial.
@@ -485,18 +489,18 @@ def _work(job: _Job, log: Callable[[str], None]) -> None:
             what = f"failed: {trial.user_attrs.get('error', 'see the log above')}"
         log(f"trial {trial.number} {what}  {_progress_line(study, job, started, durations)}")
 
+    sweep = isinstance(job.task, SweepPlan)
     while True:
         fail_stale_trials(study)
         counts = _counts(study)
-        if counts["finished"] >= job.target and (not isinstance(job.task, SweepPlan) or not _sweep_runs_to_queue(study, job.task, finished_only=True)):
+        # a sweep is done when every run has finished once (duplicates do not count), a search at its target
+        if (not _sweep_runs_to_queue(study, job.task, finished_only=True)) if sweep else counts["finished"] >= job.target:
             break
         if job.deadline is not None and time.time() >= job.deadline:
             log(f"study budget reached: no new trial starts ({counts['finished']} of {job.target} finished)")
             break
-        if isinstance(job.task, SweepPlan) and counts["WAITING"] == 0 and not _sweep_runs_to_queue(study, job.task):
-            time.sleep(job.heartbeat_seconds)  # the last runs are running elsewhere: wait until they end or go stale
-            continue
-        if counts["finished"] + counts["RUNNING"] >= job.target and counts["WAITING"] == 0 and not isinstance(job.task, SweepPlan):
+        all_taken = (not _sweep_runs_to_queue(study, job.task)) if sweep else counts["finished"] + counts["RUNNING"] >= job.target
+        if all_taken and counts["WAITING"] == 0:
             time.sleep(job.heartbeat_seconds)  # the last trials run elsewhere: wait until they end or go stale
             continue
         study.optimize(objective, n_trials=1, catch=(PcamlabError,), callbacks=[finished], gc_after_trial=True)
@@ -639,8 +643,7 @@ def run_study(
     task = load_sweep(space_file, base) if settings.kind == "sweep" else load_space(space_file, base)
     if settings.kind == "search" and settings.sampler == "grid":
         task.grid()  # floats without a step fail here, before anything is written
-    if isinstance(heartbeat_seconds, bool) or not isinstance(heartbeat_seconds, int) or heartbeat_seconds < 1:
-        raise ConfigError(f"heartbeat_seconds must be an integer >= 1; got {heartbeat_seconds!r}")
+    _check_heartbeat(heartbeat_seconds)
     if storage:  # a bad URL or an unreachable server is said before the study folder exists
         open_storage(storage, heartbeat_seconds)
     if out_dir.exists() and any(out_dir.iterdir()):

@@ -205,6 +205,35 @@ def test_skip_bad_counts_and_skips_unreadable_files(tmp_path, splits):
     assert bad.exists()
 
 
+def test_threaded_decode_matches_one_thread_in_order_and_with_bad_files(tmp_path):
+    """Splits of >= 512 files decode on a thread pool: same pixels, order, labels, skips and errors."""
+    rng = np.random.default_rng(3)
+    count = 600
+    images = rng.integers(0, 256, (count, 96, 96, 3), dtype=np.uint8)
+    labels = (np.arange(count) % 2).astype(np.int64)
+    root = write_folders(tmp_path, {"train": (images, labels)})
+    reader = open_split(root, "train")
+    assert reader.thread_safe
+    serial = load_split_arrays(reader, threads=1)
+    calls = []
+    threaded = load_split_arrays(reader, threads=4, progress=lambda done, total: calls.append((done, total)))
+    np.testing.assert_array_equal(threaded[0], serial[0])
+    np.testing.assert_array_equal(threaded[1], serial[1])
+    assert threaded[2] == serial[2] == 0 and len(threaded[0]) == count
+    assert calls[-1] == (count, count) and [done for done, _ in calls] == sorted(done for done, _ in calls)
+    # two bad files: the error names the first in the reader's order; skipping drops exactly those two
+    write_bad_image(root / "train" / "0" / "000.png", "not-image")  # the first file of the split
+    write_bad_image(root / "train" / "1" / "599.png", "truncated")  # near the end
+    reader = open_split(root, "train")
+    with pytest.raises(BadImageError, match="000.png"):
+        load_split_arrays(reader, threads=4)
+    kept, kept_labels, skipped = load_split_arrays(reader, threads=4, skip_bad=True)
+    one_thread = load_split_arrays(reader, threads=1, skip_bad=True)
+    assert skipped == one_thread[2] == 2 and len(kept) == count - 2
+    np.testing.assert_array_equal(kept, one_thread[0])
+    np.testing.assert_array_equal(kept_labels, one_thread[1])
+
+
 def test_validate_returns_counts(roots):
     summary = open_split(roots["course"], "train").validate()
     assert summary == {"format": "folders", "split": "train", "count": 12, "class_counts": {0: 6, 1: 6}}

@@ -44,7 +44,7 @@ def tiny_data(tmp_path_factory):
 def test_speedrun_recipe_trains_on_crops_and_scores_full_patches(tiny_data, tmp_path):
     config = load_config("configs/speedrun.yaml", [
         f"data.path={tiny_data}", "model.options.width=4", "train.batch_size=8", "train.epochs=1",
-        "augment.crop_size=64",
+        "augment.crop_size=64", "augment.crop_epochs=0",
     ])
     assert config.train.scheduler == "onecycle"
     summary = train(config, tmp_path / "run", progress=False)
@@ -57,3 +57,33 @@ def test_crop_training_needs_a_global_pooled_model(tiny_data, tmp_path):
                                 "train.batch_size=8", "train.epochs=1"])
     with pytest.raises(ConfigError, match="takes any input size .* model.name 'baseline'"):
         train(config, tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("crop_epochs, cropped_epochs", [(0, 2), (1, 1)])
+def test_crop_epochs_crops_only_the_first_epochs(tiny_data, tmp_path, monkeypatch, crop_epochs, cropped_epochs):
+    """Progressive resizing: crops for the first ``crop_epochs`` epochs, full patches after (0 = every epoch)."""
+    import pcamlab.data.augment as augment
+
+    sizes = []
+    original = augment.random_label_crop
+
+    def recording(images, size, generator):
+        sizes.append(size)
+        return original(images, size, generator)
+
+    monkeypatch.setattr(augment, "random_label_crop", recording)
+    config = load_config("configs/speedrun.yaml", [
+        f"data.path={tiny_data}", "model.options.width=4", "train.batch_size=8", "train.epochs=2",
+        "augment.crop_size=64", f"augment.crop_epochs={crop_epochs}", "train.max_steps_per_epoch=3",
+    ])
+    train(config, tmp_path / "run", progress=False)
+    assert sizes == [64] * 3 * cropped_epochs
+
+
+def test_crop_epochs_needs_crops_and_a_full_patch_epoch():
+    with pytest.raises(ConfigError, match="augment.crop_epochs 1 needs augment.crop_size"):
+        load_config(None, ["augment.crop_epochs=1"])
+    with pytest.raises(ConfigError, match="augment.crop_epochs 2 is not below train.epochs 2"):
+        load_config(None, ["augment.crop_size=64", "augment.crop_epochs=2", "train.epochs=2"])
+    with pytest.raises(ConfigError, match="augment.crop_epochs"):
+        load_config(None, ["augment.crop_size=64", "augment.crop_epochs=-1"])

@@ -73,6 +73,7 @@ class AugmentConfig:
     blur_sigma: float = 1.0  # max sigma of that blur, in pixels
     crop_scale: float = 1.0  # random resized crop: minimum area fraction kept (1 = off)
     crop_size: int = 0  # train on random crops of this many px that keep the labelled centre 32x32 (0 = off); global-pooled models only
+    crop_epochs: int = 0  # crops only in the first N epochs, full patches after (progressive resizing; 0 = every epoch)
 
 
 @dataclass

@@ -94,6 +94,7 @@ RANGES: dict[str, Range] = {
     "augment.blur_sigma": Range(0, 10, low_open=True, example="1.0", meaning="pixels"),
     "augment.crop_scale": Range(0, 1, low_open=True, example="0.8", meaning="the smallest area fraction kept, 1 = off"),
     "augment.crop_size": Range(0, 4096, example="64", meaning="pixels, 0 = off; at least 32 when on"),
+    "augment.crop_epochs": _at_least(0, "2"),
     "train.epochs": _at_least(1, "10"),
     "train.batch_size": _at_least(1, "64"),
     "train.learning_rate": Range(0, 10, low_open=True, example="1e-3"),
@@ -226,6 +227,16 @@ def _crop_keeps_label(config) -> str | None:
         return (
             f"augment.crop_size must be 0 (off) or >= 32 px, the centre region PCam's label describes; got {size} "
             "(48-72 trains 1.8-4x fewer pixels per patch)"
+        )
+    if config.augment.crop_epochs and not size:
+        return (
+            f"augment.crop_epochs {config.augment.crop_epochs} needs augment.crop_size (e.g. 64): it says for how many "
+            "epochs the crops last; set augment.crop_size or augment.crop_epochs=0"
+        )
+    if config.augment.crop_epochs >= config.train.epochs and size and config.train.schedule_over == "epochs":
+        return (
+            f"augment.crop_epochs {config.augment.crop_epochs} is not below train.epochs {config.train.epochs}: no epoch "
+            "would train on full patches; lower crop_epochs or use crop_epochs=0 (crops in every epoch)"
         )
     return None
 

@@ -428,6 +428,9 @@ class PatchReader:
     looks_for = ""
     #: place in auto-detection, lowest first: layouts recognised by specific file names before generic ones.
     detect_order = 50
+    #: whether ``reader[i]`` may be called from several threads at once (one image file per item:
+    #: Pillow releases the GIL while it decodes, so :func:`load_split_arrays` decodes with threads).
+    thread_safe = False
 
     root: Path
     split: str
@@ -725,6 +728,7 @@ class FoldersReader(PatchReader):
     """
 
     format = "folders"
+    thread_safe = True  # one image file per item
     detect_order = 90  # any class folders: the most generic, tried last
     looks_for = (
         "folders: <root>/<split>/{0,1}/*.{jpg,jpeg,png,tif,tiff}, or <root>/train+val/{train,valid}/{0,1}/"
@@ -846,6 +850,7 @@ class KaggleReader(PatchReader):
     """
 
     format = "kaggle"
+    thread_safe = True  # one image file per item
     looks_for = "kaggle: <root>/train/*.tif with <root>/train_labels.csv (id,label), optional <root>/test/*.tif"
     detect_order = 20  # a named label file
 
@@ -1259,21 +1264,30 @@ def load_split_arrays(
     *,
     skip_bad: bool = False,
     progress: Callable[[int, int], object] | None = None,
+    threads: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Decode a whole split into memory.
+
+    Readers whose items are one image file each (``reader.thread_safe``: class folders, Kaggle) are
+    decoded by a pool of threads: Pillow releases the GIL while it decodes, so two cores decode about
+    twice as fast (measured in the README's "Time to AUC"). HDF5 is read by the calling thread only
+    (h5py serialises every call).
 
     Args:
         reader: an opened split.
         skip_bad: skip images that cannot be used (unreadable, truncated, wrong size or mode) and
             count them, instead of raising. ``reader.skip_bad`` also turns this on.
-        progress: optional ``progress(done, total)`` callable, called every 256 images and at the end.
+        progress: optional ``progress(done, total)`` callable, called from the calling thread every 256
+            images (or so) and at the end.
+        threads: decoding threads for a thread-safe reader; 0 = one per usable CPU core, at most 8.
 
     Returns:
         ``(images, labels, skipped)``: uint8 ``(N, 96, 96, 3)``, int64 ``(N,)`` and the number of
-        images skipped (N = ``len(reader) - skipped``).
+        images skipped (N = ``len(reader) - skipped``), in the reader's order.
 
     Raises:
-        BadImageError: an image cannot be used and ``skip_bad`` is off.
+        BadImageError: an image cannot be used and ``skip_bad`` is off (the first bad one in the
+            reader's order).
 
     Example:
         >>> images, labels, skipped = load_split_arrays(open_split("sample", "valid"))
@@ -1284,6 +1298,10 @@ def load_split_arrays(
     total = len(reader)
     images = np.empty((total, PATCH_SIZE, PATCH_SIZE, 3), dtype=np.uint8)
     labels = np.empty(total, dtype=np.int64)
+    if threads <= 0:
+        threads = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    if threads > 1 and total >= 512 and getattr(reader, "thread_safe", False):
+        return _load_split_threaded(reader, images, labels, skip_bad, progress, threads)
     kept = 0
     for index in range(total):
         try:
@@ -1298,3 +1316,47 @@ def load_split_arrays(
         if progress is not None and ((index + 1) % 256 == 0 or index + 1 == total):
             progress(index + 1, total)
     return images[:kept], labels[:kept], total - kept
+
+
+def _load_split_threaded(
+    reader: PatchReader,
+    images: np.ndarray,
+    labels: np.ndarray,
+    skip_bad: bool,
+    progress: Callable[[int, int], object] | None,
+    threads: int,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`load_split_arrays` for a thread-safe reader: chunks of 256 items decoded by ``threads`` threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    total = len(reader)
+    good = np.ones(total, dtype=bool)
+
+    def decode_chunk(start: int) -> tuple[int, BadImageError | None]:
+        stop = min(start + 256, total)
+        for index in range(start, stop):
+            try:
+                images[index], labels[index] = reader[index]
+            except BadImageError as error:
+                good[index] = False
+                if not skip_bad:
+                    return stop, error
+        return stop, None
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pcamlab-decode") as pool:
+        futures = [pool.submit(decode_chunk, start) for start in range(0, total, 256)]
+        try:
+            for future in futures:  # in order: the first bad image in the reader's order is the one raised
+                stop, error = future.result()
+                if error is not None:
+                    raise error
+                done = stop
+                if progress is not None:
+                    progress(done, total)
+        finally:
+            for future in futures:
+                future.cancel()
+    if good.all():
+        return images, labels, 0
+    return images[good], labels[good], int(total - good.sum())

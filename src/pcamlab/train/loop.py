@@ -360,7 +360,11 @@ def _fit_stain_normalizer(config: RunConfig, sources: list) -> dict[str, Any] | 
 
 
 class _EMA:
-    """Exponential moving average of a model's weights (buffers are copied)."""
+    """Exponential moving average of a model's weights (floating buffers too; integer buffers are copied).
+
+    One update is two fused ``torch._foreach`` calls over tensor lists gathered once (walking
+    ``state_dict()`` every step cost the speedrun 20% of its training patches/s).
+    """
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
@@ -368,16 +372,33 @@ class _EMA:
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.updates = 0
+        self._source: int | None = None  # id of the model the tensor lists below were gathered from
+        self._averaged: list[torch.Tensor] = []
+        self._current: list[torch.Tensor] = []
+        self._copied: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _gather(self, model: nn.Module) -> None:
+        averaged = list(self.model.state_dict(keep_vars=True).values())
+        current = list(model.state_dict(keep_vars=True).values())
+        self._averaged, self._current, self._copied = [], [], []
+        for mine, theirs in zip(averaged, current):
+            if mine.dtype.is_floating_point:
+                self._averaged.append(mine.data)
+                self._current.append(theirs.data)
+            else:
+                self._copied.append((mine.data, theirs.data))
+        self._source = id(model)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))  # warm-up: early weights fade fast
-        for averaged, current in zip(self.model.state_dict().values(), model.state_dict().values()):
-            if averaged.dtype.is_floating_point:
-                averaged.mul_(decay).add_(current.detach(), alpha=1 - decay)
-            else:
-                averaged.copy_(current)
+        if self._source != id(model):
+            self._gather(model)
+        torch._foreach_mul_(self._averaged, decay)
+        torch._foreach_add_(self._averaged, self._current, alpha=1 - decay)
+        for mine, theirs in self._copied:
+            mine.copy_(theirs)
 
 
 def _check_crop(model: nn.Module, config: RunConfig, patch_size: int, device: torch.device) -> None:
@@ -549,6 +570,7 @@ def train(
     from pcamlab.runtime.checkpoint import save_checkpoint
     from pcamlab.runtime.contract import InputContract
     from pcamlab.runtime.device import autocast, resolve_precision
+    from pcamlab.runtime.memory import reuse_freed_memory
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -586,6 +608,8 @@ def train(
     model = build_model(config.model)  # built once: checks model.options; its weights come from the seed
     device = world.device
     precision = resolve_precision(train_config.precision, device)
+    if device.type == "cpu":  # 1.6x the training patches/s on a 2-core CPU: see pcamlab.runtime.memory
+        reuse_freed_memory()
 
     # -- data ------------------------------------------------------------------------------------
     if readers is None:
@@ -776,6 +800,9 @@ def train(
         loss_sum = torch.zeros((), device=device)
         seen = 0
         factor = rate_at(epoch - 1)
+        cropping = bool(config.augment.crop_size) and (
+            config.augment.crop_epochs == 0 or epoch <= config.augment.crop_epochs
+        )  # progressive resizing: crops first, full patches for the last epochs
         update, close = progress_bar(f"epoch {epoch}/{train_config.epochs}", progress, unit="step",
                                      total=steps_per_epoch)
         for step, (images, labels, _) in enumerate(train_source.epoch(seed=train_config.seed * 7919 + epoch)):
@@ -790,7 +817,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = 0.0 if frozen and group["part"] == "backbone" else group["peak_lr"] * factor
             images = images.to(device, non_blocking=True)  # (B, H, W, 3) uint8
-            if config.augment.crop_size:  # (B, c, c, 3): still holds the labelled centre 32x32
+            if cropping:  # (B, c, c, 3): still holds the labelled centre 32x32
                 images = random_label_crop(images, config.augment.crop_size, augment_generator)
             labels = labels.to(device, non_blocking=True).float()
             x = contract.to_unit(images)  # (B, 3, H, W) in [0, 1], channels_last strides

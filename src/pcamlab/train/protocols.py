@@ -118,6 +118,7 @@ class SubsetReader(PatchReader):
         self.format = reader.format
         self.skip_bad = getattr(reader, "skip_bad", False)
         self.unlabeled = getattr(reader, "unlabeled", False)
+        self.thread_safe = getattr(reader, "thread_safe", False)
         self.labels = np.asarray(reader.labels, dtype=np.int64)[positions]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
@@ -162,6 +163,7 @@ class ConcatReader(PatchReader):
         self.format = "+".join(formats)
         self.skip_bad = any(getattr(reader, "skip_bad", False) for reader in readers)
         self.unlabeled = all(getattr(reader, "unlabeled", False) for reader in readers)
+        self.thread_safe = all(getattr(reader, "thread_safe", False) for reader in readers)
         self.labels = np.concatenate([np.asarray(reader.labels, dtype=np.int64) for reader in readers])
         self.common_root = len(roots) == 1
 

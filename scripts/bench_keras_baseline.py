@@ -37,15 +37,21 @@ def make_subset(source: Path, target: Path, train_per_class: int = 2000, valid_p
     """Symlink ``train_per_class`` / ``valid_per_class`` sorted patches of each class into ``target``."""
     if target.exists():
         sys.exit(f"error: {target} exists; remove it or pick another folder")
+    chosen = {}
     for split, count in (("train", train_per_class), ("valid", valid_per_class)):
         for label in ("0", "1"):
-            files = sorted((source / split / label).glob("*.jpg"))[:count]
+            folder = source / split / label
+            if not folder.is_dir():
+                sys.exit(f"error: {folder} does not exist; pass class folders {{train,valid}}/{{0,1}}/*.jpg")
+            files = sorted(folder.glob("*.jpg"))[:count]
             if len(files) < count:
-                sys.exit(f"error: {source / split / label} has {len(files)} JPEGs; need {count}")
-            folder = target / split / label
-            folder.mkdir(parents=True)
-            for path in files:
-                (folder / path.name).symlink_to(path.resolve())
+                sys.exit(f"error: {folder} has {len(files)} JPEGs; need {count}")
+            chosen[split, label] = files
+    for (split, label), files in chosen.items():  # every folder checked before anything is written
+        folder = target / split / label
+        folder.mkdir(parents=True)
+        for path in files:
+            (folder / path.name).symlink_to(path.resolve())
     print(f"wrote {target}: {2 * train_per_class} train and {2 * valid_per_class} valid patches (symlinks)")
 
 

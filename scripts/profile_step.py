@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from pcamlab.config import ModelConfig
+from pcamlab.errors import ConfigError
 from pcamlab.models import build_model
 from pcamlab.runtime.memory import reuse_freed_memory
 from pcamlab.train.time_to_auc import cpu_description
@@ -37,12 +38,20 @@ def main() -> None:
     parser.add_argument("--malloc", choices=("reuse", "default"), default="reuse")
     parser.add_argument("--rows", type=int, default=10)
     args = parser.parse_args()
+    for name in ("batch_size", "steps", "rows"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0 (0 = torch's default); got {args.threads}")
     if args.malloc == "reuse":
         reuse_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=args.model)).to(memory_format=torch.channels_last).train()
+    try:
+        model = build_model(ModelConfig(name=args.model)).to(memory_format=torch.channels_last).train()
+    except ConfigError as error:
+        parser.error(str(error))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     images = torch.rand(args.batch_size, 3, 96, 96).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 2, (args.batch_size,)).float()

@@ -54,3 +54,23 @@ def test_freed_blocks_are_reused_without_page_faults():
 def test_the_environment_variable_leaves_malloc_alone():
     applied, faults = _faults("on", **{DISABLE_VARIABLE: "1"})
     assert not applied and faults >= 10 * 32
+
+
+@pytest.mark.parametrize("value, applied", [("0", True), ("false", True), ("off", True), ("1", False), ("yes", False)])
+def test_the_variable_reads_common_spellings(value, applied):
+    code = "from pcamlab.runtime.memory import reuse_freed_memory; print(reuse_freed_memory())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, DISABLE_VARIABLE: value})
+    expected = applied and sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    assert done.stdout.strip() == str(expected)
+
+
+def test_an_unknown_value_is_a_one_line_error_before_training(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "pcamlab", "train", "--data", "sample", "--set", "train.epochs=1",
+         "--set", "train.max_steps_per_epoch=1", "--set", "model.options.width=4", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, env={**os.environ, DISABLE_VARIABLE: "maybe"}, timeout=300,
+    )
+    assert done.returncode == 2
+    assert f"{DISABLE_VARIABLE}='maybe' is not understood" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run" / "summary.json").exists()

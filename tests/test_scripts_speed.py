@@ -41,7 +41,10 @@ def test_keras_subset_links_the_first_patches_of_each_class_and_refuses_to_overw
     with pytest.raises(SystemExit, match="exists"):
         bench.make_subset(tmp_path / "source", tmp_path / "subset", train_per_class=3, valid_per_class=2)
     with pytest.raises(SystemExit, match="has 5 JPEGs; need 6"):
-        bench.make_subset(tmp_path / "source", tmp_path / "other", train_per_class=6, valid_per_class=2)
+        bench.make_subset(tmp_path / "source", tmp_path / "other", train_per_class=3, valid_per_class=6)
+    assert not (tmp_path / "other").exists()  # valid is short: nothing of train was written either
+    with pytest.raises(SystemExit, match="does not exist"):
+        bench.make_subset(tmp_path / "nowhere", tmp_path / "other", train_per_class=1, valid_per_class=1)
 
 
 def test_profile_step_prints_the_op_table():
@@ -53,3 +56,14 @@ def test_profile_step_prints_the_op_table():
     assert "median step" in done.stdout and "patches/s" in done.stdout
     rows = [line for line in done.stdout.splitlines() if line.startswith("| `")]
     assert len(rows) == 3 and any("convolution" in row for row in rows)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--model", "nope"], "model.name must be one of"),
+])
+def test_profile_step_bad_arguments_are_one_line(arguments, message):
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "profile_step.py"), *arguments],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr

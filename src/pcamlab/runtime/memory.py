@@ -22,6 +22,8 @@ import ctypes.util
 import os
 import sys
 
+from pcamlab.errors import ConfigError
+
 __all__ = ["DISABLE_VARIABLE", "reuse_freed_memory"]
 
 DISABLE_VARIABLE = "PCAMLAB_KEEP_MALLOC"  # set to 1 to leave malloc's settings alone
@@ -29,6 +31,8 @@ _M_TRIM_THRESHOLD = -1  # glibc malloc.h
 _M_MMAP_MAX = -4
 _TRIM_THRESHOLD_BYTES = 1 << 30  # free memory at the top of the heap kept up to 1 GiB
 _applied: bool | None = None
+_ON_VALUES = ("1", "true", "yes", "on")  # PCAMLAB_KEEP_MALLOC values that leave malloc alone
+_OFF_VALUES = ("", "0", "false", "no", "off")
 
 
 def reuse_freed_memory() -> bool:
@@ -40,14 +44,23 @@ def reuse_freed_memory() -> bool:
 
     Returns:
         True when the settings are in effect; False where there is nothing to set (not Linux with glibc,
-        e.g. macOS, Windows or musl) or when the environment variable ``PCAMLAB_KEEP_MALLOC=1`` asks to
-        leave malloc alone (to compare, or to keep the smallest footprint).
+        e.g. macOS, Windows or musl) or when the environment variable ``PCAMLAB_KEEP_MALLOC`` is ``1``
+        (or true/yes/on) to leave malloc alone (to compare, or to keep the smallest footprint).
+
+    Raises:
+        ConfigError: ``PCAMLAB_KEEP_MALLOC`` holds anything else than 1/true/yes/on or 0/false/no/off/empty.
     """
     global _applied
     if _applied is not None:
         return _applied
+    value = os.environ.get(DISABLE_VARIABLE, "").strip().lower()
+    if value not in _OFF_VALUES + _ON_VALUES:
+        raise ConfigError(
+            f"environment variable {DISABLE_VARIABLE}={os.environ[DISABLE_VARIABLE]!r} is not understood; use 1 "
+            "(leave malloc alone) or 0 (keep freed memory, the default)"
+        )
     _applied = False
-    if os.environ.get(DISABLE_VARIABLE, "") not in ("", "0") or not sys.platform.startswith("linux"):
+    if value in _ON_VALUES or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

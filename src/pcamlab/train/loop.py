@@ -608,8 +608,8 @@ def train(
     model = build_model(config.model)  # built once: checks model.options; its weights come from the seed
     device = world.device
     precision = resolve_precision(train_config.precision, device)
-    if device.type == "cpu":  # 1.6x the training patches/s on a 2-core CPU: see pcamlab.runtime.memory
-        reuse_freed_memory()
+    # 1.6x the training patches/s on a 2-core CPU: see pcamlab.runtime.memory
+    memory_reused = reuse_freed_memory() if device.type == "cpu" else False
 
     # -- data ------------------------------------------------------------------------------------
     if readers is None:
@@ -711,7 +711,12 @@ def train(
         f"model: {config.model.name}, {size['parameters']:,} parameters, {size['flops'] / 1e6:.0f} MFLOPs/patch; "
         f"device {device}, precision {precision}, channels_last {train_config.channels_last}"
         + (f", {world.size} processes" if world.size > 1 else "")
+        + (", malloc keeps freed memory" if memory_reused else "")
     )
+    if config.augment.crop_epochs and train_config.time_budget_minutes > 0:
+        say(f"note: augment.crop_epochs {config.augment.crop_epochs}: if train.time_budget_minutes "
+            f"({train_config.time_budget_minutes:g}) ends training before epoch {config.augment.crop_epochs + 1}, "
+            "the model never trains on full patches")
 
     # -- state, fresh or resumed -----------------------------------------------------------------
     first_epoch, best_value, best_epoch, stale_epochs = 1, None, 0, 0

@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -41,7 +40,6 @@ __all__ = [
 ]
 
 NORMALIZERS: Registry[type] = Registry("stain normaliser")
-
 
 
 def channel_stats(images: Any, batch: int = 4096) -> tuple[list[float], list[float]]:
@@ -94,7 +92,9 @@ def channel_stats(images: Any, batch: int = 4096) -> tuple[list[float], list[flo
     if isinstance(images, np.ndarray) and count > batch:  # in RAM: numpy's bincount releases the GIL
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        from pcamlab.data.readers import usable_cpus
+
+        with ThreadPoolExecutor(max_workers=min(4, usable_cpus())) as pool:
             counts = sum(pool.map(histogram, starts))
     else:  # memmaps and HDF5 datasets: one reader
         counts = sum(histogram(start) for start in starts)

@@ -60,6 +60,7 @@ __all__ = [
     "available_splits",
     "open_split",
     "load_split_arrays",
+    "usable_cpus",
     "decode_image_file",
     "check_image_array",
 ]
@@ -1259,6 +1260,13 @@ def open_split(
     return reader
 
 
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, else all; >= 1)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def load_split_arrays(
     reader: PatchReader,
     *,
@@ -1299,7 +1307,7 @@ def load_split_arrays(
     images = np.empty((total, PATCH_SIZE, PATCH_SIZE, 3), dtype=np.uint8)
     labels = np.empty(total, dtype=np.int64)
     if threads <= 0:
-        threads = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+        threads = min(8, usable_cpus())
     if threads > 1 and total >= 512 and getattr(reader, "thread_safe", False):
         return _load_split_threaded(reader, images, labels, skip_bad, progress, threads)
     kept = 0

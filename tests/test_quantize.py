@@ -29,8 +29,23 @@ def exported(tmp_path_factory):
     """A copy of a trained checkpoint with its int8 export beside it (the default name)."""
     checkpoint = tmp_path_factory.mktemp("run") / "best.safetensors"
     shutil.copy(ASSET, checkpoint)
-    report = export_checkpoint(checkpoint, quantize="int8", calibration="sample", calibration_count=64)
+    report = export_checkpoint(checkpoint, quantize="int8", calibration="sample", calibration_count=64, timing=False)
     return checkpoint, report
+
+
+def set_speed(path: Path, speed) -> None:
+    """Replace the timing stored in an export (what export measured on this CPU) by ``speed``."""
+    import json
+
+    import onnx
+
+    from pcamlab.runtime.fastest import SPEED_KEY
+
+    model = onnx.load(str(path))
+    properties = {entry.key: entry.value for entry in model.metadata_props}
+    properties[SPEED_KEY] = speed if isinstance(speed, str) else json.dumps(speed)
+    onnx.helper.set_model_props(model, properties)
+    onnx.save(model, str(path))
 
 
 def test_int8_export_is_smaller_loads_and_keeps_the_auc(exported):
@@ -69,17 +84,62 @@ def test_auto_runtime_takes_the_matching_int8_export_and_never_a_stale_one(expor
         open_fastest(report["path"], "torch")
 
 
-def test_auto_prefers_int8_then_fp32_onnx_as_measured(tmp_path):
+def test_auto_without_timings_prefers_int8_then_fp32_onnx(tmp_path):
     from pcamlab.runtime.fastest import AUTO_ORDER
 
-    assert AUTO_ORDER == ("int8", "onnx")  # README inference table: int8 1.5x fp32 ONNX, fp32 ONNX 2x torch
+    assert AUTO_ORDER == ("int8", "onnx")  # README inference table, width 32: int8 1.5x fp32 ONNX, fp32 ONNX 2x torch
     checkpoint = tmp_path / "best.safetensors"
     shutil.copy(ASSET, checkpoint)
-    export_checkpoint(checkpoint)  # best.onnx
+    export_checkpoint(checkpoint, timing=False)  # best.onnx
     assert open_fastest(checkpoint)[1] == "onnx"  # only fp32 beside it
-    export_checkpoint(checkpoint, quantize="int8", calibration="sample", calibration_count=64)
-    assert open_fastest(checkpoint)[1] == "int8"  # both: int8 first
+    export_checkpoint(checkpoint, quantize="int8", calibration="sample", calibration_count=64, timing=False)
+    predictor, runtime, reason = open_fastest(checkpoint)
+    assert runtime == "int8" and "not every export was timed on this CPU" in reason  # both: int8 first
     assert open_fastest(checkpoint, "onnx")[1] == "onnx"  # asked for
+
+
+def test_auto_takes_the_runtime_timed_fastest_on_this_cpu(tmp_path):
+    from pcamlab.runtime.device import cpu_signature
+
+    checkpoint = tmp_path / "best.safetensors"
+    shutil.copy(ASSET, checkpoint)
+    fp32 = export_checkpoint(checkpoint)
+    int8 = export_checkpoint(checkpoint, quantize="int8", calibration="sample", calibration_count=64)
+    for report in (fp32, int8):  # export timed the file and torch here, and stored both
+        speed = report["speed"]
+        assert speed["cpu"] == cpu_signature() and speed["patches_per_s"] > 0 and speed["torch_patches_per_s"] > 0
+        assert load_predictor(report["path"]).session.get_modelmeta().custom_metadata_map["pcamlab.speed"]
+    measured = {"onnx": fp32["speed"]["patches_per_s"], "int8": int8["speed"]["patches_per_s"],
+                "torch": min(fp32["speed"]["torch_patches_per_s"], int8["speed"]["torch_patches_per_s"])}
+    assert open_fastest(checkpoint)[1] == max(measured, key=measured.get)  # whatever this CPU measured
+
+    here = cpu_signature()
+    set_speed(fp32["path"], {"patches_per_s": 2291, "torch_patches_per_s": 1040, "cpu": here})
+    set_speed(int8["path"], {"patches_per_s": 1929, "torch_patches_per_s": 1100, "cpu": here})
+    predictor, runtime, reason = open_fastest(checkpoint)
+    assert runtime == "onnx" and predictor.path == fp32["path"]  # width 16 on the Xeon: fp32 beats int8
+    assert "onnx 2291 > int8 1929 > torch 1040 patches/s" in reason  # torch: the slower of its two timings
+    set_speed(fp32["path"], {"patches_per_s": 300, "torch_patches_per_s": 1040, "cpu": here})
+    set_speed(int8["path"], {"patches_per_s": 900, "torch_patches_per_s": 1100, "cpu": here})
+    predictor, runtime, reason = open_fastest(checkpoint)
+    assert runtime == "torch" and isinstance(predictor, TorchPredictor) and reason.startswith("fastest timed")
+    # timed on another CPU kind, or unreadable: the default order, and it says why
+    for stale in ({"patches_per_s": 2291, "torch_patches_per_s": 1040, "cpu": "AMD EPYC (avx2); 2 threads"},
+                  "{not json", {"patches_per_s": "fast", "torch_patches_per_s": 1, "cpu": here}):
+        set_speed(fp32["path"], stale)
+        predictor, runtime, reason = open_fastest(checkpoint)
+        assert runtime == "int8" and "not every export was timed on this CPU" in reason
+    assert open_fastest(checkpoint, "onnx")[1] == "onnx"  # asked for: no timing needed
+
+
+def test_export_cli_prints_its_timing_and_no_timing_stores_none(tmp_path, capsys):
+    checkpoint = tmp_path / "best.safetensors"
+    shutil.copy(ASSET, checkpoint)
+    assert main(["export", str(checkpoint)]) == 0
+    assert "timed on this CPU (" in capsys.readouterr().out
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "b.onnx"), "--no-timing"]) == 0
+    assert "timed on this CPU" not in capsys.readouterr().out
+    assert "pcamlab.speed" not in load_predictor(tmp_path / "b.onnx").session.get_modelmeta().custom_metadata_map
 
 
 def test_predict_cli_reports_its_runtime(exported, tmp_path, capsys):

@@ -384,3 +384,26 @@ def test_a_closed_pipe_ends_quietly(slide):
     command = f"{sys.executable} -m pcamlab slide info {slide.path} | true"  # `true` closes the pipe at once
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+
+
+def test_slide_predict_runs_the_runtime_asked_for_or_the_fastest_export(tmp_path, slide, capsys):
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnxruntime is not installed (pip install onnx onnxruntime)")
+    from pcamlab.deploy import export_checkpoint
+
+    model = tmp_path / "model.safetensors"
+    shutil.copy(MODEL, model)
+    out = tmp_path / "out"
+    assert main(["slide", "predict", str(model), str(slide.path), "--out", str(out), "--runtime", "onnx"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "no model.onnx" in error and "pcamlab export" in error and len(error.splitlines()) == 1
+    assert not out.exists()  # refused before anything was written
+    export_checkpoint(model, timing=False)
+    assert main(["slide", "predict", str(model), str(slide.path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"runtime onnx ({tmp_path / 'model.onnx'} exported from this checkpoint" in printed
+    summary = json.loads((out / "small" / "summary.json").read_text())
+    assert summary["tiles"] > 0 and summary["model"] == str(tmp_path / "model.onnx")  # the ONNX file ran

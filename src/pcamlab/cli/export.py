@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="dataset root whose train split calibrates int8 (default: the checkpoint's data.path)")
     parser.add_argument("--calibration-patches", type=int, default=512, metavar="N",
                         help="training patches that calibrate int8 (default 512)")
+    parser.add_argument("--no-timing", dest="timing", action="store_false",
+                        help="do not time the file and torch on this CPU (predict --runtime auto then falls back to "
+                        "its default order int8 > onnx > torch)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.set_defaults(func=run)
 
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     report = export_checkpoint(
         args.checkpoint, args.out, format=args.format, input_kind=args.input_kind, exporter=args.exporter,
         opset=args.opset, force=args.force, quantize=args.quantize, calibration=args.calibration,
-        calibration_count=args.calibration_patches,
+        calibration_count=args.calibration_patches, timing=args.timing,
     )
     how = report["exporter"] + (f", opset {report['opset']}" if report["opset"] else "")
     print(f"exported {report['format']} ({how}, {report['input_kind']} input) to {report['path']} "
@@ -51,6 +54,12 @@ def run(args: argparse.Namespace) -> int:
               "not include it: pcamlab.deploy.load_onnx / pcamlab predict apply it from the stored contract, "
               "other runtimes must apply it first")
     _say_where_auto_looks(args.checkpoint, report)
+    if report.get("speed"):
+        speed = report["speed"]
+        kind = "int8" if report["quantize"] == "int8" else "fp32"
+        print(f"timed on this CPU ({speed['cpu']}; batch {speed['batch_size']}, median of {speed['repeats']}): "
+              f"ONNX {kind} {speed['patches_per_s']:.0f} patches/s, torch {speed['torch_patches_per_s']:.0f} patches/s; "
+              "pcamlab predict --runtime auto runs the fastest runtime timed here")
     if report["quantize"] == "int8":
         print(f"int8: {report['bytes'] / report['fp32_bytes']:.2f}x the size of the fp32 graph it was quantised from "
               "(that fp32 graph is not kept: export again without --quantize for NAME.onnx); calibrated on "

@@ -57,6 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--batch-size", type=int, default=128, help="tiles per forward pass (default 128)")
     predict.add_argument("--readers", type=int, default=2, help="reader threads ahead of the model (default 2)")
     predict.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch checkpoints only)")
+    predict.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx", "int8"],
+                         help="for a checkpoint: auto runs the fastest export of this very checkpoint timed on "
+                         "this CPU (pcamlab export [--quantize int8] writes them beside it), else torch; "
+                         "torch|onnx|int8 to choose (default auto; always torch on a GPU)")
     predict.add_argument("--backend", choices=["openslide", "tiffslide"], help="force a slide reader")
     predict.add_argument("--shard", metavar="I/N", help="process only the I-th of N shares of the slides "
                          "(1 <= I <= N; slide k goes to share k mod N + 1), for cluster array jobs")
@@ -135,7 +139,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    from pcamlab.slide import MissingResolutionError, load_predictor, plan_grid, predict_slide
+    from pcamlab.runtime.fastest import open_fastest
+    from pcamlab.slide import MissingResolutionError, plan_grid, predict_slide
     from pcamlab.slide.batch import shard, slide_folders
     from pcamlab.slide.reader import open_slide
 
@@ -150,7 +155,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if not mine:
         print(f"shard {index}/{count}: no slides (of {len(args.slides)})")
         return 0
-    predictor = load_predictor(args.model, device=args.device)
+    predictor, runtime, reason = open_fastest(args.model, args.runtime, device=args.device)
+    print(f"runtime {runtime} ({reason})")
     from pcamlab.slide._model import PCAM_MPP, contract_value
 
     patch_size = int(contract_value(predictor.contract, "patch_size", 96))

@@ -15,12 +15,48 @@ machine that trained it.
 from __future__ import annotations
 
 import contextlib
+import platform
+from pathlib import Path
 
 import torch
 
 from pcamlab.errors import ConfigError
 
-__all__ = ["resolve_device", "resolve_precision", "autocast", "scoring", "cpu_has_native_bf16"]
+__all__ = ["resolve_device", "resolve_precision", "autocast", "scoring", "cpu_has_native_bf16", "cpu_model",
+           "cpu_signature"]
+
+CPU_EXTENSIONS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")  # the ones that change our speeds
+
+
+def cpu_model() -> tuple[str, list[str]]:
+    """This CPU's model name and which of :data:`CPU_EXTENSIONS` it has (from ``/proc/cpuinfo`` on Linux).
+
+    Returns:
+        ``(name, extensions)``, e.g. ``("Intel(R) Xeon(R) Processor", ["avx2", "avx512f", "avx512_vnni"])``;
+        elsewhere ``platform.processor()`` and no extensions.
+    """
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    return name, [flag for flag in CPU_EXTENSIONS if flag in flags]
+
+
+def cpu_signature() -> str:
+    """One string that names this CPU kind for comparing timings: model name, extensions, torch threads.
+
+    Two machines with the same model name can differ in AMX (the project has seen both Xeons), so the
+    extensions are part of it. Example: ``"Intel(R) Xeon(R) Processor (avx2, avx512f, avx512_vnni); 2 threads"``.
+    """
+    name, extensions = cpu_model()
+    return f"{name} ({', '.join(extensions) or 'no AVX2'}); {torch.get_num_threads()} threads"
 
 
 def cpu_has_native_bf16() -> bool:

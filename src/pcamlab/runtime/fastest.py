@@ -1,32 +1,46 @@
 """Pick the runtime that scores a checkpoint fastest: fp32 ONNX, int8 ONNX, or torch.
 
 ``pcamlab export`` writes ``NAME.onnx`` (fp32) and ``NAME.int8.onnx`` (``--quantize int8``) beside
-``NAME.safetensors`` and stores the checkpoint's SHA-256 in them (``pcamlab.source_sha256``). For a
-checkpoint, :func:`open_fastest` with ``runtime="auto"`` uses the fastest of those exports that was
-made from exactly this checkpoint, in the order of :data:`AUTO_ORDER` (measured on the default CNN,
-simple-cnn width 32, 2 threads of a quiet AVX-512 VNNI Xeon: ONNX Runtime int8 1,362 patches/s > fp32
-888 > torch 425 with batch-norm folded; int8 changed the validation AUC by +0.0002; see the README's
-inference table), and torch otherwise (always on a GPU). An export of another checkpoint (an older epoch, a retrained run) is never used.
+``NAME.safetensors`` and stores the checkpoint's SHA-256 in them (``pcamlab.source_sha256``). An export
+of another checkpoint (an older epoch, a retrained run) is never used.
+
+Which one is fastest depends on the network and the CPU, so it is measured: ``pcamlab export`` times
+the file it wrote and the checkpoint's torch predictor on this CPU (:func:`time_predictor`: median of 3
+passes over 256 patches, batch 64) and stores both in the file (``pcamlab.speed``, with
+:func:`pcamlab.runtime.device.cpu_signature`). For a checkpoint, :func:`open_fastest` with
+``runtime="auto"`` takes, among the exports made from exactly this checkpoint, the runtime with the most
+patches/s **timed on this CPU kind**, torch included; when an export was not timed here (another
+machine, an older pcamlab) it falls back to the order of :data:`AUTO_ORDER`. Why: the order alone was
+wrong for a narrower network; measured on 2 threads of a quiet AVX-512 VNNI Xeon (no AMX), simple-cnn
+width 32 ran ONNX Runtime int8 1,362 > fp32 888 > torch 425 patches/s (batch-norm folded), but width 16
+fp32 2,291 > int8 1,929 > torch 1,040 (README, inference table). On a GPU it is always torch.
 
 Example:
     >>> predictor, runtime, reason = open_fastest("runs/demo/best.safetensors")
     >>> runtime, reason
-    ('int8', 'runs/demo/best.int8.onnx exported from this checkpoint')
+    ('onnx', 'fastest timed on this CPU: onnx 2291 > int8 1929 > torch 1040 patches/s (runs/demo/best.onnx)')
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import statistics
+import time
 from pathlib import Path
+from typing import Any
 
 from pcamlab.errors import CheckpointError, ConfigError, did_you_mean
 
-__all__ = ["AUTO_ORDER", "RUNTIME_CHOICES", "SOURCE_HASH_KEY", "export_sibling", "file_sha256", "open_fastest"]
+__all__ = ["AUTO_ORDER", "RUNTIME_CHOICES", "SOURCE_HASH_KEY", "SPEED_KEY", "export_sibling", "file_sha256",
+           "open_fastest", "time_predictor"]
 
 RUNTIME_CHOICES = ("auto", "torch", "onnx", "int8")
 AUTO_ORDER = ("int8", "onnx")  # exports tried by auto before torch, fastest first (measured, README)
 SOURCE_HASH_KEY = "pcamlab.source_sha256"  # ONNX metadata: SHA-256 of the checkpoint it was exported from
+SPEED_KEY = "pcamlab.speed"  # ONNX metadata: JSON, patches/s of this file and of torch, timed at export
+TIMED_PATCHES, TIMED_BATCH, TIMED_REPEATS = 256, 64, 3
 _SIBLING_SUFFIXES = {"onnx": ".onnx", "int8": ".int8.onnx"}
 
 
@@ -44,20 +58,49 @@ def export_sibling(checkpoint: str | os.PathLike, runtime: str) -> Path:
     return Path(checkpoint).with_suffix(_SIBLING_SUFFIXES[runtime])
 
 
-def _export_of(checkpoint: Path, runtime: str, digest: str) -> tuple[Path | None, str]:
-    """The sibling export of ``runtime`` if it exists and was made from this checkpoint, with a reason."""
+def time_predictor(predictor, patches, batch_size: int = TIMED_BATCH, repeats: int = TIMED_REPEATS) -> float:
+    """Patches per second of ``predictor.predict_proba`` on ``patches``: one untimed pass, then the median of
+    ``repeats`` timed passes (wall time, uint8 in to probabilities out).
+
+    Args:
+        predictor: any :class:`~pcamlab.runtime.predictor.Predictor`.
+        patches: uint8 ``(N, H, W, 3)``.
+        batch_size: patches per forward pass.
+        repeats: timed passes (>= 1).
+    """
+    predictor.predict_proba(patches[:batch_size], batch_size=batch_size)  # first-call allocations, kernel caches
+    seconds = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        predictor.predict_proba(patches, batch_size=batch_size)
+        seconds.append(time.perf_counter() - start)
+    return len(patches) / statistics.median(seconds)
+
+
+def _export_of(checkpoint: Path, runtime: str, digest: str) -> tuple[Path | None, str, dict[str, Any] | None]:
+    """The sibling export of ``runtime`` if it exists and was made from this checkpoint, a reason, and its
+    stored timing when it was timed on this CPU kind (else None)."""
     import onnx
+
+    from pcamlab.runtime.device import cpu_signature
 
     path = export_sibling(checkpoint, runtime)
     if not path.is_file():
-        return None, f"no {path.name}"
+        return None, f"no {path.name}", None
     properties = {entry.key: entry.value for entry in onnx.load(str(path), load_external_data=False).metadata_props}
     quantized = "pcamlab.quantization" in properties
     if quantized != (runtime == "int8"):
-        return None, f"{path.name} is {'int8' if quantized else 'fp32'}, not {runtime}"
+        return None, f"{path.name} is {'int8' if quantized else 'fp32'}, not {runtime}", None
     if properties.get(SOURCE_HASH_KEY) != digest:
-        return None, f"{path.name} was exported from another checkpoint (or before hashes were stored)"
-    return path, f"{path} exported from this checkpoint"
+        return None, f"{path.name} was exported from another checkpoint (or before hashes were stored)", None
+    try:
+        speed = json.loads(properties.get(SPEED_KEY, "null"))
+    except ValueError:
+        speed = None
+    if not isinstance(speed, dict) or speed.get("cpu") != cpu_signature() or not all(
+            isinstance(speed.get(key), (int, float)) and speed[key] > 0 for key in ("patches_per_s", "torch_patches_per_s")):
+        speed = None
+    return path, f"{path} exported from this checkpoint", speed
 
 
 def open_fastest(model: str | os.PathLike, runtime: str = "auto", device: str = "cpu"):
@@ -105,14 +148,26 @@ def open_fastest(model: str | os.PathLike, runtime: str = "auto", device: str = 
             return TorchPredictor.from_checkpoint(path, device=device), "torch", "onnxruntime is not installed"
         raise ConfigError(f"runtime {runtime!r} needs onnx and onnxruntime: pip install onnx onnxruntime")
     digest = file_sha256(path)
-    reasons = []
-    for candidate in ((runtime,) if runtime != "auto" else AUTO_ORDER):
-        export, reason = _export_of(path, candidate, digest)
-        if export is not None:
-            return OnnxPredictor(export), candidate, reason
-        reasons.append(reason)
     if runtime != "auto":
+        export, reason, _ = _export_of(path, runtime, digest)
+        if export is not None:
+            return OnnxPredictor(export), runtime, reason
         flag = " --quantize int8" if runtime == "int8" else ""
-        raise CheckpointError(f"runtime {runtime!r} for {str(path)!r}: {reasons[0]}; write it with: "
+        raise CheckpointError(f"runtime {runtime!r} for {str(path)!r}: {reason}; write it with: "
                               f"pcamlab export {path}{flag}")
-    return TorchPredictor.from_checkpoint(path, device=device), "torch", "; ".join(reasons)
+    found = {candidate: _export_of(path, candidate, digest) for candidate in AUTO_ORDER}
+    usable = {candidate: entry for candidate, entry in found.items() if entry[0] is not None}
+    if not usable:
+        return TorchPredictor.from_checkpoint(path, device=device), "torch", "; ".join(entry[1] for entry in found.values())
+    if all(entry[2] is not None for entry in usable.values()):  # every usable export was timed on this CPU kind
+        speeds = {candidate: entry[2]["patches_per_s"] for candidate, entry in usable.items()}
+        speeds["torch"] = min(entry[2]["torch_patches_per_s"] for entry in usable.values())
+        ranking = sorted(speeds, key=speeds.get, reverse=True)
+        reason = "fastest timed on this CPU: " + " > ".join(f"{name} {speeds[name]:.0f}" for name in ranking) + " patches/s"
+        if ranking[0] == "torch":
+            return TorchPredictor.from_checkpoint(path, device=device), "torch", reason
+        return OnnxPredictor(usable[ranking[0]][0]), ranking[0], f"{reason} ({usable[ranking[0]][0]})"
+    candidate = next(iter(usable))  # AUTO_ORDER: the measured order of the default CNN
+    return OnnxPredictor(usable[candidate][0]), candidate, (
+        f"{usable[candidate][1]}; not every export was timed on this CPU, so the default order {' > '.join(AUTO_ORDER)} "
+        "> torch (export again here to time them)")

@@ -35,7 +35,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import statistics
 import time
 import traceback
@@ -88,19 +87,9 @@ def cpu_description() -> dict[str, Any]:
     import torch
 
     from pcamlab.runtime import cpu_has_native_bf16
+    from pcamlab.runtime.device import cpu_model
 
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    extensions = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
+    name, extensions = cpu_model()
     try:
         load = round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):

@@ -302,3 +302,22 @@ def test_cli_export_then_predict(tmp_path, checkpoint_path, patches, reference, 
     error = capsys.readouterr().err.strip()
     assert error.startswith("pcamlab: error:") and "--force" in error and "\n" not in error
     assert main(["predict", str(checkpoint_path), str(tmp_path / "nothing")]) == 2
+
+
+@needs_onnx
+@pytest.mark.parametrize("scaling", ["standardize", "unit"])
+def test_the_exported_graph_normalises_like_the_contract(tmp_path, checkpoint, patches, scaling):
+    """The export normalises the flattened patch (image * scale + shift); same values as the contract's."""
+    from pcamlab.deploy.export import UInt8PatchModel
+
+    contract = checkpoint.contract.replace(input_scaling=scaling)
+    wrapped = UInt8PatchModel(torch.nn.Identity(), contract)
+    images = torch.from_numpy(patches)
+    flat = images.flatten(1).float() * wrapped.scale + wrapped.shift
+    np.testing.assert_allclose(flat.view(images.shape).permute(0, 3, 1, 2).numpy(),
+                               contract.to_model_input(images).numpy(), atol=1e-6)
+    path = save_checkpoint(tmp_path / "unit.safetensors", checkpoint.model, checkpoint.config, contract, {})
+    report = export_checkpoint(path, timing=False)
+    assert report["max_abs_diff"] <= TOLERANCE and report["speed"] is None
+    reference = TorchPredictor.from_checkpoint(path).predict_proba(patches)
+    assert np.abs(load_predictor(report["path"]).predict_proba(patches) - reference).max() < TOLERANCE

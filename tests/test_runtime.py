@@ -297,3 +297,26 @@ def test_one_predictor_scores_new_weights_loaded_into_its_model(fixture_patches)
     assert not np.allclose(before, after, atol=1e-4)
     model.load_state_dict(first)
     np.testing.assert_allclose(predictor.predict_proba(fixture_patches), before, atol=1e-6)
+
+
+def test_a_step_runs_as_forward_passes_of_at_most_forward_batch_size(fixture_patches):
+    from pcamlab.runtime.predictor import CPU_FORWARD_BATCH
+
+    images = np.random.default_rng(2).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
+    predictor = _Constant()
+    sizes = []
+    forward = predictor.forward
+    predictor.forward = lambda batch: sizes.append(len(batch)) or forward(batch)
+    predictor.forward_batch_size = 4
+    chunked = predictor.predict_proba(images, batch_size=7, tta=True)
+    assert sizes == [4, 3] * 8 + [3] * 8  # step of 7 in passes of <= 4, each of the 8 views; then the last 3
+    sizes.clear()
+    predictor.forward_batch_size = None
+    np.testing.assert_array_equal(predictor.predict_proba(images, batch_size=7, tta=True), chunked)
+    assert sizes == [7] * 8 + [3] * 8
+    checkpoint = load_checkpoint(ASSETS / "checkpoint-v1-simple-cnn-w4.safetensors")
+    on_cpu = TorchPredictor.from_checkpoint(checkpoint)
+    assert on_cpu.forward_batch_size == CPU_FORWARD_BATCH == 32  # measured fastest on a CPU (predictor.py)
+    whole = on_cpu.predict_proba(fixture_patches, batch_size=len(fixture_patches))
+    on_cpu.forward_batch_size = 3
+    np.testing.assert_allclose(on_cpu.predict_proba(fixture_patches, batch_size=len(fixture_patches)), whole, atol=1e-6)

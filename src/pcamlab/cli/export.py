@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if report.get("speed"):
         speed = report["speed"]
         kind = "int8" if report["quantize"] == "int8" else "fp32"
-        print(f"timed on this CPU ({speed['cpu']}; batch {speed['batch_size']}, median of {speed['repeats']}): "
+        print(f"timed on this CPU ({speed['cpu']}; forward passes of {speed['forward_batch_size']} patches, median of "
+              f"{speed['repeats']} passes over {speed['patches']}): "
               f"ONNX {kind} {speed['patches_per_s']:.0f} patches/s, torch {speed['torch_patches_per_s']:.0f} patches/s; "
               "pcamlab predict --runtime auto runs the fastest runtime timed here")
     if report["quantize"] == "int8":

@@ -424,7 +424,7 @@ def _time_runtimes(predictor: OnnxPredictor, model: nn.Module, contract: InputCo
     onnx_speed = time_predictor(predictor, timed)
     torch_speed = time_predictor(torch_predictor, timed)
     return {"patches_per_s": round(onnx_speed, 1), "torch_patches_per_s": round(torch_speed, 1), "cpu": cpu_signature(),
-            "patches": len(timed), "batch_size": TIMED_BATCH, "repeats": TIMED_REPEATS}
+            "patches": len(timed), "forward_batch_size": predictor.forward_batch_size, "repeats": TIMED_REPEATS}
 
 
 def _store_properties(path: str | os.PathLike, properties: dict[str, str]) -> None:

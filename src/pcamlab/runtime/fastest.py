@@ -6,19 +6,20 @@ of another checkpoint (an older epoch, a retrained run) is never used.
 
 Which one is fastest depends on the network and the CPU, so it is measured: ``pcamlab export`` times
 the file it wrote and the checkpoint's torch predictor on this CPU (:func:`time_predictor`: median of 3
-passes over 256 patches, batch 64) and stores both in the file (``pcamlab.speed``, with
+passes over 256 patches) and stores both in the file (``pcamlab.speed``, with
 :func:`pcamlab.runtime.device.cpu_signature`). For a checkpoint, :func:`open_fastest` with
 ``runtime="auto"`` takes, among the exports made from exactly this checkpoint, the runtime with the most
 patches/s **timed on this CPU kind**, torch included; when an export was not timed here (another
-machine, an older pcamlab) it falls back to the order of :data:`AUTO_ORDER`. Why: the order alone was
+machine, an older pcamlab) it falls back to the order of :data:`AUTO_ORDER`. Why: a fixed order was
 wrong for a narrower network; measured on 2 threads of a quiet AVX-512 VNNI Xeon (no AMX), simple-cnn
 width 32 ran ONNX Runtime int8 1,362 > fp32 888 > torch 425 patches/s (batch-norm folded), but width 16
-fp32 2,291 > int8 1,929 > torch 1,040 (README, inference table). On a GPU it is always torch.
+fp32 2,291 > int8 1,929 > torch 1,040 (batch 256, before the export normalised the flattened patch;
+README, inference table). On a GPU it is always torch.
 
 Example:
     >>> predictor, runtime, reason = open_fastest("runs/demo/best.safetensors")
     >>> runtime, reason
-    ('onnx', 'fastest timed on this CPU: onnx 2291 > int8 1929 > torch 1040 patches/s (runs/demo/best.onnx)')
+    ('int8', 'fastest timed on this CPU: int8 2446 > onnx 1849 > torch 920 patches/s (runs/demo/best.int8.onnx)')
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ from pcamlab.runtime.contract import INFERENCE_PRECISIONS, InputContract
 from pcamlab.runtime.device import resolve_device, scoring
 
 __all__ = [
+    "CPU_FORWARD_BATCH",
     "MODEL_SUFFIXES",
     "ONNX_METADATA_KEYS",
     "RUNTIMES",
@@ -121,6 +122,15 @@ def dihedral_views(images: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(dihedral(channels_first, k).permute(0, 2, 3, 1).numpy())  # (N, H, W, 3)
 
 
+# On a CPU a forward pass takes at most this many patches, whatever batch the caller reads: measured on the
+# default CNN (simple-cnn width 16, 2 threads, quiet Intel Xeon AVX-512 VNNI; scripts/inference_table.py,
+# median of 5 passes over 2,048 patches), patches/s at forward batches 16 / 32 / 64 / 128 / 256:
+# torch (BN folded) 2047 / 2096 / 1536 / 1112 / 1042, ONNX Runtime fp32 3200 / 2953 / 2726 / 2611 / 2398,
+# int8 3266 / 3106 / 3052 / 2778 / 2700: small batches keep the activations in the CPU's cache (the first
+# layer's output alone is 590 KB a patch). On a GPU the whole batch goes in one pass.
+CPU_FORWARD_BATCH = 32
+
+
 class PatchPredictor:
     """The part of every predictor that is not the forward pass; subclasses write :meth:`forward`.
 
@@ -131,6 +141,8 @@ class PatchPredictor:
         metadata: run facts of the checkpoint (``epoch``, ``val_auc``...); empty when unknown.
         path: the file it was loaded from, or None.
         suffixes: file suffixes this runtime opens (class attribute, for :func:`load_predictor`).
+        forward_batch_size: the most patches one forward pass gets (:data:`CPU_FORWARD_BATCH` on a CPU,
+            None on a GPU = the caller's whole batch); set it to time or run other forward batches.
     """
 
     suffixes: tuple[str, ...] = ()
@@ -138,6 +150,7 @@ class PatchPredictor:
     config: RunConfig | None = None
     metadata: dict[str, Any] = {}
     path: Path | None = None
+    forward_batch_size: int | None = CPU_FORWARD_BATCH  # most patches per forward pass; None = the whole batch
 
     @classmethod
     def open(cls, path: Path, device: str = "cpu") -> PatchPredictor:
@@ -160,7 +173,8 @@ class PatchPredictor:
 
         Args:
             images: uint8 (N, patch_size, patch_size, 3), RGB, as decoded from the files.
-            batch_size: patches per forward pass.
+            batch_size: patches per step (checked, stain-normalised and reported to ``progress``
+                together); each step runs as forward passes of at most ``forward_batch_size`` patches.
             tta: average the probability over the 8 dihedral transforms (flips and quarter turns).
             progress: optional ``progress(done, total)``, called after each batch.
 
@@ -182,11 +196,18 @@ class PatchPredictor:
             batch = np.ascontiguousarray(images[start : start + batch_size])
             total = np.zeros(len(batch), dtype=np.float64)
             for k in views:
-                total += self.forward(dihedral_views(batch, k) if k else batch)
+                total += self._forward_in_passes(dihedral_views(batch, k) if k else batch)
             outputs[start : start + len(batch)] = total / len(views)
             if progress is not None:
                 progress(min(start + batch_size, len(images)), len(images))
         return outputs
+
+    def _forward_in_passes(self, batch: np.ndarray) -> np.ndarray:
+        """:meth:`forward` over ``batch`` in passes of at most ``forward_batch_size`` patches; float64 (B,)."""
+        size = self.forward_batch_size
+        if not size or len(batch) <= size:
+            return self.forward(batch)
+        return np.concatenate([self.forward(batch[start : start + size]) for start in range(0, len(batch), size)])
 
 
 @RUNTIMES.register("torch")
@@ -225,6 +246,7 @@ class TorchPredictor(PatchPredictor):
         if self.precision not in INFERENCE_PRECISIONS:
             raise ConfigError(f"precision must be one of {list(INFERENCE_PRECISIONS)}; got {self.precision!r}")
         self.model = model.to(self.device).eval()
+        self.forward_batch_size = CPU_FORWARD_BATCH if self.device.type == "cpu" else None
         self.fold_batch_norm = fold_batch_norm
         self._scoring_model: nn.Module | None = None  # built at the first forward: the folded copy
         self._scoring_version: tuple | None = None  # _weights_version() the copy was built from
@@ -380,6 +402,7 @@ class TorchScriptPredictor(PatchPredictor):
         self.contract = contract_from_stored(json.loads(extra[TORCHSCRIPT_CONTRACT_FILE]), stored_config,
                                              f"TorchScript file {str(self.path)!r}: contract")
         self.device = device
+        self.forward_batch_size = CPU_FORWARD_BATCH if torch.device(device).type == "cpu" else None
 
     @classmethod
     def open(cls, path: Path, device: str = "cpu") -> TorchScriptPredictor:

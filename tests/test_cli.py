@@ -299,3 +299,36 @@ def test_the_demo_run_folder_is_chosen_by_the_library(tmp_path, monkeypatch, cap
     assert error.value.parameters == ("out_dir",)
     assert main(["demo", "--out", "runs/demo"]) != 0
     assert "already holds a run; choose another --out" in capsys.readouterr().err  # the CLI names its flag
+
+
+def test_sigterm_stops_a_command_like_ctrl_c_so_its_cleanup_runs(tmp_path):
+    """timeout, Slurm and docker stop send SIGTERM: finally blocks (temporary files) must run, exit 143."""
+    import signal
+    import time
+
+    marker = tmp_path / "marker"
+    code = (
+        "import sys, time\n"
+        "import pcamlab.cli.export as export\n"
+        "from pcamlab.cli.main import main\n"
+        "def slow(args):\n"
+        "    open(sys.argv[1], 'w').write('started')\n"
+        "    try:\n"
+        "        time.sleep(60)\n"
+        "    finally:\n"
+        "        open(sys.argv[1], 'a').write(' cleaned')\n"
+        "export.run = slow\n"
+        "sys.exit(main(['export', 'x.safetensors']))\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code, str(marker)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (marker.exists() and marker.read_text().startswith("started")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143 and marker.read_text() == "started cleaned"
+    assert "pcamlab: terminated (SIGTERM)" in stderr

@@ -321,3 +321,16 @@ def test_the_exported_graph_normalises_like_the_contract(tmp_path, checkpoint, p
     assert report["max_abs_diff"] <= TOLERANCE and report["speed"] is None
     reference = TorchPredictor.from_checkpoint(path).predict_proba(patches)
     assert np.abs(load_predictor(report["path"]).predict_proba(patches) - reference).max() < TOLERANCE
+
+
+@needs_onnx
+def test_export_refuses_an_out_that_no_runtime_opens_or_that_is_the_checkpoint(tmp_path, checkpoint_path, capsys):
+    before = checkpoint_path.read_bytes()
+    for out, message in ((checkpoint_path, "must end with .onnx"), (tmp_path / "model.txt", "must end with .onnx"),
+                         (tmp_path, "is a folder")):
+        assert main(["export", str(checkpoint_path), "--out", str(out), "--force"]) == 2
+        error = capsys.readouterr().err.strip()
+        assert message in error and len(error.splitlines()) == 1, error
+    assert checkpoint_path.read_bytes() == before and not (tmp_path / "model.txt").exists()
+    with pytest.raises(ConfigError, match="must end with .pt or .torchscript"):
+        export_checkpoint(checkpoint_path, tmp_path / "model.onnx", format="torchscript")

@@ -80,7 +80,7 @@ def test_auto_runtime_takes_the_matching_int8_export_and_never_a_stale_one(expor
         open_fastest(other, "int8")
     with pytest.raises(ConfigError, match="runtime must be one of"):
         open_fastest(checkpoint, "tensorrt")
-    with pytest.raises(ConfigError, match="is a int8 file"):
+    with pytest.raises(ConfigError, match="is an int8 file"):
         open_fastest(report["path"], "torch")
 
 
@@ -118,14 +118,17 @@ def test_auto_takes_the_runtime_timed_fastest_on_this_cpu(tmp_path):
     set_speed(int8["path"], {"patches_per_s": 1929, "torch_patches_per_s": 1100, "cpu": here})
     predictor, runtime, reason = open_fastest(checkpoint)
     assert runtime == "onnx" and predictor.path == fp32["path"]  # width 16 on the Xeon: fp32 beats int8
-    assert "onnx 2291 > int8 1929 > torch 1040 patches/s" in reason  # torch: the slower of its two timings
+    assert "onnx 2291 > int8 1929 > torch 1070 patches/s" in reason  # torch: the mean of its two timings
     set_speed(fp32["path"], {"patches_per_s": 300, "torch_patches_per_s": 1040, "cpu": here})
     set_speed(int8["path"], {"patches_per_s": 900, "torch_patches_per_s": 1100, "cpu": here})
     predictor, runtime, reason = open_fastest(checkpoint)
     assert runtime == "torch" and isinstance(predictor, TorchPredictor) and reason.startswith("fastest timed")
     # timed on another CPU kind, or unreadable: the default order, and it says why
     for stale in ({"patches_per_s": 2291, "torch_patches_per_s": 1040, "cpu": "AMD EPYC (avx2); 2 threads"},
-                  "{not json", {"patches_per_s": "fast", "torch_patches_per_s": 1, "cpu": here}):
+                  "{not json", {"patches_per_s": "fast", "torch_patches_per_s": 1, "cpu": here},
+                  '{"patches_per_s": Infinity, "torch_patches_per_s": 1, "cpu": "%s"}' % here,
+                  {"patches_per_s": 1e308, "torch_patches_per_s": 1, "cpu": here},
+                  {"patches_per_s": True, "torch_patches_per_s": 1, "cpu": here}):
         set_speed(fp32["path"], stale)
         predictor, runtime, reason = open_fastest(checkpoint)
         assert runtime == "int8" and "not every export was timed on this CPU" in reason
@@ -168,3 +171,32 @@ def test_int8_export_to_out_says_what_it_wrote_and_that_auto_will_not_find_it(ex
 def test_int8_needs_onnx_format(tmp_path):
     with pytest.raises(ConfigError, match="needs format='onnx'"):
         export_checkpoint(ASSET, tmp_path / "m.pt", format="torchscript", quantize="int8")
+
+
+@pytest.mark.parametrize("damage", [b"", b"\x08\x01garbage that is not protobuf" * 40])
+def test_a_damaged_export_is_skipped_by_auto_and_named_when_asked_for(tmp_path, damage):
+    checkpoint = tmp_path / "best.safetensors"
+    shutil.copy(ASSET, checkpoint)
+    checkpoint.with_suffix(".onnx").write_bytes(damage)  # a half-copied or foreign file beside the checkpoint
+    predictor, runtime, reason = open_fastest(checkpoint)
+    assert runtime == "torch" and "best.onnx" in reason and "export it again with --force" in reason
+    with pytest.raises(CheckpointError, match=r"best.onnx .*export .*--force"):
+        open_fastest(checkpoint, "onnx")
+
+
+def test_onnx_runtimes_refuse_a_device_they_do_not_run_on(exported):
+    checkpoint, report = exported
+    with pytest.raises(ConfigError, match="device must be auto, cpu, cuda"):
+        open_fastest(checkpoint, "int8", device="banana")
+    with pytest.raises(ConfigError, match="is an int8 file; it runs on runtime int8"):
+        open_fastest(report["path"], "onnx")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
+            open_fastest(checkpoint, "int8", device="cuda")
+    else:
+        with pytest.raises(ConfigError, match="runs on the CPU"):
+            open_fastest(checkpoint, "int8", device="cuda")
+        with pytest.raises(ConfigError, match="ONNX file, which runs on the CPU"):
+            open_fastest(report["path"], device="cuda")

@@ -348,10 +348,17 @@ def test_a_finished_folder_of_other_settings_is_refused_not_skipped(tmp_path, sl
         error = capsys.readouterr().err.strip()
         assert "finished slide result of other settings" in error and "--out" in error, error
         assert len(error.splitlines()) == 1
-    other_model = tmp_path / "other.safetensors"
-    shutil.copy(MODEL, other_model)
+    from pcamlab.runtime import load_checkpoint, save_checkpoint
+
+    same = tmp_path / "copy.safetensors"
+    shutil.copy(MODEL, same)  # the same bytes under another name: the same model
+    assert main(["slide", "predict", str(same), str(slide.path), "--out", str(out)]) == 0
+    assert "already finished" in capsys.readouterr().out
+    loaded = load_checkpoint(MODEL)
+    other_model = save_checkpoint(tmp_path / "other.safetensors", loaded.model, loaded.config, loaded.contract,
+                                  {"epoch": 99})  # other bytes: another model
     assert main(["slide", "predict", str(other_model), str(slide.path), "--out", str(out)]) == 2
-    assert "model" in capsys.readouterr().err
+    assert "model_sha256" in capsys.readouterr().err
     assert json.loads((out / "small" / "summary.json").read_text()) == result.summary  # untouched
 
 
@@ -401,9 +408,16 @@ def test_slide_predict_runs_the_runtime_asked_for_or_the_fastest_export(tmp_path
     error = capsys.readouterr().err.strip()
     assert "no model.onnx" in error and "pcamlab export" in error and len(error.splitlines()) == 1
     assert not out.exists()  # refused before anything was written
+    assert main(["slide", "predict", str(model), str(slide.path), "--out", str(out)]) == 0  # torch: no export yet
+    assert "runtime torch (no model.int8.onnx; no model.onnx)" in capsys.readouterr().out
     export_checkpoint(model, timing=False)
     assert main(["slide", "predict", str(model), str(slide.path), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().out  # the same checkpoint on another runtime: the same model, finished
     assert f"runtime onnx ({tmp_path / 'model.onnx'} exported from this checkpoint" in printed
-    summary = json.loads((out / "small" / "summary.json").read_text())
+    assert "already finished" in printed
+    fresh = tmp_path / "fresh"
+    assert main(["slide", "predict", str(model), str(slide.path), "--out", str(fresh)]) == 0
+    summary = json.loads((fresh / "small" / "summary.json").read_text())
     assert summary["tiles"] > 0 and summary["model"] == str(tmp_path / "model.onnx")  # the ONNX file ran
+    torch_run = json.loads((out / "small" / "summary.json").read_text())
+    assert torch_run["run"]["model_sha256"] == summary["run"]["model_sha256"]  # one model, two runtimes

@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="DIR", help="output folder (default: <run>/eval-<split> for a run folder's checkpoint, else <folder>/<model name>-eval-<split>)")
     parser.add_argument("--tta", action="store_true", help="average over the 8 dihedral transforms")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the checkpoint's)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="patches scored per step (default 256; on a CPU, forward passes of at most 32)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--force", action="store_true", help="replace an earlier evaluation in --out")
     parser.set_defaults(func=run)

@@ -23,12 +23,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--template", metavar="CSV",
                         help="with --format kaggle: sample_submission.csv giving the row order (its ids must match the files)")
     parser.add_argument("--tta", action="store_true", help="average over the 8 dihedral transforms")
-    parser.add_argument("--batch-size", type=int, default=256, help="patches per forward pass (default 256)")
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="patches decoded and scored per step (default 256); on a CPU each step runs as forward "
+                        "passes of at most 32 (measured fastest), on a GPU as one")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch checkpoints only)")
     parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx", "int8"],
-                        help="auto: the fastest export of this checkpoint beside it (NAME.int8.onnx, then NAME.onnx, "
-                        "written by pcamlab export), else torch (default auto)")
+                        help="auto: among torch and the exports of this very checkpoint beside it (NAME.onnx, "
+                        "NAME.int8.onnx from pcamlab export), the one export timed fastest on this CPU (else "
+                        "int8 > onnx > torch); torch on a GPU (default auto)")
     parser.add_argument("--skip-bad", action="store_true", help="skip unusable image files instead of stopping")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.set_defaults(func=run)

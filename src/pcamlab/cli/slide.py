@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="predict a tile when at least this share of it is tissue (default 0.25)")
     predict.add_argument("--threshold", type=float, help="tumour probability threshold (default: the model's)")
     predict.add_argument("--top-k", type=int, default=10, help="slide score: mean of the top k tiles (default 10)")
-    predict.add_argument("--batch-size", type=int, default=128, help="tiles per forward pass (default 128)")
+    predict.add_argument("--batch-size", type=int, default=128, help="tiles read and scored per step (default 128; on a CPU, forward passes of at most 32)")
     predict.add_argument("--readers", type=int, default=2, help="reader threads ahead of the model (default 2)")
     predict.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch checkpoints only)")
     predict.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx", "int8"],

@@ -339,6 +339,14 @@ def export_checkpoint(
             checkpoint.contract.patch_size,
         )
     out = Path(out)
+    if out.is_dir():
+        raise RunFolderError(f"out {str(out)!r} is a folder; out names the file to write", parameters=("out",))
+    allowed = {"onnx": (".onnx",), "torchscript": (".pt", ".torchscript")}[format]
+    if out.suffix.lower() not in allowed:  # load_predictor opens a model file by its suffix
+        raise ConfigError(f"out {str(out)!r} must end with {' or '.join(allowed)} for {'an ONNX' if format == 'onnx' else 'a TorchScript'} file, so that "
+                          "pcamlab predict can open it", parameters=("out",))
+    if checkpoint.path is not None and out.resolve() == Path(checkpoint.path).resolve():
+        raise ConfigError(f"out {str(out)!r} is the checkpoint being exported; choose another name", parameters=("out",))
     if out.exists() and not force:
         raise RunFolderError(f"{str(out)!r} already exists; choose another out or pass force=True to replace it",
                        parameters=("out", "force"))

@@ -85,11 +85,18 @@ def _export_of(checkpoint: Path, runtime: str, digest: str) -> tuple[Path | None
 
     from pcamlab.runtime.device import cpu_signature
 
+    from pcamlab.runtime.predictor import ONNX_METADATA_KEYS
+
     path = export_sibling(checkpoint, runtime)
     if not path.is_file():
         return None, f"no {path.name}", None
-    properties = {entry.key: entry.value for entry in onnx.load(str(path), load_external_data=False).metadata_props}
-    quantized = "pcamlab.quantization" in properties
+    try:  # a half-copied or foreign file must not stop the runtimes that do work
+        properties = {entry.key: entry.value for entry in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception as error:  # onnx raises protobuf's DecodeError and others on a damaged file
+        return None, f"{path.name} cannot be read as ONNX ({type(error).__name__}); export it again with --force", None
+    if ONNX_METADATA_KEYS["contract"] not in properties:
+        return None, f"{path.name} is not a pcamlab export (no input contract); export it again with --force", None
+    quantized = ONNX_METADATA_KEYS["quantization"] in properties
     if quantized != (runtime == "int8"):
         return None, f"{path.name} is {'int8' if quantized else 'fp32'}, not {runtime}", None
     if properties.get(SOURCE_HASH_KEY) != digest:
@@ -99,9 +106,14 @@ def _export_of(checkpoint: Path, runtime: str, digest: str) -> tuple[Path | None
     except ValueError:
         speed = None
     if not isinstance(speed, dict) or speed.get("cpu") != cpu_signature() or not all(
-            isinstance(speed.get(key), (int, float)) and speed[key] > 0 for key in ("patches_per_s", "torch_patches_per_s")):
+            _plausible_speed(speed.get(key)) for key in ("patches_per_s", "torch_patches_per_s")):
         speed = None
     return path, f"{path} exported from this checkpoint", speed
+
+
+def _plausible_speed(value: Any) -> bool:
+    """A stored patches/s worth trusting: a real number between 0 and 10 million (not a bool, inf or NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e7
 
 
 def open_fastest(model: str | os.PathLike, runtime: str = "auto", device: str = "cpu"):
@@ -125,21 +137,31 @@ def open_fastest(model: str | os.PathLike, runtime: str = "auto", device: str = 
     """
     from pcamlab.runtime.predictor import OnnxPredictor, TorchPredictor, load_predictor
 
+    from pcamlab.runtime.device import resolve_device
+
     if runtime not in RUNTIME_CHOICES:
         raise ConfigError(f"runtime must be one of {list(RUNTIME_CHOICES)}; got {runtime!r}{did_you_mean(runtime, RUNTIME_CHOICES)}")
+    on_cpu = resolve_device(device, field="device").type == "cpu"  # also refuses an unknown or absent device
     path = Path(model)
     if path.suffix.lower() != ".safetensors":
+        if path.suffix.lower() == ".onnx" and not on_cpu:
+            raise ConfigError(f"{str(path)!r} is an ONNX file, which runs on the CPU here (ONNX Runtime's CPU "
+                              f"provider); use --device cpu, or pass the checkpoint for --device {device}")
         predictor = load_predictor(path, device=device)
         kind = "torchscript"
         if isinstance(predictor, OnnxPredictor):
             quantized = predictor.session.get_modelmeta().custom_metadata_map.get("pcamlab.quantization")
             kind = "int8" if quantized else "onnx"
         if runtime not in ("auto", kind):
-            raise ConfigError(f"{str(path)!r} is a {kind} file; it runs on runtime {kind} (or auto), not {runtime!r}")
+            if kind == "torchscript":
+                raise ConfigError(f"{str(path)!r} is a TorchScript file; run it with --runtime auto, not {runtime!r}")
+            raise ConfigError(f"{str(path)!r} is an {kind} file; it runs on runtime {kind} (or auto), not {runtime!r}")
         return predictor, kind, f"{path.name} is a {kind} file"
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; pass a .safetensors file from a run folder")
-    on_cpu = device == "cpu"
+    if runtime in ("onnx", "int8") and not on_cpu:
+        raise ConfigError(f"runtime {runtime} runs on the CPU (ONNX Runtime's CPU provider); use --device cpu, "
+                          f"or --runtime torch for --device {device}")
     if runtime == "torch" or (runtime == "auto" and not on_cpu):
         return TorchPredictor.from_checkpoint(path, device=device), "torch", f"runtime {runtime}, device {device}"
     import importlib.util
@@ -154,15 +176,16 @@ def open_fastest(model: str | os.PathLike, runtime: str = "auto", device: str = 
         if export is not None:
             return OnnxPredictor(export), runtime, reason
         flag = " --quantize int8" if runtime == "int8" else ""
+        force = " --force" if export_sibling(path, runtime).exists() else ""
         raise CheckpointError(f"runtime {runtime!r} for {str(path)!r}: {reason}; write it with: "
-                              f"pcamlab export {path}{flag}")
+                              f"pcamlab export {path}{flag}{force}")
     found = {candidate: _export_of(path, candidate, digest) for candidate in AUTO_ORDER}
     usable = {candidate: entry for candidate, entry in found.items() if entry[0] is not None}
     if not usable:
         return TorchPredictor.from_checkpoint(path, device=device), "torch", "; ".join(entry[1] for entry in found.values())
     if all(entry[2] is not None for entry in usable.values()):  # every usable export was timed on this CPU kind
         speeds = {candidate: entry[2]["patches_per_s"] for candidate, entry in usable.items()}
-        speeds["torch"] = min(entry[2]["torch_patches_per_s"] for entry in usable.values())
+        speeds["torch"] = statistics.mean(entry[2]["torch_patches_per_s"] for entry in usable.values())
         ranking = sorted(speeds, key=speeds.get, reverse=True)
         reason = "fastest timed on this CPU: " + " > ".join(f"{name} {speeds[name]:.0f}" for name in ranking) + " patches/s"
         if ranking[0] == "torch":
@@ -171,4 +194,4 @@ def open_fastest(model: str | os.PathLike, runtime: str = "auto", device: str = 
     candidate = next(iter(usable))  # AUTO_ORDER: the measured order of the default CNN
     return OnnxPredictor(usable[candidate][0]), candidate, (
         f"{usable[candidate][1]}; not every export was timed on this CPU, so the default order {' > '.join(AUTO_ORDER)} "
-        "> torch (export again here to time them)")
+        f"> torch (time them here with: pcamlab export {path} [--quantize int8] --force)")

@@ -239,7 +239,16 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def _model_sha256(predictor: Any) -> str | None:
-    """SHA-256 of the predictor's model file (None for an in-memory predictor without a path)."""
+    """SHA-256 of the checkpoint behind the predictor: for an ONNX export of a checkpoint, the checkpoint's
+    own (stored in the export), so a checkpoint and its exports are one model whichever runtime runs it;
+    else the model file's (None for an in-memory predictor without a path)."""
+    session = getattr(predictor, "session", None)
+    if session is not None:
+        from pcamlab.runtime.fastest import SOURCE_HASH_KEY
+
+        source = session.get_modelmeta().custom_metadata_map.get(SOURCE_HASH_KEY)
+        if source:
+            return source
     path = getattr(predictor, "path", None)
     if not path or not Path(path).is_file():
         return None
@@ -254,7 +263,7 @@ def _state(slide: Slide, grid: Grid, predictor: Any, settings: dict[str, Any]) -
     contract_dict = contract if isinstance(contract, dict) else getattr(contract, "to_dict", lambda: {})()
     return {
         "slide": str(slide.path.resolve()), "slide_bytes": status.st_size, "slide_mtime_ns": status.st_mtime_ns,
-        "grid": asdict(grid), "model": _model_name(predictor), "model_sha256": _model_sha256(predictor),
+        "grid": asdict(grid), "model_sha256": _model_sha256(predictor),
         "contract": json.loads(json.dumps(contract_dict, default=str)), "settings": settings,
     }
 
@@ -362,6 +371,8 @@ def _open_partial(partial: Path, state: dict[str, Any], shape: tuple[int, int], 
         previous = None
         try:
             previous = json.loads(state_path.read_text())
+            if isinstance(previous, dict):  # older states also held the model file's path
+                previous.pop("model", None)
         except (OSError, json.JSONDecodeError):
             pass  # no state written yet: the previous run died while creating the folder; start again
         if previous is not None and resume and previous == state:
@@ -373,8 +384,9 @@ def _open_partial(partial: Path, state: dict[str, Any], shape: tuple[int, int], 
                 pass
         if previous is not None and previous != state and resume:
             raise RunFolderError(
-                f"{str(partial)!r} holds an unfinished run of other settings (slide file, model, stride, mpp or "
-                "tissue options changed); delete that folder to start again, or run with the same settings to resume it"
+                f"{str(partial)!r} holds an unfinished run of other settings (differs in: "
+                f"{', '.join(_differences(previous, state)[:6]) if isinstance(previous, dict) else 'unreadable settings'}); run with the same settings to resume it, or pass "
+                "--no-resume (resume=False) to start again"
             )
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
@@ -404,6 +416,8 @@ def _finished(out_dir: Path, record: dict[str, Any]) -> SlideResult:
     except (OSError, ValueError):
         summary = {}
     recorded = summary.get(RUN_KEY) if isinstance(summary, dict) else None
+    if isinstance(recorded, dict):  # older records also held the model file's path; the model is its SHA-256
+        recorded = {key: value for key, value in recorded.items() if key != "model"}
     current = json.loads(json.dumps(record, default=str))
     if recorded != current:
         changed = _differences(recorded, current) if isinstance(recorded, dict) else ["no settings recorded"]

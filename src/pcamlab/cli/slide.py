@@ -189,7 +189,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 resume=not args.no_resume, progress=progress,
             )
         except RunFolderError as error:
-            raise RunFolderError(f"{error} (or pass another --out)") from None
+            raise RunFolderError(f"{str(error).replace('resume=False', '--no-resume')} (or pass another --out)") from None
         finally:
             bar.close()
         if result.skipped:

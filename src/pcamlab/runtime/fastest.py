@@ -146,7 +146,8 @@ def open_fastest(model: str | os.PathLike, runtime: str = "auto", device: str = 
     if path.suffix.lower() != ".safetensors":
         if path.suffix.lower() == ".onnx" and not on_cpu:
             raise ConfigError(f"{str(path)!r} is an ONNX file, which runs on the CPU here (ONNX Runtime's CPU "
-                              f"provider); use --device cpu, or pass the checkpoint for --device {device}")
+                              f"provider); use device='cpu', or pass the checkpoint to run on {device}",
+                              parameters=("device",))
         predictor = load_predictor(path, device=device)
         kind = "torchscript"
         if isinstance(predictor, OnnxPredictor):
@@ -154,14 +155,15 @@ def open_fastest(model: str | os.PathLike, runtime: str = "auto", device: str = 
             kind = "int8" if quantized else "onnx"
         if runtime not in ("auto", kind):
             if kind == "torchscript":
-                raise ConfigError(f"{str(path)!r} is a TorchScript file; run it with --runtime auto, not {runtime!r}")
+                raise ConfigError(f"{str(path)!r} is a TorchScript file; run it with runtime='auto', not {runtime!r}",
+                                  parameters=("runtime",))
             raise ConfigError(f"{str(path)!r} is an {kind} file; it runs on runtime {kind} (or auto), not {runtime!r}")
         return predictor, kind, f"{path.name} is a {kind} file"
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; pass a .safetensors file from a run folder")
     if runtime in ("onnx", "int8") and not on_cpu:
-        raise ConfigError(f"runtime {runtime} runs on the CPU (ONNX Runtime's CPU provider); use --device cpu, "
-                          f"or --runtime torch for --device {device}")
+        raise ConfigError(f"runtime {runtime} runs on the CPU (ONNX Runtime's CPU provider); use device='cpu', "
+                          f"or runtime='torch' to run on {device}", parameters=("device", "runtime"))
     if runtime == "torch" or (runtime == "auto" and not on_cpu):
         return TorchPredictor.from_checkpoint(path, device=device), "torch", f"runtime {runtime}, device {device}"
     import importlib.util

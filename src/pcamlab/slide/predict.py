@@ -386,7 +386,7 @@ def _open_partial(partial: Path, state: dict[str, Any], shape: tuple[int, int], 
             raise RunFolderError(
                 f"{str(partial)!r} holds an unfinished run of other settings (differs in: "
                 f"{', '.join(_differences(previous, state)[:6]) if isinstance(previous, dict) else 'unreadable settings'}); run with the same settings to resume it, or pass "
-                "--no-resume (resume=False) to start again"
+                "resume=False to start again"
             )
         shutil.rmtree(partial)
     partial.mkdir(parents=True)

@@ -334,3 +334,21 @@ def test_export_refuses_an_out_that_no_runtime_opens_or_that_is_the_checkpoint(t
     assert checkpoint_path.read_bytes() == before and not (tmp_path / "model.txt").exists()
     with pytest.raises(ConfigError, match="must end with .pt or .torchscript"):
         export_checkpoint(checkpoint_path, tmp_path / "model.onnx", format="torchscript")
+
+
+@needs_onnx
+def test_export_keeps_the_int8_name_for_int8_and_an_interrupt_is_not_an_exporter_failure(tmp_path, checkpoint_path):
+    from pcamlab.deploy.export import _reraise_interrupt
+
+    with pytest.raises(ConfigError, match=r"\.int8\.onnx is for quantize='int8' exports only"):
+        export_checkpoint(checkpoint_path, tmp_path / "best.int8.onnx")
+    assert not any(tmp_path.iterdir())
+    try:  # torch.export wraps a Ctrl+C / SIGTERM raised inside it in its own error
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:
+            raise RuntimeError("Failed to export the model with torch.export") from interrupt
+    except RuntimeError as wrapped:
+        with pytest.raises(KeyboardInterrupt):
+            _reraise_interrupt(wrapped)
+    _reraise_interrupt(RuntimeError("an ordinary exporter failure"))  # returns: the legacy fallback goes on

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="patches decoded and scored per step (default 256); on a CPU each step runs as forward "
                         "passes of at most 32 (measured fastest), on a GPU as one")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch checkpoints only)")
+    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda[:N] (GPU: torch checkpoints only; default cpu)")
     parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx", "int8"],
                         help="auto: among torch and the exports of this very checkpoint beside it (NAME.onnx, "
                         "NAME.int8.onnx from pcamlab export), the one export timed fastest on this CPU (else "

@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--top-k", type=int, default=10, help="slide score: mean of the top k tiles (default 10)")
     predict.add_argument("--batch-size", type=int, default=128, help="tiles read and scored per step (default 128; on a CPU, forward passes of at most 32)")
     predict.add_argument("--readers", type=int, default=2, help="reader threads ahead of the model (default 2)")
-    predict.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch checkpoints only)")
+    predict.add_argument("--device", default="cpu", help="auto, cpu or cuda[:N] (GPU: torch checkpoints only; default cpu)")
     predict.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx", "int8"],
                          help="for a checkpoint: auto runs the fastest export of this very checkpoint timed on "
                          "this CPU (pcamlab export [--quantize int8] writes them beside it), else torch; "
@@ -189,7 +189,8 @@ def run_predict(args: argparse.Namespace) -> int:
                 resume=not args.no_resume, progress=progress,
             )
         except RunFolderError as error:
-            raise RunFolderError(f"{str(error).replace('resume=False', '--no-resume')} (or pass another --out)") from None
+            message = str(error).replace("resume=False", "--no-resume").replace("another out_dir", "another --out")
+            raise RunFolderError(message if "another --out" in message else f"{message} (or pass another --out)") from None
         finally:
             bar.close()
         if result.skipped:

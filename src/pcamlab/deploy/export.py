@@ -233,6 +233,7 @@ def export_onnx(
                 )
             used = "dynamo"
         except Exception as error:  # the dynamo exporter raises many types on unsupported graphs
+            _reraise_interrupt(error)
             if exporter == "dynamo":
                 raise RunError(
                     f"the dynamo ONNX exporter failed ({type(error).__name__}: {plain_line(error, 200)}); "
@@ -258,6 +259,17 @@ def export_onnx(
     onnx.save(model, str(path))
     opset_used = max(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
     return {"exporter": used, "opset": int(opset_used), "dynamo_error": dynamo_error}
+
+
+def _reraise_interrupt(error: BaseException) -> None:
+    """Raise the Ctrl+C / SIGTERM an exporter wrapped in its own error (torch.export does), so an interrupt
+    stops the export instead of falling back to the legacy exporter."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, KeyboardInterrupt):
+            raise error
+        error = error.__cause__ or error.__context__
 
 
 def export_checkpoint(
@@ -345,6 +357,11 @@ def export_checkpoint(
     if out.suffix.lower() not in allowed:  # load_predictor opens a model file by its suffix
         raise ConfigError(f"out {str(out)!r} must end with {' or '.join(allowed)} for {'an ONNX' if format == 'onnx' else 'a TorchScript'} file, so that "
                           "pcamlab predict can open it", parameters=("out",))
+    if format == "onnx" and quantize != "int8" and out.name.lower().endswith(".int8.onnx"):
+        raise ConfigError(
+            f"out {str(out)!r}: a name ending in .int8.onnx is for quantize='int8' exports only (predict's runtime "
+            "auto and int8 look for the int8 model there); name an fp32 export NAME.onnx",
+            parameters=("out", "quantize"))
     if checkpoint.path is not None and out.resolve() == Path(checkpoint.path).resolve():
         raise ConfigError(f"out {str(out)!r} is the checkpoint being exported; choose another name", parameters=("out",))
     if out.exists() and not force:

@@ -93,9 +93,9 @@ def _export_of(checkpoint: Path, runtime: str, digest: str) -> tuple[Path | None
     try:  # a half-copied or foreign file must not stop the runtimes that do work
         properties = {entry.key: entry.value for entry in onnx.load(str(path), load_external_data=False).metadata_props}
     except Exception as error:  # onnx raises protobuf's DecodeError and others on a damaged file
-        return None, f"{path.name} cannot be read as ONNX ({type(error).__name__}); export it again with --force", None
+        return None, f"{path.name} cannot be read as ONNX ({type(error).__name__})", None
     if ONNX_METADATA_KEYS["contract"] not in properties:
-        return None, f"{path.name} is not a pcamlab export (no input contract); export it again with --force", None
+        return None, f"{path.name} is not a pcamlab export (no input contract)", None
     quantized = ONNX_METADATA_KEYS["quantization"] in properties
     if quantized != (runtime == "int8"):
         return None, f"{path.name} is {'int8' if quantized else 'fp32'}, not {runtime}", None
@@ -158,7 +158,7 @@ def open_fastest(model: str | os.PathLike, runtime: str = "auto", device: str = 
                 raise ConfigError(f"{str(path)!r} is a TorchScript file; run it with runtime='auto', not {runtime!r}",
                                   parameters=("runtime",))
             raise ConfigError(f"{str(path)!r} is an {kind} file; it runs on runtime {kind} (or auto), not {runtime!r}")
-        return predictor, kind, f"{path.name} is a {kind} file"
+        return predictor, kind, f"{path.name} is {'a TorchScript' if kind == 'torchscript' else 'an ' + kind} file"
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; pass a .safetensors file from a run folder")
     if runtime in ("onnx", "int8") and not on_cpu:

@@ -385,7 +385,7 @@ def _open_partial(partial: Path, state: dict[str, Any], shape: tuple[int, int], 
         if previous is not None and previous != state and resume:
             raise RunFolderError(
                 f"{str(partial)!r} holds an unfinished run of other settings (differs in: "
-                f"{', '.join(_differences(previous, state)[:6]) if isinstance(previous, dict) else 'unreadable settings'}); run with the same settings to resume it, or pass "
+                f"{_differences_text(previous, state)}); run with the same settings to resume it, or pass "
                 "resume=False to start again"
             )
         shutil.rmtree(partial)
@@ -395,6 +395,17 @@ def _open_partial(partial: Path, state: dict[str, Any], shape: tuple[int, int], 
     tiles.flush()
     write_json_atomic(state_path, state)  # last: marks the folder resumable
     return tiles
+
+
+def _differences_text(old: Any, new: dict[str, Any]) -> str:
+    """What differs between two run records, the model and the settings first, at most 6 named."""
+    if not isinstance(old, dict):
+        return "no readable settings recorded"
+    first = ("model_sha256", "slide", "threshold", "top_k", "grid.stride")
+    changed = sorted(_differences(old, new), key=lambda key: (not (key in first or key.startswith("settings.")),
+                                                             first.index(key) if key in first else len(first)))
+    more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+    return ", ".join(changed[:6]) + more
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -420,11 +431,10 @@ def _finished(out_dir: Path, record: dict[str, Any]) -> SlideResult:
         recorded = {key: value for key, value in recorded.items() if key != "model"}
     current = json.loads(json.dumps(record, default=str))
     if recorded != current:
-        changed = _differences(recorded, current) if isinstance(recorded, dict) else ["no settings recorded"]
         raise RunFolderError(
             f"{str(out_dir)!r} holds a finished slide result of other settings or another model (differs in: "
-            f"{', '.join(changed[:6])}); it is never overwritten: choose another out_dir, or delete that folder "
-            "to redo it"
+            f"{_differences_text(recorded, current)}); it is never overwritten: choose another out_dir, or delete "
+            "that folder to redo it", parameters=("out_dir",)
         )
     return SlideResult(Path(record["slide"]), out_dir, summary,
                        {key: out_dir / name for key, name in OUTPUT_FILES.items()}, None, skipped=True)

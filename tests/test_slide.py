@@ -421,3 +421,4 @@ def test_slide_predict_runs_the_runtime_asked_for_or_the_fastest_export(tmp_path
     assert summary["tiles"] > 0 and summary["model"] == str(tmp_path / "model.onnx")  # the ONNX file ran
     torch_run = json.loads((out / "small" / "summary.json").read_text())
     assert torch_run["run"]["model_sha256"] == summary["run"]["model_sha256"]  # one model, two runtimes
+    assert (torch_run["runtime"], summary["runtime"]) == ("torch", "onnx")  # the summary says which ran

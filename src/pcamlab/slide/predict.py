@@ -229,6 +229,19 @@ def _model_name(predictor: Any) -> str:
     return str(path) if path else type(predictor).__name__
 
 
+def _runtime_name(predictor: Any) -> str:
+    """``torch``, ``onnx``, ``int8`` or ``torchscript`` for pcamlab's predictors; the class name otherwise.
+
+    The run that finished a slide; a resumed slide may have been started by another runtime of the same
+    checkpoint (its ``tiles_resumed`` tiles)."""
+    session = getattr(predictor, "session", None)
+    if session is not None:
+        quantized = session.get_modelmeta().custom_metadata_map.get("pcamlab.quantization")
+        return "int8" if quantized else "onnx"
+    name = type(predictor).__name__
+    return {"TorchPredictor": "torch", "TorchScriptPredictor": "torchscript"}.get(name, name)
+
+
 @functools.lru_cache(maxsize=8)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
@@ -579,7 +592,8 @@ def predict_slide(
         "slide": str(Path(slide_path)), "slide_name": name, "backend": info.backend, "vendor": info.vendor,
         "slide_dimensions": list(info.level_dimensions[0]), "slide_mpp": grid.mpp0, "mpp_source": info.mpp_source,
         "level": grid.level, "level_mpp": grid.mpp0 * grid.level_downsample, "resampled": grid.read_scale != 1.0,
-        "read_scale": grid.read_scale, "model": _model_name(predictor), "model_mpp": grid.model_mpp,
+        "read_scale": grid.read_scale, "model": _model_name(predictor), "runtime": _runtime_name(predictor),
+        "model_mpp": grid.model_mpp,
         "contract_mpp": target_mpp, "patch_size": patch_size, "stride": stride, "threshold": threshold,
         "score_max": float(known.max()), "top_k": int(len(top)), "score_top_k_mean": float(top.mean()),
         "tumour_area_mm2": float(np.sum(probability_map >= threshold) * grid.cell_area_mm2),

@@ -86,3 +86,5 @@ def test_the_cli_shows_the_flags_of_the_parameters_a_message_names():
     assert cli_message("choose another out_dir (or resume=True)", ("out_dir", "resume"), flags) \
         == "choose another --out (or --resume)"
     assert cli_message("n must be positive", ("n",), flags) == "n must be positive"  # no such flag: unchanged
+    assert cli_message("or pass resume=False to start again", ("resume",), {"no_resume": "--no-resume"}) \
+        == "or pass --no-resume to start again"  # a negative flag

@@ -166,7 +166,7 @@ def test_overlapping_stride_averages_tiles_into_a_finer_map(tmp_path, predictor,
                        equal_nan=True)
 
 
-def test_a_killed_run_resumes_where_it_stopped(tmp_path, predictor, slide, result):
+def test_a_killed_run_resumes_where_it_stopped(tmp_path, predictor, slide, result, capsys):
     class Crashing:
         contract, path = predictor.contract, predictor.path
 
@@ -185,6 +185,11 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, predictor, slide, resul
     assert not out.exists()  # nothing half-written where the result belongs
     partial = tmp_path / ".small.partial"
     assert np.isfinite(np.load(partial / "tile_probabilities.npy")).sum() == 128
+    # other settings: refused, naming what differs and the flags
+    assert main(["slide", "predict", str(MODEL), str(slide.path), "--out", str(tmp_path), "--stride", "48"]) == 2
+    message = capsys.readouterr().err.strip()
+    assert "unfinished run of other settings (differs in: grid.stride" in message, message
+    assert "pass --no-resume to start again (or pass another --out)" in message and len(message.splitlines()) == 1
     seen = []
     resumed = predict_slide(predictor, slide.path, out, batch_size=64,
                             progress=lambda done, total: seen.append((done, total)))

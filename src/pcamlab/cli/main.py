@@ -79,8 +79,9 @@ def _command_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 def cli_message(message: str, parameters: tuple[str, ...], flags: dict[str, str]) -> str:
     """A library message as the command line says it: each named parameter becomes the command's flag.
 
-    ``force=True`` -> ``--force``; ``exporter='legacy'`` -> ``--exporter legacy``; ``out`` -> ``--out``.
-    Parameters the command has no flag for stay as they are.
+    ``force=True`` -> ``--force``; ``exporter='legacy'`` -> ``--exporter legacy``; ``out`` -> ``--out``;
+    ``resume=False`` -> ``--no-resume`` where the command's flag is the negative one. Parameters the
+    command has no flag for stay as they are.
 
     Example:
         >>> cli_message("choose another out or pass force=True", ("out", "force"), {"out": "--out", "force": "--force"})
@@ -88,9 +89,12 @@ def cli_message(message: str, parameters: tuple[str, ...], flags: dict[str, str]
     """
     for parameter in parameters:
         flag = flags.get(parameter) or flags.get(PARAMETER_DESTINATIONS.get(parameter, ""))
+        name = re.escape(parameter)
+        negative = flags.get(f"no_{parameter}")
+        if negative:  # a --no-NAME flag: NAME=False is that flag
+            message = re.sub(rf"(?<![\w.-]){name}=False\b", negative, message)
         if not flag:
             continue
-        name = re.escape(parameter)
         message = re.sub(rf"(?<![\w.-]){name}=True\b", flag, message)
         message = re.sub(rf"(?<![\w.-]){name}=(['\"]?)([^'\"\s,;)]+)\1", rf"{flag} \2", message)
         message = re.sub(rf"(?<![\w./'-]){name}(?![\w=/'-])", flag, message)  # not inside a path

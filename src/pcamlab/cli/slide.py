@@ -188,9 +188,10 @@ def run_predict(args: argparse.Namespace) -> int:
                 top_k=args.top_k, batch_size=args.batch_size, readers=args.readers, backend=args.backend,
                 resume=not args.no_resume, progress=progress,
             )
-        except RunFolderError as error:
-            message = str(error).replace("resume=False", "--no-resume").replace("another out_dir", "another --out")
-            raise RunFolderError(message if "another --out" in message else f"{message} (or pass another --out)") from None
+        except RunFolderError as error:  # main() shows the parameters it names as this command's flags
+            if "out_dir" in error.parameters:
+                raise
+            raise RunFolderError(f"{error} (or pass another out_dir)", parameters=(*error.parameters, "out_dir")) from None
         finally:
             bar.close()
         if result.skipped:

@@ -60,7 +60,7 @@ from pcamlab.errors import ConfigError, RunError, RunFolderError, did_you_mean, 
 from pcamlab.fileio import json_safe, publish
 from pcamlab.runtime.checkpoint import Checkpoint, load_checkpoint
 from pcamlab.runtime.contract import InputContract
-from pcamlab.runtime.fastest import SOURCE_HASH_KEY, SPEED_KEY, TIMED_BATCH, TIMED_PATCHES, TIMED_REPEATS, file_sha256, time_predictor
+from pcamlab.runtime.fastest import SOURCE_HASH_KEY, SPEED_KEY, TIMED_PATCHES, TIMED_REPEATS, file_sha256, time_predictor
 from pcamlab.runtime.predictor import (
     ONNX_METADATA_KEYS,
     TORCHSCRIPT_CONFIG_FILE,
@@ -120,11 +120,9 @@ class UInt8PatchModel(nn.Module):
         super().__init__()
         self.model = model
         self.contract = contract
-        if contract.input_scaling == "unit":
-            scale, shift = torch.full((3,), 1 / 255.0, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
-        else:
-            std = torch.tensor(contract.std, dtype=torch.float64)
-            scale, shift = 1 / (255.0 * std), -torch.tensor(contract.mean, dtype=torch.float64) / std
+        # the contract's own per-channel affine map, read off at black and white (float64): no second formula
+        ends = contract.normalize(torch.tensor([0.0, 1.0], dtype=torch.float64).view(2, 1, 1, 1).expand(2, 3, 1, 1))
+        shift, scale = ends[0].flatten(), (ends[1] - ends[0]).flatten() / 255.0  # (3,) each
         pixels = contract.patch_size * contract.patch_size
         self.register_buffer("scale", scale.float().repeat(pixels).view(1, -1), persistent=False)  # (1, H*W*3)
         self.register_buffer("shift", shift.float().repeat(pixels).view(1, -1), persistent=False)

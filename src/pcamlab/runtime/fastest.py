@@ -35,7 +35,7 @@ from typing import Any
 from pcamlab.errors import CheckpointError, ConfigError, did_you_mean
 
 __all__ = ["AUTO_ORDER", "RUNTIME_CHOICES", "SOURCE_HASH_KEY", "SPEED_KEY", "export_sibling", "file_sha256",
-           "open_fastest", "time_predictor"]
+           "open_fastest", "runtime_of", "time_predictor"]
 
 RUNTIME_CHOICES = ("auto", "torch", "onnx", "int8")
 AUTO_ORDER = ("int8", "onnx")  # exports tried by auto before torch, fastest first (measured, README)
@@ -57,6 +57,18 @@ def file_sha256(path: str | os.PathLike) -> str:
 def export_sibling(checkpoint: str | os.PathLike, runtime: str) -> Path:
     """Where ``pcamlab export`` writes ``runtime``'s file for a checkpoint (``best.int8.onnx`` for int8)."""
     return Path(checkpoint).with_suffix(_SIBLING_SUFFIXES[runtime])
+
+
+def runtime_of(predictor: Any) -> str:
+    """``torch``, ``onnx``, ``int8`` (an ONNX file quantised by ``pcamlab export --quantize int8``) or
+    ``torchscript`` for pcamlab's predictors; the class name for any other object."""
+    session = getattr(predictor, "session", None)
+    if session is not None:
+        from pcamlab.runtime.predictor import ONNX_METADATA_KEYS
+
+        return "int8" if ONNX_METADATA_KEYS["quantization"] in session.get_modelmeta().custom_metadata_map else "onnx"
+    name = type(predictor).__name__
+    return {"TorchPredictor": "torch", "TorchScriptPredictor": "torchscript"}.get(name, name)
 
 
 def time_predictor(predictor, patches, batch_size: int = TIMED_BATCH, repeats: int = TIMED_REPEATS) -> float:
@@ -84,7 +96,6 @@ def _export_of(checkpoint: Path, runtime: str, digest: str) -> tuple[Path | None
     import onnx
 
     from pcamlab.runtime.device import cpu_signature
-
     from pcamlab.runtime.predictor import ONNX_METADATA_KEYS
 
     path = export_sibling(checkpoint, runtime)
@@ -135,9 +146,8 @@ def open_fastest(model: str | os.PathLike, runtime: str = "auto", device: str = 
         ConfigError: unknown ``runtime``, or one the file cannot run on.
         CheckpointError: the requested export is missing or was made from another checkpoint.
     """
-    from pcamlab.runtime.predictor import OnnxPredictor, TorchPredictor, load_predictor
-
     from pcamlab.runtime.device import resolve_device
+    from pcamlab.runtime.predictor import OnnxPredictor, TorchPredictor, load_predictor
 
     if runtime not in RUNTIME_CHOICES:
         raise ConfigError(f"runtime must be one of {list(RUNTIME_CHOICES)}; got {runtime!r}{did_you_mean(runtime, RUNTIME_CHOICES)}")
@@ -149,10 +159,7 @@ def open_fastest(model: str | os.PathLike, runtime: str = "auto", device: str = 
                               f"provider); use device='cpu', or pass the checkpoint to run on {device}",
                               parameters=("device",))
         predictor = load_predictor(path, device=device)
-        kind = "torchscript"
-        if isinstance(predictor, OnnxPredictor):
-            quantized = predictor.session.get_modelmeta().custom_metadata_map.get("pcamlab.quantization")
-            kind = "int8" if quantized else "onnx"
+        kind = runtime_of(predictor)
         if runtime not in ("auto", kind):
             if kind == "torchscript":
                 raise ConfigError(f"{str(path)!r} is a TorchScript file; run it with runtime='auto', not {runtime!r}",

@@ -46,6 +46,7 @@ import numpy as np
 
 from pcamlab.errors import ConfigError, DataError, RunError, RunFolderError
 from pcamlab.fileio import write_json_atomic
+from pcamlab.runtime.fastest import SOURCE_HASH_KEY, runtime_of
 from pcamlab.slide._model import PCAM_MPP, contract_value
 from pcamlab.slide.reader import Slide, open_slide, read_downsampled
 from pcamlab.slide.tissue import DEFAULT_SATURATION_THRESHOLD, tissue_mask
@@ -229,19 +230,6 @@ def _model_name(predictor: Any) -> str:
     return str(path) if path else type(predictor).__name__
 
 
-def _runtime_name(predictor: Any) -> str:
-    """``torch``, ``onnx``, ``int8`` or ``torchscript`` for pcamlab's predictors; the class name otherwise.
-
-    The run that finished a slide; a resumed slide may have been started by another runtime of the same
-    checkpoint (its ``tiles_resumed`` tiles)."""
-    session = getattr(predictor, "session", None)
-    if session is not None:
-        quantized = session.get_modelmeta().custom_metadata_map.get("pcamlab.quantization")
-        return "int8" if quantized else "onnx"
-    name = type(predictor).__name__
-    return {"TorchPredictor": "torch", "TorchScriptPredictor": "torchscript"}.get(name, name)
-
-
 @functools.lru_cache(maxsize=8)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
@@ -257,8 +245,6 @@ def _model_sha256(predictor: Any) -> str | None:
     else the model file's (None for an in-memory predictor without a path)."""
     session = getattr(predictor, "session", None)
     if session is not None:
-        from pcamlab.runtime.fastest import SOURCE_HASH_KEY
-
         source = session.get_modelmeta().custom_metadata_map.get(SOURCE_HASH_KEY)
         if source:
             return source
@@ -399,7 +385,7 @@ def _open_partial(partial: Path, state: dict[str, Any], shape: tuple[int, int], 
             raise RunFolderError(
                 f"{str(partial)!r} holds an unfinished run of other settings (differs in: "
                 f"{_differences_text(previous, state)}); run with the same settings to resume it, or pass "
-                "resume=False to start again"
+                "resume=False to start again", parameters=("resume",)
             )
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
@@ -592,7 +578,7 @@ def predict_slide(
         "slide": str(Path(slide_path)), "slide_name": name, "backend": info.backend, "vendor": info.vendor,
         "slide_dimensions": list(info.level_dimensions[0]), "slide_mpp": grid.mpp0, "mpp_source": info.mpp_source,
         "level": grid.level, "level_mpp": grid.mpp0 * grid.level_downsample, "resampled": grid.read_scale != 1.0,
-        "read_scale": grid.read_scale, "model": _model_name(predictor), "runtime": _runtime_name(predictor),
+        "read_scale": grid.read_scale, "model": _model_name(predictor), "runtime": runtime_of(predictor),
         "model_mpp": grid.model_mpp,
         "contract_mpp": target_mpp, "patch_size": patch_size, "stride": stride, "threshold": threshold,
         "score_max": float(known.max()), "top_k": int(len(top)), "score_top_k_mean": float(top.mean()),

@@ -9,7 +9,7 @@ from fixtures_data import write_tiny_h5
 from pcamlab.config import load_config
 from pcamlab.data.augment import LABEL_REGION, random_label_crop
 from pcamlab.errors import ConfigError
-from pcamlab.train.loop import train
+from pcamlab.train.loop import crops_in_epoch, train
 
 
 @pytest.mark.parametrize("size", [32, 48, 64, 72, 96])
@@ -59,9 +59,10 @@ def test_crop_training_needs_a_global_pooled_model(tiny_data, tmp_path):
         train(config, tmp_path / "run", progress=False)
 
 
-@pytest.mark.parametrize("crop_epochs, cropped_epochs", [(0, 2), (1, 1)])
+@pytest.mark.parametrize("crop_epochs, cropped_epochs", [(0, 2), (1, 1), (2, 1), (10, 1)])
 def test_crop_epochs_crops_only_the_first_epochs(tiny_data, tmp_path, monkeypatch, crop_epochs, cropped_epochs):
-    """Progressive resizing: crops for the first ``crop_epochs`` epochs, full patches after (0 = every epoch)."""
+    """Progressive resizing: crops for the first ``crop_epochs`` epochs, full patches after (0 = every epoch);
+    a recipe cut to fewer epochs (``train.epochs=2`` on a 10-crop-epoch recipe) still ends on full patches."""
     import pcamlab.data.augment as augment
 
     sizes = []
@@ -80,10 +81,32 @@ def test_crop_epochs_crops_only_the_first_epochs(tiny_data, tmp_path, monkeypatc
     assert sizes == [64] * 3 * cropped_epochs
 
 
-def test_crop_epochs_needs_crops_and_a_full_patch_epoch():
+def test_crop_epochs_needs_crops():
     with pytest.raises(ConfigError, match="augment.crop_epochs 1 needs augment.crop_size"):
         load_config(None, ["augment.crop_epochs=1"])
-    with pytest.raises(ConfigError, match="augment.crop_epochs 2 is not below train.epochs 2"):
-        load_config(None, ["augment.crop_size=64", "augment.crop_epochs=2", "train.epochs=2"])
     with pytest.raises(ConfigError, match="augment.crop_epochs"):
         load_config(None, ["augment.crop_size=64", "augment.crop_epochs=-1"])
+
+
+@pytest.mark.parametrize("crop_epochs, stopped_after", [(0, 2), (2, 3)])
+def test_patience_counts_full_patch_epochs_only(tiny_data, tmp_path, crop_epochs, stopped_after):
+    """Early stopping cannot end a run in its crop epochs, before the model has met a full patch."""
+    overrides = [f"data.path={tiny_data}", "model.options.width=4", "train.batch_size=8", "train.epochs=6",
+                 "train.patience=1", "train.min_delta=1.0", "train.max_steps_per_epoch=2"]  # nothing improves
+    if crop_epochs:
+        overrides += ["augment.crop_size=64", f"augment.crop_epochs={crop_epochs}"]
+    summary = train(load_config(None, overrides), tmp_path / "run", progress=False)
+    assert summary["epochs_run"] == stopped_after
+    assert "early stop" in summary["stop_reason"]
+
+
+def test_crops_stop_at_the_last_epoch_and_half_the_budget():
+    config = load_config(None, ["augment.crop_size=48", "augment.crop_epochs=10", "train.epochs=12"])
+    assert [crops_in_epoch(config, epoch) for epoch in (1, 10, 11, 12)] == [True, True, False, False]
+    assert crops_in_epoch(config, 3, budget_fraction=0.49) and not crops_in_epoch(config, 3, budget_fraction=0.5)
+    short = load_config(None, ["augment.crop_size=48", "augment.crop_epochs=10", "train.epochs=3"])
+    assert [crops_in_epoch(short, epoch) for epoch in (1, 2, 3)] == [True, True, False]
+    assert not crops_in_epoch(load_config(None, ["augment.crop_size=48", "augment.crop_epochs=10", "train.epochs=1"]), 1)
+    every = load_config(None, ["augment.crop_size=48", "train.epochs=3"])  # crop_epochs 0: every epoch
+    assert all(crops_in_epoch(every, epoch, budget_fraction=0.9) for epoch in (1, 2, 3))
+    assert not crops_in_epoch(load_config(None, ["train.epochs=3"]), 1)

@@ -73,7 +73,7 @@ class AugmentConfig:
     blur_sigma: float = 1.0  # max sigma of that blur, in pixels
     crop_scale: float = 1.0  # random resized crop: minimum area fraction kept (1 = off)
     crop_size: int = 0  # train on random crops of this many px that keep the labelled centre 32x32 (0 = off); global-pooled models only
-    crop_epochs: int = 0  # crops only in the first N epochs, full patches after (progressive resizing; 0 = every epoch)
+    crop_epochs: int = 0  # crops only in the first N epochs, full patches after (progressive resizing; 0 = every epoch); never the last epoch nor after half a time budget
 
 
 @dataclass
@@ -107,7 +107,7 @@ class TrainConfig:
     freeze_backbone_epochs: int = 0  # transfer learning: train only the head for this many epochs first
     backbone_lr_factor: float = 1.0  # transfer learning: backbone learning rate = factor x learning_rate
     monitor: str = "val_auc"  # val_auc | val_loss: picks the best checkpoint and drives early stopping
-    patience: int = 5  # epochs without improvement before stopping (0 = never stop early)
+    patience: int = 5  # epochs without improvement before stopping (0 = never stop early); with augment.crop_epochs, full-patch epochs only
     min_delta: float = 0.0  # smallest change of the monitored value that counts as improvement
     precision: str = "auto"  # auto | fp32 | bf16: auto = bf16 autocast where the hardware has it
     channels_last: bool = True  # NHWC memory layout, faster for convolutions on CPU and GPU

@@ -233,11 +233,6 @@ def _crop_keeps_label(config) -> str | None:
             f"augment.crop_epochs {config.augment.crop_epochs} needs augment.crop_size (e.g. 64): it says for how many "
             "epochs the crops last; set augment.crop_size or augment.crop_epochs=0"
         )
-    if config.augment.crop_epochs >= config.train.epochs and size and config.train.schedule_over == "epochs":
-        return (
-            f"augment.crop_epochs {config.augment.crop_epochs} is not below train.epochs {config.train.epochs}: no epoch "
-            "would train on full patches; lower crop_epochs or use crop_epochs=0 (crops in every epoch)"
-        )
     return None
 
 

@@ -81,9 +81,11 @@ def test_crop_epochs_crops_only_the_first_epochs(tiny_data, tmp_path, monkeypatc
     assert sizes == [64] * 3 * cropped_epochs
 
 
-def test_crop_epochs_needs_crops():
-    with pytest.raises(ConfigError, match="augment.crop_epochs 1 needs augment.crop_size"):
-        load_config(None, ["augment.crop_epochs=1"])
+def test_crop_size_0_turns_crops_off_whatever_crop_epochs_says():
+    """So a recipe that crops (configs/default.yaml) is switched off with one setting, and a search space
+    can try crop_size 0 against 48 on it."""
+    config = load_config("configs/default.yaml", ["augment.crop_size=0"])
+    assert config.augment.crop_epochs == 10 and not crops_in_epoch(config, 1)
     with pytest.raises(ConfigError, match="augment.crop_epochs"):
         load_config(None, ["augment.crop_size=64", "augment.crop_epochs=-1"])
 
@@ -110,3 +112,48 @@ def test_crops_stop_at_the_last_epoch_and_half_the_budget():
     every = load_config(None, ["augment.crop_size=48", "train.epochs=3"])  # crop_epochs 0: every epoch
     assert all(crops_in_epoch(every, epoch, budget_fraction=0.9) for epoch in (1, 2, 3))
     assert not crops_in_epoch(load_config(None, ["train.epochs=3"]), 1)
+
+
+def _record_crops(monkeypatch, delay: float = 0.0) -> list[int]:
+    import time
+
+    import pcamlab.data.augment as augment
+
+    sizes, original = [], augment.random_label_crop
+
+    def recording(images, size, generator):
+        sizes.append(size)
+        time.sleep(delay)  # a slow crop step: makes a crop epoch outlast half a time budget
+        return original(images, size, generator)
+
+    monkeypatch.setattr(augment, "random_label_crop", recording)
+    return sizes
+
+
+def test_a_continued_run_does_not_go_back_to_crops(tiny_data, tmp_path, monkeypatch):
+    """Once a run has trained on full patches, resuming or continuing it never crops again."""
+    sizes = _record_crops(monkeypatch)
+    settings = [f"data.path={tiny_data}", "model.options.width=4", "train.batch_size=8", "train.max_steps_per_epoch=2",
+                "augment.crop_size=64", "augment.crop_epochs=10", "train.patience=0"]
+    first = tmp_path / "first"
+    train(load_config(None, [*settings, "train.epochs=3"]), first, progress=False)  # crops 1-2, full 3
+    assert sizes == [64] * 4
+    lines = []
+    train(load_config(None, [*settings, "train.epochs=5"]), tmp_path / "more", continue_from=first, progress=False,
+          log=lines.append)
+    assert sizes == [64] * 4  # epochs 4-5 are within crop_epochs, but the run already met full patches
+    assert any("already trained on full patches: full patches from epoch 4" in line for line in lines)
+
+
+def test_a_crop_epoch_longer_than_half_the_budget_ends_on_full_patches(tiny_data, tmp_path, monkeypatch):
+    sizes = _record_crops(monkeypatch, delay=0.7)
+    lines = []
+    config = load_config(None, [f"data.path={tiny_data}", "model.options.width=4", "train.batch_size=2",
+                                "augment.crop_size=64", "augment.crop_epochs=2", "train.epochs=3",
+                                "train.time_budget_minutes=0.3"])  # 18 s: crops stop at 9 s
+    train(config, tmp_path / "run", progress=False, log=lines.append)
+    steps = 32 // 2
+    assert 1 <= len(sizes) < steps  # epoch 1 began on crops and switched inside itself
+    assert any("full patches from step" in line and "of epoch 1" in line for line in lines), lines
+    state = torch.load(tmp_path / "run" / "resume.pt", weights_only=False)
+    assert state["crops_over"] is True

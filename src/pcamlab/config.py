@@ -73,7 +73,7 @@ class AugmentConfig:
     blur_sigma: float = 1.0  # max sigma of that blur, in pixels
     crop_scale: float = 1.0  # random resized crop: minimum area fraction kept (1 = off)
     crop_size: int = 0  # train on random crops of this many px that keep the labelled centre 32x32 (0 = off); global-pooled models only
-    crop_epochs: int = 0  # crops only in the first N epochs, full patches after (progressive resizing; 0 = every epoch); never the last epoch nor after half a time budget
+    crop_epochs: int = 0  # crops only in the first N epochs, full patches after (progressive resizing: never the last epoch, nor after half a time budget); 0 = crops in every epoch; no effect when crop_size is 0
 
 
 @dataclass

@@ -228,11 +228,6 @@ def _crop_keeps_label(config) -> str | None:
             f"augment.crop_size must be 0 (off) or >= 32 px, the centre region PCam's label describes; got {size} "
             "(48-72 trains 1.8-4x fewer pixels per patch)"
         )
-    if config.augment.crop_epochs and not size:
-        return (
-            f"augment.crop_epochs {config.augment.crop_epochs} needs augment.crop_size (e.g. 64): it says for how many "
-            "epochs the crops last; set augment.crop_size or augment.crop_epochs=0"
-        )
     return None
 
 

@@ -738,12 +738,16 @@ def train(
         + (", malloc keeps freed memory" if memory_reused else "")
     )
     if config.augment.crop_size and config.augment.crop_epochs >= train_config.epochs:
+        cropped = "epoch 1" if train_config.epochs == 2 else f"epochs 1-{train_config.epochs - 1}"
         say(f"note: augment.crop_epochs {config.augment.crop_epochs} is not below train.epochs {train_config.epochs}: "
-            + (f"crops in epochs 1-{train_config.epochs - 1}, full patches in epoch {train_config.epochs}"
+            + (f"crops in {cropped}, full patches in epoch {train_config.epochs}"
                if train_config.epochs > 1 else "no crops (the only epoch trains on full patches)"))
+    if config.augment.crop_epochs and not config.augment.crop_size:
+        say(f"note: augment.crop_epochs {config.augment.crop_epochs} has no effect: augment.crop_size is 0 (no crops)")
 
     # -- state, fresh or resumed -----------------------------------------------------------------
     first_epoch, best_value, best_epoch, stale_epochs = 1, None, 0, 0
+    crops_over = False  # progressive resizing has moved on to full patches (kept in resume.pt)
     plateau_factor, plateau_stale = 1.0, 0
     history: list[dict[str, Any]] = []
     if restore_from is not None:
@@ -762,6 +766,7 @@ def train(
             ema.model.load_state_dict(load_file(str(restore_from / "last.safetensors"), device=str(device)))
             ema.updates = int(state["ema_updates"])
         first_epoch = int(state["epoch"]) + 1
+        crops_over = bool(state.get("crops_over", False))  # runs saved before it existed: decided by epoch again
         best_value, best_epoch, stale_epochs = state["best_value"], int(state["best_epoch"]), int(state["stale_epochs"])
         plateau_factor, plateau_stale = float(state["plateau_factor"]), int(state["plateau_stale"])
         contract = contract.replace(threshold=float(state["threshold"]),
@@ -807,7 +812,8 @@ def train(
         used = elapsed() / budget_seconds if budget_by_time else None
         return learning_rate_factor(config, progress, plateau_factor, used)
 
-    out_of_time = stopped_by_caller = crops_cut_short = False
+    out_of_time = stopped_by_caller = crops_note_said = False
+    progressive = bool(config.augment.crop_size and config.augment.crop_epochs)  # crops first, then full patches
     backbone_ids = {id(p) for p in split_pretrained(model, loaded)[0]}
     # where a chosen threshold comes from, so threshold-dependent numbers can say so (and when they are optimistic)
     threshold_chosen_on = None
@@ -829,12 +835,18 @@ def train(
         loss_sum = torch.zeros((), device=device)
         seen = 0
         factor = rate_at(epoch - 1)
-        # progressive resizing: crops first, full patches to the end
-        cropping = crops_in_epoch(config, epoch, elapsed() / budget_seconds if budget_seconds > 0 else None)
-        if not cropping and crops_in_epoch(config, epoch) and not crops_cut_short:
-            crops_cut_short = True
-            say(f"note: {CROP_BUDGET_SHARE:.0%} of train.time_budget_minutes is spent: full patches from epoch "
-                f"{epoch} on (augment.crop_epochs says {config.augment.crop_epochs})")
+        # progressive resizing: crops first, full patches to the end (once on full patches, never back:
+        # crops_over is kept in resume.pt, so a resumed or continued run does not crop again)
+        planned = crops_in_epoch(config, epoch)
+        cropping = planned and not crops_over and crops_in_epoch(
+            config, epoch, elapsed() / budget_seconds if budget_seconds > 0 else None)
+        if planned and not cropping and not crops_note_said:
+            crops_note_said = True
+            why = ("the run already trained on full patches" if crops_over
+                   else f"{CROP_BUDGET_SHARE:.0%} of train.time_budget_minutes is spent")
+            say(f"note: {why}: full patches from epoch {epoch} on (augment.crop_epochs says {config.augment.crop_epochs})")
+        if progressive and not cropping:
+            crops_over = True
         update, close = progress_bar(f"epoch {epoch}/{train_config.epochs}", progress, unit="step",
                                      total=steps_per_epoch)
         for step, (images, labels, _) in enumerate(train_source.epoch(seed=train_config.seed * 7919 + epoch)):
@@ -872,9 +884,16 @@ def train(
             update(step + 1, steps_per_epoch, **shown)
             # stop mid-epoch when the budget ends (the partial epoch is still validated and checkpointed);
             # every process reads rank 0's clock, so all stop after the same step
-            if budget_seconds > 0 and elapsed() > budget_seconds:
-                out_of_time = True
-                break
+            if budget_seconds > 0:
+                now = elapsed()
+                if now > budget_seconds:
+                    out_of_time = True
+                    break
+                if cropping and progressive and now >= CROP_BUDGET_SHARE * budget_seconds:
+                    # a crop epoch longer than half the budget: the rest of it trains on full patches
+                    cropping, crops_over, crops_note_said = False, True, True
+                    say(f"note: {CROP_BUDGET_SHARE:.0%} of train.time_budget_minutes is spent: full patches from "
+                        f"step {step + 2} of epoch {epoch} on (augment.crop_epochs says {config.augment.crop_epochs})")
             if on_step is not None and on_step(ema.model if ema is not None else model, epoch - 1 + (step + 1) / steps_per_epoch):
                 stop_reason = f"stopped by the caller during epoch {epoch}"
                 stopped_by_caller = True
@@ -920,7 +939,7 @@ def train(
                 selector = ThresholdSelector(config.evaluate.threshold_method, config.evaluate.target_sensitivity)
                 chosen = float(selector.fit(scores["labels"], scores["probabilities"]).threshold_)
                 contract = contract.replace(threshold=chosen, threshold_source=config.evaluate.threshold_method)
-        elif not cropping or config.augment.crop_epochs == 0:
+        elif not cropping or not progressive:
             stale_epochs += 1  # progressive resizing: patience counts the full-patch epochs only
             plateau_stale += 1
             if train_config.scheduler == "plateau" and plateau_stale >= train_config.plateau_patience:
@@ -949,6 +968,7 @@ def train(
                 "plateau_stale": plateau_stale, "threshold": contract.threshold,
                 "ema_updates": ema.updates if ema is not None else 0,
                 "validated": valid_source is not None,  # False: a final fit (run_folder_protocol reads it)
+                "crops_over": crops_over,  # progressive resizing reached full patches: no crops after a resume
             }
             with atomic_path(out_dir / "resume.pt") as temporary:
                 torch.save(resume_state, temporary)
@@ -967,7 +987,8 @@ def train(
         if on_epoch is not None:
             on_epoch(epoch, row)
         if valid_source is not None and train_config.patience > 0 and stale_epochs >= train_config.patience:
-            stop_reason = f"early stop: {monitor} did not improve for {stale_epochs} epochs"
+            stop_reason = (f"early stop: {monitor} did not improve for {stale_epochs} "
+                           f"{'full-patch epochs' if progressive else 'epochs'}")
             break
         if stopped_by_caller:
             break

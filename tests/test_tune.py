@@ -425,8 +425,11 @@ def test_resumed_sweep_queues_only_the_runs_it_lacks(tiny_data, tmp_path):
 
 def _tune_process(args: list[str], log: Path) -> subprocess.Popen:
     environment = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    # A command a non-interactive shell starts in the background (`cmd &`) inherits SIGINT ignored, and
+    # Python then never raises KeyboardInterrupt: the tune process gets Ctrl-C's default handling back.
     return subprocess.Popen([sys.executable, "-m", "pcamlab", "tune", *args], stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env=environment, start_new_session=True)
+                            env=environment, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_running_trial(storage: str, study_name: str, process: subprocess.Popen, out: Path, timeout: float = 90):

@@ -154,6 +154,8 @@ def test_a_crop_epoch_longer_than_half_the_budget_ends_on_full_patches(tiny_data
     train(config, tmp_path / "run", progress=False, log=lines.append)
     steps = 32 // 2
     assert 1 <= len(sizes) < steps  # epoch 1 began on crops and switched inside itself
-    assert any("full patches from step" in line and "of epoch 1" in line for line in lines), lines
+    notes = [line for line in lines if "full patches from step" in line]
+    assert len(notes) == 1 and "of epoch 1" in notes[0], lines
+    assert 2 <= int(notes[0].split("from step ")[1].split()[0]) <= steps  # a step that exists, never after the last
     state = torch.load(tmp_path / "run" / "resume.pt", weights_only=False)
     assert state["crops_over"] is True

@@ -737,7 +737,8 @@ def train(
         + (f", {world.size} processes" if world.size > 1 else "")
         + (", malloc keeps freed memory" if memory_reused else "")
     )
-    if config.augment.crop_size and config.augment.crop_epochs >= train_config.epochs:
+    if config.augment.crop_size and config.augment.crop_epochs >= train_config.epochs and not resume \
+            and continue_from is None:  # a resumed or continued run says what it does at its first epoch
         cropped = "epoch 1" if train_config.epochs == 2 else f"epochs 1-{train_config.epochs - 1}"
         say(f"note: augment.crop_epochs {config.augment.crop_epochs} is not below train.epochs {train_config.epochs}: "
             + (f"crops in {cropped}, full patches in epoch {train_config.epochs}"
@@ -766,7 +767,8 @@ def train(
             ema.model.load_state_dict(load_file(str(restore_from / "last.safetensors"), device=str(device)))
             ema.updates = int(state["ema_updates"])
         first_epoch = int(state["epoch"]) + 1
-        crops_over = bool(state.get("crops_over", False))  # runs saved before it existed: decided by epoch again
+        # runs saved before crops_over existed: over once the finished epochs passed augment.crop_epochs
+        crops_over = bool(state.get("crops_over", first_epoch - 1 > config.augment.crop_epochs > 0))
         best_value, best_epoch, stale_epochs = state["best_value"], int(state["best_epoch"]), int(state["stale_epochs"])
         plateau_factor, plateau_stale = float(state["plateau_factor"]), int(state["plateau_stale"])
         contract = contract.replace(threshold=float(state["threshold"]),
@@ -889,7 +891,7 @@ def train(
                 if now > budget_seconds:
                     out_of_time = True
                     break
-                if cropping and progressive and now >= CROP_BUDGET_SHARE * budget_seconds:
+                if cropping and progressive and now >= CROP_BUDGET_SHARE * budget_seconds and step + 1 < steps_per_epoch:
                     # a crop epoch longer than half the budget: the rest of it trains on full patches
                     cropping, crops_over, crops_note_said = False, True, True
                     say(f"note: {CROP_BUDGET_SHARE:.0%} of train.time_budget_minutes is spent: full patches from "
@@ -988,7 +990,7 @@ def train(
             on_epoch(epoch, row)
         if valid_source is not None and train_config.patience > 0 and stale_epochs >= train_config.patience:
             stop_reason = (f"early stop: {monitor} did not improve for {stale_epochs} "
-                           f"{'full-patch epochs' if progressive else 'epochs'}")
+                           f"{'full-patch ' if progressive else ''}epoch{'s' if stale_epochs != 1 else ''}")
             break
         if stopped_by_caller:
             break

@@ -59,20 +59,27 @@ def test_crop_training_needs_a_global_pooled_model(tiny_data, tmp_path):
         train(config, tmp_path / "run", progress=False)
 
 
+def _record_crops(monkeypatch, delay: float = 0.0) -> list[int]:
+    import time
+
+    import pcamlab.data.augment as augment
+
+    sizes, original = [], augment.random_label_crop
+
+    def recording(images, size, generator):
+        sizes.append(size)
+        time.sleep(delay)  # a slow crop step: makes a crop epoch outlast half a time budget
+        return original(images, size, generator)
+
+    monkeypatch.setattr(augment, "random_label_crop", recording)
+    return sizes
+
+
 @pytest.mark.parametrize("crop_epochs, cropped_epochs", [(0, 2), (1, 1), (2, 1), (10, 1)])
 def test_crop_epochs_crops_only_the_first_epochs(tiny_data, tmp_path, monkeypatch, crop_epochs, cropped_epochs):
     """Progressive resizing: crops for the first ``crop_epochs`` epochs, full patches after (0 = every epoch);
     a recipe cut to fewer epochs (``train.epochs=2`` on a 10-crop-epoch recipe) still ends on full patches."""
-    import pcamlab.data.augment as augment
-
-    sizes = []
-    original = augment.random_label_crop
-
-    def recording(images, size, generator):
-        sizes.append(size)
-        return original(images, size, generator)
-
-    monkeypatch.setattr(augment, "random_label_crop", recording)
+    sizes = _record_crops(monkeypatch)
     config = load_config("configs/speedrun.yaml", [
         f"data.path={tiny_data}", "model.options.width=4", "train.batch_size=8", "train.epochs=2",
         "augment.crop_size=64", f"augment.crop_epochs={crop_epochs}", "train.max_steps_per_epoch=3",
@@ -112,22 +119,6 @@ def test_crops_stop_at_the_last_epoch_and_half_the_budget():
     every = load_config(None, ["augment.crop_size=48", "train.epochs=3"])  # crop_epochs 0: every epoch
     assert all(crops_in_epoch(every, epoch, budget_fraction=0.9) for epoch in (1, 2, 3))
     assert not crops_in_epoch(load_config(None, ["train.epochs=3"]), 1)
-
-
-def _record_crops(monkeypatch, delay: float = 0.0) -> list[int]:
-    import time
-
-    import pcamlab.data.augment as augment
-
-    sizes, original = [], augment.random_label_crop
-
-    def recording(images, size, generator):
-        sizes.append(size)
-        time.sleep(delay)  # a slow crop step: makes a crop epoch outlast half a time budget
-        return original(images, size, generator)
-
-    monkeypatch.setattr(augment, "random_label_crop", recording)
-    return sizes
 
 
 def test_a_continued_run_does_not_go_back_to_crops(tiny_data, tmp_path, monkeypatch):

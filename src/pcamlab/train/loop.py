@@ -891,7 +891,7 @@ def train(
                 if now > budget_seconds:
                     out_of_time = True
                     break
-                if cropping and progressive and now >= CROP_BUDGET_SHARE * budget_seconds and step + 1 < steps_per_epoch:
+                if cropping and not crops_in_epoch(config, epoch, now / budget_seconds) and step + 1 < steps_per_epoch:
                     # a crop epoch longer than half the budget: the rest of it trains on full patches
                     cropping, crops_over, crops_note_said = False, True, True
                     say(f"note: {CROP_BUDGET_SHARE:.0%} of train.time_budget_minutes is spent: full patches from "

@@ -110,14 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    previous = _stop_on_sigterm()
+    from pcamlab import stopping
+
+    restore = stopping.install()  # SIGINT/SIGTERM set a flag that loops check at safe points
     try:
         return _dispatch(parser, args)
     finally:
-        if previous is not None:  # in-process callers (tests, notebooks) get their handler back
-            import signal
-
-            signal.signal(signal.SIGTERM, previous)
+        restore()  # in-process callers (tests, notebooks) get their handlers back
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -143,32 +142,11 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             raise
         print(f"pcamlab: error: {plain_line(printable(message))}", file=sys.stderr)
         return 1 if error.errno in (errno.ENOSPC, errno.EDQUOT) else 2
-    except Terminated:
-        print("pcamlab: terminated (SIGTERM)", file=sys.stderr)
-        return 143  # 128 + SIGTERM
-    except KeyboardInterrupt:
-        print("pcamlab: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:  # pcamlab.stopping.Stopped, or a Ctrl+C that came before install()
+        signum = getattr(error, "signum", 2)
+        print("pcamlab: terminated (SIGTERM)" if signum == 15 else "pcamlab: interrupted", file=sys.stderr)
+        return 128 + signum  # 130 for SIGINT, 143 for SIGTERM
     return int(result or 0)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what ``timeout``, Slurm and ``docker stop`` send), raised where the command is, like Ctrl+C:
-    every ``finally`` and ``except BaseException`` runs, so temporary files are removed as on an interrupt."""
-
-
-def _stop_on_sigterm():
-    """Turn SIGTERM into :class:`Terminated` in the main thread; returns the handler it replaced (None off
-    the main thread, where signals cannot be handled)."""
-    import signal
-    import threading
-
-    def handler(signum, frame):
-        raise Terminated()
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, handler)
 
 
 def _silence_stdout() -> None:

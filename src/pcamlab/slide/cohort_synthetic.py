@@ -14,7 +14,7 @@ lesions of irregular outline in the size categories of the TNM staging pathologi
 metastases (AJCC 8th edition, used by Camelyon17): macro-metastases over 2 mm, micro-metastases
 0.2-2 mm, isolated tumour cells (ITC) under 0.2 mm, the size being the largest diameter. Each slide's
 first lesion cycles through the three categories so every category occurs in a cohort of three or more
-tumour slides; a macro-metastasis gets an `_2` region (non-tumour inside tumour) half of the time.
+tumour slides; every macro-metastasis gets an `_2` region (non-tumour inside tumour).
 
 The lesion polygons are the truth: a 96-pixel cell whose centre 32 x 32 square overlaps tumour (a lesion
 minus its `_2` region, by a positive area) shows a real PCam label-1 patch, every other tissue cell a
@@ -170,7 +170,7 @@ def _place_lesions(generator: np.random.Generator, slide: str, labels: np.ndarra
         if outline is None:
             continue  # no room left on this slide
         exclusion = None
-        if category == "macro" and generator.random() < 0.5:
+        if category == "macro":
             inner = _outline(generator, tuple(np.asarray(outline.centroid.coords[0])), 0.25 * diameter_px)
             exclusion = inner if outline.contains(inner) else None
         lesions.append(Lesion(slide, len(lesions) + 1, category, outline, exclusion, _diameter(outline) * mpp / 1000))

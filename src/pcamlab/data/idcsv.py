@@ -251,7 +251,7 @@ def _locate_columns(path: Path, header: list[str], wanted: list[Column], line: i
             expected = ",".join(item.name for item in wanted if item.required)
             also = f" ({column.name!r} may also be named {list(column.aliases)})" if column.aliases else ""
             raise DataError(
-                f"{printable(path)!r} line {line} is {header!r}; the header must name the columns {expected}{also}: "
+                f"{printable(path)!r} line {line} is {header!r}; the header must name the columns {expected!r}{also}: "
                 "add or fix the header row"
             )
     return positions
@@ -324,7 +324,7 @@ def read_id_csv(
         (counts["suffix"], "ids carry the file suffix (e.g. <id>.tif); read without it"),
         (counts["folder"], "ids carry a folder (e.g. train/<id>.tif); read the file name only"),
         *((count, note) for note, count in parsed_notes.items()),
-        (counts["repeated"], "rows repeat an id with the same values; each id counted once"),
+        (counts["repeated"], f"rows repeat an id{_same(columns)}; each id counted once"),
     ):
         if count:
             notes.append(f"{path.name}: {count} {note}")
@@ -360,7 +360,7 @@ def _read_rows(path, reader, header, positions, wanted, id_suffixes, delimiter):
         if len(row) < needed:
             raise DataError(
                 f"{printable(path)!r} line {line} is {delimiter.join(row)!r}; each row needs "
-                f"{', '.join(column.name for column in wanted if column.name in positions)}: fix it"
+                f"{' and '.join(_a(column.name) for column in wanted if column.name in positions)}: fix it"
             )
         if any(cell.strip() for cell in row[len(header):]):
             raise DataError(
@@ -389,6 +389,16 @@ def _read_rows(path, reader, header, positions, wanted, id_suffixes, delimiter):
         rows[identifier] = values
         lines[identifier] = line
     return rows, lines, counts, parsed_notes
+
+
+def _same(columns: Sequence[Column]) -> str:
+    if not columns:
+        return ""
+    return f" with the same {columns[0].name}" if len(columns) == 1 else " with the same values"
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def _parse_cell(path, line, column: Column, text: str, identifier, parsed_notes, shown: str | None = None):

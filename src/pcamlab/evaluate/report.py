@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pcamlab.data.runfiles import UNDEFINED, is_undefined, read_json, read_run_csv
+from pcamlab.data.walk import walk_files
 from pcamlab.errors import DataError
 from pcamlab.fileio import printable
 
@@ -232,14 +233,13 @@ def _read_json(path: Path) -> tuple[Any, str | None]:
 
 
 def _walk(run_dir: Path, pattern: str) -> list[Path]:
-    """Files matching ``pattern`` in run_dir and its subfolders, skipping tensorboard and hidden ones."""
-    found = []
-    for path in run_dir.rglob(pattern):
-        relative = path.relative_to(run_dir)
-        if any(part in SKIPPED_FOLDERS or part.startswith(".") for part in relative.parts):
-            continue
-        if path.is_file():
-            found.append(path)
+    """Files named ``pattern`` (``*.png`` or an exact name) in run_dir and its subfolders, listed by the walker
+    every command uses (:func:`pcamlab.data.walk.walk_files`: hidden entries and OS junk skipped, links followed
+    once), skipping tensorboard/; the shallowest first."""
+    suffix = pattern[1:] if pattern.startswith("*.") else Path(pattern).suffix
+    found = [path for path in walk_files(run_dir, (suffix,)).files
+             if (pattern.startswith("*.") or path.name == pattern)
+             and not any(part in SKIPPED_FOLDERS for part in path.relative_to(run_dir).parts)]
     return sorted(found, key=lambda path: (len(path.relative_to(run_dir).parts), str(path)))
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pcamlab.data.idcsv import IdTable, read_id_csv
+from pcamlab.data.idcsv import Column, IdTable, read_id_csv
 from pcamlab.data.readers.kaggle import KAGGLE_ID
 from pcamlab.deploy.predict import PredictionResult, predict_files
 from pcamlab.deploy.sources import collect_sources
@@ -33,6 +33,7 @@ from pcamlab.fileio import write_text_atomic
 __all__ = ["KAGGLE_COLUMNS", "read_template", "read_template_table", "kaggle_ids", "predict_kaggle"]
 
 KAGGLE_COLUMNS = ["id", "label"]
+_TEMPLATE_LABEL = Column("label", required=False, parse=str)  # placeholders (0): any text
 
 
 def read_template(path: str | os.PathLike) -> list[str]:
@@ -50,7 +51,8 @@ def read_template(path: str | os.PathLike) -> list[str]:
 
 def read_template_table(path: str | os.PathLike) -> IdTable:
     """:func:`read_template` with the notes of what was read unusually (``table.ids``, ``table.notes``)."""
-    return read_id_csv(path, id_column=KAGGLE_ID, what="template")
+    # the label column is read (when present) only so that one id with two labels is refused like everywhere
+    return read_id_csv(path, [_TEMPLATE_LABEL], id_column=KAGGLE_ID, what="template")
 
 
 def kaggle_ids(files: Sequence[Path]) -> dict[str, Path]:

@@ -98,7 +98,7 @@ def test_table_and_markdown_are_aligned_and_compact(runs):
     assert set(table[1].replace(" ", "")) == {"-"}
     assert len(table) == 2 + len(rows)
     auc_end = table[0].index("roc_auc") + len("roc_auc")
-    assert table[2][:auc_end].endswith("0.9500") and table[4][:auc_end].endswith("-")  # right-aligned
+    assert table[2][:auc_end].endswith("0.9500") and table[4][:auc_end].endswith("—")  # right-aligned; undefined is "—"
     assert "best_val_auc" not in table[0]  # not a key column
     markdown = format_markdown(rows).splitlines()
     assert markdown[1].startswith("| --- | --- |") and "---:" in markdown[1]
@@ -116,7 +116,7 @@ def test_one_number_format_per_column():
             {"run": "c", "roc_auc": None, "train_seconds": 1234.56}]
     markdown = format_markdown(rows, ["run", "roc_auc", "train_seconds"]).splitlines()
     assert [line.split("|")[3].strip() for line in markdown[2:]] == ["34.7", "4.9", "1234.6"]
-    assert [line.split("|")[2].strip() for line in markdown[2:]] == ["0.9500", "0.9000", "-"]
+    assert [line.split("|")[2].strip() for line in markdown[2:]] == ["0.9500", "0.9000", "—"]
     table = format_table(rows, ["run", "roc_auc", "train_seconds"]).splitlines()
     assert [line.split()[2] for line in table[2:]] == ["34.7", "4.9", "1234.6"]
 

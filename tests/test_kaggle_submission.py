@@ -94,7 +94,7 @@ def test_wrong_inputs_and_options_fail_with_one_line(tmp_path, checkpoint_path, 
         predict_kaggle(checkpoint_path, [tmp_path / "pngs"], out)
     no_id = tmp_path / "no_id.csv"
     no_id.write_text("name,label\nabc,0\n")
-    with pytest.raises(DataError, match="must have a header 'id,label'"):
+    with pytest.raises(DataError, match="the header must name the columns 'id'"):
         predict_kaggle(checkpoint_path, [competition / "test"], out, template=no_id)
     out.write_text("id,label\n")
     with pytest.raises(RunError, match="already exists"):

@@ -115,7 +115,7 @@ def test_report_survives_malformed_files(tmp_path):
     (tmp_path / "config.yaml").write_text("model: [unclosed")
     (tmp_path / "history.csv").write_text("epoch,train_loss\n")
     page = write_report(tmp_path).read_text()
-    assert "metrics.json could not be read (JSONDecodeError" in page
+    assert "metrics.json could not be read" in page and "is not readable JSON" in page
     assert "summary.json holds a list, not a mapping" in page
     assert "history.csv has no epochs yet" in page
     assert "model: [unclosed" in page  # raw config still shown

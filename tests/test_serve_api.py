@@ -173,10 +173,10 @@ def test_bad_images_get_400_with_the_cli_message(client, patches, tmp_path, monk
     assert explained.status_code == 400 and explained.json()["detail"] == said
     if kind == "bomb":
         assert "900,000,000 pixels" in str(cli_error.value)
-        from pcamlab.data.readers import _validate_headers
+        from pcamlab.data.readers import validate_headers
 
         with pytest.raises(BadImageError, match="decompression bomb"):
-            _validate_headers([Path("bad.png")])
+            validate_headers([Path("bad.png")])
 
 
 @pytest.mark.parametrize("name, data, words", [

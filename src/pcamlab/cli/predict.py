@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         f"{_SOURCES.get(result.threshold_source, f'{result.threshold_source}, chosen on validation during training')}"
         f"{', TTA' if args.tta else ''})"
     )
+    for note in result.notes:
+        print(f"note: {note}")
     if result.skipped:
         print(f"skipped {len(result.skipped)} unusable files, first: {result.skipped[0]}")
     print(f"runtime {result.runtime} ({result.runtime_reason})")
@@ -86,6 +88,8 @@ def run_kaggle(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, device=args.device, force=args.force, progress=update,
     )
     close()
+    for note in result.notes:
+        print(f"note: {note}")
     order = f"in the order of {args.template}" if args.template else "sorted by file name"
     print(f"{len(result.names)} test patches, rows {order}{' (TTA)' if args.tta else ''}")
     print(f"written to {result.out} (id,label; label = P({result.class_names[1]}))")

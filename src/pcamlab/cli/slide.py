@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report.html. An interrupted slide resumes where it stopped; slides finished with the same model and settings are skipped, and a finished folder of other settings is refused (never overwritten).",
     )
     predict.add_argument("model", metavar="MODEL", help="checkpoint .safetensors, or exported .onnx / .pt")
-    predict.add_argument("slides", metavar="SLIDE", nargs="+", help="slide files")
+    predict.add_argument("slides", metavar="SLIDE", nargs="+", help="slide files, or folders of them (searched at any depth)")
     predict.add_argument("--out", required=True, metavar="DIR", help="folder for one result folder per slide")
     predict.add_argument("--stride", type=int, help="tile step in model pixels, dividing the patch size "
                          "(default: the patch size; e.g. 48 or 32 overlap tiles and average them)")
@@ -202,19 +202,23 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from pcamlab.runtime.fastest import open_fastest
     from pcamlab.slide import MissingResolutionError, plan_grid, predict_slide
-    from pcamlab.slide.batch import shard, slide_folders
+    from pcamlab.slide.batch import shard, slide_files, slide_folders
     from pcamlab.slide.reader import open_slide
 
     from pcamlab.errors import RunFolderError
 
     index, count = parse_shard(args.shard)
-    mine = shard(args.slides, index, count)
+    notes: list[str] = []
+    slides = slide_files(args.slides, notes)  # folders listed by the walker every command uses
+    for note in notes:
+        print(f"note: {note}")
+    mine = shard(slides, index, count)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"--out {args.out!r} is a file; --out names a folder (one result folder per slide)")
     folders = slide_folders(mine, out)  # raises when two slides share a folder name
     if not mine:
-        print(f"shard {index}/{count}: no slides (of {len(args.slides)})")
+        print(f"shard {index}/{count}: no slides (of {len(slides)})")
         return 0
     predictor, runtime, reason = open_fastest(args.model, args.runtime, device=args.device)
     print(f"runtime {runtime} ({reason})")

@@ -49,11 +49,12 @@ from pcamlab.data.readers import (
     KAGGLE_SPLITS,
     BadImageError,
     PatchReader,
-    _resolve_root,
+    resolve_root,
     available_splits,
     detect_format,
     open_split,
 )
+from pcamlab import stopping
 from pcamlab.errors import ConfigError, DataError, RunFolderError, did_you_mean
 from pcamlab.registry import Registry
 
@@ -63,6 +64,7 @@ __all__ = ["WRITERS", "IMAGE_FORMATS", "convert", "convert_targets"]
 # register one too: ``@WRITERS.register("myformat") def write(reader, folder, counter, image_format)``.
 WRITERS: Registry[Callable[..., int]] = Registry("convert target")
 IMAGE_FORMATS = ("png", "jpg")
+CHUNK = 256  # items between progress reports and stop checks (about a second of decoding and encoding)
 JPEG_QUALITY = 95  # when re-encoding is unavoidable; PCam's own JPEG copies use 75
 # HDF5 written by pcamlab carries checksums: Fletcher-32 on every chunk and the 1.10 file format's checksummed
 # metadata and chunk index, so a damaged byte is an error when read, not other pixels (readable by HDF5 >= 1.10,
@@ -125,7 +127,7 @@ def convert(
             f"image format must be one of {list(IMAGE_FORMATS)}; got {image_format!r}"
             f"{did_you_mean(image_format, IMAGE_FORMATS)}"
         )
-    source = _resolve_root(src)
+    source = resolve_root(src)
     source_format = detect_format(source) if format == "auto" else format
     present = available_splits(source, source_format)
     chosen = list(present) if splits is None else list(splits)
@@ -167,20 +169,22 @@ def convert(
     writer = WRITERS.get(to)
     counter = _Counter(sum(len(reader) for reader in readers), progress, skip_bad)
     counts = {}
-    try:
-        for reader in readers:
-            counts[reader.split] = writer(reader, temporary, counter, image_format)
-            if counts[reader.split] == 0:  # every image skipped: the split would not read back
-                raise DataError(
-                    f"split {reader.split!r} of {str(source)!r} has no readable image (all {len(reader)} skipped, "
-                    f"first: {reader.name(0)}); nothing was written to {str(destination)!r}: run without skip_bad "
-                    "to see why, then fix or replace the files"
-                )
-            if to == "h5" and source_format == "h5":
-                _copy_meta(reader, temporary, counter.kept[reader.split])
-        if to == "kaggle":
-            _finish_kaggle(temporary)
-        os.rename(temporary, destination)
+    try:  # Ctrl+C or SIGTERM stops at the next chunk; the temporary folder is removed, nothing is published
+        with stopping.safe_points():
+            for reader in readers:
+                stopping.check()
+                counts[reader.split] = writer(reader, temporary, counter, image_format)
+                if counts[reader.split] == 0:  # every image skipped: the split would not read back
+                    raise DataError(
+                        f"split {reader.split!r} of {str(source)!r} has no readable image (all {len(reader)} skipped, "
+                        f"first: {reader.name(0)}); nothing was written to {str(destination)!r}: run without skip_bad "
+                        "to see why, then fix or replace the files"
+                    )
+                if to == "h5" and source_format == "h5":
+                    _copy_meta(reader, temporary, counter.kept[reader.split])
+            if to == "kaggle":
+                _finish_kaggle(temporary)
+            os.rename(temporary, destination)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
@@ -256,8 +260,10 @@ class _Counter:
                 kept.append(index)
                 yield index, image, label
             self.done += 1
-            if self.progress is not None and (self.done % 256 == 0 or self.done == self.total):
-                self.progress(self.done, self.total)
+            if self.done % CHUNK == 0 or self.done == self.total:  # a chunk done: report, then stop if asked
+                if self.progress is not None:
+                    self.progress(self.done, self.total)
+                stopping.check()
 
 
 def _stem(reader: PatchReader, index: int) -> str:

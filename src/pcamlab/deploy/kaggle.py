@@ -16,8 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,58 +23,36 @@ from typing import Any
 
 import numpy as np
 
+from pcamlab.data.idcsv import Column, IdTable, read_id_csv
+from pcamlab.data.readers.kaggle import KAGGLE_ID
 from pcamlab.deploy.predict import PredictionResult, predict_files
 from pcamlab.deploy.sources import collect_sources
 from pcamlab.errors import DataError, RunFolderError
 from pcamlab.fileio import write_text_atomic
 
-__all__ = ["KAGGLE_COLUMNS", "read_template", "kaggle_ids", "predict_kaggle"]
+__all__ = ["KAGGLE_COLUMNS", "read_template", "read_template_table", "kaggle_ids", "predict_kaggle"]
 
 KAGGLE_COLUMNS = ["id", "label"]
+_TEMPLATE_LABEL = Column("label", required=False, parse=str)  # placeholders (0): any text
 
 
 def read_template(path: str | os.PathLike) -> list[str]:
-    """The ids of a ``sample_submission.csv`` (columns ``id,label``), in file order.
+    """The ids of a ``sample_submission.csv`` (columns ``id,label``; only the ids are read), in file order.
+
+    Read by :func:`pcamlab.data.idcsv.read_id_csv` with the Kaggle id rule, like ``train_labels.csv``:
+    a byte-order mark, ``\\r\\n``, ``;`` separators, a pandas index column, ids with ``.tif`` are all read.
+    Use :func:`read_template_table` for the notes.
 
     Raises:
-        DataError: the file is missing, has no ``id`` column, holds an empty or repeated id.
+        DataError: the file is missing, not UTF-8 text, has no ``id`` column or no rows, or holds a bad id.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"template {str(path)!r} does not exist; pass the competition's sample_submission.csv")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")  # Excel's "CSV UTF-8" starts with a byte-order mark
-    except UnicodeDecodeError as error:
-        raise DataError(
-            f"template {str(path)!r} is not UTF-8 text (byte at offset {error.start}); save it as 'CSV UTF-8' or "
-            "re-download the competition's sample_submission.csv"
-        ) from None
-    with io.StringIO(text, newline="") as file:
-        reader = csv.DictReader(file)
-        if reader.fieldnames:
-            reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
-        if not reader.fieldnames:
-            raise DataError(
-                f"template {str(path)!r} is empty (no header line); it must start with the header 'id,label' like "
-                "the competition's sample_submission.csv: re-download it"
-            )
-        if "id" not in reader.fieldnames:
-            raise DataError(
-                f"template {str(path)!r} has columns {reader.fieldnames}; it must have a header 'id,label' "
-                "like the competition's sample_submission.csv"
-            )
-        ids, seen = [], set()
-        for line, row in enumerate(reader, start=2):
-            identifier = (row.get("id") or "").strip()
-            if not identifier:
-                raise DataError(f"template {str(path)!r} line {line} has an empty id; fix or re-download the file")
-            if identifier in seen:
-                raise DataError(f"template {str(path)!r} line {line} repeats id {identifier!r}; ids must be unique")
-            seen.add(identifier)
-            ids.append(identifier)
-    if not ids:
-        raise DataError(f"template {str(path)!r} lists no id; pass the competition's sample_submission.csv")
-    return ids
+    return read_template_table(path).ids
+
+
+def read_template_table(path: str | os.PathLike) -> IdTable:
+    """:func:`read_template` with the notes of what was read unusually (``table.ids``, ``table.notes``)."""
+    # the label column is read (when present) only so that one id with two labels is refused like everywhere
+    return read_id_csv(path, [_TEMPLATE_LABEL], id_column=KAGGLE_ID, what="template")
 
 
 def kaggle_ids(files: Sequence[Path]) -> dict[str, Path]:
@@ -141,8 +117,10 @@ def predict_kaggle(
                        parameters=("out", "force"))
     files = kaggle_ids([source.path for source in collect_sources(inputs)])  # an .h5 input fails here: not .tif
     order = list(files)
+    notes: list[str] = []
     if template is not None:
-        wanted = read_template(template)
+        table = read_template_table(template)
+        wanted, notes = table.ids, list(table.notes)
         missing = [identifier for identifier in wanted if identifier not in files]
         extra = sorted(set(files) - set(wanted))
         if missing or extra:
@@ -158,6 +136,7 @@ def predict_kaggle(
         order = wanted
     result = predict_files(model, [files[identifier] for identifier in order], None, tta=tta, batch_size=batch_size,
                            device=device, progress=progress)
+    result.notes = [*notes, *result.notes]
     lines = ["id,label"] + [f"{identifier},{probability:.6f}" for identifier, probability in
                             zip(order, np.asarray(result.probabilities))]
     result.out = write_text_atomic(out_path, "\n".join(lines) + "\n")

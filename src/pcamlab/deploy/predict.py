@@ -50,6 +50,7 @@ class PredictionResult:
         skipped: files skipped as unusable (only with ``skip_bad``).
         out: the CSV written, or None.
         runtime: the runtime that scored (``torch | onnx | int8 | torchscript``) and why it was chosen.
+        notes: what reading the inputs skipped or read unusually (hidden files, link loops, template quirks).
     """
 
     names: list[str]
@@ -62,6 +63,7 @@ class PredictionResult:
     out: Path | None = None
     runtime: str = "torch"
     runtime_reason: str = ""
+    notes: list[str] = field(default_factory=list)
 
 
 def _open_output(out: Path, force: bool) -> tuple[Any, str]:
@@ -143,8 +145,9 @@ def predict_files(
     names: list[str] = []
     probabilities: list[np.ndarray] = []
     skipped: list[str] = []
+    notes: list[str] = []
     sources = collect_sources(inputs, patch_size=contract.patch_size, skip_bad=skip_bad,
-                              skipped=skipped)
+                              skipped=skipped, notes=notes)
     total = sum(source.count for source in sources)
     file, temporary = _open_output(out_path, force) if out_path is not None else (None, None)
     try:
@@ -200,4 +203,5 @@ def predict_files(
         out=out_path,
         runtime=runtime,
         runtime_reason=runtime_reason,
+        notes=notes,
     )

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pcamlab.data.readers import IMAGE_SUFFIXES, PATCH_SIZE, BadImageError, check_x_dataset, decode_image_file
+from pcamlab.data.walk import walk_files
 from pcamlab.errors import DataError
 from pcamlab.fileio import printable
 
@@ -52,17 +53,6 @@ def h5_row_name(path: Path, row: int) -> str:
     return printable(f"{path} row {row}")
 
 
-def _folder_images(folder: Path) -> list[Path]:
-    """Image files below ``folder`` at any depth, sorted; hidden files and folders are skipped."""
-    found = []
-    for directory, subdirectories, files in os.walk(folder):
-        subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
-        for name in files:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(Path(directory) / name)
-    return sorted(found)
-
-
 def _h5_source(path: Path, patch_size: int) -> PatchSource:
     from pcamlab.hdf5 import damaged_structure, open_hdf5
 
@@ -88,16 +78,20 @@ def collect_sources(
     patch_size: int = PATCH_SIZE,
     skip_bad: bool = False,
     skipped: list[str] | None = None,
+    notes: list[str] | None = None,
 ) -> list[PatchSource]:
     """Resolve inputs into a list of patch sources, checking each one.
 
     Args:
-        inputs: image files, folders (searched recursively for images) and ``.h5`` files with a
-            dataset ``x`` of uint8 ``(N, patch_size, patch_size, 3)`` patches.
+        inputs: image files, folders and ``.h5`` files with a dataset ``x`` of uint8
+            ``(N, patch_size, patch_size, 3)`` patches. Folders are listed at any depth by the walker every
+            command uses (:func:`pcamlab.data.walk.walk_files`: links followed, a folder reached twice listed
+            once, hidden files and OS junk skipped).
         patch_size: side of the patches the model takes (from the checkpoint contract).
         skip_bad: leave out h5 files that cannot be opened or hold no usable dataset ``x`` instead of
             raising; their names are appended to ``skipped``.
         skipped: list collecting the names of files left out.
+        notes: list collecting the walker's notes (hidden files skipped, link loops, broken links).
 
     Returns:
         One source per image file or h5 file, in input order (folders sorted); a file reached
@@ -125,7 +119,10 @@ def collect_sources(
         if not path.exists():
             raise DataError(f"input {str(path)!r} does not exist; pass {_ACCEPTED}")
         if path.is_dir():
-            images = _folder_images(path)
+            listing = walk_files(path, IMAGE_SUFFIXES)
+            images = listing.files
+            if notes is not None:
+                notes.extend(listing.notes)
             if not images:
                 raise DataError(
                     f"input folder {str(path)!r} holds no image file ({'/'.join(IMAGE_SUFFIXES)}) at any depth; "

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pcamlab.data.runfiles import UNDEFINED, is_undefined, read_run_csv, read_json
 from pcamlab.errors import ConfigError, DataError, did_you_mean
 from pcamlab.fileio import printable
 
@@ -113,26 +114,14 @@ def _lookup(flat: Mapping[str, Any], aliases: Sequence[str]) -> Any:
 
 
 def _usable(value: Any) -> bool:
-    if value is None or isinstance(value, (list, tuple, Mapping)):
-        return False
-    return not (isinstance(value, float) and math.isnan(value))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        values = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{str(path)!r} is not readable JSON ({error}); re-run the step that writes it") from None
-    if not isinstance(values, dict):
-        raise DataError(f"{str(path)!r} must hold a JSON object; got {type(values).__name__}")
-    return values
+    return not (is_undefined(value) or isinstance(value, (list, tuple, Mapping)))
 
 
 def _run_facts(run_dir: Path) -> dict[str, Any]:
     """Model, size and training facts from summary.json, config.yaml and history.csv (when present)."""
     facts: dict[str, Any] = {}
     summary_path = run_dir / "summary.json"
-    flat = _flatten(_read_json(summary_path)) if summary_path.is_file() else {}
+    flat = _flatten(read_json(summary_path)) if summary_path.is_file() else {}
     for column, aliases in SUMMARY_ALIASES.items():
         facts[column] = _lookup(flat, aliases)
     config_path = run_dir / "config.yaml"
@@ -148,19 +137,16 @@ def _run_facts(run_dir: Path) -> dict[str, Any]:
     history_path = run_dir / "history.csv"
     if history_path.is_file() and (facts["epochs"] is None or facts["best_val_auc"] is None):
         try:
-            with history_path.open(newline="") as stream:
-                rows = list(csv.DictReader(stream))
-        except (OSError, UnicodeDecodeError, csv.Error):
+            rows = read_run_csv(history_path)
+        except DataError:
             rows = []
         if rows and facts["epochs"] is None:
             facts["epochs"] = len(rows)
         scores = []
         for index, row in enumerate(rows, start=1):
-            try:
-                scores.append((float(row.get("val_auc") or "nan"), int(float(row.get("epoch") or index))))
-            except ValueError:
-                continue
-        scores = [(score, epoch) for score, epoch in scores if not math.isnan(score)]
+            score, epoch = row.get("val_auc"), row.get("epoch")
+            if isinstance(score, (int, float)) and not is_undefined(score):
+                scores.append((float(score), int(epoch) if isinstance(epoch, (int, float)) and not is_undefined(epoch) else index))
         if scores and facts["best_val_auc"] is None:
             best = max(scores)
             facts["best_val_auc"] = best[0]
@@ -183,7 +169,7 @@ def _cv_row(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "cv_summary.json"
     if not path.is_file():
         return None
-    summary = _read_json(path)
+    summary = read_json(path)
     metrics = summary.get("metrics") if isinstance(summary.get("metrics"), Mapping) else {}
 
     def spread(name: str, key: str) -> Any:
@@ -271,7 +257,7 @@ def format_config_differences(differences: Mapping[str, Mapping[str, Any]], form
     runs = list(dict.fromkeys(run for values in differences.values() for run in values))
 
     def show(value: Any) -> str:
-        return "-" if value is None else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+        return UNDEFINED if is_undefined(value) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
     if format == "markdown":
         lines = ["| config field | " + " | ".join(runs) + " |", "| --- |" + " --- |" * len(runs)]
@@ -287,7 +273,7 @@ def format_config_differences(differences: Mapping[str, Mapping[str, Any]], form
 
 def _sort_key(row: Mapping[str, Any], column: str) -> tuple[int, Any]:
     value = row.get(column)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if is_undefined(value):
         return (1, 0)  # missing values last, whatever the direction
     if column in TEXT_COLUMNS or not isinstance(value, (int, float)):
         return (0, str(value))
@@ -355,7 +341,7 @@ def compare_runs(run_dirs: Sequence[str | Path], sort_by: str = "roc_auc") -> li
             rows.append({**dict.fromkeys(COLUMNS), **facts, "run": printable(name), "evaluation": None})
             continue
         for path in files:
-            flat = _flatten(_read_json(path))
+            flat = _flatten(read_json(path))
             row = dict.fromkeys(COLUMNS)
             row.update(facts)
             row["run"] = printable(name)
@@ -382,8 +368,8 @@ def _present_columns(
 
 def _text(value: Any, precise: bool = False, decimals: int | None = None) -> str:
     """A cell's text; ``decimals`` fixes a float's places (the column's), else 4 below 10 and 1 above."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "" if precise else "-"
+    if is_undefined(value):
+        return "" if precise else UNDEFINED
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
@@ -405,7 +391,7 @@ def _cells(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[li
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """Rows as an aligned plain-text table for the terminal (numbers right-aligned, '-' = unknown; one number
+    """Rows as an aligned plain-text table for the terminal (numbers right-aligned, '—' = unknown or undefined; one number
     format per column: 4 decimals, or 1 where any of its values is 10 or more).
 
     Without ``columns``, shows the :data:`KEY_COLUMNS` that have a value in some row.
@@ -439,7 +425,7 @@ def format_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None 
 
 
 def format_markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """Rows as a GitHub-flavoured Markdown table ('-' = unknown); default columns as format_table.
+    """Rows as a GitHub-flavoured Markdown table ('—' = unknown or undefined); default columns as format_table.
 
     Each column has one number format: 4 decimals, or 1 where any of its values is 10 or more.
     """

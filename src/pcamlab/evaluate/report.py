@@ -22,10 +22,8 @@ Example:
 from __future__ import annotations
 
 import base64
-import csv
 import datetime
 import html
-import json
 import math
 import os
 import tempfile
@@ -34,6 +32,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pcamlab.data.runfiles import UNDEFINED, is_undefined, read_json, read_run_csv
+from pcamlab.data.walk import walk_files
 from pcamlab.errors import DataError
 from pcamlab.fileio import printable
 
@@ -189,15 +189,13 @@ def _data_uri(png: bytes) -> str:
 
 def _format_value(value: Any) -> str:
     """A metric or summary value as short text (4 significant decimals for floats)."""
-    if value is None:
-        return "n/a"
+    if is_undefined(value):
+        return UNDEFINED
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int) and abs(value) >= 10000:
         return f"{value:,}"
     if isinstance(value, float):
-        if math.isnan(value):
-            return "n/a"
         if abs(value) < 10:
             return f"{value:.4f}"
         return f"{value:.0f}" if value.is_integer() else f"{value:.2f}"
@@ -227,22 +225,21 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> tuple[Any, str | None]:
-    """The parsed JSON and None, or None and a note saying why it could not be read."""
+    """The parsed JSON (old versions' bare NaN/Infinity as None) and None, or None and a note saying why not."""
     try:
-        return json.loads(path.read_text()), None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return None, f"{path.name} could not be read ({type(error).__name__}: {error}); it is left out."
+        return read_json(path, expect=None), None
+    except DataError as error:
+        return None, f"{path.name} could not be read ({error}); it is left out."
 
 
 def _walk(run_dir: Path, pattern: str) -> list[Path]:
-    """Files matching ``pattern`` in run_dir and its subfolders, skipping tensorboard and hidden ones."""
-    found = []
-    for path in run_dir.rglob(pattern):
-        relative = path.relative_to(run_dir)
-        if any(part in SKIPPED_FOLDERS or part.startswith(".") for part in relative.parts):
-            continue
-        if path.is_file():
-            found.append(path)
+    """Files named ``pattern`` (``*.png`` or an exact name) in run_dir and its subfolders, listed by the walker
+    every command uses (:func:`pcamlab.data.walk.walk_files`: hidden entries and OS junk skipped, links followed
+    once), skipping tensorboard/; the shallowest first."""
+    suffix = pattern[1:] if pattern.startswith("*.") else Path(pattern).suffix
+    found = [path for path in walk_files(run_dir, (suffix,)).files
+             if (pattern.startswith("*.") or path.name == pattern)
+             and not any(part in SKIPPED_FOLDERS for part in path.relative_to(run_dir).parts)]
     return sorted(found, key=lambda path: (len(path.relative_to(run_dir).parts), str(path)))
 
 
@@ -359,19 +356,19 @@ def _summary_section(run_dir: Path) -> tuple[str, dict[str, Any]]:
     return "".join(parts), values
 
 
-def _read_history_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as stream:
-        return list(csv.DictReader(stream))
+def _read_history_rows(path: Path) -> list[dict[str, Any]]:
+    return read_run_csv(path)  # numbers parsed, nan/inf/empty cells None
 
 
-def _history_summary(rows: list[dict[str, str]]) -> str:
+def _history_summary(rows: list[dict[str, Any]]) -> str:
     def number(text: Any) -> float:
         try:
             return float(text)
         except (TypeError, ValueError):
             return math.nan
 
-    scores = [(number(row.get("val_auc")), row.get("epoch", str(index + 1))) for index, row in enumerate(rows)]
+    scores = [(number(row.get("val_auc")), index + 1 if row.get("epoch") is None else row["epoch"])
+              for index, row in enumerate(rows)]
     scores = [(value, epoch) for value, epoch in scores if not math.isnan(value)]
     text = f"{len(rows)} epoch{'' if len(rows) == 1 else 's'} recorded."
     if scores:
@@ -380,7 +377,7 @@ def _history_summary(rows: list[dict[str, str]]) -> str:
     return f"<p>{text}</p>"
 
 
-def _plot_history_fallback(rows: list[dict[str, str]], target: Path) -> Path:
+def _plot_history_fallback(rows: list[dict[str, Any]], target: Path) -> Path:
     """A small two-panel loss / AUC plot, used when pcamlab.evaluate.plots is unavailable."""
     from matplotlib.figure import Figure
 
@@ -412,11 +409,11 @@ def _plot_history_fallback(rows: list[dict[str, str]], target: Path) -> Path:
 def _training_section(run_dir: Path, curves_png: Path | None) -> str:
     path = run_dir / "history.csv"
     parts = []
-    rows: list[dict[str, str]] = []
+    rows: list[dict[str, Any]] = []
     if path.is_file():
         try:
             rows = _read_history_rows(path)
-        except (OSError, UnicodeDecodeError, csv.Error) as error:
+        except DataError as error:
             parts.append(_note(f"history.csv could not be read ({error})."))
         if rows:
             parts.append(_history_summary(rows))
@@ -589,22 +586,22 @@ def _cv_section(run_dir: Path) -> tuple[str, str]:
         return _note(problem), ""
     if not isinstance(summary, Mapping):
         return "", ""
-    rows: list[dict[str, str]] = []
+    rows: list[dict[str, Any]] = []
     results = run_dir / "cv_results.csv"
     if results.is_file():
         try:
-            with results.open(newline="") as stream:
-                rows = list(csv.DictReader(stream))
-        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            rows = read_run_csv(results)
+        except DataError as error:
             return _note(f"cv_results.csv could not be read ({error})."), ""
     metrics = summary.get("metrics") if isinstance(summary.get("metrics"), Mapping) else {}
     names = {"val_auc": "Validation ROC AUC", "val_loss": "Validation loss", "val_accuracy": "Validation accuracy at 0.5"}
 
     def spread(metric: str) -> str:
         values = metrics.get(metric)
-        if not isinstance(values, Mapping) or not _is_number(values.get("mean")):
-            return "-"
-        sd = f"{values['sd']:.4f}" if _is_number(values.get("sd")) else "n/a"
+        if not isinstance(values, Mapping) or not _is_number(values.get("mean")) or is_undefined(values.get("mean")):
+            return UNDEFINED
+        sd = values.get("sd")
+        sd = f"{sd:.4f}" if _is_number(sd) and not is_undefined(sd) else UNDEFINED
         return f"{values['mean']:.4f} &plusmn; {sd}"
 
     columns = ["repeat", "fold", "train_patches", "valid_patches", "val_auc", "val_loss", "val_accuracy", "best_epoch"]

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pcamlab.errors import CheckpointError, ConfigError
+from pcamlab.fileio import json_safe
 
 # The one place where the server reaches the prediction runtime.
 from pcamlab.runtime import InputContract, load_predictor
@@ -104,7 +105,8 @@ class ServedModel:
         config = getattr(self.predictor, "config", None) or {}
         if isinstance(config, RunConfig):
             config = config_to_dict(config)
-        return dict(config), dict(getattr(self.predictor, "metadata", None) or {})
+        # json_safe: metadata of older versions may hold NaN/Infinity, which the card shows as null (the page: '—')
+        return dict(config), json_safe(dict(getattr(self.predictor, "metadata", None) or {}))
 
     def _build_card(self) -> dict[str, Any]:
         config, metadata = self._facts()

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import tempfile
@@ -29,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from pcamlab.data.walk import SLIDE_SUFFIXES, is_skipped_name, walk_files  # whole-slide formats OpenSlide or tiffslide read
 from pcamlab.errors import ConfigError, DataError, RunError
+from pcamlab.fileio import json_safe
 
 __all__ = ["SLIDE_SUFFIXES", "RESULT_FILES", "SlideJob", "SlideJobs", "SlideNotFound", "JobNotFound", "JobNotReady",
            "SlideQueueFull", "list_slides", "resolve_slide", "write_heat_layer"]
 
-# Whole-slide formats OpenSlide or tiffslide read (pcamlab.slide.open_slide); listed for the page.
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide")
 # What a finished job serves: name in the URL -> file in the slide's result folder.
 RESULT_FILES = {
     "thumbnail.png": "thumbnail.png",  # the whole slide, RGB
@@ -64,21 +63,20 @@ class SlideQueueFull(DataError):
 
 
 def list_slides(root: Path, limit: int = MAX_LISTED) -> list[str]:
-    """Slide files below ``root`` (any depth; hidden entries, links leading outside it and files that do not
-    open as slides skipped) as POSIX paths relative to it, sorted."""
-    found: list[str] = []
+    """Slide files below ``root`` as POSIX paths relative to it, sorted, at most ``limit``.
+
+    Listed by the walker every command uses (:func:`pcamlab.data.walk.walk_files`: links followed once,
+    hidden entries and OS junk skipped), with links leading outside the root not followed; files that do
+    not open as slides are left out.
+    """
     root = Path(root)
-    base = root.resolve()
-    for directory, subdirectories, files in os.walk(root):
-        subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
-        for name in sorted(files):
-            path = Path(directory) / name
-            if (not name.startswith(".") and name.lower().endswith(SLIDE_SUFFIXES)
-                    and path.resolve().is_relative_to(base) and _opens(path)):
-                found.append(path.relative_to(root).as_posix())
-                if len(found) >= limit:
-                    return sorted(found)
-    return sorted(found)
+    found: list[str] = []
+    for path in walk_files(root, SLIDE_SUFFIXES, inside_root=True).files:
+        if _opens(path):
+            found.append(path.relative_to(root).as_posix())
+            if len(found) >= limit:
+                break
+    return found
 
 
 def _opens(path: Path) -> bool:
@@ -117,7 +115,9 @@ def resolve_slide(root: Path, name: str) -> Path:
         )
     base = Path(root).resolve()
     path = (base / text).resolve()
-    if not path.is_relative_to(base) or not path.is_file() or not path.name.lower().endswith(SLIDE_SUFFIXES):
+    hidden = any(is_skipped_name(part, folder=True) for part in parts)  # what list_slides never shows
+    if (hidden or not path.is_relative_to(base) or not path.is_file()
+            or not path.name.lower().endswith(SLIDE_SUFFIXES)):
         raise SlideNotFound(f"no slide {text!r} below the slide root; GET /v1/slides lists the slides there")
     return path
 
@@ -327,7 +327,7 @@ class SlideJobs:
                 size = thumbnail.size
             write_heat_layer(folder / RESULT_FILES["heatmap.png"], result.probability_map,
                              Grid(**result.summary["grid"]), size)
-            job.summary = {key: result.summary.get(key) for key in SUMMARY_KEYS}
+            job.summary = json_safe({key: result.summary.get(key) for key in SUMMARY_KEYS})  # NaN/inf as null
             job.folder = folder
             job.progress = 1.0
             job.status = "done"

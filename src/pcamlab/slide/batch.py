@@ -13,9 +13,45 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from pcamlab.data.walk import SLIDE_SUFFIXES, walk_files
 from pcamlab.errors import ConfigError, DataError
+from pcamlab.fileio import printable
 
-__all__ = ["shard", "slide_folders"]
+__all__ = ["shard", "slide_folders", "slide_files"]
+
+
+def slide_files(inputs: Sequence[str | os.PathLike], notes: list[str] | None = None) -> list[Path]:
+    """The slides named by ``inputs``: a file is itself, a folder its slide files at any depth.
+
+    Folders are listed by the walker every command uses (:func:`pcamlab.data.walk.walk_files`: links
+    followed, a folder reached twice listed once, hidden entries and OS junk skipped), with the suffixes
+    of :data:`pcamlab.data.walk.SLIDE_SUFFIXES`, sorted. A slide reached twice is listed once.
+
+    Args:
+        inputs: slide files and folders, in the order given.
+        notes: list collecting the walker's notes (hidden files skipped, link loops, broken links).
+
+    Raises:
+        DataError: an input does not exist, or a folder holds no slide file.
+    """
+    found: dict[Path, Path] = {}
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            listing = walk_files(path, SLIDE_SUFFIXES)
+            if notes is not None:
+                notes.extend(listing.notes)
+            if not listing.files:
+                raise DataError(f"slide folder {printable(path)!r} holds no slide file ({'/'.join(SLIDE_SUFFIXES)}) at "
+                                "any depth; pass slide files or a folder of them")
+            paths = listing.files
+        elif path.exists():
+            paths = [path]
+        else:
+            raise DataError(f"slide {printable(path)!r} does not exist; pass slide files or a folder of them")
+        for slide in paths:
+            found.setdefault(slide.resolve(), slide)
+    return list(found.values())
 
 
 def shard(slides: Sequence[str | os.PathLike], index: int, count: int) -> list[str | os.PathLike]:

@@ -23,7 +23,6 @@ import base64
 import csv
 import html
 import io
-import json
 import math
 import warnings
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from pcamlab.data.runfiles import UNDEFINED, is_undefined, read_json
 from pcamlab.fileio import save_png, write_text_atomic
 
 __all__ = ["TRIAL_COLUMNS", "base_verdict", "hanley_mcneil_interval", "trial_rows", "write_outputs"]
@@ -146,9 +146,10 @@ def base_verdict(base: dict[str, Any]) -> str:
 
 
 def _cell(value: Any, precise: bool = False) -> str:
-    """A table cell: empty for None, floats to 4 decimals (``precise``: in full, for CSV)."""
-    if value is None:
-        return ""
+    """A table cell: floats to 4 decimals, an undefined value (None, NaN, infinite) as ``—``; ``precise``: for
+    CSV, floats in full and undefined as an empty cell."""
+    if is_undefined(value):
+        return "" if precise else UNDEFINED
     if isinstance(value, float):
         return repr(value) if precise else f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
     return str(value)
@@ -344,7 +345,7 @@ def write_outputs(study, out_dir: str | Path, settings, base: dict[str, Any], ta
                      + "). The best of many trials is optimistic: it was chosen on the same validation data; confirm it on the test split.</p>"))
     for title, path, reason in figures:
         sections.append((title, _png_tag(path) if path else f"<p class='note'>not drawn: {html.escape(reason or '')}</p>"))
-    storage = json.loads((out_dir / "study.json").read_text())["storage"] if (out_dir / "study.json").is_file() else "study.db"
+    storage = read_json(out_dir / "study.json").get("storage") or "study.db" if (out_dir / "study.json").is_file() else "study.db"
     dashboard = dashboard_command(out_dir / "study.db") if storage == "study.db" else f"{dashboard_command(storage)} (with its password)"
     sections.append(("Open the study interactively", f"<p><code>{html.escape(dashboard)}</code> then open http://127.0.0.1:8080/</p>"))
     facts = [

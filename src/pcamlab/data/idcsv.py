@@ -1,0 +1,416 @@
+"""One reader for every CSV that lists ids with values: labels, splits, templates, slide references.
+
+pcamlab meets these files in several places: Kaggle's ``train_labels.csv`` (``id,label``), the
+``splits.csv`` that ``data convert`` writes (``id,split``), the competition's ``sample_submission.csv``
+(``id,label``; only the ids are read) and Camelyon16-style slide reference CSVs (``slide,label`` with
+``Tumor``/``Normal`` or 1/0). Each is read by :func:`read_id_csv`, so each follows the same rules:
+
+- text: UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8"); ``\\r\\n`` or ``\\n`` line ends;
+  an Excel workbook or other non-UTF-8 bytes are refused with the line of the first bad byte;
+- separators: ``,``; ``;`` or tab when the header holds no comma (Excel with a comma decimal separator);
+  Excel's ``sep=X`` first line;
+- header: column names matched ignoring case, spaces, ``_`` and ``-`` (``Image ID`` = ``image_id``),
+  each column by its name or one of its aliases (``slide`` | ``id`` | ``image``); columns in any order;
+  other columns (a pandas index column from ``to_csv()`` without ``index=False``) are ignored and said;
+- ids: surrounding spaces dropped; a folder (``train/<id>.tif``) and a known file suffix
+  (:data:`ID_SUFFIXES`, e.g. ``.tif``, ``.svs``) dropped and said; an empty id is refused;
+- rows: blank rows skipped; a row repeated with the same values counted once and said; the same id with
+  different values (e.g. two labels) refused with both line numbers; a row shorter than the header, or
+  with more filled cells than the header names, refused.
+
+What is read "in a way the format does not prescribe but is unambiguous" is listed in
+:attr:`IdTable.notes`, which commands show as ``note:`` lines. Everything else raises
+:class:`~pcamlab.errors.DataError` naming the file and line.
+
+Example:
+    >>> from pcamlab.data.idcsv import Column, binary_label, read_id_csv
+    >>> table = read_id_csv("train_labels.csv", [Column("label", parse=binary_label)])
+    >>> table.ids[:2], table.column("label")["f38a6374c348f90b587e046aac6079959adf3835"]
+    >>> reference = read_id_csv("reference.csv", [Column("label", aliases=("class",), parse=tumour_label)],
+    ...                         id_column=SLIDE_ID)
+    >>> labels = reference.column("label")   # {"tumor_001": 1, "normal_001": 0, ...}
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pcamlab.data.walk import IMAGE_SUFFIXES, SLIDE_SUFFIXES
+from pcamlab.errors import DataError
+from pcamlab.fileio import printable
+
+__all__ = [
+    "ID_SUFFIXES",
+    "Column",
+    "Parsed",
+    "IdTable",
+    "ID",
+    "SLIDE_ID",
+    "read_id_csv",
+    "binary_label",
+    "tumour_label",
+    "header_key",
+]
+
+#: File suffixes dropped from ids (``abc.tif`` -> ``abc``): patch images and whole-slide images.
+ID_SUFFIXES = tuple(dict.fromkeys((*IMAGE_SUFFIXES, *SLIDE_SUFFIXES)))
+
+_WORKBOOK_MAGIC = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0")  # .xlsx (a zip) and the old .xls (OLE2)
+_INDEX_NAMES = ("", "unnamed0")  # header_key of pandas' index column: '' or 'Unnamed: 0'
+
+
+class Parsed(NamedTuple):
+    """What a column's ``parse`` returns when it read the cell in a way worth a note (e.g. ``1.0`` as 1).
+
+    Rows that produced the same ``note`` are counted into one line of :attr:`IdTable.notes`.
+    """
+
+    value: Any
+    note: str
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of an id CSV: its name, the other names it may have, and how a cell is read.
+
+    Attributes:
+        name: the name rows are returned under (``IdTable.column(name)``) and messages use.
+        aliases: other header names that mean this column (matched like ``name``: see :func:`header_key`).
+        parse: ``parse(cell text) -> value`` or :class:`Parsed`; raises ``ValueError(reason)`` for a bad
+            cell, where ``reason`` says what is allowed (e.g. ``"labels must be 0 or 1"``). The text is
+            stripped of surrounding spaces first. Default: the text itself, which must not be empty.
+        required: whether the header must have the column; a missing optional column gives ``default``.
+        default: value of an optional column that the file does not have.
+    """
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    parse: Callable[[str], Any] | None = None
+    required: bool = True
+    default: Any = None
+
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+    def read(self, text: str) -> Any:
+        if self.parse is not None:
+            return self.parse(text)
+        if not text:
+            raise ValueError(f"{self.name} must not be empty")
+        return text
+
+
+#: The id column of Kaggle files and pcamlab's own (``id``; also ``image`` / ``image_id``).
+ID = Column("id", aliases=("image", "image id", "imageid"))
+#: The id column of slide CSVs (Camelyon16 ``reference.csv``): ``slide``, or ``id``/``image``/``name``/...
+SLIDE_ID = Column("slide", aliases=("id", "image", "slide id", "slide name", "wsi", "name", "file", "filename"))
+
+
+def header_key(name: str) -> str:
+    """How header names are compared: lower case without spaces, ``_`` or ``-`` (``' Image_ID'`` -> ``'imageid'``)."""
+    return re.sub(r"[\s_\-]+", "", name.strip().lower())
+
+
+def binary_label(text: str) -> int | Parsed:
+    """A 0/1 label; ``0.0``/``1.0`` (pandas writes floats) read as 0/1 with a note.
+
+    Raises:
+        ValueError: anything else (``labels must be 0 or 1``).
+    """
+    if text in ("0", "1"):
+        return int(text)
+    if text in ("0.0", "1.0"):
+        return Parsed(int(text[0]), "labels are written as floats (0.0/1.0); read as 0/1")
+    raise ValueError("labels must be 0 or 1")
+
+
+_TUMOUR_WORDS = {"tumor": 1, "tumour": 1, "normal": 0}
+
+
+def tumour_label(text: str) -> int | Parsed:
+    """A slide or patch label: ``Tumor``/``Tumour`` = 1, ``Normal`` = 0 (any case), or 0/1 (``1.0`` too).
+
+    The words are Camelyon16's (its ``reference.csv`` lists ``Tumor`` or ``Normal`` per test slide);
+    both spellings of tumour are accepted.
+
+    Raises:
+        ValueError: anything else.
+    """
+    word = _TUMOUR_WORDS.get(text.lower())
+    if word is not None:
+        return word
+    try:
+        return binary_label(text)
+    except ValueError:
+        raise ValueError("labels must be Tumor/Tumour/Normal (any case) or 1/0") from None
+
+
+@dataclass(frozen=True)
+class IdTable(Mapping):
+    """The rows of an id CSV: ``table[id]`` is that id's ``{column name: value}``, ids in file order.
+
+    Attributes:
+        path: the file read.
+        columns: the value columns' names (``Column.name``), in the order asked.
+        rows: id -> ``{column name: value}``, each id once, in order of first appearance.
+        lines: id -> the 1-based line of its first row (for messages).
+        notes: what was read in a way the format does not prescribe but is unambiguous.
+    """
+
+    path: Path
+    columns: tuple[str, ...]
+    rows: dict[str, dict[str, Any]]
+    lines: dict[str, int] = field(repr=False)
+    notes: tuple[str, ...] = ()
+
+    def __getitem__(self, identifier: str) -> dict[str, Any]:
+        return self.rows[identifier]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def ids(self) -> list[str]:
+        """The ids, in file order."""
+        return list(self.rows)
+
+    def column(self, name: str) -> dict[str, Any]:
+        """id -> the value of column ``name``, in file order (e.g. ``{"tumor_001": 1, ...}``)."""
+        if name not in self.columns:
+            raise KeyError(f"{name!r} is not a column read from {printable(self.path)}; read: {list(self.columns)}")
+        return {identifier: row[name] for identifier, row in self.rows.items()}
+
+
+def _decode(path: Path, raw: bytes, hint: str) -> str:
+    if raw.startswith(_WORKBOOK_MAGIC):
+        raise DataError(
+            f"{printable(path)!r} is an Excel workbook, not CSV text; save it as 'CSV UTF-8 (comma delimited)' "
+            f"with the columns {hint}"
+        )
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{printable(path)!r} is not UTF-8 text (byte 0x{raw[error.start]:02x} on line {line}); save it as "
+            "'CSV UTF-8'"
+        ) from None
+
+
+def _dialect(path: Path, text: str, notes: list[str]) -> tuple[str, bool]:
+    """``(delimiter, whether the first line is Excel's sep= line)``."""
+    first = text.split("\n", 1)[0].strip()
+    if first.lower().startswith("sep=") and len(first) == 5:
+        notes.append(f"{path.name} starts with Excel's 'sep={first[4]}' line; read with that separator")
+        return first[4], True
+    if "," not in first:
+        for candidate, what in ((";", "semicolons"), ("\t", "tabs")):
+            if candidate in first:
+                notes.append(f"{path.name} is separated by {what}, not commas; read as such")
+                return candidate, False
+    return ",", False
+
+
+def _clean_id(text: str, suffixes: Sequence[str], counts: dict[str, int]) -> str:
+    identifier = text
+    if "/" in identifier or "\\" in identifier:
+        identifier = re.split(r"[/\\]", identifier)[-1]
+        counts["folder"] += 1
+    stem, dot, suffix = identifier.rpartition(".")
+    if dot and stem and f".{suffix.lower()}" in suffixes:
+        identifier = stem
+        counts["suffix"] += 1
+    return identifier
+
+
+def _locate_columns(path: Path, header: list[str], wanted: list[Column], line: int) -> dict[str, int]:
+    """Position of each wanted column in ``header`` (optional ones absent from it are left out)."""
+    keys = [header_key(cell) for cell in header]
+    positions: dict[str, int] = {}
+    for column in wanted:
+        names = {header_key(name) for name in column.names()}
+        found = [index for index, key in enumerate(keys) if key in names]
+        if len(found) > 1:
+            raise DataError(
+                f"{printable(path)!r} line {line} has {len(found)} columns meaning {column.name!r} "
+                f"({[header[index] for index in found]}); keep one: rename or delete the others"
+            )
+        if found:
+            positions[column.name] = found[0]
+        elif column.required:
+            expected = ",".join(item.name for item in wanted if item.required)
+            also = f" ({column.name!r} may also be named {list(column.aliases)})" if column.aliases else ""
+            raise DataError(
+                f"{printable(path)!r} line {line} is {header!r}; the header must name the columns {expected!r}{also}: "
+                "add or fix the header row"
+            )
+    return positions
+
+
+def read_id_csv(
+    path: str | os.PathLike,
+    columns: Sequence[Column] = (),
+    *,
+    id_column: Column = ID,
+    id_suffixes: Sequence[str] = ID_SUFFIXES,
+    what: str = "",
+) -> IdTable:
+    """Read a CSV of ids and named value columns, with the rules of this module.
+
+    Args:
+        path: the CSV file.
+        columns: the value columns to read (none: ids only, e.g. a submission template).
+        id_column: the id column; its ``parse`` (if any) checks the cleaned id (folder and suffix dropped)
+            and returns it, e.g. a Kaggle id pattern.
+        id_suffixes: file suffixes dropped from ids (lower case, with the dot).
+        what: what the file is, put before the path in the "does not exist" message (e.g. ``"template"``).
+
+    Returns:
+        An :class:`IdTable`: ``table[id] -> {column: value}``, ``table.column(name) -> {id: value}``,
+        ``table.notes``. Ids in file order, each once.
+
+    Raises:
+        DataError: a missing file, a workbook or non-UTF-8 bytes, a header without the required columns (or
+            with two columns of one meaning), a short row, a row with more filled cells than the header, an
+            empty id, a bad cell (the column's ``parse`` reason), one id with two different values, or no rows.
+            Each message names the file and its line.
+
+    Example:
+        >>> table = read_id_csv("splits.csv", [Column("split")])
+        >>> table.column("split")["f38a6374c348f90b587e046aac6079959adf3835"]
+        'train'
+    """
+    path = Path(path).expanduser()
+    wanted = [id_column, *columns]
+    hint = ",".join(column.name for column in wanted)
+    if not path.is_file():
+        where = f"{what} " if what else ""
+        state = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise DataError(f"{where}{printable(path)!r} {state}; pass a CSV file with the columns {hint}")
+    notes: list[str] = []
+    raw = path.read_bytes()
+    text = _decode(path, raw, hint)
+    if raw.startswith(b"\xef\xbb\xbf"):
+        notes.append(f"{path.name} starts with a UTF-8 byte-order mark (Excel's CSV UTF-8); ignored")
+    delimiter, sep_line = _dialect(path, text, notes)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        if sep_line:
+            next(reader, None)
+        header = next(reader, None)
+        while header is not None and not "".join(header).strip():  # blank lines before the header
+            header = next(reader, None)
+        if header is None:
+            raise DataError(f"{printable(path)!r} is empty; it must start with the header {hint}")
+        header_line = reader.line_num
+        positions = _locate_columns(path, header, wanted, header_line)
+        _note_layout(path, header, positions, wanted, notes)
+        rows, lines, counts, parsed_notes = _read_rows(path, reader, header, positions, wanted, id_suffixes, delimiter)
+    except csv.Error as error:
+        raise DataError(f"{printable(path)!r} line {reader.line_num} is not valid CSV ({error}); fix the quoting") from None
+    if not rows:
+        raise DataError(f"{printable(path)!r} has a header but no rows; it must list {hint} for every item")
+    for count, note in (
+        (counts["suffix"], "ids carry the file suffix (e.g. <id>.tif); read without it"),
+        (counts["folder"], "ids carry a folder (e.g. train/<id>.tif); read the file name only"),
+        *((count, note) for note, count in parsed_notes.items()),
+        (counts["repeated"], f"rows repeat an id{_same(columns)}; each id counted once"),
+    ):
+        if count:
+            notes.append(f"{path.name}: {count} {note}")
+    return IdTable(path, tuple(column.name for column in columns), rows, lines, tuple(notes))
+
+
+def _note_layout(path: Path, header: list[str], positions: dict[str, int], wanted: list[Column], notes: list[str]) -> None:
+    used = set(positions.values())
+    extra = [header[index] for index in range(len(header)) if index not in used]
+    names = " and ".join(column.name for column in wanted if column.name in positions)
+    if extra:
+        index_only = all(header_key(name) in _INDEX_NAMES for name in extra)
+        described = "an unnamed index column (pandas to_csv without index=False)" if index_only else f"columns {extra}"
+        notes.append(f"{path.name} has {described} besides {names}; read {names} only")
+    order = [positions[column.name] for column in wanted if column.name in positions]
+    if order != sorted(order):
+        later = next(column.name for column in wanted[1:] if column.name in positions
+                     and positions[column.name] < positions[wanted[0].name])
+        notes.append(f"{path.name} lists {later} before {wanted[0].name}; read by the column names")
+
+
+def _read_rows(path, reader, header, positions, wanted, id_suffixes, delimiter):
+    rows: dict[str, dict[str, Any]] = {}
+    lines: dict[str, int] = {}
+    counts = {"suffix": 0, "folder": 0, "repeated": 0}
+    parsed_notes: dict[str, int] = {}
+    id_position = positions[wanted[0].name]
+    needed = max(positions.values()) + 1
+    for row in reader:
+        line = reader.line_num
+        if not "".join(row).strip():
+            continue
+        if len(row) < needed:
+            raise DataError(
+                f"{printable(path)!r} line {line} is {delimiter.join(row)!r}; each row needs "
+                f"{' and '.join(_a(column.name) for column in wanted if column.name in positions)}: fix it"
+            )
+        if any(cell.strip() for cell in row[len(header):]):
+            raise DataError(
+                f"{printable(path)!r} line {line} has {len(row)} cells but the header names {len(header)} "
+                f"columns ({delimiter.join(row)!r}); a separator inside a value? quote it or fix the row"
+            )
+        cell = row[id_position].strip()
+        identifier = _clean_id(cell, id_suffixes, counts)
+        identifier = _parse_cell(path, line, wanted[0], identifier, None, parsed_notes, shown=cell)
+        values = {}
+        for column in wanted[1:]:
+            if column.name not in positions:
+                values[column.name] = column.default
+                continue
+            values[column.name] = _parse_cell(path, line, column, row[positions[column.name]].strip(), identifier,
+                                              parsed_notes)
+        if identifier in rows:
+            if rows[identifier] != values:
+                name = next(key for key in values if values[key] != rows[identifier][key])
+                raise DataError(
+                    f"{printable(path)!r} line {line} gives id {identifier} {name} {values[name]!r} but line "
+                    f"{lines[identifier]} gave {rows[identifier][name]!r}; each id needs one {name}: remove the wrong row"
+                )
+            counts["repeated"] += 1
+            continue
+        rows[identifier] = values
+        lines[identifier] = line
+    return rows, lines, counts, parsed_notes
+
+
+def _same(columns: Sequence[Column]) -> str:
+    if not columns:
+        return ""
+    return f" with the same {columns[0].name}" if len(columns) == 1 else " with the same values"
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
+def _parse_cell(path, line, column: Column, text: str, identifier, parsed_notes, shown: str | None = None):
+    try:
+        value = column.read(text)
+    except ValueError as error:
+        owner = f" (id {identifier})" if identifier is not None else ""
+        raise DataError(
+            f"{printable(path)!r} line {line}{owner} has {column.name} {shown if shown is not None else text!r}; "
+            f"{error}: fix the row"
+        ) from None
+    if isinstance(value, Parsed):
+        parsed_notes[value.note] = parsed_notes.get(value.note, 0) + 1
+        return value.value
+    return value

@@ -1,0 +1,472 @@
+"""Each kind of input is read in one place: one table of quirky inputs per kind, run through EVERY entry point.
+
+Kinds (issue 22): id CSVs (``pcamlab.data.idcsv``), folder listings (``pcamlab.data.walk``) and run files of
+earlier versions (``pcamlab.data.runfiles``). A fix to a kind's reader reaches every command; a command that
+reads the kind its own way fails here on the first quirk its twin handles. A new entry point of a kind is
+one more row in that kind's ``*_ENTRY_POINTS`` list; a new quirk is one more row in its table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures_data import kaggle_id, sample_patches, write_kaggle
+from PIL import Image
+
+from pcamlab import stopping
+from pcamlab.data import open_split
+from pcamlab.data.idcsv import SLIDE_ID, Column, read_id_csv, tumour_label
+from pcamlab.data.runfiles import UNDEFINED
+from pcamlab.data.walk import IMAGE_SUFFIXES, walk_files
+from pcamlab.errors import DataError
+
+# ----------------------------------------------------------------------------------------------
+# Kind 1: id CSVs. Each quirk writes a CSV from (id header, value header, [(id, value)]).
+
+
+def _lines(header: str, rows: list[str], end: str = "\n") -> str:
+    return end.join([header, *rows]) + end
+
+
+CSV_QUIRKS = {  # name: write(id_name, value_name, rows) -> bytes
+    "plain": lambda i, v, rows: _lines(f"{i},{v}", [f"{a},{b}" for a, b in rows]).encode(),
+    "bom-crlf": lambda i, v, rows: ("\ufeff" + _lines(f"{i},{v}", [f"{a},{b}" for a, b in rows], "\r\n")).encode(),
+    "header-case-spaces": lambda i, v, rows: _lines(f" {i.upper()} , {v.title()} ", [f"{a},{b}" for a, b in rows]).encode(),
+    "pandas-index": lambda i, v, rows: _lines(f",{i},{v}", [f"{n},{a},{b}" for n, (a, b) in enumerate(rows)]).encode(),
+    "unnamed-0": lambda i, v, rows: _lines(f"Unnamed: 0,{i},{v}", [f"{n},{a},{b}" for n, (a, b) in enumerate(rows)]).encode(),
+    "id-with-suffix": lambda i, v, rows: _lines(f"{i},{v}", [f"{a}.tif,{b}" for a, b in rows]).encode(),
+    "id-with-folder": lambda i, v, rows: _lines(f"{i},{v}", [f"some/folder/{a}.tif,{b}" for a, b in rows]).encode(),
+    "excel-sep-line": lambda i, v, rows: ("sep=;\n" + _lines(f"{i};{v}", [f"{a};{b}" for a, b in rows])).encode(),
+    "semicolons": lambda i, v, rows: _lines(f"{i};{v}", [f"{a};{b}" for a, b in rows]).encode(),
+    "tabs": lambda i, v, rows: _lines(f"{i}\t{v}", [f"{a}\t{b}" for a, b in rows]).encode(),
+    "value-first": lambda i, v, rows: _lines(f"{v},{i}", [f"{b},{a}" for a, b in rows]).encode(),
+    "quoted": lambda i, v, rows: _lines(f'"{i}","{v}"', [f'"{a}","{b}"' for a, b in rows]).encode(),
+    "repeated-row": lambda i, v, rows: _lines(f"{i},{v}", [f"{a},{b}" for a, b in rows + rows[:1]]).encode(),
+    "blank-lines": lambda i, v, rows: ("\n" + _lines(f"{i},{v}", [f"{a},{b}\n" for a, b in rows])).encode(),
+    "trailing-comma": lambda i, v, rows: _lines(f"{i},{v}", [f"{a},{b}," for a, b in rows]).encode(),
+}
+CSV_REFUSED = {  # name: (write, words of the one-line error)
+    "two-values-for-one-id": (lambda i, v, rows, other: _lines(f"{i},{v}", [f"{a},{b}" for a, b in rows]
+                                                               + [f"{rows[0][0]},{other}"]).encode(), "gives id"),
+    "excel-workbook": (lambda i, v, rows, other: b"PK\x03\x04 workbook bytes", "is an Excel workbook"),
+    "latin-1": (lambda i, v, rows, other: _lines(f"{i},{v}", [f"{a},{b}" for a, b in rows] + ["caf\xe9,x"]).encode("latin-1"),
+                "is not UTF-8 text"),
+    "no-header": (lambda i, v, rows, other: _lines(f"{rows[0][0]},{rows[0][1]}", [f"{a},{b}" for a, b in rows[1:]]).encode(),
+                  "line 1 is"),
+    "short-row": (lambda i, v, rows, other: _lines(f"{i},{v}", [f"{a},{b}" for a, b in rows] + [rows[0][0]]).encode(),
+                  "each row needs"),
+    "a-separator-in-a-value": (lambda i, v, rows, other: _lines(f"{i},{v}", [f"{a},{b}" for a, b in rows]
+                                                                + [f"{rows[0][0]},{rows[0][1]},9"]).encode(), "cells but the header"),
+    "empty": (lambda i, v, rows, other: b"", "is empty"),
+}
+
+
+@pytest.fixture(scope="module")
+def patches():
+    return sample_patches(8, "valid", seed=3)
+
+
+class CsvEntry:
+    """One command that reads an id CSV: where the CSV goes, its columns, the values, and what it read."""
+
+    def __init__(self, name, id_name, value_name, values, other, setup, read):
+        self.name, self.id_name, self.value_name = name, id_name, value_name
+        self.values, self.other, self.setup, self.read = values, other, setup, read
+
+
+def _kaggle_labels(root: Path) -> dict[str, object]:
+    found = {}
+    for split in ("train", "valid"):
+        reader = open_split(root, split, valid_fraction=0.25)
+        found.update({Path(reader.name(index)).stem: int(label) for index, label in enumerate(reader.labels)})
+    return found
+
+
+def _kaggle_test_labels(root: Path) -> dict[str, object]:
+    reader = open_split(root, "test")
+    return {Path(reader.name(index)).stem: int(label) for index, label in enumerate(reader.labels)}
+
+
+def _kaggle_splits(root: Path) -> dict[str, object]:
+    return {Path(name).stem: split for split in ("train", "valid")
+            for name in (lambda reader: [reader.name(i) for i in range(len(reader))])(open_split(root, split))}
+
+
+def _template(root: Path) -> dict[str, object]:
+    from pcamlab.deploy.kaggle import read_template
+
+    return dict.fromkeys(read_template(root / "sample_submission.csv"))
+
+
+def _slide_reference(root: Path) -> dict[str, object]:
+    try:  # the slide helpers' reader, once merged: it must follow the same rules
+        from pcamlab.slide.reference import read_reference
+    except ImportError:
+        return read_id_csv(root / "reference.csv", [Column("label", aliases=("class",), parse=tumour_label)],
+                           id_column=SLIDE_ID).column("label")
+    return read_reference(root / "reference.csv")
+
+
+def _csv_entries(patches) -> list[CsvEntry]:
+    images, labels = patches
+    ids = [kaggle_id(image) for image in images]
+    labels = [int(label) for label in labels]
+
+    def kaggle(tmp: Path, csv_name: str, body: bytes, test: bool = False) -> Path:
+        root = write_kaggle(tmp / "kaggle", images, np.asarray(labels), test_images=images if test else None)
+        (root / csv_name).write_bytes(body)
+        return root
+
+    splits = ["train" if index % 2 else "valid" for index in range(len(ids))]
+    slides = [f"tumor_{n:03d}" if label else f"normal_{n:03d}" for n, label in enumerate(labels)]
+    words = ["Tumor" if label else "normal" for label in labels]
+    return [
+        CsvEntry("train_labels.csv", "id", "label", dict(zip(ids, labels)), "0" if labels[0] else "1",
+                 lambda tmp, body: kaggle(tmp, "train_labels.csv", body), _kaggle_labels),
+        CsvEntry("test_labels.csv", "id", "label", dict(zip(ids, labels)), "0" if labels[0] else "1",
+                 lambda tmp, body: kaggle(tmp, "test_labels.csv", body, test=True), _kaggle_test_labels),
+        CsvEntry("splits.csv", "id", "split", dict(zip(ids, splits)), "other",
+                 lambda tmp, body: kaggle(tmp, "splits.csv", body), _kaggle_splits),
+        CsvEntry("sample_submission.csv", "id", "label", dict.fromkeys(ids, 0), "0.5",
+                 lambda tmp, body: kaggle(tmp, "sample_submission.csv", body), _template),
+        CsvEntry("reference.csv", "slide", "label", dict(zip(slides, words)), "normal" if labels[0] else "Tumor",
+                 lambda tmp, body: _write(tmp / "reference.csv", body), _slide_reference),
+    ]
+
+
+def _write(path: Path, body: bytes) -> Path:
+    path.write_bytes(body)
+    return path.parent
+
+
+CSV_ENTRY_NAMES = ["train_labels.csv", "test_labels.csv", "splits.csv", "sample_submission.csv", "reference.csv"]
+
+
+def _expected(entry: CsvEntry) -> dict[str, object]:
+    if entry.name == "sample_submission.csv":
+        return dict.fromkeys(entry.values)  # ids only, in file order
+    if entry.name == "reference.csv":
+        return {key: 1 if value == "Tumor" else 0 for key, value in entry.values.items()}
+    return entry.values
+
+
+@pytest.mark.parametrize("quirk", list(CSV_QUIRKS))
+@pytest.mark.parametrize("entry_name", CSV_ENTRY_NAMES)
+def test_every_id_csv_reader_reads_every_unambiguous_quirk(tmp_path, patches, entry_name, quirk):
+    entry = next(item for item in _csv_entries(patches) if item.name == entry_name)
+    body = CSV_QUIRKS[quirk](entry.id_name, entry.value_name, list(entry.values.items()))
+    root = entry.setup(tmp_path, body)
+    read = entry.read(root)
+    expected = _expected(entry)
+    assert read == expected
+    assert list(read) == list(expected) or entry.name in ("train_labels.csv", "splits.csv")  # file order kept
+
+
+@pytest.mark.parametrize("case", list(CSV_REFUSED))
+@pytest.mark.parametrize("entry_name", CSV_ENTRY_NAMES)
+def test_every_id_csv_reader_refuses_the_same_rows_with_file_and_line(tmp_path, patches, entry_name, case):
+    entry = next(item for item in _csv_entries(patches) if item.name == entry_name)
+    write, words = CSV_REFUSED[case]
+    root = entry.setup(tmp_path, write(entry.id_name, entry.value_name, list(entry.values.items()), entry.other))
+    with pytest.raises(DataError) as error:
+        entry.read(root)
+    message = str(error.value)
+    assert entry.name in message and words in message and "\n" not in message
+
+
+def test_quirks_are_said_as_notes_by_the_commands(tmp_path, patches):
+    """What was read unusually reaches the reader's notes (which `data info`, `train`, `convert` print)."""
+    entry = _csv_entries(patches)[0]
+    body = CSV_QUIRKS["pandas-index"]("id", "label", [(f"train/{key}.tif", value) for key, value in entry.values.items()])
+    root = entry.setup(tmp_path, b"\xef\xbb\xbf" + body)
+    notes = " | ".join(open_split(root, "train", valid_fraction=0.25).notes)
+    for said in ("byte-order mark", "unnamed index column", "ids carry a folder", "ids carry the file suffix"):
+        assert said in notes
+
+
+# ----------------------------------------------------------------------------------------------
+# Kind 2: folder listings. Each case builds a tree below `root` (and maybe beside it) and says which files
+# a listing must return: `names` (paths below root), `outside` (those reached only through a link leading out).
+
+
+def _tif(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, format="TIFF")
+
+
+def _tree_symlinked_subfolder(base, images):  # the issue: 20 patches, half behind a symlinked sub-folder
+    for n in range(10):
+        _tif(base / "root" / "real" / f"r{n:02d}.tif", images[n % len(images)])
+        _tif(base / "elsewhere" / f"s{n:02d}.tif", images[(n + 3) % len(images)])
+    (base / "root" / "linked").symlink_to(base / "elsewhere", target_is_directory=True)
+    names = [f"linked/s{n:02d}.tif" for n in range(10)] + [f"real/r{n:02d}.tif" for n in range(10)]
+    return names, [name for name in names if name.startswith("linked/")]
+
+
+def _tree_symlinked_file(base, images):
+    _tif(base / "root" / "a.tif", images[0])
+    _tif(base / "elsewhere" / "b.tif", images[1])
+    (base / "root" / "b.tif").symlink_to(base / "elsewhere" / "b.tif")
+    return ["a.tif", "b.tif"], ["b.tif"]
+
+
+def _tree_symlink_loop(base, images):
+    _tif(base / "root" / "a.tif", images[0])
+    _tif(base / "root" / "sub" / "b.tif", images[1])
+    (base / "root" / "sub" / "up").symlink_to(base / "root", target_is_directory=True)  # a loop
+    return ["a.tif", "sub/b.tif"], []
+
+
+def _tree_folder_reached_twice(base, images):
+    _tif(base / "root" / "a" / "x.tif", images[0])
+    (base / "root" / "b").symlink_to(base / "root" / "a", target_is_directory=True)
+    return ["a/x.tif"], []
+
+
+def _tree_os_junk(base, images):
+    _tif(base / "root" / "a.tif", images[0])
+    for junk in (".DS_Store", "Thumbs.db", "desktop.ini", "._a.tif"):
+        (base / "root" / junk).write_bytes(b"\x00\x05\x16\x07 not an image")
+    _tif(base / "root" / "__MACOSX" / "b.tif", images[1])  # a macOS zip's resource copies
+    return ["a.tif"], []
+
+
+def _tree_hidden(base, images):
+    _tif(base / "root" / "a.tif", images[0])
+    _tif(base / "root" / ".b.tif", images[1])
+    _tif(base / "root" / ".ipynb_checkpoints" / "a-checkpoint.tif", images[0])  # Jupyter's copies
+    return ["a.tif"], []
+
+
+def _tree_broken_link(base, images):
+    _tif(base / "root" / "a.tif", images[0])
+    (base / "root" / "gone.tif").symlink_to(base / "nowhere.tif")
+    return ["a.tif"], []
+
+
+def _tree_suffix_case(base, images):
+    _tif(base / "root" / "A.TIF", images[0])
+    (base / "root" / "notes.txt").write_text("not an image")
+    return ["A.TIF"], []
+
+
+TREES = {name[len("_tree_"):]: function for name, function in globals().items() if name.startswith("_tree_")}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """An untrained tiny course baseline: enough to run predict and the service's model card."""
+    from pcamlab.config import ModelConfig, RunConfig
+    from pcamlab.models import build_model
+    from pcamlab.runtime import InputContract, save_checkpoint
+
+    config = RunConfig(model=ModelConfig(name="baseline", options={"filters": [4, 8], "dense_units": 8}))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(config.model).eval()
+    path = tmp_path_factory.mktemp("checkpoint") / "best.safetensors"
+    return save_checkpoint(path, model, config, InputContract(threshold=0.5), {"epoch": 1})
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint):
+    from pcamlab.runtime import load_predictor
+
+    return load_predictor(checkpoint)
+
+
+def _walker(root, predictor):
+    return walk_files(root, IMAGE_SUFFIXES).files, root
+
+
+def _folders_reader(root, predictor):
+    data = root.parent / "dataset"
+    (data / "train").mkdir(parents=True)
+    (data / "train" / "1").symlink_to(root, target_is_directory=True)  # the tree is class folder 1
+    return open_split(data, "train", "folders").files, data / "train" / "1"
+
+
+def _kaggle_test(root, predictor):
+    images, labels = sample_patches(2, "train", seed=9)
+    data = write_kaggle(root.parent / "kaggle", images, labels)  # train/ and train_labels.csv: the layout
+    (data / "test").symlink_to(root, target_is_directory=True)
+    return open_split(data, "test", "kaggle").files, data / "test"
+
+
+def _predict(root, predictor):
+    from pcamlab.deploy import predict_files
+
+    return [Path(name) for name in predict_files(predictor, [root]).names], root
+
+
+def _slide_batch(root, predictor):
+    from pcamlab.slide.batch import slide_files
+
+    return slide_files([root]), root
+
+
+def _service_slides(root, predictor):
+    from pcamlab.serve import slides
+
+    original = slides._opens
+    slides._opens = lambda path: True  # listing only: these TIFFs are patches, not pyramids
+    try:
+        return [root / name for name in slides.list_slides(root)], root
+    finally:
+        slides._opens = original
+
+
+LISTING_ENTRY_POINTS = {  # name: (list(root, predictor) -> (paths, base they are below), recursive, inside_root)
+    "walker": (_walker, True, False),
+    "folders reader": (_folders_reader, True, False),
+    "kaggle test split": (_kaggle_test, False, False),
+    "predict": (_predict, True, False),
+    "slide batch": (_slide_batch, True, False),
+    "service slide root": (_service_slides, True, True),
+}
+
+
+@pytest.mark.parametrize("tree", list(TREES))
+@pytest.mark.parametrize("entry_name", list(LISTING_ENTRY_POINTS))
+def test_every_command_lists_files_by_the_same_rules(tmp_path, patches, predictor, entry_name, tree):
+    names, outside = TREES[tree](tmp_path, patches[0])
+    listing, recursive, inside_root = LISTING_ENTRY_POINTS[entry_name]
+    expected = [name for name in names if (recursive or "/" not in name) and not (inside_root and name in outside)]
+    if not expected:
+        pytest.skip(f"{tree} has no file that {entry_name} lists at its top level")
+    paths, base = listing(tmp_path / "root", predictor)
+    assert sorted(Path(path).relative_to(base).as_posix() for path in paths) == sorted(expected)
+
+
+def test_predict_on_a_folder_with_a_symlinked_subfolder_predicts_all_20(tmp_path, patches, checkpoint, capsys):
+    """Issue 22: 10 of 20 patches were predicted (predict did not follow the link the readers followed)."""
+    from pcamlab.cli.main import main
+
+    _tree_symlinked_subfolder(tmp_path, patches[0])
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(checkpoint), str(tmp_path / "root"), "--out", str(out)]) == 0
+    assert "20 patches" in capsys.readouterr().out
+    assert len(out.read_text().splitlines()) == 1 + 20
+
+
+def test_the_walker_says_what_it_skipped(tmp_path, patches):
+    _tree_symlink_loop(tmp_path, patches[0])
+    _tif(tmp_path / "root" / ".hidden.tif", patches[0][0])
+    (tmp_path / "root" / "gone.tif").symlink_to(tmp_path / "nowhere.tif")
+    notes = " | ".join(walk_files(tmp_path / "root", IMAGE_SUFFIXES).notes)
+    assert "symbolic link loop" in notes and "1 hidden files skipped" in notes and "lead nowhere" in notes
+
+
+# ----------------------------------------------------------------------------------------------
+# Kind 3: run files written by earlier versions: bare NaN/Infinity (not JSON) and keys added since.
+
+OLD_METRICS = '{"n": 200, "roc_auc": NaN, "accuracy": 0.9, "log_loss": Infinity, "threshold": 0.5}'  # no pr_auc, ece
+OLD_SUMMARY = '{"model": "baseline", "best_val_auc": NaN, "epochs": 3}'
+OLD_HISTORY = "epoch,train_loss,val_loss,val_auc\n1,0.7,nan,nan\n2,0.6,inf,0.81\n"
+NOT_SHOWN = ("nan", "NaN", "inf", "Infinity", "None")
+
+
+@pytest.fixture()
+def old_run(tmp_path):
+    run = tmp_path / "old-run"
+    run.mkdir()
+    (run / "metrics.json").write_text(OLD_METRICS)
+    (run / "summary.json").write_text(OLD_SUMMARY)
+    (run / "history.csv").write_text(OLD_HISTORY)
+    return run
+
+
+def _words(text: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"[A-Za-z]+", text))
+
+
+def test_compare_shows_undefined_numbers_as_undefined(old_run, capsys):
+    from pcamlab.cli.main import main
+
+    new_run = old_run.parent / "new-run"  # a run of today, so that the columns are shown
+    new_run.mkdir()
+    (new_run / "metrics.json").write_text('{"n": 200, "roc_auc": 0.93, "accuracy": 0.9, "log_loss": 0.3}')
+    assert main(["compare", str(old_run), str(new_run)]) == 0
+    out = capsys.readouterr().out
+    assert "roc_auc" in out and UNDEFINED in out and not _words(out) & set(NOT_SHOWN)
+    assert main(["compare", str(old_run), str(new_run), "--format", "markdown"]) == 0
+    out = capsys.readouterr().out
+    assert UNDEFINED in out and not _words(out) & set(NOT_SHOWN)
+    assert main(["compare", str(old_run), str(new_run), "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    assert not _words(out) & set(NOT_SHOWN)  # CSV: an empty cell
+
+
+def test_report_shows_undefined_numbers_as_undefined(old_run):
+    import re
+
+    from pcamlab.evaluate.report import write_report
+
+    page = write_report(old_run).read_text()
+    text = re.sub(r"<[^>]+>|data:image/png;base64,[A-Za-z0-9+/=]+", " ", page)
+    assert UNDEFINED in text and not _words(text) & set(NOT_SHOWN)
+
+
+def test_tune_report_cells_show_undefined_numbers_as_undefined():
+    from pcamlab.tune.report import _cell
+
+    values = json.loads('{"a": NaN, "b": Infinity, "c": -Infinity}')
+    assert {_cell(value) for value in values.values()} == {UNDEFINED}
+    assert {_cell(value, precise=True) for value in values.values()} == {""}
+
+
+def test_the_service_card_shows_undefined_metrics_as_null(tmp_path, predictor):
+    from pcamlab.serve.model import ServedModel
+
+    predictor.metadata = {**(getattr(predictor, "metadata", None) or {}), "val_auc": math.nan, "val_loss": math.inf}
+    card = ServedModel(predictor, tmp_path / "none.safetensors").card()
+    text = json.dumps(card, allow_nan=False)  # a bare NaN would make the HTTP response fail
+    assert card["validation"]["val_auc"] is None and card["validation"]["val_loss"] is None and "NaN" not in text
+
+
+def test_run_file_reader_reads_old_files_like_new_ones(old_run):
+    from pcamlab.data.runfiles import read_json, read_run_csv, shown
+
+    metrics = read_json(old_run / "metrics.json")
+    assert metrics["roc_auc"] is None and metrics["log_loss"] is None and metrics.get("ece") is None
+    history = read_run_csv(old_run / "history.csv")
+    assert [row["val_auc"] for row in history] == [None, 0.81] and history[1]["val_loss"] is None
+    assert shown(metrics["roc_auc"]) == UNDEFINED and shown(math.nan) == UNDEFINED and shown(0.5) == "0.5000"
+    (old_run / "bad.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="must hold a JSON object"):
+        read_json(old_run / "bad.json")
+
+
+# ----------------------------------------------------------------------------------------------
+# data convert stops at a chunk boundary on SIGINT/SIGTERM and leaves nothing behind.
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("to", ["h5", "folders", "kaggle"])
+def test_convert_stopped_by_a_signal_leaves_no_temporary_folder(tmp_path, signum, to):
+    from pcamlab.data.convert import convert
+
+    sent = []
+
+    def progress(done, total):
+        if not sent:
+            sent.append(done)
+            os.kill(os.getpid(), signum)  # a real signal, handled by stopping's flag inside safe_points
+
+    restore = stopping.install()
+    try:
+        with pytest.raises(stopping.Stopped) as stopped:
+            convert("sample", tmp_path / "out", to=to, progress=progress, splits=["valid"])
+    finally:
+        restore()
+    assert stopped.value.signum == signum and sent == [200]  # 200 valid patches: one chunk, then the stop check
+    assert list(tmp_path.iterdir()) == []  # no destination, no temporary folder

@@ -272,8 +272,8 @@ def test_read_reference(tmp_path):
     assert read_reference(path) == {"test_001": 1, "test_002": 0, "test_003": 1}
     path.write_text("slide,label\na,TUMOUR\nb,0\n")
     assert read_reference(path) == {"a": 1, "b": 0}
-    for text, pattern in [("slide,label\n", "no slides"), ("a,maybe\n", "must be tumor"), ("a\n", "two columns"),
-                          ("a,tumor\na,normal\n", "both tumour and normal")]:
+    for text, pattern in [("slide,label\n", "no rows"), ("a,maybe\n", "Tumor/Tumour/Normal"), ("a\n", "needs a slide and a label"),
+                          ("a,tumor\na,normal\n", "needs one label")]:
         path.write_text(text)
         with pytest.raises(DataError, match=pattern):
             read_reference(path)

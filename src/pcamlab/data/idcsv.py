@@ -264,6 +264,7 @@ def read_id_csv(
     id_column: Column = ID,
     id_suffixes: Sequence[str] = ID_SUFFIXES,
     what: str = "",
+    headerless: bool = False,
 ) -> IdTable:
     """Read a CSV of ids and named value columns, with the rules of this module.
 
@@ -274,6 +275,9 @@ def read_id_csv(
             and returns it, e.g. a Kaggle id pattern.
         id_suffixes: file suffixes dropped from ids (lower case, with the dot).
         what: what the file is, put before the path in the "does not exist" message (e.g. ``"template"``).
+        headerless: accept a file without a header row (Camelyon16's ``reference.csv``): when the first row
+            names no id column, the columns are taken by position (id, then ``columns`` in order) and any
+            further cells (Camelyon16's lesion type and size) are ignored; said in :attr:`IdTable.notes`.
 
     Returns:
         An :class:`IdTable`: ``table[id] -> {column: value}``, ``table.column(name) -> {id: value}``,
@@ -313,6 +317,14 @@ def read_id_csv(
         if header is None:
             raise DataError(f"{printable(path)!r} is empty; it must start with the header {hint}")
         header_line = reader.line_num
+        if headerless and not _names_a_column(header, id_column):
+            width = max(len(row) for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+            header = [column.name for column in wanted] + [""] * max(0, width - len(wanted))
+            notes.append(f"{path.name} has no header row; read its columns by position as {hint}"
+                         + (" (further columns ignored)" if width > len(wanted) else ""))
+            reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+            if sep_line:
+                next(reader, None)
         positions = _locate_columns(path, header, wanted, header_line)
         _note_layout(path, header, positions, wanted, notes)
         rows, lines, counts, parsed_notes = _read_rows(path, reader, header, positions, wanted, id_suffixes, delimiter)
@@ -329,6 +341,11 @@ def read_id_csv(
         if count:
             notes.append(f"{path.name}: {count} {note}")
     return IdTable(path, tuple(column.name for column in columns), rows, lines, tuple(notes))
+
+
+def _names_a_column(header: list[str], column: Column) -> bool:
+    names = {header_key(name) for name in column.names()}
+    return any(header_key(cell) in names for cell in header)
 
 
 def _note_layout(path: Path, header: list[str], positions: dict[str, int], wanted: list[Column], notes: list[str]) -> None:

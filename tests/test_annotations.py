@@ -257,7 +257,10 @@ def test_find_annotation_file(tmp_path):
     assert find_annotation_file(folder, "normal_001") is None
     assert find_annotation_file(folder / "tumor_001.xml", "anything") == folder / "tumor_001.xml"
     write_geojson(folder / "tumor_001.geojson", [])
-    with pytest.raises(DataError, match="2 files for slide 'tumor_001'"):
+    assert find_annotation_file(folder, "tumor_001") == folder / "tumor_001.xml"  # ASAP first, then GeoJSON
+    write_geojson(folder / "tumor_001.json", [])
+    (folder / "tumor_001.xml").unlink()
+    with pytest.raises(DataError, match="2 geojson files for slide 'tumor_001'"):
         find_annotation_file(folder, "tumor_001")
     with pytest.raises(DataError, match="does not exist"):
         find_annotation_file(tmp_path / "nope", "tumor_001")

@@ -59,6 +59,8 @@ __all__ = [
     "read_annotations",
     "find_annotation_file",
     "rasterize",
+    "draw_annotations",
+    "OUTLINE_COLOURS",
 ]
 
 TUMOUR, NORMAL, EXCLUDE = "tumour", "normal", "exclude"
@@ -521,14 +523,16 @@ def _check_inside(path: Path, merged: dict[str, Any], slide_dimensions: tuple[in
 def find_annotation_file(annotations: str | os.PathLike, slide_id: str) -> Path | None:
     """The annotation file of slide ``slide_id``: ``annotations`` itself when a file, else searched in a folder.
 
-    In a folder, ``<slide_id><suffix>`` for every suffix of :data:`ANNOTATION_SUFFIXES`, then
-    ``<slide_id>_mask<suffix>`` / ``<slide_id>.mask<suffix>`` for masks (Camelyon16's mask naming).
+    In a folder, ``<slide_id><suffix>`` for every suffix of :data:`ANNOTATION_SUFFIXES`, and
+    ``<slide_id>_mask<suffix>`` / ``<slide_id>.mask<suffix>`` for masks (Camelyon16's mask naming). When
+    the folder holds the slide in several formats (a synthetic cohort writes both XML and GeoJSON), the
+    first format of the registry wins: ASAP XML, then GeoJSON, then a mask.
 
     Returns:
         The file, or None when the folder has none for this slide (a normal slide, as in Camelyon16).
 
     Raises:
-        DataError: ``annotations`` does not exist, or the folder holds two files for the slide.
+        DataError: ``annotations`` does not exist, or the folder holds two files of one format for the slide.
     """
     annotations = Path(annotations)
     if annotations.is_file():
@@ -540,11 +544,14 @@ def find_annotation_file(annotations: str | os.PathLike, slide_id: str) -> Path 
     names += [f"{slide_id}{middle}{suffix}" for middle in ("_mask", ".mask")
               for suffix in ANNOTATION_FORMATS.get("mask").suffixes]
     found = [annotations / name for name in names if (annotations / name).is_file()]
-    if len(found) > 1:
-        raise DataError(f"annotations folder {printable(annotations)!r} has {len(found)} files for slide "
-                        f"{slide_id!r} ({', '.join(path.name for path in found)}); keep one per slide, or pass "
-                        "a folder with only one format")
-    return found[0] if found else None
+    for kind in ANNOTATION_FORMATS.names():  # the registry's order: asap, geojson, mask
+        same = [path for path in found if path.suffix.lower() in ANNOTATION_FORMATS.get(kind).suffixes]
+        if len(same) > 1:
+            raise DataError(f"annotations folder {printable(annotations)!r} has {len(same)} {kind} files for slide "
+                            f"{slide_id!r} ({', '.join(path.name for path in same)}); keep one per slide")
+        if same:
+            return same[0]
+    return None
 
 
 def rasterize(geometry: Any, shape: tuple[int, int], downsample: float) -> np.ndarray:
@@ -573,3 +580,30 @@ def rasterize(geometry: Any, shape: tuple[int, int], downsample: float) -> np.nd
             rows, cols = fill_polygon(xy[:, 1], xy[:, 0], shape=shape)
             mask[rows, cols] ^= 1
     return mask
+
+
+OUTLINE_COLOURS = {TUMOUR: (230, 20, 20), NORMAL: (20, 160, 40), EXCLUDE: (30, 60, 230)}  # RGB per class
+
+
+def draw_annotations(image: np.ndarray, annotations: SlideAnnotations, downsample: float,
+                     width: int = 2) -> np.ndarray:
+    """A copy of a uint8 RGB thumbnail ``(h, w, 3)`` with the outlines of every class drawn on it.
+
+    Tumour red, normal green, exclude blue (:data:`OUTLINE_COLOURS`), holes included; drawn with Pillow.
+
+    Args:
+        image: the slide at ``downsample`` (e.g. ``Slide.thumbnail``).
+        annotations: what :func:`read_annotations` returned.
+        downsample: level-0 pixels per thumbnail pixel.
+        width: line width in thumbnail pixels.
+    """
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    draw = ImageDraw.Draw(picture)
+    for name in (NORMAL, EXCLUDE, TUMOUR):
+        for part in _polygons(annotations.geometry(name)):
+            for ring in (part.exterior, *part.interiors):
+                points = [(x / downsample, y / downsample) for x, y in ring.coords]
+                draw.line(points, fill=OUTLINE_COLOURS[name], width=width, joint="curve")
+    return np.asarray(picture)

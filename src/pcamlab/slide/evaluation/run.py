@@ -141,7 +141,8 @@ def _read_summary(folder: Path) -> dict[str, Any]:
 
 
 def load_cohort(results: str | os.PathLike, annotations: str | os.PathLike, reference: str | os.PathLike, *,
-                class_map: Mapping[str, str] | None = None, notes: list[str] | None = None) -> list[SlideInput]:
+                class_map: Mapping[str, str] | None = None, mask_downsample: float | None = None,
+                repair: bool = True, notes: list[str] | None = None) -> list[SlideInput]:
     """The checked cohort: every reference slide with its result folder, geometry and annotation.
 
     Args:
@@ -149,7 +150,8 @@ def load_cohort(results: str | os.PathLike, annotations: str | os.PathLike, refe
         annotations: an annotation folder (``<slide id>.xml`` / ``.geojson`` / masks) or, for a one-slide
             cohort, one file.
         reference: the reference CSV (``slide,label``).
-        class_map: extra annotation class names (see :func:`pcamlab.slide.annotations.read_annotations`).
+        class_map, mask_downsample, repair: how annotation files are read
+            (:func:`pcamlab.slide.annotations.read_annotations`).
         notes: receives a sentence about result folders the reference does not list (left out).
 
     Raises:
@@ -188,7 +190,8 @@ def load_cohort(results: str | os.PathLike, annotations: str | os.PathLike, refe
         path = find_annotation_file(annotations, slide)
         slide_annotations = None
         if path is not None:
-            slide_annotations = read_annotations(path, slide_dimensions=dimensions, class_map=class_map)
+            slide_annotations = read_annotations(path, slide_dimensions=dimensions, class_map=class_map,
+                                                 mask_downsample=mask_downsample, repair=repair)
         has_tumour = slide_annotations is not None and not slide_annotations.tumour.is_empty
         if label == 1 and not has_tumour:
             what = "no annotation file" if path is None else f"no tumour region in {printable(path)!r}"
@@ -332,6 +335,8 @@ def evaluate_slides(
     itc_um: float = froc_module.ITC_UM,
     itc_axis: str = "major_axis",
     class_map: Mapping[str, str] | None = None,
+    mask_downsample: float | None = None,
+    repair: bool = True,
     report_slides: int = 40,
     progress: Callable[[int, int], object] | None = None,
 ) -> SlideEvaluation:
@@ -351,7 +356,8 @@ def evaluate_slides(
         seed: seed of the folds, the forest and the bootstrap.
         bootstrap: resamples of the slide ROC AUC's 95% CI (0 = none).
         dilation_um, itc_um, itc_axis: the FROC's reference regions (:func:`froc.evaluation_mask`).
-        class_map: extra annotation class names -> tumour/normal/exclude.
+        class_map, mask_downsample, repair: how annotation files are read (extra class names -> tumour,
+            normal or exclude; a label mask's downsample; repair self-intersecting polygons).
         report_slides: most slides drawn in the report (wrong slides first).
         progress: ``progress(slides_done, slides_total)`` after each slide.
 
@@ -380,7 +386,8 @@ def evaluate_slides(
     froc_module.evaluation_mask(np.zeros((1, 1)), 1.0, 1.0, **lesion_options)  # checks the options at once
     _refuse_out(out_dir)  # before the inputs are read
     notes: list[str] = []
-    cohort = load_cohort(results, annotations, reference, class_map=class_map, notes=notes)
+    cohort = load_cohort(results, annotations, reference, class_map=class_map, mask_downsample=mask_downsample,
+                         repair=repair, notes=notes)
 
     scored: list[_Scored] = []
     with stopping.safe_points():

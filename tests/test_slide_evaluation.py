@@ -428,3 +428,25 @@ def test_bad_inputs_are_one_line_and_exit_2(cohort, tmp_path, capsys):
     assert "at least 2 slides of each class" in run(**{"--reference": str(few)})
     assert "--folds" in run(**{"--folds": "1"})
     assert not out.exists() and not list(tmp_path.glob(".*.partial"))
+
+
+@pytest.mark.slow
+def test_synthetic_cohort_predicted_then_evaluated(tmp_path, capsys):
+    """The real chain: a synthetic cohort (slidesin) -> slide predict with the tiny test model -> slide evaluate."""
+    from pcamlab.slide.cohort_synthetic import make_cohort
+
+    cohort = make_cohort(tmp_path / "cohort", normal_slides=3, tumour_slides=3, split="valid", seed=0,
+                         width=2304, height=1920, pool_size=400)
+    model = Path(__file__).parent / "assets" / "slide_model.safetensors"
+    results = tmp_path / "results"
+    assert main(["slide", "predict", str(model), *map(str, cohort.slides), "--out", str(results)]) == 0
+    out = tmp_path / "evaluation"
+    code = main(["slide", "evaluate", str(results), "--annotations", str(cohort.annotations_dir), "--reference",
+                 str(cohort.reference_csv), "--out", str(out), "--bootstrap", "100"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["slide"]["slides"] == 6 and metrics["lesion"]["lesions"] >= 1
+    assert metrics["pixel"]["tile_roc_auc"] > 0.8  # the test model tells the cohort's tumour tiles apart
+    assert metrics["slide"]["scores"]["max"]["roc_auc"] is not None
+    assert len(list((out / "detections").glob("*.csv"))) == 6

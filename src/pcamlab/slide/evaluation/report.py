@@ -176,7 +176,7 @@ def plot_slide(path: str | Path, item: SlideInput, probability_map: np.ndarray, 
     label = "tumour" if item.label else "normal"
     figure.suptitle(f"{item.slide} ({label}): {lesions.lesions_hit} of {lesions.lesions} lesions hit, "
                     f"{len(lesions.false_positives)} false positives", fontsize=10)
-    return save_png(figure, path, dpi=90)
+    return save_png(figure, path, dpi=80)
 
 
 def _card(value: Any, label: str) -> str:

@@ -136,6 +136,81 @@ def test_froc_drops_the_lowest_score_and_reads_ties_as_np_interp_does():
     assert compute_froc([score_slide("n", np.array([[0.9, 1, 1]]), None)]).score is None
 
 
+def official_froc(masks: dict, detections: dict) -> tuple[float, list[float]]:
+    """A line-by-line transcription of Camelyon16's Evaluation_FROC.py on in-memory masks (level 5, 0.243 um/px)."""
+    from scipy import ndimage as nd
+    from skimage import measure
+
+    resolution, level = 0.243, 5
+    fps_all, tps_all, tumours = [], [], []
+    for case, rows in detections.items():
+        probs, xcorr, ycorr = [r[0] for r in rows], [int(r[1]) for r in rows], [int(r[2]) for r in rows]
+        if case in masks:  # computeEvaluationMask, computeITCList
+            distance = nd.distance_transform_edt(255 - masks[case] * 255)
+            binary = distance < 75 / (resolution * pow(2, level) * 2)
+            evaluation_mask = measure.label(nd.binary_fill_holes(binary), connectivity=2)
+            properties = measure.regionprops(evaluation_mask)
+            itc = [i + 1 for i in range(np.amax(evaluation_mask))
+                   if properties[i].axis_major_length < 275 / (resolution * pow(2, level))]
+        # compute_FP_TP_Probs(Ycorr, Xcorr, ...): the main script passes Y first, so the mask is indexed [y, x]
+        max_label = np.amax(evaluation_mask) if case in masks else 0
+        fp_probs, tp_probs = [], np.zeros((max_label,), dtype=np.float32)
+        for i in range(len(xcorr)):
+            hit = evaluation_mask[int(ycorr[i] / pow(2, level)), int(xcorr[i] / pow(2, level))] if case in masks else 0
+            if hit == 0:
+                fp_probs.append(probs[i])
+            elif hit not in itc and probs[i] > tp_probs[hit - 1]:
+                tp_probs[hit - 1] = probs[i]
+        fps_all.append(fp_probs)
+        tps_all.append(list(tp_probs))
+        tumours.append(max_label - len(itc) if case in masks else 0)
+    unlisted_fps = [item for sublist in fps_all for item in sublist]  # computeFROC
+    unlisted_tps = [item for sublist in tps_all for item in sublist]
+    total_fps, total_tps = [], []
+    for threshold in sorted(set(unlisted_fps + unlisted_tps))[1:]:
+        total_fps.append((np.asarray(unlisted_fps) >= threshold).sum())
+        total_tps.append((np.asarray(unlisted_tps) >= threshold).sum())
+    total_fps.append(0)
+    total_tps.append(0)
+    total_fps = np.asarray(total_fps) / float(len(detections))
+    total_sensitivity = np.asarray(total_tps) / float(sum(tumours))
+    read = np.interp([0.25, 0.5, 1, 2, 4, 8], total_fps[::-1], total_sensitivity[::-1])
+    return float(np.mean(read)), list(read)
+
+
+def test_froc_equals_a_transcription_of_the_official_script_on_random_cohorts():
+    from scipy import ndimage
+
+    generator = np.random.default_rng(3)
+    for trial in range(3):
+        masks, detections, slides = {}, {}, []
+        for case in range(6):
+            name = f"case_{case}"
+            points = []
+            if case < 3:  # tumour slides: squares of 8 um to 0.4 mm at level 5 (7.776 um pixels), ITCs among them
+                mask = np.zeros((120, 160), dtype=np.uint8)
+                for _ in range(generator.integers(2, 6)):
+                    row, col, radius = generator.integers(5, 115), generator.integers(5, 155), generator.integers(0, 25)
+                    mask[max(0, row - radius):row + radius + 1, max(0, col - radius):col + radius + 1] = 1
+                masks[name] = mask
+                blobs, count = ndimage.label(mask)
+                for blob in range(1, count + 1):  # one detection on most blobs, ITCs included, at a random pixel
+                    pixels = np.argwhere(blobs == blob)
+                    row, col = pixels[generator.integers(len(pixels))]
+                    if generator.random() < 0.8:
+                        points.append((round(float(generator.random()), 6), col * 32 + 16, row * 32 + 16))
+            for _ in range(generator.integers(0, 5)):  # false positives anywhere
+                points.append((round(float(generator.random()), 6), int(generator.integers(0, 160 * 32)),
+                               int(generator.integers(0, 120 * 32))))
+            detections[name] = points
+            evaluation = evaluation_mask(masks[name], 32, 0.243) if name in masks else None
+            slides.append(score_slide(name, np.asarray(points, dtype=np.float64).reshape(-1, 3), evaluation))
+        expected_score, expected_read = official_froc(masks, detections)
+        result = compute_froc(slides)
+        assert list(result.sensitivities.values()) == pytest.approx(expected_read), trial
+        assert result.score == pytest.approx(expected_score)
+
+
 def test_a_detection_outside_the_slide_or_malformed_is_refused():
     with pytest.raises(DataError, match="outside the slide"):
         score_slide("t", np.array([[0.9, 150, 20]]), hand_mask())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["register", "parse_shard", "add_annotation_arguments", "annotation_options"]
+__all__ = ["register", "register_evaluate", "parse_shard", "add_annotation_arguments", "annotation_options"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "(1 <= I <= N; slide k goes to share k mod N + 1), for cluster array jobs")
     predict.add_argument("--no-resume", action="store_true", help="start unfinished slides again from scratch")
     predict.set_defaults(func=run_predict)
+    register_evaluate(commands)
 
 
 def add_annotation_arguments(parser: argparse.ArgumentParser, help: str, *, required: bool = False) -> None:
@@ -324,4 +325,89 @@ def run_synth_cohort(args: argparse.Namespace) -> int:
           f"{cohort.slides_dir}; {len(cohort.lesions)} lesions (" + ", ".join(
               f"{categories[name]} {name}" for name in ("macro", "micro", "itc")) + f") in {cohort.annotations_dir} "
           f"(.xml ASAP, .geojson QuPath); {cohort.reference_csv}; {cohort.root / 'lesions.csv'}")
+    return 0
+
+
+def register_evaluate(commands: argparse._SubParsersAction) -> None:
+    """``slide evaluate``: score ``slide predict`` results against annotations (slide ROC, FROC, Dice)."""
+    evaluate = commands.add_parser(
+        "evaluate", help="score slide predict results against annotations: slide ROC AUC, FROC, Dice",
+        description="Score the per-slide folders of `slide predict` the way Camelyon16 did: slide level (max, "
+        "top-k mean and a learned aggregator of map features, cross-validated over slides: ROC AUC with a "
+        "bootstrap 95% CI, sensitivity and specificity at thresholds chosen on training slides), lesion level "
+        "(the challenge's FROC), pixel level (Dice, IoU, tile ROC AUC). Writes OUT/metrics.json, slides.csv, "
+        "detections/<slide>.csv (the challenge's format), slide_roc.png, froc.png and report.html.",
+    )
+    evaluate.add_argument("results", metavar="RESULTS", help="the --out folder of slide predict (one folder per slide)")
+    add_annotation_arguments(evaluate, "folder of <slide id>.xml (ASAP) / .geojson (QuPath) / mask annotation "
+                             "files; normal slides need none", required=True)
+    evaluate.add_argument("--reference", required=True, metavar="CSV",
+                          help="reference CSV, one row per slide: slide,label (tumor/normal or 1/0)")
+    evaluate.add_argument("--out", required=True, metavar="DIR", help="evaluation folder to create")
+    evaluate.add_argument("--detection", default="local_maxima", choices=["local_maxima", "components"],
+                          help="lesion detections from a map: local maxima after smoothing, or one per connected "
+                          "region above --detection-threshold (default local_maxima)")
+    evaluate.add_argument("--detection-threshold", type=float, default=0.5,
+                          help="lowest probability of a detection (default 0.5)")
+    evaluate.add_argument("--smoothing-um", type=float, default=50.0,
+                          help="Gaussian sigma before local maxima, in um (default 50)")
+    evaluate.add_argument("--min-distance-um", type=float, default=200.0,
+                          help="local maxima closer than this are one lesion, in um (default 200)")
+    evaluate.add_argument("--aggregator", default="random_forest", choices=["random_forest", "logistic"],
+                          help="learned slide score on map features (default random_forest)")
+    evaluate.add_argument("--folds", type=int, default=5, help="folds of the cross-validation over slides (default 5)")
+    evaluate.add_argument("--top-k", type=int, default=10, help="slide score: mean of the top k tiles (default 10)")
+    evaluate.add_argument("--threshold", type=float,
+                          help="map threshold for Dice/IoU (default: each slide's slide predict threshold)")
+    evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the slide ROC AUC CI "
+                          "(default 1000; 0 = none)")
+    evaluate.add_argument("--itc-axis", default="major_axis", choices=["major_axis", "feret"],
+                          help="longest axis of a lesion for the ITC rule (default major_axis, as the official code)")
+    evaluate.add_argument("--report-slides", type=int, default=40,
+                          help="most slides drawn in report.html, wrong ones first (default 40)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the folds, the forest and the bootstrap")
+    evaluate.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from pcamlab.progress import progress_bar
+    from pcamlab.slide.evaluation import DetectionOptions, evaluate_slides
+
+    detection = DetectionOptions(method=args.detection, threshold=args.detection_threshold,
+                                 smoothing_um=args.smoothing_um, min_distance_um=args.min_distance_um)
+    update, close = progress_bar("scoring slides", sys.stderr.isatty(), unit="slide")
+    try:
+        evaluation = evaluate_slides(
+            args.results, args.annotations, args.reference, args.out, detection=detection, top_k=args.top_k,
+            threshold=args.threshold, aggregator=args.aggregator, folds=args.folds, seed=args.seed,
+            bootstrap=args.bootstrap, itc_axis=args.itc_axis, report_slides=args.report_slides, progress=update,
+            **annotation_options(args),
+        )
+    finally:
+        close()
+    metrics = evaluation.metrics
+    slide, lesion, pixel = metrics["slide"], metrics["lesion"], metrics["pixel"]
+
+    def number(value) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    print(f"{slide['slides']} slides ({slide['tumour_slides']} tumour, {slide['normal_slides']} normal), "
+          f"{slide['scores']['aggregator']['folds']}-fold cross-validation over slides")
+    for name, values in slide["scores"].items():
+        interval = values["roc_auc_ci"]
+        ci = f" (95% CI {interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
+        print(f"  slide ROC AUC {name:<11} {number(values['roc_auc'])}{ci}  sensitivity "
+              f"{number(values['sensitivity'])} specificity {number(values['specificity'])}")
+    rates = "  ".join(f"{rate}: {number(value)}" for rate, value in lesion["sensitivity_at"].items())
+    print(f"  FROC {number(lesion['froc'])} ({lesion['lesions_hit']} of {lesion['lesions']} lesions hit, "
+          f"{lesion['false_positives']} false positives; sensitivity at FP/slide {rates})")
+    print(f"  Dice {number(pixel['dice_mean'])} IoU {number(pixel['iou_mean'])} (mean over tumour slides), "
+          f"tile ROC AUC {number(pixel['tile_roc_auc'])}")
+    wrong = slide["wrong"]
+    if wrong:
+        print(f"  wrong slides, worst first: " + ", ".join(f"{row['slide']} ({row['error']})" for row in wrong[:5])
+              + (" ..." if len(wrong) > 5 else ""))
+    for note in metrics["warnings"]:
+        print(f"  note: {note}")
+    print(f"-> {evaluation.files['report']}")
     return 0

@@ -37,7 +37,8 @@ from pcamlab.data.walk import walk_files
 from pcamlab.errors import DataError
 from pcamlab.fileio import printable
 
-__all__ = ["write_report", "FIGURE_CAPTIONS", "METRIC_DESCRIPTIONS", "MAX_IMAGE_BYTES"]
+__all__ = ["write_report", "FIGURE_CAPTIONS", "METRIC_DESCRIPTIONS", "MAX_IMAGE_BYTES", "CSS", "figure_html", "format_value",
+           "note_html"]
 
 MAX_IMAGE_BYTES = 25 * 1024 * 1024  # a PNG larger than this is not embedded (keeps the page openable)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -179,7 +180,8 @@ def _escape(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _note(text: str) -> str:
+def note_html(text: str) -> str:
+    """A highlighted note paragraph (HTML-escaped) for something missing or worth a warning."""
     return f'<p class="note">{_escape(text)}</p>'
 
 
@@ -187,7 +189,7 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _format_value(value: Any) -> str:
+def format_value(value: Any) -> str:
     """A metric or summary value as short text (4 significant decimals for floats)."""
     if is_undefined(value):
         return UNDEFINED
@@ -201,10 +203,10 @@ def _format_value(value: Any) -> str:
         return f"{value:.0f}" if value.is_integer() else f"{value:.2f}"
     if isinstance(value, (list, tuple)):
         if len(value) == 2 and all(isinstance(item, (int, float)) for item in value):
-            return f"[{_format_value(float(value[0]))}, {_format_value(float(value[1]))}]"
+            return f"[{format_value(float(value[0]))}, {format_value(float(value[1]))}]"
         if len(value) > 8:
             return f"({len(value)} values)"
-        return ", ".join(_format_value(item) for item in value)
+        return ", ".join(format_value(item) for item in value)
     return str(value)
 
 
@@ -261,7 +263,8 @@ def _figure_order(path: Path) -> tuple[int, str]:
     return len(FIGURE_CAPTIONS), key
 
 
-def _figure_html(png: bytes, title: str, meaning: str, source: str) -> str:
+def figure_html(png: bytes, title: str, meaning: str, source: str) -> str:
+    """A ``<figure>`` embedding PNG bytes as a data URI, with its title, source file and "What this means"."""
     return (
         f'<figure><img src="{_data_uri(png)}" alt="{_escape(title)}">'
         f"<figcaption>{_escape(title)} <small>({_escape(source)})</small></figcaption>"
@@ -288,11 +291,11 @@ def _read_png(path: Path) -> tuple[bytes | None, str | None]:
 def _config_section(run_dir: Path) -> tuple[str, dict[str, Any]]:
     path = run_dir / "config.yaml"
     if not path.is_file():
-        return _note("No config.yaml in this run folder, so the configuration is not shown."), {}
+        return note_html("No config.yaml in this run folder, so the configuration is not shown."), {}
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as error:
-        return _note(f"config.yaml could not be read ({error})."), {}
+        return note_html(f"config.yaml could not be read ({error})."), {}
     values: dict[str, Any] = {}
     try:
         import yaml
@@ -323,20 +326,20 @@ def _config_section(run_dir: Path) -> tuple[str, dict[str, Any]]:
 def _summary_section(run_dir: Path) -> tuple[str, dict[str, Any]]:
     path = run_dir / "summary.json"
     if not path.is_file():
-        return _note("No summary.json in this run folder, so there is no data summary."), {}
+        return note_html("No summary.json in this run folder, so there is no data summary."), {}
     values, problem = _read_json(path)
     if problem:
-        return _note(problem), {}
+        return note_html(problem), {}
     if not isinstance(values, dict):
-        return _note(f"summary.json holds a {type(values).__name__}, not a mapping; it is left out."), {}
+        return note_html(f"summary.json holds a {type(values).__name__}, not a mapping; it is left out."), {}
     flat = _flatten(values)
     if not flat:
-        return _note("summary.json is empty."), values
+        return note_html("summary.json is empty."), values
 
     def table(items: list[tuple[str, Any]]) -> str:
         rows = [
             f'<tr><th>{_escape(key)}</th><td class="{"number" if _is_number(value) else ""}">'
-            f"{_escape(_format_value(value))}</td></tr>"
+            f"{_escape(format_value(value))}</td></tr>"
             for key, value in items
         ]
         return f"<table>{''.join(rows)}</table>"
@@ -350,7 +353,7 @@ def _summary_section(run_dir: Path) -> tuple[str, dict[str, Any]]:
     if data_items:
         parts.append(table(data_items))
     else:
-        parts.append(_note("summary.json has no data section."))
+        parts.append(note_html("summary.json has no data section."))
     if other_items:
         parts.append(f"<details{'' if data_items else ' open'}><summary>Run facts ({len(other_items)})</summary>{table(other_items)}</details>")
     return "".join(parts), values
@@ -414,17 +417,17 @@ def _training_section(run_dir: Path, curves_png: Path | None) -> str:
         try:
             rows = _read_history_rows(path)
         except DataError as error:
-            parts.append(_note(f"history.csv could not be read ({error})."))
+            parts.append(note_html(f"history.csv could not be read ({error})."))
         if rows:
             parts.append(_history_summary(rows))
         elif not parts:
-            parts.append(_note("history.csv has no epochs yet."))
+            parts.append(note_html("history.csv has no epochs yet."))
     else:
-        parts.append(_note("No history.csv in this run folder, so there are no training curves."))
+        parts.append(note_html("No history.csv in this run folder, so there are no training curves."))
     title, meaning = FIGURE_CAPTIONS["training_curves"]
     if curves_png is not None:  # the run already saved its own curves
         png, problem = _read_png(curves_png)
-        parts.append(_figure_html(png, title, meaning, curves_png.name) if png else _note(problem))
+        parts.append(figure_html(png, title, meaning, curves_png.name) if png else note_html(problem))
     elif rows:
         try:
             try:
@@ -438,9 +441,9 @@ def _training_section(run_dir: Path, curves_png: Path | None) -> str:
                 else:
                     _plot_history_fallback(rows, target)
                 png, problem = _read_png(target)
-            parts.append(_figure_html(png, title, meaning, "drawn from history.csv") if png else _note(problem))
+            parts.append(figure_html(png, title, meaning, "drawn from history.csv") if png else note_html(problem))
         except Exception as error:  # a plotting failure must not stop the report
-            parts.append(_note(f"training curves could not be drawn from history.csv ({type(error).__name__}: {error})."))
+            parts.append(note_html(f"training curves could not be drawn from history.csv ({type(error).__name__}: {error})."))
     return "".join(parts)
 
 
@@ -475,7 +478,7 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
     scalars = [item for item in scalars if item not in context]
     parts = []
     if context:
-        cells = "".join(f"<tr><th>{_escape(key)}</th><td>{_escape(_format_value(value))}</td></tr>" for key, value in context)
+        cells = "".join(f"<tr><th>{_escape(key)}</th><td>{_escape(format_value(value))}</td></tr>" for key, value in context)
         parts.append(f"<table>{cells}</table>")
     if scalars:
         rows = []
@@ -488,7 +491,7 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
                 meaning = f"{meaning}; {at_threshold}" if meaning else at_threshold
             css = "number" if _is_number(value) else ""
             rows.append(
-                f'<tr><th>{_escape(name)}</th><td class="{css}">{_escape(_format_value(value))}</td>'
+                f'<tr><th>{_escape(name)}</th><td class="{css}">{_escape(format_value(value))}</td>'
                 f'<td class="explain">{_escape(meaning)}</td></tr>'
             )
         parts.append(f"<table><tr><th>Metric</th><th>Value</th><th>What it means</th></tr>{''.join(rows)}</table>")
@@ -500,7 +503,7 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
         body = "".join(
             f"<tr><th>{_escape(str(row_name).replace('_', ' '))}</th>"
             + "".join(
-                f'<td class="{"number" if _is_number(row.get(column)) else ""}">{_escape(_format_value(row.get(column)))}</td>'
+                f'<td class="{"number" if _is_number(row.get(column)) else ""}">{_escape(format_value(row.get(column)))}</td>'
                 for column in columns
             )
             + "</tr>"
@@ -510,7 +513,7 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
         parts.append(f"<h4>{_escape(heading)}</h4><table><tr><th></th>{header}</tr>{body}</table>")
     if warnings:
         parts.append("<p><b>Warnings from the evaluation:</b></p><ul>" + "".join(f"<li>{_escape(w)}</li>" for w in warnings) + "</ul>")
-    return "".join(parts) or _note("this metrics.json holds no values.")
+    return "".join(parts) or note_html("this metrics.json holds no values.")
 
 
 _THRESHOLD_DEPENDENT = ("accuracy", "balanced_accuracy", "precision", "recall", "sensitivity", "specificity", "f1",
@@ -583,7 +586,7 @@ def _cv_section(run_dir: Path) -> tuple[str, str]:
     """(section HTML, glance HTML) of a cross-validation folder: every fold and the mean +- sd; ("", "") otherwise."""
     summary, problem = _read_json(run_dir / "cv_summary.json") if (run_dir / "cv_summary.json").is_file() else (None, None)
     if problem:
-        return _note(problem), ""
+        return note_html(problem), ""
     if not isinstance(summary, Mapping):
         return "", ""
     rows: list[dict[str, Any]] = []
@@ -592,7 +595,7 @@ def _cv_section(run_dir: Path) -> tuple[str, str]:
         try:
             rows = read_run_csv(results)
         except DataError as error:
-            return _note(f"cv_results.csv could not be read ({error})."), ""
+            return note_html(f"cv_results.csv could not be read ({error})."), ""
     metrics = summary.get("metrics") if isinstance(summary.get("metrics"), Mapping) else {}
     names = {"val_auc": "Validation ROC AUC", "val_loss": "Validation loss", "val_accuracy": "Validation accuracy at 0.5"}
 
@@ -607,13 +610,13 @@ def _cv_section(run_dir: Path) -> tuple[str, str]:
     columns = ["repeat", "fold", "train_patches", "valid_patches", "val_auc", "val_loss", "val_accuracy", "best_epoch"]
     header = "".join(f"<th>{_escape(names.get(column, column.replace('_', ' ')))}</th>" for column in columns)
     body = "".join(
-        "<tr>" + "".join(f'<td class="number">{_escape(_format_value(_number_or_text(row.get(column))))}</td>'
+        "<tr>" + "".join(f'<td class="number">{_escape(format_value(_number_or_text(row.get(column))))}</td>'
                          for column in columns) + "</tr>"
         for row in rows
     )
     body += ('<tr><th colspan="4">mean &plusmn; sd over the folds</th>'
              + "".join(f'<td class="number">{spread(metric)}</td>' for metric in ("val_auc", "val_loss", "val_accuracy"))
-             + f'<td class="number">{_escape(_format_value(summary.get("best_epoch_median")))} (median)</td></tr>')
+             + f'<td class="number">{_escape(format_value(summary.get("best_epoch_median")))} (median)</td></tr>')
     folds, repeats = summary.get("folds"), summary.get("repeats") or 1
     intro = (f"<p>{_escape(folds)}-fold cross-validation{f' repeated {repeats} times' if repeats > 1 else ''} over "
              f"split {_escape(summary.get('split'))} ({_escape(summary.get('patches'))} patches, folds "
@@ -688,16 +691,16 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
         values, problem = _read_json(metrics_path)
         heading = f"<h3>{_escape(_folder_title(relative.parent))} <small>({_escape(relative)})</small></h3>"
         if problem:
-            metrics_parts.append(heading + _note(problem))
+            metrics_parts.append(heading + note_html(problem))
             continue
         if not isinstance(values, Mapping):
-            metrics_parts.append(heading + _note(f"{relative} holds a {type(values).__name__}, not a mapping; left out."))
+            metrics_parts.append(heading + note_html(f"{relative} holds a {type(values).__name__}, not a mapping; left out."))
             continue
         if not glance_html:
             glance_html = _glance(values, str(relative))
         metrics_parts.append(heading + _metrics_table(values))
     if not metric_files:
-        metrics_parts.append(_note("No metrics.json in this run folder or its subfolders; run pcamlab evaluate to add them."))
+        metrics_parts.append(note_html("No metrics.json in this run folder or its subfolders; run pcamlab evaluate to add them."))
 
     figure_parts = []
     groups: dict[Path, list[Path]] = {}
@@ -710,12 +713,12 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
         for png_path in sorted(files, key=_figure_order):
             data, problem = _read_png(png_path)
             if data is None:
-                figure_parts.append(_note(problem))
+                figure_parts.append(note_html(problem))
                 continue
             title, meaning = _caption(png_path.stem)
-            figure_parts.append(_figure_html(data, title, meaning, str(png_path.relative_to(run_dir))))
+            figure_parts.append(figure_html(data, title, meaning, str(png_path.relative_to(run_dir))))
     if not figure_parts:
-        figure_parts.append(_note("No PNG figures in this run folder; pcamlab evaluate and pcamlab explain write them."))
+        figure_parts.append(note_html("No PNG figures in this run folder; pcamlab evaluate and pcamlab explain write them."))
 
     cv_html, cv_glance = _cv_section(run_dir)
     model = config_values.get("model", {}).get("name") if isinstance(config_values.get("model"), dict) else None
@@ -724,7 +727,7 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
     generated = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     sections = [
         ("glance", "At a glance", glance_html or cv_glance
-         or _note("No metrics yet: the headline numbers appear once the run is evaluated.")),
+         or note_html("No metrics yet: the headline numbers appear once the run is evaluated.")),
         *([("cross-validation", "Cross-validation", cv_html)] if cv_html else []),
         ("data", "Data and run summary", summary_html),
         ("training", "Training", training_html),

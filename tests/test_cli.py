@@ -196,8 +196,8 @@ def test_demo_writes_every_promised_file(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--no-progress", *short]) == 0
     out = capsys.readouterr().out
     run = tmp_path / "runs" / "demo"
-    for name in ("metrics.json", "roc.png", "confusion_matrix.png", "filters.png", "best.safetensors",
-                 "report.html", "training_curves.png", "explain-valid"):
+    for name in ("metrics.json", "roc.png", "confusion_matrix.png", "explain-valid/first_layer_filters.png",
+                 "best.safetensors", "report.html", "training_curves.png", "explain-valid"):
         assert (run / name).exists(), name
         assert name in out  # the summary says where each file is
     assert "ROC AUC" in out and json.loads((run / "metrics.json").read_text())["n"] == 200

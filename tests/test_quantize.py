@@ -200,3 +200,17 @@ def test_onnx_runtimes_refuse_a_device_they_do_not_run_on(exported):
             open_fastest(checkpoint, "int8", device="cuda")
         with pytest.raises(ConfigError, match="ONNX file, which runs on the CPU"):
             open_fastest(report["path"], device="cuda")
+
+
+def test_bench_and_predict_call_an_int8_export_int8(exported):
+    """Issue 22: `pcamlab bench --model best.int8.onnx` labelled the int8 model 'onnx'."""
+    from fixtures_data import sample_files
+
+    from pcamlab.deploy.bench import bench_model_file
+    from pcamlab.deploy.predict import predict_files
+
+    _, report = exported
+    (row,) = bench_model_file(report["path"], batch_sizes=[8], patches=8, repeats=1)
+    assert row["runtime"] == "int8"
+    files, _ = sample_files(2, "valid")
+    assert predict_files(load_predictor(report["path"]), files, None).runtime == "int8"

@@ -4,8 +4,8 @@ The Python API in a few lines (the README's "Python API" section; ``tests/test_a
 
 Example:
     >>> import pcamlab
-    >>> config = pcamlab.load_config("configs/baseline.yaml", ["train.epochs=1"])
-    >>> summary = pcamlab.train_model(config, "runs/api")  # a run folder, as `pcamlab train` writes it
+    >>> config = pcamlab.load_config("configs/baseline.yaml", ["train.epochs=1", "evaluate.threshold_method=youden"])
+    >>> summary = pcamlab.train_model(config, tempfile.mkdtemp())  # a new run folder, as `pcamlab train` writes it
     >>> predictor = pcamlab.load_predictor(summary["checkpoints"]["best"])  # also .onnx / TorchScript
     >>> images, labels, _ = pcamlab.load_split_arrays(pcamlab.open_split("sample", "valid"))
     >>> probabilities = predictor.predict_proba(images)  # uint8 (N, 96, 96, 3) -> float32 (N,) P(tumour)

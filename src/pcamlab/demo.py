@@ -1,8 +1,9 @@
 """``pcamlab demo``: the whole workflow on the real PCam sample shipped in the package.
 
-Trains the default CNN on 800 real patches, evaluates the best checkpoint on the 200 validation
-patches (from other slides), draws the learned first-layer filters and writes everything into one run
-folder.
+Trains the default model (``pcamlab.models.default_model()``: simple-cnn width 16, the model of
+configs/default.yaml) on 800 real patches, evaluates the best checkpoint on the 200 validation patches
+(from other slides), explains it (first-layer filters, Grad-CAM, feature maps, confident mistakes) and
+writes everything, with the run report, into one run folder.
 
 Example:
     >>> result = run_demo("runs/demo")
@@ -62,8 +63,6 @@ def run_demo(
     from pcamlab.evaluate.report import write_report
     from pcamlab.evaluate.run import evaluate_checkpoint
     from pcamlab.explain import run_explain
-    from pcamlab.explain.filters import plot_first_layer_filters
-    from pcamlab.runtime.checkpoint import load_checkpoint
     from pcamlab.train.loop import train
 
     say = log or (lambda line: None)
@@ -73,14 +72,14 @@ def run_demo(
     summary = train(config, out_dir, progress=progress, log=say)
     best = out_dir / "best.safetensors"
     metrics = evaluate_checkpoint(best, config.data.path, config.data.valid_split, out_dir, format=config.data.format)
-    plot_first_layer_filters(load_checkpoint(best).model, out_dir / "filters.png")
-    say("explaining: Grad-CAM, feature maps and confident mistakes on the validation patches")
-    run_explain(best, config.data.path, config.data.valid_split, out_dir / "explain-valid")
+    say("explaining: filters, Grad-CAM, feature maps and confident mistakes on the validation patches")
+    explained = run_explain(best, config.data.path, config.data.valid_split, out_dir / "explain-valid")
     plot_training_curves(out_dir / "history.csv", out_dir / "training_curves.png")
-    files = {name: out_dir / name for name in (
-        "metrics.json", "roc.png", "confusion_matrix.png", "filters.png", "best.safetensors", "history.csv",
-        "training_curves.png", "explain-valid", "tensorboard",
-    )}
+    files = {name: out_dir / name for name in ("metrics.json", "roc.png", "confusion_matrix.png")}
+    files["first_layer_filters.png"] = Path(explained["files"]["first_layer_filters"])
+    files.update({name: out_dir / name for name in (
+        "best.safetensors", "history.csv", "training_curves.png", "explain-valid", "tensorboard",
+    )})
     files["report.html"] = write_report(out_dir)
     return {
         "metrics": metrics,

@@ -32,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(fp32, bf16 autocast) and channels_last on/off, with FLOPs per patch and the fraction of the "
         "peak FLOP/s measured with a large matmul. Timings on a shared machine are noisy: run twice.",
     )
-    parser.add_argument("--models", type=_names, default=["baseline", "simple-cnn"], metavar="A,B",
-                        help="registered models (default baseline,simple-cnn; see pcamlab models)")
+    parser.add_argument("--models", type=_names, default=None, metavar="A,B",
+                        help="models to time: registered names (see pcamlab models), each optionally with options "
+                        "as NAME:OPTION=VALUE[:...]; default baseline and the default model, simple-cnn:width=16")
     parser.add_argument("--model", metavar="FILE",
                         help="instead: time a trained model file (.safetensors, .onnx, .pt) end to end through "
                         "its predictor on real sample patches (uint8 in, probabilities out)")

@@ -7,7 +7,7 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "demo", help="train, evaluate and explain the default CNN on the shipped real PCam sample",
+        "demo", help="train, evaluate and explain the default model on the shipped real PCam sample",
         description="The whole workflow in a few minutes of CPU on 800 real PCam patches.",
     )
     parser.add_argument("--out", metavar="DIR",
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from pcamlab.demo import demo_run_dir, run_demo
 
     out = demo_run_dir(args.out)  # runs/demo, or runs/demo-2... when it exists
-    print(f"pcamlab demo: training the default CNN on the real PCam sample shipped with pcamlab -> {out}/")
+    print(f"pcamlab demo: training the default model on the real PCam sample shipped with pcamlab -> {out}/")
     result = run_demo(out, overrides=args.overrides, progress=not args.no_progress and sys.stderr.isatty(), log=print)
     summary = result["summary"]
     print()
@@ -37,11 +37,12 @@ def run(args: argparse.Namespace) -> int:
     print("files:")
     descriptions = {
         "metrics.json": "all metrics", "roc.png": "ROC curve", "confusion_matrix.png": "confusion matrix",
-        "filters.png": "learned first-layer filters", "best.safetensors": "best checkpoint",
+        "first_layer_filters.png": "learned first-layer filters", "best.safetensors": "best checkpoint",
         "history.csv": "per-epoch log", "training_curves.png": "loss, AUC and learning rate per epoch",
         "explain-valid": "Grad-CAM gallery, feature maps, confident mistakes", "tensorboard": "TensorBoard logs (tensorboard --logdir runs)",
         "report.html": "the run report, open in a browser",
     }
+    width = max(len(str(path)) for path in result["files"].values())
     for name, path in result["files"].items():
-        print(f"  {str(path):<40} {descriptions.get(name, '')}")
+        print(f"  {str(path):<{width}}  {descriptions.get(name, '')}")
     return 0

@@ -12,7 +12,7 @@ __all__ = ["register"]
 
 
 def register(subparsers) -> None:
-    """Add ``pcamlab models`` to the top-level parser."""
+    """Add ``pcamlab models`` to the top-level parser (the table, then the default model's line)."""
     parser = subparsers.add_parser(
         "models",
         help="list the model presets with parameters, MFLOPs and a description",
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pcamlab.models import model_table
+    from pcamlab.models import default_model, model_summary, model_table
 
     rows = model_table(args.names or None, args.input_size)
     name_width = max(len("model"), *(len(row["name"]) for row in rows))
@@ -37,4 +37,11 @@ def run(args: argparse.Namespace) -> int:
             for key, value in row["options"].items():
                 shown = list(value) if isinstance(value, tuple) else value
                 print(f"{'':{name_width}s}    {key}: {shown}")
+    default = default_model()
+    if default.name in (row["name"] for row in rows):
+        summary = model_summary(default, args.input_size)
+        options = ", ".join(f"{key} {value}" for key, value in default.options.items())
+        print(f"default model: {default.name} with {options} (configs/default.yaml, pcamlab demo, pcamlab bench): "
+              f"{summary['parameters']:,d} parameters, {summary['flops'] / 1e6:.1f} MFLOPs/patch; "
+              "the rows show each model with its builder's defaults")
     return 0

@@ -308,6 +308,55 @@ def contact_sheet(
     return _save(figure, path)
 
 
+def augmented_versions(originals: np.ndarray, config, per_patch: int, seed: int = 0) -> tuple[np.ndarray, int]:
+    """``per_patch`` versions of each patch, augmented as training augments them with ``config``.
+
+    Args:
+        originals: uint8 (N, H, W, 3) patches.
+        config: an ``AugmentConfig``.
+        per_patch: versions per patch.
+        seed: seed of the ``torch.Generator`` that draws the augmentations.
+
+    Returns:
+        uint8 (N, per_patch, H, W, 3) and the number of leading versions that are label-keeping crops
+        (``config.crop_size`` px, :func:`pcamlab.data.augment.random_label_crop`, centred on white at their
+        own size): all of them when ``crop_epochs`` is 0, half (at least one) when crops are only for the
+        first epochs, none without ``crop_size``.
+    """
+    import torch
+
+    from pcamlab.data.augment import augment_batch, random_label_crop
+
+    count, size = len(originals), originals.shape[1]
+    crop_columns = 0
+    if config.crop_size:
+        crop_columns = per_patch if config.crop_epochs == 0 else max(1, per_patch // 2)
+    torch_generator = torch.Generator().manual_seed(seed)
+
+    def augmented(images: np.ndarray, crop: bool) -> np.ndarray:  # uint8 (m, H, W, 3) -> uint8 (m, H, W, 3)
+        batch = torch.from_numpy(np.ascontiguousarray(images))  # (m, H, W, 3) uint8
+        if crop:
+            batch = random_label_crop(batch, config.crop_size, torch_generator)  # (m, c, c, 3): holds the centre
+        batch = batch.permute(0, 3, 1, 2).float().div(255)  # (m, 3, c, c)
+        batch = augment_batch(batch, config, torch_generator)
+        result = (batch.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        if result.shape[1] == size:
+            return result
+        framed = np.full((len(result), size, size, 3), 255, dtype=np.uint8)  # a crop at its own size, on white
+        offset = (size - result.shape[1]) // 2
+        framed[:, offset : offset + result.shape[1], offset : offset + result.shape[2]] = result
+        return framed
+
+    versions = np.empty((count, per_patch, size, size, 3), dtype=np.uint8)
+    if crop_columns:
+        cropped = augmented(np.repeat(originals, crop_columns, axis=0), crop=True)
+        versions[:, :crop_columns] = cropped.reshape(count, crop_columns, size, size, 3)
+    if crop_columns < per_patch:
+        full = augmented(np.repeat(originals, per_patch - crop_columns, axis=0), crop=False)
+        versions[:, crop_columns:] = full.reshape(count, per_patch - crop_columns, size, size, 3)
+    return versions, crop_columns
+
+
 def augment_sheet(
     reader: PatchReader,
     path: str | os.PathLike,
@@ -319,45 +368,51 @@ def augment_sheet(
 ) -> Path:
     """Write a PNG: ``count`` random patches (first column) and ``per_patch`` augmented versions each.
 
-    Uses :func:`pcamlab.data.augment.augment_batch` with ``config`` (an ``AugmentConfig``; default:
-    the defaults of ``pcamlab.config.AugmentConfig``), a ``torch.Generator`` seeded with ``seed``.
+    The versions are made the way training makes them from ``config`` (an ``AugmentConfig``; default: the
+    defaults of ``pcamlab.config.AugmentConfig``, i.e. dihedral transforms only), with a ``torch.Generator``
+    seeded with ``seed``: with ``config.crop_size`` the first columns are the crop epochs' inputs
+    (:func:`pcamlab.data.augment.random_label_crop`, then :func:`~pcamlab.data.augment.augment_batch`),
+    drawn at their own size on white, and the others the full patches of the later epochs (all of them
+    crops when ``crop_epochs`` is 0, crops in every epoch). The title lists every setting that differs
+    from the defaults.
 
     Returns:
         ``path``.
     """
-    import torch
+    import textwrap
 
     from pcamlab.config import AugmentConfig
-    from pcamlab.data.augment import augment_batch
 
-    config = config or AugmentConfig()
+    config = config if config is not None else AugmentConfig()
     generator = np.random.default_rng(seed)
     originals = _readable_images(reader, generator.permutation(len(reader)), count)  # (n, 96, 96, 3) uint8
-    batch = torch.from_numpy(originals).permute(0, 3, 1, 2).float().div(255)  # (n, 3, 96, 96)
-    batch = batch.repeat_interleave(per_patch, dim=0)  # (n * per_patch, 3, 96, 96)
-    augmented = augment_batch(batch, config, torch.Generator().manual_seed(seed))
-    augmented = (augmented.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    augmented = augmented.reshape(len(originals), per_patch, *originals.shape[1:])  # (n, k, 96, 96, 3)
-    tiles = np.concatenate([originals[:, None], augmented], axis=1).reshape(-1, *originals.shape[1:])
+    count, size = len(originals), originals.shape[1]
+    versions, crop_columns = augmented_versions(originals, config, per_patch, seed)  # (n, k, 96, 96, 3)
+    tiles = np.concatenate([originals[:, None], versions], axis=1).reshape(-1, size, size, 3)
     columns = per_patch + 1
-    figure = _new_figure(columns * 1.0 + 0.3, len(originals) * 1.0 + 0.7)
-    axes = figure.add_subplot()
-    axes.imshow(_mosaic(tiles, columns), interpolation="nearest")
-    axes.set_axis_off()
     changed = {
         field.name: getattr(config, field.name)
         for field in dataclasses.fields(config)
         if getattr(config, field.name) != field.default
     }
-    settings = ", ".join(f"{name}={value}" for name, value in changed.items()) or "defaults"
-    enabled = ", ".join(
-        name for name in ("dihedral", "brightness", "contrast", "saturation", "hue", "hed", "blur")
-        if getattr(config, name)
-    ) + (", crop" if config.crop_scale < 1 else "")
-    axes.set_title(
-        f"first column: original; then augment_batch ({settings}; on: {enabled or 'nothing'}), seed {seed}",
-        fontsize=7,
-    )
+    settings = ", ".join(f"{name}={value}" for name, value in changed.items()) or "the defaults: dihedral only"
+    enabled = [name for name in ("dihedral", "brightness", "contrast", "saturation", "hue", "hed", "blur")
+               if getattr(config, name)]
+    enabled += ["resized crop"] * (config.crop_scale < 1) + [f"{config.crop_size} px label crops"] * bool(crop_columns)
+    lines = [f"first column: original; then augmented as training does it, seed {seed} ({settings}; "
+             f"on: {', '.join(enabled) or 'nothing'})"]
+    if crop_columns:
+        epochs = "every epoch" if config.crop_epochs == 0 else f"the first {config.crop_epochs} epochs"
+        lines.append(f"columns 2-{crop_columns + 1}: random {config.crop_size} px crops holding the centre 32x32, "
+                     f"drawn at their size ({epochs})"
+                     + (f"; columns {crop_columns + 2}-{columns}: full patches (the epochs after)"
+                        if crop_columns < per_patch else ""))
+    title = "\n".join(textwrap.fill(line, width=15 * columns) for line in lines)
+    figure = _new_figure(columns * 1.0 + 0.3, count * 1.0 + 0.25 + 0.15 * (title.count("\n") + 1))
+    axes = figure.add_subplot()
+    axes.imshow(_mosaic(tiles, columns), interpolation="nearest")
+    axes.set_axis_off()
+    axes.set_title(title, fontsize=7)
     return _save(figure, path)
 
 

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pcamlab.config import ModelConfig
 from pcamlab.fileio import json_safe, publish
 from pcamlab.errors import ConfigError, RunFolderError, did_you_mean
 
@@ -53,6 +54,8 @@ __all__ = [
     "format_model_table",
     "format_table",
     "measure_peak_flops",
+    "model_label",
+    "parse_model",
     "run_bench",
     "time_steps",
     "write_results",
@@ -143,12 +146,49 @@ def _check_list(name: str, values: Sequence[Any], allowed: Sequence[Any] | None 
     return values
 
 
-def _build(name: str, seed: int, device: torch.device, channels_last: bool) -> torch.nn.Module:
+def parse_model(model: str | ModelConfig) -> ModelConfig:
+    """A model to bench: ``NAME`` (the builder's defaults) or ``NAME:OPTION=VALUE[:OPTION=VALUE...]``.
+
+    Values are read as YAML scalars (``simple-cnn:width=16:dropout=0.1``); :func:`model_label` writes
+    the same form back, so a row's label is what to pass again.
+
+    Raises:
+        ConfigError: an unknown model name (with a suggestion) or an option without ``=VALUE``.
+    """
+    import yaml
+
+    from pcamlab.models import list_models
+
+    if isinstance(model, ModelConfig):
+        config = ModelConfig(name=model.name, options=dict(model.options))
+    else:
+        name, *options = str(model).split(":")
+        values = {}
+        for option in options:
+            key, equals, value = option.partition("=")
+            if not equals or not key.strip():
+                raise ConfigError(f"models: {model!r} has option {option!r} without a value; write NAME:OPTION=VALUE, "
+                                  "e.g. simple-cnn:width=16", parameters=("models",))
+            values[key.strip()] = yaml.safe_load(value)
+        config = ModelConfig(name=name.strip(), options=values)
+    names = list_models()
+    if config.name not in names:
+        raise ConfigError(f"models must be among {names}; got {config.name!r}{did_you_mean(config.name, names)}",
+                          parameters=("models",))
+    return config
+
+
+def model_label(model: ModelConfig) -> str:
+    """``simple-cnn:width=16``: the model's name and options in the form :func:`parse_model` reads."""
+    return ":".join([model.name, *(f"{key}={value}" for key, value in model.options.items())])
+
+
+def _build(model: ModelConfig, seed: int, device: torch.device, channels_last: bool) -> torch.nn.Module:
     from pcamlab.models import build_model
 
     with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's global stream
         torch.manual_seed(seed)
-        model = build_model(name)
+        model = build_model(model)
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
@@ -169,12 +209,12 @@ def _fraction(images_per_second: float | None, flops: int, factor: int, peak: fl
     return images_per_second * flops * factor / peak
 
 
-def _torch_rows(name, summary, precision, channels_last, batch_size, *, steps, warmup, input_size, seed,
+def _torch_rows(config, summary, precision, channels_last, batch_size, *, steps, warmup, input_size, seed,
                 device, compile) -> list[dict[str, Any]]:
     from pcamlab.runtime.device import autocast
 
     x, labels = _inputs(batch_size, input_size, seed, device, channels_last)
-    model = _build(name, seed, device, channels_last)
+    model = _build(config, seed, device, channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
 
@@ -207,7 +247,7 @@ def _torch_rows(name, summary, precision, channels_last, batch_size, *, steps, w
         train_rate = batch_size / training_seconds if training_seconds else None
         inference_rate = batch_size / inference_seconds
         rows.append({
-            "model": name, "runtime": runtime, "precision": precision, "channels_last": channels_last,
+            "model": model_label(config), "runtime": runtime, "precision": precision, "channels_last": channels_last,
             "batch_size": batch_size, **summary,
             "train_images_per_second": train_rate,
             "train_step_ms": training_seconds * 1e3 if training_seconds else None,
@@ -217,15 +257,15 @@ def _torch_rows(name, summary, precision, channels_last, batch_size, *, steps, w
     return rows
 
 
-def _onnx_row(name, summary, batch_size, *, steps, warmup, input_size, seed, threads) -> dict[str, Any]:
+def _onnx_row(config, summary, batch_size, *, steps, warmup, input_size, seed, threads) -> dict[str, Any]:
     import onnxruntime
 
     from pcamlab.deploy.export import NormalisedInputModel, export_onnx
 
-    model = _build(name, seed, torch.device("cpu"), channels_last=False).eval()
+    model = _build(config, seed, torch.device("cpu"), channels_last=False).eval()
     x, _ = _inputs(batch_size, input_size, seed, torch.device("cpu"), channels_last=False)
     with tempfile.TemporaryDirectory(prefix="pcamlab-bench-") as folder:
-        path = Path(folder) / f"{name}.onnx"
+        path = Path(folder) / f"{config.name}.onnx"
         wrapped = NormalisedInputModel(model).eval()
         try:  # the legacy exporter is the quicker one here ...
             export_onnx(wrapped, x[:2].contiguous(), path, exporter="legacy")
@@ -238,7 +278,7 @@ def _onnx_row(name, summary, batch_size, *, steps, warmup, input_size, seed, thr
     seconds = time_steps(lambda: session.run(["probability"], feed), steps, warmup, torch.device("cpu"))
     rate = batch_size / seconds
     return {
-        "model": name, "runtime": "onnxruntime", "precision": "fp32", "channels_last": None,
+        "model": model_label(config), "runtime": "onnxruntime", "precision": "fp32", "channels_last": None,
         "batch_size": batch_size, **summary,
         "train_images_per_second": None, "train_step_ms": None,
         "inference_images_per_second": rate, "inference_batch_ms": seconds * 1e3,
@@ -246,7 +286,7 @@ def _onnx_row(name, summary, batch_size, *, steps, warmup, input_size, seed, thr
 
 
 def run_bench(
-    models: Sequence[str] = ("baseline", "simple-cnn"),
+    models: Sequence[str | ModelConfig] | None = None,
     *,
     precisions: Sequence[str] = ("fp32",),
     batch_sizes: Sequence[int] = (64,),
@@ -265,7 +305,10 @@ def run_bench(
     """Measure training and inference throughput per model, batch size, precision and layout.
 
     Args:
-        models: registered model names (built with default options).
+        models: models to time, each a registered name (built with its builder's defaults), a
+            ``NAME:OPTION=VALUE[:...]`` string (see :func:`parse_model`) or a ``ModelConfig``; default the
+            course ``baseline`` and the default model (``pcamlab.models.default_model()``: simple-cnn
+            width 16, as in configs/default.yaml). Rows are labelled by :func:`model_label`.
         precisions: among ``fp32`` and ``bf16`` (autocast).
         batch_sizes: images per step.
         channels_last: layouts to try (True = NHWC memory format).
@@ -291,10 +334,11 @@ def run_bench(
     Example:
         >>> rows = run_bench(["baseline"], precisions=["fp32", "bf16"], batch_sizes=[32, 64], onnx=True)
     """
-    from pcamlab.models import list_models, model_summary
+    from pcamlab.models import default_model, model_summary
     from pcamlab.runtime.device import resolve_device
 
-    models = _check_list("models", models, list_models())
+    models = [parse_model(model) for model in _check_list("models", ["baseline", default_model()] if models is None
+                                                              else models)]
     precisions = _check_list("precisions", precisions, PRECISIONS)
     batch_sizes = _check_list("batch_sizes", batch_sizes)
     layouts = _check_list("channels_last", channels_last, (True, False))
@@ -322,17 +366,17 @@ def run_bench(
                 + f" (square matmul, {used_threads} threads)")
         rows: list[dict[str, Any]] = []
         common = {"steps": steps, "warmup": warmup, "input_size": input_size, "seed": seed}
-        for name in models:
-            summary_values = model_summary(name, input_size)
+        for config in models:
+            summary_values = model_summary(config, input_size)
             summary = {"parameters": summary_values["parameters"], "flops_per_image": summary_values["flops"]}
             for batch_size in batch_sizes:
                 new_rows = []
                 for precision in precisions:
                     for layout in layouts:
-                        new_rows += _torch_rows(name, summary, precision, layout, batch_size, device=torch_device,
+                        new_rows += _torch_rows(config, summary, precision, layout, batch_size, device=torch_device,
                                                 compile=compile, **common)
                 if onnx:
-                    new_rows.append(_onnx_row(name, summary, batch_size, threads=used_threads, **common))
+                    new_rows.append(_onnx_row(config, summary, batch_size, threads=used_threads, **common))
                 for row in new_rows:
                     row.update({"threads": used_threads, "device": str(torch_device), "steps": steps,
                                 "warmup": warmup, "load_average": _load_average()})
@@ -405,14 +449,16 @@ def bench_model_file(
 
     Returns:
         One dict per batch size: ``model, runtime, batch_size, tta, patches, images_per_second,
-        ms_per_patch, load_average``.
+        ms_per_patch, load_average``; ``runtime`` is ``torch``, ``onnx``, ``int8`` (an export quantised by
+        ``pcamlab export --quantize int8``) or ``torchscript``, the names ``--runtime`` takes.
 
     Raises:
         ConfigError: an empty or non-positive batch size list, patches or repeats < 1.
         CheckpointError: the file cannot be loaded.
     """
     from pcamlab.data import open_split
-    from pcamlab.runtime.predictor import RUNTIMES, load_predictor
+    from pcamlab.runtime.fastest import runtime_of
+    from pcamlab.runtime.predictor import load_predictor
 
     batch_sizes = _check_list("batch_sizes", batch_sizes)
     if any(isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in batch_sizes):
@@ -421,7 +467,7 @@ def bench_model_file(
         raise ConfigError(f"patches and repeats must be >= 1; got patches={patches}, repeats={repeats}",
                           parameters=("patches", "repeats"))
     predictor = load_predictor(model, device=device)
-    runtime = next(name for name in RUNTIMES.names() if isinstance(predictor, RUNTIMES.get(name)))
+    runtime = runtime_of(predictor)  # torch | onnx | int8 | torchscript
     reader = open_split("sample", "valid")
     sample = np.stack([reader[index % len(reader)][0] for index in range(min(patches, len(reader)))])
     images = np.resize(sample, (patches, *sample.shape[1:]))  # (patches, 96, 96, 3) uint8, real pixels

@@ -136,8 +136,10 @@ def predict_files(
 
         predictor, runtime, runtime_reason = open_fastest(checkpoint, runtime, device=device)
     else:
+        from pcamlab.runtime.fastest import runtime_of
+
         predictor, runtime_reason = load_predictor(checkpoint, device=device), "a loaded model"
-        runtime = type(predictor).__name__
+        runtime = runtime_of(predictor)
     contract = predictor.contract
     threshold_source = contract.threshold_source if threshold is None else "given"
     threshold = float(contract.threshold if threshold is None else threshold)  # the contract checks its own

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import html
 import math
 import os
@@ -345,7 +346,8 @@ def _summary_section(run_dir: Path) -> tuple[str, dict[str, Any]]:
         return f"<table>{''.join(rows)}</table>"
 
     data_items = [(key, value) for key, value in flat.items() if key.split(".")[0] in ("data", "dataset")]
-    other_items = [(key, value) for key, value in flat.items() if key.split(".")[0] not in ("data", "dataset")]
+    other_items = [(key, value) for key, value in flat.items() if key.split(".")[0] not in ("data", "dataset")
+                   and not _restates(key, value, flat)]
     parts = [
         '<p class="meaning">What this means: how many patches of each class the model learned from and was '
         "checked on, and facts about the run (time, best epoch).</p>"
@@ -357,6 +359,12 @@ def _summary_section(run_dir: Path) -> tuple[str, dict[str, Any]]:
     if other_items:
         parts.append(f"<details{'' if data_items else ' open'}><summary>Run facts ({len(other_items)})</summary>{table(other_items)}</details>")
     return "".join(parts), values
+
+
+def _restates(key: str, value: Any, flat: Mapping[str, Any]) -> bool:
+    """Whether ``contract.threshold`` (any ``contract.X``) only repeats the run fact ``X`` shown beside it."""
+    section, _, name = key.partition(".")
+    return section == "contract" and name in flat and flat[name] == value
 
 
 def _read_history_rows(path: Path) -> list[dict[str, Any]]:
@@ -471,7 +479,24 @@ def _metric_rows(metrics: Mapping[str, Any]) -> tuple[list[tuple[str, Any]], dic
     return scalars, tables, warnings
 
 
+def _merge_identical_rows(table: Mapping[str, Any]) -> dict[str, Any]:
+    """Rows with the same values shown once, named together: ``0.5`` and ``chosen`` at 0.5 -> ``0.5 = chosen``."""
+    merged: dict[str, Any] = {}
+    for row_name, row in table.items():
+        same = next((name for name, kept in merged.items() if kept == row), None)
+        if same is None:
+            merged[str(row_name)] = row
+        else:
+            merged = {(f"{name} = {row_name}" if name == same else name): kept for name, kept in merged.items()}
+    return merged
+
+
 def _metrics_table(metrics: Mapping[str, Any]) -> str:
+    at_threshold = _threshold_note(metrics)
+    origin = metrics.get("threshold_origin")
+    if isinstance(origin, Mapping) and origin.get("label"):  # said once: in the threshold row, not as 8 more
+        metrics = {key: value for key, value in metrics.items() if key != "threshold_origin"}
+        metrics.setdefault("threshold", origin.get("threshold"))
     scalars, tables, warnings = _metric_rows(metrics)
     context = [(key, value) for key, value in scalars if not _is_number(value) and not isinstance(value, (list, tuple))
                and key.split(".")[-1] not in METRIC_DESCRIPTIONS]
@@ -482,13 +507,14 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
         parts.append(f"<table>{cells}</table>")
     if scalars:
         rows = []
-        at_threshold = _threshold_note(metrics)
         for key, value in scalars:
             name, meaning = METRIC_DESCRIPTIONS.get(key.split(".")[-1], (key, ""))
             if "." in key and key.split(".")[-1] in METRIC_DESCRIPTIONS:
                 name = f"{name} ({key.rsplit('.', 1)[0]})"
             elif key in _THRESHOLD_DEPENDENT and at_threshold:
                 meaning = f"{meaning}; {at_threshold}" if meaning else at_threshold
+            elif key == "threshold" and isinstance(origin, Mapping) and origin.get("label"):
+                meaning = f"{meaning}; {origin['label']}"
             css = "number" if _is_number(value) else ""
             rows.append(
                 f'<tr><th>{_escape(name)}</th><td class="{css}">{_escape(format_value(value))}</td>'
@@ -496,6 +522,7 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
             )
         parts.append(f"<table><tr><th>Metric</th><th>Value</th><th>What it means</th></tr>{''.join(rows)}</table>")
     for name, table in tables.items():
+        table = _merge_identical_rows(table)
         columns: list[str] = []
         for row in table.values():
             columns.extend(key for key, value in row.items() if key not in columns and not isinstance(value, (Mapping, list)))
@@ -708,6 +735,7 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
         if png == curves_png:
             continue
         groups.setdefault(png.parent.relative_to(run_dir), []).append(png)
+    shown: dict[str, Path] = {}  # SHA-256 of the PNG bytes -> the file that showed it
     for relative, files in groups.items():
         figure_parts.append(f"<h3>{_escape(_folder_title(relative))}</h3>")
         for png_path in sorted(files, key=_figure_order):
@@ -715,6 +743,12 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
             if data is None:
                 figure_parts.append(note_html(problem))
                 continue
+            digest = hashlib.sha256(data).hexdigest()
+            if digest in shown:  # e.g. an older demo's filters.png beside explain-valid/first_layer_filters.png
+                figure_parts.append(f'<p class="meaning">{_escape(png_path.relative_to(run_dir))} is the same picture '
+                                    f"as {_escape(shown[digest].relative_to(run_dir))}.</p>")
+                continue
+            shown[digest] = png_path
             title, meaning = _caption(png_path.stem)
             figure_parts.append(figure_html(data, title, meaning, str(png_path.relative_to(run_dir))))
     if not figure_parts:

@@ -13,6 +13,7 @@ from torch import nn
 from pcamlab.errors import CheckpointError, ConfigError, DataError, did_you_mean
 from pcamlab.fileio import save_png
 from pcamlab.runtime.contract import InputContract
+from pcamlab.runtime.predictor import tensor_from_array
 
 __all__ = [
     "conv_layers",
@@ -116,7 +117,7 @@ def images_to_input(
             f"shape {tuple(array.shape)} (pass the patches as read from the dataset)"
         )
     array = contract.prepare(array)  # the same input the model predicts on
-    return contract.to_model_input(torch.from_numpy(np.ascontiguousarray(array)).to(device))  # (N, 3, H, W)
+    return contract.to_model_input(tensor_from_array(array).to(device))  # (N, 3, H, W)
 
 
 def new_figure(rows: int, columns: int, tile_inches: float = 1.2, title_inches: float = 0.5):

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from pcamlab.runtime.contract import InputContract
+from pcamlab.runtime.predictor import tensor_from_array
 
 __all__ = ["picture_samples", "write_epoch_pictures"]
 
@@ -51,6 +52,6 @@ def write_epoch_pictures(writer: Any, model: nn.Module, epoch: int, samples: np.
         grid[row * (size + 1) : row * (size + 1) + size, column * (size + 1) : column * (size + 1) + size] = tiles[index]
     writer.add_image("filters/first_layer", grid.repeat_interleave(8, 0).repeat_interleave(8, 1), epoch, dataformats="HWC")
     device = next(model.parameters()).device
-    cams = GradCAM(model)(contract.to_model_input(torch.from_numpy(samples).to(device)))  # (B, H, W)
+    cams = GradCAM(model)(contract.to_model_input(tensor_from_array(samples).to(device)))  # (B, H, W)
     overlays = np.stack([overlay(image, cam.numpy()) for image, cam in zip(samples, cams)])  # (B, H, W, 3)
     writer.add_images("gradcam/validation_patches", torch.from_numpy(overlays), epoch, dataformats="NHWC")

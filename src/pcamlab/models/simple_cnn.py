@@ -60,7 +60,7 @@ def build_simple_cnn(
     activation: str = "relu",
     init: str = "kaiming",
 ) -> nn.Module:
-    """Default CNN: 4 stages of conv-bn-act (widths 32-64-128-256), max-pool, GAP, dropout, logit.
+    """Default CNN (width 16 in the default recipe): 4 stages of conv-bn-act (width x 1-2-4-8), max-pool, GAP, logit.
 
     Args:
         width: channels of the first stage; stage ``i`` has ``width * 2**i``.

@@ -14,7 +14,7 @@ machine, an older pcamlab) it falls back to the order of :data:`AUTO_ORDER`. Why
 wrong for a narrower network; measured on 2 threads of a quiet AVX-512 VNNI Xeon (no AMX), simple-cnn
 width 32 ran ONNX Runtime int8 1,362 > fp32 888 > torch 425 patches/s (batch-norm folded), but width 16
 fp32 2,291 > int8 1,929 > torch 1,040 (batch 256, before the export normalised the flattened patch;
-README, inference table). On a GPU it is always torch.
+docs/benchmarks.md, inference table). On a GPU it is always torch.
 
 Example:
     >>> predictor, runtime, reason = open_fastest("runs/demo/best.safetensors")
@@ -38,7 +38,7 @@ __all__ = ["AUTO_ORDER", "RUNTIME_CHOICES", "SOURCE_HASH_KEY", "SPEED_KEY", "exp
            "open_fastest", "runtime_of", "time_predictor"]
 
 RUNTIME_CHOICES = ("auto", "torch", "onnx", "int8")
-AUTO_ORDER = ("int8", "onnx")  # exports tried by auto before torch, fastest first (measured, README)
+AUTO_ORDER = ("int8", "onnx")  # exports tried by auto before torch, fastest first (measured, docs/benchmarks.md)
 SOURCE_HASH_KEY = "pcamlab.source_sha256"  # ONNX metadata: SHA-256 of the checkpoint it was exported from
 SPEED_KEY = "pcamlab.speed"  # ONNX metadata: JSON, patches/s of this file and of torch, timed at export
 TIMED_PATCHES, TIMED_BATCH, TIMED_REPEATS = 256, 64, 3

@@ -61,6 +61,7 @@ __all__ = [
     "load_onnx",
     "load_predictor",
     "require_onnx",
+    "tensor_from_array",
 ]
 
 # Keys of the ONNX ``metadata_props`` written by ``pcamlab export``.
@@ -114,11 +115,27 @@ def require_onnx() -> None:
         )
 
 
+def tensor_from_array(array: np.ndarray) -> torch.Tensor:
+    """A torch tensor of ``array``'s values: its memory when writable and C-contiguous, else a copy's.
+
+    ``np.asarray(PIL.Image)``, memory-mapped files and broadcast views give read-only arrays, which
+    ``torch.from_numpy`` wraps only with a warning ("The given NumPy array is not writable"); every
+    place in pcamlab that hands a caller's array to torch goes through here.
+
+    Args:
+        array: any numpy array, e.g. uint8 patches (N, H, W, 3).
+
+    Returns:
+        A CPU tensor of the same shape and dtype.
+    """
+    return torch.from_numpy(np.require(array, requirements=["C", "W"]))
+
+
 def dihedral_views(images: np.ndarray, k: int) -> np.ndarray:
     """Dihedral transform ``k`` (0..7) of uint8 (N, H, W, 3) patches: the table of ``augment.dihedral``."""
     from pcamlab.data.augment import dihedral
 
-    channels_first = torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, 3, H, W) view
+    channels_first = tensor_from_array(images).permute(0, 3, 1, 2)  # (N, 3, H, W) view
     return np.ascontiguousarray(dihedral(channels_first, k).permute(0, 2, 3, 1).numpy())  # (N, H, W, 3)
 
 
@@ -295,7 +312,7 @@ class TorchPredictor(PatchPredictor):
 
     @torch.inference_mode()
     def forward(self, batch: np.ndarray) -> np.ndarray:
-        x = self.contract.to_model_input(torch.from_numpy(batch).to(self.device))  # (B, 3, H, W)
+        x = self.contract.to_model_input(tensor_from_array(batch).to(self.device))  # (B, 3, H, W)
         with scoring(self.device, self.precision):  # IEEE fp32 on GPUs too (no TF32)
             logits = self.scoring_model(x)  # (B, 1)
         return torch.sigmoid(logits.float().reshape(-1)).double().cpu().numpy()  # (B,)
@@ -357,7 +374,7 @@ class OnnxPredictor(PatchPredictor):
         """What the graph takes for uint8 patches (N, H, W, 3): them, or the float model input (N, 3, H, W)."""
         if self.input_kind == "uint8":
             return images
-        return np.ascontiguousarray(self.contract.to_model_input(torch.from_numpy(images)).numpy())
+        return np.ascontiguousarray(self.contract.to_model_input(tensor_from_array(images)).numpy())
 
     def run(self, model_input: np.ndarray) -> np.ndarray:
         """float64 (N,) probabilities for an input already in the graph's form (see :meth:`model_input`)."""
@@ -410,7 +427,7 @@ class TorchScriptPredictor(PatchPredictor):
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            probability, _ = self.module(torch.from_numpy(batch).to(self.device))
+            probability, _ = self.module(tensor_from_array(batch).to(self.device))
         return probability.double().cpu().numpy()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["register", "parse_shard"]
+__all__ = ["register", "parse_shard", "add_annotation_arguments", "annotation_options"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="print the facts as JSON")
     info.add_argument("--verify", action="store_true", help="also decode every tile of every level, so a damaged "
                       "tile is found now (exit 2) instead of mid-prediction (minutes for a 40x slide)")
+    add_annotation_arguments(info, "also read this annotation file (ASAP .xml, QuPath .geojson, label mask "
+                             ".png/.tif): regions and areas per class, outlines drawn on --thumbnail")
     info.set_defaults(func=run_info)
+    register_synth_cohort(commands)
 
     predict = commands.add_parser(
         "predict", help="tumour heatmaps of slides from a patch model (one folder per slide)",
@@ -70,6 +73,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "(1 <= I <= N; slide k goes to share k mod N + 1), for cluster array jobs")
     predict.add_argument("--no-resume", action="store_true", help="start unfinished slides again from scratch")
     predict.set_defaults(func=run_predict)
+
+
+def add_annotation_arguments(parser: argparse.ArgumentParser, help: str, *, required: bool = False) -> None:
+    """``--annotations`` and the options of reading them, shared by ``slide info`` and ``data from-slides``."""
+    parser.add_argument("--annotations", metavar="PATH", required=required, help=help)
+    parser.add_argument("--class-map", metavar="NAME=CLASS", action="append", default=[],
+                        help="map an annotation class name (ASAP group, QuPath class, mask value) to tumour, normal "
+                        "or exclude (repeatable), e.g. --class-map 'Carcinoma=tumour'")
+    parser.add_argument("--mask-downsample", type=float, metavar="D",
+                        help="label masks: level-0 pixels per mask pixel (default: from the slide's width)")
+    parser.add_argument("--no-repair", action="store_true",
+                        help="refuse self-intersecting polygons instead of repairing them with a note")
+
+
+def annotation_options(args: argparse.Namespace) -> dict:
+    """``class_map``, ``mask_downsample`` and ``repair`` keyword arguments from the annotation flags."""
+    from pcamlab.errors import ConfigError
+
+    class_map = {}
+    for item in args.class_map:
+        name, separator, kind = item.rpartition("=")
+        if not separator or not name.strip():
+            raise ConfigError(f"--class-map must be NAME=CLASS (CLASS tumour, normal or exclude); got {item!r}")
+        class_map[name.strip()] = kind.strip().lower()
+    return {"class_map": class_map, "mask_downsample": args.mask_downsample, "repair": not args.no_repair}
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -131,6 +159,13 @@ def run_info(args: argparse.Namespace) -> int:
                     decoded = verify_slide(slide, progress=update)
             finally:
                 close()
+    annotations = None
+    if args.annotations:
+        from pcamlab.slide.annotations import draw_annotations, read_annotations
+
+        annotations = read_annotations(args.annotations, slide_dimensions=info.level_dimensions[0],
+                                       **annotation_options(args))
+        thumbnail = draw_annotations(thumbnail, annotations, info.level_dimensions[0][0] / thumbnail.shape[1])
     if args.thumbnail:
         from PIL import Image
 
@@ -139,7 +174,12 @@ def run_info(args: argparse.Namespace) -> int:
         with atomic_path(args.thumbnail) as temporary:
             Image.fromarray(thumbnail).save(temporary, format="PNG")
     if args.json:
-        print(json.dumps({**info.to_dict(), **({"verified_pixels": decoded} if args.verify else {})}, indent=2))
+        facts = info.to_dict()
+        if args.verify:
+            facts["verified_pixels"] = decoded
+        if annotations is not None:
+            facts["annotations"] = _annotation_facts(annotations, info)
+        print(json.dumps(facts, indent=2))
         return 0
     print(f"slide     {info.path}")
     print(f"reader    {info.backend} ({info.vendor})")
@@ -157,6 +197,8 @@ def run_info(args: argparse.Namespace) -> int:
     for level, ((width, height), downsample) in enumerate(zip(info.level_dimensions, info.level_downsamples)):
         mpp = f"{info.mpp[0] * downsample:.4g}" if info.mpp else "-"
         print(f"{level:>5}  {width:>7} x {height:<7}  {downsample:>10.4g}  {mpp}")
+    if annotations is not None:
+        print(_annotation_text(_annotation_facts(annotations, info)))
     print(_text_thumbnail(thumbnail))
     if args.thumbnail:
         print(f"thumbnail written to {args.thumbnail} ({thumbnail.shape[1]} x {thumbnail.shape[0]})")
@@ -166,6 +208,27 @@ def run_info(args: argparse.Namespace) -> int:
     for line in _remarks(info.notes, info.warnings):
         print(line)
     return 0
+
+
+def _annotation_facts(annotations, info) -> dict:
+    mpp = (info.mpp[0] + info.mpp[1]) / 2 if info.mpp else None
+    return {
+        "file": str(annotations.source), "format": annotations.format, "classes": annotations.summary(mpp),
+        "source_classes": [{"name": name, "class": kind, "regions": count}
+                           for name, kind, count in annotations.source_classes],
+        "notes": list(annotations.notes),
+    }
+
+
+def _annotation_text(facts: dict) -> str:
+    lines = [f"annotations {facts['file']} ({facts['format']})", "  class    regions    area mm2  from"]
+    for name, values in facts["classes"].items():
+        area = "-" if values["area_mm2"] is None else f"{values['area_mm2']:.4f}"
+        sources = ", ".join(f"{item['name']} x{item['regions']}" for item in facts["source_classes"]
+                            if item["class"] == name)
+        lines.append(f"  {name:<8} {values['regions']:>7}  {area:>10}  {sources}")
+    lines += [f"note: {note}" for note in facts["notes"]]
+    return "\n".join(lines)
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -263,3 +326,54 @@ def _predict_slides(args: argparse.Namespace, predictor, mine: list, folders: li
         )
         done += 1
     return done, skipped
+
+
+def register_synth_cohort(commands: argparse._SubParsersAction) -> None:
+    """``pcamlab slide synth-cohort``: a synthetic cohort of slides of real PCam patches, with annotations."""
+    parser = commands.add_parser(
+        "synth-cohort", help="write a synthetic cohort: slides of real PCam patches, annotations, reference.csv",
+        description="Write OUT/slides/*.tif (pyramidal TIFFs of real PCam patches at 0.972 um/px), "
+        "OUT/annotations/<id>.xml (ASAP) and <id>.geojson (QuPath) for tumour slides (macro-, micro-metastases "
+        "and isolated tumour cells), OUT/reference.csv (slide,label) and OUT/lesions.csv. Training cohorts use "
+        "train-split patches only, test cohorts valid-split patches only.",
+    )
+    parser.add_argument("out", metavar="OUT", help="new folder for the cohort")
+    parser.add_argument("--normal", type=int, default=2, help="normal slides (default 2)")
+    parser.add_argument("--tumour", type=int, default=2, help="tumour slides (default 2)")
+    parser.add_argument("--split", choices=["train", "valid"], default="valid",
+                        help="patches from this PCam split: train (slides normal_/tumor_NNN) or valid (test_NNN)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
+    parser.add_argument("--width", type=int, default=4096, help="level-0 width in pixels (default 4096 = 4 mm)")
+    parser.add_argument("--height", type=int, default=3072, help="level-0 height in pixels (default 3072 = 3 mm)")
+    parser.add_argument("--patches", metavar="DIR", help="folder with train/ and valid/ of 0/ 1/ patch folders "
+                        "(e.g. ../shared/data/pcam-jpg; default: the sample shipped in pcamlab)")
+    parser.add_argument("--pool-size", type=int, default=2000, help="patches loaded per class (default 2000)")
+    parser.set_defaults(func=run_synth_cohort)
+
+
+def run_synth_cohort(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from pcamlab.progress import progress_bar
+    from pcamlab.slide.cohort_synthetic import make_cohort
+
+    progress, close = progress_bar("slides", unit="slide")
+    try:
+        cohort = make_cohort(args.out, normal_slides=args.normal, tumour_slides=args.tumour, split=args.split,
+                             seed=args.seed, width=args.width, height=args.height, patches=args.patches,
+                             pool_size=args.pool_size, progress=progress)
+    except Exception as error:
+        from pcamlab.errors import PcamlabError
+
+        if isinstance(error, PcamlabError) and "out" in error.parameters:
+            raise type(error)(f"{error} (OUT)", parameters=error.parameters) from None
+        raise
+    finally:
+        close()
+    categories = Counter(lesion.category for lesion in cohort.lesions)
+    tumour = sum(cohort.reference.values())
+    print(f"wrote {len(cohort.slides)} slides ({len(cohort.slides) - tumour} normal, {tumour} tumour) to "
+          f"{cohort.slides_dir}; {len(cohort.lesions)} lesions (" + ", ".join(
+              f"{categories[name]} {name}" for name in ("macro", "micro", "itc")) + f") in {cohort.annotations_dir} "
+          f"(.xml ASAP, .geojson QuPath); {cohort.reference_csv}; {cohort.root / 'lesions.csv'}")
+    return 0

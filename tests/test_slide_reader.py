@@ -248,6 +248,16 @@ def test_a_damaged_tile_stops_prediction_unscored_and_nothing_is_kept(tmp_path, 
     assert not (tmp_path / "cli" / "case").exists()
 
 
+def test_data_from_slides_stops_at_a_damaged_slide_with_one_line(tmp_path, damaged_slide, slides, capsys):
+    short = cut_short(slides["generic-tiff"], tmp_path / "short.tif", 0.9)
+    for slide, words in ((short, "is damaged (cut short"), (damaged_slide, "is damaged (a tile of level 0")):
+        out = tmp_path / f"dataset-{slide.stem}"
+        assert main(["data", "from-slides", str(slide), "--out", str(out)]) == 2
+        error = one_line_error(capsys)
+        assert f"slide '{slide}' {words}" in error and "copy it again" in error, error
+        assert not out.exists()
+
+
 def test_slide_info_verify_decodes_every_tile(damaged_slide, tissue_slide, capsys):
     assert main(["slide", "info", str(damaged_slide)]) == 0  # the levels info reads are intact
     capsys.readouterr()

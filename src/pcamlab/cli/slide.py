@@ -184,7 +184,9 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"slide     {info.path}")
     print(f"reader    {info.backend} ({info.vendor})")
     if info.mpp:
-        source = f"from {info.mpp_source}"
+        source = f"from {describe_mpp_source(info.mpp_source, info.vendor)}"
+        if info.mpp_source == "given":
+            source = "given with --mpp; the slide records none"
         if info.mpp_source == "given" and info.recorded_mpp:
             source = (f"given with --mpp; overrides {info.recorded_mpp[0]:.4g} x {info.recorded_mpp[1]:.4g} um/px "
                       f"from {describe_mpp_source(info.recorded_mpp_source, info.vendor)}")

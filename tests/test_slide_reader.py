@@ -19,6 +19,7 @@ from pcamlab import stopping
 from pcamlab.cli.main import main
 from pcamlab.slide import (
     DamagedSlideError,
+    ResolutionError,
     load_predictor,
     make_synthetic_slide,
     open_slide,
@@ -167,8 +168,10 @@ def test_an_implausible_mpp_warns_naming_where_it_came_from(tmp_path, slides, im
     with open_slide(wrong.path, mpp=0.243) as opened:  # a plausible given mpp: the file's wrong tags only noted
         assert opened.warnings == [] and opened.notes
     for bad in (0, -1, float("nan"), "0.25", True):
-        with pytest.raises(Exception, match="mpp must be a positive number"):
+        with pytest.raises(ResolutionError, match="mpp must be a positive number"):
             open_slide(wrong.path, mpp=bad)
+    assert main(["slide", "info", str(wrong.path), "--mpp", "-1"]) == 2  # the reader's parameter is the flag here
+    assert "error: --mpp must be a positive number" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize("kind", FORMATS)

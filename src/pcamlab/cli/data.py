@@ -210,7 +210,8 @@ def register_from_slides(commands) -> None:
                         help=f"share of slides in test without --split-csv (default {defaults.test_fraction})")
     parser.add_argument("--mpp", type=float, default=defaults.mpp,
                         help=f"patch resolution in um/px (default PCam's {defaults.mpp})")
-    parser.add_argument("--slide-mpp", type=float, help="level-0 um/px of slides whose metadata lacks it")
+    parser.add_argument("--slide-mpp", type=float, help="level-0 um/px of the slides; wins over their "
+                        "metadata and TIFF resolution tags")
     parser.add_argument("--stride", type=int, default=defaults.stride,
                         help=f"step between candidate patches in patch pixels (default {defaults.stride})")
     parser.add_argument("--max-per-slide", type=int, default=defaults.max_patches_per_slide,

@@ -8,6 +8,7 @@ per slide under ``--out``, with a progress bar in tiles per second.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 __all__ = ["register", "parse_shard", "add_annotation_arguments", "annotation_options"]
@@ -130,6 +131,17 @@ def _text_thumbnail(image, columns: int = 64) -> str:
     return "\n".join("".join(ramp[i] for i in row) for row in indices)
 
 
+@contextlib.contextmanager
+def _mpp_is_the_flag():
+    """The reader's resolution errors name its parameter ``mpp``: on these commands that is the flag ``--mpp``."""
+    from pcamlab.slide import ResolutionError
+
+    try:
+        yield
+    except ResolutionError as error:
+        raise type(error)(str(error), parameters=("mpp",)) from None
+
+
 def _remarks(notes, warnings, prefix: str = "") -> list[str]:
     """The reader's notes and warnings as printed lines, the parameter ``mpp`` shown as the flag ``--mpp``."""
     from pcamlab.cli.main import cli_message
@@ -145,7 +157,7 @@ def run_info(args: argparse.Namespace) -> int:
     from pcamlab.slide import open_slide
     from pcamlab.slide.reader import describe_mpp_source
 
-    with open_slide(args.slide, mpp=args.mpp) as slide:
+    with _mpp_is_the_flag(), open_slide(args.slide, mpp=args.mpp) as slide:
         info = slide.info()
         thumbnail = slide.thumbnail(args.size if args.thumbnail else 256)
         if args.verify:
@@ -259,7 +271,7 @@ def run_predict(args: argparse.Namespace) -> int:
     # Check every slide before any work: a typo, a damaged copy or a missing mpp fails in seconds, with
     # nothing written; what the reader notes (an overridden or implausible mpp) is said once, up front.
     for slide_path in mine:
-        with open_slide(slide_path, mpp=args.mpp, backend=args.backend) as slide:
+        with _mpp_is_the_flag(), open_slide(slide_path, mpp=args.mpp, backend=args.backend) as slide:
             plan_grid(slide, patch_size, args.stride or patch_size, target_mpp)
             for line in _remarks(slide.notes, slide.warnings, prefix=f"{slide_path}: "):
                 print(line)

@@ -2,6 +2,8 @@
 
 - :mod:`~pcamlab.slide.reader`: open a slide with OpenSlide, else tiffslide; levels, mpp (a given one wins),
   regions; a damaged slide (cut short, a tile that does not decode) is a ``DamagedSlideError``.
+- :mod:`~pcamlab.slide.integrity`: is the file whole (tifffile's tile offsets vs its size), what a
+  failed decode is, and ``verify_slide`` (every tile decoded).
 - :mod:`~pcamlab.slide.grid`: :class:`Grid`, where the tiles lie at the model's resolution.
 - :mod:`~pcamlab.slide.tissue`: the tissue mask (PCam's HSV-saturation rule, or Otsu).
 - :mod:`~pcamlab.slide.predict`: :func:`predict_slide`, tiled inference through a Predictor, resumable.
@@ -24,6 +26,7 @@ from pcamlab.slide.reader import (
     PLAUSIBLE_MPP,
     DamagedSlideError,
     MissingResolutionError,
+    ResolutionError,
     Slide,
     SlideInfo,
     open_slide,
@@ -40,6 +43,7 @@ __all__ = [
     "OUTPUT_FILES",
     "PCAM_MPP",
     "PLAUSIBLE_MPP",
+    "ResolutionError",
     "Slide",
     "SlideInfo",
     "SlideResult",

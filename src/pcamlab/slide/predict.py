@@ -56,7 +56,14 @@ from pcamlab.runtime.fastest import SOURCE_HASH_KEY, runtime_of
 from pcamlab.slide import outputs
 from pcamlab.slide._model import PCAM_MPP, contract_value
 from pcamlab.slide.grid import Grid
-from pcamlab.slide.reader import DamagedSlideError, Slide, describe_mpp_source, open_slide, read_downsampled
+from pcamlab.slide.reader import (
+    DamagedSlideError,
+    ResolutionError,
+    Slide,
+    describe_mpp_source,
+    open_slide,
+    read_downsampled,
+)
 from pcamlab.slide.tissue import DEFAULT_SATURATION_THRESHOLD, tissue_mask
 
 __all__ = ["SlideResult", "plan_grid", "predict_slide", "OUTPUT_FILES", "LEVEL_TOLERANCE"]
@@ -119,6 +126,7 @@ def plan_grid(slide: Slide, patch_size: int, stride: int, target_mpp: float) -> 
 
     Raises:
         MissingResolutionError: the slide's mpp is unknown.
+        ResolutionError: the slide's level 0 is coarser than MAX_UPSAMPLING x ``target_mpp``.
         ConfigError: ``stride`` does not divide ``patch_size``.
         DataError: the model's patch does not fit in the slide at the model's resolution.
     """
@@ -128,11 +136,11 @@ def plan_grid(slide: Slide, patch_size: int, stride: int, target_mpp: float) -> 
     mpp0 = slide.require_mpp()
     if mpp0 > MAX_UPSAMPLING * target_mpp:
         source = describe_mpp_source(slide.mpp_source, slide.vendor)
-        raise DataError(
+        raise ResolutionError(
             f"slide {str(slide.path)!r} is {mpp0:.4g} um/px at level 0 (from {source}), coarser than "
             f"{MAX_UPSAMPLING:g}x the model's {target_mpp:.4g} um/px (tiles would be upsampled "
             f"{mpp0 / target_mpp:.3g}x); if that resolution is wrong, give the right one as mpp (e.g. 0.25 for a "
-            "40x scan), else use a model trained at a coarser resolution", parameters=("mpp",)
+            "40x scan), else use a model trained at a coarser resolution"
         )
     level, read_scale = _choose_level(slide, mpp0, target_mpp)
     level_width, level_height = slide.level_dimensions[level]

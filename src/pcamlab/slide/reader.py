@@ -17,9 +17,9 @@ The reader trusts nothing blindly:
   ``YResolution`` / ``ResolutionUnit`` tags read with tifffile. When all are missing,
   :class:`MissingResolutionError` says so in one line. A level-0 mpp outside what slide scanners produce
   (:data:`PLAUSIBLE_MPP`) is a warning in ``Slide.warnings`` naming where it came from.
-- **Damage.** A file cut short (a copy that stopped) is found when it opens: tifffile lists where every
-  tile of every page and SubIFD lies, and a tile ending past the end of the file, or an IFD chain leading
-  past it, is damage. A tile that does not decode is found when it is read, by any backend. Either way
+- **Damage** (:mod:`pcamlab.slide.integrity`). A file cut short (a copy that stopped) is found when it
+  opens: tifffile lists where every tile of every page and SubIFD lies, and a tile ending past the end of
+  the file, or an IFD chain leading past it, is damage. A tile that does not decode is found when it is read, by any backend. Either way
   :class:`DamagedSlideError` names the slide and says to copy it again; nothing is filled in with white
   or black, so nothing a reader could not decode is ever scored. (Damage that still decodes, e.g. bytes
   zeroed inside a JPEG tile's entropy-coded data, cannot be seen by any reader: TIFF has no checksums.)
@@ -35,24 +35,32 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import threading
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pcamlab.errors import DataError, plain_line
+from pcamlab.errors import DataError
+from pcamlab.slide.integrity import (
+    TIFFFILE_VENDORS,
+    DamagedSlideError,
+    TiffFacts,
+    damaged,
+    decode_errors,
+    inspect_tiff,
+    short_reason,
+    tifffile_log,
+    verify_slide,
+)
 
 __all__ = [
     "BACKENDS",
     "PLAUSIBLE_MPP",
     "DamagedSlideError",
     "MissingResolutionError",
+    "ResolutionError",
     "Slide",
     "SlideInfo",
     "describe_mpp_source",
@@ -69,24 +77,16 @@ BACKGROUND_RGB = (255, 255, 255)  # transparent slide pixels (outside scanned re
 PLAUSIBLE_MPP = (0.1, 2.0)
 _CENTIMETRE_UM = 1e4
 _INCH_UM = 25400.0
-_TIFF_HEADERS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
-# What tifffile says (only in its log) when the chain of image directories leads past the end of the file.
-_TIFFFILE_CHAIN_ERRORS = ("invalid page offset", "invalid offset to page", "corrupted tag list")
-# tifffile's series kinds -> the vendor name pcamlab reports when the backend names none (tiffslide).
-_TIFFFILE_VENDORS = {"ome": "ome-tiff", "generic": "generic-tiff", "shaped": "generic-tiff", "svs": "aperio",
-                     "ndpi": "hamamatsu", "scn": "leica", "bif": "ventana", "philips": "philips"}
+class ResolutionError(DataError):
+    """The slide's level-0 mpp is missing, not a positive number, or unusable; the remedy is the ``mpp`` given.
+
+    Messages name the parameter as ``mpp`` (open_slide's and predict_slide's); a caller whose own parameter
+    has another name (a command's flag) catches this type and says its own.
+    """
 
 
-class MissingResolutionError(DataError):
+class MissingResolutionError(ResolutionError):
     """The slide has no microns-per-pixel in its metadata or TIFF tags, and none was given."""
-
-
-class DamagedSlideError(DataError):
-    """The slide file is cut short, or holds image data that does not decode: it must be copied again."""
-
-
-def _damaged(path: Path, what: str) -> DamagedSlideError:
-    return DamagedSlideError(f"slide {str(path)!r} is damaged ({what}): copy it again from its source")
 
 
 @dataclass(frozen=True)
@@ -157,8 +157,8 @@ def _check_given_mpp(mpp: Any) -> float | None:
         return None
     if isinstance(mpp, bool) or not isinstance(mpp, (int, float, np.floating, np.integer)) or not (
             np.isfinite(mpp) and mpp > 0):
-        raise DataError(f"mpp must be a positive number of microns per pixel (e.g. 0.25 for a 40x scan); got {mpp!r}",
-                        parameters=("mpp",))
+        raise ResolutionError(f"mpp must be a positive number of microns per pixel (e.g. 0.25 for a 40x scan); "
+                              f"got {mpp!r}")
     return float(mpp)
 
 
@@ -167,7 +167,7 @@ def _mpp_from_tiff_tags(path: Path) -> tuple[float, float] | None:
     import tifffile
 
     try:
-        with _tifffile_log(), tifffile.TiffFile(path) as tiff:
+        with tifffile_log(), tifffile.TiffFile(path) as tiff:
             tags = tiff.pages[0].tags
             x_resolution, y_resolution = tags.get("XResolution"), tags.get("YResolution")
             unit = tags.get("ResolutionUnit")
@@ -183,106 +183,6 @@ def _mpp_from_tiff_tags(path: Path) -> tuple[float, float] | None:
     if x_pixels_per_unit <= 0 or y_pixels_per_unit <= 0:
         return None
     return unit_um / x_pixels_per_unit, unit_um / y_pixels_per_unit
-
-
-@contextlib.contextmanager
-def _tifffile_log() -> Iterator[list[str]]:
-    """Collect what tifffile logs in this thread (a broken IFD chain is only logged) instead of printing it."""
-    import tifffile
-
-    messages: list[str] = []
-    thread = threading.get_ident()
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.thread == thread:
-                messages.append(record.getMessage())
-
-    handler = Collect(logging.WARNING)
-    log = tifffile.logger()
-    log.addHandler(handler)  # a handler on the logger: Python's last-resort printing to stderr is not used
-    try:
-        yield messages
-    finally:
-        log.removeHandler(handler)
-
-
-@dataclass(frozen=True)
-class _TiffFacts:
-    """What tifffile knows of a file before any backend opens it."""
-
-    kind: str | None = None  # tifffile's series kind of the first series ("svs", "ome", "generic", ...), None if not TIFF
-    levels: int = 0  # pyramid levels of the first series (SubIFDs included)
-    damage: str | None = None  # why the file is damaged, or None
-
-
-def _inspect_tiff(path: Path) -> _TiffFacts:
-    """Where tifffile says the image data lies, checked against the file size (cheap: no pixel is decoded).
-
-    A TIFF (classic or BigTIFF, NDPI, SVS, OME-TIFF, ...) whose tiles or strips end past the end of the
-    file, whose chain of image directories leads past it, or whose structure tifffile cannot parse
-    despite a TIFF header, is damaged. Other files (MRXS, DICOM, ...) are not TIFF: nothing to check here.
-    """
-    import tifffile
-
-    size = path.stat().st_size
-    with _tifffile_log() as logged:
-        try:
-            tiff = tifffile.TiffFile(path)
-        except Exception as error:
-            with open(path, "rb") as stream:
-                header = stream.read(4)
-            if header in _TIFF_HEADERS:
-                return _TiffFacts(damage=f"its TIFF structure does not parse: {_reason(error)}")
-            return _TiffFacts()
-        with tiff:
-            try:
-                damage = _data_past_end(tiff.pages, size, "page")
-                series = tiff.series
-                kind = series[0].kind if series else None
-                levels = len(series[0].levels) if series else 0
-            except Exception as error:  # a tag or directory tifffile cannot parse
-                return _TiffFacts(damage=f"its TIFF structure does not parse: {_reason(error)}")
-    chain = [message for message in logged if any(words in message for words in _TIFFFILE_CHAIN_ERRORS)]
-    if damage is None and chain:
-        damage = f"cut short: its chain of image directories leads past the end of its {size:,} bytes"
-    return _TiffFacts(kind=kind, levels=levels, damage=damage)
-
-
-def _data_past_end(pages: Any, size: int, name: str) -> str | None:
-    """Why the image data of ``pages`` (and their SubIFDs) does not fit in ``size`` bytes, or None."""
-    for index, page in enumerate(pages):
-        offsets = np.asarray(getattr(page, "dataoffsets", ()), dtype=np.int64)
-        counts = np.asarray(getattr(page, "databytecounts", ()), dtype=np.int64)
-        if len(offsets) and len(counts) == len(offsets):
-            ends = np.where(counts > 0, offsets + counts, 0)
-            end = int(ends.max())
-            if end > size:
-                missing = int(np.sum(ends > size))
-                return (f"cut short: {missing} of the {len(offsets)} tiles or strips of TIFF {name} {index} lie past "
-                        f"the end of the {size:,}-byte file, up to byte {end:,}")
-        subpages = getattr(page, "pages", None)
-        if subpages is not None:
-            damage = _data_past_end(subpages, size, f"{name} {index} SubIFD")
-            if damage:
-                return damage
-    return None
-
-
-def _reason(error: BaseException) -> str:
-    """A library's error as a short plain line (its first line, at most 160 characters)."""
-    return plain_line((str(error).splitlines() or [type(error).__name__])[0] or type(error).__name__, 160)
-
-
-def _decode_errors(backend: str) -> tuple[type[BaseException], ...]:
-    """What a backend raises when image data it reads does not decode (a corrupt or missing tile)."""
-    if backend == "openslide":
-        import openslide
-
-        return (openslide.OpenSlideError,)  # the handle stays unusable after one
-    # tiffslide: tifffile (TiffFileError is a ValueError), the imagecodecs decoders (RuntimeError subclasses)
-    # and numpy reshapes of short data (ValueError), through zarr.
-    return (RuntimeError, ValueError)
 
 
 class Slide:
@@ -304,13 +204,13 @@ class Slide:
     def __init__(self, handle: Any, backend: str, path: Path, mpp: float | None = None, *,
                  tiff_kind: str | None = None):
         self._handle = handle
-        self._decode_errors = _decode_errors(backend)
+        self._decode_errors = decode_errors(backend)
         self._damage: str | None = None
         self.backend = backend
         self.path = path
         properties = dict(handle.properties)
         self.properties = properties
-        self.vendor = str(properties.get(f"{backend}.vendor") or _TIFFFILE_VENDORS.get(tiff_kind or "", "unknown"))
+        self.vendor = str(properties.get(f"{backend}.vendor") or TIFFFILE_VENDORS.get(tiff_kind or "", "unknown"))
         self.level_dimensions = tuple((int(w), int(h)) for w, h in handle.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in handle.level_downsamples)
         self.objective_power = _float_or_none(properties.get(f"{backend}.objective-power"))
@@ -362,8 +262,7 @@ class Slide:
         if self.mpp is None:
             raise MissingResolutionError(
                 f"slide {str(self.path)!r} has no resolution (no microns-per-pixel in its metadata or TIFF "
-                "resolution tags); give the level-0 resolution as mpp (um/px, e.g. 0.25 for a 40x scan)",
-                parameters=("mpp",),
+                "resolution tags); give the level-0 resolution as mpp (um/px, e.g. 0.25 for a 40x scan)"
             )
         return (self.mpp[0] + self.mpp[1]) / 2
 
@@ -401,9 +300,9 @@ class Slide:
         try:
             array = np.asarray(self._handle.read_region((x, y), int(level), (width, height)))
         except self._decode_errors as error:
-            self._damage = str(_damaged(self.path, f"a tile of level {level} in the {width} x {height} px region at "
+            self._damage = str(damaged(self.path, f"a tile of level {level} in the {width} x {height} px region at "
                                                    f"level-0 x {x}, y {y} does not decode; {self.backend}: "
-                                                   f"{_reason(error)}"))
+                                                   f"{short_reason(error)}"))
             raise DamagedSlideError(self._damage) from error
         if array.ndim == 3 and array.shape[2] == 4:  # OpenSlide: premultiplied RGBA, alpha 0 outside the scan
             alpha = array[..., 3:4]
@@ -473,41 +372,6 @@ def read_downsampled(slide: Slide, downsample: float, block: int = 2048) -> np.n
     return output
 
 
-def verify_slide(slide: Slide, *, block: int = 2048, progress: Callable[[int, int], object] | None = None) -> int:
-    """Decode every tile of every level once, so a damaged tile is found now rather than mid-prediction.
-
-    Opening a slide finds a file cut short, but a tile whose bytes are there and wrong is only found by
-    decoding it; prediction decodes only the tissue tiles of one level. This reads each level in
-    ``block`` x ``block`` regions through the slide's backend (minutes for a 40x slide of 10^10 pixels).
-
-    Args:
-        slide: an open slide.
-        block: region edge in pixels of the level read (bounds memory: 16 MB of RGBA at 2048).
-        progress: called as ``progress(regions_done, regions_total)`` after each region.
-
-    Returns:
-        The number of pixels decoded, all levels together.
-
-    Raises:
-        DamagedSlideError: a region does not decode (naming the level and where).
-        pcamlab.stopping.Stopped: a stop was requested (checked between regions).
-    """
-    from pcamlab import stopping
-
-    regions = [(level, left, top, min(block, width - left), min(block, height - top))
-               for level, (width, height) in enumerate(slide.level_dimensions)
-               for top in range(0, height, block) for left in range(0, width, block)]
-    pixels = 0
-    for done, (level, left, top, width, height) in enumerate(regions, start=1):
-        stopping.check()
-        downsample = slide.level_downsamples[level]
-        slide.read_region((int(left * downsample), int(top * downsample)), level, (width, height))
-        pixels += width * height
-        if progress is not None:
-            progress(done, len(regions))
-    return pixels
-
-
 def _open_openslide(path: Path) -> Any:
     import openslide
 
@@ -525,17 +389,17 @@ def _open_tiffslide(path: Path) -> Any:
 _OPENERS = {"openslide": _open_openslide, "tiffslide": _open_tiffslide}
 
 
-def _try_backend(name: str, path: Path, mpp: float | None, facts: _TiffFacts) -> Slide | str:
+def _try_backend(name: str, path: Path, mpp: float | None, facts: TiffFacts) -> Slide | str:
     """The slide opened with backend ``name`` and one pixel decoded, or why that backend cannot read it.
 
     Raises:
         DamagedSlideError: it opens, but its first pixel of the coarsest level does not decode.
     """
     try:
-        with _tifffile_log():  # tiffslide's tifffile: nothing printed
+        with tifffile_log():  # tiffslide's tifffile: nothing printed
             handle = _OPENERS[name](path)
     except Exception as error:  # each backend raises its own types for a file it cannot read
-        return f"{name}: {_reason(error)}"
+        return f"{name}: {short_reason(error)}"
     try:
         slide = Slide(handle, name, path, mpp, tiff_kind=facts.kind)
         if not slide.level_dimensions or min(slide.dimensions) < 1:
@@ -546,7 +410,7 @@ def _try_backend(name: str, path: Path, mpp: float | None, facts: _TiffFacts) ->
         raise
     except Exception as error:
         handle.close()
-        return f"{name}: {_reason(error)}"
+        return f"{name}: {short_reason(error)}"
     return slide
 
 
@@ -566,8 +430,9 @@ def open_slide(path: str | os.PathLike, *, mpp: float | None = None, backend: st
     Raises:
         DamagedSlideError: the file is cut short (tile data or image directories past its end), its TIFF
             structure does not parse, or its first tile does not decode.
-        DataError: the file is missing, is a folder, ``mpp`` is not a positive number, or no backend can
-            read it (one line, naming the file and what each backend said).
+        ResolutionError: ``mpp`` is not a positive number.
+        DataError: the file is missing, is a folder, or no backend can read it (one line, naming the file
+            and what each backend said).
 
     Example:
         >>> slide = open_slide("CMU-1.svs")
@@ -585,9 +450,9 @@ def open_slide(path: str | os.PathLike, *, mpp: float | None = None, backend: st
         raise DataError(f"backend must be one of {list(BACKENDS)}; got {backend!r}{did_you_mean(backend, BACKENDS)}",
                         parameters=("backend",))
     _check_given_mpp(mpp)
-    facts = _inspect_tiff(path)
+    facts = inspect_tiff(path)
     if facts.damage is not None:
-        raise _damaged(path, facts.damage)
+        raise damaged(path, facts.damage)
     failures = []
     for name in [backend] if backend else BACKENDS:
         opened = _try_backend(name, path, mpp, facts)

@@ -208,7 +208,8 @@ def register_from_slides(commands) -> None:
     parser.add_argument("--test-fraction", type=float, default=keep,
                         help="share of slides in test without --split-csv (default 0)")
     parser.add_argument("--mpp", type=float, default=keep, help="patch resolution in um/px (default PCam's 0.972)")
-    parser.add_argument("--slide-mpp", type=float, help="level-0 um/px of slides whose metadata lacks it")
+    parser.add_argument("--slide-mpp", type=float, help="level-0 um/px of the slides; wins over their "
+                        "metadata and TIFF resolution tags")
     parser.add_argument("--stride", type=int, default=keep,
                         help="step between candidate patches in patch pixels (default 96: no overlap)")
     parser.add_argument("--max-per-slide", type=int, default=keep, dest="max_patches_per_slide",

@@ -8,6 +8,7 @@ per slide under ``--out``, with a progress bar in tiles per second.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 __all__ = ["register", "register_evaluate", "parse_shard", "add_annotation_arguments", "annotation_options"]
@@ -27,10 +28,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "pixel and where they come from, and a text thumbnail (or a PNG with --thumbnail).",
     )
     info.add_argument("slide", metavar="SLIDE", help="slide file (.svs, .tif, .ndpi, .mrxs, ...)")
-    info.add_argument("--mpp", type=float, help="level-0 microns per pixel when the slide does not say")
+    info.add_argument("--mpp", type=float, help="level-0 microns per pixel; wins over the slide's metadata and "
+                      "TIFF resolution tags (shown beside them)")
     info.add_argument("--thumbnail", metavar="FILE", help="also write a PNG thumbnail (longer side --size)")
     info.add_argument("--size", type=int, default=1024, help="thumbnail longer side in pixels (default 1024)")
     info.add_argument("--json", action="store_true", help="print the facts as JSON")
+    info.add_argument("--verify", action="store_true", help="also decode every tile of every level, so a damaged "
+                      "tile is found now (exit 2) instead of mid-prediction (minutes for a 40x slide)")
     add_annotation_arguments(info, "also read this annotation file (ASAP .xml, QuPath .geojson, label mask "
                              ".png/.tif): regions and areas per class, outlines drawn on --thumbnail")
     info.set_defaults(func=run_info)
@@ -48,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--out", required=True, metavar="DIR", help="folder for one result folder per slide")
     predict.add_argument("--stride", type=int, help="tile step in model pixels, dividing the patch size "
                          "(default: the patch size; e.g. 48 or 32 overlap tiles and average them)")
-    predict.add_argument("--mpp", type=float, help="level-0 microns per pixel for slides whose metadata lacks it")
+    predict.add_argument("--mpp", type=float, help="level-0 microns per pixel of the slides; wins over their metadata "
+                         "and TIFF resolution tags (e.g. when a scanner wrote wrong tags)")
     predict.add_argument("--tissue-method", default="saturation", choices=["saturation", "otsu"],
                          help="tissue mask rule (default: PCam's HSV saturation threshold)")
     predict.add_argument("--tissue-threshold", type=float, default=0.07,
@@ -127,14 +132,46 @@ def _text_thumbnail(image, columns: int = 64) -> str:
     return "\n".join("".join(ramp[i] for i in row) for row in indices)
 
 
+@contextlib.contextmanager
+def _mpp_is_the_flag():
+    """The reader's resolution errors name its parameter ``mpp``: on these commands that is the flag ``--mpp``."""
+    from pcamlab.slide import ResolutionError
+
+    try:
+        yield
+    except ResolutionError as error:
+        raise type(error)(str(error), parameters=("mpp",)) from None
+
+
+def _remarks(notes, warnings, prefix: str = "") -> list[str]:
+    """The reader's notes and warnings as printed lines, the parameter ``mpp`` shown as the flag ``--mpp``."""
+    from pcamlab.cli.main import cli_message
+
+    flags = {"mpp": "--mpp"}
+    return ([f"{prefix}note: {cli_message(note, ('mpp',), flags)}" for note in notes]
+            + [f"{prefix}warning: {cli_message(warning, ('mpp',), flags)}" for warning in warnings])
+
+
 def run_info(args: argparse.Namespace) -> int:
     import json
 
     from pcamlab.slide import open_slide
+    from pcamlab.slide.reader import describe_mpp_source
 
-    with open_slide(args.slide, mpp=args.mpp) as slide:
+    with _mpp_is_the_flag(), open_slide(args.slide, mpp=args.mpp) as slide:
         info = slide.info()
         thumbnail = slide.thumbnail(args.size if args.thumbnail else 256)
+        if args.verify:
+            from pcamlab import stopping
+            from pcamlab.progress import progress_bar
+            from pcamlab.slide.reader import verify_slide
+
+            update, close = progress_bar("decoding every tile", sys.stderr.isatty(), unit="region")
+            try:
+                with stopping.safe_points():
+                    decoded = verify_slide(slide, progress=update)
+            finally:
+                close()
     annotations = None
     if args.annotations:
         from pcamlab.slide.annotations import draw_annotations, read_annotations
@@ -151,6 +188,8 @@ def run_info(args: argparse.Namespace) -> int:
             Image.fromarray(thumbnail).save(temporary, format="PNG")
     if args.json:
         facts = info.to_dict()
+        if args.verify:
+            facts["verified_pixels"] = decoded
         if annotations is not None:
             facts["annotations"] = _annotation_facts(annotations, info)
         print(json.dumps(facts, indent=2))
@@ -158,7 +197,13 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"slide     {info.path}")
     print(f"reader    {info.backend} ({info.vendor})")
     if info.mpp:
-        print(f"mpp       {info.mpp[0]:.4g} x {info.mpp[1]:.4g} um/px at level 0 (from {info.mpp_source})")
+        source = f"from {describe_mpp_source(info.mpp_source, info.vendor)}"
+        if info.mpp_source == "given":
+            source = "given with --mpp; the slide records none"
+        if info.mpp_source == "given" and info.recorded_mpp:
+            source = (f"given with --mpp; overrides {info.recorded_mpp[0]:.4g} x {info.recorded_mpp[1]:.4g} um/px "
+                      f"from {describe_mpp_source(info.recorded_mpp_source, info.vendor)}")
+        print(f"mpp       {info.mpp[0]:.4g} x {info.mpp[1]:.4g} um/px at level 0 ({source})")
     else:
         print("mpp       unknown (no metadata, no TIFF resolution tags): pass --mpp to predict")
     if info.objective_power:
@@ -172,6 +217,11 @@ def run_info(args: argparse.Namespace) -> int:
     print(_text_thumbnail(thumbnail))
     if args.thumbnail:
         print(f"thumbnail written to {args.thumbnail} ({thumbnail.shape[1]} x {thumbnail.shape[0]})")
+    if args.verify:
+        print(f"verified  every tile of the {len(info.level_dimensions)} level(s) decodes ({decoded / 1e6:,.1f} "
+              "megapixels)")
+    for line in _remarks(info.notes, info.warnings):
+        print(line)
     return 0
 
 
@@ -199,14 +249,10 @@ def _annotation_text(facts: dict) -> str:
 def run_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tqdm.auto import tqdm
-
-    from pcamlab.runtime.fastest import open_fastest
-    from pcamlab.slide import MissingResolutionError, plan_grid, predict_slide
-    from pcamlab.slide.batch import shard, slide_files, slide_folders
-    from pcamlab.slide.reader import open_slide
-
     from pcamlab.errors import RunFolderError
+    from pcamlab.runtime.fastest import open_fastest
+    from pcamlab.slide import open_slide, plan_grid
+    from pcamlab.slide.batch import shard, slide_files, slide_folders
 
     index, count = parse_shard(args.shard)
     notes: list[str] = []
@@ -227,15 +273,36 @@ def run_predict(args: argparse.Namespace) -> int:
 
     patch_size = int(contract_value(predictor.contract, "patch_size", 96))
     target_mpp = float(contract_value(predictor.contract, "mpp", PCAM_MPP))
-    try:  # check every slide before any work: a typo or a missing mpp fails in seconds, with nothing written
-        for slide_path in mine:
-            with open_slide(slide_path, mpp=args.mpp, backend=args.backend) as slide:
-                plan_grid(slide, patch_size, args.stride or patch_size, target_mpp)
-    except MissingResolutionError as error:
-        raise MissingResolutionError(f"{error}; on the command line: --mpp 0.25") from None
+    # Check every slide before any work: a typo, a damaged copy or a missing mpp fails in seconds, with
+    # nothing written; what the reader notes (an overridden or implausible mpp) is said once, up front.
+    for slide_path in mine:
+        with _mpp_is_the_flag(), open_slide(slide_path, mpp=args.mpp, backend=args.backend) as slide:
+            plan_grid(slide, patch_size, args.stride or patch_size, target_mpp)
+            for line in _remarks(slide.notes, slide.warnings, prefix=f"{slide_path}: "):
+                print(line)
+
+    from pcamlab import stopping
+
+    with stopping.safe_points():  # SIGINT/SIGTERM stop after the batch of tiles in hand; the slide resumes
+        done, skipped = _predict_slides(args, predictor, mine, folders, index, count)
+    print(f"{done} slide(s) done, {skipped} already finished" + (f" (shard {index}/{count})" if count > 1 else ""))
+    return 0
+
+
+def _predict_slides(args: argparse.Namespace, predictor, mine: list, folders: list, index: int, count: int
+                    ) -> tuple[int, int]:
+    """Predict each slide into its folder, printing one line per slide; returns (done, already finished)."""
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from pcamlab import stopping
+    from pcamlab.errors import RunFolderError
+    from pcamlab.slide import predict_slide
 
     done = skipped = 0
     for slide_path, folder in zip(mine, folders):
+        stopping.check()
         bar = tqdm(total=0, desc=Path(slide_path).name, unit="tile", leave=False,
                    disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
@@ -258,6 +325,10 @@ def run_predict(args: argparse.Namespace) -> int:
             if "out_dir" in error.parameters:
                 raise
             raise RunFolderError(f"{error} (or pass another out_dir)", parameters=(*error.parameters, "out_dir")) from None
+        except stopping.Stopped:
+            print(f"{slide_path}: stopped; what was predicted is kept beside {folder}, and the same command "
+                  "resumes it", file=sys.stderr)
+            raise
         finally:
             bar.close()
         if result.skipped:
@@ -273,8 +344,7 @@ def run_predict(args: argparse.Namespace) -> int:
             f"({summary['tiles_per_second'] or 0:,.0f} tiles/s), {summary['seconds']:.1f} s -> {folder}"
         )
         done += 1
-    print(f"{done} slide(s) done, {skipped} already finished" + (f" (shard {index}/{count})" if count > 1 else ""))
-    return 0
+    return done, skipped
 
 
 def register_synth_cohort(commands: argparse._SubParsersAction) -> None:

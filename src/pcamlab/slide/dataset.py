@@ -57,7 +57,8 @@ from pcamlab.fileio import atomic_path, printable, write_json_atomic, write_text
 from pcamlab.slide._model import PCAM_MPP
 from pcamlab.slide.annotations import SlideAnnotations, find_annotation_file, read_annotations
 from pcamlab.slide.batch import slide_folders
-from pcamlab.slide.predict import Grid, plan_grid
+from pcamlab.slide.grid import Grid
+from pcamlab.slide.predict import plan_grid
 from pcamlab.slide.reader import open_slide, read_downsampled
 from pcamlab.slide.tissue import DEFAULT_SATURATION_THRESHOLD, TISSUE_METHODS, tissue_mask
 
@@ -88,7 +89,7 @@ class FromSlidesOptions:
     valid_fraction: float = 0.2  # share of slides (per class of slide) in valid when no split mapping is given
     test_fraction: float = 0.0  # share of slides in test (a held-out cohort is usually its own test set)
     seed: int = 0  # seeds the split and the choice of patches
-    slide_mpp: float | None = None  # level-0 um/px for slides whose metadata lacks it
+    slide_mpp: float | None = None  # level-0 um/px of the slides; wins over their metadata and TIFF tags
 
     def validate(self) -> None:
         """Raise ConfigError naming the first field out of range."""

@@ -517,7 +517,7 @@ def test_ctrl_c_mid_trial_exits_130_and_resume_requeues_that_trial(tiny_data, tm
     assert "pcamlab: interrupted" in (tmp_path / "first.log").read_text()
     study = _study(out)
     stopped = study.trials[interrupted.number]
-    assert stopped.state.name == "FAIL" and stopped.user_attrs["error"].startswith("interrupted (Ctrl-C)")
+    assert stopped.state.name == "FAIL" and stopped.user_attrs["error"].startswith("interrupted (SIGINT)")
     result = resume_study(out)
     study = _study(out)
     _accounted(study, 2)

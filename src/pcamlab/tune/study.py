@@ -751,6 +751,7 @@ def _run(out_dir, url, name, settings, base, task, trials, minutes, workers, hea
         else:  # trial 0 scores the base config itself: the reference a better recipe must beat
             study.enqueue_trial(point, user_attrs={"base": True})
             log("trial 0 is the base config (the reference the search must beat)")
+    stopping.check()  # a safe point: the study is recorded, no trial runs yet
     if workers == 1:
         _work(job, log)
     else:

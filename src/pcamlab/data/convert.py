@@ -49,10 +49,10 @@ from pcamlab.data.readers import (
     KAGGLE_SPLITS,
     BadImageError,
     PatchReader,
-    _resolve_root,
     available_splits,
     detect_format,
     open_split,
+    resolve_root,
 )
 from pcamlab.errors import ConfigError, DataError, RunFolderError, did_you_mean
 from pcamlab.registry import Registry
@@ -125,7 +125,7 @@ def convert(
             f"image format must be one of {list(IMAGE_FORMATS)}; got {image_format!r}"
             f"{did_you_mean(image_format, IMAGE_FORMATS)}"
         )
-    source = _resolve_root(src)
+    source = resolve_root(src)
     source_format = detect_format(source) if format == "auto" else format
     present = available_splits(source, source_format)
     chosen = list(present) if splits is None else list(splits)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pcamlab.data.readers import BadImageError, PatchReader, _resolve_root, available_splits, detect_format, open_split
+from pcamlab.data.readers import BadImageError, PatchReader, available_splits, detect_format, open_split, resolve_root
 from pcamlab.errors import ConfigError, DataError, did_you_mean
 from pcamlab.fileio import save_png
 
@@ -69,7 +69,7 @@ def dataset_info(
         >>> dataset_info("sample")["splits"]["valid"]["count"]
         200
     """
-    path = _resolve_root(root)
+    path = resolve_root(root)
     layout = detect_format(path) if format == "auto" else format
     present = available_splits(path, layout)
     chosen = present if splits is None else list(splits)

@@ -53,6 +53,7 @@ __all__ = [
     "H5Reader",
     "FoldersReader",
     "KaggleReader",
+    "resolve_root",
     "sample_root",
     "detect_format",
     "detection_order",
@@ -98,7 +99,12 @@ def sample_root() -> Path:
     return Path(__file__).resolve().parent / "sample"
 
 
-def _resolve_root(root: str | os.PathLike) -> Path:
+def resolve_root(root: str | os.PathLike) -> Path:
+    """The dataset folder ``root`` names ('sample': the shipped sample), checked to be an existing folder.
+
+    Raises:
+        DataError: it does not exist, or is a file.
+    """
     if str(root) == "sample":
         return sample_root()
     path = Path(root).expanduser()
@@ -1158,7 +1164,7 @@ def detect_format(root: str | os.PathLike) -> str:
         >>> detect_format("sample")
         'folders'
     """
-    path = _resolve_root(root)
+    path = resolve_root(root)
     for name in detection_order():
         if READERS.get(name).detect(path):
             return name
@@ -1214,7 +1220,7 @@ def available_splits(root: str | os.PathLike, format: str = "auto") -> list[str]
         >>> available_splits("sample")
         ['train', 'valid']
     """
-    path = _resolve_root(root)
+    path = resolve_root(root)
     cls = _reader_class(path, format)
     found = cls.splits(path)
     if not found:  # finding nothing is not success: say what is there instead
@@ -1252,7 +1258,7 @@ def open_split(
     """
     check_field("data.valid_fraction", valid_fraction)
     check_field("data.seed", seed)
-    path = _resolve_root(root)
+    path = resolve_root(root)
     cls = _reader_class(path, format)
     reader = cls(path, split, valid_fraction=valid_fraction, seed=seed, skip_bad=skip_bad)
     if len(reader) == 0:

@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pcamlab.runfolder import RunFolder
+
 __all__ = ["run_demo", "demo_config_path", "demo_run_dir"]
 
 DEFAULT_RUN_DIR = Path("runs/demo")
@@ -71,15 +73,16 @@ def run_demo(
     out_dir = Path(out_dir)
     config = load_config(demo_config_path(), overrides or [])
     summary = train(config, out_dir, progress=progress, log=say)
-    best = out_dir / "best.safetensors"
+    run = RunFolder(out_dir)
+    best = run.best
     metrics = evaluate_checkpoint(best, config.data.path, config.data.valid_split, out_dir, format=config.data.format)
     plot_first_layer_filters(load_checkpoint(best).model, out_dir / "filters.png")
     say("explaining: Grad-CAM, feature maps and confident mistakes on the validation patches")
     run_explain(best, config.data.path, config.data.valid_split, out_dir / "explain-valid")
-    plot_training_curves(out_dir / "history.csv", out_dir / "training_curves.png")
+    plot_training_curves(run.history, out_dir / "training_curves.png")
     files = {name: out_dir / name for name in (
-        "metrics.json", "roc.png", "confusion_matrix.png", "filters.png", "best.safetensors", "history.csv",
-        "training_curves.png", "explain-valid", "tensorboard",
+        "metrics.json", "roc.png", "confusion_matrix.png", "filters.png", RunFolder.BEST, RunFolder.HISTORY,
+        "training_curves.png", "explain-valid", RunFolder.TENSORBOARD,
     )}
     files["report.html"] = write_report(out_dir)
     return {

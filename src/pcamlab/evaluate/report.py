@@ -36,6 +36,7 @@ from typing import Any
 
 from pcamlab.errors import DataError
 from pcamlab.fileio import printable
+from pcamlab.runfolder import RunFolder
 
 __all__ = ["write_report", "FIGURE_CAPTIONS", "METRIC_DESCRIPTIONS", "MAX_IMAGE_BYTES"]
 
@@ -289,9 +290,9 @@ def _read_png(path: Path) -> tuple[bytes | None, str | None]:
 
 
 def _config_section(run_dir: Path) -> tuple[str, dict[str, Any]]:
-    path = run_dir / "config.yaml"
+    path = RunFolder(run_dir).config
     if not path.is_file():
-        return _note("No config.yaml in this run folder, so the configuration is not shown."), {}
+        return _note(f"No {RunFolder.CONFIG} in this run folder, so the configuration is not shown."), {}
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as error:
@@ -324,9 +325,9 @@ def _config_section(run_dir: Path) -> tuple[str, dict[str, Any]]:
 
 
 def _summary_section(run_dir: Path) -> tuple[str, dict[str, Any]]:
-    path = run_dir / "summary.json"
+    path = RunFolder(run_dir).summary
     if not path.is_file():
-        return _note("No summary.json in this run folder, so there is no data summary."), {}
+        return _note(f"No {RunFolder.SUMMARY} in this run folder, so there is no data summary."), {}
     values, problem = _read_json(path)
     if problem:
         return _note(problem), {}
@@ -410,7 +411,7 @@ def _plot_history_fallback(rows: list[dict[str, str]], target: Path) -> Path:
 
 
 def _training_section(run_dir: Path, curves_png: Path | None) -> str:
-    path = run_dir / "history.csv"
+    path = RunFolder(run_dir).history
     parts = []
     rows: list[dict[str, str]] = []
     if path.is_file():
@@ -584,7 +585,8 @@ def _glance(metrics: Mapping[str, Any], source: str) -> str:
 
 def _cv_section(run_dir: Path) -> tuple[str, str]:
     """(section HTML, glance HTML) of a cross-validation folder: every fold and the mean +- sd; ("", "") otherwise."""
-    summary, problem = _read_json(run_dir / "cv_summary.json") if (run_dir / "cv_summary.json").is_file() else (None, None)
+    cv_summary = RunFolder(run_dir).cv_summary
+    summary, problem = _read_json(cv_summary) if cv_summary.is_file() else (None, None)
     if problem:
         return _note(problem), ""
     if not isinstance(summary, Mapping):

@@ -35,6 +35,7 @@ import yaml
 from pcamlab.config import config_from_dict, config_to_dict
 from pcamlab.errors import PcamlabError
 from pcamlab.fileio import save_png, write_text_atomic
+from pcamlab.runfolder import RunFolder
 from pcamlab.tune.space import SweepPlan
 from pcamlab.tune.storage import dashboard_command, redacted_url
 from pcamlab.tune.sweep import WHAT_MATTERED_COLUMNS, format_what_mattered, plot_what_mattered, t_interval, what_mattered
@@ -187,7 +188,7 @@ def _best_trial(study, settings):
 def _best_config(trial, out_dir: Path, settings, task, base) -> dict[str, Any]:
     """The best trial's resolved config: its run folder's config.yaml, or rebuilt from its parameters."""
     run = trial.user_attrs.get("run")
-    saved = out_dir / run / "config.yaml" if run else None
+    saved = RunFolder(out_dir / run).config if run else None
     if saved is not None and saved.is_file():
         return yaml.safe_load(saved.read_text())
     if isinstance(task, SweepPlan):

@@ -42,6 +42,7 @@ from pcamlab import stopping
 from pcamlab.config import config_from_dict
 from pcamlab.errors import ConfigError, PcamlabError, RunError, RunFolderError, did_you_mean
 from pcamlab.fileio import write_text_atomic
+from pcamlab.runfolder import RunFolder
 from pcamlab.tune.report import trial_counts, write_outputs
 from pcamlab.tune.space import SearchSpace, SweepPlan, load_space, load_sweep
 from pcamlab.tune.storage import check_heartbeat, dashboard_command, local_storage_url, open_storage, redacted_url
@@ -260,7 +261,7 @@ def _objective(job: _Job, log: Callable[[str], None]):
                 aucs = [float(row["val_auc"]) for row in result["folds"]]
                 auc = float(result["metrics"]["val_auc"]["mean"])
                 trial.set_user_attr("fold_aucs", aucs)
-                checkpoint = run_dir / "repeat-1" / "fold-1" / "best.safetensors"
+                checkpoint = RunFolder(run_dir).fold(1, 1).best
                 summary = result["folds"][0]
                 epochs_run = sum(int(row["epochs_run"]) for row in result["folds"])
                 wall = sum(float(row["wall_seconds"]) for row in result["folds"])

@@ -289,7 +289,7 @@ def _stop_at_random_moments(command: Command, inputs: dict, tmp_path: Path, seed
     draw = random.Random(seed)
     window, done, misses = command.window, 0, 0
     while done < stops:
-        signum = draw.choice([signal.SIGINT, signal.SIGTERM])
+        signum = (signal.SIGINT, signal.SIGTERM)[(done + misses + seed) % 2]  # both signals, alternately
         delay = draw.uniform(0.0, window)
         worked = _stop_once(command, inputs, tmp_path / f"attempt-{done + misses}", signum, delay)
         print(f"{command.name}: {signal.Signals(signum).name} {delay:.2f} s in: "

@@ -131,3 +131,35 @@ def test_input_scaling_choices_are_the_contracts():
     assert load_config(None, ["data.input_scaling=unit"]).data.input_scaling == "unit"
     with pytest.raises(ConfigError, match="data.input_scaling must be one of.*did you mean 'unit'"):
         load_config(None, ["data.input_scaling=units"])
+
+
+def test_registry_choices_are_checked_at_load_from_python_too():
+    """A fresh interpreter that imports nothing but pcamlab refuses a misspelled format or stain normaliser."""
+    import subprocess
+    import sys
+
+    script = ("import pcamlab\nfor item in ['data.format=h55', 'data.stain_normalization=macenco', 'model.pretrained_format=kears']:\n"
+              "    try:\n        pcamlab.load_config(None, [item])\n        print('loaded', item)\n"
+              "    except pcamlab.ConfigError as error:\n        print(error)\n")
+    src = Path(__file__).resolve().parents[1] / "src"
+    lines = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                           env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}).stdout.splitlines()
+    assert lines == [
+        "data.format must be one of ['auto', 'h5', 'kaggle', 'folders']; got 'h55' (did you mean 'h5'?)",
+        "data.stain_normalization must be one of ['none', 'macenko', 'reinhard']; got 'macenco' (did you mean 'macenko'?)",
+        "model.pretrained_format must be one of ['auto', 'pcamlab', 'torchvision', 'timm', 'keras']; got 'kears' "
+        "(did you mean 'keras'?)",
+    ]
+
+
+def test_choice_lists_are_their_registries():
+    from pcamlab.config import CHOICES, DECLARED_CHOICES
+    from pcamlab.data import NORMALIZERS
+    from pcamlab.data.readers import READERS
+    from pcamlab.models.transfer import FORMATS
+    from pcamlab.runtime.contract import INPUT_SCALINGS
+
+    assert set(DECLARED_CHOICES["data.format"]()) == {"auto", *READERS.names()}
+    assert tuple(DECLARED_CHOICES["data.stain_normalization"]()) == ("none", *NORMALIZERS.names())
+    assert FORMATS is CHOICES["model.pretrained_format"] and INPUT_SCALINGS is CHOICES["data.input_scaling"]
+    assert not set(CHOICES) & set(DECLARED_CHOICES)  # each field's list has one home

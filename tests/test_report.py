@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import find_chromium, require_service
 from PIL import Image
 
 from pcamlab.config import RunConfig, config_to_dict
 from pcamlab.errors import DataError
 from pcamlab.evaluate.report import write_report
 
-CHROMIUM = Path("/usr/bin/chromium")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 METRICS = {
@@ -126,8 +126,10 @@ def test_report_rejects_a_missing_run_folder(tmp_path):
         write_report(tmp_path / "nope")
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium not installed (apt-get install chromium)")
 def test_report_renders_in_chromium(tmp_path):
+    chromium = find_chromium()
+    if chromium is None:
+        require_service("chromium", "headless Chromium not installed (apt-get install chromium)")
     run = make_run(tmp_path)
     page = write_report(run).read_text()
     expected = len(image_sources(page))
@@ -142,7 +144,7 @@ def test_report_renders_in_chromium(tmp_path):
     checked = tmp_path / "checked.html"
     checked.write_text(page.replace("</body>", probe + "</body>"))
     command = [
-        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
         "--virtual-time-budget=5000", "--dump-dom", checked.resolve().as_uri(),
     ]

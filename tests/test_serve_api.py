@@ -241,6 +241,51 @@ def test_token_guards_the_api_but_not_health_or_the_page(served, patches):
         assert guarded.post("/v1/predict", files=files, headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 
+def test_a_token_with_surrounding_whitespace_is_stripped_and_a_blank_or_control_one_refused(served, patches):
+    from pcamlab.errors import ConfigError
+
+    # a token file written on Windows ends in CR LF, and $(cat token) keeps the CR: the client sends 's3cret'
+    with client_for(served, token="s3cret\r\n") as guarded:
+        assert guarded.get("/v1/model", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert guarded.get("/v1/model", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert ServeSettings(token="  s3cret\t").token == "s3cret"
+    for bad, message in [("", "token is blank"), (" \r\n", "token is blank"), ("s3c\nret", "'\\n'"),
+                         ("s3c\x00ret", "'\\x00'"), ("geheim\u00e9", "'\u00e9'")]:
+        with pytest.raises(ConfigError, match=message.replace("\\", "\\\\")) as raised:
+            ServeSettings(token=bad)
+        assert "\n" not in str(raised.value)  # one line, the bad character shown escaped
+
+
+def test_cli_serve_token_from_the_flag_or_the_variable(checkpoint_path, monkeypatch, capsys):
+    import uvicorn
+
+    from pcamlab.cli.main import main
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append((app, options)))
+    monkeypatch.setattr("pcamlab.cli.serve.check_port", lambda host, port: None)
+    monkeypatch.setenv("PCAMLAB_SERVE_TOKEN", "s3cret\r")  # written on Windows
+    assert main(["serve", str(checkpoint_path), "--host", "0.0.0.0"]) == 0
+    assert calls[-1][0].state.settings.token == "s3cret" and "warning" not in capsys.readouterr().err
+    monkeypatch.setenv("PCAMLAB_SERVE_TOKEN", "")  # empty counts as unset, and the warning says it is empty
+    assert main(["serve", str(checkpoint_path), "--host", "0.0.0.0"]) == 0
+    err = capsys.readouterr().err
+    assert calls[-1][0].state.settings.token is None
+    assert "without a token" in err and "PCAMLAB_SERVE_TOKEN is set but empty" in err
+    started = len(calls)
+    monkeypatch.setenv("PCAMLAB_SERVE_TOKEN", "   ")
+    assert main(["serve", str(checkpoint_path)]) == 2
+    err = capsys.readouterr().err
+    assert "$PCAMLAB_SERVE_TOKEN is blank" in err and err.count("\n") == 1, err
+    monkeypatch.delenv("PCAMLAB_SERVE_TOKEN")
+    assert main(["serve", str(checkpoint_path), "--token", "a\x1bb"]) == 2
+    err = capsys.readouterr().err
+    assert "--token holds characters" in err and err.count("\n") == 1, err
+    assert main(["serve", str(checkpoint_path), "--token", ""]) == 2
+    assert "--token is blank" in capsys.readouterr().err
+    assert len(calls) == started  # refused at start: no server ran
+
+
 def test_worker_pool_refuses_beyond_its_queue_with_503(served, patches):
     release = threading.Event()
 

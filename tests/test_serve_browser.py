@@ -21,18 +21,23 @@ import pytest
 pytest.importorskip("fastapi", reason="pcamlab serve needs fastapi (pip install 'pcamlab[serve]')")
 webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium (pip install selenium)")
 
+from conftest import find_chromium, require_service  # noqa: E402
 from fixtures_data import sample_files  # noqa: E402
 from fixtures_serve import png_bytes, serve_patches, write_serve_checkpoint  # noqa: E402
 from pcamlab.data.readers import decode_image_file  # noqa: E402
 from pcamlab.runtime import load_predictor  # noqa: E402
 from pcamlab.serve import BackgroundServer, ServedModel, ServeSettings, create_app  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = find_chromium()
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="headless Chromium and its WebDriver are not installed (apt-get install chromium chromium-driver)",
-)
+
+
+@pytest.fixture(autouse=True)
+def browser_installed():
+    if not (CHROMIUM and CHROMEDRIVER):
+        require_service("chromium", "headless Chromium and its WebDriver are not installed (apt-get install chromium chromium-driver)")
+
+
 # name, probability text, class text and loaded Grad-CAM width of every card, in page order
 CARDS_SCRIPT = """
 return Array.from(document.querySelectorAll('article.patch')).map((card) => {

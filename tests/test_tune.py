@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import require_service
 from fixtures_data import sample_patches, write_h5
 
 from pcamlab.cli.main import main
@@ -345,14 +346,46 @@ def test_hyperband_pruner_gets_every_epoch_and_the_study_accounts_for_each_trial
         assert steps == list(range(1, len(steps) + 1)) and (len(steps) == 3 or trial.state.name == "PRUNED")
 
 
+def test_a_trial_the_pruner_stops_ends_after_that_epoch_and_the_study_still_finishes(tiny_data, tmp_path, monkeypatch):
+    """A pruner that prunes every trial at its first report: each stops after epoch 1 (not 3), marked PRUNED."""
+    import optuna
+
+    from pcamlab.tune import study as study_module
+
+    monkeypatch.setattr(study_module, "_pruner", lambda settings: optuna.pruners.ThresholdPruner(lower=1.01))
+    space = _space(tmp_path, "params:\n  train.learning_rate: {float: [0.001, 0.01], log: true}\n")
+    result = run_study(_base(tiny_data, "train.epochs=3"), space, tmp_path / "pruned",
+                       StudySettings(sampler="random", pruner="median", startup_trials=0), trials=2, threads=1)
+    study = _study(tmp_path / "pruned")
+    assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"] and result["counts"]["PRUNED"] == 2
+    for trial in study.trials:
+        run = tmp_path / "pruned" / trial.user_attrs["run"]
+        assert list(trial.intermediate_values) == [1]
+        assert len((run / "history.csv").read_text().splitlines()) == 2  # header + epoch 1: training stopped there
+        assert json.loads((run / "trial.json").read_text())["state"] == "PRUNED"
+
+
 def test_auc_and_latency_objectives_give_a_pareto_front(tiny_data, tmp_path):
-    space = _space(tmp_path, "params:\n  model.options.width: {categorical: [2, 8]}\n")
+    space = _space(tmp_path, "params:\n  model.options.width: {categorical: [2, 8]}\n  train.learning_rate: {categorical: [0.001, 0.03]}\n")
     result = run_study(_base(tiny_data, "train.epochs=1"), space, tmp_path / "pareto",
                        StudySettings(objectives=("auc", "latency"), sampler="grid"), threads=1)
     study = _study(tmp_path / "pareto")
     assert all(len(t.values) == 2 and 0 < t.values[1] < 1000 for t in study.trials)
     assert (tmp_path / "pareto" / "figures" / "pareto_front.png").is_file()
-    assert result["best"]["latency_ms"] > 0
+    # the front from the values trials.csv records: no trial at least as good on both objectives and better on one
+    with open(tmp_path / "pareto" / "trials.csv") as file:
+        points = {int(row["number"]): (float(row["val_auc"]), float(row["latency_ms"])) for row in csv.DictReader(file)}
+    assert len(points) == 4
+
+    def dominated(number):
+        auc, latency = points[number]
+        return any(a >= auc and l <= latency and (a, l) != (auc, latency) for a, l in points.values())
+
+    front = {number for number in points if not dominated(number)}
+    assert {t.number for t in study.best_trials} == front  # what the Pareto figure draws
+    best = result["best"]["number"]
+    assert best in front and points[best][0] == max(points[number][0] for number in front)
+    assert result["best"]["latency_ms"] == pytest.approx(points[best][1])
 
 
 def test_kfold_objective_is_the_mean_of_the_fold_aucs(tiny_data, tmp_path):
@@ -360,7 +393,12 @@ def test_kfold_objective_is_the_mean_of_the_fold_aucs(tiny_data, tmp_path):
     result = run_study(_base(tiny_data, "train.epochs=1"), one, tmp_path / "kfold",
                        StudySettings(protocol="kfold", folds=2, sampler="grid"), threads=1)
     trial = _study(tmp_path / "kfold").trials[0]
-    assert trial.value == pytest.approx(np.mean(trial.user_attrs["fold_aucs"])) and len(trial.user_attrs["fold_aucs"]) == 2
+    # each fold's validation AUC as its training run logged it (history.csv), not as the objective recorded it
+    folds = []
+    for fold in (1, 2):
+        with open(tmp_path / "kfold" / "trials" / "trial-0000" / "repeat-1" / f"fold-{fold}" / "history.csv") as file:
+            folds.append(max(float(row["val_auc"]) for row in csv.DictReader(file)))
+    assert trial.value == pytest.approx(np.mean(folds), abs=1e-6) and trial.user_attrs["fold_aucs"] == pytest.approx(folds)
     assert (tmp_path / "kfold" / "trials" / "trial-0000" / "cv_summary.json").is_file()
     assert result["best"]["ci"][0] < trial.value < result["best"]["ci"][1]
 
@@ -517,7 +555,7 @@ def test_ctrl_c_mid_trial_exits_130_and_resume_requeues_that_trial(tiny_data, tm
     assert "pcamlab: interrupted" in (tmp_path / "first.log").read_text()
     study = _study(out)
     stopped = study.trials[interrupted.number]
-    assert stopped.state.name == "FAIL" and stopped.user_attrs["error"].startswith("interrupted (Ctrl-C)")
+    assert stopped.state.name == "FAIL" and stopped.user_attrs["error"].startswith("interrupted (SIGINT)")
     result = resume_study(out)
     study = _study(out)
     _accounted(study, 2)
@@ -566,7 +604,7 @@ def postgres_url():
 
     binaries = _postgres_binaries()
     if binaries is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; install Debian's postgresql (.ci/run does)")
+        require_service("postgresql", "PostgreSQL server binaries (initdb, pg_ctl) not found; install Debian's postgresql (.ci/run does)")
     prefix: list[str] = []
     root = Path(tempfile.mkdtemp(prefix="pcamlab-pg-"))
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the postgres user
@@ -574,7 +612,7 @@ def postgres_url():
             pwd.getpwnam("postgres")
         except KeyError:
             shutil.rmtree(root)
-            pytest.skip("running as root and there is no 'postgres' user to run the PostgreSQL server as")
+            require_service("postgresql", "running as root and there is no 'postgres' user to run the PostgreSQL server as")
         shutil.chown(root, "postgres", "postgres")
         prefix = ["runuser", "-u", "postgres", "--"]
     port = _free_port()
@@ -591,7 +629,7 @@ def postgres_url():
              f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
         shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"could not start a PostgreSQL server here: {str(error).splitlines()[0]}")
+        require_service("postgresql", f"could not start a PostgreSQL server here: {str(error).splitlines()[0]}")
     try:
         import psycopg
 

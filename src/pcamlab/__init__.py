@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import pcamlab.data  # noqa: F401 - its registries (readers, stain normalisers) declare config choices: load_config checks them
 from pcamlab.config import RunConfig, load_config
 from pcamlab.errors import CheckpointError, ConfigError, DataError, PcamlabError, RunError, RunFolderError
 

@@ -142,8 +142,9 @@ class RunConfig:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.cache": ("auto", "ram", "stream"),
-    "data.stain_normalization": ("none", "macenko", "reinhard"),
-    "data.input_scaling": ("standardize", "unit"),  # = pcamlab.runtime.contract.INPUT_SCALINGS
+    "data.input_scaling": ("standardize", "unit"),  # pcamlab.runtime.contract.INPUT_SCALINGS is this tuple
+    # weight layouts pcamlab.models.transfer maps (its FORMATS is this tuple: declared here because importing
+    # models loads torch, and a config is checked at load, before that)
     "model.pretrained_format": ("auto", "pcamlab", "torchvision", "timm", "keras"),
     "train.optimizer": ("sgd", "adam", "adamw", "rmsprop"),
     "train.scheduler": ("none", "step", "exponential", "cosine", "onecycle", "plateau"),
@@ -155,8 +156,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-# Fields whose allowed values come from a registry of a higher layer, which declares them when imported
-# (``pcamlab.data.readers`` declares data.format = auto + its registered readers); config imports no layer.
+# Fields whose allowed values come from a registry of a higher layer, which declares them when imported;
+# config imports no layer. data.format: ``pcamlab.data.readers`` (auto + its readers); data.stain_normalization:
+# ``pcamlab.data.normalize`` (none + its normalisers). ``import pcamlab`` imports ``pcamlab.data``, so both
+# are checked at every load.
 DECLARED_CHOICES: dict[str, Callable[[], Sequence[str]]] = {}
 
 

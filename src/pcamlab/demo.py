@@ -18,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pcamlab.runfolder import RunFolder
+
 __all__ = ["run_demo", "demo_config_path", "demo_run_dir"]
 
 DEFAULT_RUN_DIR = Path("runs/demo")
@@ -70,15 +72,16 @@ def run_demo(
     out_dir = Path(out_dir)
     config = load_config(demo_config_path(), overrides or [])
     summary = train(config, out_dir, progress=progress, log=say)
-    best = out_dir / "best.safetensors"
+    run = RunFolder(out_dir)
+    best = run.best
     metrics = evaluate_checkpoint(best, config.data.path, config.data.valid_split, out_dir, format=config.data.format)
     say("explaining: filters, Grad-CAM, feature maps and confident mistakes on the validation patches")
     explained = run_explain(best, config.data.path, config.data.valid_split, out_dir / "explain-valid")
-    plot_training_curves(out_dir / "history.csv", out_dir / "training_curves.png")
+    plot_training_curves(run.history, out_dir / "training_curves.png")
     files = {name: out_dir / name for name in ("metrics.json", "roc.png", "confusion_matrix.png")}
     files["first_layer_filters.png"] = Path(explained["files"]["first_layer_filters"])
     files.update({name: out_dir / name for name in (
-        "best.safetensors", "history.csv", "training_curves.png", "explain-valid", "tensorboard",
+        RunFolder.BEST, RunFolder.HISTORY, "training_curves.png", "explain-valid", RunFolder.TENSORBOARD,
     )})
     files["report.html"] = write_report(out_dir)
     return {

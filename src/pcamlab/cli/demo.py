@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pcamlab.cli.evaluate import format_metrics
     from pcamlab.demo import demo_run_dir, run_demo
+    from pcamlab.runfolder import RunFolder
 
     out = demo_run_dir(args.out)  # runs/demo, or runs/demo-2... when it exists
     print(f"pcamlab demo: training the default model on the real PCam sample shipped with pcamlab -> {out}/")
@@ -37,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
     print("files:")
     descriptions = {
         "metrics.json": "all metrics", "roc.png": "ROC curve", "confusion_matrix.png": "confusion matrix",
-        "first_layer_filters.png": "learned first-layer filters", "best.safetensors": "best checkpoint",
-        "history.csv": "per-epoch log", "training_curves.png": "loss, AUC and learning rate per epoch",
-        "explain-valid": "Grad-CAM gallery, feature maps, confident mistakes", "tensorboard": "TensorBoard logs (tensorboard --logdir runs)",
+        "first_layer_filters.png": "learned first-layer filters", RunFolder.BEST: "best checkpoint",
+        RunFolder.HISTORY: "per-epoch log", "training_curves.png": "loss, AUC and learning rate per epoch",
+        "explain-valid": "Grad-CAM gallery, feature maps, confident mistakes", RunFolder.TENSORBOARD: "TensorBoard logs (tensorboard --logdir runs)",
         "report.html": "the run report, open in a browser",
     }
     width = max(len(str(path)) for path in result["files"].values())

@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pcamlab.cli._common import progress_bar
     from pcamlab.evaluate.run import default_out_dir, evaluate_checkpoint
+    from pcamlab.runfolder import RunFolder
 
     out = Path(args.out) if args.out else default_out_dir(args.checkpoint, args.split, tta=args.tta)
     update, close = progress_bar("decoding")
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"evaluated    split {metrics['split']!r} of {metrics['data']}")
     if metrics.get("fold"):
         print(f"note: this is the dataset's {metrics['split']!r} split, not the held-out part of {metrics['fold']}; "
-              f"that fold's own validation AUC is in {Path(args.checkpoint).parent / 'history.csv'}")
+              f"that fold's own validation AUC is in {RunFolder(Path(args.checkpoint).parent).history}")
     print(format_metrics(metrics))
     print(f"written to {out}/ (metrics.json, predictions.csv, roc.png, pr.png, confusion_matrix.png, ...)")
     return 0

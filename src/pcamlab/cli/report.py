@@ -22,12 +22,14 @@ def run(args: argparse.Namespace) -> int:
     from pcamlab.errors import RunFolderError
     from pcamlab.evaluate.plots import plot_training_curves
     from pcamlab.evaluate.report import write_report
+    from pcamlab.runfolder import RunFolder
 
     folder = Path(args.run)
     if not folder.is_dir():
         raise RunFolderError(f"run folder {str(folder)!r} does not exist; pass a folder written by pcamlab train")
-    if (folder / "history.csv").is_file():
-        plot_training_curves(folder / "history.csv", folder / "training_curves.png")
+    history = RunFolder(folder).history
+    if history.is_file():
+        plot_training_curves(history, folder / "training_curves.png")
     path = write_report(folder, args.out)
     print(f"report written to {path} (open it in a browser)")
     return 0

@@ -46,14 +46,35 @@ def loopback(host: str) -> bool:
         return False
 
 
-def exposure_warning(host: str, token: str | None) -> str | None:
-    """The warning printed when the server is reachable from other machines without a token, else None."""
+def exposure_warning(host: str, token: str | None, empty_variable: bool = False) -> str | None:
+    """The warning printed when the server is reachable from other machines without a token, else None.
+
+    ``empty_variable``: the token variable is set but empty (which counts as unset): the warning says so.
+    """
     if loopback(host) or token:
         return None
-    return (
-        f"pcamlab: warning: serving on {host} without a token: anyone who can reach this machine can use the API; "
-        f"pass --token or set {TOKEN_VARIABLE}"
-    )
+    fix = (f"{TOKEN_VARIABLE} is set but empty, which counts as unset: put a token in it or pass --token"
+           if empty_variable else f"pass --token or set {TOKEN_VARIABLE}")
+    return f"pcamlab: warning: serving on {host} without a token: anyone who can reach this machine can use the API; {fix}"
+
+
+def token_from(flag: str | None, environment: dict[str, str]) -> tuple[str | None, bool]:
+    """The token (``--token``, else ``$PCAMLAB_SERVE_TOKEN``; an empty variable counts as unset), stripped.
+
+    Returns:
+        ``(token or None, whether the variable is set but empty)``.
+
+    Raises:
+        ConfigError: the token is blank or holds control or non-ASCII characters (named by where it came from).
+    """
+    from pcamlab.serve import check_token
+
+    if flag is not None:
+        return check_token(flag, "--token"), False
+    value = environment.get(TOKEN_VARIABLE)
+    if value is None or value == "":
+        return None, value == ""
+    return check_token(value, f"${TOKEN_VARIABLE}"), False
 
 
 def check_port(host: str, port: int) -> None:
@@ -97,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port must be in 1..65535; got {args.port}")
     if args.max_request_mb <= 0:
         raise ConfigError(f"--max-request-mb must be > 0; got {args.max_request_mb}")
-    token = args.token if args.token is not None else os.environ.get(TOKEN_VARIABLE) or None
+    token, empty_variable = token_from(args.token, dict(os.environ))
     check_port(args.host, args.port)
     import torch
     import uvicorn
@@ -112,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // settings.workers))
     model = ServedModel.load(args.checkpoint, device=args.device)
     app = create_app(model, settings)
-    warning = exposure_warning(args.host, token)
+    warning = exposure_warning(args.host, token, empty_variable)
     if warning:
         print(warning, file=sys.stderr)
     shown = f"[{args.host}]" if ":" in args.host else args.host

@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pcamlab.config import load_config
     from pcamlab.errors import ConfigError
+    from pcamlab.runfolder import RunFolder
 
     _check_arguments(args)
     overrides: list = []  # typed (field, value) pairs: a flag's value is never re-read as YAML
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if args.skip_bad:
         overrides.append(("data.skip_bad", True))
     if args.resume or args.continue_from:
-        saved = Path(args.continue_from or args.out) / "config.yaml"
+        saved = RunFolder(args.continue_from or args.out).config
         if saved.is_file():
             if args.config:
                 raise ConfigError(
@@ -165,14 +166,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _refuse_resuming_a_finished_run(args: argparse.Namespace) -> None:
     """``--resume`` of a finished run: say how to train it further without overwriting it."""
-    import json
-    from pathlib import Path
-
     from pcamlab.errors import ConfigError
+    from pcamlab.runfolder import RunFolder
 
-    summary = Path(args.out) / "summary.json"
-    if args.resume and summary.is_file() and json.loads(summary.read_text()).get("finished"):
-        ran = json.loads(summary.read_text()).get("epochs_run")
+    run = RunFolder(args.out)
+    if args.resume and run.finished():
+        ran = run.read_summary().get("epochs_run")
         raise ConfigError(
             f"run {args.out!r} already finished ({ran} epochs) and is never overwritten; to train it further, "
             f"write a new folder: pcamlab train --continue {args.out} --out NEW --set train.epochs=N (N > {ran})"

@@ -10,6 +10,7 @@ Example:
     >>> images, labels, skipped = load_split_arrays(reader)
 """
 
+from pcamlab.data.normalize import NORMALIZERS  # registering them declares data.stain_normalization's choices
 from pcamlab.data.readers import (
     PATCH_SIZE,
     READERS,
@@ -23,6 +24,7 @@ from pcamlab.data.readers import (
 )
 
 __all__ = [
+    "NORMALIZERS",
     "PATCH_SIZE",
     "READERS",
     "BadImageError",

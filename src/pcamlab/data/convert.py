@@ -49,10 +49,10 @@ from pcamlab.data.readers import (
     KAGGLE_SPLITS,
     BadImageError,
     PatchReader,
-    resolve_root,
     available_splits,
     detect_format,
     open_split,
+    resolve_root,
 )
 from pcamlab import stopping
 from pcamlab.errors import ConfigError, DataError, RunFolderError, did_you_mean

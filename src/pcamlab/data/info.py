@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pcamlab.data.readers import BadImageError, PatchReader, resolve_root, available_splits, detect_format, open_split
+from pcamlab.data.readers import BadImageError, PatchReader, available_splits, detect_format, open_split, resolve_root
 from pcamlab.errors import ConfigError, DataError, did_you_mean
 from pcamlab.fileio import save_png
 

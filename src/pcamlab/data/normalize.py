@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from pcamlab.config import declare_choices
 from pcamlab.errors import CheckpointError, ConfigError, DataError, RunError
 from pcamlab.registry import Registry
 
@@ -35,6 +36,7 @@ __all__ = [
     "ReinhardNormalizer",
     "MacenkoNormalizer",
     "NORMALIZERS",
+    "normalizer_choices",
     "normalizer_from_dict",
     "tissue_mask",
 ]
@@ -425,6 +427,14 @@ class MacenkoNormalizer:
 
 # ----------------------------------------------------------------------------------------------
 # Storage
+
+
+def normalizer_choices() -> tuple[str, ...]:
+    """Allowed values of ``data.stain_normalization``: ``none`` and every registered normaliser."""
+    return ("none", *NORMALIZERS.names())
+
+
+declare_choices("data.stain_normalization", normalizer_choices)  # the config's allowed values are the registry's
 
 
 def _split_dict(

@@ -26,6 +26,7 @@ from typing import Any
 from pcamlab.data.runfiles import UNDEFINED, is_undefined, read_run_csv, read_json
 from pcamlab.errors import ConfigError, DataError, did_you_mean
 from pcamlab.fileio import printable
+from pcamlab.runfolder import RunFolder
 
 __all__ = [
     "COLUMNS",
@@ -120,11 +121,11 @@ def _usable(value: Any) -> bool:
 def _run_facts(run_dir: Path) -> dict[str, Any]:
     """Model, size and training facts from summary.json, config.yaml and history.csv (when present)."""
     facts: dict[str, Any] = {}
-    summary_path = run_dir / "summary.json"
+    summary_path = RunFolder(run_dir).summary
     flat = _flatten(read_json(summary_path)) if summary_path.is_file() else {}
     for column, aliases in SUMMARY_ALIASES.items():
         facts[column] = _lookup(flat, aliases)
-    config_path = run_dir / "config.yaml"
+    config_path = RunFolder(run_dir).config
     if facts["model"] is None and config_path.is_file():
         import yaml
 
@@ -134,7 +135,7 @@ def _run_facts(run_dir: Path) -> dict[str, Any]:
             config = None
         if isinstance(config, dict) and isinstance(config.get("model"), dict):
             facts["model"] = config["model"].get("name")
-    history_path = run_dir / "history.csv"
+    history_path = RunFolder(run_dir).history
     if history_path.is_file() and (facts["epochs"] is None or facts["best_val_auc"] is None):
         try:
             rows = read_run_csv(history_path)
@@ -155,18 +156,18 @@ def _run_facts(run_dir: Path) -> dict[str, Any]:
     return facts
 
 
-RUN_FILES = ("summary.json", "config.yaml", "history.csv", "metrics.json", "cv_summary.json")  # any one marks a run folder
+RUN_FILES = (*RunFolder.RUN_MARKERS, "metrics.json", RunFolder.CV_SUMMARY)  # any one marks a run folder
 
 
 def _metric_files(run_dir: Path) -> list[Path]:
     files = [run_dir / "metrics.json"] if (run_dir / "metrics.json").is_file() else []
-    files += sorted(path for path in run_dir.glob("*/metrics.json") if path.parent.name != "tensorboard")
+    files += sorted(path for path in run_dir.glob("*/metrics.json") if path.parent.name != RunFolder.TENSORBOARD)
     return files
 
 
 def _cv_row(run_dir: Path) -> dict[str, Any] | None:
     """The row of a cross-validation folder: each metric's mean over the folds, with its sample sd."""
-    path = run_dir / "cv_summary.json"
+    path = RunFolder(run_dir).cv_summary
     if not path.is_file():
         return None
     summary = read_json(path)
@@ -200,7 +201,7 @@ def _flat_config(run_dir: Path) -> dict[str, Any] | None:
     """The run's config.yaml as ``{"train.learning_rate": 0.001, "model.options.width": 32, ...}``."""
     import yaml
 
-    path = run_dir / "config.yaml"
+    path = RunFolder(run_dir).config
     if not path.is_file():
         return None
     try:

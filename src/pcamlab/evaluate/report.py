@@ -37,6 +37,7 @@ from pcamlab.data.runfiles import UNDEFINED, is_undefined, read_json, read_run_c
 from pcamlab.data.walk import walk_files
 from pcamlab.errors import DataError
 from pcamlab.fileio import printable
+from pcamlab.runfolder import RunFolder
 
 __all__ = ["write_report", "FIGURE_CAPTIONS", "METRIC_DESCRIPTIONS", "MAX_IMAGE_BYTES", "CSS", "figure_html", "format_value",
            "note_html"]
@@ -290,9 +291,9 @@ def _read_png(path: Path) -> tuple[bytes | None, str | None]:
 
 
 def _config_section(run_dir: Path) -> tuple[str, dict[str, Any]]:
-    path = run_dir / "config.yaml"
+    path = RunFolder(run_dir).config
     if not path.is_file():
-        return note_html("No config.yaml in this run folder, so the configuration is not shown."), {}
+        return note_html(f"No {RunFolder.CONFIG} in this run folder, so the configuration is not shown."), {}
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as error:
@@ -325,9 +326,9 @@ def _config_section(run_dir: Path) -> tuple[str, dict[str, Any]]:
 
 
 def _summary_section(run_dir: Path) -> tuple[str, dict[str, Any]]:
-    path = run_dir / "summary.json"
+    path = RunFolder(run_dir).summary
     if not path.is_file():
-        return note_html("No summary.json in this run folder, so there is no data summary."), {}
+        return note_html(f"No {RunFolder.SUMMARY} in this run folder, so there is no data summary."), {}
     values, problem = _read_json(path)
     if problem:
         return note_html(problem), {}
@@ -418,7 +419,7 @@ def _plot_history_fallback(rows: list[dict[str, Any]], target: Path) -> Path:
 
 
 def _training_section(run_dir: Path, curves_png: Path | None) -> str:
-    path = run_dir / "history.csv"
+    path = RunFolder(run_dir).history
     parts = []
     rows: list[dict[str, Any]] = []
     if path.is_file():
@@ -611,7 +612,8 @@ def _glance(metrics: Mapping[str, Any], source: str) -> str:
 
 def _cv_section(run_dir: Path) -> tuple[str, str]:
     """(section HTML, glance HTML) of a cross-validation folder: every fold and the mean +- sd; ("", "") otherwise."""
-    summary, problem = _read_json(run_dir / "cv_summary.json") if (run_dir / "cv_summary.json").is_file() else (None, None)
+    cv_summary = RunFolder(run_dir).cv_summary
+    summary, problem = _read_json(cv_summary) if cv_summary.is_file() else (None, None)
     if problem:
         return note_html(problem), ""
     if not isinstance(summary, Mapping):

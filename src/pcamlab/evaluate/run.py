@@ -17,6 +17,7 @@ import numpy as np
 from pcamlab.config_ranges import check_field
 from pcamlab.errors import CheckpointError, DataError, RunFolderError
 from pcamlab.fileio import atomic_path, printable, write_json_atomic
+from pcamlab.runfolder import RunFolder
 
 __all__ = ["default_out_dir", "evaluate_checkpoint", "evaluate_predictions", "fold_of", "write_json"]
 
@@ -26,9 +27,7 @@ OUTPUT_FILES = ("metrics.json", "predictions.csv", "roc.png", "pr.png", "confusi
 
 def _in_run_folder(model: Path) -> bool:
     """Whether ``model`` is a checkpoint inside a run folder (``pcamlab train --out``)."""
-    folder = model.parent
-    return model.suffix == ".safetensors" and any(
-        (folder / name).is_file() for name in ("config.yaml", "summary.json", "history.csv"))
+    return model.suffix == ".safetensors" and RunFolder(model.parent).is_run()
 
 
 def default_out_dir(model_path: str | Path, split: str, *, tta: bool = False) -> Path:
@@ -53,11 +52,7 @@ def fold_of(model_path: str | Path) -> str | None:
     A fold's run folder is ``<cv>/repeat-R/fold-K/`` under a folder holding ``folds.csv``
     (:func:`pcamlab.train.protocols.run_kfold`).
     """
-    fold = Path(model_path).parent
-    repeat = fold.parent
-    if fold.name.startswith("fold-") and repeat.name.startswith("repeat-") and (repeat.parent / "folds.csv").is_file():
-        return f"{repeat.name}/{fold.name}"
-    return None
+    return RunFolder(Path(model_path).parent).fold_name()
 
 
 def write_json(path: Path, values: Any) -> None:

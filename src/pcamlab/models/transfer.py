@@ -58,12 +58,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pcamlab.config import CHOICES
 from pcamlab.errors import CheckpointError, ConfigError, did_you_mean
 
 __all__ = ["FORMATS", "detect_source_format", "load_pretrained", "read_weights"]
 
-# Values accepted for ``format`` (the config field ``model.pretrained_format``).
-FORMATS = ("auto", "pcamlab", "torchvision", "timm", "keras")
+# Values accepted for ``format``: those of the config field ``model.pretrained_format``, declared once in
+# pcamlab.config (not by this module: importing it loads torch, and a config is checked before that).
+FORMATS = CHOICES["model.pretrained_format"]
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")  # DistributedDataParallel, torch.compile, Lightning

@@ -32,11 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from pcamlab.config import CHOICES
 from pcamlab.errors import CheckpointError, DataError, did_you_mean
 
 __all__ = ["InputContract", "INPUT_SCALINGS", "INFERENCE_PRECISIONS", "PCAM_MPP", "DESCRIPTIVE_KEYS"]
 
-INPUT_SCALINGS = ("standardize", "unit")
+INPUT_SCALINGS = CHOICES["data.input_scaling"]  # declared once, by the config field
 INFERENCE_PRECISIONS = ("fp32", "bf16")
 PCAM_MPP = 0.972  # um per pixel of PCam patches: Camelyon16 level 0 (~0.243 um/px) downsampled 4x (10x)
 

@@ -11,7 +11,7 @@ Example:
     >>> app = create_app(ServedModel.load("runs/demo/best.safetensors"), ServeSettings())
 """
 
-from pcamlab.serve.app import API_VERSION, ServeSettings, create_app
+from pcamlab.serve.app import API_VERSION, ServeSettings, check_token, create_app
 from pcamlab.serve.background import BackgroundServer, free_port
 from pcamlab.serve.inputs import TooManyPatches, UnsupportedUpload, Upload, decode_uploads
 from pcamlab.serve.model import ExplainUnavailable, ServedModel
@@ -28,6 +28,7 @@ __all__ = [
     "UnsupportedUpload",
     "Upload",
     "WorkerPool",
+    "check_token",
     "create_app",
     "decode_uploads",
     "free_port",

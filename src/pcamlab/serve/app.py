@@ -47,11 +47,43 @@ from pcamlab.serve.model import ExplainUnavailable, ServedModel
 from pcamlab.serve.pool import PoolBusy, WorkerPool
 from pcamlab.serve.slides import RESULT_FILES, JobNotFound, JobNotReady, SlideJobs, SlideNotFound, SlideQueueFull
 
-__all__ = ["API_VERSION", "ServeSettings", "create_app", "STATIC_DIR"]
+__all__ = ["API_VERSION", "ServeSettings", "check_token", "create_app", "STATIC_DIR"]
 
 API_VERSION = "v1"
 STATIC_DIR = pathlib.Path(__file__).resolve().parent / "static"
 logger = logging.getLogger("pcamlab.serve")
+
+
+def check_token(token: str | None, name: str = "token") -> str | None:
+    """The bearer token as clients send it: surrounding whitespace stripped, or refused.
+
+    A token file written on Windows ends in a carriage return, and ``$(cat token)`` keeps it; compared as
+    given, such a token would lock every client out. A token must be something an HTTP client can send
+    after ``Authorization: Bearer``: printable ASCII (RFC 9110 field values; RFC 6750 bearer tokens are
+    a subset), no control characters.
+
+    Args:
+        token: the token, or None for no token.
+        name: what the message calls it (``token``, or the environment variable it came from).
+
+    Returns:
+        The stripped token, or None when ``token`` is None.
+
+    Raises:
+        ConfigError: the token is blank, or holds control characters or non-ASCII characters.
+    """
+    if token is None:
+        return None
+    stripped = token.strip()
+    if not stripped:
+        raise ConfigError(f"{name} is blank ({token!r}); give a token, or leave it unset to serve without one",
+                          parameters=(name,))
+    bad = sorted({character for character in stripped if not " " <= character <= "~"})
+    if bad:
+        raise ConfigError(f"{name} holds characters an HTTP client cannot send after 'Authorization: Bearer' "
+                          f"({', '.join(repr(character) for character in bad)}); use printable ASCII only, e.g. the "
+                          "output of: python -c 'import secrets; print(secrets.token_urlsafe())'", parameters=(name,))
+    return stripped
 
 
 @dataclass(frozen=True)
@@ -59,7 +91,8 @@ class ServeSettings:
     """How the server runs; every limit has a default safe for a 2-core machine.
 
     Attributes:
-        token: bearer token required on every ``/v1`` call; None or empty = no token.
+        token: bearer token required on every ``/v1`` call; None = no token. Surrounding whitespace is
+            stripped; a blank token or one with control characters is refused (:func:`check_token`).
         max_request_bytes: largest request body accepted (413 above).
         max_images: most patches in one request, counting zip members and array rows (413 above).
         workers: inference jobs running at once (threads).
@@ -78,6 +111,9 @@ class ServeSettings:
 
     # (field, lowest allowed value) for the integer limits, checked by validate()
     _MINIMA = {"max_request_bytes": 1024, "max_images": 1, "workers": 1, "max_queue": 0, "batch_size": 1}
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "token", check_token(self.token))  # every way of making settings strips or refuses
 
     def validate(self) -> "ServeSettings":
         """Check every limit; return self.

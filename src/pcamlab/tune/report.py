@@ -32,9 +32,15 @@ from typing import Any
 import yaml
 
 from pcamlab.data.runfiles import UNDEFINED, is_undefined, read_json
+from pcamlab.config import config_from_dict, config_to_dict
+from pcamlab.errors import PcamlabError
 from pcamlab.fileio import save_png, write_text_atomic
+from pcamlab.runfolder import RunFolder
+from pcamlab.tune.space import SweepPlan
+from pcamlab.tune.storage import dashboard_command, redacted_url
+from pcamlab.tune.sweep import WHAT_MATTERED_COLUMNS, format_what_mattered, plot_what_mattered, t_interval, what_mattered
 
-__all__ = ["TRIAL_COLUMNS", "base_verdict", "hanley_mcneil_interval", "trial_rows", "write_outputs"]
+__all__ = ["TRIAL_COLUMNS", "base_verdict", "hanley_mcneil_interval", "trial_counts", "trial_rows", "write_outputs"]
 
 TRIAL_COLUMNS = ["number", "state", "val_auc", "val_auc_ci_low", "val_auc_ci_high", "latency_ms", "epochs_run",
                  "best_epoch", "train_seconds", "duration_seconds", "run", "retry_of", "worker", "error", "base"]
@@ -63,9 +69,7 @@ def _valid_counts(base: dict[str, Any]) -> tuple[int, int] | None:
     """(positives, negatives) of the base config's validation split, or None when it cannot be read."""
     import numpy as np
 
-    from pcamlab.config import config_from_dict
     from pcamlab.data.source import open_run_split
-    from pcamlab.errors import PcamlabError
 
     config = config_from_dict(base)
     try:
@@ -78,9 +82,6 @@ def _valid_counts(base: dict[str, Any]) -> tuple[int, int] | None:
 
 def trial_rows(study, settings, task, base: dict[str, Any]) -> list[dict[str, Any]]:
     """One dict per trial: :data:`TRIAL_COLUMNS`, then the parameters (or knob, value, seed of a sweep)."""
-    from pcamlab.tune.space import SweepPlan
-    from pcamlab.tune.sweep import t_interval
-
     counts = _valid_counts(base) if settings.protocol == "holdout" else None
     rows = []
     for trial in study.get_trials(deepcopy=False):
@@ -110,6 +111,16 @@ def trial_rows(study, settings, task, base: dict[str, Any]) -> list[dict[str, An
             row.update({param.path: trial.params.get(param.path) for param in task.params})
         rows.append(row)
     return rows
+
+
+def trial_counts(study) -> dict[str, int]:
+    """Trials per state (COMPLETE, PRUNED, FAIL, RUNNING, WAITING) and ``finished`` (complete + pruned)."""
+    counts = dict.fromkeys(("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"), 0)
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state.name in counts:
+            counts[trial.state.name] += 1
+    counts["finished"] = counts["COMPLETE"] + counts["PRUNED"]
+    return counts
 
 
 def _base_summary(rows: list[dict[str, Any]], best: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -177,11 +188,8 @@ def _best_trial(study, settings):
 
 def _best_config(trial, out_dir: Path, settings, task, base) -> dict[str, Any]:
     """The best trial's resolved config: its run folder's config.yaml, or rebuilt from its parameters."""
-    from pcamlab.config import config_from_dict, config_to_dict
-    from pcamlab.tune.space import SweepPlan
-
     run = trial.user_attrs.get("run")
-    saved = out_dir / run / "config.yaml" if run else None
+    saved = RunFolder(out_dir / run).config if run else None
     if saved is not None and saved.is_file():
         return yaml.safe_load(saved.read_text())
     if isinstance(task, SweepPlan):
@@ -219,8 +227,6 @@ def _figure_png(draw: Callable[[], Any], path: Path) -> tuple[Path | None, str |
 def _figures(study, settings, task, out_dir: Path) -> list[tuple[str, Path | None, str | None]]:
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as plots
-
-    from pcamlab.tune.space import SweepPlan
 
     folder = out_dir / "figures"
     auc = (lambda t: t.values[0]) if len(settings.objectives) > 1 else None
@@ -287,14 +293,11 @@ def write_outputs(study, out_dir: str | Path, settings, base: dict[str, Any], ta
         ``{"counts", "best" (number, val_auc, CI, latency, params) or None, "files", "what_mattered"
         (sweep only)}``.
     """
-    from pcamlab.tune.space import SweepPlan
-    from pcamlab.tune.study import _counts, _redacted, dashboard_command
-
     say = log or (lambda line: None)
     out_dir = Path(out_dir)
     rows = trial_rows(study, settings, task, base)
     files = {"trials": write_text_atomic(out_dir / "trials.csv", _csv(rows))}
-    counts = _counts(study)
+    counts = trial_counts(study)
     best = _best_trial(study, settings)
     best_summary = None
     if best is not None:
@@ -314,8 +317,6 @@ def write_outputs(study, out_dir: str | Path, settings, base: dict[str, Any], ta
     sections = []
     result: dict[str, Any] = {"counts": counts, "best": best_summary, "base": _base_summary(rows, best_summary)}
     if isinstance(task, SweepPlan):
-        from pcamlab.tune.sweep import WHAT_MATTERED_COLUMNS, format_what_mattered, plot_what_mattered, what_mattered
-
         finished = [r for r in rows if r["state"] == "COMPLETE" and r["knob"] is not None]
         table = what_mattered([{"knob": r["knob"], "value": r["value"], "seed": r["seed"], "val_auc": r["val_auc"]} for r in finished], task.knobs)
         result["what_mattered"] = table
@@ -361,5 +362,5 @@ def write_outputs(study, out_dir: str | Path, settings, base: dict[str, Any], ta
     files["report"] = write_text_atomic(out_dir / "report.html", _html(f"pcamlab study {study.study_name}", facts, sections))
     say(f"study outputs: {files['trials']}, {files.get('best', 'no best.yaml (no complete trial)')}, {files['report']}")
     result["files"] = files
-    result["storage"] = _redacted(storage) if storage != "study.db" else str(out_dir / "study.db")
+    result["storage"] = redacted_url(storage) if storage != "study.db" else str(out_dir / "study.db")
     return result

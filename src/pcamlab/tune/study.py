@@ -26,7 +26,10 @@ import fcntl
 import json
 import math
 import os
+import signal
 import socket
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,10 +38,14 @@ from typing import Any
 
 import yaml
 
+from pcamlab import stopping
 from pcamlab.config import config_from_dict
 from pcamlab.errors import ConfigError, PcamlabError, RunError, RunFolderError, did_you_mean
 from pcamlab.fileio import write_text_atomic
+from pcamlab.runfolder import RunFolder
+from pcamlab.tune.report import trial_counts, write_outputs
 from pcamlab.tune.space import SearchSpace, SweepPlan, load_space, load_sweep
+from pcamlab.tune.storage import check_heartbeat, dashboard_command, local_storage_url, open_storage, redacted_url
 
 __all__ = [
     "OBJECTIVES",
@@ -61,7 +68,8 @@ PROTOCOLS = ("holdout", "kfold")
 OBJECTIVES = ("auc", "latency")  # auc: validation ROC AUC (maximised); latency: inference ms per patch (minimised)
 LATENCY_BATCH = 64  # patches per timed predict_proba call
 STUDY_FILE = "study.json"
-INTERRUPTED = "interrupted (Ctrl-C); resume re-queues it"
+INTERRUPTED = "interrupted ("  # how the error of a trial stopped by SIGINT/SIGTERM begins
+STOP_GRACE_SECONDS = 60  # how long a stopped study waits for its workers to reach a safe point before killing them
 
 
 @dataclass
@@ -105,117 +113,6 @@ class StudySettings:
     def prunes(self) -> bool:
         """Optuna prunes single-objective studies only; a sweep trains every run in full."""
         return self.pruner != "none" and len(self.objectives) == 1 and self.kind == "search"
-
-
-# ----------------------------------------------------------------------------------------------
-# Storage.
-
-
-def local_storage_url(out_dir: str | Path) -> str:
-    """The embedded SQLite storage of a study folder."""
-    return sqlite_url(Path(out_dir).resolve() / "study.db")
-
-
-def sqlite_url(path: str | Path) -> str:
-    """``sqlite:///PATH`` with PATH percent-encoded (``#``, ``?``, ``%``, spaces), as SQLAlchemy decodes it.
-
-    A relative PATH stays relative (to the working directory of whoever opens the URL).
-    """
-    from urllib.parse import quote
-
-    return "sqlite:///" + quote(str(path), safe="/")
-
-
-def dashboard_command(storage: str | Path) -> str:
-    """The shell command that opens a study in optuna-dashboard, quoted for a POSIX shell.
-
-    Args:
-        storage: a database URL (with ``://``; shown as given, e.g. already without its password) or
-            the path of a study's SQLite file.
-
-    Example:
-        >>> dashboard_command("/tmp/st #1/study.db")
-        'optuna-dashboard sqlite:////tmp/st%20%231/study.db'
-        >>> dashboard_command("postgresql://pcam:***@db:5432/studies")  # shell-quoted where the shell needs it
-        "optuna-dashboard 'postgresql://pcam:***@db:5432/studies'"
-    """
-    import shlex
-
-    url = str(storage) if "://" in str(storage) else sqlite_url(storage)
-    return f"optuna-dashboard {shlex.quote(url)}"
-
-
-def _redacted(url: str) -> str:
-    """The URL without its password (what study.json and messages show)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot parse is reported by open_storage
-        return url.split("@")[-1]
-
-
-def _sqlalchemy_url(url: str) -> str:
-    """``postgresql://`` means psycopg 3 here (psycopg2 is not a dependency)."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
-            return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
-
-
-def _check_heartbeat(heartbeat_seconds: Any) -> None:
-    if isinstance(heartbeat_seconds, bool) or not isinstance(heartbeat_seconds, int) or heartbeat_seconds < 1:
-        raise ConfigError(f"heartbeat_seconds must be an integer >= 1; got {heartbeat_seconds!r}")
-
-
-def open_storage(url: str, heartbeat_seconds: int = 10):
-    """An Optuna RDB storage with heartbeats and retries of trials whose process died.
-
-    Args:
-        url: ``sqlite:///PATH`` or ``postgresql://USER:PASSWORD@HOST:PORT/DB`` (any SQLAlchemy URL).
-        heartbeat_seconds: how often a running trial records that it is alive; a trial silent for
-            3x that long is failed and re-queued (at most twice).
-
-    Raises:
-        ConfigError: the URL is not a database URL.
-        RunError: the database cannot be reached (one line, with the URL minus its password).
-    """
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
-    if "://" not in url:
-        raise ConfigError(f"storage must be a database URL such as postgresql://user:password@host:5432/db or sqlite:///study.db; got {url!r}")
-    _check_heartbeat(heartbeat_seconds)
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    # ERROR: a trial stopped by Ctrl-C would otherwise log Optuna's warning with a KeyboardInterrupt
-    # traceback per worker; pcamlab prints its own line for every trial.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    import warnings
-
-    for attempt in range(5):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(
-                    _sqlalchemy_url(url), engine_kwargs=engine, heartbeat_interval=heartbeat_seconds,
-                    grace_period=3 * heartbeat_seconds,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-                )
-        except Exception as error:  # noqa: BLE001 - SQLAlchemy/driver errors have many types
-            # Workers that start together on an empty database all create Optuna's tables; on PostgreSQL the
-            # losers of that race get a unique violation (pg_type). The tables exist then: open again.
-            if attempt < 4 and ("UniqueViolation" in str(error) or "duplicate key" in str(error)):
-                time.sleep(0.5 * (attempt + 1))
-                continue
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-            if isinstance(error, (ArgumentError, NoSuchModuleError)):  # not a database URL SQLAlchemy knows
-                raise ConfigError(f"storage {_redacted(url)!r} is not a database URL pcamlab can open ({first}); "
-                                  "use postgresql://user:password@host:5432/db or sqlite:///PATH") from None
-            raise RunError(f"cannot open study storage {_redacted(url)!r}: {first}; check the URL and that the database server runs") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,6 +160,7 @@ class _Reporter:
     def __call__(self, epoch: int, row: dict[str, Any]) -> None:
         import optuna
 
+        stopping.check()  # a safe point: between epochs
         self.step += 1
         auc = float(row["val_auc"])
         if not self.prune or math.isnan(auc):
@@ -344,7 +242,7 @@ def _objective(job: _Job, log: Callable[[str], None]):
         config, described = _trial_config(job, trial)
         run_dir = Path(job.out_dir) / "trials" / f"trial-{trial.number:04d}"
         trial.set_user_attr("run", str(run_dir.relative_to(job.out_dir)))
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("worker", _worker_name(os.getpid()))
         if isinstance(job.task, SweepPlan):
             for key, value in described.items():
                 trial.set_user_attr(key, value)
@@ -363,12 +261,12 @@ def _objective(job: _Job, log: Callable[[str], None]):
                 aucs = [float(row["val_auc"]) for row in result["folds"]]
                 auc = float(result["metrics"]["val_auc"]["mean"])
                 trial.set_user_attr("fold_aucs", aucs)
-                checkpoint = run_dir / "repeat-1" / "fold-1" / "best.safetensors"
+                checkpoint = RunFolder(run_dir).fold(1, 1).best
                 summary = result["folds"][0]
                 epochs_run = sum(int(row["epochs_run"]) for row in result["folds"])
                 wall = sum(float(row["wall_seconds"]) for row in result["folds"])
             else:
-                summary = train(config, run_dir, progress=False, on_epoch=reporter)
+                summary = train(config, run_dir, progress=False, on_epoch=reporter, on_step=_safe_point)
                 auc = float(summary["best"]["val_auc"])
                 checkpoint = Path(summary["checkpoints"]["best"] or summary["checkpoints"]["last"])
                 epochs_run, wall = int(summary["epochs_run"]), float(summary["wall_seconds"])
@@ -377,8 +275,9 @@ def _objective(job: _Job, log: Callable[[str], None]):
         except optuna.TrialPruned as pruned:
             write_text_atomic(run_dir / "trial.json", json.dumps({**record, "state": "PRUNED", "reason": str(pruned)}, indent=2))
             raise
-        except KeyboardInterrupt:  # Optuna fails the trial; resume_study re-queues it
-            trial.set_user_attr("error", INTERRUPTED)
+        except KeyboardInterrupt as stop:  # SIGINT/SIGTERM: Optuna fails the trial, the worker re-queues it
+            trial.set_user_attr("error", f"{INTERRUPTED}{signal.Signals(getattr(stop, 'signum', signal.SIGINT)).name}); "
+                                         "re-queued with the same parameters")
             raise
         except PcamlabError as error:
             trial.set_user_attr("error", str(error))
@@ -404,6 +303,17 @@ def _objective(job: _Job, log: Callable[[str], None]):
     return objective
 
 
+def _worker_name(pid: int) -> str:
+    """``host:pid``, the ``worker`` attribute of the trials a process runs."""
+    return f"{socket.gethostname()}:{pid}"
+
+
+def _safe_point(model, epochs: float) -> bool:
+    """The ``on_step`` of a trial's training: a safe point between steps (raises Stopped after a signal)."""
+    stopping.check()
+    return False
+
+
 def _describe(described: dict[str, Any]) -> str:
     return ", ".join(f"{key}={_short(value)}" for key, value in described.items()) or "base config"
 
@@ -416,15 +326,6 @@ def _short(value: Any) -> str:
 # Workers.
 
 
-def _counts(study) -> dict[str, int]:
-    counts = dict.fromkeys(("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"), 0)
-    for trial in study.get_trials(deepcopy=False):
-        if trial.state.name in counts:
-            counts[trial.state.name] += 1
-    counts["finished"] = counts["COMPLETE"] + counts["PRUNED"]
-    return counts
-
-
 def _load_study(job: _Job):
     import optuna
 
@@ -434,7 +335,7 @@ def _load_study(job: _Job):
 
 
 def _progress_line(study, job: _Job, started: float, durations: list[float]) -> str:
-    counts = _counts(study)
+    counts = trial_counts(study)
     best = _best_text(study, job.settings)
     left = []
     if job.deadline is not None:
@@ -461,7 +362,12 @@ def _best_text(study, settings: StudySettings) -> str:
 
 
 def _work(job: _Job, log: Callable[[str], None]) -> None:
-    """One worker: run trials until the study holds ``target`` finished trials or the deadline passes."""
+    """One worker: run trials until the study holds ``target`` finished trials or the deadline passes.
+
+    Stopping is a flag (:mod:`pcamlab.stopping`) checked between trials, between a trial's training
+    steps and epochs, and while waiting: SIGINT/SIGTERM fail the running trial (never left RUNNING) and
+    re-queue it with the same parameters, then raise :class:`~pcamlab.stopping.Stopped`.
+    """
     from optuna.storages import fail_stale_trials
 
     import warnings
@@ -469,41 +375,78 @@ def _work(job: _Job, log: Callable[[str], None]) -> None:
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    if job.threads > 0:
-        import torch
+    with stopping.safe_points():
+        if job.threads > 0:
+            import torch
 
-        torch.set_num_threads(job.threads)
-    study = _load_study(job)
-    objective = _objective(job, log)
-    durations: list[float] = []
-    started = time.time()
+            torch.set_num_threads(job.threads)
+        study = _load_study(job)
+        objective = _objective(job, log)
+        durations: list[float] = []
+        started = time.time()
 
-    def finished(study, trial) -> None:
-        if trial.datetime_start and trial.datetime_complete:
-            durations.append((trial.datetime_complete - trial.datetime_start).total_seconds())
-        if trial.state.name == "COMPLETE":
-            what = "val_auc " + " / ".join(f"{v:.4f}" if i == 0 else f"{v:.2f} ms/patch" for i, v in enumerate(trial.values))
-        elif trial.state.name == "PRUNED":
-            what = f"pruned after {len(trial.intermediate_values)} epochs"
-        else:
-            what = f"failed: {trial.user_attrs.get('error', 'see the log above')}"
-        log(f"trial {trial.number} {what}  {_progress_line(study, job, started, durations)}")
+        def finished(study, trial) -> None:
+            if trial.datetime_start and trial.datetime_complete:
+                durations.append((trial.datetime_complete - trial.datetime_start).total_seconds())
+            if trial.state.name == "COMPLETE":
+                what = "val_auc " + " / ".join(f"{v:.4f}" if i == 0 else f"{v:.2f} ms/patch" for i, v in enumerate(trial.values))
+            elif trial.state.name == "PRUNED":
+                what = f"pruned after {len(trial.intermediate_values)} epochs"
+            else:
+                what = f"failed: {trial.user_attrs.get('error', 'see the log above')}"
+            log(f"trial {trial.number} {what}  {_progress_line(study, job, started, durations)}")
 
-    sweep = isinstance(job.task, SweepPlan)
-    while True:
-        fail_stale_trials(study)
-        counts = _counts(study)
-        # a sweep is done when every run has finished once (duplicates do not count), a search at its target
-        if (not _sweep_runs_to_queue(study, job.task, finished_only=True)) if sweep else counts["finished"] >= job.target:
-            break
-        if job.deadline is not None and time.time() >= job.deadline:
-            log(f"study budget reached: no new trial starts ({counts['finished']} of {job.target} finished)")
-            break
-        all_taken = (not _sweep_runs_to_queue(study, job.task)) if sweep else counts["finished"] + counts["RUNNING"] >= job.target
-        if all_taken and counts["WAITING"] == 0:
-            time.sleep(job.heartbeat_seconds)  # the last trials run elsewhere: wait until they end or go stale
-            continue
-        study.optimize(objective, n_trials=1, catch=(PcamlabError,), callbacks=[finished], gc_after_trial=True)
+        sweep = isinstance(job.task, SweepPlan)
+        try:
+            while True:
+                stopping.check()  # a safe point: between trials
+                fail_stale_trials(study)
+                counts = trial_counts(study)
+                # a sweep is done when every run has finished once (duplicates do not count), a search at its target
+                if (not _sweep_runs_to_queue(study, job.task, finished_only=True)) if sweep else counts["finished"] >= job.target:
+                    break
+                if job.deadline is not None and time.time() >= job.deadline:
+                    log(f"study budget reached: no new trial starts ({counts['finished']} of {job.target} finished)")
+                    break
+                all_taken = (not _sweep_runs_to_queue(study, job.task)) if sweep else counts["finished"] + counts["RUNNING"] >= job.target
+                if all_taken and counts["WAITING"] == 0:
+                    _wait(job.heartbeat_seconds)  # the last trials run elsewhere: wait until they end or go stale
+                    continue
+                study.optimize(objective, n_trials=1, catch=(PcamlabError,), callbacks=[finished], gc_after_trial=True)
+        except KeyboardInterrupt:
+            _requeue_interrupted(study, {_worker_name(os.getpid())}, log)
+            raise
+
+
+def _wait(seconds: float) -> None:
+    """Sleep ``seconds``, checking for a stop request every 0.2 s."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        stopping.check()
+        time.sleep(min(0.2, max(end - time.monotonic(), 0.0)))
+
+
+def _retry_callback():
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return RetryHeartbeatStaleTrialCallback(max_retry=2)
+
+
+def _requeue_interrupted(study, workers: set[str] | None, log: Callable[[str], None]) -> None:
+    """Queue a copy (same parameters) of each trial a signal stopped (of ``workers`` only, unless None), once."""
+    from optuna.trial import TrialState
+
+    retry = _retry_callback()
+    retried = {t.system_attrs.get("failed_trial") for t in study.get_trials(deepcopy=False)}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if (str(trial.user_attrs.get("error", "")).startswith(INTERRUPTED) and trial.number not in retried
+                and (workers is None or trial.user_attrs.get("worker") in workers)):
+            retry(study, trial)
+            log(f"trial {trial.number} was interrupted: re-queued with the same parameters")
 
 
 def _sweep_runs_to_queue(study, task: SweepPlan, finished_only: bool = False) -> list[int]:
@@ -546,11 +489,29 @@ def _queue_sweep_runs(study, task: SweepPlan, log: Callable[[str], None]) -> Non
         log(f"queued the {len(missing)} sweep runs not yet finished or running")
 
 
-def _worker_entry(job: _Job, log: Callable[[str], None]) -> None:
+def _worker_entry(job: _Job, log: Callable[[str], None], stop_signal, parent: int) -> None:
+    """A worker process: SIGINT/SIGTERM (its own, or the study's via ``stop_signal``) stop it at a safe point.
+
+    Exits with 128 + the signal number after failing and re-queueing its running trial. A worker whose
+    parent is gone (killed) stops the same way instead of running on unsupervised.
+    """
+    stopping.install()
+
+    def follow_parent() -> None:  # the parent asks through shared memory: a second signal would mean "at once"
+        while True:
+            if stop_signal.value:
+                stopping.request(stop_signal.value)
+                return
+            if os.getppid() != parent:
+                stopping.request(signal.SIGTERM)
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=follow_parent, name="pcamlab-follow-parent", daemon=True).start()
     try:
         _work(job, log)
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt as stop:
+        sys.exit(128 + getattr(stop, "signum", signal.SIGINT))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -568,26 +529,23 @@ def _lock(out_dir: Path):
     return handle
 
 
-def _fail_orphans(study, storage, log) -> None:
-    """Fail and re-queue trials a stopped local study left RUNNING (their process is gone) or interrupted."""
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
+def _fail_orphans(study, storage, log, workers: set[str] | None = None) -> None:
+    """Fail and re-queue trials a stopped study left RUNNING (their process is gone), and interrupted ones.
+
+    ``workers``: only the trials of these ``host:pid`` workers (a shared database where other machines
+    still run theirs); None: every RUNNING trial (the local storage, whose folder lock proves them orphaned).
+    """
     from optuna.trial import TrialState
 
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=2)
+    retry = _retry_callback()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if workers is not None and trial.user_attrs.get("worker") not in workers:
+            continue
         storage.set_trial_user_attr(trial._trial_id, "error", "its process stopped mid-trial; re-queued")
         if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
             retry(study, storage.get_trial(trial._trial_id))
             log(f"trial {trial.number} was left running by the stopped study: marked failed and re-queued")
-    retried = {t.system_attrs.get("failed_trial") for t in study.get_trials(deepcopy=False)}
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if trial.user_attrs.get("error") == INTERRUPTED and trial.number not in retried:
-            retry(study, trial)
-            log(f"trial {trial.number} was interrupted: re-queued")
+    _requeue_interrupted(study, workers, log)
 
 
 def run_study(
@@ -643,7 +601,7 @@ def run_study(
     task = load_sweep(space_file, base) if settings.kind == "sweep" else load_space(space_file, base)
     if settings.kind == "search" and settings.sampler == "grid":
         task.grid()  # floats without a step fail here, before anything is written
-    _check_heartbeat(heartbeat_seconds)
+    check_heartbeat(heartbeat_seconds)
     if storage:  # a bad URL or an unreachable server is said before the study folder exists
         open_storage(storage, heartbeat_seconds)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -651,13 +609,20 @@ def run_study(
             raise RunFolderError(f"{str(out_dir)!r} already holds a study; resume it (resume_study, resume=True) or "
                                  "choose another out_dir", parameters=("resume", "out_dir"))
         raise RunFolderError(f"study folder {str(out_dir)!r} is not empty; choose a new folder")
+    with stopping.safe_points():  # a signal while the folder is written stops at the first check: whole or resumable
+        return _create_and_run(base, space_file, out_dir, settings, task, trials, minutes, workers, storage, study_name,
+                               heartbeat_seconds, threads, log)
+
+
+def _create_and_run(base, space_file, out_dir, settings, task, trials, minutes, workers, storage, study_name,
+                    heartbeat_seconds, threads, log):
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(out_dir)
     url = storage or local_storage_url(out_dir)
     name = study_name or out_dir.resolve().name
     record = {
         "study_name": name,
-        "storage": _redacted(url) if storage else "study.db",
+        "storage": redacted_url(url) if storage else "study.db",
         "settings": _settings_dict(settings),
         "trials": trials,
         "space_file": str(space_file),
@@ -707,9 +672,10 @@ def resume_study(
     task = load_sweep(space_path, base) if settings.kind == "sweep" else load_space(space_path, base)
     lock = _lock(out_dir)
     try:
-        return _run(out_dir, storage or local_storage_url(out_dir), record["study_name"], settings, base, task,
-                    trials or record.get("trials"), minutes, workers, heartbeat_seconds, threads,
-                    log or _quiet, resume=True)
+        with stopping.safe_points():
+            return _run(out_dir, storage or local_storage_url(out_dir), record["study_name"], settings, base, task,
+                        trials or record.get("trials"), minutes, workers, heartbeat_seconds, threads,
+                        log or _quiet, resume=True)
     finally:
         lock.close()
 
@@ -734,11 +700,8 @@ def _settings_dict(settings: StudySettings) -> dict[str, Any]:
 
 
 def _run(out_dir, url, name, settings, base, task, trials, minutes, workers, heartbeat_seconds, threads, log, *, resume):
-    import multiprocessing
-
+    """Open the study in its storage, run the workers, write the outputs; signals stop it at safe points."""
     import optuna
-
-    from pcamlab.tune.report import write_outputs
 
     storage = open_storage(url, heartbeat_seconds)
     identity = {"kind": settings.kind, "objectives": list(settings.objectives), "protocol": settings.protocol,
@@ -746,7 +709,7 @@ def _run(out_dir, url, name, settings, base, task, trials, minutes, workers, hea
     try:
         study = optuna.create_study(study_name=name, storage=storage, directions=settings.directions, load_if_exists=True)
     except ValueError as error:  # e.g. the name exists with other directions
-        raise RunError(f"study {name!r} in {_redacted(url)}: {error}") from None
+        raise RunError(f"study {name!r} in {redacted_url(url)}: {error}") from None
     known = study.user_attrs.get("pcamlab")
     if known is None:
         study.set_user_attr("pcamlab", identity)
@@ -754,12 +717,12 @@ def _run(out_dir, url, name, settings, base, task, trials, minutes, workers, hea
         study.set_user_attr("settings", _settings_dict(settings))
     elif known != identity:
         raise ConfigError(
-            f"study {name!r} in {_redacted(url)} was made with another space, objectives or protocol; "
+            f"study {name!r} in {redacted_url(url)} was made with another space, objectives or protocol; "
             "use the same space_file, objectives and protocol to join it, or another study_name",
             parameters=("space_file", "objectives", "protocol", "study_name"),
         )
     elif not resume:
-        log(f"joining study {name!r} in {_redacted(url)} ({len(study.trials)} trials so far)")
+        log(f"joining study {name!r} in {redacted_url(url)} ({len(study.trials)} trials so far)")
     if resume and url == local_storage_url(out_dir):
         _fail_orphans(study, storage, log)
     if isinstance(task, SweepPlan) and (known is None or resume):  # a joining worker takes what is queued
@@ -778,7 +741,7 @@ def _run(out_dir, url, name, settings, base, task, trials, minutes, workers, hea
     what = (f"sweep of {len(task.runs)} runs ({sum(map(len, task.knobs.values()))} values of {len(task.knobs)} knobs + the base, "
             f"x {len(task.seeds)} seeds)") if isinstance(task, SweepPlan) else (
         f"{settings.sampler} search of {len(task.params)} parameters for {target} trials")
-    log(f"study {name!r} ({_redacted(url) if url != local_storage_url(out_dir) else out_dir / 'study.db'}): {what}; "
+    log(f"study {name!r} ({redacted_url(url) if url != local_storage_url(out_dir) else out_dir / 'study.db'}): {what}; "
         f"objective {' + '.join(settings.objectives)} on {settings.protocol}"
         + (f", {settings.pruner} pruning" if settings.prunes else "")
         + (f", {minutes:g} min budget" if minutes else "") + f"; {workers} worker(s) x {threads} threads")
@@ -789,26 +752,60 @@ def _run(out_dir, url, name, settings, base, task, trials, minutes, workers, hea
         else:  # trial 0 scores the base config itself: the reference a better recipe must beat
             study.enqueue_trial(point, user_attrs={"base": True})
             log("trial 0 is the base config (the reference the search must beat)")
+    stopping.check()  # a safe point: the study is recorded, no trial runs yet
     if workers == 1:
         _work(job, log)
     else:
-        context = multiprocessing.get_context("spawn")
-        processes = [context.Process(target=_worker_entry, args=(dataclasses.replace(job, worker=index), log), daemon=False)
-                     for index in range(workers)]
-        for process in processes:
-            process.start()
-        try:
-            for process in processes:
-                process.join()
-        except KeyboardInterrupt:
-            for process in processes:
-                process.join(timeout=10)
-            raise
-        bad = [process.exitcode for process in processes if process.exitcode not in (0, None)]
-        if bad:
-            log(f"{len(bad)} worker process(es) ended abnormally (exit codes {bad}); their trials were re-queued")
+        _run_workers(job, workers, storage, local=url == local_storage_url(out_dir), log=log)
     study = optuna.load_study(study_name=name, storage=storage)
     return write_outputs(study, out_dir, settings, base, task, log=log)
+
+
+def _run_workers(job: _Job, workers: int, storage, *, local: bool, log: Callable[[str], None]) -> None:
+    """Run ``workers`` worker processes until they end; a stop request reaches each of them once.
+
+    SIGINT/SIGTERM to this process (or a terminal's Ctrl-C, which reaches every process of its group)
+    asks every worker through shared memory, not a second signal (which would mean "stop at once"):
+    each fails and re-queues its running trial at its next safe point and exits. A worker still running
+    after :data:`STOP_GRACE_SECONDS` is killed and its trial failed and re-queued here, so no trial is
+    left RUNNING.
+
+    Raises:
+        Stopped: after SIGINT/SIGTERM, once every worker has ended.
+    """
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    import optuna
+
+    context = multiprocessing.get_context("spawn")
+    stop_signal = context.Value("i", 0, lock=False)
+    processes = [context.Process(target=_worker_entry, args=(dataclasses.replace(job, worker=index), log, stop_signal, os.getpid()),
+                                 daemon=False) for index in range(workers)]
+    for process in processes:
+        process.start()
+    try:
+        while any(process.is_alive() for process in processes):
+            stopping.check()  # a safe point: while the workers run
+            wait([process.sentinel for process in processes if process.is_alive()], timeout=0.2)
+    except KeyboardInterrupt as stop:
+        stop_signal.value = getattr(stop, "signum", signal.SIGINT)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for process in processes:
+            process.join(timeout=max(deadline - time.monotonic(), 0.1))
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+        study = optuna.load_study(study_name=job.study_name, storage=storage)
+        _fail_orphans(study, storage, log, None if local else {_worker_name(process.pid) for process in processes})
+        raise
+    stopped = [process.exitcode for process in processes if process.exitcode in (128 + signal.SIGINT, 128 + signal.SIGTERM)]
+    bad = [process.exitcode for process in processes if process.exitcode not in (0, None) and process.exitcode not in stopped]
+    if stopped:
+        log(f"{len(stopped)} worker process(es) were stopped by a signal (exit codes {stopped}); their trials were re-queued")
+    if bad:
+        log(f"{len(bad)} worker process(es) ended abnormally (exit codes {bad}); their trials were re-queued")
 
 
 def check_data(base: dict[str, Any]) -> None:
@@ -832,8 +829,6 @@ def write_study_outputs(out_dir: str | Path, *, storage: str | None = None, log:
         RunFolderError: no study in ``out_dir``. ConfigError: a database study without its ``storage`` URL.
     """
     import optuna
-
-    from pcamlab.tune.report import write_outputs
 
     out_dir = Path(out_dir)
     path = out_dir / STUDY_FILE

@@ -29,7 +29,7 @@ from pcamlab.fileio import save_png, write_text_atomic
 from pcamlab.slide.evaluation.froc import FALSE_POSITIVE, HIT, ITC_HIT, FROCResult, SlideLesions
 
 if TYPE_CHECKING:
-    from pcamlab.slide.evaluation.run import SlideInput
+    from pcamlab.slide.evaluation.inputs import SlideInput
 
 __all__ = ["plot_slide_roc", "plot_froc", "plot_slide", "write_evaluation_report"]
 

@@ -40,8 +40,9 @@ import numpy as np
 from pcamlab import stopping
 from pcamlab.errors import ConfigError, DataError, RunFolderError
 from pcamlab.fileio import atomic_path, printable, write_json_atomic
-from pcamlab.slide.annotations import SlideAnnotations, find_annotation_file, rasterize, read_annotations
+from pcamlab.slide.annotations import find_annotation_file, rasterize, read_annotations
 import pcamlab.slide.evaluation.froc as froc_module
+from pcamlab.slide.evaluation.inputs import SlideInput
 from pcamlab.slide.evaluation.detections import DetectionOptions, detect
 from pcamlab.slide.evaluation.pixel import overlap, tile_labels
 from pcamlab.slide.evaluation.slide_level import (
@@ -69,39 +70,6 @@ EVALUATION_FILES = {  # key -> name in out_dir
 SLIDE_COLUMNS = ("slide", "label", "max", "top_k_mean", "aggregator", "aggregator_threshold", "call", "correct",
                  "largest_lesion_um", "lesions", "lesions_hit", "itc_regions", "false_positives", "detections",
                  "dice", "iou", "tiles", "tumour_tiles")
-
-
-@dataclass
-class SlideInput:
-    """One slide of the cohort, checked: its result folder, label, geometry and annotation.
-
-    Attributes:
-        slide: the slide id (the result folder's name).
-        folder: the result folder.
-        label: 1 tumour, 0 normal (reference CSV).
-        summary: the folder's ``summary.json``.
-        annotations: the slide's annotations (None for a normal slide without a file).
-        cell_level0: edge of a probability-map cell in level-0 pixels.
-        tile_size_level0: edge of a tile in level-0 pixels.
-        mpp: level-0 microns per pixel.
-        dimensions: level-0 ``(width, height)``.
-    """
-
-    slide: str
-    folder: Path
-    label: int
-    summary: dict[str, Any]
-    annotations: SlideAnnotations | None
-    cell_level0: float
-    tile_size_level0: float
-    mpp: float
-    dimensions: tuple[int, int]
-
-    @property
-    def tumour(self):
-        import shapely
-
-        return self.annotations.tumour if self.annotations is not None else shapely.MultiPolygon()
 
 
 @dataclass

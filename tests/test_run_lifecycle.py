@@ -124,7 +124,7 @@ def test_resume_messages_say_what_is_really_there(tiny_data, tmp_path, monkeypat
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr("pcamlab.train.loop.compute_loss", interrupt)  # Ctrl-C at the first step
+        patch.setattr("pcamlab.train.epoch.compute_loss", interrupt)  # Ctrl-C at the first step
         with pytest.raises(KeyboardInterrupt):
             train(config, started, progress=False)
     assert (started / "config.yaml").is_file() and not (started / "resume.pt").exists()

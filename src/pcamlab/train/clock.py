@@ -44,6 +44,9 @@ class RunClock:
         self.started = self.read()
         self.budget_seconds = 60.0 * budget_minutes
         self._broadcast: Callable[[float], float] = lambda value: value
+        # the budget share at the last two budget checks (after each step of a budget run): a run stopped by its
+        # budget stopped at the first check past it, previous <= 1 < last
+        self.checks: tuple[float, float] = (0.0, 0.0)
 
     def follow(self, broadcast: Callable[[float], float]) -> None:
         """Read elapsed seconds through ``broadcast`` (``World.broadcast``: rank 0's value for every process)."""
@@ -60,6 +63,12 @@ class RunClock:
     @property
     def has_budget(self) -> bool:
         return self.budget_seconds > 0
+
+    def check_budget(self) -> float:
+        """After a step of a budget run: the share of the budget used (rank 0's clock), remembered in :attr:`checks`."""
+        fraction = self.elapsed() / self.budget_seconds
+        self.checks = (self.checks[1], fraction)
+        return fraction
 
     def fraction(self) -> float | None:
         """The share of the budget used (rank 0's clock), or None without a budget."""

@@ -174,11 +174,11 @@ def train_one_epoch(
         # stop mid-epoch when the budget ends (the partial epoch is still validated and checkpointed);
         # every process reads rank 0's clock, so all stop after the same step
         if clock.has_budget:
-            now = clock.elapsed()
-            if now > clock.budget_seconds:
+            used = clock.check_budget()
+            if used > 1.0:
                 out_of_time = True
                 break
-            note = crops.after_step(epoch, index, steps, now / clock.budget_seconds)
+            note = crops.after_step(epoch, index, steps, used)
             if note:
                 say(note)
         if on_step is not None and on_step(step.scored, epoch - 1 + (index + 1) / steps):

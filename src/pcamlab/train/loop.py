@@ -377,16 +377,19 @@ def _summary(config: RunConfig, out_dir: Path, data, contract, early, history: l
     """The run summary written to ``summary.json``; ``stop`` is ``(reason, stopped_by, last epoch)``."""
     train_config = config.train
     stop_reason, stopped_by, epoch = stop
-    budget_used = clock.fraction()
-    if budget_used is not None:
-        stop_reason += f" ({budget_used:.0%} of the budget used, learning rate at {learning_rate_factor:.1%} of its peak)"
+    budget = None
+    if clock.has_budget:  # where training stopped in the budget, and the whole run with its last validation
+        before, stopped = clock.checks
+        budget = {"minutes": train_config.time_budget_minutes, "used_at_previous_step": round(before, 4),
+                  "used_when_training_stopped": round(stopped, 4), "used_at_end": round(clock.fraction(), 4)}
+        stop_reason += f" ({stopped:.0%} of the budget used, learning rate at {learning_rate_factor:.1%} of its peak)"
     speeds = [float(row["images_per_second"]) for row in history]
     best_row = next((row for row in history if int(row["epoch"]) == early.best_epoch), history[-1])
     summary = {
         "finished": True,
         "stop_reason": stop_reason,
         "stopped_by": stopped_by,  # epochs | early_stop | time_budget | caller
-        "budget_fraction_used": None if budget_used is None else round(budget_used, 4),
+        "budget": budget,  # shares of train.time_budget_minutes (None: no budget)
         "final_learning_rate_factor": learning_rate_factor,  # of train.learning_rate, at the last step
         "epochs_run": epoch,
         "best_epoch": early.best_epoch,

@@ -39,11 +39,11 @@ def test_a_broken_contract_fails_the_check(tmp_path):
     config.write_text(
         "[importlinter]\nroot_package = pcamlab\n\n"
         "[importlinter:contract:probe]\nname = probe\ntype = forbidden\n"
-        "source_modules =\n    pcamlab.train.loop\nforbidden_modules =\n    pcamlab.runtime.checkpoint\n"
+        "source_modules =\n    pcamlab.train.loop\nforbidden_modules =\n    pcamlab.runtime.memory\n"
     )
     result = _lint_imports("--config", str(config))
     assert result.returncode == 1 and "BROKEN" in result.stdout
-    assert "pcamlab.train.loop -> pcamlab.runtime.checkpoint" in result.stdout
+    assert "pcamlab.train.loop -> pcamlab.runtime.memory" in result.stdout
 
 
 def _raised_texts(path: Path) -> list[tuple[int, str]]:

@@ -124,7 +124,7 @@ def test_resume_messages_say_what_is_really_there(tiny_data, tmp_path, monkeypat
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr("pcamlab.train.loop.compute_loss", interrupt)  # Ctrl-C at the first step
+        patch.setattr("pcamlab.train.epoch.compute_loss", interrupt)  # Ctrl-C at the first step
         with pytest.raises(KeyboardInterrupt):
             train(config, started, progress=False)
     assert (started / "config.yaml").is_file() and not (started / "resume.pt").exists()
@@ -267,32 +267,37 @@ def _free_port() -> int:
         return handle.getsockname()[1]
 
 
-# Rank 1's clock runs an hour ahead: on its own clock its budget would be spent at once. Each rank writes
-# the learning-rate factors it used.
+# Rank 0's clock advances one second per read, so its 20-second budget ends inside epoch 2 after the same
+# reads every time; rank 1's runs an hour ahead and 1,000 times slower: on its own clock its budget would never
+# end, and it would wait in the next step's all-reduce for ever (the test's timeout) once rank 0 stopped. Each
+# rank writes the learning-rate factors it used and its stop.
 CLOCK_WORKER = """
-import json, os, sys, time
-import pcamlab.train.loop as loop
+import itertools, json, os, sys, time
+import pcamlab.train.schedule as schedule
+from pcamlab.config import load_config
+from pcamlab.train.loop import train
 rank = int(os.environ["RANK"])
-if rank == 1:
-    real = time.perf_counter
-    time.perf_counter = lambda: real() + 3600.0
+if rank == 0:
+    ticks = itertools.count()
+    clock = lambda: float(next(ticks))
+else:
+    clock = lambda: 3600.0 + time.perf_counter() / 1000
 factors = []
-original = loop.learning_rate_factor
+original = schedule.learning_rate_factor
 def recording(*args, **kwargs):
     factors.append(original(*args, **kwargs))
     return factors[-1]
-loop.learning_rate_factor = recording
-from pcamlab.config import load_config
-summary = loop.train(load_config(None, sys.argv[2:]), sys.argv[1], progress=False)
+schedule.learning_rate_factor = recording
+summary = train(load_config(None, sys.argv[2:]), sys.argv[1], progress=False, clock=clock)
 with open(os.path.join(sys.argv[1], f"rates-{rank}.json"), "w") as file:
-    json.dump({"factors": factors, "stop": summary["stop_reason"]}, file)
+    json.dump({"factors": factors, "stop": summary["stop_reason"], "epochs": summary["epochs_run"]}, file)
 """
 
 
 def test_two_processes_share_one_clock_under_a_budget_schedule(tiny_data, tmp_path):
     out = tmp_path / "double"
-    options = [f"data.path={tiny_data}", *TINY, "train.device=cpu", "train.epochs=3",
-               "train.schedule_over=budget", "train.time_budget_minutes=30"]
+    options = [f"data.path={tiny_data}", *TINY, "train.device=cpu", "train.epochs=4",
+               "train.schedule_over=budget", f"train.time_budget_minutes={20 / 60}"]
     port = str(_free_port())
     processes = []
     for rank in range(2):
@@ -301,14 +306,15 @@ def test_two_processes_share_one_clock_under_a_budget_schedule(tiny_data, tmp_pa
         processes.append(subprocess.Popen([sys.executable, "-c", CLOCK_WORKER, str(out), *options], env=env,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
-        outputs = [process.communicate(timeout=240)[0] for process in processes]
+        outputs = [process.communicate(timeout=120)[0] for process in processes]
     finally:
         for process in processes:
             process.kill()
     assert all(process.returncode == 0 for process in processes), outputs
     rank0, rank1 = (json.loads((out / f"rates-{rank}.json").read_text()) for rank in range(2))
-    assert rank0 == rank1  # the same learning rate at every step, and the same stop
-    assert rank0["stop"] == "all epochs done" and len(rank0["factors"]) > 3
+    assert rank0 == rank1  # the same learning rate at every step, and the same stop after the same step
+    assert rank0["stop"].startswith("time budget of") and rank0["epochs"] < 4  # the budget ended it, not the epochs
+    assert len(rank0["factors"]) > 3 and rank0["factors"] == sorted(rank0["factors"], reverse=True)
     assert json.loads((out / "summary.json").read_text())["processes"] == 2
     assert list(_history(out)[0]) == HISTORY_COLUMNS
 

@@ -424,7 +424,7 @@ def test_shipped_transfer_config_takes_torchvision_resnet18_weights(tmp_path):
 
 
 def test_backbone_learning_rate_factor_slows_only_loaded_tensors(tmp_path):
-    from pcamlab.train.loop import _make_optimizer
+    from pcamlab.train.model_setup import make_optimizer
 
     model = _model("resnet18", 1, width=8)
     imagenet = _to_torchvision_resnet(_state(_model("resnet18", 2, width=8)))
@@ -432,7 +432,7 @@ def test_backbone_learning_rate_factor_slows_only_loaded_tensors(tmp_path):
     torch.save(imagenet, tmp_path / "imagenet.pth")
     report = load_pretrained(model, tmp_path / "imagenet.pth")
     config = load_config(None, ["train.learning_rate=0.01", "train.backbone_lr_factor=0.1"])
-    optimizer = _make_optimizer(model, config, report["loaded"])
+    optimizer = make_optimizer(model, config, report["loaded"])
     rate = {id(p): group["peak_lr"] for group in optimizer.param_groups for p in group["params"]}
     names = dict(model.named_parameters())
     assert rate[id(names["stem.0.weight"])] == pytest.approx(0.01)  # random stem: full rate
@@ -442,13 +442,13 @@ def test_backbone_learning_rate_factor_slows_only_loaded_tensors(tmp_path):
 
 
 def test_keras_course_baseline_into_simple_cnn_warns_that_most_stays_random(tmp_path):
-    from pcamlab.train.loop import _load_pretrained
+    from pcamlab.train.model_setup import load_pretrained_weights
 
     path = tmp_path / "baseline.h5"
     _write_keras2(path, _keras_baseline_weights(seed=3))
     config = load_config(None, ["model.name=simple-cnn", f"model.pretrained={path}"])
     lines: list[str] = []
-    facts, loaded = _load_pretrained(_model("simple-cnn", 0), config, lines.append)
+    facts, loaded = load_pretrained_weights(_model("simple-cnn", 0), config, lines.append)
     assert facts["tensors"] == 22 and len(loaded) == 2
     assert any(line.startswith("warning: only 2 of 22 tensors of simple-cnn were loaded") for line in lines), lines
     assert facts["warning"].startswith("only 2 of 22")
@@ -456,11 +456,11 @@ def test_keras_course_baseline_into_simple_cnn_warns_that_most_stays_random(tmp_
 
 
 def test_freezing_without_pretrained_weights_is_refused(tmp_path):
-    from pcamlab.train.loop import _load_pretrained
+    from pcamlab.train.model_setup import load_pretrained_weights
 
     config = load_config(None, ["train.freeze_backbone_epochs=2"])
     with pytest.raises(ConfigError, match="train.freeze_backbone_epochs=2 .* model.pretrained, which is not set"):
-        _load_pretrained(_model("simple-cnn", 0), config, print)
+        load_pretrained_weights(_model("simple-cnn", 0), config, print)
 
 
 def test_ported_keras_baseline_with_unit_input_scaling_matches_keras_in_every_runtime(tmp_path):

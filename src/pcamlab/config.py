@@ -109,6 +109,7 @@ class TrainConfig:
     monitor: str = "val_auc"  # val_auc | val_loss: picks the best checkpoint and drives early stopping
     patience: int = 5  # epochs without improvement before stopping (0 = never stop early); with augment.crop_epochs, full-patch epochs only
     min_delta: float = 0.0  # smallest change of the monitored value that counts as improvement
+    patience_lr_fraction: float = 0.1  # schedule_over=budget: patience counts only epochs ending with the learning rate at or below this fraction of its peak (the last ~19% of a cosine budget), so a run stops early only once decayed, on a machine of any speed; 1 = every epoch counts
     precision: str = "auto"  # auto | fp32 | bf16: auto = bf16 autocast where the hardware has it
     channels_last: bool = True  # NHWC memory layout, faster for convolutions on CPU and GPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -113,6 +113,7 @@ RANGES: dict[str, Range] = {
     "train.backbone_lr_factor": Range(0, 10, example="0.1"),
     "train.patience": _at_least(0, "5", "epochs, 0 = never stop early"),
     "train.min_delta": _at_least(0, "0.001"),
+    "train.patience_lr_fraction": Range(0, 1, low_open=True, example="0.1", meaning="a fraction of the peak learning rate, 1 = every epoch counts"),
     "train.seed": _at_least(0, "0"),
     "train.max_steps_per_epoch": _at_least(0, "100", "0 = a full epoch"),
     "train.time_budget_minutes": _at_least(0, "15", "minutes, 0 = no limit"),

@@ -54,6 +54,21 @@ class World:
         torch.distributed.broadcast(tensor, src=0)
         return float(tensor.item())
 
+    def stop_requested(self) -> int | None:
+        """The signal number of a stop request made to any process (:mod:`pcamlab.stopping`), or None.
+
+        Every process gets the same answer, so all of them stop after the same step (a process that
+        stopped alone would leave the others waiting in their next gradient all-reduce).
+        """
+        from pcamlab import stopping
+
+        mine = stopping.requested() or 0
+        if self.size == 1:
+            return mine or None
+        tensor = torch.tensor([mine], dtype=torch.int64, device=self.device)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return int(tensor.item()) or None
+
     def barrier(self) -> None:
         if self.size > 1:
             torch.distributed.barrier()

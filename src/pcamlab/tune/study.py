@@ -225,6 +225,10 @@ def _trial_config(job: _Job, trial) -> tuple[Any, dict[str, Any]]:
     train = values.setdefault("train", {})
     if job.settings.trial_minutes > 0:
         train["time_budget_minutes"] = job.settings.trial_minutes
+        # the budget rule of every budget run (pcamlab.train.early_stopping): the trial's schedule decays over
+        # its budget, and patience counts only once the learning rate has decayed, on a machine of any speed
+        if train.get("scheduler", "cosine") in ("cosine", "onecycle") and not train.get("deterministic"):
+            train["schedule_over"] = "budget"
     if job.threads > 0 and not train.get("threads"):
         train["threads"] = job.threads
     return config_from_dict(values), described

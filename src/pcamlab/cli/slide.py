@@ -1,4 +1,5 @@
-"""``pcamlab slide``: inspect whole-slide images (``info``) and map their tumour with a patch model (``predict``).
+"""``pcamlab slide``: inspect whole-slide images (``info``), map their tumour with a patch model (``predict``), and
+say which slides of a cohort are done (``summary``).
 
 A thin adapter over :mod:`pcamlab.slide`: ``info`` calls :func:`pcamlab.slide.slide_info`; ``predict``
 loads the model once and calls :func:`pcamlab.slide.predict_slide` per slide of its shard, one folder
@@ -62,18 +63,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "this CPU (pcamlab export [--quantize int8] writes them beside it), else torch; "
                          "torch|onnx|int8 to choose (default auto; always torch on a GPU)")
     predict.add_argument("--backend", choices=["openslide", "tiffslide"], help="force a slide reader")
-    predict.add_argument("--shard", metavar="I/N", help="process only the I-th of N shares of the slides "
-                         "(1 <= I <= N; slide k goes to share k mod N + 1), for cluster array jobs")
+    predict.add_argument("--shard", metavar="I/N", help="this worker's share of the slides (1 <= I <= N; slide k "
+                         "goes to share k mod N + 1); default: from a Slurm array (SLURM_ARRAY_TASK_ID/COUNT) or "
+                         "torchrun (RANK/WORLD_SIZE), else all (see docs/cohorts.md)")
+    predict.add_argument("--no-steal", action="store_true", help="only this worker's share; by default a worker "
+                         "whose share is done also takes the other shares' unfinished, unlocked slides")
+    predict.add_argument("--stale-after", type=float, default=300.0, metavar="SECONDS",
+                         help="take over a slide lock whose heartbeat is older than this (a worker killed on another "
+                         "node; one killed on this node is noticed at once; default 300)")
+    predict.add_argument("--retry-failed", action="store_true",
+                         help="try again the slides that failed before (a failure record in OUT/.cohort/failed)")
     predict.add_argument("--no-resume", action="store_true", help="start unfinished slides again from scratch")
     predict.set_defaults(func=run_predict)
+    _register_summary(commands)
 
 
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``"2/4"`` -> (2, 4); None -> (1, 1). Raises ConfigError naming --shard."""
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"2/4"`` -> (2, 4); None -> None (the share comes from the environment). Raises ConfigError naming --shard."""
     from pcamlab.errors import ConfigError
 
     if text is None:
-        return 1, 1
+        return None
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
@@ -135,77 +145,146 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    """Predict the slides of this worker's share (then, unless --no-steal, any left undone), one lock each."""
+    from pathlib import Path
+
+    from pcamlab import stopping
+    from pcamlab.errors import DataError, RunFolderError
+    from pcamlab.slide.batch import slide_folders
+    from pcamlab.slide.cohort import Cohort, pick_device, resolve_shard, slide_result_done
+
+    share = resolve_shard(parse_shard(args.shard))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {args.out!r} is a file; --out names a folder (one result folder per slide)")
+    keys = [folder.name for folder in slide_folders(args.slides, out)]  # raises when two slides share a folder
+    is_done = slide_result_done(out)
+    from pcamlab.runtime.fastest import open_fastest
+
+    device, why = pick_device(args.device)
+    predictor, runtime, reason = open_fastest(args.model, args.runtime, device=device)
+    where = f" (share {share})" if share.count > 1 else ""
+    print(f"runtime {runtime} ({reason})" + (f" on {device} ({why})" if args.device == "auto" else "") + where)
+    done = skipped = failed = 0
+    for key, slide_path in zip(share.take(keys), share.take(args.slides)):
+        if is_done(key):  # a finished result is checked against this model and these settings (ms), never redone
+            try:
+                _predict_one(args, predictor, slide_path, out / key)
+            except DataError as error:  # e.g. the slide file moved away since: the result stays as it is
+                print(f"{slide_path}: already finished in {out / key}; not checked against these settings: {error}")
+            else:
+                print(f"{slide_path}: already finished in {out / key} with the same model and settings, skipped")
+            skipped += 1
+    with Cohort(out, is_done=is_done, stale_after=args.stale_after) as cohort, stopping.safe_points():
+        for claim in cohort.claim(args.slides, shard=share, steal=not args.no_steal, retry_failed=args.retry_failed):
+            stopping.check()
+            if claim.took_over:
+                print(f"{claim.slide}: taking over its lock: {claim.took_over}")
+            try:
+                result = _predict_one(args, predictor, claim.slide, out / claim.key)
+            except DataError as error:
+                if len(args.slides) == 1:  # one slide: its error is the command's, and nothing is left behind
+                    claim.release()
+                    raise
+                claim.fail(error)
+                print(f"{claim.slide}: FAILED: {error} (recorded in {cohort.failed / claim.key}.json)")
+                failed += 1
+                continue
+            if result.skipped:  # finished by another worker just now
+                claim.skipped("finished with the same model and settings")
+                skipped += 1
+                continue
+            summary = result.summary
+            claim.finish(seconds=summary["seconds"], tiles=summary["tiles"], tiles_resumed=summary["tiles_resumed"])
+            resumed = f", {summary['tiles_resumed']:,} resumed" if summary["tiles_resumed"] else ""
+            print(
+                f"{claim.slide}: score max {summary['score_max']:.3f} top-{summary['top_k']} mean "
+                f"{summary['score_top_k_mean']:.3f}; tumour {summary['tumour_area_mm2']:.2f} mm2 of "
+                f"{summary['tissue_area_mm2']:.1f} mm2 tissue; {summary['tiles']:,} tiles{resumed} "
+                f"({summary['tiles_per_second'] or 0:,.0f} tiles/s), {summary['seconds']:.1f} s -> {result.out_dir}"
+            )
+            done += 1
+    print(f"{done} slide(s) done, {skipped} already finished, {failed} failed{where}"
+          + (f"; see pcamlab slide summary {args.out}" if failed or share.count > 1 else ""))
+    return 2 if failed else 0
+
+
+def _predict_one(args: argparse.Namespace, predictor, slide_path, folder):
+    """One slide through predict_slide with a tiles/s progress bar; a stop request ends it at the next batch."""
     from pathlib import Path
 
     from tqdm.auto import tqdm
 
-    from pcamlab.runtime.fastest import open_fastest
-    from pcamlab.slide import MissingResolutionError, plan_grid, predict_slide
-    from pcamlab.slide.batch import shard, slide_folders
-    from pcamlab.slide.reader import open_slide
-
+    from pcamlab import stopping
     from pcamlab.errors import RunFolderError
+    from pcamlab.slide import MissingResolutionError, predict_slide
 
-    index, count = parse_shard(args.shard)
-    mine = shard(args.slides, index, count)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"--out {args.out!r} is a file; --out names a folder (one result folder per slide)")
-    folders = slide_folders(mine, out)  # raises when two slides share a folder name
-    if not mine:
-        print(f"shard {index}/{count}: no slides (of {len(args.slides)})")
-        return 0
-    predictor, runtime, reason = open_fastest(args.model, args.runtime, device=args.device)
-    print(f"runtime {runtime} ({reason})")
-    from pcamlab.slide._model import PCAM_MPP, contract_value
+    bar = tqdm(total=0, desc=Path(slide_path).name, unit="tile", leave=False,
+               disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
-    patch_size = int(contract_value(predictor.contract, "patch_size", 96))
-    target_mpp = float(contract_value(predictor.contract, "mpp", PCAM_MPP))
-    try:  # check every slide before any work: a typo or a missing mpp fails in seconds, with nothing written
-        for slide_path in mine:
-            with open_slide(slide_path, mpp=args.mpp, backend=args.backend) as slide:
-                plan_grid(slide, patch_size, args.stride or patch_size, target_mpp)
+    def progress(done_tiles: int, total: int) -> None:
+        stopping.check()  # SIGTERM (scancel, timeout) stops between batches; the partial folder resumes later
+        if bar.total != total:
+            bar.total = total
+            bar.n = bar.last_print_n = done_tiles
+            bar.refresh()
+        else:
+            bar.update(done_tiles - bar.n)
+
+    try:
+        return predict_slide(
+            predictor, slide_path, folder, stride=args.stride, mpp=args.mpp, tissue_method=args.tissue_method,
+            tissue_threshold=args.tissue_threshold, min_tissue_fraction=args.min_tissue, threshold=args.threshold,
+            top_k=args.top_k, batch_size=args.batch_size, readers=args.readers, backend=args.backend,
+            resume=not args.no_resume, progress=progress,
+        )
     except MissingResolutionError as error:
         raise MissingResolutionError(f"{error}; on the command line: --mpp 0.25") from None
+    except RunFolderError as error:  # main() shows the parameters it names as this command's flags
+        if "out_dir" in error.parameters:
+            raise
+        raise RunFolderError(f"{error} (or pass another out_dir)", parameters=(*error.parameters, "out_dir")) from None
+    finally:
+        bar.close()
 
-    done = skipped = 0
-    for slide_path, folder in zip(mine, folders):
-        bar = tqdm(total=0, desc=Path(slide_path).name, unit="tile", leave=False,
-                   disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
-        def progress(done_tiles: int, total: int, bar=bar) -> None:
-            if bar.total != total:
-                bar.total = total
-                bar.n = bar.last_print_n = done_tiles
-                bar.refresh()
-            else:
-                bar.update(done_tiles - bar.n)
+def _register_summary(commands: argparse._SubParsersAction) -> None:
+    summary = commands.add_parser(
+        "summary", help="which slides of a cohort's results are done, failed, running or missing",
+        description="Read a results folder that slide predict workers shared (OUT/<slide>/ and OUT/.cohort/) and "
+        "list every slide as done, failed (with its error), running (locked by a live worker) or missing. Exit 0 "
+        "when every slide is done, 1 otherwise.",
+    )
+    summary.add_argument("results", metavar="RESULTS", help="the --out folder of slide predict")
+    summary.add_argument("--slides", nargs="+", metavar="SLIDE",
+                         help="the cohort's slides (default: every slide a worker was given, from OUT/.cohort)")
+    summary.add_argument("--stale-after", type=float, default=300.0, metavar="SECONDS",
+                         help="a lock without a heartbeat for this long counts as left behind (default 300)")
+    summary.add_argument("--json", action="store_true", help="print one JSON object per slide")
+    summary.set_defaults(func=run_summary)
 
-        try:
-            result = predict_slide(
-                predictor, slide_path, folder, stride=args.stride, mpp=args.mpp, tissue_method=args.tissue_method,
-                tissue_threshold=args.tissue_threshold, min_tissue_fraction=args.min_tissue, threshold=args.threshold,
-                top_k=args.top_k, batch_size=args.batch_size, readers=args.readers, backend=args.backend,
-                resume=not args.no_resume, progress=progress,
-            )
-        except RunFolderError as error:  # main() shows the parameters it names as this command's flags
-            if "out_dir" in error.parameters:
-                raise
-            raise RunFolderError(f"{error} (or pass another out_dir)", parameters=(*error.parameters, "out_dir")) from None
-        finally:
-            bar.close()
-        if result.skipped:
-            print(f"{slide_path}: already finished in {folder} with the same model and settings, skipped")
-            skipped += 1
-            continue
-        summary = result.summary
-        resumed = f", {summary['tiles_resumed']:,} resumed" if summary["tiles_resumed"] else ""
-        print(
-            f"{slide_path}: score max {summary['score_max']:.3f} top-{summary['top_k']} mean "
-            f"{summary['score_top_k_mean']:.3f}; tumour {summary['tumour_area_mm2']:.2f} mm2 of "
-            f"{summary['tissue_area_mm2']:.1f} mm2 tissue; {summary['tiles']:,} tiles{resumed} "
-            f"({summary['tiles_per_second'] or 0:,.0f} tiles/s), {summary['seconds']:.1f} s -> {folder}"
-        )
-        done += 1
-    print(f"{done} slide(s) done, {skipped} already finished" + (f" (shard {index}/{count})" if count > 1 else ""))
-    return 0
+
+def run_summary(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from pcamlab.errors import RunFolderError
+    from pcamlab.slide.cohort import cohort_status, slide_result_done
+
+    if not Path(args.results).is_dir():
+        raise RunFolderError(f"results folder {args.results!r} does not exist or is not a folder; give the --out "
+                             "folder of slide predict")
+    states = cohort_status(args.results, is_done=slide_result_done(args.results), slides=args.slides,
+                           stale_after=args.stale_after)
+    counts = {name: sum(state.state == name for state in states) for name in ("done", "failed", "running", "missing")}
+    if args.json:
+        for state in states:
+            print(json.dumps(asdict(state)))
+    else:
+        print(f"{len(states)} slide(s): " + ", ".join(f"{count} {name}" for name, count in counts.items()))
+        for state in states:
+            if state.state != "done" or len(state.finished_by) > 1:
+                extra = f"; finished {len(state.finished_by)} times" if len(state.finished_by) > 1 else ""
+                print(f"{state.state:<8} {state.key}  {state.detail}{extra}".rstrip())
+    return 0 if counts["done"] == len(states) else 1

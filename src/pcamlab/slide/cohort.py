@@ -421,7 +421,7 @@ class Cohort:
 
         Finished slides (``is_done``), slides with a failure record (unless ``retry_failed``) and slides
         locked by a live worker are passed over. A yielded :class:`Claim` is settled by the caller; one left
-        unsettled is released when the next is asked for.
+        unsettled is released when the next is asked for (and not offered again by this call).
 
         Args:
             slides: every slide of the cohort (paths), the same list in every worker.
@@ -442,11 +442,12 @@ class Cohort:
                 order += other.take(keys)[::-1]
         self._start = {"event": "start", "worker": self.worker.__dict__, "shard": str(shard), "steal": steal,
                        "slides": [os.fspath(slide) for slide in slides], "time": time.time()}
+        offered: set[str] = set()  # a slide this worker gave back unfinished is not taken again by it
         taken = True
         while taken:
             taken = False
             for key in order:
-                if self.is_done(key) or (not retry_failed and (self.failed / f"{key}.json").exists()):
+                if key in offered or self.is_done(key) or (not retry_failed and (self.failed / f"{key}.json").exists()):
                     continue
                 got, took_over = self._try_lock(key, by_key[key])
                 if not got:
@@ -460,6 +461,7 @@ class Cohort:
                     claim.release()
                     continue
                 taken = True
+                offered.add(key)
                 yield claim
                 if not claim.settled:
                     claim.release()
@@ -568,19 +570,22 @@ def cohort_status(results: str | os.PathLike, *, is_done: Callable[[str], bool],
                 if event.get("event") == "start" and isinstance(event.get("worker"), dict):
                     who = Worker.from_dict(event["worker"]).describe()
                 events.append({**event, "by": who})
-    if slides is None:
-        named = {slide for event in events if event.get("event") == "start" for slide in event.get("slides", [])}
-        named |= {_read_lock(path).get("slide") or path.stem for path in cohort.locks.glob("*.lock")}
-        for path in cohort.failed.glob("*.json"):
-            try:
-                named.add(json.loads(path.read_text()).get("slide") or path.stem)
-            except ValueError:
-                named.add(path.stem)
+    if slides is None:  # every slide a worker was given, then any other with a lock or a failure record
+        named: dict[str, Any] = {}
+        for event in events:
+            if event.get("event") == "start":
+                given = event.get("slides", [])
+                named.update((folder.name, slide) for folder, slide in zip(slide_folders(given, results), given))
+        records = [*cohort.locks.glob("*.lock"), *cohort.failed.glob("*.json")]
+        for path in records:
+            named.setdefault(path.stem, _read_lock(path).get("slide") or path.stem)
         if not named:
             raise DataError(f"{str(results)!r} holds no cohort records ({COHORT_DIR}/ is missing or empty); pass the "
                             "cohort's slides to say which results to expect", parameters=("slides",))
-        slides = sorted(named, key=lambda slide: Path(slide).name)
-    keys = [folder.name for folder in slide_folders(slides, results)]
+        keys = sorted(named)
+        slides = [named[key] for key in keys]
+    else:
+        keys = [folder.name for folder in slide_folders(slides, results)]
     finished: dict[str, list[str]] = {}
     for event in events:
         if event.get("event") == "done":
@@ -609,5 +614,5 @@ def cohort_status(results: str | os.PathLike, *, is_done: Callable[[str], bool],
         else:
             states.append(SlideState(key, os.fspath(slide), "missing",
                                      f"a lock was left behind: {why}" if lock in ("dead", "stale") else ""))
-    cohort._probe.unlink(missing_ok=True)
+    cohort.close()
     return states

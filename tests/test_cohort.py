@@ -172,28 +172,29 @@ def test_racing_workers_never_share_a_slide(tmp_path):
     assert not list((tmp_path / ".cohort").glob("locks/*"))  # no lock, no .removing file left
 
 
+def _race_for_the_lock(results, go, leave, answers) -> None:
+    cohort = Cohort(results, is_done=lambda key: False)
+    go.wait(30)
+    answers.put(int(cohort._try_lock("a", "a.svs")[0]))
+    leave.wait(30)  # stay alive until all have answered: a winner that had ended would rightly be taken over
+
+
 def test_racing_processes_for_one_lock_exactly_one_wins(tmp_path):
-    """Four processes try the same lock at the same moment; each stays alive until all have answered (a winner
-    that had ended would rightly be taken over as dead)."""
-    code = (
-        "import sys; from pcamlab.slide.cohort import Cohort\n"
-        "cohort = Cohort(sys.argv[1], is_done=lambda key: False)\n"
-        "print('ready', flush=True); sys.stdin.readline()\n"
-        "print(int(cohort._try_lock('a', 'a.svs')[0]), flush=True); sys.stdin.readline()\n"
-    )
-    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    processes = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True, env=environment) for _ in range(4)]
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")  # forked: no second import of torch per process
+    go, leave, answers = context.Event(), context.Event(), context.Queue()
+    processes = [context.Process(target=_race_for_the_lock, args=(tmp_path, go, leave, answers)) for _ in range(4)]
+    for process in processes:
+        process.start()
     try:
-        assert [process.stdout.readline().strip() for process in processes] == ["ready"] * 4
-        for process in processes:
-            process.stdin.write("go\n")
-            process.stdin.flush()
-        wins = [int(process.stdout.readline()) for process in processes]
+        go.set()
+        wins = sorted(answers.get(timeout=30) for _ in processes)
     finally:
+        leave.set()
         for process in processes:
-            process.communicate("exit\n", timeout=60)
-    assert sorted(wins) == [0, 0, 0, 1]
+            process.join(30)
+    assert wins == [0, 0, 0, 1]
 
 
 def test_the_heartbeat_keeps_a_lock_fresh_and_a_stopped_worker_releases_it(tmp_path):

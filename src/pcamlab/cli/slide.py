@@ -163,7 +163,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     device, why = pick_device(args.device)
     predictor, runtime, reason = open_fastest(args.model, args.runtime, device=device)
-    where = f" (share {share})" if share.count > 1 else ""
+    where = f" [share {share}]" if share.count > 1 else ""
     print(f"runtime {runtime} ({reason})" + (f" on {device} ({why})" if args.device == "auto" else "") + where)
     done = skipped = failed = 0
     for key, slide_path in zip(share.take(keys), share.take(args.slides)):

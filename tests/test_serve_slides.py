@@ -176,3 +176,41 @@ def test_request_validation_errors_are_the_one_line_shape_without_echoing_the_bo
     detail = response.json()["detail"]
     assert response.status_code == 400 and isinstance(detail, str) and words in detail, detail
     assert "\n" not in detail and "secret-body-text" not in detail and "maybe" not in detail
+
+
+@pytest.fixture(scope="module")
+def untrusted_root(tmp_path_factory) -> Path:
+    """A slide whose resolution tags are 10x too fine, one cut short, one with a tile that does not decode."""
+    from slide_formats import cut_short, damage_tile
+
+    root = tmp_path_factory.mktemp("untrusted")
+    source = make_synthetic_slide(tmp_path_factory.mktemp("source") / "source.tif", *sample_pools("valid"),
+                                  width=1152, height=960, seed=3)
+    make_synthetic_slide(root / "fine_tags.tif", *sample_pools("valid"), width=1152, height=960, seed=3, mpp=0.0972)
+    cut_short(source.path, root / "short.tif", 0.5)
+    damage_tile(source.path, root / "damaged.tif", page=0, index=6)
+    return root
+
+
+def test_a_job_mpp_wins_and_a_damaged_slide_is_the_jobs_one_line_error(served, untrusted_root):
+    with TestClient(create_app(served, ServeSettings(slide_root=untrusted_root))) as client:
+        started = client.post("/v1/slides/jobs", json={"slide": "fine_tags.tif", "mpp": 0.972})
+        assert started.status_code == 202
+        job = wait_done(client, started.json()["id"])
+        assert job["status"] == "done", job["error"]
+        summary = job["summary"]
+        assert summary["mpp_source"] == "given" and summary["slide_mpp"] == 0.972 and summary["tiles"] > 30
+        assert summary["recorded_mpp"] == pytest.approx([0.0972, 0.0972]) and "overrides" in summary["notes"][0]
+
+        short = client.post("/v1/slides/jobs", json={"slide": "short.tif"})  # found when the job is checked
+        detail = short.json()["detail"]
+        assert short.status_code == 400 and "slide 'short.tif' is damaged (cut short" in detail, detail
+        assert "\n" not in detail and str(untrusted_root) not in detail
+
+        started = client.post("/v1/slides/jobs", json={"slide": "damaged.tif"})  # found when its tile is read
+        assert started.status_code == 202
+        job = wait_done(client, started.json()["id"])
+        error = job["error"]
+        assert job["status"] == "failed" and "slide 'damaged.tif' is damaged (a tile of level 0" in error, error
+        assert "copy it again" in error and "\n" not in error and str(untrusted_root) not in error
+        assert job["results"] == {} and client.get(f"/v1/slides/jobs/{job['id']}/heatmap.png").status_code == 409

@@ -300,7 +300,7 @@ def test_slide_info_cli(slide, tmp_path, capsys):
     thumbnail = tmp_path / "thumb.png"
     assert main(["slide", "info", str(slide.path), "--thumbnail", str(thumbnail), "--size", "300"]) == 0
     out = capsys.readouterr().out
-    assert "openslide (generic-tiff)" in out and "0.972 x 0.972 um/px at level 0 (from tiff-tags)" in out
+    assert "openslide (generic-tiff)" in out and "0.972 x 0.972 um/px at level 0 (from the TIFF resolution tags)" in out
     assert "3840 x 2880" in out and "@" in out  # levels and a text thumbnail
     from PIL import Image
 

@@ -75,6 +75,7 @@ def register(subparsers) -> None:
         "--files", nargs="+", help="files or groups, e.g. valid_x valid_y, valid, meta, all (default: six x/y files)"
     )
     download.set_defaults(func=run_download)
+    register_from_slides(commands)
 
 
 def _print_help(parser: argparse.ArgumentParser) -> int:
@@ -179,4 +180,116 @@ def run_download(args: argparse.Namespace) -> int:
     for path in paths:
         print(path)
     print(f"ready: pcamlab data info {args.dest}")
+    return 0
+
+
+def register_from_slides(commands) -> None:
+    """``pcamlab data from-slides``: cut a PCam-layout dataset from annotated slides."""
+    from pcamlab.cli.slide import add_annotation_arguments
+    from pcamlab.slide.dataset import FromSlidesOptions
+
+    defaults = FromSlidesOptions()
+    parser = commands.add_parser(
+        "from-slides", help="cut a PCam-layout dataset (h5 + meta CSVs) from annotated whole slides",
+        description="Cut 96 px patches at 0.972 um/px from tissue of each slide, label 1 when the centre 32x32 "
+        "holds annotated tumour (PCam's rule), sample them by a seeded plan printed before work starts, split "
+        "by slide, and write PCam's HDF5 layout and meta CSVs to a new folder OUT. A slide without an "
+        "annotation file is a normal slide. A killed run resumes slide by slide (OUT.partial/).",
+    )
+    parser.add_argument("slides", metavar="SLIDE", nargs="+", help="slide files")
+    add_annotation_arguments(parser, "annotation file (one slide) or folder of <slide id>.xml / .geojson / "
+                             "mask files; slides without one are normal slides")
+    parser.add_argument("--out", required=True, metavar="DIR", help="new dataset folder")
+    parser.add_argument("--reference", metavar="CSV", help="slide,label CSV (tumor/normal): every slide must be "
+                        "listed; a tumour slide without annotations is an error")
+    parser.add_argument("--split-csv", metavar="CSV", help="slide,split CSV (train/valid/test), e.g. by hospital "
+                        "(default: seeded split by slide, tumour and normal slides separately)")
+    parser.add_argument("--valid-fraction", type=float, default=defaults.valid_fraction,
+                        help=f"share of slides in valid without --split-csv (default {defaults.valid_fraction})")
+    parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction,
+                        help=f"share of slides in test without --split-csv (default {defaults.test_fraction})")
+    parser.add_argument("--mpp", type=float, default=defaults.mpp,
+                        help=f"patch resolution in um/px (default PCam's {defaults.mpp})")
+    parser.add_argument("--slide-mpp", type=float, help="level-0 um/px of the slides; wins over their "
+                        "metadata and TIFF resolution tags")
+    parser.add_argument("--stride", type=int, default=defaults.stride,
+                        help=f"step between candidate patches in patch pixels (default {defaults.stride})")
+    parser.add_argument("--max-per-slide", type=int, default=defaults.max_patches_per_slide,
+                        help=f"at most this many patches per slide (default {defaults.max_patches_per_slide})")
+    parser.add_argument("--no-balance", action="store_true",
+                        help="keep every chosen negative (default: as many negatives as positives per split)")
+    parser.add_argument("--min-tumour-fraction", type=float, default=defaults.min_tumour_fraction,
+                        help="label 1 when tumour covers more than this share of the centre 32x32 (default 0: "
+                        "any tumour pixel, PCam's rule)")
+    parser.add_argument("--min-tissue", type=float, default=defaults.min_tissue_fraction,
+                        help=f"share of a patch that must be tissue (default {defaults.min_tissue_fraction})")
+    parser.add_argument("--tissue-method", default=defaults.tissue_method, choices=["saturation", "otsu"],
+                        help="tissue rule (default: HSV saturation, PCam's)")
+    parser.add_argument("--tissue-threshold", type=float, default=defaults.tissue_threshold,
+                        help=f"HSV saturation below which a pixel is glass (default {defaults.tissue_threshold})")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the split and sampling (default 0)")
+    parser.add_argument("--no-resume", action="store_true", help="discard an unfinished OUT.partial/ and start again")
+    parser.set_defaults(func=run_from_slides)
+
+
+def _read_split_csv(path: str) -> dict[str, str]:
+    from pcamlab.slide.reference import read_split_map
+
+    return read_split_map(path)
+
+
+def _print_plan(plan, already: int) -> None:
+    from pathlib import Path
+
+    options = plan.options
+    print(f"plan: {len(plan.slides)} slides; {options.patch_size} px patches at {options.mpp:g} um/px, stride "
+          f"{options.stride}; label 1 when tumour covers > {options.min_tumour_fraction:g} of the centre "
+          f"{options.centre_size}x{options.centre_size}; tissue >= {options.min_tissue_fraction:g} of a patch "
+          f"({options.tissue_method}); at most {options.max_patches_per_slide} per slide; "
+          f"{'balanced' if options.balance else 'not balanced'}; seed {options.seed}")
+    width = max(len(slide.slide_id) for slide in plan.slides)
+    print(f"  {'slide':<{width}}  split  tissue  tumour  take 0  take 1  annotations")
+    for slide in plan.slides:
+        counts = slide.counts
+        source = Path(slide.annotation).name if slide.annotation else "none: normal slide"
+        print(f"  {slide.slide_id:<{width}}  {slide.split:<5}  {slide.tissue_patches:>6}  {slide.tumour_candidates:>6}  "
+              f"{counts[0]:>6}  {counts[1]:>6}  {source}")
+        for note in slide.notes:
+            print(f"    note: {note}")
+    for split, counts in plan.split_counts().items():
+        print(f"  {split}: {counts[0] + counts[1]} patches ({counts[0]} label 0, {counts[1]} label 1)")
+    for note in plan.notes:
+        print(f"note: {note}")
+    if already:
+        print(f"resuming: {already} of {len(plan.slides)} slides already cut")
+
+
+def run_from_slides(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pcamlab.cli.slide import annotation_options
+    from pcamlab.slide.dataset import FromSlidesOptions, dataset_from_slides
+    from pcamlab.slide.reference import read_reference
+
+    options = FromSlidesOptions(
+        mpp=args.mpp, stride=args.stride, min_tumour_fraction=args.min_tumour_fraction,
+        min_tissue_fraction=args.min_tissue, tissue_method=args.tissue_method,
+        tissue_threshold=args.tissue_threshold, max_patches_per_slide=args.max_per_slide,
+        balance=not args.no_balance, valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
+        seed=args.seed, slide_mpp=args.slide_mpp,
+    )
+    progress, close = progress_bar("from-slides", unit="patch")
+    try:
+        result = dataset_from_slides(
+            args.slides, args.out, annotations=args.annotations, options=options,
+            reference=read_reference(args.reference) if args.reference else None,
+            split_map=_read_split_csv(args.split_csv) if args.split_csv else None,
+            annotation_options=annotation_options(args), resume=not args.no_resume,
+            on_plan=_print_plan, progress=progress,
+        )
+    finally:
+        close()
+    counts = ", ".join(f"{split} {c[0] + c[1]} ({c[1]} tumour)" for split, c in result.counts.items())
+    print(f"wrote {result.path}: {counts}; PCam h5 layout + meta CSVs, slides.csv")
+    print(f"next: pcamlab data info {Path(result.path)}")
     return 0

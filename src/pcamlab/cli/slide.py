@@ -9,9 +9,10 @@ per slide under ``--out``, with a progress bar in tiles per second.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
-__all__ = ["register", "parse_shard"]
+__all__ = ["register", "parse_shard", "add_annotation_arguments", "annotation_options"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,11 +29,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "pixel and where they come from, and a text thumbnail (or a PNG with --thumbnail).",
     )
     info.add_argument("slide", metavar="SLIDE", help="slide file (.svs, .tif, .ndpi, .mrxs, ...)")
-    info.add_argument("--mpp", type=float, help="level-0 microns per pixel when the slide does not say")
+    info.add_argument("--mpp", type=float, help="level-0 microns per pixel; wins over the slide's metadata and "
+                      "TIFF resolution tags (shown beside them)")
     info.add_argument("--thumbnail", metavar="FILE", help="also write a PNG thumbnail (longer side --size)")
     info.add_argument("--size", type=int, default=1024, help="thumbnail longer side in pixels (default 1024)")
     info.add_argument("--json", action="store_true", help="print the facts as JSON")
+    info.add_argument("--verify", action="store_true", help="also decode every tile of every level, so a damaged "
+                      "tile is found now (exit 2) instead of mid-prediction (minutes for a 40x slide)")
+    add_annotation_arguments(info, "also read this annotation file (ASAP .xml, QuPath .geojson, label mask "
+                             ".png/.tif): regions and areas per class, outlines drawn on --thumbnail")
     info.set_defaults(func=run_info)
+    register_synth_cohort(commands)
 
     predict = commands.add_parser(
         "predict", help="tumour heatmaps of slides from a patch model (one folder per slide)",
@@ -46,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--out", required=True, metavar="DIR", help="folder for one result folder per slide")
     predict.add_argument("--stride", type=int, help="tile step in model pixels, dividing the patch size "
                          "(default: the patch size; e.g. 48 or 32 overlap tiles and average them)")
-    predict.add_argument("--mpp", type=float, help="level-0 microns per pixel for slides whose metadata lacks it")
+    predict.add_argument("--mpp", type=float, help="level-0 microns per pixel of the slides; wins over their metadata "
+                         "and TIFF resolution tags (e.g. when a scanner wrote wrong tags)")
     predict.add_argument("--tissue-method", default="saturation", choices=["saturation", "otsu"],
                          help="tissue mask rule (default: PCam's HSV saturation threshold)")
     predict.add_argument("--tissue-threshold", type=float, default=0.07,
@@ -76,6 +84,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--no-resume", action="store_true", help="start unfinished slides again from scratch")
     predict.set_defaults(func=run_predict)
     _register_summary(commands)
+
+
+def add_annotation_arguments(parser: argparse.ArgumentParser, help: str, *, required: bool = False) -> None:
+    """``--annotations`` and the options of reading them, shared by ``slide info`` and ``data from-slides``."""
+    parser.add_argument("--annotations", metavar="PATH", required=required, help=help)
+    parser.add_argument("--class-map", metavar="NAME=CLASS", action="append", default=[],
+                        help="map an annotation class name (ASAP group, QuPath class, mask value) to tumour, normal "
+                        "or exclude (repeatable), e.g. --class-map 'Carcinoma=tumour'")
+    parser.add_argument("--mask-downsample", type=float, metavar="D",
+                        help="label masks: level-0 pixels per mask pixel (default: from the slide's width)")
+    parser.add_argument("--no-repair", action="store_true",
+                        help="refuse self-intersecting polygons instead of repairing them with a note")
+
+
+def annotation_options(args: argparse.Namespace) -> dict:
+    """``class_map``, ``mask_downsample`` and ``repair`` keyword arguments from the annotation flags."""
+    from pcamlab.errors import ConfigError
+
+    class_map = {}
+    for item in args.class_map:
+        name, separator, kind = item.rpartition("=")
+        if not separator or not name.strip():
+            raise ConfigError(f"--class-map must be NAME=CLASS (CLASS tumour, normal or exclude); got {item!r}")
+        class_map[name.strip()] = kind.strip().lower()
+    return {"class_map": class_map, "mask_downsample": args.mask_downsample, "repair": not args.no_repair}
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -108,14 +141,53 @@ def _text_thumbnail(image, columns: int = 64) -> str:
     return "\n".join("".join(ramp[i] for i in row) for row in indices)
 
 
+@contextlib.contextmanager
+def _mpp_is_the_flag():
+    """The reader's resolution errors name its parameter ``mpp``: on these commands that is the flag ``--mpp``."""
+    from pcamlab.slide import ResolutionError
+
+    try:
+        yield
+    except ResolutionError as error:
+        raise type(error)(str(error), parameters=("mpp",)) from None
+
+
+def _remarks(notes, warnings, prefix: str = "") -> list[str]:
+    """The reader's notes and warnings as printed lines, the parameter ``mpp`` shown as the flag ``--mpp``."""
+    from pcamlab.cli.main import cli_message
+
+    flags = {"mpp": "--mpp"}
+    return ([f"{prefix}note: {cli_message(note, ('mpp',), flags)}" for note in notes]
+            + [f"{prefix}warning: {cli_message(warning, ('mpp',), flags)}" for warning in warnings])
+
+
 def run_info(args: argparse.Namespace) -> int:
     import json
 
     from pcamlab.slide import open_slide
+    from pcamlab.slide.reader import describe_mpp_source
 
-    with open_slide(args.slide, mpp=args.mpp) as slide:
+    with _mpp_is_the_flag(), open_slide(args.slide, mpp=args.mpp) as slide:
         info = slide.info()
         thumbnail = slide.thumbnail(args.size if args.thumbnail else 256)
+        if args.verify:
+            from pcamlab import stopping
+            from pcamlab.progress import progress_bar
+            from pcamlab.slide.reader import verify_slide
+
+            update, close = progress_bar("decoding every tile", sys.stderr.isatty(), unit="region")
+            try:
+                with stopping.safe_points():
+                    decoded = verify_slide(slide, progress=update)
+            finally:
+                close()
+    annotations = None
+    if args.annotations:
+        from pcamlab.slide.annotations import draw_annotations, read_annotations
+
+        annotations = read_annotations(args.annotations, slide_dimensions=info.level_dimensions[0],
+                                       **annotation_options(args))
+        thumbnail = draw_annotations(thumbnail, annotations, info.level_dimensions[0][0] / thumbnail.shape[1])
     if args.thumbnail:
         from PIL import Image
 
@@ -124,12 +196,23 @@ def run_info(args: argparse.Namespace) -> int:
         with atomic_path(args.thumbnail) as temporary:
             Image.fromarray(thumbnail).save(temporary, format="PNG")
     if args.json:
-        print(json.dumps(info.to_dict(), indent=2))
+        facts = info.to_dict()
+        if args.verify:
+            facts["verified_pixels"] = decoded
+        if annotations is not None:
+            facts["annotations"] = _annotation_facts(annotations, info)
+        print(json.dumps(facts, indent=2))
         return 0
     print(f"slide     {info.path}")
     print(f"reader    {info.backend} ({info.vendor})")
     if info.mpp:
-        print(f"mpp       {info.mpp[0]:.4g} x {info.mpp[1]:.4g} um/px at level 0 (from {info.mpp_source})")
+        source = f"from {describe_mpp_source(info.mpp_source, info.vendor)}"
+        if info.mpp_source == "given":
+            source = "given with --mpp; the slide records none"
+        if info.mpp_source == "given" and info.recorded_mpp:
+            source = (f"given with --mpp; overrides {info.recorded_mpp[0]:.4g} x {info.recorded_mpp[1]:.4g} um/px "
+                      f"from {describe_mpp_source(info.recorded_mpp_source, info.vendor)}")
+        print(f"mpp       {info.mpp[0]:.4g} x {info.mpp[1]:.4g} um/px at level 0 ({source})")
     else:
         print("mpp       unknown (no metadata, no TIFF resolution tags): pass --mpp to predict")
     if info.objective_power:
@@ -138,10 +221,38 @@ def run_info(args: argparse.Namespace) -> int:
     for level, ((width, height), downsample) in enumerate(zip(info.level_dimensions, info.level_downsamples)):
         mpp = f"{info.mpp[0] * downsample:.4g}" if info.mpp else "-"
         print(f"{level:>5}  {width:>7} x {height:<7}  {downsample:>10.4g}  {mpp}")
+    if annotations is not None:
+        print(_annotation_text(_annotation_facts(annotations, info)))
     print(_text_thumbnail(thumbnail))
     if args.thumbnail:
         print(f"thumbnail written to {args.thumbnail} ({thumbnail.shape[1]} x {thumbnail.shape[0]})")
+    if args.verify:
+        print(f"verified  every tile of the {len(info.level_dimensions)} level(s) decodes ({decoded / 1e6:,.1f} "
+              "megapixels)")
+    for line in _remarks(info.notes, info.warnings):
+        print(line)
     return 0
+
+
+def _annotation_facts(annotations, info) -> dict:
+    mpp = (info.mpp[0] + info.mpp[1]) / 2 if info.mpp else None
+    return {
+        "file": str(annotations.source), "format": annotations.format, "classes": annotations.summary(mpp),
+        "source_classes": [{"name": name, "class": kind, "regions": count}
+                           for name, kind, count in annotations.source_classes],
+        "notes": list(annotations.notes),
+    }
+
+
+def _annotation_text(facts: dict) -> str:
+    lines = [f"annotations {facts['file']} ({facts['format']})", "  class    regions    area mm2  from"]
+    for name, values in facts["classes"].items():
+        area = "-" if values["area_mm2"] is None else f"{values['area_mm2']:.4f}"
+        sources = ", ".join(f"{item['name']} x{item['regions']}" for item in facts["source_classes"]
+                            if item["class"] == name)
+        lines.append(f"  {name:<8} {values['regions']:>7}  {area:>10}  {sources}")
+    lines += [f"note: {note}" for note in facts["notes"]]
+    return "\n".join(lines)
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -150,6 +261,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from pcamlab import stopping
     from pcamlab.errors import DataError, RunFolderError
+    from pcamlab.runtime.fastest import open_fastest
+    from pcamlab.slide import open_slide, plan_grid
+    from pcamlab.slide._model import PCAM_MPP, contract_value
     from pcamlab.slide.batch import slide_folders
     from pcamlab.slide.cohort import Cohort, pick_device, resolve_shard, slide_result_done
 
@@ -159,21 +273,32 @@ def run_predict(args: argparse.Namespace) -> int:
         raise RunFolderError(f"--out {args.out!r} is a file; --out names a folder (one result folder per slide)")
     keys = [folder.name for folder in slide_folders(args.slides, out)]  # raises when two slides share a folder
     is_done = slide_result_done(out)
-    from pcamlab.runtime.fastest import open_fastest
-
     device, why = pick_device(args.device)
     predictor, runtime, reason = open_fastest(args.model, args.runtime, device=device)
     where = f" [share {share}]" if share.count > 1 else ""
     print(f"runtime {runtime} ({reason})" + (f" on {device} ({why})" if args.device == "auto" else "") + where)
+    patch_size = int(contract_value(predictor.contract, "patch_size", 96))
+    target_mpp = float(contract_value(predictor.contract, "mpp", PCAM_MPP))
+    # Check this worker's slides before any work: a typo, a damaged copy or a missing mpp is found in seconds,
+    # with nothing written; what the reader notes (an overridden or implausible mpp) is said once, up front.
+    # One slide: its error is the command's. A cohort: the slide is recorded as failed and the rest go on.
+    unusable = {}
+    mine = list(zip(share.take(keys), share.take(args.slides)))
+    for key, slide_path in mine:
+        try:
+            with _mpp_is_the_flag(), open_slide(slide_path, mpp=args.mpp, backend=args.backend) as slide:
+                plan_grid(slide, patch_size, args.stride or patch_size, target_mpp)
+                for line in _remarks(slide.notes, slide.warnings, prefix=f"{slide_path}: "):
+                    print(line)
+        except DataError as error:
+            if len(args.slides) == 1:
+                raise
+            unusable[key] = error
     done = skipped = failed = 0
-    for key, slide_path in zip(share.take(keys), share.take(args.slides)):
-        if is_done(key):  # a finished result is checked against this model and these settings (ms), never redone
-            try:
-                _predict_one(args, predictor, slide_path, out / key)
-            except DataError as error:  # e.g. the slide file moved away since: the result stays as it is
-                print(f"{slide_path}: already finished in {out / key}; not checked against these settings: {error}")
-            else:
-                print(f"{slide_path}: already finished in {out / key} with the same model and settings, skipped")
+    for key, slide_path in mine:
+        if is_done(key) and key not in unusable:  # checked against this model and these settings (ms), kept
+            _predict_one(args, predictor, slide_path, out / key)
+            print(f"{slide_path}: already finished in {out / key} with the same model and settings, skipped")
             skipped += 1
     with Cohort(out, is_done=is_done, stale_after=args.stale_after) as cohort, stopping.safe_points():
         for claim in cohort.claim(args.slides, shard=share, steal=not args.no_steal, retry_failed=args.retry_failed):
@@ -181,13 +306,18 @@ def run_predict(args: argparse.Namespace) -> int:
             if claim.took_over:
                 print(f"{claim.slide}: taking over its lock: {claim.took_over}")
             try:
+                if claim.key in unusable:
+                    raise unusable[claim.key]
                 result = _predict_one(args, predictor, claim.slide, out / claim.key)
             except DataError as error:
                 if len(args.slides) == 1:  # one slide: its error is the command's, and nothing is left behind
                     claim.release()
                     raise
                 claim.fail(error)
-                print(f"{claim.slide}: FAILED: {error} (recorded in {cohort.failed / claim.key}.json)")
+                from pcamlab.cli.main import cli_message
+
+                message = cli_message(str(error), error.parameters, {"mpp": "--mpp"})
+                print(f"{claim.slide}: FAILED: {message} (recorded in {cohort.failed / claim.key}.json)")
                 failed += 1
                 continue
             if result.skipped:  # finished by another worker just now
@@ -210,20 +340,19 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_one(args: argparse.Namespace, predictor, slide_path, folder):
-    """One slide through predict_slide with a tiles/s progress bar; a stop request ends it at the next batch."""
+    """One slide through predict_slide with a tiles/s progress bar (it stops at a batch on SIGINT/SIGTERM)."""
     from pathlib import Path
 
     from tqdm.auto import tqdm
 
     from pcamlab import stopping
     from pcamlab.errors import RunFolderError
-    from pcamlab.slide import MissingResolutionError, predict_slide
+    from pcamlab.slide import predict_slide
 
     bar = tqdm(total=0, desc=Path(slide_path).name, unit="tile", leave=False,
                disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
     def progress(done_tiles: int, total: int) -> None:
-        stopping.check()  # SIGTERM (scancel, timeout) stops between batches; the partial folder resumes later
         if bar.total != total:
             bar.total = total
             bar.n = bar.last_print_n = done_tiles
@@ -232,18 +361,21 @@ def _predict_one(args: argparse.Namespace, predictor, slide_path, folder):
             bar.update(done_tiles - bar.n)
 
     try:
-        return predict_slide(
-            predictor, slide_path, folder, stride=args.stride, mpp=args.mpp, tissue_method=args.tissue_method,
-            tissue_threshold=args.tissue_threshold, min_tissue_fraction=args.min_tissue, threshold=args.threshold,
-            top_k=args.top_k, batch_size=args.batch_size, readers=args.readers, backend=args.backend,
-            resume=not args.no_resume, progress=progress,
-        )
-    except MissingResolutionError as error:
-        raise MissingResolutionError(f"{error}; on the command line: --mpp 0.25") from None
+        with _mpp_is_the_flag():
+            return predict_slide(
+                predictor, slide_path, folder, stride=args.stride, mpp=args.mpp, tissue_method=args.tissue_method,
+                tissue_threshold=args.tissue_threshold, min_tissue_fraction=args.min_tissue, threshold=args.threshold,
+                top_k=args.top_k, batch_size=args.batch_size, readers=args.readers, backend=args.backend,
+                resume=not args.no_resume, progress=progress,
+            )
     except RunFolderError as error:  # main() shows the parameters it names as this command's flags
         if "out_dir" in error.parameters:
             raise
         raise RunFolderError(f"{error} (or pass another out_dir)", parameters=(*error.parameters, "out_dir")) from None
+    except stopping.Stopped:
+        print(f"{slide_path}: stopped; what was predicted is kept beside {folder}, and the same command "
+              "resumes it", file=sys.stderr)
+        raise
     finally:
         bar.close()
 
@@ -288,3 +420,54 @@ def run_summary(args: argparse.Namespace) -> int:
                 extra = f"; finished {len(state.finished_by)} times" if len(state.finished_by) > 1 else ""
                 print(f"{state.state:<8} {state.key}  {state.detail}{extra}".rstrip())
     return 0 if counts["done"] == len(states) else 1
+
+
+def register_synth_cohort(commands: argparse._SubParsersAction) -> None:
+    """``pcamlab slide synth-cohort``: a synthetic cohort of slides of real PCam patches, with annotations."""
+    parser = commands.add_parser(
+        "synth-cohort", help="write a synthetic cohort: slides of real PCam patches, annotations, reference.csv",
+        description="Write OUT/slides/*.tif (pyramidal TIFFs of real PCam patches at 0.972 um/px), "
+        "OUT/annotations/<id>.xml (ASAP) and <id>.geojson (QuPath) for tumour slides (macro-, micro-metastases "
+        "and isolated tumour cells), OUT/reference.csv (slide,label) and OUT/lesions.csv. Training cohorts use "
+        "train-split patches only, test cohorts valid-split patches only.",
+    )
+    parser.add_argument("out", metavar="OUT", help="new folder for the cohort")
+    parser.add_argument("--normal", type=int, default=2, help="normal slides (default 2)")
+    parser.add_argument("--tumour", type=int, default=2, help="tumour slides (default 2)")
+    parser.add_argument("--split", choices=["train", "valid"], default="valid",
+                        help="patches from this PCam split: train (slides normal_/tumor_NNN) or valid (test_NNN)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
+    parser.add_argument("--width", type=int, default=4096, help="level-0 width in pixels (default 4096 = 4 mm)")
+    parser.add_argument("--height", type=int, default=3072, help="level-0 height in pixels (default 3072 = 3 mm)")
+    parser.add_argument("--patches", metavar="DIR", help="folder with train/ and valid/ of 0/ 1/ patch folders "
+                        "(e.g. ../shared/data/pcam-jpg; default: the sample shipped in pcamlab)")
+    parser.add_argument("--pool-size", type=int, default=2000, help="patches loaded per class (default 2000)")
+    parser.set_defaults(func=run_synth_cohort)
+
+
+def run_synth_cohort(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from pcamlab.progress import progress_bar
+    from pcamlab.slide.cohort_synthetic import make_cohort
+
+    progress, close = progress_bar("slides", unit="slide")
+    try:
+        cohort = make_cohort(args.out, normal_slides=args.normal, tumour_slides=args.tumour, split=args.split,
+                             seed=args.seed, width=args.width, height=args.height, patches=args.patches,
+                             pool_size=args.pool_size, progress=progress)
+    except Exception as error:
+        from pcamlab.errors import PcamlabError
+
+        if isinstance(error, PcamlabError) and "out" in error.parameters:
+            raise type(error)(f"{error} (OUT)", parameters=error.parameters) from None
+        raise
+    finally:
+        close()
+    categories = Counter(lesion.category for lesion in cohort.lesions)
+    tumour = sum(cohort.reference.values())
+    print(f"wrote {len(cohort.slides)} slides ({len(cohort.slides) - tumour} normal, {tumour} tumour) to "
+          f"{cohort.slides_dir}; {len(cohort.lesions)} lesions (" + ", ".join(
+              f"{categories[name]} {name}" for name in ("macro", "micro", "itc")) + f") in {cohort.annotations_dir} "
+          f"(.xml ASAP, .geojson QuPath); {cohort.reference_csv}; {cohort.root / 'lesions.csv'}")
+    return 0

@@ -152,7 +152,8 @@ class SlideJobRequest(BaseModel):
     stride: int | None = Field(default=None, ge=1, le=4096,
                                description="tile step in model pixels, dividing the patch size (default: the patch size)")
     mpp: float | None = Field(default=None, gt=0, le=100,
-                              description="level-0 microns per pixel, for a slide whose metadata lacks it (e.g. 0.25)")
+                              description="level-0 microns per pixel (e.g. 0.25); wins over the slide's own "
+                              "metadata and TIFF resolution tags")
 
 
 class SlideJobStatus(BaseModel):

@@ -4,7 +4,9 @@ A job runs :func:`pcamlab.slide.predict_slide` with the server's one predictor, 
 thread (a slide takes minutes; patch requests keep their own pool), and keeps its results in a private
 folder until the server stops. Slides are named by their path *relative to the slide root*; a name that
 is absolute, climbs out with ``..``, or resolves (through a symbolic link) outside the root is refused,
-so a client can read no other file of the machine.
+so a client can read no other file of the machine. An ``mpp`` given with a job wins over the slide's own
+metadata, as on the command line; a damaged slide (cut short, or a tile that does not decode) is refused
+before the job starts, or ends the job with its one-line error, and no tile of it is scored.
 
 Example:
     >>> jobs = SlideJobs(model.predictor, Path("/data/slides"))
@@ -30,18 +32,21 @@ from typing import Any
 import numpy as np
 
 from pcamlab.errors import ConfigError, DataError, RunError
+from pcamlab.slide import OUTPUT_FILES
 
 __all__ = ["SLIDE_SUFFIXES", "RESULT_FILES", "SlideJob", "SlideJobs", "SlideNotFound", "JobNotFound", "JobNotReady",
            "SlideQueueFull", "list_slides", "resolve_slide", "write_heat_layer"]
 
 # Whole-slide formats OpenSlide or tiffslide read (pcamlab.slide.open_slide); listed for the page.
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide")
-# What a finished job serves: name in the URL -> file in the slide's result folder.
+HEAT_LAYER_FILE = "heat_layer.png"  # the service's own file in the slide's folder, beside pcamlab slide's outputs
+# What a finished job serves: name in the URL -> file in the slide's result folder (pcamlab slide's names are
+# read from the one list of its outputs, pcamlab.slide.OUTPUT_FILES).
 RESULT_FILES = {
-    "thumbnail.png": "thumbnail.png",  # the whole slide, RGB
-    "heatmap.png": "heat_layer.png",  # RGBA, same size as the thumbnail: the map placed on it, transparent off tissue
-    "overlay.png": "overlay.png",  # pcamlab slide's overlay with axes in mm and a colour bar
-    "heatmap.geojson": "tumour_tiles.geojson",  # tiles above the threshold, QuPath detections in level-0 pixels
+    "thumbnail.png": OUTPUT_FILES["thumbnail"],  # the whole slide, RGB
+    "heatmap.png": HEAT_LAYER_FILE,  # RGBA, same size as the thumbnail: the map placed on it, transparent off tissue
+    "overlay.png": OUTPUT_FILES["overlay"],  # pcamlab slide's overlay with axes in mm and a colour bar
+    "heatmap.geojson": OUTPUT_FILES["geojson"],  # tiles above the threshold, QuPath detections in level-0 pixels
 }
 MAX_LISTED = 1000  # slides listed for the page
 MAX_KEPT = 16  # finished jobs whose results are kept; older ones are deleted
@@ -162,7 +167,7 @@ class SlideJob:
         id: 16 hex characters, unguessable.
         slide: the slide name as asked (relative to the root).
         stride: tile stride in model pixels (None = the patch size).
-        mpp: level-0 microns per pixel given for a slide whose metadata lacks it (None = the slide's own).
+        mpp: level-0 microns per pixel given with the job; wins over the slide's own (None = the slide's own).
         status: ``queued``, ``running``, ``done`` or ``failed``.
         progress: share of the tissue tiles predicted (0-1).
         error: the one-line reason of a failure.
@@ -193,7 +198,8 @@ class SlideJob:
 
 
 SUMMARY_KEYS = ("score_max", "score_top_k_mean", "top_k", "threshold", "tumour_area_mm2", "tissue_area_mm2",
-                "tiles", "tiles_above_threshold", "slide_dimensions", "slide_mpp", "model_mpp", "stride", "seconds")
+                "tiles", "tiles_above_threshold", "slide_dimensions", "slide_mpp", "mpp_source", "recorded_mpp",
+                "model_mpp", "stride", "seconds", "notes", "warnings")
 
 
 class SlideJobs:
@@ -230,6 +236,7 @@ class SlideJobs:
         """Open the slide and plan its grid, so a bad slide or option fails before a job is made.
 
         Raises:
+            DamagedSlideError: the slide is cut short or its first tile does not decode.
             DataError: the file does not open as a slide, its resolution is unknown (and no ``mpp`` given) or
                 implausible, or the model's patch does not fit; ConfigError: a stride not dividing the patch
                 size. Messages name the slide relative to the root.
@@ -255,7 +262,7 @@ class SlideJobs:
         Args:
             slide: the slide's path relative to the root.
             stride: tile step in model pixels (None = the patch size).
-            mpp: level-0 microns per pixel, for a slide whose metadata lacks it.
+            mpp: level-0 microns per pixel; wins over the slide's metadata and TIFF tags.
 
         Raises:
             DataError / SlideNotFound: a bad or unknown slide name, a file that is not a slide, an unknown or
@@ -325,7 +332,7 @@ class SlideJobs:
                                    batch_size=self.batch_size, resume=False, progress=progress)
             with Image.open(result.files["thumbnail"]) as thumbnail:
                 size = thumbnail.size
-            write_heat_layer(folder / RESULT_FILES["heatmap.png"], result.probability_map,
+            write_heat_layer(folder / HEAT_LAYER_FILE, result.probability_map,
                              Grid(**result.summary["grid"]), size)
             job.summary = {key: result.summary.get(key) for key in SUMMARY_KEYS}
             job.folder = folder

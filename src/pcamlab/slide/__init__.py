@@ -1,6 +1,10 @@
 """Whole-slide tumour maps from a trained patch model (``pcamlab slide``).
 
-- :mod:`~pcamlab.slide.reader`: open a slide with OpenSlide, else tiffslide; levels, mpp, regions.
+- :mod:`~pcamlab.slide.reader`: open a slide with OpenSlide, else tiffslide; levels, mpp (a given one wins),
+  regions; a damaged slide (cut short, a tile that does not decode) is a ``DamagedSlideError``.
+- :mod:`~pcamlab.slide.integrity`: is the file whole (tifffile's tile offsets vs its size), what a
+  failed decode is, and ``verify_slide`` (every tile decoded).
+- :mod:`~pcamlab.slide.grid`: :class:`Grid`, where the tiles lie at the model's resolution.
 - :mod:`~pcamlab.slide.tissue`: the tissue mask (PCam's HSV-saturation rule, or Otsu).
 - :mod:`~pcamlab.slide.predict`: :func:`predict_slide`, tiled inference through a Predictor, resumable.
 - :mod:`~pcamlab.slide.outputs`: heatmap, overlay, GeoJSON for QuPath, CSV, HTML section.
@@ -15,17 +19,31 @@ Example:
 """
 
 from pcamlab.slide._model import PCAM_MPP, load_predictor
-from pcamlab.slide.predict import OUTPUT_FILES, Grid, SlideResult, plan_grid, predict_slide
-from pcamlab.slide.reader import BACKENDS, MissingResolutionError, Slide, SlideInfo, open_slide, slide_info
+from pcamlab.slide.grid import Grid
+from pcamlab.slide.predict import OUTPUT_FILES, SlideResult, plan_grid, predict_slide
+from pcamlab.slide.reader import (
+    BACKENDS,
+    PLAUSIBLE_MPP,
+    DamagedSlideError,
+    MissingResolutionError,
+    ResolutionError,
+    Slide,
+    SlideInfo,
+    open_slide,
+    slide_info,
+)
 from pcamlab.slide.synthetic import SyntheticSlide, make_synthetic_slide, read_truth, sample_pools
 from pcamlab.slide.tissue import TISSUE_METHODS, tissue_mask
 
 __all__ = [
     "BACKENDS",
+    "DamagedSlideError",
     "Grid",
     "MissingResolutionError",
     "OUTPUT_FILES",
     "PCAM_MPP",
+    "PLAUSIBLE_MPP",
+    "ResolutionError",
     "Slide",
     "SlideInfo",
     "SlideResult",

@@ -1,6 +1,6 @@
 """What a slide prediction leaves on disk: maps, pictures, QuPath GeoJSON, CSV and an HTML section.
 
-Every writer takes the finished arrays and the slide's :class:`~pcamlab.slide.predict.Grid` and writes
+Every writer takes the finished arrays and the slide's :class:`~pcamlab.slide.grid.Grid` and writes
 one file atomically (``pcamlab.fileio``); none of them reads the slide again except for the thumbnail.
 
 Example:
@@ -15,20 +15,19 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from pcamlab.fileio import atomic_path, write_text_atomic
-
-if TYPE_CHECKING:
-    from pcamlab.slide.predict import Grid
+from pcamlab.slide.grid import Grid
 
 __all__ = [
     "QUPATH_CLASS",
     "average_overlaps",
     "write_tiles_csv",
     "write_geojson",
+    "write_image_png",
     "write_mask_png",
     "write_heatmap_png",
     "write_overlay_png",
@@ -106,7 +105,8 @@ def write_geojson(path: Path, tiles: np.ndarray, grid: Grid, threshold: float) -
     return path
 
 
-def _save_image(path: Path, image: np.ndarray) -> Path:
+def write_image_png(path: Path, image: np.ndarray) -> Path:
+    """A uint8 ``(H, W)`` or ``(H, W, 3)`` image as a PNG, written atomically."""
     from PIL import Image
 
     with atomic_path(path) as temporary:
@@ -116,7 +116,7 @@ def _save_image(path: Path, image: np.ndarray) -> Path:
 
 def write_mask_png(path: Path, mask: np.ndarray) -> Path:
     """The tissue mask as a black (glass) / white (tissue) PNG at its own resolution."""
-    return _save_image(path, np.where(mask, 255, 0).astype(np.uint8))
+    return write_image_png(path, np.where(mask, 255, 0).astype(np.uint8))
 
 
 def _colour(values: np.ndarray) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 :func:`predict_slide` is the library entry point (the CLI and the web service call it):
 
-1. open the slide (OpenSlide, else tiffslide) and find its microns per pixel (metadata, TIFF tags, or
-   the ``mpp`` given);
+1. open the slide (OpenSlide, else tiffslide; a file cut short is refused here) and find its microns per
+   pixel (the ``mpp`` given, else its metadata, else its TIFF tags);
 2. choose the pyramid level nearest the model's training resolution (the input contract's ``mpp``,
    PCam's 0.972 um/px by default); when no level is within 5% of it, read the next finer level and
    resample every region to the model's resolution (box filter);
@@ -13,6 +13,11 @@
    batches through the Predictor, and write each batch's probabilities into a memory-mapped ``.npy``
    grid at once (memory does not grow with the slide; a killed run resumes from that file);
 5. average overlapping tiles into the probability map and write the outputs (see :class:`SlideResult`).
+
+A region that does not decode stops the slide with :class:`~pcamlab.slide.reader.DamagedSlideError`: no
+tile of it is scored, and the partial folder is removed (its tiles came from a file that must be copied
+again). Between batches the run checks the stop flag (:mod:`pcamlab.stopping`): a SIGINT or SIGTERM
+ends it there, with every finished batch in the partial folder, and the same call resumes it.
 
 Everything is written into a hidden ``.NAME.partial`` folder beside ``out_dir`` and renamed to
 ``out_dir`` only when complete, so ``out_dir`` is either absent or whole; a finished ``out_dir`` is never
@@ -44,14 +49,24 @@ from typing import Any
 
 import numpy as np
 
+from pcamlab import stopping
 from pcamlab.errors import ConfigError, DataError, RunError, RunFolderError
 from pcamlab.fileio import write_json_atomic
 from pcamlab.runtime.fastest import SOURCE_HASH_KEY, runtime_of
+from pcamlab.slide import outputs
 from pcamlab.slide._model import PCAM_MPP, contract_value
-from pcamlab.slide.reader import Slide, open_slide, read_downsampled
+from pcamlab.slide.grid import Grid
+from pcamlab.slide.reader import (
+    DamagedSlideError,
+    ResolutionError,
+    Slide,
+    describe_mpp_source,
+    open_slide,
+    read_downsampled,
+)
 from pcamlab.slide.tissue import DEFAULT_SATURATION_THRESHOLD, tissue_mask
 
-__all__ = ["Grid", "SlideResult", "plan_grid", "predict_slide", "OUTPUT_FILES", "LEVEL_TOLERANCE"]
+__all__ = ["SlideResult", "plan_grid", "predict_slide", "OUTPUT_FILES", "LEVEL_TOLERANCE"]
 
 LEVEL_TOLERANCE = 0.05  # a level within 5% of the model's mpp is read as is; otherwise regions are resampled
 MAX_UPSAMPLING = 2.0  # a slide coarser than 2x the model's mpp is refused: its tiles would be mostly interpolation
@@ -60,7 +75,7 @@ REGION_PIXELS = 1024  # edge of one reader's region in pixels of the level read 
 STATE_FILE = "state.json"
 RUN_KEY = "run"  # summary.json's record of what produced the folder: the resume state plus threshold and top_k
 TILE_FILE = "tile_probabilities.npy"
-OUTPUT_FILES = {  # key -> file name in the slide's folder
+OUTPUT_FILES = {  # key -> file name in the slide's folder: the one list (the service reads it from here)
     "tile_probabilities": TILE_FILE,  # float32 (rows, cols) per tile, NaN = not predicted (glass)
     "probability_map": "probability_map.npy",  # float32 per stride cell, overlapping tiles averaged
     "heatmap": "heatmap.png",
@@ -72,73 +87,6 @@ OUTPUT_FILES = {  # key -> file name in the slide's folder
     "summary": "summary.json",
     "report": "report.html",
 }
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Where the tiles lie: model-resolution tiles mapped to a pyramid level and to level-0 pixels.
-
-    Attributes:
-        level: pyramid level read.
-        level_downsample: that level's downsample relative to level 0.
-        read_scale: level pixels per model pixel (1.0 when the level matches the model's mpp).
-        model_mpp: microns per model pixel actually used (the level's mpp when read as is).
-        patch_size: tile edge in model pixels.
-        stride: step between tiles in model pixels (divides ``patch_size``).
-        rows, cols: tile grid size.
-        slide_width_level0, slide_height_level0: level-0 size of the slide.
-        mpp0: level-0 microns per pixel.
-    """
-
-    level: int
-    level_downsample: float
-    read_scale: float
-    model_mpp: float
-    patch_size: int
-    stride: int
-    rows: int
-    cols: int
-    slide_width_level0: int
-    slide_height_level0: int
-    mpp0: float
-
-    @property
-    def level0_per_model_pixel(self) -> float:
-        return self.read_scale * self.level_downsample
-
-    @property
-    def tile_size_level0(self) -> int:
-        return int(round(self.patch_size * self.level0_per_model_pixel))
-
-    @property
-    def cells_per_tile(self) -> int:
-        return self.patch_size // self.stride
-
-    def tile_origin_level0(self, row: int, col: int) -> tuple[int, int]:
-        """Top-left level-0 pixel of tile (row, col)."""
-        scale = self.stride * self.level0_per_model_pixel
-        return int(round(col * scale)), int(round(row * scale))
-
-    @property
-    def map_width_level0(self) -> float:
-        return (self.cols - 1 + self.cells_per_tile) * self.stride * self.level0_per_model_pixel
-
-    @property
-    def map_height_level0(self) -> float:
-        return (self.rows - 1 + self.cells_per_tile) * self.stride * self.level0_per_model_pixel
-
-    @property
-    def extent_mm(self) -> tuple[float, float]:
-        """Width and height of the probability map in millimetres."""
-        return self.map_width_level0 * self.mpp0 / 1000, self.map_height_level0 * self.mpp0 / 1000
-
-    @property
-    def slide_extent_mm(self) -> tuple[float, float]:
-        return self.slide_width_level0 * self.mpp0 / 1000, self.slide_height_level0 * self.mpp0 / 1000
-
-    @property
-    def cell_area_mm2(self) -> float:
-        return (self.stride * self.model_mpp / 1000) ** 2
 
 
 @dataclass
@@ -178,6 +126,7 @@ def plan_grid(slide: Slide, patch_size: int, stride: int, target_mpp: float) -> 
 
     Raises:
         MissingResolutionError: the slide's mpp is unknown.
+        ResolutionError: the slide's level 0 is coarser than MAX_UPSAMPLING x ``target_mpp``.
         ConfigError: ``stride`` does not divide ``patch_size``.
         DataError: the model's patch does not fit in the slide at the model's resolution.
     """
@@ -186,10 +135,12 @@ def plan_grid(slide: Slide, patch_size: int, stride: int, target_mpp: float) -> 
         raise ConfigError(f"stride must divide the model's patch size {patch_size} (e.g. {divisors}); got {stride!r}")
     mpp0 = slide.require_mpp()
     if mpp0 > MAX_UPSAMPLING * target_mpp:
-        raise DataError(
-            f"slide {str(slide.path)!r} is {mpp0:.4g} um/px at level 0, coarser than {MAX_UPSAMPLING:g}x the "
-            f"model's {target_mpp:.4g} um/px (tiles would be upsampled {mpp0 / target_mpp:.3g}x); check the slide's "
-            "resolution (a wrong mpp value or TIFF resolution tags), or use a model trained at a coarser mpp"
+        source = describe_mpp_source(slide.mpp_source, slide.vendor)
+        raise ResolutionError(
+            f"slide {str(slide.path)!r} is {mpp0:.4g} um/px at level 0 (from {source}), coarser than "
+            f"{MAX_UPSAMPLING:g}x the model's {target_mpp:.4g} um/px (tiles would be upsampled "
+            f"{mpp0 / target_mpp:.3g}x); if that resolution is wrong, give the right one as mpp (e.g. 0.25 for a "
+            "40x scan), else use a model trained at a coarser resolution"
         )
     level, read_scale = _choose_level(slide, mpp0, target_mpp)
     level_width, level_height = slide.level_dimensions[level]
@@ -346,6 +297,7 @@ def _predict_tiles(predictor: Any, readers: _Readers, chunks: list, tiles_grid: 
         done += len(images)
         if progress is not None:
             progress(done, total)
+        stopping.check()  # a safe point: this batch is on disk, the partial folder resumes from here
 
     while next_chunk < len(chunks) or pending:
         while next_chunk < len(chunks) and len(pending) < queue_depth:
@@ -466,7 +418,8 @@ def predict_slide(
         out_dir: the slide's folder to create (must not exist, or be empty).
         stride: step between tiles in model pixels; must divide the patch size. Default: the patch size
             (no overlap). Smaller strides overlap tiles and average them into a smoother map.
-        mpp: level-0 microns per pixel, used only when neither the metadata nor the TIFF tags have it.
+        mpp: level-0 microns per pixel; when given it wins over the slide's metadata and TIFF tags
+            (``summary.json`` keeps the slide's own as ``recorded_mpp`` and a note).
         tissue_method: ``"saturation"`` (PCam's rule) or ``"otsu"``.
         tissue_threshold: HSV saturation cut for ``"saturation"`` (0-1, default 0.07).
         min_tissue_fraction: a tile is predicted when at least this share of it is tissue (0-1].
@@ -478,7 +431,8 @@ def predict_slide(
         resume: continue an unfinished run of the same settings found beside ``out_dir`` (else start over).
         progress: called as ``progress(tiles_done, tiles_total)`` after each batch (resumed tiles count as done).
             An exception raised by it stops the run (e.g. a service cancelling a job); what was predicted
-            stays in the partial folder and the same call later resumes from it.
+            stays in the partial folder and the same call later resumes from it. So does a stop request
+            (:func:`pcamlab.stopping.check` runs after each batch and raises ``Stopped``).
 
     Returns:
         A :class:`SlideResult`; the folder holds ``OUTPUT_FILES``: the tile and cell probability arrays
@@ -487,8 +441,11 @@ def predict_slide(
         ``tumour_tiles.geojson`` (tiles >= threshold, for QuPath), ``summary.json`` and ``report.html``.
 
     Raises:
+        DamagedSlideError: the slide is cut short (before anything is written) or a region of it does not
+            decode (the partial folder is removed; nothing of the slide is kept).
         DataError: unreadable or unsupported slide, unknown resolution (``MissingResolutionError``), no
             tissue found, or a model patch that does not fit the slide. Raised before anything is written.
+        pcamlab.stopping.Stopped: a stop was requested (SIGINT/SIGTERM); the partial folder resumes.
         ConfigError: a parameter out of range (stride, fractions, batch size, readers, top_k).
         RunFolderError: ``out_dir`` is a file or already holds files, holds a finished result of another slide
             file, model or settings (a finished result of the same ones is returned with ``skipped=True``), or
@@ -557,16 +514,19 @@ def predict_slide(
     inference_started = time.perf_counter()
     pool = _Readers(Path(slide_path), info.backend, mpp, grid, readers)
     try:
-        _predict_tiles(predictor, pool, _chunks(todo_rows, todo_cols, grid), tiles_grid, batch_size, readers,
-                       progress, resumed, total)
-    finally:
-        pool.close()
+        try:
+            _predict_tiles(predictor, pool, _chunks(todo_rows, todo_cols, grid), tiles_grid, batch_size, readers,
+                           progress, resumed, total)
+        finally:
+            pool.close()
+    except DamagedSlideError:
+        del tiles_grid
+        shutil.rmtree(partial, ignore_errors=True)  # tiles of a file that must be copied again: keep none
+        raise
     inference_seconds = time.perf_counter() - inference_started
 
     tiles = np.array(tiles_grid)  # (rows, cols) float32, small: one value per tile
     del tiles_grid
-    from pcamlab.slide import outputs
-
     probability_map = outputs.average_overlaps(tiles, grid.cells_per_tile)
     known = tiles[np.isfinite(tiles)]
     top = np.sort(known)[::-1][:top_k]
@@ -577,6 +537,8 @@ def predict_slide(
     summary = {
         "slide": str(Path(slide_path)), "slide_name": name, "backend": info.backend, "vendor": info.vendor,
         "slide_dimensions": list(info.level_dimensions[0]), "slide_mpp": grid.mpp0, "mpp_source": info.mpp_source,
+        "recorded_mpp": list(info.recorded_mpp) if info.recorded_mpp else None,
+        "recorded_mpp_source": info.recorded_mpp_source, "notes": list(info.notes), "warnings": list(info.warnings),
         "level": grid.level, "level_mpp": grid.mpp0 * grid.level_downsample, "resampled": grid.read_scale != 1.0,
         "read_scale": grid.read_scale, "model": _model_name(predictor), "runtime": runtime_of(predictor),
         "model_mpp": grid.model_mpp,
@@ -593,7 +555,7 @@ def predict_slide(
     }
     title = f"{name}: max {summary['score_max']:.3f}, tumour {summary['tumour_area_mm2']:.2f} mm2"
     outputs.write_mask_png(files["tissue_mask"], mask)
-    outputs._save_image(files["thumbnail"], thumbnail)
+    outputs.write_image_png(files["thumbnail"], thumbnail)
     outputs.write_heatmap_png(files["heatmap"], probability_map, grid, title)
     outputs.write_overlay_png(files["overlay"], thumbnail, probability_map, grid, title)
     outputs.write_tiles_csv(files["tiles_csv"], tiles, grid)

@@ -4,16 +4,32 @@
 the microns per pixel (mpp) of level 0 and where they came from, ``read_region`` returning uint8 RGB
 arrays, and a thumbnail. OpenSlide comes from the ``openslide-bin`` wheel, so no system library is
 needed; formats OpenSlide does not know (or a missing wheel) fall back to ``tiffslide``, which reads
-TIFF-based slides (SVS, generic tiled TIFF, OME-TIFF) with tifffile.
+TIFF-based slides (SVS, generic tiled TIFF, OME-TIFF) with tifffile. An OME-TIFF whose pyramid levels
+are SubIFDs is read with tiffslide even though OpenSlide opens it: OpenSlide 4 sees only its level 0.
 
-Resolution, in this order: the slide's own metadata (OpenSlide's ``openslide.mpp-x``, which for a
-generic TIFF OpenSlide derives from the resolution tags itself; tiffslide's ``tiffslide.mpp-x``), else
-the TIFF ``XResolution``/``YResolution``/``ResolutionUnit`` tags read with tifffile, else the ``mpp``
-the caller gives. When all are missing, :class:`MissingResolutionError` says so in one line.
+The reader trusts nothing blindly:
+
+- **Resolution.** An ``mpp`` the caller gives wins over everything the file says (a scanner that wrote
+  wrong resolution tags is common, and the person knows their scanner); the slide's own value, when it
+  has one, is kept in ``recorded_mpp`` and a note says it was overridden. Without a given mpp: the
+  slide's metadata (OpenSlide's ``openslide.mpp-x``, which for a generic TIFF OpenSlide derives from the
+  resolution tags itself; tiffslide's ``tiffslide.mpp-x``), else the TIFF ``XResolution`` /
+  ``YResolution`` / ``ResolutionUnit`` tags read with tifffile. When all are missing,
+  :class:`MissingResolutionError` says so in one line. A level-0 mpp outside what slide scanners produce
+  (:data:`PLAUSIBLE_MPP`) is a warning in ``Slide.warnings`` naming where it came from.
+- **Damage** (:mod:`pcamlab.slide.integrity`). A file cut short (a copy that stopped) is found when it
+  opens: tifffile lists where every tile of every page and SubIFD lies, and a tile ending past the end of
+  the file, or an IFD chain leading past it, is damage. A tile that does not decode is found when it is read, by any backend. Either way
+  :class:`DamagedSlideError` names the slide and says to copy it again; nothing is filled in with white
+  or black, so nothing a reader could not decode is ever scored. (Damage that still decodes, e.g. bytes
+  zeroed inside a JPEG tile's entropy-coded data, cannot be seen by any reader: TIFF has no checksums.)
+
+Library code never prints: notes and warnings are returned in ``Slide.notes`` / ``Slide.warnings`` and
+:class:`SlideInfo`; the CLI prints them.
 
 Example:
-    >>> with open_slide("slide.tif") as slide:
-    ...     print(slide.vendor, slide.level_dimensions, slide.mpp, slide.mpp_source)
+    >>> with open_slide("slide.tif", mpp=0.25) as slide:
+    ...     print(slide.vendor, slide.level_dimensions, slide.mpp, slide.mpp_source, slide.warnings)
     ...     region = slide.read_region((0, 0), 0, (96, 96))  # uint8 (96, 96, 3)
 """
 
@@ -27,16 +43,49 @@ from typing import Any
 import numpy as np
 
 from pcamlab.errors import DataError
+from pcamlab.slide.integrity import (
+    TIFFFILE_VENDORS,
+    DamagedSlideError,
+    TiffFacts,
+    damaged,
+    decode_errors,
+    inspect_tiff,
+    short_reason,
+    tifffile_log,
+    verify_slide,
+)
 
-__all__ = ["Slide", "SlideInfo", "MissingResolutionError", "open_slide", "slide_info", "BACKENDS"]
+__all__ = [
+    "BACKENDS",
+    "PLAUSIBLE_MPP",
+    "DamagedSlideError",
+    "MissingResolutionError",
+    "ResolutionError",
+    "Slide",
+    "SlideInfo",
+    "describe_mpp_source",
+    "open_slide",
+    "read_downsampled",
+    "slide_info",
+    "verify_slide",
+]
 
 BACKENDS = ("openslide", "tiffslide")  # tried in this order
 BACKGROUND_RGB = (255, 255, 255)  # transparent slide pixels (outside scanned regions) become white glass
+# Level-0 um/px that slide scanners produce: about 0.12 (80x) to 2 (5x); 0.25 at 40x, 0.5 at 20x (Camelyon16's
+# scanners: 0.226-0.243 um/px at 40x). A value outside is more likely a wrong tag than a real scan.
+PLAUSIBLE_MPP = (0.1, 2.0)
 _CENTIMETRE_UM = 1e4
 _INCH_UM = 25400.0
+class ResolutionError(DataError):
+    """The slide's level-0 mpp is missing, not a positive number, or unusable; the remedy is the ``mpp`` given.
+
+    Messages name the parameter as ``mpp`` (open_slide's and predict_slide's); a caller whose own parameter
+    has another name (a command's flag) catches this type and says its own.
+    """
 
 
-class MissingResolutionError(DataError):
+class MissingResolutionError(ResolutionError):
     """The slide has no microns-per-pixel in its metadata or TIFF tags, and none was given."""
 
 
@@ -47,12 +96,17 @@ class SlideInfo:
     Attributes:
         path: the slide file.
         backend: ``"openslide"`` or ``"tiffslide"``.
-        vendor: the format as the backend names it (``generic-tiff``, ``aperio``, ...), or ``"unknown"``.
+        vendor: the format as the backend names it (``generic-tiff``, ``aperio``, ``ome-tiff``, ...), or
+            ``"unknown"``.
         level_dimensions: ``(width, height)`` in pixels per level, level 0 first.
         level_downsamples: downsample factor of each level relative to level 0.
-        mpp: ``(x, y)`` microns per pixel of level 0, or ``None`` when unknown.
-        mpp_source: ``"metadata"``, ``"tiff-tags"``, ``"given"`` or ``"missing"``.
+        mpp: ``(x, y)`` microns per pixel of level 0 used, or ``None`` when unknown.
+        mpp_source: ``"given"``, ``"metadata"``, ``"tiff-tags"`` or ``"missing"``.
         objective_power: the scanner's objective magnification when the metadata has it.
+        recorded_mpp: ``(x, y)`` the file itself records (metadata or tags), whether used or overridden.
+        recorded_mpp_source: ``"metadata"``, ``"tiff-tags"`` or ``"missing"``.
+        notes: facts worth knowing (a given mpp overriding the file's, the backend chosen and why).
+        warnings: what looks wrong (a level-0 mpp outside :data:`PLAUSIBLE_MPP`), each with its remedy.
     """
 
     path: str
@@ -63,6 +117,10 @@ class SlideInfo:
     mpp: tuple[float, float] | None
     mpp_source: str
     objective_power: float | None
+    recorded_mpp: tuple[float, float] | None = None
+    recorded_mpp_source: str = "missing"
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,7 +129,18 @@ class SlideInfo:
             "level_downsamples": list(self.level_downsamples),
             "mpp": list(self.mpp) if self.mpp else None, "mpp_source": self.mpp_source,
             "objective_power": self.objective_power,
+            "recorded_mpp": list(self.recorded_mpp) if self.recorded_mpp else None,
+            "recorded_mpp_source": self.recorded_mpp_source,
+            "notes": list(self.notes), "warnings": list(self.warnings),
         }
+
+
+def describe_mpp_source(source: str, vendor: str = "unknown") -> str:
+    """Where a level-0 mpp came from, in words: ``"the TIFF resolution tags"``, ``"the aperio metadata"``, ..."""
+    if source == "metadata":
+        return f"the {vendor} metadata" if vendor not in ("unknown", "") else "the slide's metadata"
+    return {"tiff-tags": "the TIFF resolution tags", "given": "the mpp given",
+            "missing": "nowhere (the slide records none)"}.get(source, source)
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -82,12 +151,23 @@ def _float_or_none(value: Any) -> float | None:
     return number if np.isfinite(number) and number > 0 else None
 
 
+def _check_given_mpp(mpp: Any) -> float | None:
+    """The given level-0 mpp as a float, or None; DataError when it is not a positive finite number."""
+    if mpp is None:
+        return None
+    if isinstance(mpp, bool) or not isinstance(mpp, (int, float, np.floating, np.integer)) or not (
+            np.isfinite(mpp) and mpp > 0):
+        raise ResolutionError(f"mpp must be a positive number of microns per pixel (e.g. 0.25 for a 40x scan); "
+                              f"got {mpp!r}")
+    return float(mpp)
+
+
 def _mpp_from_tiff_tags(path: Path) -> tuple[float, float] | None:
     """Microns per pixel of the first page from the TIFF resolution tags, or None (no tags, no unit, not TIFF)."""
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tiff:
+        with tifffile_log(), tifffile.TiffFile(path) as tiff:
             tags = tiff.pages[0].tags
             x_resolution, y_resolution = tags.get("XResolution"), tags.get("YResolution")
             unit = tags.get("ResolutionUnit")
@@ -111,26 +191,55 @@ class Slide:
     Attributes:
         path: the slide file.
         backend: ``"openslide"`` or ``"tiffslide"``.
-        vendor: the backend's name for the format.
+        vendor: the backend's name for the format (or tifffile's when the backend names none).
         level_dimensions: ``(width, height)`` per level, level 0 first.
         level_downsamples: downsample of each level relative to level 0.
-        mpp: ``(x, y)`` microns per pixel at level 0, or None when unknown and not given.
-        mpp_source: ``"metadata"``, ``"tiff-tags"``, ``"given"`` or ``"missing"``.
+        mpp: ``(x, y)`` microns per pixel at level 0 used, or None when unknown and not given.
+        mpp_source: ``"given"``, ``"metadata"``, ``"tiff-tags"`` or ``"missing"``.
+        recorded_mpp, recorded_mpp_source: what the file itself records (kept when a given mpp overrides it).
+        notes: facts worth knowing (an override, the backend chosen and why).
+        warnings: what looks wrong (an implausible level-0 mpp), each with its remedy.
     """
 
-    def __init__(self, handle: Any, backend: str, path: Path, mpp: float | None = None):
+    def __init__(self, handle: Any, backend: str, path: Path, mpp: float | None = None, *,
+                 tiff_kind: str | None = None):
         self._handle = handle
+        self._decode_errors = decode_errors(backend)
+        self._damage: str | None = None
         self.backend = backend
         self.path = path
         properties = dict(handle.properties)
         self.properties = properties
-        self.vendor = str(properties.get(f"{backend}.vendor") or "unknown")
+        self.vendor = str(properties.get(f"{backend}.vendor") or TIFFFILE_VENDORS.get(tiff_kind or "", "unknown"))
         self.level_dimensions = tuple((int(w), int(h)) for w, h in handle.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in handle.level_downsamples)
         self.objective_power = _float_or_none(properties.get(f"{backend}.objective-power"))
-        self.mpp, self.mpp_source = self._resolve_mpp(properties, mpp)
+        self.notes: list[str] = []
+        self.warnings: list[str] = []
+        self.recorded_mpp, self.recorded_mpp_source = self._recorded_mpp(properties)
+        given = _check_given_mpp(mpp)
+        if given is not None:
+            self.mpp, self.mpp_source = (given, given), "given"
+            if self.recorded_mpp is not None:
+                x, y = self.recorded_mpp
+                same = " (the same value)" if np.allclose((x, y), given, rtol=1e-3) else ""
+                self.notes.append(f"the mpp given, {given:.4g} um/px, overrides the slide's own {x:.4g} x {y:.4g} "
+                                  f"um/px from {describe_mpp_source(self.recorded_mpp_source, self.vendor)}{same}")
+        else:
+            self.mpp, self.mpp_source = self.recorded_mpp, self.recorded_mpp_source
+        if self.mpp is not None:
+            value = (self.mpp[0] + self.mpp[1]) / 2
+            low, high = PLAUSIBLE_MPP
+            if not low <= value <= high:
+                self.warnings.append(  # names the parameter once, as a word: the CLI shows it as its flag
+                    f"level-0 resolution {value:.4g} um/px from {describe_mpp_source(self.mpp_source, self.vendor)} "
+                    f"is outside what slide scanners produce (about {low:g}-{high:g} um/px; 0.25 at 40x, 0.5 at "
+                    "20x), so the tiling and every area are likely wrong; if it is wrong, give the right level-0 "
+                    "resolution as mpp (e.g. 0.25 for a 40x scan)"
+                )
 
-    def _resolve_mpp(self, properties: dict[str, Any], given: float | None) -> tuple[tuple[float, float] | None, str]:
+    def _recorded_mpp(self, properties: dict[str, Any]) -> tuple[tuple[float, float] | None, str]:
+        """The level-0 mpp the file records and where: the backend's metadata, else the TIFF tags."""
         x = _float_or_none(properties.get(f"{self.backend}.mpp-x"))
         y = _float_or_none(properties.get(f"{self.backend}.mpp-y"))
         if x and y:
@@ -142,10 +251,6 @@ class Slide:
         tags = _mpp_from_tiff_tags(self.path)
         if tags:
             return tags, "tiff-tags"
-        if given is not None:
-            if not (isinstance(given, (int, float)) and given > 0 and np.isfinite(given)):
-                raise DataError(f"mpp must be a positive number of microns per pixel; got {given!r}")
-            return (float(given), float(given)), "given"
         return None, "missing"
 
     def require_mpp(self) -> float:
@@ -172,7 +277,8 @@ class Slide:
 
     def info(self) -> SlideInfo:
         return SlideInfo(str(self.path), self.backend, self.vendor, self.level_dimensions, self.level_downsamples,
-                         self.mpp, self.mpp_source, self.objective_power)
+                         self.mpp, self.mpp_source, self.objective_power, self.recorded_mpp,
+                         self.recorded_mpp_source, tuple(self.notes), tuple(self.warnings))
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """Pixels of ``level`` as uint8 RGB ``(height, width, 3)``.
@@ -183,10 +289,21 @@ class Slide:
             size: ``(width, height)`` in pixels of ``level``.
 
         Regions outside the slide, and transparent pixels, read as white (glass).
+
+        Raises:
+            DamagedSlideError: the region's image data does not decode (and every later read of this
+                slide, as OpenSlide's handle is unusable after an error); nothing is filled in.
         """
-        region = self._handle.read_region((int(location[0]), int(location[1])), int(level),
-                                          (int(size[0]), int(size[1])))
-        array = np.asarray(region)
+        if self._damage is not None:
+            raise DamagedSlideError(self._damage)
+        x, y, width, height = int(location[0]), int(location[1]), int(size[0]), int(size[1])
+        try:
+            array = np.asarray(self._handle.read_region((x, y), int(level), (width, height)))
+        except self._decode_errors as error:
+            self._damage = str(damaged(self.path, f"a tile of level {level} in the {width} x {height} px region at "
+                                                   f"level-0 x {x}, y {y} does not decode; {self.backend}: "
+                                                   f"{short_reason(error)}"))
+            raise DamagedSlideError(self._damage) from error
         if array.ndim == 3 and array.shape[2] == 4:  # OpenSlide: premultiplied RGBA, alpha 0 outside the scan
             alpha = array[..., 3:4]
             if alpha.min() == 255:
@@ -202,6 +319,9 @@ class Slide:
 
         Read from the coarsest level that is still at least ``max_size`` pixels on its longer side (or the
         coarsest level when none is), block by block, so memory stays small whatever the slide size.
+
+        Raises:
+            DamagedSlideError: a block read does not decode.
         """
         return read_downsampled(self, max(self.dimensions) / max_size)
 
@@ -220,6 +340,9 @@ def read_downsampled(slide: Slide, downsample: float, block: int = 2048) -> np.n
 
     Reads the coarsest level whose downsample is at most ``downsample``, ``block`` x ``block`` pixels at a
     time, and shrinks each block with a box filter, so peak memory is one block plus the result.
+
+    Raises:
+        DamagedSlideError: a block read does not decode.
     """
     from PIL import Image
 
@@ -263,25 +386,58 @@ def _open_tiffslide(path: Path) -> Any:
     return tiffslide.TiffSlide(str(path))
 
 
+_OPENERS = {"openslide": _open_openslide, "tiffslide": _open_tiffslide}
+
+
+def _try_backend(name: str, path: Path, mpp: float | None, facts: TiffFacts) -> Slide | str:
+    """The slide opened with backend ``name`` and one pixel decoded, or why that backend cannot read it.
+
+    Raises:
+        DamagedSlideError: it opens, but its first pixel of the coarsest level does not decode.
+    """
+    try:
+        with tifffile_log():  # tiffslide's tifffile: nothing printed
+            handle = _OPENERS[name](path)
+    except Exception as error:  # each backend raises its own types for a file it cannot read
+        return f"{name}: {short_reason(error)}"
+    try:
+        slide = Slide(handle, name, path, mpp, tiff_kind=facts.kind)
+        if not slide.level_dimensions or min(slide.dimensions) < 1:
+            raise ValueError("no image levels")
+        slide.read_region((0, 0), slide.level_count - 1, (1, 1))  # decodes: a damaged tile fails here, not later
+    except DataError:
+        handle.close()
+        raise
+    except Exception as error:
+        handle.close()
+        return f"{name}: {short_reason(error)}"
+    return slide
+
+
 def open_slide(path: str | os.PathLike, *, mpp: float | None = None, backend: str | None = None) -> Slide:
-    """Open a whole-slide image with OpenSlide, else tiffslide.
+    """Open a whole-slide image with OpenSlide, else tiffslide, after checking that the file is whole.
 
     Args:
         path: the slide file (any format OpenSlide reads; TIFF-based ones also through tiffslide).
-        mpp: level-0 microns per pixel to use when neither the metadata nor the TIFF tags have it.
-        backend: force ``"openslide"`` or ``"tiffslide"`` (default: the first that opens the file).
+        mpp: level-0 microns per pixel; when given it wins over the slide's metadata and TIFF tags (a note
+            in ``Slide.notes`` says what it overrides).
+        backend: force ``"openslide"`` or ``"tiffslide"`` (default: OpenSlide, unless it cannot read the file
+            or sees fewer pyramid levels than tifffile does, as for an OME-TIFF's SubIFD levels).
 
     Returns:
         An open :class:`Slide`.
 
     Raises:
+        DamagedSlideError: the file is cut short (tile data or image directories past its end), its TIFF
+            structure does not parse, or its first tile does not decode.
+        ResolutionError: ``mpp`` is not a positive number.
         DataError: the file is missing, is a folder, or no backend can read it (one line, naming the file
             and what each backend said).
 
     Example:
         >>> slide = open_slide("CMU-1.svs")
-        >>> slide.level_dimensions[0]
-        (46000, 32914)
+        >>> slide.level_dimensions[0], slide.mpp_source
+        ((46000, 32914), 'metadata')
     """
     path = Path(path)
     if not path.exists():
@@ -291,32 +447,32 @@ def open_slide(path: str | os.PathLike, *, mpp: float | None = None, backend: st
     if backend is not None and backend not in BACKENDS:
         from pcamlab.errors import did_you_mean
 
-        raise DataError(f"backend must be one of {list(BACKENDS)}; got {backend!r}{did_you_mean(backend, BACKENDS)}")
-    openers = {"openslide": _open_openslide, "tiffslide": _open_tiffslide}
+        raise DataError(f"backend must be one of {list(BACKENDS)}; got {backend!r}{did_you_mean(backend, BACKENDS)}",
+                        parameters=("backend",))
+    _check_given_mpp(mpp)
+    facts = inspect_tiff(path)
+    if facts.damage is not None:
+        raise damaged(path, facts.damage)
     failures = []
     for name in [backend] if backend else BACKENDS:
-        try:
-            handle = openers[name](path)
-        except Exception as error:  # each backend raises its own types for an unreadable file
-            reason = (str(error).splitlines() or [type(error).__name__])[0][:120]
-            failures.append(f"{name}: {reason}")
+        opened = _try_backend(name, path, mpp, facts)
+        if isinstance(opened, str):
+            failures.append(opened)
             continue
-        try:
-            slide = Slide(handle, name, path, mpp)
-            if not slide.level_dimensions or min(slide.dimensions) < 1:
-                raise ValueError("no image levels")
-            slide.read_region((0, 0), slide.level_count - 1, (1, 1))  # decodes: catches corrupt tiles early
-        except DataError:
-            handle.close()
-            raise
-        except Exception as error:
-            handle.close()
-            failures.append(f"{name}: {(str(error).splitlines() or [type(error).__name__])[0][:120]}")
-            continue
-        return slide
+        if backend is None and name == "openslide" and opened.level_count < facts.levels:
+            better = _try_backend("tiffslide", path, mpp, facts)
+            if isinstance(better, Slide) and better.level_count > opened.level_count:
+                opened.close()
+                better.notes.append(
+                    f"read with tiffslide: OpenSlide sees {opened.level_count} pyramid level(s) of this "
+                    f"{better.vendor} file, tiffslide all {better.level_count} (OpenSlide does not read SubIFD levels)")
+                return better
+            if isinstance(better, Slide):
+                better.close()
+        return opened
     raise DataError(
         f"cannot read slide {str(path)!r} ({'; '.join(failures)}); pass a whole-slide image OpenSlide or "
-        "tiffslide reads (SVS, NDPI, MRXS, SCN, generic tiled TIFF, OME-TIFF, ...)"
+        "tiffslide reads (SVS, NDPI, MRXS, SCN, generic tiled TIFF, OME-TIFF, DICOM-WSI, ...)"
     )
 
 

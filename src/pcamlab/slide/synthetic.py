@@ -44,6 +44,8 @@ __all__ = [
     "make_synthetic_slide",
     "read_truth",
     "sample_pools",
+    "tissue_layout",
+    "write_slide",
 ]
 
 CELL_SIZE = 96  # pixels of a cell = one PCam patch
@@ -75,8 +77,15 @@ class SyntheticSlide:
     level_dimensions: tuple[tuple[int, int], ...]
 
 
-def sample_pools(split: str = "valid", root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+def sample_pools(split: str = "valid", root: str | os.PathLike | None = None, *, limit: int | None = None,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Real PCam patches by class from the sample shipped in pcamlab (or a folder of ``{0,1}/*.jpg``).
+
+    Args:
+        split: the sample's split folder (``train`` or ``valid``) when ``root`` is None.
+        root: a folder with ``0/`` and ``1/`` subfolders of 96 x 96 patches instead of the sample.
+        limit: at most this many patches per class, drawn at random with ``seed`` (None: all).
+        seed: seeds that draw.
 
     Returns:
         ``(normal, tumour)``: uint8 ``(N0, 96, 96, 3)`` label-0 and ``(N1, 96, 96, 3)`` label-1 patches.
@@ -95,6 +104,9 @@ def sample_pools(split: str = "valid", root: str | os.PathLike | None = None) ->
         if not files:
             raise DataError(f"no patches in {str(folder / label)!r}; pass a folder with 0/ and 1/ subfolders of "
                             "96x96 patches (e.g. the pcam-jpg split folders)")
+        if limit is not None and len(files) > limit:
+            chosen = np.random.default_rng([seed, int(label)]).choice(len(files), size=limit, replace=False)
+            files = [files[index] for index in sorted(chosen)]
         pools.append(np.stack([np.asarray(Image.open(file).convert("RGB")) for file in files]))
     return pools[0], pools[1]
 
@@ -107,9 +119,16 @@ def _smooth_field(generator: np.random.Generator, rows: int, cols: int, grain: i
     return np.asarray(Image.fromarray(coarse).resize((cols, rows), Image.Resampling.BICUBIC))
 
 
-def _layout(generator: np.random.Generator, rows: int, cols: int, tissue_fraction: float,
+def tissue_layout(generator: np.random.Generator, rows: int, cols: int, tissue_fraction: float,
             tumour_fraction: float) -> np.ndarray:
-    """int8 ``(rows, cols)`` labels: a tissue blob with a tumour region inside, glass around."""
+    """int8 ``(rows, cols)`` cell labels: a tissue blob with a tumour region inside, glass around.
+
+    Args:
+        generator: draws the blob's outline and the tumour's place.
+        rows, cols: the grid of 96-px cells.
+        tissue_fraction: share of cells that are tissue (0-1).
+        tumour_fraction: share of the tissue cells that are tumour (0 for none).
+    """
     y, x = np.mgrid[0:rows, 0:cols].astype(np.float32)
     envelope = 1 - ((y - rows / 2) / (rows / 2)) ** 2 - ((x - cols / 2) / (cols / 2)) ** 2  # 1 centre, 0 edge
     field = envelope + 0.35 * _smooth_field(generator, rows, cols, grain=max(3, min(rows, cols) // 6))
@@ -133,13 +152,11 @@ def _layout(generator: np.random.Generator, rows: int, cols: int, tissue_fractio
     return labels
 
 
-def _shrink(patches: np.ndarray, factor: int) -> np.ndarray:
-    """uint8 (N, c, c, 3) -> (N, c / factor, c / factor, 3) by box averaging."""
-    if factor == 1:
-        return patches
-    n, size = patches.shape[0], patches.shape[1]
-    blocks = patches.reshape(n, size // factor, factor, size // factor, factor, 3).astype(np.float32)
-    return np.round(blocks.mean(axis=(2, 4))).astype(np.uint8)
+def _halve(patches: np.ndarray) -> np.ndarray:
+    """uint8 (N, c, c, 3) -> (N, c / 2, c / 2, 3): the rounded mean of each 2 x 2 block (integer arithmetic)."""
+    wide = patches.astype(np.uint16)
+    total = wide[:, 0::2, 0::2] + wide[:, 1::2, 0::2] + wide[:, 0::2, 1::2] + wide[:, 1::2, 1::2]
+    return ((total + 2) // 4).astype(np.uint8)
 
 
 def _tiles_of_level(pool: np.ndarray, index: np.ndarray, flips: np.ndarray, cell: int) -> object:
@@ -200,8 +217,6 @@ def make_synthetic_slide(
     Raises:
         ConfigError: a size or fraction out of range, or patches of the wrong shape.
     """
-    import tifffile
-
     for name, pool in (("normal_patches", normal_patches), ("tumour_patches", tumour_patches)):
         if pool.ndim != 4 or pool.shape[1:] != (CELL_SIZE, CELL_SIZE, 3) or pool.dtype != np.uint8 or not len(pool):
             raise ConfigError(f"{name} must be uint8 (N, 96, 96, 3) with N >= 1; got {pool.dtype} {pool.shape}")
@@ -210,10 +225,38 @@ def make_synthetic_slide(
     if not (0 < tissue_fraction < 1 and 0 <= tumour_fraction < 1):
         raise ConfigError(f"tissue_fraction must be in (0, 1) and tumour_fraction in [0, 1); got "
                           f"{tissue_fraction}, {tumour_fraction}")
-    path = Path(path)
     generator = np.random.default_rng(seed)
     rows, cols = -(-height // CELL_SIZE), -(-width // CELL_SIZE)
-    labels = _layout(generator, rows, cols, tissue_fraction, tumour_fraction)
+    labels = tissue_layout(generator, rows, cols, tissue_fraction, tumour_fraction)
+    return write_slide(path, labels, normal_patches, tumour_patches, generator=generator, mpp=mpp, seed=seed,
+                       jpeg_quality=jpeg_quality, resolution_tags=resolution_tags)
+
+
+def write_slide(
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    normal_patches: np.ndarray,
+    tumour_patches: np.ndarray,
+    *,
+    generator: np.random.Generator,
+    mpp: float = PCAM_MPP,
+    seed: int = 0,
+    jpeg_quality: int = 85,
+    resolution_tags: bool = True,
+) -> SyntheticSlide:
+    """Render a given cell layout as a pyramidal tiled JPEG TIFF, and its truth beside it.
+
+    Args:
+        path: the TIFF to write.
+        labels: int8 ``(rows, cols)`` cell labels (:data:`GLASS`, :data:`NORMAL`, :data:`TUMOUR`).
+        normal_patches, tumour_patches: uint8 ``(N, 96, 96, 3)`` pools (see :func:`make_synthetic_slide`).
+        generator: draws the patch of each cell and its flip.
+        mpp, jpeg_quality, resolution_tags: as :func:`make_synthetic_slide`; ``seed`` is recorded in the truth.
+    """
+    import tifffile
+
+    path = Path(path)
+    rows, cols = labels.shape
 
     glass = np.clip(np.asarray(GLASS_RGB, np.float32) + generator.normal(0, 1.5, (16, CELL_SIZE, CELL_SIZE, 3)),
                     0, 255).astype(np.uint8)
@@ -231,7 +274,10 @@ def make_synthetic_slide(
         factors.append(factors[-1] * 2)
     level_dimensions = tuple((cols * CELL_SIZE // f, rows * CELL_SIZE // f) for f in factors)
     with atomic_path(path) as temporary, tifffile.TiffWriter(temporary, bigtiff=True) as tiff:
+        level_pool = pool
         for level, factor in enumerate(factors):
+            if level:
+                level_pool = _halve(level_pool)  # each level from the one before: the factors double
             cell = CELL_SIZE // factor
             level_width, level_height = level_dimensions[level]
             options = {}
@@ -239,7 +285,7 @@ def make_synthetic_slide(
                 pixels_per_cm = 1e4 / (mpp * factor)
                 options = {"resolution": (pixels_per_cm, pixels_per_cm), "resolutionunit": "CENTIMETER"}
             tiff.write(
-                _tiles_of_level(_shrink(pool, factor), index, flips, cell),
+                _tiles_of_level(level_pool, index, flips, cell),
                 shape=(level_height, level_width, 3), dtype=np.uint8, tile=(TILE_SIZE, TILE_SIZE),
                 photometric="rgb", compression="jpeg", compressionargs={"level": jpeg_quality},
                 subfiletype=0 if level == 0 else 1, metadata=None, **options,

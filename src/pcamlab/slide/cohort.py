@@ -126,7 +126,7 @@ def resolve_shard(shard: tuple[int, int] | None = None, environ: Mapping[str, st
         if tasks < 1 or step < 1 or offset < 0 or offset % step or offset // step >= tasks:
             raise ConfigError(
                 f"Slurm array task {task_id} is not one of {tasks} evenly spaced tasks from {first} in steps of "
-                f"{step} (a list array such as --array=1,4?); submit a range (--array=0-{max(tasks, 1) - 1}: "
+                f"{step} (a list array such as 1,4?); submit a range of tasks (0-{max(tasks, 1) - 1}: "
                 "finished slides are skipped) or give the share explicitly with shard=(index, count)",
                 parameters=("shard",))
         task = offset // step

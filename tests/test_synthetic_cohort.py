@@ -126,9 +126,13 @@ def test_cli_synth_cohort(tmp_path, capsys):
     assert "wrote 2 slides (1 normal, 1 tumour)" in printed
     assert (out / "reference.csv").is_file() and len(list((out / "annotations").glob("*.xml"))) == 1
     assert main(["slide", "synth-cohort", str(out)]) == 2  # never overwritten
-    assert main(["slide", "info", str(out / "slides" / "test_001.tif"), "--annotations",
-                 str(find_annotation_file(out / "annotations", "test_001") or find_annotation_file(
-                     out / "annotations", "test_002")), "--thumbnail", str(tmp_path / "t.png")]) in (0, 2)
+    tumour = next(slide for slide, label in read_reference(out / "reference.csv").items() if label)
+    assert main(["slide", "info", str(out / "slides" / f"{tumour}.tif"), "--annotations",
+                 str(out / "annotations" / f"{tumour}.xml"), "--thumbnail", str(tmp_path / "t.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "annotations" in printed and "  tumour " in printed and "area mm2" in printed
+    picture = np.asarray(Image.open(tmp_path / "t.png"))
+    assert ((picture == (230, 20, 20)).all(axis=2)).any()  # the tumour outline drawn in red
 
 
 @pytest.mark.shared

@@ -186,9 +186,8 @@ def run_download(args: argparse.Namespace) -> int:
 def register_from_slides(commands) -> None:
     """``pcamlab data from-slides``: cut a PCam-layout dataset from annotated slides."""
     from pcamlab.cli.slide import add_annotation_arguments
-    from pcamlab.slide.dataset import FromSlidesOptions
 
-    defaults = FromSlidesOptions()
+    keep = argparse.SUPPRESS  # options not given keep FromSlidesOptions' defaults (declared once, there)
     parser = commands.add_parser(
         "from-slides", help="cut a PCam-layout dataset (h5 + meta CSVs) from annotated whole slides",
         description="Cut 96 px patches at 0.972 um/px from tissue of each slide, label 1 when the centre 32x32 "
@@ -204,30 +203,29 @@ def register_from_slides(commands) -> None:
                         "listed; a tumour slide without annotations is an error")
     parser.add_argument("--split-csv", metavar="CSV", help="slide,split CSV (train/valid/test), e.g. by hospital "
                         "(default: seeded split by slide, tumour and normal slides separately)")
-    parser.add_argument("--valid-fraction", type=float, default=defaults.valid_fraction,
-                        help=f"share of slides in valid without --split-csv (default {defaults.valid_fraction})")
-    parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction,
-                        help=f"share of slides in test without --split-csv (default {defaults.test_fraction})")
-    parser.add_argument("--mpp", type=float, default=defaults.mpp,
-                        help=f"patch resolution in um/px (default PCam's {defaults.mpp})")
+    parser.add_argument("--valid-fraction", type=float, default=keep,
+                        help="share of slides in valid without --split-csv (default 0.2)")
+    parser.add_argument("--test-fraction", type=float, default=keep,
+                        help="share of slides in test without --split-csv (default 0)")
+    parser.add_argument("--mpp", type=float, default=keep, help="patch resolution in um/px (default PCam's 0.972)")
     parser.add_argument("--slide-mpp", type=float, help="level-0 um/px of the slides; wins over their "
                         "metadata and TIFF resolution tags")
-    parser.add_argument("--stride", type=int, default=defaults.stride,
-                        help=f"step between candidate patches in patch pixels (default {defaults.stride})")
-    parser.add_argument("--max-per-slide", type=int, default=defaults.max_patches_per_slide,
-                        help=f"at most this many patches per slide (default {defaults.max_patches_per_slide})")
+    parser.add_argument("--stride", type=int, default=keep,
+                        help="step between candidate patches in patch pixels (default 96: no overlap)")
+    parser.add_argument("--max-per-slide", type=int, default=keep, dest="max_patches_per_slide",
+                        help="at most this many patches per slide (default 1000)")
     parser.add_argument("--no-balance", action="store_true",
                         help="keep every chosen negative (default: as many negatives as positives per split)")
-    parser.add_argument("--min-tumour-fraction", type=float, default=defaults.min_tumour_fraction,
+    parser.add_argument("--min-tumour-fraction", type=float, default=keep,
                         help="label 1 when tumour covers more than this share of the centre 32x32 (default 0: "
                         "any tumour pixel, PCam's rule)")
-    parser.add_argument("--min-tissue", type=float, default=defaults.min_tissue_fraction,
-                        help=f"share of a patch that must be tissue (default {defaults.min_tissue_fraction})")
-    parser.add_argument("--tissue-method", default=defaults.tissue_method, choices=["saturation", "otsu"],
+    parser.add_argument("--min-tissue", type=float, default=keep, dest="min_tissue_fraction",
+                        help="share of a patch that must be tissue (default 0.5)")
+    parser.add_argument("--tissue-method", default=keep, choices=["saturation", "otsu"],
                         help="tissue rule (default: HSV saturation, PCam's)")
-    parser.add_argument("--tissue-threshold", type=float, default=defaults.tissue_threshold,
-                        help=f"HSV saturation below which a pixel is glass (default {defaults.tissue_threshold})")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the split and sampling (default 0)")
+    parser.add_argument("--tissue-threshold", type=float, default=keep,
+                        help="HSV saturation below which a pixel is glass (default 0.07)")
+    parser.add_argument("--seed", type=int, default=keep, help="seed of the split and sampling (default 0)")
     parser.add_argument("--no-resume", action="store_true", help="discard an unfinished OUT.partial/ and start again")
     parser.set_defaults(func=run_from_slides)
 
@@ -271,13 +269,10 @@ def run_from_slides(args: argparse.Namespace) -> int:
     from pcamlab.slide.dataset import FromSlidesOptions, dataset_from_slides
     from pcamlab.slide.reference import read_reference
 
-    options = FromSlidesOptions(
-        mpp=args.mpp, stride=args.stride, min_tumour_fraction=args.min_tumour_fraction,
-        min_tissue_fraction=args.min_tissue, tissue_method=args.tissue_method,
-        tissue_threshold=args.tissue_threshold, max_patches_per_slide=args.max_per_slide,
-        balance=not args.no_balance, valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
-        seed=args.seed, slide_mpp=args.slide_mpp,
-    )
+    given = {name: getattr(args, name) for name in (
+        "mpp", "stride", "min_tumour_fraction", "min_tissue_fraction", "tissue_method", "tissue_threshold",
+        "max_patches_per_slide", "valid_fraction", "test_fraction", "seed") if hasattr(args, name)}
+    options = FromSlidesOptions(**given, balance=not args.no_balance, slide_mpp=args.slide_mpp)
     progress, close = progress_bar("from-slides", unit="patch")
     try:
         result = dataset_from_slides(

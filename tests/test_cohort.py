@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pcamlab import stopping
@@ -290,3 +291,38 @@ def test_a_cohort_with_a_damaged_slide_finishes_the_rest_and_records_the_failure
     assert main(command) == 0  # again: the failed slide is not retried, the finished ones are checked and kept
     printed = capsys.readouterr().out
     assert printed.count("already finished") == 3 and "0 slide(s) done, 2 already finished, 0 failed" in printed
+
+
+def test_from_slides_workers_share_the_slides_and_the_last_one_assembles(tmp_path):
+    """data from-slides over two shares: each cuts its slides under a lock, the one that finds all cut writes out;
+    the dataset is the one a single worker writes, and a task starting after the end succeeds without work."""
+    import h5py
+
+    from pcamlab.errors import RunFolderError
+    from pcamlab.slide.cohort_synthetic import make_cohort
+    from pcamlab.slide.dataset import FromSlidesOptions, dataset_from_slides
+
+    cohort = make_cohort(tmp_path / "cohort", normal_slides=2, tumour_slides=2, split="train", seed=1, width=1536,
+                         height=1152, lesions_per_slide=(1, 2))
+    options = FromSlidesOptions(max_patches_per_slide=40, valid_fraction=0.5, seed=0)
+
+    def run(out, shard=None, steal=True):
+        return dataset_from_slides(cohort.slides, out, annotations=cohort.annotations_dir, options=options,
+                                   shard=shard, steal=steal)
+
+    alone = run(tmp_path / "alone")
+    first = run(tmp_path / "shared", Shard(1, 2), steal=False)
+    assert not first.complete and not (tmp_path / "shared").exists()
+    done = sorted(path.name for path in (tmp_path / "shared.partial").glob("*.done.json"))
+    assert done == sorted(f"{Path(slide).stem}.done.json" for slide in cohort.slides[0::2])
+    second = run(tmp_path / "shared", Shard(2, 2), steal=False)
+    assert second.complete and not (tmp_path / "shared.partial").exists()
+    for name in ("camelyonpatch_level_2_split_train_x.h5", "camelyonpatch_level_2_split_valid_y.h5"):
+        with h5py.File(tmp_path / "alone" / name) as one, h5py.File(tmp_path / "shared" / name) as two:
+            key = next(iter(one))
+            assert np.array_equal(one[key][:], two[key][:])
+    assert second.counts == alone.counts
+    late = run(tmp_path / "shared", Shard(1, 2))  # an array task that starts after the dataset is written
+    assert late.complete and late.resumed_slides == len(cohort.slides)
+    with pytest.raises(RunFolderError, match="exists"):
+        run(tmp_path / "shared")  # one worker alone: an existing dataset is refused, as before

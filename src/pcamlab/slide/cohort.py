@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -414,6 +415,27 @@ class Cohort:
                 os.fsync(handle.fileno())
             return True, took_over
         return False, None
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """Hold the cohort-wide lock ``name`` (e.g. ``"assembly"``: one worker writes what all made) while inside.
+
+        Yields True when this worker holds it, False when a live worker does; dead and stale holders are
+        taken over as for slides. Released on exit.
+        """
+        key = f".{name}"
+        got, _ = self._try_lock(key, name)
+        if not got:
+            yield False
+            return
+        claim = Claim(name, key, None, self)
+        heartbeat = _Heartbeat(self.locks / f"{key}.lock", self.worker.token, self.stale_after * HEARTBEAT_FRACTION)
+        self._held[key] = (claim, heartbeat)
+        heartbeat.start()
+        try:
+            yield True
+        finally:
+            claim.release()
 
     def claim(self, slides: Sequence[Any], *, shard: Shard | None = None, steal: bool = True,
               retry_failed: bool = False) -> Iterator[Claim]:

@@ -227,6 +227,13 @@ def register_from_slides(commands) -> None:
                         help="HSV saturation below which a pixel is glass (default 0.07)")
     parser.add_argument("--seed", type=int, default=keep, help="seed of the split and sampling (default 0)")
     parser.add_argument("--no-resume", action="store_true", help="discard an unfinished OUT.partial/ and start again")
+    parser.add_argument("--shard", metavar="I/N", help="this worker's share of the slides to cut (default: from a "
+                        "Slurm array or torchrun, else all); workers share OUT.partial/, a lock per slide, and the "
+                        "one that finds every slide cut writes OUT (docs/cohorts.md)")
+    parser.add_argument("--no-steal", action="store_true", help="cut only this worker's share (by default it also "
+                        "takes the other shares' slides no live worker holds)")
+    parser.add_argument("--stale-after", type=float, default=300.0, metavar="SECONDS",
+                        help="take over a slide lock whose heartbeat is older than this (default 300)")
     parser.set_defaults(func=run_from_slides)
 
 
@@ -265,7 +272,8 @@ def _print_plan(plan, already: int) -> None:
 def run_from_slides(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pcamlab.cli.slide import annotation_options
+    from pcamlab.cli.slide import annotation_options, parse_shard
+    from pcamlab.slide.cohort import resolve_shard
     from pcamlab.slide.dataset import FromSlidesOptions, dataset_from_slides
     from pcamlab.slide.reference import read_reference
 
@@ -273,6 +281,7 @@ def run_from_slides(args: argparse.Namespace) -> int:
         "mpp", "stride", "min_tumour_fraction", "min_tissue_fraction", "tissue_method", "tissue_threshold",
         "max_patches_per_slide", "valid_fraction", "test_fraction", "seed") if hasattr(args, name)}
     options = FromSlidesOptions(**given, balance=not args.no_balance, slide_mpp=args.slide_mpp)
+    share = resolve_shard(parse_shard(args.shard))
     progress, close = progress_bar("from-slides", unit="patch")
     try:
         result = dataset_from_slides(
@@ -280,10 +289,14 @@ def run_from_slides(args: argparse.Namespace) -> int:
             reference=read_reference(args.reference) if args.reference else None,
             split_map=_read_split_csv(args.split_csv) if args.split_csv else None,
             annotation_options=annotation_options(args), resume=not args.no_resume,
-            on_plan=_print_plan, progress=progress,
+            on_plan=_print_plan, progress=progress, shard=share, steal=not args.no_steal, stale_after=args.stale_after,
         )
     finally:
         close()
+    if not result.complete:
+        print(f"share {share}: its slides are cut; other workers still cut theirs, and the last one writes "
+              f"{result.path}")
+        return 0
     counts = ", ".join(f"{split} {c[0] + c[1]} ({c[1]} tumour)" for split, c in result.counts.items())
     print(f"wrote {result.path}: {counts}; PCam h5 layout + meta CSVs, slides.csv")
     print(f"next: pcamlab data info {Path(result.path)}")

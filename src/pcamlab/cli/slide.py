@@ -1,4 +1,5 @@
-"""``pcamlab slide``: inspect whole-slide images (``info``) and map their tumour with a patch model (``predict``).
+"""``pcamlab slide``: inspect whole-slide images (``info``), map their tumour with a patch model (``predict``), and
+say which slides of a cohort are done (``summary``).
 
 A thin adapter over :mod:`pcamlab.slide`: ``info`` calls :func:`pcamlab.slide.slide_info`; ``predict``
 loads the model once and calls :func:`pcamlab.slide.predict_slide` per slide of its shard, one folder
@@ -70,11 +71,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "this CPU (pcamlab export [--quantize int8] writes them beside it), else torch; "
                          "torch|onnx|int8 to choose (default auto; always torch on a GPU)")
     predict.add_argument("--backend", choices=["openslide", "tiffslide"], help="force a slide reader")
-    predict.add_argument("--shard", metavar="I/N", help="process only the I-th of N shares of the slides "
-                         "(1 <= I <= N; slide k goes to share k mod N + 1), for cluster array jobs")
+    predict.add_argument("--shard", metavar="I/N", help="this worker's share of the slides (1 <= I <= N; slide k "
+                         "goes to share k mod N + 1); default: from a Slurm array (SLURM_ARRAY_TASK_ID/COUNT) or "
+                         "torchrun (RANK/WORLD_SIZE), else all (see docs/cohorts.md)")
+    predict.add_argument("--no-steal", action="store_true", help="only this worker's share; by default a worker "
+                         "whose share is done also takes the other shares' unfinished, unlocked slides")
+    predict.add_argument("--stale-after", type=float, default=300.0, metavar="SECONDS",
+                         help="take over a slide lock whose heartbeat is older than this (a worker killed on another "
+                         "node; one killed on this node is noticed at once; default 300)")
+    predict.add_argument("--retry-failed", action="store_true",
+                         help="try again the slides that failed before (a failure record in OUT/.cohort/failed)")
     predict.add_argument("--no-resume", action="store_true", help="start unfinished slides again from scratch")
     predict.set_defaults(func=run_predict)
     register_evaluate(commands)
+    _register_summary(commands)
 
 
 def add_annotation_arguments(parser: argparse.ArgumentParser, help: str, *, required: bool = False) -> None:
@@ -102,12 +112,12 @@ def annotation_options(args: argparse.Namespace) -> dict:
     return {"class_map": class_map, "mask_downsample": args.mask_downsample, "repair": not args.no_repair}
 
 
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``"2/4"`` -> (2, 4); None -> (1, 1). Raises ConfigError naming --shard."""
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"2/4"`` -> (2, 4); None -> None (the share comes from the environment). Raises ConfigError naming --shard."""
     from pcamlab.errors import ConfigError
 
     if text is None:
-        return 1, 1
+        return None
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
@@ -247,51 +257,95 @@ def _annotation_text(facts: dict) -> str:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    """Predict the slides of this worker's share (then, unless --no-steal, any left undone), one lock each."""
     from pathlib import Path
 
-    from pcamlab.errors import RunFolderError
+    from pcamlab import stopping
+    from pcamlab.errors import DataError, RunFolderError
     from pcamlab.runtime.fastest import open_fastest
     from pcamlab.slide import open_slide, plan_grid
-    from pcamlab.slide.batch import shard, slide_files, slide_folders
+    from pcamlab.slide._model import PCAM_MPP, contract_value
+    from pcamlab.slide.batch import slide_files, slide_folders
+    from pcamlab.slide.cohort import Cohort, pick_device, resolve_shard, slide_result_done
 
-    index, count = parse_shard(args.shard)
+    share = resolve_shard(parse_shard(args.shard))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {args.out!r} is a file; --out names a folder (one result folder per slide)")
     notes: list[str] = []
     slides = slide_files(args.slides, notes)  # folders listed by the walker every command uses
     for note in notes:
         print(f"note: {note}")
-    mine = shard(slides, index, count)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"--out {args.out!r} is a file; --out names a folder (one result folder per slide)")
-    folders = slide_folders(mine, out)  # raises when two slides share a folder name
-    if not mine:
-        print(f"shard {index}/{count}: no slides (of {len(slides)})")
-        return 0
-    predictor, runtime, reason = open_fastest(args.model, args.runtime, device=args.device)
-    print(f"runtime {runtime} ({reason})")
-    from pcamlab.slide._model import PCAM_MPP, contract_value
-
+    keys = [folder.name for folder in slide_folders(slides, out)]  # raises when two slides share a folder
+    is_done = slide_result_done(out)
+    device, why = pick_device(args.device)
+    predictor, runtime, reason = open_fastest(args.model, args.runtime, device=device)
+    where = f" [share {share}]" if share.count > 1 else ""
+    print(f"runtime {runtime} ({reason})" + (f" on {device} ({why})" if args.device == "auto" else "") + where)
     patch_size = int(contract_value(predictor.contract, "patch_size", 96))
     target_mpp = float(contract_value(predictor.contract, "mpp", PCAM_MPP))
-    # Check every slide before any work: a typo, a damaged copy or a missing mpp fails in seconds, with
-    # nothing written; what the reader notes (an overridden or implausible mpp) is said once, up front.
-    for slide_path in mine:
-        with _mpp_is_the_flag(), open_slide(slide_path, mpp=args.mpp, backend=args.backend) as slide:
-            plan_grid(slide, patch_size, args.stride or patch_size, target_mpp)
-            for line in _remarks(slide.notes, slide.warnings, prefix=f"{slide_path}: "):
-                print(line)
+    # Check this worker's slides before any work: a typo, a damaged copy or a missing mpp is found in seconds,
+    # with nothing written; what the reader notes (an overridden or implausible mpp) is said once, up front.
+    # One slide: its error is the command's. A cohort: the slide is recorded as failed and the rest go on.
+    unusable = {}
+    mine = list(zip(share.take(keys), share.take(slides)))
+    for key, slide_path in mine:
+        try:
+            with _mpp_is_the_flag(), open_slide(slide_path, mpp=args.mpp, backend=args.backend) as slide:
+                plan_grid(slide, patch_size, args.stride or patch_size, target_mpp)
+                for line in _remarks(slide.notes, slide.warnings, prefix=f"{slide_path}: "):
+                    print(line)
+        except DataError as error:
+            if len(slides) == 1:
+                raise
+            unusable[key] = error
+    done = skipped = failed = 0
+    for key, slide_path in mine:
+        if is_done(key) and key not in unusable:  # checked against this model and these settings (ms), kept
+            _predict_one(args, predictor, slide_path, out / key)
+            print(f"{slide_path}: already finished in {out / key} with the same model and settings, skipped")
+            skipped += 1
+    with Cohort(out, is_done=is_done, stale_after=args.stale_after) as cohort, stopping.safe_points():
+        for claim in cohort.claim(slides, shard=share, steal=not args.no_steal, retry_failed=args.retry_failed):
+            stopping.check()
+            if claim.took_over:
+                print(f"{claim.slide}: taking over its lock: {claim.took_over}")
+            try:
+                if claim.key in unusable:
+                    raise unusable[claim.key]
+                result = _predict_one(args, predictor, claim.slide, out / claim.key)
+            except DataError as error:
+                if len(slides) == 1:  # one slide: its error is the command's, and nothing is left behind
+                    claim.release()
+                    raise
+                claim.fail(error)
+                from pcamlab.cli.main import cli_message
 
-    from pcamlab import stopping
+                message = cli_message(str(error), error.parameters, {"mpp": "--mpp"})
+                print(f"{claim.slide}: FAILED: {message} (recorded in {cohort.failed / claim.key}.json)")
+                failed += 1
+                continue
+            if result.skipped:  # finished by another worker just now
+                claim.skipped("finished with the same model and settings")
+                skipped += 1
+                continue
+            summary = result.summary
+            claim.finish(seconds=summary["seconds"], tiles=summary["tiles"], tiles_resumed=summary["tiles_resumed"])
+            resumed = f", {summary['tiles_resumed']:,} resumed" if summary["tiles_resumed"] else ""
+            print(
+                f"{claim.slide}: score max {summary['score_max']:.3f} top-{summary['top_k']} mean "
+                f"{summary['score_top_k_mean']:.3f}; tumour {summary['tumour_area_mm2']:.2f} mm2 of "
+                f"{summary['tissue_area_mm2']:.1f} mm2 tissue; {summary['tiles']:,} tiles{resumed} "
+                f"({summary['tiles_per_second'] or 0:,.0f} tiles/s), {summary['seconds']:.1f} s -> {result.out_dir}"
+            )
+            done += 1
+    print(f"{done} slide(s) done, {skipped} already finished, {failed} failed{where}"
+          + (f"; see pcamlab slide summary {args.out}" if failed or share.count > 1 else ""))
+    return 2 if failed else 0
 
-    with stopping.safe_points():  # SIGINT/SIGTERM stop after the batch of tiles in hand; the slide resumes
-        done, skipped = _predict_slides(args, predictor, mine, folders, index, count)
-    print(f"{done} slide(s) done, {skipped} already finished" + (f" (shard {index}/{count})" if count > 1 else ""))
-    return 0
 
-
-def _predict_slides(args: argparse.Namespace, predictor, mine: list, folders: list, index: int, count: int
-                    ) -> tuple[int, int]:
-    """Predict each slide into its folder, printing one line per slide; returns (done, already finished)."""
+def _predict_one(args: argparse.Namespace, predictor, slide_path, folder):
+    """One slide through predict_slide with a tiles/s progress bar (it stops at a batch on SIGINT/SIGTERM)."""
     from pathlib import Path
 
     from tqdm.auto import tqdm
@@ -300,51 +354,77 @@ def _predict_slides(args: argparse.Namespace, predictor, mine: list, folders: li
     from pcamlab.errors import RunFolderError
     from pcamlab.slide import predict_slide
 
-    done = skipped = 0
-    for slide_path, folder in zip(mine, folders):
-        stopping.check()
-        bar = tqdm(total=0, desc=Path(slide_path).name, unit="tile", leave=False,
-                   disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    bar = tqdm(total=0, desc=Path(slide_path).name, unit="tile", leave=False,
+               disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
-        def progress(done_tiles: int, total: int, bar=bar) -> None:
-            if bar.total != total:
-                bar.total = total
-                bar.n = bar.last_print_n = done_tiles
-                bar.refresh()
-            else:
-                bar.update(done_tiles - bar.n)
+    def progress(done_tiles: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+            bar.n = bar.last_print_n = done_tiles
+            bar.refresh()
+        else:
+            bar.update(done_tiles - bar.n)
 
-        try:
-            result = predict_slide(
+    try:
+        with _mpp_is_the_flag():
+            return predict_slide(
                 predictor, slide_path, folder, stride=args.stride, mpp=args.mpp, tissue_method=args.tissue_method,
                 tissue_threshold=args.tissue_threshold, min_tissue_fraction=args.min_tissue, threshold=args.threshold,
                 top_k=args.top_k, batch_size=args.batch_size, readers=args.readers, backend=args.backend,
                 resume=not args.no_resume, progress=progress,
             )
-        except RunFolderError as error:  # main() shows the parameters it names as this command's flags
-            if "out_dir" in error.parameters:
-                raise
-            raise RunFolderError(f"{error} (or pass another out_dir)", parameters=(*error.parameters, "out_dir")) from None
-        except stopping.Stopped:
-            print(f"{slide_path}: stopped; what was predicted is kept beside {folder}, and the same command "
-                  "resumes it", file=sys.stderr)
+    except RunFolderError as error:  # main() shows the parameters it names as this command's flags
+        if "out_dir" in error.parameters:
             raise
-        finally:
-            bar.close()
-        if result.skipped:
-            print(f"{slide_path}: already finished in {folder} with the same model and settings, skipped")
-            skipped += 1
-            continue
-        summary = result.summary
-        resumed = f", {summary['tiles_resumed']:,} resumed" if summary["tiles_resumed"] else ""
-        print(
-            f"{slide_path}: score max {summary['score_max']:.3f} top-{summary['top_k']} mean "
-            f"{summary['score_top_k_mean']:.3f}; tumour {summary['tumour_area_mm2']:.2f} mm2 of "
-            f"{summary['tissue_area_mm2']:.1f} mm2 tissue; {summary['tiles']:,} tiles{resumed} "
-            f"({summary['tiles_per_second'] or 0:,.0f} tiles/s), {summary['seconds']:.1f} s -> {folder}"
-        )
-        done += 1
-    return done, skipped
+        raise RunFolderError(f"{error} (or pass another out_dir)", parameters=(*error.parameters, "out_dir")) from None
+    except stopping.Stopped:
+        print(f"{slide_path}: stopped; what was predicted is kept beside {folder}, and the same command "
+              "resumes it", file=sys.stderr)
+        raise
+    finally:
+        bar.close()
+
+
+def _register_summary(commands: argparse._SubParsersAction) -> None:
+    summary = commands.add_parser(
+        "summary", help="which slides of a cohort's results are done, failed, running or missing",
+        description="Read a results folder that slide predict workers shared (OUT/<slide>/ and OUT/.cohort/) and "
+        "list every slide as done, failed (with its error), running (locked by a live worker) or missing. Exit 0 "
+        "when every slide is done, 1 otherwise.",
+    )
+    summary.add_argument("results", metavar="RESULTS", help="the --out folder of slide predict")
+    summary.add_argument("--slides", nargs="+", metavar="SLIDE",
+                         help="the cohort's slides (default: every slide a worker was given, from OUT/.cohort)")
+    summary.add_argument("--stale-after", type=float, default=300.0, metavar="SECONDS",
+                         help="a lock without a heartbeat for this long counts as left behind (default 300)")
+    summary.add_argument("--json", action="store_true", help="print one JSON object per slide")
+    summary.set_defaults(func=run_summary)
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from pcamlab.errors import RunFolderError
+    from pcamlab.slide.cohort import cohort_status, slide_result_done
+
+    if not Path(args.results).is_dir():
+        raise RunFolderError(f"results folder {args.results!r} does not exist or is not a folder; give the --out "
+                             "folder of slide predict")
+    states = cohort_status(args.results, is_done=slide_result_done(args.results), slides=args.slides,
+                           stale_after=args.stale_after)
+    counts = {name: sum(state.state == name for state in states) for name in ("done", "failed", "running", "missing")}
+    if args.json:
+        for state in states:
+            print(json.dumps(asdict(state)))
+    else:
+        print(f"{len(states)} slide(s): " + ", ".join(f"{count} {name}" for name, count in counts.items()))
+        for state in states:
+            if state.state != "done" or len(state.finished_by) > 1:
+                extra = f"; finished {len(state.finished_by)} times" if len(state.finished_by) > 1 else ""
+                print(f"{state.state:<8} {state.key}  {state.detail}{extra}".rstrip())
+    return 0 if counts["done"] == len(states) else 1
 
 
 def register_synth_cohort(commands: argparse._SubParsersAction) -> None:

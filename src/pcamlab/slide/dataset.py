@@ -57,6 +57,7 @@ from pcamlab.fileio import atomic_path, printable, write_json_atomic, write_text
 from pcamlab.slide._model import PCAM_MPP
 from pcamlab.slide.annotations import SlideAnnotations, find_annotation_file, read_annotations
 from pcamlab.slide.batch import slide_folders
+from pcamlab.slide.cohort import STALE_AFTER, Cohort, Shard
 from pcamlab.slide.grid import Grid
 from pcamlab.slide.predict import plan_grid
 from pcamlab.slide.reader import open_slide, read_downsampled
@@ -166,6 +167,7 @@ class FromSlidesResult:
     slides: tuple[tuple[str, str, int, int], ...]  # (slide id, split, label-0 patches, label-1 patches)
     resumed_slides: int
     notes: tuple[str, ...]
+    complete: bool = True  # False: this worker's slides are cut, others still cut theirs (the last one assembles)
 
 
 def assign_splits(labels: Mapping[str, int], *, valid_fraction: float, test_fraction: float, seed: int,
@@ -563,6 +565,9 @@ def dataset_from_slides(
     resume: bool = True,
     on_plan: Callable[[DatasetPlan, int], object] | None = None,
     progress: Callable[[int, int], object] | None = None,
+    shard: Shard | None = None,
+    steal: bool = True,
+    stale_after: float = STALE_AFTER,
 ) -> FromSlidesResult:
     """Plan, cut slide by slide, and assemble a PCam-layout dataset in the new folder ``out``.
 
@@ -576,19 +581,38 @@ def dataset_from_slides(
         on_plan: called with the plan and the number of slides already cut, before any patch is read
             (the CLI prints the plan there).
         progress: ``progress(done, total)`` in patches, over cutting and then writing.
+        shard: this worker's share of the slides when several workers (a Slurm array, torchrun ranks) share
+            ``out`` (:func:`pcamlab.slide.cohort.resolve_shard`); each slide is cut by one worker under a lock
+            in ``<out>.partial/.cohort/``, and whichever worker finds every slide cut assembles ``out``. With a
+            share of several, a finished ``out`` of the same plan is success (a late task), not an error.
+        steal: after its share, also cut the other shares' slides that no live worker holds.
+        stale_after: seconds after which a lock of a worker on another node that stopped its heartbeat is
+            taken over (one on this node that died is taken over at once).
 
     Raises:
         RunFolderError: ``out`` exists, or ``<out>.partial/`` holds a different plan and ``resume`` is True.
         DataError, ConfigError: as :func:`plan_dataset`.
     """
     out = Path(out)
-    if out.exists():
+    shard = shard or Shard(1, 1)
+    if out.exists() and shard.count == 1:
         raise RunFolderError(f"{printable(out)!r} exists; a dataset is written into a new folder: choose another "
                              "out (finished datasets are never overwritten)", parameters=("out",))
     work = out.with_name(out.name + ".partial")
     plan = plan_dataset(slides, annotations=annotations, options=options, reference=reference, split_map=split_map,
                         annotation_options=annotation_options)
     record = _plan_record(plan)
+    if out.exists():  # one of several workers, started after another assembled the dataset
+        try:
+            finished = json.loads((out / SUMMARY_FILE).read_text()).get("plan_sha256")
+        except (OSError, ValueError, AttributeError):
+            finished = None
+        if finished != record["fingerprint"]:
+            raise RunFolderError(f"{printable(out)!r} exists and holds a dataset of another plan; choose another out "
+                                 "(finished datasets are never overwritten)", parameters=("out",))
+        return FromSlidesResult(out, plan.split_counts(),
+                                tuple((s.slide_id, s.split, s.counts[0], s.counts[1]) for s in plan.slides),
+                                len(plan.slides), tuple(plan.notes))
     if work.exists():
         previous = None
         try:
@@ -596,7 +620,7 @@ def dataset_from_slides(
         except (OSError, ValueError):
             pass
         if not resume or previous is None:
-            shutil.rmtree(work)
+            shutil.rmtree(work, ignore_errors=True)  # another worker may have removed it (assembled) meanwhile
         elif previous.get("fingerprint") != record["fingerprint"]:
             raise RunFolderError(f"{printable(work)!r} holds an unfinished run with other slides, annotations or "
                                  "settings; run with the same ones to resume it, or pass resume=False to start "
@@ -608,17 +632,31 @@ def dataset_from_slides(
         on_plan(plan, already)
     total = sum(len(slide.label) for slide in plan.slides)
     done = sum(len(slide.label) for slide in plan.slides if _done_path(work, slide.slide_id).is_file())
-    with stopping.safe_points():
-        for slide in plan.slides:
+    by_id = {slide.slide_id: slide for slide in plan.slides}
+
+    def is_done(slide_id: str) -> bool:  # a finished dataset counts every slide done (its work folder is gone)
+        return out.exists() or _done_path(work, slide_id).is_file()
+
+    with Cohort(work, is_done=is_done, stale_after=stale_after) as cohort, stopping.safe_points():
+        for claim in cohort.claim([slide.path for slide in plan.slides], shard=shard, steal=steal):
             stopping.check()
-            start = done
-            done += cut_slide(slide, work, options, None if progress is None else
-                              (lambda count, start=start: progress(start + count, 2 * total)))
+            slide, start = by_id[claim.key], done
+            try:
+                done += cut_slide(slide, work, options, None if progress is None else
+                                  (lambda count, start=start: progress(start + count, 2 * total)))
+            except DataError as error:  # e.g. a damaged slide: recorded for the other workers, then the error
+                claim.fail(error)
+                raise
+            claim.finish(patches=len(slide.label))
             if progress is not None:
                 progress(done, 2 * total)
-        assemble_dataset(plan, work, out, None if progress is None else
-                         (lambda count, _: progress(total + count, 2 * total)))
-    shutil.rmtree(work, ignore_errors=True)
+        if all(is_done(slide.slide_id) for slide in plan.slides):
+            with cohort.exclusive("assembly") as mine:  # one worker writes out; the others leave it to it
+                if mine and not out.exists():
+                    assemble_dataset(plan, work, out, None if progress is None else
+                                     (lambda count, _: progress(total + count, 2 * total)))
+    if out.exists():
+        shutil.rmtree(work, ignore_errors=True)
     return FromSlidesResult(out, plan.split_counts(),
                             tuple((s.slide_id, s.split, s.counts[0], s.counts[1]) for s in plan.slides),
-                            already, tuple(plan.notes))
+                            already, tuple(plan.notes), complete=out.exists())

@@ -139,6 +139,7 @@ def test_the_builder_receives_the_checked_values():
         ([{"conv_transpose": {"filters": 8, "output_padding": 2}}, {"global_pool": "average"}],
          "model.options.layers[0].conv_transpose.output_padding must be smaller than stride 2; got 2"),
         (["conv"], "model.options.layers[0].conv.filters is required; e.g. filters: 32"),
+        (["dropout"], "model.options.layers[0]: the layer 'dropout' needs a value, a number in [0, 1); write {dropout: VALUE}"),
         ([{"batch_norm": {"eps": 0}}], "model.options.layers[0].batch_norm.eps must be a number > 0; got 0; use e.g. 1e-05"),
         ([{"pool": {"stride": 0}}], "model.options.layers[0].pool.stride must be an integer >= 1 (null: the pool's size); got 0"),
         ([{"conv": {"filters": 8, "padding": "sme"}}],

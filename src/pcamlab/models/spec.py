@@ -40,7 +40,7 @@ that shrinks to nothing) is checked while the spec is walked.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -178,7 +178,7 @@ class _Builder:
 
     # -- rules of the layer sequence ----------------------------------------------------------
     @staticmethod
-    def fail(where: str, message: str) -> None:
+    def fail(where: str, message: str) -> NoReturn:
         raise ConfigError(f"{where}{message}")
 
     def spatial(self, where: str, kind: str) -> None:
@@ -195,16 +195,17 @@ class _Builder:
     # -- layers ------------------------------------------------------------------------------
     def add(self, index: int, entry: Any) -> None:
         where = f"model.options.layers[{index}]"
+        if isinstance(entry, str) and isinstance(LAYERS.get(entry), Option):
+            self.fail(where, f": the layer {entry!r} needs a value, {describe(LAYERS[entry])}; "
+                             f"write {{{entry}: VALUE}}")
         if isinstance(entry, str) and entry in LAYERS:
             kind, value = entry, None  # a bare word: flatten, or a layer with all its defaults (batch_norm)
         elif isinstance(entry, dict) and len(entry) == 1:
             kind, value = next(iter(entry.items()))
         elif isinstance(entry, str):
-            kind, value = None, None
             self.fail(where, f" must be one of {LAYER_TYPES} (a mapping like {{conv: {{filters: 32}}}} "
                              f"or the word 'flatten'); got {entry!r}{did_you_mean(entry, LAYER_TYPES)}")
         else:
-            kind, value = None, None
             self.fail(where, f" must be a mapping with exactly one layer type, e.g. {{pool: {{size: 2}}}}; "
                              f"got {entry!r}")
         if kind not in LAYERS:

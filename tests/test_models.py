@@ -180,13 +180,19 @@ def test_unknown_option_names_the_field_lists_the_options_and_suggests():
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        ({"width": "16"}, "model.options.width must be an integer; got '16'"),
-        ({"width": 16.5}, "model.options.width must be an integer; got 16.5"),
-        ({"dropout": "high"}, "model.options.dropout must be a number; got 'high'"),
-        ({"activation": "rellu"}, "(did you mean 'relu'?)"),
-        ({"depth": True}, "model.options.depth must be"),
-        ({"dropout": 1.5}, "model.options.dropout must be in [0, 1); got 1.5"),
-        ({"init": "he"}, "model.options.init must be one of"),
+        # the type and the range in one message, and a value to use (the builder's default)
+        ({"width": "16"}, "model.options.width must be an integer >= 1; got '16'; use e.g. 32"),
+        ({"width": 16.5}, "model.options.width must be an integer >= 1; got 16.5; use e.g. 32"),
+        ({"width": 0}, "model.options.width must be an integer >= 1; got 0; use e.g. 32"),
+        ({"dropout": "high"}, "model.options.dropout must be a number in [0, 1); got 'high'; use e.g. 0.3"),
+        ({"activation": "rellu"}, "model.options.activation must be one of ['relu', "),
+        ({"activation": "rellu"}, "got 'rellu' (did you mean 'relu'?)"),
+        ({"depth": True}, "model.options.depth must be an integer >= 1 or a list of 4 integers >= 1; got True"),
+        ({"depth": [1, 2]}, "model.options.depth must be an integer >= 1 or a list of 4 integers >= 1; got [1, 2]"),
+        ({"dropout": 1.5}, "model.options.dropout must be a number in [0, 1); got 1.5; use e.g. 0.3"),
+        ({"dropout": 50}, "model.options.dropout must be a number in [0, 1); got 50 (a percentage? use 0.5)"),
+        ({"init": "he"}, "model.options.init must be one of ['default', 'kaiming', 'xavier', 'orthogonal']; got 'he'"),
+        ("wide", "model.options must be a mapping of options ['width', 'depth', "),
     ],
 )
 def test_wrong_option_types_and_values_are_one_line_config_errors(options, expected):
@@ -380,7 +386,22 @@ def test_models_command_prints_one_row_per_preset(capsys):
     assert lines[0].split() == ["model", "parameters", "MFLOPs", "description"]
     baseline_row = next(line for line in lines if line.startswith("baseline "))
     assert "166,977" in baseline_row and "37.5" in baseline_row and "Classic course CNN" in baseline_row
-    assert any(line.strip() == "width: 32" for line in lines)
+    # each option with its default, what it allows and what it means (was "width: 32" alone)
+    width = next(line.split(None, 3) for line in lines if line.strip().startswith("width "))
+    assert width[:3] == ["width", "32", "an"] and width[3].startswith("integer >= 1") and "channels of the first stage" in width[3]
+    assert any(line.split()[:3] == ["filters", "[32,", "64]"] and "a list of 1 or more integers >= 1" in line for line in lines)
+
+
+def test_models_command_lists_the_spec_layer_types_and_their_keys(capsys):
+    from pcamlab.cli.main import main
+    from pcamlab.models.spec import LAYER_TYPES
+
+    assert main(["models", "spec", "--options"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = lines[lines.index("spec layer types (model.options.layers: a list of these):") + 1:]
+    assert [line.strip().split(":")[0] for line in listed if line.startswith("  ") and not line.startswith("    ")] == LAYER_TYPES
+    assert any(line.split()[:3] == ["filters", "required", "an"] for line in listed)
+    assert any(line.split()[:2] == ["padding", "same"] and "one of ['same', 'valid'] or an integer >= 0" in line for line in listed)
 
 
 def test_models_command_rejects_an_unknown_name_in_one_line(capsys):

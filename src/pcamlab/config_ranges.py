@@ -8,7 +8,9 @@ of scikit-learn's ``_param_validation``). :data:`COMBINATIONS` lists settings th
 cannot train together; :func:`check_combinations` runs them when a config is loaded for training.
 
 Commands that take one of these numbers directly (``predict --threshold``, ``evaluate --batch-size``,
-``data info --valid-fraction``) check it with :func:`check_field` against the same entry.
+``data info --valid-fraction``) check it with :func:`check_field` against the same entry. Model options
+declare a :class:`Range` each too (:mod:`pcamlab.models.options`) and are checked by :func:`check_number`,
+which gives the same message with the type in it (``model.options.width must be an integer >= 1; got 0``).
 
 Example:
     >>> check_field("evaluate.threshold", 50)
@@ -25,7 +27,7 @@ from typing import Any
 
 from pcamlab.errors import ConfigError
 
-__all__ = ["Range", "RANGES", "COMBINATIONS", "check_field", "check_ranges", "check_combinations"]
+__all__ = ["Range", "RANGES", "COMBINATIONS", "check_field", "check_number", "check_ranges", "check_combinations"]
 
 
 @dataclass(frozen=True)
@@ -124,13 +126,42 @@ RANGES: dict[str, Range] = {
 }
 
 
-def _message(field: str, value: Any, allowed: Range, name: str | None) -> str:
+def _message(name: str, value: Any, allowed: Range, kind: str = "") -> str:
+    """The one message shape: ``NAME must be [KIND ]RANGE[ (MEANING)]; got VALUE[; use e.g. EXAMPLE]``."""
     meaning = f" ({allowed.meaning})" if allowed.meaning else ""
     percent = ""
-    if allowed.high == 1 and isinstance(value, (int, float)) and 2 <= value <= 100:
+    if allowed.high == 1 and isinstance(value, (int, float)) and not isinstance(value, bool) and 2 <= value <= 100:
         percent = f" (a percentage? use {value / 100:g})"
     use = f"; use e.g. {allowed.example}" if allowed.example and not percent else ""
-    return f"{name or field} must be {allowed.describe()}{meaning}; got {value!r}{percent}{use}"
+    bounds = allowed.describe() if allowed.low is not None or allowed.high is not None else ""
+    return f"{name} must be {' '.join(part for part in (kind, bounds) if part)}{meaning}; got {value!r}{percent}{use}"
+
+
+def check_number(name: str, value: Any, allowed: Range, *, integer: bool = False) -> int | float:
+    """Raise one ConfigError unless ``value`` is a number (an integer if ``integer``) in ``allowed``.
+
+    The same message for a wrong type and a value out of range, so a reader learns both at once
+    (``model.options.width must be an integer >= 1; got '16'; use e.g. 32``). Used by the model options
+    (:mod:`pcamlab.models.options`), which declare a :class:`Range` per option like :data:`RANGES` does per
+    config field.
+
+    Args:
+        name: what to call the value in the message (``model.options.width``).
+        value: the value received.
+        allowed: its interval (``Range()`` = any number).
+        integer: only integers are allowed (a float such as ``16.0`` is refused; ``True`` never counts).
+
+    Returns:
+        ``value``, a float when a number was asked for (``0`` becomes ``0.0``).
+
+    Raises:
+        ConfigError: not a number (or not an integer), NaN, or out of range.
+    """
+    kind = "an integer" if integer else "a number"
+    numeric = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, numeric) or not allowed.contains(value):
+        raise ConfigError(_message(name, value, allowed, kind))
+    return value if integer else float(value)
 
 
 def check_field(field: str, value: Any, *, name: str | None = None) -> Any:
@@ -154,7 +185,7 @@ def check_field(field: str, value: Any, *, name: str | None = None) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{name or field} must be a number {allowed.describe()}; got {value!r}")
     if not allowed.contains(value):
-        raise ConfigError(_message(field, value, allowed, name))
+        raise ConfigError(_message(name or field, value, allowed))
     return value
 
 

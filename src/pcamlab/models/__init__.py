@@ -2,7 +2,8 @@
 
 Every model maps float (B, 3, H, W) normalised input to LOGITS (B, 1); probability = sigmoid(logit),
 which equals Keras' ``Dense(1, activation="sigmoid")``. Add an architecture as one file in this
-folder with one ``@register_model("name")`` builder, and import it below: names are registered here,
+folder with one ``@register_model("name", options={...})`` builder (each option's range or choices
+declared beside it, :mod:`pcamlab.models.options`), and import it below: names are registered here,
 explicitly, so they never depend on import order.
 
 Example:
@@ -26,30 +27,7 @@ from pcamlab.models import (  # noqa: F401
     spec,
     vgg,
 )
-from pcamlab.models.factory import (
-    MODELS,
-    build_model,
-    count_flops,
-    default_model,
-    first_conv,
-    list_models,
-    model_description,
-    model_options,
-    model_summary,
-    model_table,
-    register_model,
-)
+from pcamlab.models import factory
+from pcamlab.models.factory import *  # noqa: F403  (the public API of models is factory's, listed once there)
 
-__all__ = [
-    "MODELS",
-    "build_model",
-    "count_flops",
-    "default_model",
-    "first_conv",
-    "list_models",
-    "model_description",
-    "model_options",
-    "model_summary",
-    "model_table",
-    "register_model",
-]
+__all__ = factory.__all__

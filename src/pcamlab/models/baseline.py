@@ -12,12 +12,16 @@ Here the last layer returns the logit; sigmoid(logit) is the Keras output. Weigh
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
-from pcamlab.errors import ConfigError
+from pcamlab.config_ranges import Range
 from pcamlab.models.factory import register_model
-from pcamlab.models.layers import check_activation, initialise, make_activation
+from pcamlab.models.layers import initialise, make_activation
+from pcamlab.models.options import ACTIVATION, DROPOUT, INIT, INPUT_SIZE, POSITIVE, Option
 
 __all__ = ["BaselineCNN", "build_baseline"]
 
@@ -58,7 +62,24 @@ class BaselineCNN(nn.Module):
         return self.classifier(features)  # (B, 1) logits
 
 
-@register_model("baseline")
+def pools_leave_a_pixel(values: Mapping[str, Any], where: str) -> str | None:
+    """Rule: ``len(filters)`` max-pools of ``pool_size`` leave at least 1 x 1 of an ``input_size`` patch."""
+    pools, size = len(values["filters"]), values["pool_size"]
+    if values["input_size"] // size**pools < 1:
+        return (f"{where}: {pools} pools of {size} shrink a {values['input_size']}px patch to nothing; "
+                "use fewer filters entries or a smaller pool_size")
+    return None
+
+
+@register_model("baseline", rules=[pools_leave_a_pixel], options={
+    "filters": Option(range=Range(1), length=(1, None)),
+    "dense_units": POSITIVE,
+    "dropout": DROPOUT,
+    "pool_size": POSITIVE,
+    "activation": ACTIVATION,
+    "input_size": INPUT_SIZE,
+    "init": INIT,
+})
 def build_baseline(
     filters: list[int] = (32, 64),
     dense_units: int = 64,
@@ -79,20 +100,5 @@ def build_baseline(
         input_size: patch side the flatten layer is sized for (the model accepts only that size).
         init: weight initialisation; ``xavier`` = Keras' Glorot-uniform with zero biases.
     """
-    filters = list(filters)
-    if not filters or any(value < 1 for value in filters):
-        raise ConfigError(f"model.options.filters must be a non-empty list of positive integers; got {filters!r}")
-    if dense_units < 1:
-        raise ConfigError(f"model.options.dense_units must be >= 1; got {dense_units}")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model.options.dropout must be in [0, 1); got {dropout}")
-    if pool_size < 1:
-        raise ConfigError(f"model.options.pool_size must be >= 1; got {pool_size}")
-    if input_size // pool_size ** len(filters) < 1:
-        raise ConfigError(
-            f"model.options: {len(filters)} pools of {pool_size} shrink a {input_size}px patch to nothing; "
-            f"use fewer filters entries or a smaller pool_size"
-        )
-    check_activation(activation, "model.options.activation")
-    model = BaselineCNN(filters, dense_units, dropout, pool_size, activation, input_size)
+    model = BaselineCNN(list(filters), dense_units, dropout, pool_size, activation, input_size)
     return initialise(model, init)

@@ -8,14 +8,54 @@ Layout: 3x3 stem > max-pool 2 (48 px) > dense block > transition (24 px) > dense
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from pcamlab.errors import ConfigError
+from pcamlab.config_ranges import Range
 from pcamlab.models.factory import register_model
-from pcamlab.models.layers import check_activation, initialise, make_activation
+from pcamlab.models.layers import initialise, make_activation
+from pcamlab.models.options import ACTIVATION, DROPOUT, FLAG, INIT, POSITIVE, Option
 
-__all__ = ["DenseLayer", "DenseNet", "build_densenet_small"]
+__all__ = ["DENSENET_OPTIONS", "DenseLayer", "DenseNet", "build_densenet_small", "dense_blocks"]
+
+# The options of every DenseNet here (densenet-small and p4m-densenet).
+DENSENET_OPTIONS: dict[str, Option] = {
+    "growth_rate": POSITIVE,
+    "block_layers": Option(range=Range(1), length=(1, None)),
+    "initial_channels": POSITIVE,
+    "compression": Option(range=Range(0, 1, low_open=True, meaning="the fraction of channels a transition keeps")),
+    "dropout": DROPOUT,
+}
+
+
+def dense_blocks(block_layers: list[int], growth_rate: int, channels: int, compression: float,
+                 dense_layer: Callable[[int], nn.Module],
+                 transition: Callable[[int, int], list[nn.Module]]) -> tuple[list[nn.Module], int]:
+    """The dense blocks of a DenseNet, a compressing transition between each two (Huang et al. 2017).
+
+    Args:
+        block_layers: dense layers per block.
+        growth_rate: channels each dense layer adds.
+        channels: channels entering the first block.
+        compression: fraction of channels a transition keeps (at least 1 channel).
+        dense_layer: ``dense_layer(in_channels)``, a module that adds ``growth_rate`` channels.
+        transition: ``transition(in_channels, out_channels)``, the modules of one transition.
+
+    Returns:
+        ``(modules in order, channels leaving the last block)``.
+    """
+    layers: list[nn.Module] = []
+    for index, count in enumerate(block_layers):
+        for _ in range(count):
+            layers.append(dense_layer(channels))
+            channels += growth_rate
+        if index < len(block_layers) - 1:
+            reduced = max(1, int(channels * compression))
+            layers += transition(channels, reduced)
+            channels = reduced
+    return layers, channels
 
 
 class DenseLayer(nn.Module):
@@ -45,22 +85,19 @@ class DenseNet(nn.Module):
     def __init__(self, block_layers: list[int], growth_rate: int, initial_channels: int, compression: float,
                  bottleneck: bool, dropout: float, activation: str):
         super().__init__()
-        layers: list[nn.Module] = [
+        blocks, channels = dense_blocks(
+            block_layers, growth_rate, initial_channels, compression,
+            lambda channels: DenseLayer(channels, growth_rate, bottleneck, activation, dropout),
+            lambda channels, reduced: [nn.BatchNorm2d(channels), make_activation(activation),
+                                       nn.Conv2d(channels, reduced, 1, bias=False), nn.AvgPool2d(2)],
+        )
+        self.features = nn.Sequential(
             nn.Conv2d(3, initial_channels, 3, padding=1, bias=False),
             nn.MaxPool2d(2),
-        ]
-        channels = initial_channels
-        for index, count in enumerate(block_layers):
-            for _ in range(count):
-                layers.append(DenseLayer(channels, growth_rate, bottleneck, activation, dropout))
-                channels += growth_rate
-            if index < len(block_layers) - 1:
-                reduced = max(1, int(channels * compression))
-                layers += [nn.BatchNorm2d(channels), make_activation(activation),
-                           nn.Conv2d(channels, reduced, 1, bias=False), nn.AvgPool2d(2)]
-                channels = reduced
-        layers += [nn.BatchNorm2d(channels), make_activation(activation)]
-        self.features = nn.Sequential(*layers)
+            *blocks,
+            nn.BatchNorm2d(channels),
+            make_activation(activation),
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(channels, 1)
 
@@ -69,7 +106,7 @@ class DenseNet(nn.Module):
         return self.head(self.pool(features).flatten(1))  # (B, C) -> (B, 1) logits
 
 
-@register_model("densenet-small")
+@register_model("densenet-small", options={**DENSENET_OPTIONS, "bottleneck": FLAG, "activation": ACTIVATION, "init": INIT})
 def build_densenet_small(
     growth_rate: int = 12,
     block_layers: list[int] = (4, 8, 8),
@@ -92,16 +129,5 @@ def build_densenet_small(
         activation: activation after each batch-norm.
         init: weight initialisation (default | kaiming | xavier | orthogonal).
     """
-    block_layers = list(block_layers)
-    if not block_layers or any(value < 1 for value in block_layers):
-        raise ConfigError(f"model.options.block_layers must be a non-empty list of positive integers; got {block_layers}")
-    for key, value in (("growth_rate", growth_rate), ("initial_channels", initial_channels)):
-        if value < 1:
-            raise ConfigError(f"model.options.{key} must be >= 1; got {value}")
-    if not 0.0 < compression <= 1.0:
-        raise ConfigError(f"model.options.compression must be in (0, 1]; got {compression}")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model.options.dropout must be in [0, 1); got {dropout}")
-    check_activation(activation, "model.options.activation")
-    model = DenseNet(block_layers, growth_rate, initial_channels, compression, bottleneck, dropout, activation)
+    model = DenseNet(list(block_layers), growth_rate, initial_channels, compression, bottleneck, dropout, activation)
     return initialise(model, init)

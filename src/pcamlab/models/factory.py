@@ -1,9 +1,11 @@
 """The model registry and the functions everyone else uses: build, list, summarise.
 
-A model file registers one builder with ``@register_model("name")``. A builder is a plain function
-whose keyword arguments (all with defaults and type annotations) are the model's options, i.e. what a
-user may put under ``model.options`` in YAML. ``build_model`` checks those options against the
-builder's signature before calling it, so a typo or a wrong type fails at load time with one line.
+A model file registers one builder with ``@register_model("name", options={...})``. A builder is a plain
+function whose keyword arguments (all with defaults and type annotations) are the model's options, i.e.
+what a user may put under ``model.options`` in YAML; ``options`` declares what each one allows (a range or
+choices, :mod:`pcamlab.models.options`) and ``rules`` the combinations that cannot build. ``build_model``
+checks the given options against that table before calling the builder, so a typo, a wrong type or a
+value out of range fails at load time with one line, and a builder receives only values it can use.
 
 Every model takes float (B, 3, H, W) normalised input and returns LOGITS of shape (B, 1). The
 sigmoid is applied by the loss (``BCEWithLogitsLoss``) and at prediction time; logit + sigmoid is
@@ -14,26 +16,28 @@ from __future__ import annotations
 
 import copy
 import inspect
-import types
-import typing
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from pcamlab.config import ModelConfig
-from pcamlab.errors import ConfigError, did_you_mean
+from pcamlab.errors import ConfigError
+from pcamlab.models.options import Option, Options, Rule, describe, signature_options
 from pcamlab.registry import Registry
 
 __all__ = [
     "MODELS",
     "build_model",
     "count_flops",
+    "declared_options",
     "default_model",
     "first_conv",
     "list_models",
     "model_description",
+    "model_option_table",
     "model_options",
     "model_summary",
     "model_table",
@@ -41,18 +45,37 @@ __all__ = [
 ]
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+_DECLARED: dict[str, Options] = {}  # model name -> its declared options table
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a model builder under ``name`` (a decorator).
+def register_model(name: str, *, options: Mapping[str, Option],
+                   rules: tuple[Rule, ...] | list[Rule] = ()) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a model builder under ``name`` with what each of its options allows (a decorator).
+
+    Args:
+        name: the ``model.name`` users write.
+        options: one :class:`~pcamlab.models.options.Option` per keyword parameter of the builder (its
+            type and default come from the signature).
+        rules: combinations of options that cannot build; each ``rule(values, where)`` returns the
+            one-line message or None.
+
+    Raises:
+        ValueError: a builder parameter without a declaration or a default, or the name registered twice.
 
     Example:
-        >>> @register_model("tiny")
-        ... def build_tiny(width: int = 8) -> nn.Module:
+        >>> @register_model("tiny", options={"width": POSITIVE, "activation": ACTIVATION})
+        ... def build_tiny(width: int = 8, activation: str = "relu") -> nn.Module:
         ...     '''A tiny CNN.'''
         ...     ...
     """
-    return MODELS.register(name)
+
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        table = signature_options(f"an option of {name!r}", builder, options, tuple(rules))
+        MODELS.register(name)(builder)
+        _DECLARED[name] = table
+        return builder
+
+    return decorator
 
 
 def list_models() -> list[str]:
@@ -60,14 +83,55 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
+def declared_options(name: str) -> Options:
+    """The declared options table of model ``name`` (each option's type, default, range or choices; its rules).
+
+    Raises:
+        ConfigError: no model is registered under ``name`` (with "did you mean").
+    """
+    MODELS.get(name, field="model.name")  # the one "must be one of ... (did you mean ...)" message
+    return _DECLARED[name]
+
+
 def model_options(name: str) -> dict[str, Any]:
     """The options of model ``name`` with their default values."""
-    builder = MODELS.get(name, field="model.name")
-    return {
-        key: parameter.default
-        for key, parameter in inspect.signature(builder).parameters.items()
-        if parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
-    }
+    return declared_options(name).defaults()
+
+
+def _argument_help(builder: Callable[..., Any]) -> dict[str, str]:
+    """``{parameter: its description}`` from the ``Args:`` section of a Google-style docstring."""
+    described: dict[str, str] = {}
+    section, current = False, None
+    for line in (inspect.getdoc(builder) or "").splitlines():
+        if line.strip() == "Args:":
+            section = True
+            continue
+        if not section:
+            continue
+        if line and not line.startswith(" "):
+            break  # the next section
+        entry = re.match(r"^ {4}(\w+): (.*)$", line)
+        if entry:
+            current = entry.group(1)
+            described[current] = entry.group(2).strip()
+        elif current and line.strip():
+            described[current] += " " + line.strip()
+    return described
+
+
+def model_option_table(name: str) -> list[dict[str, Any]]:
+    """One row per option of model ``name``: what ``pcamlab models --options`` shows.
+
+    Returns:
+        ``[{"name", "default", "allowed", "description"}, ...]`` in the builder's order; ``allowed`` in
+        words (``an integer >= 1``), ``description`` from the builder's docstring.
+    """
+    table = declared_options(name)
+    described = _argument_help(MODELS.get(name))
+    return [
+        {"name": key, "default": option.default, "allowed": describe(option), "description": described.get(key, "")}
+        for key, option in table.options.items()
+    ]
 
 
 def default_model() -> ModelConfig:
@@ -92,94 +156,8 @@ def model_description(name: str) -> str:
     return (inspect.getdoc(builder) or "").strip().splitlines()[0] if builder.__doc__ else ""
 
 
-def _type_name(annotation: Any) -> str:
-    """Words for a type in an error message: 'an integer', 'a list of integers'."""
-    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
-    if annotation in words:
-        return words[annotation]
-    if typing.get_origin(annotation) in (list, tuple) or annotation in (list, tuple):
-        arguments = typing.get_args(annotation)
-        if arguments and arguments[0] in (int, float, str):
-            return "a list of " + {int: "integers", float: "numbers", str: "strings"}[arguments[0]]
-        return "a list"
-    return str(annotation).replace("typing.", "")
-
-
-def _check_type(value: Any, annotation: Any, path: str) -> Any:
-    """Return ``value`` (ints widened to float where a float is declared) or raise ConfigError."""
-    origin = typing.get_origin(annotation)
-    if annotation is Any or annotation is inspect.Parameter.empty:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        members = typing.get_args(annotation)
-        if value is None and type(None) in members:
-            return None
-        members = [member for member in members if member is not type(None)]
-        if len(members) == 1:
-            return _check_type(value, members[0], path)
-        for member in members:
-            try:
-                return _check_type(value, member, path)
-            except ConfigError:
-                continue
-        described = " or ".join(_type_name(member) for member in members)
-        raise ConfigError(f"{path} must be {described}; got {value!r}")
-    if origin is typing.Literal:
-        allowed = typing.get_args(annotation)
-        if value not in allowed:
-            raise ConfigError(
-                f"{path} must be one of {list(allowed)}; got {value!r}{did_you_mean(value, allowed)}"
-            )
-        return value
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path} must be true or false; got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path} must be an integer; got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path} must be a number; got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path} must be a string; got {value!r}")
-        return value
-    if origin in (list, tuple) or annotation in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path} must be a list; got {value!r}")
-        arguments = typing.get_args(annotation)
-        item_type = arguments[0] if arguments else Any
-        return [_check_type(item, item_type, f"{path}[{index}]") for index, item in enumerate(value)]
-    if origin is dict or annotation is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path} must be a mapping; got {value!r}")
-        return dict(value)
-    return value
-
-
-def _validated_options(name: str, builder: Callable[..., nn.Module], options: dict[str, Any]) -> dict:
-    signature = inspect.signature(builder)
-    hints = typing.get_type_hints(builder)
-    allowed = [
-        key for key, parameter in signature.parameters.items()
-        if parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
-    ]
-    checked = {}
-    for key, value in options.items():
-        if key not in allowed:
-            raise ConfigError(
-                f"model.options.{key} is not an option of {name!r}; options are {allowed}"
-                f"{did_you_mean(key, allowed)}"
-            )
-        checked[key] = _check_type(value, hints.get(key, Any), f"model.options.{key}")
-    return checked
-
-
 def build_model(config: ModelConfig | str, **options: Any) -> nn.Module:
-    """Build the model a config names, with its options checked against the builder's signature.
+    """Build the model a config names, with its options checked against the model's declared table.
 
     Args:
         config: a :class:`pcamlab.config.ModelConfig` (``name`` + ``options``) or just a model name.
@@ -189,7 +167,8 @@ def build_model(config: ModelConfig | str, **options: Any) -> nn.Module:
         An ``nn.Module`` in training mode mapping float (B, 3, H, W) to logits (B, 1).
 
     Raises:
-        ConfigError: unknown model name, unknown option, or an option of the wrong type or value.
+        ConfigError: unknown model name, unknown option, an option of the wrong type or out of its
+        declared range or choices, or a combination of options the model declares it cannot build.
 
     Example:
         >>> model = build_model(ModelConfig(name="simple-cnn", options={"width": 16}))
@@ -198,11 +177,9 @@ def build_model(config: ModelConfig | str, **options: Any) -> nn.Module:
     """
     if isinstance(config, str):
         config = ModelConfig(name=config)
-    if not isinstance(config.options, dict):
-        raise ConfigError(f"model.options must be a mapping; got {config.options!r}")
-    builder = MODELS.get(config.name, field="model.name")
-    merged = {**config.options, **options}
-    return builder(**_validated_options(config.name, builder, merged))
+    table = declared_options(config.name)
+    given = {**config.options, **options} if isinstance(config.options, Mapping) else config.options
+    return MODELS.get(config.name)(**table.check("model.options", given))
 
 
 def _conv_macs(module: nn.Conv2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
@@ -295,7 +272,7 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
 
 
 def model_table(names: list[str] | None = None, input_size: int = 96) -> list[dict[str, Any]]:
-    """One row per model (default options): name, parameters, flops, description, options.
+    """One row per model (default options): name, parameters, flops, description, options (defaults).
 
     Args:
         names: models to describe (default: every registered one).

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pcamlab.errors import ConfigError
 from pcamlab.models.factory import register_model
-from pcamlab.models.layers import ConvBlock, check_activation, initialise
+from pcamlab.models.layers import ConvBlock, initialise
+from pcamlab.models.options import ACTIVATION, DROPOUT, INIT, POSITIVE
 
 __all__ = ["FullyConvolutional", "build_fcn"]
 
@@ -41,7 +41,9 @@ class FullyConvolutional(nn.Module):
         return self.logit_map(images).mean(dim=(2, 3))  # (B, 1, h, w) -> (B, 1)
 
 
-@register_model("fcn")
+@register_model("fcn", options={
+    "width": POSITIVE, "stages": POSITIVE, "depth": POSITIVE, "dropout": DROPOUT, "activation": ACTIVATION, "init": INIT,
+})
 def build_fcn(
     width: int = 32,
     stages: int = 4,
@@ -60,11 +62,5 @@ def build_fcn(
         activation: activation after each batch-norm.
         init: weight initialisation (default | kaiming | xavier | orthogonal).
     """
-    for key, value in (("width", width), ("stages", stages), ("depth", depth)):
-        if value < 1:
-            raise ConfigError(f"model.options.{key} must be >= 1; got {value}")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model.options.dropout must be in [0, 1); got {dropout}")
-    check_activation(activation, "model.options.activation")
     widths = [width * 2**index for index in range(stages)]
     return initialise(FullyConvolutional(widths, depth, dropout, activation), init)

@@ -11,20 +11,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pcamlab.errors import ConfigError, did_you_mean
-
 __all__ = [
     "ACTIVATIONS",
     "INITIALISATIONS",
     "ConvBlock",
     "SubsampledPointwiseConv2d",
     "conv2d",
-    "check_activation",
     "initialise",
     "make_activation",
 ]
 
-# Activation names accepted everywhere a model takes an ``activation`` option.
+# Activation names accepted everywhere a model takes an ``activation`` option (``models.options.ACTIVATION``).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
@@ -36,7 +33,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,
 }
 
-# Weight initialisation schemes: "default" keeps torch's own (kaiming-uniform with a=sqrt(5)).
+# Weight initialisation schemes (``models.options.INIT``): "default" keeps torch's own (kaiming-uniform, a=sqrt(5)).
 INITIALISATIONS = ("default", "kaiming", "xavier", "orthogonal")
 
 
@@ -63,18 +60,9 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 
                      dilation=dilation, bias=bias)
 
 
-def check_activation(name: str, field: str) -> str:
-    """Raise a one-line ConfigError unless ``name`` is a known activation; return it."""
-    if name not in ACTIVATIONS:
-        raise ConfigError(
-            f"{field} must be one of {list(ACTIVATIONS)}; got {name!r}{did_you_mean(name, ACTIVATIONS)}"
-        )
-    return name
-
-
-def make_activation(name: str, field: str = "model.options.activation") -> nn.Module:
-    """A fresh activation module by name (``leaky_relu`` has torch's slope 0.01; Keras' default is 0.3)."""
-    check_activation(name, field)
+def make_activation(name: str) -> nn.Module:
+    """A fresh activation module by name, one of :data:`ACTIVATIONS` (checked by the model's declared options)
+    (``leaky_relu`` has torch's slope 0.01; Keras' default is 0.3)."""
     if name in ("relu", "leaky_relu", "elu", "silu"):
         return ACTIVATIONS[name](inplace=True)
     return ACTIVATIONS[name]()
@@ -93,23 +81,19 @@ class ConvBlock(nn.Sequential):
         )
 
 
-def initialise(model: nn.Module, scheme: str, field: str = "model.options.init") -> nn.Module:
+def initialise(model: nn.Module, scheme: str) -> nn.Module:
     """Re-initialise every Conv/ConvTranspose/Linear weight of ``model`` in place; biases become 0.
 
     Args:
         model: the network.
         scheme: ``default`` (leave torch's init), ``kaiming`` (He normal, fan-out, for ReLU nets),
-            ``xavier`` (Glorot uniform, Keras' default), ``orthogonal``.
-        field: config path used in the error message.
+            ``xavier`` (Glorot uniform, Keras' default), ``orthogonal`` (one of :data:`INITIALISATIONS`,
+            checked by the model's declared options).
 
     Returns:
         The same model, for chaining.
     """
-    if scheme not in INITIALISATIONS:
-        raise ConfigError(
-            f"{field} must be one of {list(INITIALISATIONS)}; got {scheme!r}"
-            f"{did_you_mean(scheme, INITIALISATIONS)}"
-        )
+    assert scheme in INITIALISATIONS, scheme
     if scheme == "default":
         return model
     for module in model.modules():

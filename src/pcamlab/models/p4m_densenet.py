@@ -35,8 +35,9 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from pcamlab.errors import ConfigError, did_you_mean
+from pcamlab.models.densenet import DENSENET_OPTIONS, dense_blocks
 from pcamlab.models.factory import register_model
+from pcamlab.models.options import Option
 
 __all__ = [
     "GROUP_ORDER",
@@ -205,16 +206,11 @@ class P4MDenseNet(nn.Module):
                  compression: float, dropout: float, group_pool: str):
         super().__init__()
         self.lift = LiftingConv(3, initial_channels, 3)
-        layers: list[nn.Module] = []
-        channels = initial_channels
-        for index, count in enumerate(block_layers):
-            for _ in range(count):
-                layers.append(_GroupDenseLayer(channels, growth_rate, dropout))
-                channels += growth_rate
-            if index < len(block_layers) - 1:
-                reduced = max(1, int(channels * compression))
-                layers.append(_GroupTransition(channels, reduced))
-                channels = reduced
+        layers, channels = dense_blocks(
+            block_layers, growth_rate, initial_channels, compression,
+            lambda channels: _GroupDenseLayer(channels, growth_rate, dropout),
+            lambda channels, reduced: [_GroupTransition(channels, reduced)],
+        )
         self.blocks = nn.Sequential(*layers)
         self.norm = GroupBatchNorm(channels)
         self.group_pool = group_pool
@@ -235,7 +231,7 @@ class P4MDenseNet(nn.Module):
         return self.head(pooled.mean(dim=(2, 3)))  # invariant (B, C) -> (B, 1) logits
 
 
-@register_model("p4m-densenet")
+@register_model("p4m-densenet", options={**DENSENET_OPTIONS, "group_pool": Option(choices=("max", "mean"))})
 def build_p4m_densenet(
     growth_rate: int = 4,
     block_layers: list[int] = (3, 3, 3),
@@ -257,19 +253,4 @@ def build_p4m_densenet(
         dropout: dropout of whole p4m channels after each dense layer.
         group_pool: ``max`` or ``mean`` over the 8 orientations at the end.
     """
-    block_layers = list(block_layers)
-    if not block_layers or any(value < 1 for value in block_layers):
-        raise ConfigError(f"model.options.block_layers must be a non-empty list of positive integers; got {block_layers}")
-    for key, value in (("growth_rate", growth_rate), ("initial_channels", initial_channels)):
-        if value < 1:
-            raise ConfigError(f"model.options.{key} must be >= 1; got {value}")
-    if not 0.0 < compression <= 1.0:
-        raise ConfigError(f"model.options.compression must be in (0, 1]; got {compression}")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model.options.dropout must be in [0, 1); got {dropout}")
-    if group_pool not in ("max", "mean"):
-        raise ConfigError(
-            f"model.options.group_pool must be one of ['max', 'mean']; got {group_pool!r}"
-            f"{did_you_mean(group_pool, ['max', 'mean'])}"
-        )
-    return P4MDenseNet(block_layers, growth_rate, initial_channels, compression, dropout, group_pool)
+    return P4MDenseNet(list(block_layers), growth_rate, initial_channels, compression, dropout, group_pool)

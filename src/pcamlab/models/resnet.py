@@ -11,12 +11,14 @@ and Keras ResNet weights onto them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from pcamlab.errors import ConfigError
 from pcamlab.models.factory import register_model
-from pcamlab.models.layers import check_activation, conv2d, initialise, make_activation
+from pcamlab.models.layers import conv2d, initialise, make_activation
+from pcamlab.models.options import ACTIVATION, DROPOUT, FLAG, INIT, POSITIVE, Option
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "build_resnet18", "build_resnet34", "build_resnet50"]
 
@@ -116,24 +118,20 @@ class ResNet(nn.Module):
 
 def _build_resnet(blocks: list[int], width: int, stem_stride: int, stem_pool: bool, dropout: float,
                   activation: str, init: str, block: type[nn.Module] = BasicBlock, stem_kernel: int = 3) -> nn.Module:
-    if width < 1:
-        raise ConfigError(f"model.options.width must be >= 1; got {width}")
-    if stem_kernel not in (3, 7):
-        raise ConfigError(f"model.options.stem_kernel must be 3 or 7 (ImageNet's stem); got {stem_kernel}")
-    if stem_stride not in (1, 2):
-        raise ConfigError(f"model.options.stem_stride must be 1 or 2; got {stem_stride}")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model.options.dropout must be in [0, 1); got {dropout}")
-    check_activation(activation, "model.options.activation")
     # initialise() touches only conv/linear weights: the zeroed last BN of each block stays zero
     return initialise(ResNet(blocks, width, stem_stride, stem_pool, dropout, activation, block, stem_kernel), init)
 
 
-@register_model("resnet18")
-def build_resnet18(width: int = 64, stem_stride: int = 1, stem_pool: bool = False, dropout: float = 0.0,
-                   activation: str = "relu", init: str = "kaiming") -> nn.Module:
-    """ResNet-18 (BasicBlocks 2-2-2-2) with a 3x3 stem for 96x96 patches; width 64 = standard.
-
+# The options every ResNet has (resnet50 adds stem_kernel).
+RESNET_OPTIONS: dict[str, Option] = {
+    "width": POSITIVE,
+    "stem_stride": Option(choices=(1, 2)),
+    "stem_pool": FLAG,
+    "dropout": DROPOUT,
+    "activation": ACTIVATION,
+    "init": INIT,
+}
+_ARGS = """
     Args:
         width: channels of the first stage (stages have width x 1, 2, 4, 8).
         stem_stride: stride of the 3x3 stem (2 = 4x fewer FLOPs, coarser first features).
@@ -141,27 +139,28 @@ def build_resnet18(width: int = 64, stem_stride: int = 1, stem_pool: bool = Fals
         dropout: dropout before the logit layer.
         activation: activation inside the blocks.
         init: weight initialisation (default | kaiming | xavier | orthogonal).
-    """
-    return _build_resnet([2, 2, 2, 2], width, stem_stride, stem_pool, dropout, activation, init)
+"""
 
 
-@register_model("resnet34")
-def build_resnet34(width: int = 64, stem_stride: int = 1, stem_pool: bool = False, dropout: float = 0.0,
-                   activation: str = "relu", init: str = "kaiming") -> nn.Module:
-    """ResNet-34 (BasicBlocks 3-4-6-3) with a 3x3 stem for 96x96 patches; width 64 = standard.
+def _basic_resnet(name: str, title: str, blocks: list[int]) -> Callable[..., nn.Module]:
+    """Register the BasicBlock ResNet ``name`` with ``blocks`` blocks per stage (resnet18 and resnet34
+    differ only there)."""
 
-    Args:
-        width: channels of the first stage (stages have width x 1, 2, 4, 8).
-        stem_stride: stride of the 3x3 stem (2 = 4x fewer FLOPs, coarser first features).
-        stem_pool: add ImageNet's 3x3 stride-2 max-pool after the stem.
-        dropout: dropout before the logit layer.
-        activation: activation inside the blocks.
-        init: weight initialisation (default | kaiming | xavier | orthogonal).
-    """
-    return _build_resnet([3, 4, 6, 3], width, stem_stride, stem_pool, dropout, activation, init)
+    def build(width: int = 64, stem_stride: int = 1, stem_pool: bool = False, dropout: float = 0.0,
+              activation: str = "relu", init: str = "kaiming") -> nn.Module:
+        return _build_resnet(blocks, width, stem_stride, stem_pool, dropout, activation, init)
+
+    layout = "-".join(str(count) for count in blocks)
+    build.__doc__ = f"{title} (BasicBlocks {layout}) with a 3x3 stem for 96x96 patches; width 64 = standard.\n{_ARGS}"
+    build.__name__ = build.__qualname__ = f"build_{name}"
+    return register_model(name, options=RESNET_OPTIONS)(build)
 
 
-@register_model("resnet50")
+build_resnet18 = _basic_resnet("resnet18", "ResNet-18", [2, 2, 2, 2])
+build_resnet34 = _basic_resnet("resnet34", "ResNet-34", [3, 4, 6, 3])
+
+
+@register_model("resnet50", options={**RESNET_OPTIONS, "stem_kernel": Option(choices=(3, 7))})
 def build_resnet50(width: int = 64, stem_kernel: int = 3, stem_stride: int = 1, stem_pool: bool = False,
                    dropout: float = 0.0, activation: str = "relu", init: str = "kaiming") -> nn.Module:
     """ResNet-50 (Bottlenecks 3-4-6-3, 4x expansion) for ImageNet transfer; 3x3 stem for 96x96 patches.

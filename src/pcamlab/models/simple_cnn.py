@@ -21,9 +21,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pcamlab.errors import ConfigError
+from pcamlab.config_ranges import Range
 from pcamlab.models.factory import register_model
-from pcamlab.models.layers import ConvBlock, check_activation, initialise
+from pcamlab.models.layers import ConvBlock, initialise
+from pcamlab.models.options import ACTIVATION, DROPOUT, INIT, POSITIVE, Option
 
 __all__ = ["SimpleCNN", "build_simple_cnn"]
 
@@ -52,7 +53,13 @@ class SimpleCNN(nn.Module):
         return self.head(self.dropout(pooled))  # (B, 1) logits
 
 
-@register_model("simple-cnn")
+@register_model("simple-cnn", options={
+    "width": POSITIVE,
+    "depth": Option(range=Range(1), length=(4, 4)),  # one integer for every stage, or one per stage
+    "dropout": DROPOUT,
+    "activation": ACTIVATION,
+    "init": INIT,
+})
 def build_simple_cnn(
     width: int = 32,
     depth: int | list[int] = 1,
@@ -70,14 +77,5 @@ def build_simple_cnn(
         init: weight initialisation (default | kaiming | xavier | orthogonal).
     """
     depths = [depth] * 4 if isinstance(depth, int) else list(depth)
-    if len(depths) != 4 or any(value < 1 for value in depths):
-        raise ConfigError(
-            f"model.options.depth must be a positive integer or a list of 4 positive integers; got {depth!r}"
-        )
-    if width < 1:
-        raise ConfigError(f"model.options.width must be >= 1; got {width}")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model.options.dropout must be in [0, 1); got {dropout}")
-    check_activation(activation, "model.options.activation")
     widths = [width * 2**index for index in range(4)]
     return initialise(SimpleCNN(widths, depths, dropout, activation), init)

@@ -59,13 +59,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from pcamlab.config import CHOICES
-from pcamlab.errors import CheckpointError, ConfigError, did_you_mean
+from pcamlab.errors import CheckpointError
+from pcamlab.models.options import Option, check_value
 
 __all__ = ["FORMATS", "detect_source_format", "load_pretrained", "read_weights"]
 
 # Values accepted for ``format``: those of the config field ``model.pretrained_format``, declared once in
 # pcamlab.config (not by this module: importing it loads torch, and a config is checked before that).
 FORMATS = CHOICES["model.pretrained_format"]
+PRETRAINED_FORMAT = Option(str, choices=FORMATS)  # what load_pretrained's ``format`` allows
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")  # DistributedDataParallel, torch.compile, Lightning
@@ -650,10 +652,7 @@ def load_pretrained(
         >>> report["source_format"], report["missing"]
         ('keras', [])
     """
-    if format not in FORMATS:
-        raise ConfigError(
-            f"model.pretrained_format must be one of {list(FORMATS)}; got {format!r}{did_you_mean(format, FORMATS)}"
-        )
+    check_value("model.pretrained_format", format, PRETRAINED_FORMAT)
     path = Path(path)
     kind, weights, header = read_weights(path)
     if kind == "keras":

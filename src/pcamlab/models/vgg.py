@@ -10,12 +10,16 @@ convolution (``pcamlab.models.transfer``). The ImageNet classifier (7x7x512 maps
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
-from pcamlab.errors import ConfigError
+from pcamlab.config_ranges import Range
 from pcamlab.models.factory import register_model
-from pcamlab.models.layers import check_activation, initialise, make_activation
+from pcamlab.models.layers import initialise, make_activation
+from pcamlab.models.options import ACTIVATION, DROPOUT, FLAG, INIT, INPUT_SIZE, POSITIVE, Option
 
 __all__ = ["VGGSmall", "VGG16", "VGG16_STAGES", "build_vgg_small", "build_vgg16"]
 
@@ -52,7 +56,25 @@ class VGGSmall(nn.Module):
         return self.classifier(features)  # (B, 1) logits
 
 
-@register_model("vgg-small")
+def stages_leave_a_pixel(values: Mapping[str, Any], where: str) -> str | None:
+    """Rule: ``stages`` 2 x 2 max-pools leave at least 1 x 1 of an ``input_size`` patch."""
+    if values["input_size"] // 2 ** values["stages"] < 1:
+        return (f"{where}.stages: {values['stages']} max-pools shrink a {values['input_size']}px patch to nothing; "
+                "use fewer stages")
+    return None
+
+
+@register_model("vgg-small", rules=[stages_leave_a_pixel], options={
+    "width": POSITIVE,
+    "stages": POSITIVE,
+    "depth": POSITIVE,
+    "batch_norm": FLAG,
+    "dense_units": POSITIVE,
+    "dropout": DROPOUT,
+    "activation": ACTIVATION,
+    "input_size": INPUT_SIZE,
+    "init": INIT,
+})
 def build_vgg_small(
     width: int = 32,
     stages: int = 4,
@@ -77,16 +99,6 @@ def build_vgg_small(
         input_size: patch side the flatten layer is sized for.
         init: weight initialisation (default | kaiming | xavier | orthogonal).
     """
-    for key, value in (("width", width), ("stages", stages), ("depth", depth), ("dense_units", dense_units)):
-        if value < 1:
-            raise ConfigError(f"model.options.{key} must be >= 1; got {value}")
-    if input_size // 2**stages < 1:
-        raise ConfigError(
-            f"model.options.stages: {stages} max-pools shrink a {input_size}px patch to nothing; use fewer stages"
-        )
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model.options.dropout must be in [0, 1); got {dropout}")
-    check_activation(activation, "model.options.activation")
     widths = [width * 2**index for index in range(stages)]
     model = VGGSmall(widths, depth, batch_norm, dense_units, dropout, activation, input_size)
     return initialise(model, init)
@@ -121,7 +133,13 @@ class VGG16(nn.Module):
         return self.head(self.pool(features).flatten(1))  # (B, 1) logits
 
 
-@register_model("vgg16")
+@register_model("vgg16", options={
+    "width": POSITIVE,
+    "batch_norm": FLAG,
+    "dense_units": Option(range=Range(0, meaning="0 = no hidden layer")),
+    "dropout": DROPOUT,
+    "init": INIT,
+})
 def build_vgg16(
     width: int = 64,
     batch_norm: bool = False,
@@ -138,10 +156,4 @@ def build_vgg16(
         dropout: dropout after the hidden dense layer.
         init: weight initialisation (default | kaiming | xavier | orthogonal) before any weights are loaded.
     """
-    if width < 1:
-        raise ConfigError(f"model.options.width must be >= 1; got {width}")
-    if dense_units < 0:
-        raise ConfigError(f"model.options.dense_units must be >= 0 (0 = no hidden layer); got {dense_units}")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model.options.dropout must be in [0, 1); got {dropout}")
     return initialise(VGG16(width, batch_norm, dense_units, dropout), init)

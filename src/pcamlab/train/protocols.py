@@ -46,7 +46,8 @@ import yaml
 
 from pcamlab.config import RunConfig, config_to_dict
 from pcamlab.data.combined import ConcatReader, SubsetReader
-from pcamlab.data.readers import H5_PATTERN, PatchReader
+from pcamlab.data.readers import PatchReader, read_meta_csv
+from pcamlab.data.readers import meta_csv_path as h5_meta_csv_path
 from pcamlab.errors import ConfigError, DataError, RunError, RunFolderError
 from pcamlab.fileio import json_safe, write_text_atomic
 from pcamlab.runfolder import RunFolder
@@ -65,7 +66,6 @@ __all__ = [
     "stratified_folds",
 ]
 
-META_PATTERN = H5_PATTERN.replace("_{kind}.h5", "_meta.csv")  # camelyonpatch_level_2_split_{split}_meta.csv
 CV_METRICS = ("val_auc", "val_loss", "val_accuracy")
 CV_COLUMNS = ["repeat", "fold", "train_patches", "valid_patches", *CV_METRICS, "best_epoch", "epochs_run",
               "threshold", "wall_seconds", "run"]
@@ -172,7 +172,8 @@ def read_slide_ids(meta_csv: str | os.PathLike, *, count: int | None = None, col
     """The slide of every patch, from PCam's meta CSV (row i = patch i of the split).
 
     The official files (``camelyonpatch_level_2_split_{split}_meta.csv``) have the header
-    ``,coord_y,coord_x,tumor_patch,center_tumor_patch,wsi``; only ``column`` is read.
+    ``,coord_y,coord_x,tumor_patch,center_tumor_patch,wsi``; the file is read by
+    :func:`pcamlab.data.readers.read_meta_csv` (the CSV rules of every command) and only ``column`` is kept.
 
     Args:
         meta_csv: path of the CSV.
@@ -189,46 +190,14 @@ def read_slide_ids(meta_csv: str | os.PathLike, *, count: int | None = None, col
         >>> slides = read_slide_ids("data/camelyonpatch_level_2_split_train_meta.csv", count=262144)
         >>> slides[0]
     """
-    path = Path(meta_csv)
-    if not path.is_file():
-        raise DataError(f"slide meta CSV {str(path)!r} does not exist; pass the PCam _meta.csv of this split")
-    with open(path, newline="") as handle:
-        rows = csv.reader(handle)
-        header = next(rows, None)
-        if header is None:
-            raise DataError(f"slide meta CSV {str(path)!r} is empty; it needs a header with a {column!r} column")
-        names = [cell.strip() for cell in header]
-        if column not in names:
-            raise DataError(
-                f"slide meta CSV {str(path)!r} has no {column!r} column (its columns: {names}); PCam's meta CSV "
-                f"has ',coord_y,coord_x,tumor_patch,center_tumor_patch,wsi': add the column or fix the header"
-            )
-        position = names.index(column)
-        slides = []
-        for line, row in enumerate(rows, start=2):
-            if not row:
-                continue
-            value = row[position].strip() if position < len(row) else ""
-            if not value:
-                raise DataError(
-                    f"slide meta CSV {str(path)!r} line {line} has no {column!r} value; every patch needs its "
-                    "slide id: fill it in"
-                )
-            slides.append(value)
-    if count is not None and len(slides) != count:
-        raise DataError(
-            f"slide meta CSV {str(path)!r} has {len(slides)} rows but the split has {count} patches; row i must "
-            "describe patch i: use the meta CSV of the same split and release (or move the CSV away to fold "
-            "without slide grouping)"
-        )
-    return np.asarray(slides, dtype=str)
+    return np.asarray(read_meta_csv(meta_csv, count=count, column=column).column(column), dtype=str)
 
 
 def meta_csv_path(reader: PatchReader) -> Path | None:
     """The PCam meta CSV beside an h5 split (``camelyonpatch_level_2_split_<split>_meta.csv``), if present."""
     if reader.format != "h5":
         return None
-    path = Path(reader.root) / META_PATTERN.format(split=reader.split)
+    path = h5_meta_csv_path(reader.root, reader.split)
     return path if path.is_file() else None
 
 

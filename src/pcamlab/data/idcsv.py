@@ -218,13 +218,14 @@ def _decode(path: Path, raw: bytes, hint: str) -> str:
 
 def _dialect(path: Path, text: str, notes: list[str]) -> tuple[str, bool]:
     """``(delimiter, whether the first line is Excel's sep= line)``."""
-    first = text.split("\n", 1)[0].strip()
+    line = text.split("\n", 1)[0]
+    first = line.strip()
     if first.lower().startswith("sep=") and len(first) == 5:
         notes.append(f"{path.name} starts with Excel's 'sep={first[4]}' line; read with that separator")
         return first[4], True
     if "," not in first:
         for candidate, what in ((";", "semicolons"), ("\t", "tabs")):
-            if candidate in first:
+            if candidate in line:  # unstripped: a header that starts with an empty cell starts with a tab
                 notes.append(f"{path.name} is separated by {what}, not commas; read as such")
                 return candidate, False
     return ",", False

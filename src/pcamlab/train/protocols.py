@@ -217,7 +217,10 @@ def slide_groups(reader: PatchReader, groups: str | os.PathLike | None = "auto")
     path = meta_csv_path(reader) if str(groups) == "auto" else Path(groups)
     if path is None:
         return None, "none"
-    return read_slide_ids(path, count=len(reader)), str(path)
+    try:
+        return read_slide_ids(path, count=len(reader)), str(path)
+    except DataError as error:  # the shared reader's message, with this use's way out
+        raise DataError(f"{error} (or fold without slide grouping: groups='none')", parameters=("groups",)) from None
 
 
 # ----------------------------------------------------------------------------------------------

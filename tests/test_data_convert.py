@@ -200,6 +200,34 @@ def test_slide_meta_csv_is_carried_into_h5_and_its_loss_is_noted_elsewhere(tmp_p
     assert any("slide meta CSVs of ['train'] are not carried" in note for note in folders["notes"])
 
 
+def test_a_meta_csv_that_does_not_describe_its_split_is_not_carried_and_a_note_says_why(tmp_path, splits):
+    source = write_h5(tmp_path / "h5", splits)
+    count = len(splits["train"][1])
+    meta = ",wsi\n" + "".join(f"{row},slide_{row % 3}\n" for row in range(count + 1))  # one row too many
+    (source / "camelyonpatch_level_2_split_train_meta.csv").write_text(meta)
+    result = convert(source, tmp_path / "h5-again", to="h5")
+    assert not (tmp_path / "h5-again" / "camelyonpatch_level_2_split_train_meta.csv").exists()
+    assert any(note.startswith("the slide meta CSV of split 'train' is not carried")
+               and f"has {count + 1} rows but the split has {count} patches" in note for note in result["notes"])
+
+
+def test_carried_meta_rows_keep_their_cells_and_the_index_counts_again():
+    """What the h5 writer writes for the kept rows (some images skipped): the rows as read, pandas index renumbered."""
+    import tempfile
+    from pathlib import Path
+
+    from pcamlab.data.readers import read_meta_csv
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "camelyonpatch_level_2_split_train_meta.csv"
+        path.write_bytes(b"\xef\xbb\xbf;coord_y;coord_x;tumor_patch;center_tumor_patch;wsi\r\n"
+                         b"0;10;20;False;False;a\r\n1;30;40;True;True;b\r\n2;50;60;False;False;c\r\n")
+        table = read_meta_csv(path, count=3)
+    assert table.column("wsi") == ["a", "b", "c"]
+    assert table.to_csv([0, 2]) == (",coord_y,coord_x,tumor_patch,center_tumor_patch,wsi\n"
+                                    "0,10,20,False,False,a\n1,50,60,False,False,c\n")
+
+
 def test_bad_splits_csv_says_how_to_fix_it(tmp_path, splits):
     from pcamlab.errors import DataError
 
@@ -209,3 +237,48 @@ def test_bad_splits_csv_says_how_to_fix_it(tmp_path, splits):
     path.write_text("\n".join(rows[:-1]) + "\n")
     with pytest.raises(DataError, match="gives no split for 1 ids"):
         open_split(tmp_path / "kaggle", "train")
+
+
+def test_cli_convert_to_h5_writes_fletcher32_and_a_flipped_byte_in_a_chunk_is_found_on_read(tmp_path, splits, capsys):
+    """`data convert --to h5` (the real command) checksums every chunk: damage is an error, never other pixels."""
+    import h5py
+
+    from pcamlab.cli.main import main
+    from pcamlab.data.readers import H5_PATTERN, BadImageError
+
+    source = write_folders(tmp_path / "folders", splits)
+    out = tmp_path / "h5"
+    assert main(["data", "convert", str(source), str(out), "--to", "h5"]) == 0
+    capsys.readouterr()
+    x_path, y_path = (out / H5_PATTERN.format(split="train", kind=kind) for kind in "xy")
+    with h5py.File(x_path, "r") as x_file, h5py.File(y_path, "r") as y_file:
+        x, y = x_file["x"], y_file["y"]
+        assert x.fletcher32 and y.fletcher32 and x.chunks == (1, 96, 96, 3)
+        count = len(x)
+        original = [x[index] for index in range(count)]  # one index at a time, as the chunks are laid out
+        damaged_row = count // 2
+        chunk = x.id.get_chunk_info_by_coord((damaged_row, 0, 0, 0))  # where that row's (compressed) chunk lies
+    data = bytearray(x_path.read_bytes())
+    data[chunk.byte_offset + chunk.size // 2] ^= 0x5A
+    x_path.write_bytes(bytes(data))
+
+    with h5py.File(x_path, "r") as x_file:
+        x = x_file["x"]
+        for index in range(count):
+            if index == damaged_row:
+                with pytest.raises(OSError, match="filter returned failure"):  # Fletcher-32 is checked before gzip
+                    x[index]
+            else:
+                assert np.array_equal(x[index], original[index])
+    reader = open_split(out, "train", "h5")
+    with pytest.raises(BadImageError, match=f"row {damaged_row} .*damaged"):
+        reader[damaged_row]
+    assert np.array_equal(reader[damaged_row - 1][0], original[damaged_row - 1])
+
+    data = bytearray(y_path.read_bytes())  # the labels: one checksummed chunk, so a flip anywhere in it is found
+    with h5py.File(y_path, "r") as y_file:
+        chunk = y_file["y"].id.get_chunk_info(0)
+    data[chunk.byte_offset] ^= 0x01
+    y_path.write_bytes(bytes(data))
+    with h5py.File(y_path, "r") as y_file, pytest.raises(OSError, match="filter returned failure"):  # no gzip on y
+        y_file["y"][0]

@@ -137,10 +137,10 @@ def test_slide_ids_from_the_meta_csv_beside_h5_files(tiny_h5, tmp_path):
     with pytest.raises(DataError, match="has 5 rows but the split has 24 patches"):
         slide_groups(reader, short)
     (tmp_path / "nowsi.csv").write_text("id,slide\n0,a\n")
-    with pytest.raises(DataError, match="no 'wsi' column"):
+    with pytest.raises(DataError, match="nowsi.csv' line 1 is .*the header must name the columns 'wsi'"):
         read_slide_ids(tmp_path / "nowsi.csv")
     (tmp_path / "blank.csv").write_text(",wsi\n0,a\n1,\n")
-    with pytest.raises(DataError, match="line 3 has no 'wsi' value"):
+    with pytest.raises(DataError, match="line 3 has wsi ''; every patch needs its slide id"):
         read_slide_ids(tmp_path / "blank.csv")
 
 
@@ -251,6 +251,39 @@ def test_iterated_kfold_resumes_only_what_is_missing(tiny_h5, tmp_path):
         run_kfold(config, out, folds=2, repeats=3, groups="none", resume=True, progress=False)
 
 
+def test_kfold_passes_on_step_to_every_fold_of_every_repeat_and_a_stop_there_ends_it_between_steps(tiny_h5, tmp_path):
+    """Every fold's training calls on_step (tune's safe point): a fold it stops ends mid-epoch, the next goes on."""
+    from pcamlab import stopping
+
+    calls: list[float] = []
+
+    def stop_after_one_step(model, epochs: float) -> bool:
+        calls.append(epochs)
+        return True  # 12 train patches, batch 4: 3 steps an epoch, stopped after the first
+
+    config = _config(tiny_h5, "train.epochs=3", "train.batch_size=4")
+    result = run_kfold(config, tmp_path / "cv", folds=2, repeats=2, groups="none", progress=False,
+                       on_step=stop_after_one_step)
+    assert calls == [1 / 3] * 4  # one step in each of the 2 x 2 folds
+    for row in result["folds"]:
+        summary = json.loads((tmp_path / "cv" / row["run"] / "summary.json").read_text())
+        assert summary["stopped_by"] == "caller" and summary["epochs_run"] == 1
+
+    def stop_requested(model, epochs: float) -> bool:  # what tune's on_step does after SIGINT/SIGTERM
+        stopping.request()
+        stopping.check()
+        return False
+
+    try:
+        with pytest.raises(stopping.Stopped):
+            run_kfold(config, tmp_path / "stopped", folds=2, groups="none", progress=False, on_step=stop_requested)
+    finally:
+        stopping.clear()
+    first = tmp_path / "stopped" / "repeat-1" / "fold-1"
+    assert first.is_dir() and not (first / "summary.json").exists()  # stopped inside its first epoch
+    assert not (tmp_path / "stopped" / "repeat-1" / "fold-2").exists()
+
+
 # -- final fit -------------------------------------------------------------------------------------------
 
 
@@ -294,6 +327,21 @@ def test_final_fit_takes_epochs_and_threshold_from_a_holdout_run_and_says_when_t
     (previous / "summary.json").write_text(json.dumps({"best_epoch": 0}))
     with pytest.raises(ConfigError, match="no best epoch >= 1"):
         choice_from_run(previous)
+
+
+def test_final_fit_passes_on_step_to_the_final_model_and_its_threshold_fit(tmp_path):
+    root = write_h5(tmp_path / "h5", {"train": sample_patches(16, "train", seed=4), "valid": sample_patches(8, "valid", seed=5)})
+    calls: list[float] = []
+
+    def stop_after_one_step(model, epochs: float) -> bool:
+        calls.append(epochs)
+        return True
+
+    run_final(_config(root, "evaluate.threshold_method=youden"), tmp_path / "final", epochs=3, progress=False,
+              on_step=stop_after_one_step)
+    assert calls == [1 / 3, 0.5]  # the final fit (24 patches: 3 steps an epoch), then threshold-fit/ (16: 2 steps)
+    for run in (tmp_path / "final", tmp_path / "final" / "threshold-fit"):
+        assert json.loads((run / "summary.json").read_text())["stopped_by"] == "caller"
 
 
 def test_final_fit_from_a_budget_recipe_replays_the_chosen_epochs_without_the_budget(tmp_path):

@@ -388,7 +388,13 @@ def test_auc_and_latency_objectives_give_a_pareto_front(tiny_data, tmp_path):
     assert result["best"]["latency_ms"] == pytest.approx(points[best][1])
 
 
-def test_kfold_objective_is_the_mean_of_the_fold_aucs(tiny_data, tmp_path):
+def test_kfold_objective_is_the_mean_of_the_fold_aucs(tiny_data, tmp_path, monkeypatch):
+    from pcamlab.train import protocols
+    from pcamlab.tune import study as study_module
+
+    given = []
+    real_kfold = protocols.run_kfold
+    monkeypatch.setattr(protocols, "run_kfold", lambda *args, **kwargs: given.append(kwargs) or real_kfold(*args, **kwargs))
     one = _space(tmp_path, "params:\n  train.learning_rate: {categorical: [0.003]}\n")
     result = run_study(_base(tiny_data, "train.epochs=1"), one, tmp_path / "kfold",
                        StudySettings(protocol="kfold", folds=2, sampler="grid"), threads=1)
@@ -401,6 +407,8 @@ def test_kfold_objective_is_the_mean_of_the_fold_aucs(tiny_data, tmp_path):
     assert trial.value == pytest.approx(np.mean(folds), abs=1e-6) and trial.user_attrs["fold_aucs"] == pytest.approx(folds)
     assert (tmp_path / "kfold" / "trials" / "trial-0000" / "cv_summary.json").is_file()
     assert result["best"]["ci"][0] < trial.value < result["best"]["ci"][1]
+    # a stop request ends a k-fold trial between steps (the safe point of every fold's training), not epochs
+    assert [kwargs["on_step"] for kwargs in given] == [study_module._safe_point]
 
 
 def test_sweep_trains_each_value_with_each_seed_and_reports_what_mattered(tiny_data, tmp_path, capsys):

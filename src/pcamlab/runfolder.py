@@ -9,8 +9,11 @@ A run folder holds::
     summary.json        the run's facts; ``"finished": true`` once training ended
     tensorboard/        TensorBoard event files
 
-A cross-validation folder (``pcamlab train --protocol kfold``) holds ``folds.csv``, ``cv_summary.json``
-and one run folder per fold at ``repeat-R/fold-K/`` (:meth:`RunFolder.fold`).
+A cross-validation folder (``pcamlab train --protocol kfold``) holds ``config.yaml``, ``folds.csv``,
+``cv_results.csv``, ``cv_summary.json`` and one run folder per fold at ``repeat-R/fold-K/``
+(:meth:`RunFolder.fold`). A final fit (``pcamlab train --final``) is a run folder that also holds
+``final.json`` and, when its threshold had to be chosen by a model trained like it, ``threshold-fit/``
+(a run folder of its own).
 
 Every module that reads or writes these files takes their names from here (timm's ``CheckpointSaver``
 owns ``last``/``model_best`` the same way).
@@ -53,6 +56,11 @@ class RunFolder:
     TENSORBOARD: ClassVar[str] = "tensorboard"
     FOLDS: ClassVar[str] = "folds.csv"  # cross-validation: which patches each fold holds out
     CV_SUMMARY: ClassVar[str] = "cv_summary.json"  # cross-validation: every fold and the mean +- sd
+    CV_RESULTS: ClassVar[str] = "cv_results.csv"  # cross-validation: one row per finished fold (rewritten after each)
+    FINAL: ClassVar[str] = "final.json"  # final fit: epochs and their source, threshold, test metrics
+    THRESHOLD_FIT: ClassVar[str] = "threshold-fit"  # final fit: the run folder of the model that chose its threshold
+    REPEAT_PREFIX: ClassVar[str] = "repeat-"  # cross-validation: repeat-R/ (from 1)
+    FOLD_PREFIX: ClassVar[str] = "fold-"  # cross-validation: repeat-R/fold-K/ (from 1)
     RUN_MARKERS: ClassVar[tuple[str, ...]] = (CONFIG, SUMMARY, HISTORY)  # any one: a (started) training run
 
     def __init__(self, path: str | os.PathLike):
@@ -97,14 +105,27 @@ class RunFolder:
     def cv_summary(self) -> Path:
         return self.path / self.CV_SUMMARY
 
+    @property
+    def cv_results(self) -> Path:
+        return self.path / self.CV_RESULTS
+
+    @property
+    def final(self) -> Path:
+        return self.path / self.FINAL
+
+    @property
+    def threshold_fit(self) -> RunFolder:
+        """The run folder of the model trained like a final fit to choose its threshold."""
+        return RunFolder(self.path / self.THRESHOLD_FIT)
+
     def fold(self, repeat: int, fold: int) -> RunFolder:
         """The run folder of fold ``fold`` of repeat ``repeat`` (both from 1) of a cross-validation folder."""
-        return RunFolder(self.path / f"repeat-{repeat}" / f"fold-{fold}")
+        return RunFolder(self.path / f"{self.REPEAT_PREFIX}{repeat}" / f"{self.FOLD_PREFIX}{fold}")
 
     def fold_name(self) -> str | None:
         """``"repeat-R/fold-K"`` when this is a fold of a cross-validation folder (one holding ``folds.csv``), else None."""
         repeat = self.path.parent
-        if (self.path.name.startswith("fold-") and repeat.name.startswith("repeat-")
+        if (self.path.name.startswith(self.FOLD_PREFIX) and repeat.name.startswith(self.REPEAT_PREFIX)
                 and (repeat.parent / self.FOLDS).is_file()):
             return f"{repeat.name}/{self.path.name}"
         return None

@@ -110,6 +110,10 @@ def _format_table(info: dict) -> str:
     shape_text = ", ".join("x".join(str(size) for size in shape) for shape in shapes)
     lines.insert(0, f"dataset {info['root']} (format {info['format']}; images {shape_text} {', '.join(dtypes)})")
     lines.append("mean/std per channel on the [0, 1] scale; dupl. = exact duplicate copies within the split")
+    if info.get("slides"):
+        from pcamlab.data.slide_counts import slide_table
+
+        lines += slide_table(info["slides"])
     if info["duplicates_across"]:
         for item in info["duplicates_across"]:
             lines.append(f"shared between {item['splits'][0]} and {item['splits'][1]}: {item['patches']} patches")

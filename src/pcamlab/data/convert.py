@@ -21,8 +21,10 @@ Nothing is dropped silently. Unlabeled splits (the Kaggle ``test`` split) cannot
 ``folders`` (both need a label per image); they are left out and listed in ``"skipped_splits"``.
 ``h5`` holds only the splits ``train``, ``valid`` and ``test``: another split name is refused. PCam's
 slide meta CSVs (``camelyonpatch_level_2_split_<split>_meta.csv``, used to group k-fold folds by
-slide) are carried into ``h5`` (rows of skipped images dropped too); the other layouts have no place
-for them, and the result's ``"notes"`` says so, as it says how a Kaggle source was split.
+slide) are carried into ``h5`` (rows of skipped images dropped too, read by
+:func:`pcamlab.data.readers.read_meta_csv`; one that does not describe its split row for row is not
+carried, and a note says why); the other layouts have no place for them, and the result's ``"notes"``
+says so, as it says how a Kaggle source was split.
 
 Example:
     >>> from pcamlab.data.convert import convert
@@ -43,7 +45,6 @@ from pathlib import Path
 import numpy as np
 
 from pcamlab.data.readers import (
-    H5_META_PATTERN,
     H5_PATTERN,
     H5_SPLITS,
     KAGGLE_SPLITS,
@@ -51,11 +52,14 @@ from pcamlab.data.readers import (
     PatchReader,
     available_splits,
     detect_format,
+    meta_csv_path,
     open_split,
+    read_meta_csv,
     resolve_root,
 )
 from pcamlab import stopping
 from pcamlab.errors import ConfigError, DataError, RunFolderError, did_you_mean
+from pcamlab.fileio import write_text_atomic
 from pcamlab.registry import Registry
 
 __all__ = ["WRITERS", "IMAGE_FORMATS", "convert", "convert_targets"]
@@ -181,7 +185,8 @@ def convert(
                         "to see why, then fix or replace the files"
                     )
                 if to == "h5" and source_format == "h5":
-                    _copy_meta(reader, temporary, counter.kept[reader.split])
+                    not_carried = _copy_meta(reader, temporary, counter.kept[reader.split])
+                    notes += [not_carried] if not_carried else []
             if to == "kaggle":
                 _finish_kaggle(temporary)
             os.rename(temporary, destination)
@@ -199,10 +204,6 @@ def convert(
     }
 
 
-def _meta_path(root: Path, split: str) -> Path:
-    return root / H5_META_PATTERN.format(split=split)
-
-
 def _notes(source: Path, source_format: str, to: str, readers: list[PatchReader]) -> list[str]:
     """What the conversion cannot carry, or how the source's splits were made, one sentence each."""
     notes = []
@@ -210,7 +211,7 @@ def _notes(source: Path, source_format: str, to: str, readers: list[PatchReader]
     for split_source in sorted(filter(None, split_sources)):
         notes.append(f"the Kaggle source's train/valid split is its {split_source}")
     if source_format == "h5" and to != "h5":
-        with_meta = [reader.split for reader in readers if _meta_path(source, reader.split).is_file()]
+        with_meta = [reader.split for reader in readers if meta_csv_path(source, reader.split).is_file()]
         if with_meta:
             notes.append(
                 f"the slide meta CSVs of {with_meta} are not carried ({to} has no place for them): k-fold on "
@@ -219,22 +220,22 @@ def _notes(source: Path, source_format: str, to: str, readers: list[PatchReader]
     return notes
 
 
-def _copy_meta(reader: PatchReader, folder: Path, kept: list[int]) -> None:
-    """Write the source's slide meta CSV of ``reader.split`` with the rows of the kept images only."""
-    import csv
+def _copy_meta(reader: PatchReader, folder: Path, kept: list[int]) -> str | None:
+    """Write the source's slide meta CSV of ``reader.split`` with the rows of the kept images only.
 
-    source = _meta_path(reader.root, reader.split)
+    Returns:
+        None when there is no meta CSV or it was carried; else a note saying why it was not (a meta CSV
+        that does not describe its split row for row, or cannot be read, is not ours to rewrite).
+    """
+    source = meta_csv_path(reader.root, reader.split)
     if not source.is_file():
-        return
-    with open(source, newline="") as handle:
-        rows = list(csv.reader(handle))
-    header, body = rows[0], rows[1:]
-    if len(body) != len(reader):
-        return  # a meta CSV that does not match its split row for row is not ours to rewrite
-    with open(_meta_path(folder, reader.split), "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(body[index] for index in kept)
+        return None
+    try:
+        table = read_meta_csv(source, count=len(reader))
+    except DataError as error:
+        return f"the slide meta CSV of split {reader.split!r} is not carried: {error}"
+    write_text_atomic(meta_csv_path(folder, reader.split), table.to_csv(kept))
+    return None
 
 
 class _Counter:

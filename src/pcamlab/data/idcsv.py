@@ -22,6 +22,11 @@ What is read "in a way the format does not prescribe but is unambiguous" is list
 :attr:`IdTable.notes`, which commands show as ``note:`` lines. Everything else raises
 :class:`~pcamlab.errors.DataError` naming the file and line.
 
+A CSV whose rows are its items in order, with no id column of its own (PCam's meta CSV: row i describes
+patch i of its split), is read by :func:`read_row_csv` with the same text, separator, header and row
+rules; its "id" is the row's position, and a pandas index column is taken as that position (a note when
+it does not count 0, 1, 2, ...). Rows are never merged: a repeated row is one more item.
+
 Example:
     >>> from pcamlab.data.idcsv import Column, binary_label, read_id_csv
     >>> table = read_id_csv("train_labels.csv", [Column("label", parse=binary_label)])
@@ -29,6 +34,8 @@ Example:
     >>> reference = read_id_csv("reference.csv", [Column("label", aliases=("class",), parse=tumour_label)],
     ...                         id_column=SLIDE_ID)
     >>> labels = reference.column("label")   # {"tumor_001": 1, "normal_001": 0, ...}
+    >>> meta = read_row_csv("camelyonpatch_level_2_split_train_meta.csv", [Column("wsi")])
+    >>> meta.column("wsi")[0]   # the slide of patch 0
 """
 
 from __future__ import annotations
@@ -51,9 +58,11 @@ __all__ = [
     "Column",
     "Parsed",
     "IdTable",
+    "RowTable",
     "ID",
     "SLIDE_ID",
     "read_id_csv",
+    "read_row_csv",
     "binary_label",
     "tumour_label",
     "header_key",
@@ -63,7 +72,7 @@ __all__ = [
 ID_SUFFIXES = tuple(dict.fromkeys((*IMAGE_SUFFIXES, *SLIDE_SUFFIXES)))
 
 _WORKBOOK_MAGIC = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0")  # .xlsx (a zip) and the old .xls (OLE2)
-_INDEX_NAMES = ("", "unnamed0")  # header_key of pandas' index column: '' or 'Unnamed: 0'
+_INDEX_NAMES = ("", "unnamed0", "unnamed:0")  # header_key of pandas' index column: '' or 'Unnamed: 0'
 
 
 class Parsed(NamedTuple):
@@ -209,13 +218,14 @@ def _decode(path: Path, raw: bytes, hint: str) -> str:
 
 def _dialect(path: Path, text: str, notes: list[str]) -> tuple[str, bool]:
     """``(delimiter, whether the first line is Excel's sep= line)``."""
-    first = text.split("\n", 1)[0].strip()
+    line = text.split("\n", 1)[0]
+    first = line.strip()
     if first.lower().startswith("sep=") and len(first) == 5:
         notes.append(f"{path.name} starts with Excel's 'sep={first[4]}' line; read with that separator")
         return first[4], True
     if "," not in first:
         for candidate, what in ((";", "semicolons"), ("\t", "tabs")):
-            if candidate in first:
+            if candidate in line:  # unstripped: a header that starts with an empty cell starts with a tab
                 notes.append(f"{path.name} is separated by {what}, not commas; read as such")
                 return candidate, False
     return ",", False
@@ -431,3 +441,153 @@ def _parse_cell(path, line, column: Column, text: str, identifier, parsed_notes,
         parsed_notes[value.note] = parsed_notes.get(value.note, 0) + 1
         return value.value
     return value
+
+
+# ----------------------------------------------------------------------------------------------
+# CSVs whose rows are their items in order (row i = item i).
+
+
+@dataclass(frozen=True)
+class RowTable:
+    """The rows of a CSV whose i-th row describes item i (PCam's meta CSV: row i = patch i of its split).
+
+    Attributes:
+        path: the file read.
+        columns: the value columns' names (``Column.name``), in the order asked.
+        values: column name -> its values, one per row, in file order.
+        lines: the 1-based line of each row (for messages).
+        header: the header row as written.
+        cells: every row's cells as written (:meth:`to_csv` writes chosen rows back unchanged).
+        index_position: position of the pandas index column in ``header``, or None when there is none.
+        notes: what was read in a way the format does not prescribe but is unambiguous.
+    """
+
+    path: Path
+    columns: tuple[str, ...]
+    values: dict[str, list[Any]] = field(repr=False)
+    lines: tuple[int, ...] = field(repr=False)
+    header: tuple[str, ...] = ()
+    cells: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
+    index_position: int | None = None
+    notes: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def column(self, name: str) -> list[Any]:
+        """The values of column ``name``, one per row, in file order."""
+        if name not in self.columns:
+            raise KeyError(f"{name!r} is not a column read from {printable(self.path)}; read: {list(self.columns)}")
+        return self.values[name]
+
+    def to_csv(self, rows: Sequence[int]) -> str:
+        """The header and the rows at positions ``rows`` (0-based, in that order) as comma-separated text.
+
+        Cells are written as they were read; a pandas index column is numbered again from 0, so the result
+        is read back with row i = the i-th of ``rows``.
+        """
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(self.header)
+        for number, row in enumerate(rows):
+            cells = list(self.cells[row])
+            if self.index_position is not None:
+                cells[self.index_position] = str(number)
+            writer.writerow(cells)
+        return buffer.getvalue()
+
+
+def read_row_csv(path: str | os.PathLike, columns: Sequence[Column], *, what: str = "") -> RowTable:
+    """Read a CSV whose i-th row describes item i, with the text, separator, header and row rules of this module.
+
+    Args:
+        path: the CSV file.
+        columns: the named columns to read (at least one); other columns are kept as cells but not read.
+        what: what the file is, put before the path in the "does not exist" message (e.g. ``"slide meta CSV"``).
+
+    Returns:
+        A :class:`RowTable`: ``len(table)`` rows, ``table.column(name)`` -> the values in row order.
+
+    Raises:
+        DataError: a missing file, a workbook or non-UTF-8 bytes, a header without a required column (or with
+            two columns of one meaning), a short row, a row with more filled cells than the header, a bad cell
+            (the column's ``parse`` reason) or no rows. Each message names the file and its line.
+
+    Example:
+        >>> table = read_row_csv("camelyonpatch_level_2_split_valid_meta.csv", [Column("wsi")])
+        >>> len(table), table.column("wsi")[:2]
+    """
+    path = Path(path).expanduser()
+    wanted = list(columns)
+    hint = ",".join(column.name for column in wanted)
+    if not path.is_file():
+        where = f"{what} " if what else ""
+        state = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise DataError(f"{where}{printable(path)!r} {state}; pass a CSV file with the columns {hint}")
+    notes: list[str] = []
+    raw = path.read_bytes()
+    text = _decode(path, raw, hint)
+    if raw.startswith(b"\xef\xbb\xbf"):
+        notes.append(f"{path.name} starts with a UTF-8 byte-order mark (Excel's CSV UTF-8); ignored")
+    delimiter, sep_line = _dialect(path, text, notes)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        if sep_line:
+            next(reader, None)
+        header = next(reader, None)
+        while header is not None and not "".join(header).strip():  # blank lines before the header
+            header = next(reader, None)
+        if header is None:
+            raise DataError(f"{printable(path)!r} is empty; it must start with the header {hint}")
+        positions = _locate_columns(path, header, wanted, reader.line_num)
+        index_position = _index_column(path, header, positions, reader.line_num)
+        values: dict[str, list[Any]] = {column.name: [] for column in wanted}
+        lines: list[int] = []
+        cells: list[tuple[str, ...]] = []
+        parsed_notes: dict[str, int] = {}
+        needed = max([*positions.values(), -1 if index_position is None else index_position]) + 1
+        for row in reader:
+            line = reader.line_num
+            if not "".join(row).strip():
+                continue
+            if len(row) < needed:
+                raise DataError(
+                    f"{printable(path)!r} line {line} is {delimiter.join(row)!r}; each row needs "
+                    f"{' and '.join(_a(column.name) for column in wanted if column.name in positions)}: fix it"
+                )
+            if any(cell.strip() for cell in row[len(header):]):
+                raise DataError(
+                    f"{printable(path)!r} line {line} has {len(row)} cells but the header names {len(header)} "
+                    f"columns ({delimiter.join(row)!r}); a separator inside a value? quote it or fix the row"
+                )
+            for column in wanted:
+                value = column.default if column.name not in positions else _parse_cell(
+                    path, line, column, row[positions[column.name]].strip(), None, parsed_notes)
+                values[column.name].append(value)
+            lines.append(line)
+            cells.append(tuple(row[: len(header)]) + ("",) * (len(header) - len(row)))
+    except csv.Error as error:
+        raise DataError(f"{printable(path)!r} line {reader.line_num} is not valid CSV ({error}); fix the quoting") from None
+    if not lines:
+        raise DataError(f"{printable(path)!r} has a header but no rows; it must list {hint} for every item")
+    if index_position is not None:
+        counted = [cell[index_position].strip() for cell in cells]
+        if counted != [str(number) for number in range(len(cells))]:
+            notes.append(f"{path.name}'s index column does not count 0, 1, 2, ... (e.g. rows were dropped); "
+                         "read by row position: row i is item i")
+    for note, count in parsed_notes.items():
+        notes.append(f"{path.name}: {count} {note}")
+    return RowTable(path, tuple(column.name for column in wanted), values, tuple(lines), tuple(header),
+                    tuple(cells), index_position, tuple(notes))
+
+
+def _index_column(path: Path, header: list[str], positions: dict[str, int], line: int) -> int | None:
+    """Position of the pandas index column (named ``''`` or ``Unnamed: 0``, not a wanted column), or None."""
+    used = set(positions.values())
+    found = [index for index, name in enumerate(header) if index not in used and header_key(name) in _INDEX_NAMES]
+    if len(found) > 1:
+        raise DataError(
+            f"{printable(path)!r} line {line} has {len(found)} index columns ({[header[index] for index in found]}); "
+            "row i is item i, so keep one (pandas: to_csv(index=False) after read_csv(index_col=0))"
+        )
+    return found[0] if found else None

@@ -23,7 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pcamlab.data.readers import BadImageError, PatchReader, available_splits, detect_format, open_split, resolve_root
+from pcamlab.data.readers import (
+    BadImageError,
+    PatchReader,
+    available_splits,
+    detect_format,
+    open_split,
+    resolve_root,
+)
+from pcamlab.data.slide_counts import slide_counts
 from pcamlab.errors import ConfigError, DataError, did_you_mean
 from pcamlab.fileio import save_png
 
@@ -64,6 +72,9 @@ def dataset_info(
         ``duplicate_copies`` counts images whose exact pixels appeared earlier in the same split;
         ``conflicting_duplicates`` counts groups of identical pixels with different labels.
         Class count keys are strings ("0", "1", "-1" for unlabeled) so the dict survives JSON.
+        An h5 dataset with PCam's meta CSVs (a release, or ``pcamlab data from-slides``) also gets
+        ``"slides"``: :func:`pcamlab.data.slide_counts.slide_counts` (patches per slide and label, and the
+        slides that are in two splits, each a ``leakage by slide`` warning).
 
     Example:
         >>> dataset_info("sample")["splits"]["valid"]["count"]
@@ -125,6 +136,11 @@ def dataset_info(
             f"no readable image in {str(path)!r}: all {skipped} images were skipped as unreadable (first: "
             f"{readers[0].name(0)}); run without skip_bad to see why, then fix or replace the files"
         )
+    if layout == "h5":
+        slides = slide_counts(readers)
+        if slides is not None:
+            result["slides"] = slides
+            result["warnings"] += slides.pop("warnings")
     for first, second in itertools.combinations(hashes, 2):
         shared = len(hashes[first] & hashes[second])
         if shared:

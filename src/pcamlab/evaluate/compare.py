@@ -289,7 +289,7 @@ def _expand_studies(run_dirs) -> list[tuple[Path, str]]:
             raise DataError(f"run folder {str(run_dir)!r} does not exist; pass run folders written by pcamlab train")
         if (run_dir / "study.json").is_file():
             trials = sorted(path for path in (run_dir / "trials").glob("trial-*")  # a trial that failed early may be empty
-                            if path.is_dir() and any((path / file_name).exists() for file_name in (*RUN_FILES, "cv_results.csv")))
+                            if path.is_dir() and any((path / file_name).exists() for file_name in (*RUN_FILES, RunFolder.CV_RESULTS)))
             pairs += [(trial, f"{run_dir.name}/{trial.name}") for trial in trials]
         else:
             pairs.append((run_dir, run_dir.name))

@@ -44,7 +44,7 @@ __all__ = ["write_report", "FIGURE_CAPTIONS", "METRIC_DESCRIPTIONS", "MAX_IMAGE_
 
 MAX_IMAGE_BYTES = 25 * 1024 * 1024  # a PNG larger than this is not embedded (keeps the page openable)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SKIPPED_FOLDERS = {"tensorboard", "__pycache__"}  # never searched for pictures or metrics
+SKIPPED_FOLDERS = {RunFolder.TENSORBOARD, "__pycache__"}  # never searched for pictures or metrics
 
 # Figure stem (or stem prefix) -> (title, what this means). Matched in this order, first match wins.
 FIGURE_CAPTIONS: dict[str, tuple[str, str]] = {
@@ -619,12 +619,12 @@ def _cv_section(run_dir: Path) -> tuple[str, str]:
     if not isinstance(summary, Mapping):
         return "", ""
     rows: list[dict[str, Any]] = []
-    results = run_dir / "cv_results.csv"
+    results = RunFolder(run_dir).cv_results
     if results.is_file():
         try:
             rows = read_run_csv(results)
         except DataError as error:
-            return note_html(f"cv_results.csv could not be read ({error})."), ""
+            return note_html(f"{RunFolder.CV_RESULTS} could not be read ({error})."), ""
     metrics = summary.get("metrics") if isinstance(summary.get("metrics"), Mapping) else {}
     names = {"val_auc": "Validation ROC AUC", "val_loss": "Validation loss", "val_accuracy": "Validation accuracy at 0.5"}
 

@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import yaml
 from pcamlab.config import RunConfig, config_to_dict
 from pcamlab.errors import ConfigError, RunError, RunFolderError
 from pcamlab.fileio import atomic_path, write_text_atomic
+from pcamlab.runfolder import RunFolder
 from pcamlab.runtime.checkpoint import save_checkpoint
 from pcamlab.train.model_setup import plain
 
@@ -53,9 +53,9 @@ def prepare_run_dir(out_dir: Path, resume: bool, *, create: bool = True) -> None
             raise RunFolderError(f"nothing to resume: {where!r} does not exist; start a new run there instead")
         if not any(out_dir.iterdir()):
             raise RunFolderError(f"nothing to resume: {where!r} is empty; start a new run there instead")
-        if not (out_dir / "config.yaml").is_file():
+        if not RunFolder(out_dir).config.is_file():
             raise RunFolderError(
-                f"nothing to resume in {where!r}: it holds no pcamlab run (no config.yaml); point resume at a "
+                f"nothing to resume in {where!r}: it holds no pcamlab run (no {RunFolder.CONFIG}); point resume at a "
                 "run folder, or start a new run in another folder"
             )
         return
@@ -74,15 +74,15 @@ def refuse_finished_or_kfold(out_dir: Path) -> None:
     Raises:
         RunFolderError: the run already finished, or the folder is a cross-validation.
     """
-    summary_path = out_dir / "summary.json"
-    if summary_path.is_file() and json.loads(summary_path.read_text()).get("finished"):
+    run = RunFolder(out_dir)
+    if run.finished():
         raise RunFolderError(
             f"run {str(out_dir)!r} already finished; it is never overwritten: start a new run in another "
             "out_dir, or train it further into a new folder with continue_from", parameters=("out_dir", "continue_from"),
         )
-    if (out_dir / "folds.csv").is_file():
+    if run.folds.is_file():
         raise RunFolderError(
-            f"{str(out_dir)!r} is a cross-validation folder (it has folds.csv); resume it as one "
+            f"{str(out_dir)!r} is a cross-validation folder (it has {RunFolder.FOLDS}); resume it as one "
             "(protocols.run_kfold with resume=True), not as a single run"
         )
 
@@ -94,21 +94,22 @@ def check_continue(config: RunConfig, run: Path) -> Path:
         RunError: ``run`` is not a finished run, or has no ``resume.pt``.
         ConfigError: ``train.epochs`` is not above the epochs ``run`` ran, or ``config.model`` differs.
     """
-    summary_path = run / "summary.json"
-    if not summary_path.is_file() or not json.loads(summary_path.read_text()).get("finished"):
+    folder = RunFolder(run)
+    if not folder.finished():
         raise RunError(
-            f"continue_from {str(run)!r} is not a finished run (no finished summary.json); an interrupted run "
+            f"continue_from {str(run)!r} is not a finished run (no finished {RunFolder.SUMMARY}); an interrupted run "
             "is resumed instead"
         )
-    if not (run / "resume.pt").is_file():
-        raise RunError(f"continue_from {str(run)!r} has no resume.pt (its optimiser state); it cannot be continued")
-    ran = int(json.loads(summary_path.read_text())["epochs_run"])
+    if not folder.resume_state.is_file():
+        raise RunError(f"continue_from {str(run)!r} has no {RunFolder.RESUME} (its optimiser state); it cannot be "
+                       "continued")
+    ran = int(folder.read_summary()["epochs_run"])
     if config.train.epochs <= ran:
         raise ConfigError(
             f"train.epochs is {config.train.epochs} but {str(run)!r} already ran {ran} epochs; continuing needs "
             f"more, e.g. train.epochs={2 * ran}"
         )
-    saved = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    saved = yaml.safe_load(folder.config.read_text()) or {}
     if saved.get("model") != plain(config_to_dict(config)["model"]):
         raise ConfigError(
             f"continue_from {str(run)!r} trained model {saved.get('model')}, but config.model is "
@@ -119,14 +120,16 @@ def check_continue(config: RunConfig, run: Path) -> Path:
 
 def start_folder(out_dir: Path, config: RunConfig, *, fresh_config: bool, source_run: Path | None) -> None:
     """Write ``config.yaml`` (a new or continued run); a continued run starts as a copy of ``source_run``."""
+    run = RunFolder(out_dir)
     if fresh_config:
-        write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        write_text_atomic(run.config, yaml.safe_dump(config_to_dict(config), sort_keys=False))
     if source_run is not None:
-        for name in ("best.safetensors", "last.safetensors", "resume.pt"):
-            with atomic_path(out_dir / name) as temporary:
-                shutil.copyfile(source_run / name, temporary)
-        if (source_run / "tensorboard").is_dir():
-            shutil.copytree(source_run / "tensorboard", out_dir / "tensorboard", dirs_exist_ok=True)
+        source = RunFolder(source_run)
+        for name in (RunFolder.BEST, RunFolder.LAST, RunFolder.RESUME):
+            with atomic_path(run / name) as temporary:
+                shutil.copyfile(source / name, temporary)
+        if source.tensorboard.is_dir():
+            shutil.copytree(source.tensorboard, run.tensorboard, dirs_exist_ok=True)
 
 
 def read_resume_state(folder: Path, validated: bool) -> dict[str, Any]:
@@ -135,7 +138,7 @@ def read_resume_state(folder: Path, validated: bool) -> dict[str, Any]:
     Raises:
         RunError: a final fit and a validated run cannot continue each other.
     """
-    state = torch.load(folder / "resume.pt", map_location="cpu", weights_only=True)
+    state = torch.load(RunFolder(folder).resume_state, map_location="cpu", weights_only=True)
     if bool(state.get("validated", True)) != validated:
         raise RunError(
             f"{str(folder)!r} was trained " + ("with" if state.get("validated", True) else "without")
@@ -168,7 +171,7 @@ def restore(state: dict[str, Any], folder: Path, *, model, optimizer, ema, crops
     if ema is not None:
         from safetensors.torch import load_file
 
-        ema.model.load_state_dict(load_file(str(folder / "last.safetensors"), device=str(device)))
+        ema.model.load_state_dict(load_file(str(RunFolder(folder).last), device=str(device)))
         ema.updates = int(state["ema_updates"])
     first_epoch = int(state["epoch"]) + 1
     crops.load_state_dict(state, epochs_done=first_epoch - 1)
@@ -179,17 +182,18 @@ def restore(state: dict[str, Any], folder: Path, *, model, optimizer, ema, crops
 
 def read_history(folder: Path, before_epoch: int) -> list[dict[str, Any]]:
     """The rows of ``folder/history.csv`` for the epochs before ``before_epoch``."""
-    with open(folder / "history.csv") as file:
+    with open(RunFolder(folder).history) as file:
         return [row for row in csv.DictReader(file) if int(row["epoch"]) < before_epoch]
 
 
 def save_epoch(out_dir: Path, scored: torch.nn.Module, config: RunConfig, contract, metadata: dict[str, Any],
                improved: bool, state: dict[str, Any]) -> None:
     """Write ``last.safetensors``, ``best.safetensors`` (when ``improved``) and ``resume.pt`` (``state``)."""
-    save_checkpoint(out_dir / "last.safetensors", scored, config, contract, metadata)
+    run = RunFolder(out_dir)
+    save_checkpoint(run.last, scored, config, contract, metadata)
     if improved:
-        save_checkpoint(out_dir / "best.safetensors", scored, config, contract, metadata)
-    with atomic_path(out_dir / "resume.pt") as temporary:
+        save_checkpoint(run.best, scored, config, contract, metadata)
+    with atomic_path(run.resume_state) as temporary:
         torch.save(state, temporary)
 
 
@@ -206,18 +210,18 @@ class EpochLog:
     def __init__(self, out_dir: Path, history: list[dict[str, Any]], first_epoch: int, picture_samples=None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.out_dir = out_dir
+        self.run = RunFolder(out_dir)
         write_text_atomic(
-            out_dir / "history.csv",
+            self.run.history,
             ",".join(HISTORY_COLUMNS) + "\n" + "".join(",".join(str(row[c]) for c in HISTORY_COLUMNS) + "\n" for row in history),
         )
-        self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=first_epoch)
+        self.writer = SummaryWriter(str(self.run.tensorboard), purge_step=first_epoch)
         self.picture_samples = picture_samples
 
     def write(self, row: dict[str, Any], learning_rate: float, scores: dict[str, Any] | None) -> None:
         """Append ``row`` to ``history.csv`` and its scalars (and the PR curve of ``scores``) to TensorBoard."""
         epoch = row["epoch"]
-        with open(self.out_dir / "history.csv", "a") as file:
+        with open(self.run.history, "a") as file:
             file.write(",".join(str(row[c]) for c in HISTORY_COLUMNS) + "\n")
         for key in ("train_loss", "val_loss", "val_auc", "val_accuracy", "images_per_second"):
             tag = key.replace("_", "/", 1) if key.startswith(("train", "val")) else key

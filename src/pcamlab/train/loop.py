@@ -45,6 +45,7 @@ from torch import nn
 from pcamlab import stopping
 from pcamlab.config import RunConfig
 from pcamlab.fileio import write_json_atomic
+from pcamlab.runfolder import RunFolder
 from pcamlab.train.checkpointing import HISTORY_COLUMNS, prepare_run_dir
 from pcamlab.train.crops import CROP_BUDGET_SHARE, crops_in_epoch
 from pcamlab.train.epoch import compute_loss
@@ -188,7 +189,7 @@ def train(
         if resume:
             checkpointing.refuse_finished_or_kfold(out_dir)
     world.barrier()
-    restore_from = source_run if source_run is not None else out_dir if (resume and (out_dir / "resume.pt").is_file()) else None
+    restore_from = source_run if source_run is not None else out_dir if (resume and RunFolder(out_dir).resume_state.is_file()) else None
     if resume and restore_from is None:
         say(f"{out_dir}: interrupted before its first epoch ended; nothing to keep, training again from epoch 1")
     if train_config.deterministic and train_config.time_budget_minutes > 0:
@@ -350,7 +351,7 @@ def train(
                        threshold_chosen_on=threshold_chosen_on, transfer=transfer)
     stop_reason = summary["stop_reason"]
     if main_process:
-        write_json_atomic(out_dir / "summary.json", summary)
+        write_json_atomic(RunFolder(out_dir).summary, summary)
     world.close()
     if not data.validated:
         say(f"done: {stop_reason}; no validation split, so the model is the last epoch's (epoch {epoch})")
@@ -367,7 +368,7 @@ def _stopped_message(interrupt: KeyboardInterrupt, out_dir: Path, epoch: int, sa
     if saved <= 0:
         return (f"{what} during epoch {max(epoch, 1)}: no epoch finished, so there is no resume state; "
                 f"resume=True on {out_dir} starts it again from epoch 1")
-    return (f"{what} in epoch {epoch}: the resume state of epoch {saved} is {out_dir / 'resume.pt'}; "
+    return (f"{what} in epoch {epoch}: the resume state of epoch {saved} is {RunFolder(out_dir).resume_state}; "
             f"resume=True on {out_dir} continues from epoch {saved + 1}")
 
 
@@ -416,10 +417,8 @@ def _summary(config: RunConfig, out_dir: Path, data, contract, early, history: l
         "skipped_steps": skipped_steps,  # batches a process could not train on (unreadable files left out)
         "data": data.facts(),
         "contract": contract.to_dict(),
-        "checkpoints": {
-            name: str(out_dir / f"{name}.safetensors") if (out_dir / f"{name}.safetensors").is_file() else None
-            for name in ("best", "last")
-        },
+        "checkpoints": {name: str(path) if path.is_file() else None
+                        for name, path in (("best", RunFolder(out_dir).best), ("last", RunFolder(out_dir).last))},
         "warnings": data.warnings,
     }
     if transfer is not None:

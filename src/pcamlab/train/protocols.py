@@ -46,9 +46,11 @@ import yaml
 
 from pcamlab.config import RunConfig, config_to_dict
 from pcamlab.data.combined import ConcatReader, SubsetReader
-from pcamlab.data.readers import H5_PATTERN, PatchReader
+from pcamlab.data.readers import PatchReader, read_meta_csv
+from pcamlab.data.readers import meta_csv_path as h5_meta_csv_path
 from pcamlab.errors import ConfigError, DataError, RunError, RunFolderError
 from pcamlab.fileio import json_safe, write_text_atomic
+from pcamlab.runfolder import RunFolder
 
 __all__ = [
     "CV_COLUMNS",
@@ -64,7 +66,6 @@ __all__ = [
     "stratified_folds",
 ]
 
-META_PATTERN = H5_PATTERN.replace("_{kind}.h5", "_meta.csv")  # camelyonpatch_level_2_split_{split}_meta.csv
 CV_METRICS = ("val_auc", "val_loss", "val_accuracy")
 CV_COLUMNS = ["repeat", "fold", "train_patches", "valid_patches", *CV_METRICS, "best_epoch", "epochs_run",
               "threshold", "wall_seconds", "run"]
@@ -171,7 +172,8 @@ def read_slide_ids(meta_csv: str | os.PathLike, *, count: int | None = None, col
     """The slide of every patch, from PCam's meta CSV (row i = patch i of the split).
 
     The official files (``camelyonpatch_level_2_split_{split}_meta.csv``) have the header
-    ``,coord_y,coord_x,tumor_patch,center_tumor_patch,wsi``; only ``column`` is read.
+    ``,coord_y,coord_x,tumor_patch,center_tumor_patch,wsi``; the file is read by
+    :func:`pcamlab.data.readers.read_meta_csv` (the CSV rules of every command) and only ``column`` is kept.
 
     Args:
         meta_csv: path of the CSV.
@@ -188,46 +190,14 @@ def read_slide_ids(meta_csv: str | os.PathLike, *, count: int | None = None, col
         >>> slides = read_slide_ids("data/camelyonpatch_level_2_split_train_meta.csv", count=262144)
         >>> slides[0]
     """
-    path = Path(meta_csv)
-    if not path.is_file():
-        raise DataError(f"slide meta CSV {str(path)!r} does not exist; pass the PCam _meta.csv of this split")
-    with open(path, newline="") as handle:
-        rows = csv.reader(handle)
-        header = next(rows, None)
-        if header is None:
-            raise DataError(f"slide meta CSV {str(path)!r} is empty; it needs a header with a {column!r} column")
-        names = [cell.strip() for cell in header]
-        if column not in names:
-            raise DataError(
-                f"slide meta CSV {str(path)!r} has no {column!r} column (its columns: {names}); PCam's meta CSV "
-                f"has ',coord_y,coord_x,tumor_patch,center_tumor_patch,wsi': add the column or fix the header"
-            )
-        position = names.index(column)
-        slides = []
-        for line, row in enumerate(rows, start=2):
-            if not row:
-                continue
-            value = row[position].strip() if position < len(row) else ""
-            if not value:
-                raise DataError(
-                    f"slide meta CSV {str(path)!r} line {line} has no {column!r} value; every patch needs its "
-                    "slide id: fill it in"
-                )
-            slides.append(value)
-    if count is not None and len(slides) != count:
-        raise DataError(
-            f"slide meta CSV {str(path)!r} has {len(slides)} rows but the split has {count} patches; row i must "
-            "describe patch i: use the meta CSV of the same split and release (or move the CSV away to fold "
-            "without slide grouping)"
-        )
-    return np.asarray(slides, dtype=str)
+    return np.asarray(read_meta_csv(meta_csv, count=count, column=column).column(column), dtype=str)
 
 
 def meta_csv_path(reader: PatchReader) -> Path | None:
     """The PCam meta CSV beside an h5 split (``camelyonpatch_level_2_split_<split>_meta.csv``), if present."""
     if reader.format != "h5":
         return None
-    path = Path(reader.root) / META_PATTERN.format(split=reader.split)
+    path = h5_meta_csv_path(reader.root, reader.split)
     return path if path.is_file() else None
 
 
@@ -247,7 +217,10 @@ def slide_groups(reader: PatchReader, groups: str | os.PathLike | None = "auto")
     path = meta_csv_path(reader) if str(groups) == "auto" else Path(groups)
     if path is None:
         return None, "none"
-    return read_slide_ids(path, count=len(reader)), str(path)
+    try:
+        return read_slide_ids(path, count=len(reader)), str(path)
+    except DataError as error:  # the shared reader's message, with this use's way out
+        raise DataError(f"{error} (or fold without slide grouping: groups='none')", parameters=("groups",)) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,19 +317,19 @@ def run_folder_protocol(out_dir: str | os.PathLike) -> dict[str, Any] | None:
         >>> run_folder_protocol("runs/cv")
         {'protocol': 'kfold', 'folds': 5, 'repeats': 1}
     """
-    folder = Path(out_dir)
-    if (folder / "folds.csv").is_file():
-        plan = _load_plan(folder / "folds.csv")
+    folder = RunFolder(out_dir)
+    if folder.folds.is_file():
+        plan = _load_plan(folder.folds)
         return {"protocol": "kfold", "folds": int(plan.max()) + 1, "repeats": int(plan.shape[0])}
-    if (folder / "final.json").is_file():
+    if folder.final.is_file():
         return {"protocol": "final"}
-    if (folder / "resume.pt").is_file():  # an interrupted final fit has no final.json yet: its state says so
+    if folder.resume_state.is_file():  # an interrupted final fit has no final.json yet: its state says so
         import torch
 
-        state = torch.load(folder / "resume.pt", map_location="cpu", weights_only=True)
+        state = torch.load(folder.resume_state, map_location="cpu", weights_only=True)
         if not state.get("validated", True):
             return {"protocol": "final"}
-    if (folder / "config.yaml").is_file():
+    if folder.config.is_file():
         return {"protocol": "holdout"}
     return None
 
@@ -372,6 +345,7 @@ def run_kfold(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    on_step: Callable[[Any, float], bool] | None = None,
 ) -> dict[str, Any]:
     """Cross-validate ``config`` on its ``train`` split: ``repeats`` x ``folds`` full training runs.
 
@@ -394,6 +368,10 @@ def run_kfold(
         progress: show tqdm progress bars.
         log: called with one line per event, each prefixed with its fold.
         on_epoch: passed to every fold's :func:`~pcamlab.train.loop.train` (called after each epoch).
+        on_step: passed to every fold's :func:`~pcamlab.train.loop.train` (called after each optimiser step
+            with the scored model and the fold's epochs done; True stops that fold like its time budget
+            does, and the cross-validation goes on with the next fold). ``pcamlab tune`` makes it a safe
+            point, so a stop request ends a k-fold trial between steps, not only between epochs.
 
     Returns:
         The CV summary (also in ``cv_summary.json``), with the per-fold rows under ``"folds"``.
@@ -418,16 +396,18 @@ def run_kfold(
     if repeats is not None:
         check_repeats(repeats)
     out_dir = Path(out_dir)
-    plan_path = out_dir / "folds.csv"
+    folder = RunFolder(out_dir)
+    plan_path = folder.folds
     prepare_run_dir(out_dir, resume)
-    if resume and (out_dir / "cv_summary.json").is_file():  # written once, after the last fold
+    if resume and folder.cv_summary.is_file():  # written once, after the last fold
         raise RunFolderError(
-            f"cross-validation {str(out_dir)!r} already finished (it has cv_summary.json); it is never overwritten: "
-            "start a new cross-validation in another out_dir", parameters=("out_dir",),
+            f"cross-validation {str(out_dir)!r} already finished (it has {RunFolder.CV_SUMMARY}); it is never "
+            "overwritten: start a new cross-validation in another out_dir", parameters=("out_dir",),
         )
     if resume and not plan_path.is_file() and any(out_dir.glob("*.safetensors")):
         raise RunFolderError(
-            f"{str(out_dir)!r} holds a single (hold-out) run, not a cross-validation (no folds.csv); resume it as one"
+            f"{str(out_dir)!r} holds a single (hold-out) run, not a cross-validation (no {RunFolder.FOLDS}); resume "
+            "it as one"
         )
     planned = run_folder_protocol(out_dir) if resume and plan_path.is_file() else None
     if planned is not None:  # the folder knows its folds and repeats
@@ -444,7 +424,7 @@ def run_kfold(
         say(f"resuming the cross-validation in {out_dir}: {repeats} x {folds} folds from its folds.csv")
     else:  # a new cross-validation, or one interrupted before it wrote its plan
         plan = _fold_plan(labels, folds, repeats, config.data.seed, slides)
-        write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        write_text_atomic(folder.config, yaml.safe_dump(config_to_dict(config), sort_keys=False))
         _write_plan(plan_path, plan, labels, slides)
     grouping = f"grouped by slide ({len(np.unique(slides))} slides from {group_source})" if slides is not None else (
         "not grouped by slide (no meta CSV): patches of one slide may sit in both parts of a fold"
@@ -455,18 +435,17 @@ def run_kfold(
     for repeat in range(repeats):
         for fold in range(folds):
             tag = f"repeat {repeat + 1}/{repeats} fold {fold + 1}/{folds}" if repeats > 1 else f"fold {fold + 1}/{folds}"
-            fold_dir = out_dir / f"repeat-{repeat + 1}" / f"fold-{fold + 1}"
+            fold_run = folder.fold(repeat + 1, fold + 1)
+            fold_dir = fold_run.path
             train_part = SubsetReader(reader, np.flatnonzero(plan[repeat] != fold), description=f"{tag} train")
             valid_part = SubsetReader(reader, np.flatnonzero(plan[repeat] == fold), description=f"{tag} valid")
-            summary_path = fold_dir / "summary.json"
-            finished = summary_path.is_file() and json.loads(summary_path.read_text()).get("finished")
-            if finished:
-                summary = json.loads(summary_path.read_text())
+            if fold_run.finished():
+                summary = fold_run.read_summary()
                 say(f"[{tag}] already finished, kept")
             else:
                 again = resume and fold_dir.is_dir() and any(fold_dir.iterdir())  # started: train resumes or restarts it
                 summary = train(config, fold_dir, resume=again, progress=progress, log=_fold_log(log, tag),
-                                readers=(train_part, valid_part), on_epoch=on_epoch)
+                                readers=(train_part, valid_part), on_epoch=on_epoch, on_step=on_step)
             rows.append({
                 "repeat": repeat + 1, "fold": fold + 1,
                 "train_patches": len(train_part), "valid_patches": len(valid_part),
@@ -475,10 +454,10 @@ def run_kfold(
                 "threshold": summary["threshold"], "wall_seconds": summary["wall_seconds"],
                 "run": str(fold_dir.relative_to(out_dir)),
             })
-            _write_results(out_dir / "cv_results.csv", rows)
+            _write_results(folder.cv_results, rows)
 
     result = _cv_summary(rows, config, folds, repeats, group_source, reader)
-    write_text_atomic(out_dir / "cv_summary.json", json.dumps(_json_safe(result), indent=2))
+    write_text_atomic(folder.cv_summary, json.dumps(_json_safe(result), indent=2))
     auc = result["metrics"]["val_auc"]
     say(f"cross-validation done: val_auc {_plus_minus(auc)}; median best epoch {result['best_epoch_median']}")
     result["folds"] = rows
@@ -561,7 +540,7 @@ def format_cv_table(result: dict[str, Any]) -> str:
 
 def _threshold_like_the_final_model(
     final_config: RunConfig, out_dir: Path, epochs: int, chosen: dict[str, Any] | None, splits: list[str],
-    progress: bool, log: Callable[[str], None] | None,
+    progress: bool, log: Callable[[str], None] | None, on_step: Callable[[Any, float], bool] | None = None,
 ) -> tuple[float, str, dict[str, Any]]:
     """The final model's threshold, where it came from, and the data it was chosen on (see :func:`run_final`)."""
     from pcamlab.data import load_split_arrays
@@ -574,7 +553,7 @@ def _threshold_like_the_final_model(
         _trained_like(final_config, run, epochs) for run in chosen["runs"]
     ):
         models = f"the median over its {len(chosen['runs'])} fold models" if len(chosen["runs"]) > 1 else "its model"
-        source_summary = json.loads((chosen["runs"][0] / "summary.json").read_text())
+        source_summary = RunFolder(chosen["runs"][0]).read_summary() or {}
         chosen_on = source_summary.get("threshold_chosen_on") or {"data": final_config.data.path, "method": method}
         return float(chosen["threshold"]), (
             f"{method} on validation by {chosen['source']} ({models}, trained like this one: {_epochs_text(epochs)}, "
@@ -590,18 +569,20 @@ def _threshold_like_the_final_model(
         valid_reader = SubsetReader(train_reader, valid_part, description="threshold-fit valid")
         train_reader = SubsetReader(train_reader, train_part, description="threshold-fit train")
         where = f"a stratified fifth of split {data.train_split!r}"
-    folder = out_dir / "threshold-fit"
+    fit_run = RunFolder(out_dir).threshold_fit
+    folder = fit_run.path
     say = log or (lambda line: None)
     say(f"final fit: choosing its {method} threshold with a model trained the same way ({_epochs_text(epochs)} on "
         f"{train_reader.split!r}), validated on {where}, in {folder}")
     calibration = copy.deepcopy(final_config)
     calibration.train.patience = 0  # all the epochs, as the final model
-    train(calibration, folder, progress=progress, log=_fold_log(log, "threshold-fit"), readers=(train_reader, valid_reader))
+    train(calibration, folder, progress=progress, log=_fold_log(log, RunFolder.THRESHOLD_FIT),
+          readers=(train_reader, valid_reader), on_step=on_step)
     images, labels, _ = load_split_arrays(valid_reader)
-    probabilities = TorchPredictor.from_checkpoint(folder / "last.safetensors").predict_proba(images)  # fp32
+    probabilities = TorchPredictor.from_checkpoint(fit_run.last).predict_proba(images)  # fp32
     selector = ThresholdSelector(method, final_config.evaluate.target_sensitivity).fit(labels, probabilities)
     return float(selector.threshold_), (
-        f"{method} on {where} by threshold-fit/last.safetensors, a model trained like this one "
+        f"{method} on {where} by {RunFolder.THRESHOLD_FIT}/{RunFolder.LAST}, a model trained like this one "
         f"({_epochs_text(epochs)} on {train_reader.split!r}, the same settings)"
     ), {"data": str(valid_reader.root), "split": valid_reader.split, "method": method}
 
@@ -615,15 +596,16 @@ def _store_threshold(out_dir: Path, threshold: float, source: str, chosen_on: di
     from pcamlab.fileio import write_json_atomic
     from pcamlab.runtime.checkpoint import load_checkpoint, save_checkpoint
 
+    run = RunFolder(out_dir)
     contract = None
-    for name in ("last.safetensors", "best.safetensors"):
-        checkpoint = load_checkpoint(out_dir / name)
+    for path in (run.last, run.best):
+        checkpoint = load_checkpoint(path)
         contract = checkpoint.contract.replace(threshold=threshold, threshold_source=source)
         metadata = {**checkpoint.metadata, "threshold_chosen_on": chosen_on}
-        save_checkpoint(out_dir / name, checkpoint.model, checkpoint.config, contract, metadata)
-    summary = json.loads((out_dir / "summary.json").read_text())
+        save_checkpoint(path, checkpoint.model, checkpoint.config, contract, metadata)
+    summary = run.read_summary()
     summary.update(threshold=threshold, contract=contract.to_dict(), threshold_chosen_on=chosen_on)
-    write_json_atomic(out_dir / "summary.json", summary)
+    write_json_atomic(run.summary, summary)
 
 
 def choice_from_run(run: str | os.PathLike) -> dict[str, Any]:
@@ -642,14 +624,15 @@ def choice_from_run(run: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(run)
     if path.is_dir():
-        for name in ("cv_summary.json", "summary.json"):
-            if (path / name).is_file():
-                path = path / name
+        folder = RunFolder(path)
+        for candidate in (folder.cv_summary, folder.summary):
+            if candidate.is_file():
+                path = candidate
                 break
         else:
             raise ConfigError(
-                f"epochs_from {str(run)!r} holds neither summary.json nor cv_summary.json; point it at a finished "
-                "training run or cross-validation folder", parameters=("epochs_from",)
+                f"epochs_from {str(run)!r} holds neither {RunFolder.SUMMARY} nor {RunFolder.CV_SUMMARY}; point it at "
+                "a finished training run or cross-validation folder", parameters=("epochs_from",)
             )
     if not path.is_file():
         raise ConfigError(f"epochs_from {str(run)!r} does not exist; point it at a finished run folder",
@@ -687,8 +670,8 @@ def _trained_like(final_config: RunConfig, run: Path, epochs: int) -> bool:
     """True when the run folder ``run`` trained its model as the final fit trains: same model, augmentation
     and train settings (``epochs`` epochs, the same schedule), its threshold chosen at its last epoch."""
     try:
-        summary = json.loads((run / "summary.json").read_text())
-        saved = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        summary = json.loads(RunFolder(run).summary.read_text())
+        saved = yaml.safe_load(RunFolder(run).config.read_text()) or {}
     except (OSError, json.JSONDecodeError, yaml.YAMLError):
         return False
     if not (summary.get("best_epoch") == summary.get("epochs_run") == epochs and summary.get("stop_reason") == "all epochs done"):
@@ -708,6 +691,7 @@ def run_final(
     epochs_from: str | os.PathLike | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    on_step: Callable[[Any, float], bool] | None = None,
 ) -> dict[str, Any]:
     """Fit on ``train + valid`` for a chosen number of epochs, then score the test split.
 
@@ -738,6 +722,8 @@ def run_final(
         epochs_from: a run folder or CV folder (or its summary JSON) to take the epoch count from.
         progress: show tqdm progress bars.
         log: called with one human-readable line per event.
+        on_step: passed to :func:`~pcamlab.train.loop.train` of the final model and of ``threshold-fit/``
+            (called after each optimiser step; True ends that training like a time budget would).
 
     Returns:
         The contents of ``final.json``: epochs and their source, patch counts, the training summary
@@ -789,11 +775,11 @@ def run_final(
     both = ConcatReader(parts)
     say(f"final fit: {_epochs_text(epochs)} ({source}) on {both.split} = "
         + " + ".join(str(len(part)) for part in parts) + f" = {len(both)} patches")
-    summary = train(final_config, out_dir, progress=progress, log=log, readers=(both, None))
+    summary = train(final_config, out_dir, progress=progress, log=log, readers=(both, None), on_step=on_step)
     threshold, threshold_source = final_config.evaluate.threshold, "fixed"
     if final_config.evaluate.threshold_method != "fixed":
         threshold, threshold_source, chosen_on = _threshold_like_the_final_model(
-            final_config, out_dir, int(epochs), chosen, splits, progress, log)
+            final_config, out_dir, int(epochs), chosen, splits, progress, log, on_step)
         _store_threshold(out_dir, threshold, threshold_source, chosen_on)
     say(f"final fit: threshold {threshold:.4f} ({threshold_source})")
 
@@ -804,8 +790,8 @@ def run_final(
         "threshold": threshold,
         "threshold_source": threshold_source,
         "train_patches": {**{part.split: len(part) for part in parts}, "total": len(both)},
-        "summary": "summary.json",
-        "checkpoint": str(out_dir / "last.safetensors"),
+        "summary": RunFolder.SUMMARY,
+        "checkpoint": str(RunFolder(out_dir).last),
     }
     test_split = data.test_split
     if test_split not in splits:
@@ -818,12 +804,12 @@ def run_final(
         from pcamlab.evaluate.run import evaluate_checkpoint
 
         metrics = evaluate_checkpoint(
-            out_dir / "last.safetensors", data.path, test_split, out_dir / "eval-test", format=data.format,
+            RunFolder(out_dir).last, data.path, test_split, out_dir / "eval-test", format=data.format,
             tta=config.evaluate.tta, batch_size=config.evaluate.batch_size, device=config.train.device,
         )
         result["test"] = {"split": test_split, "folder": "eval-test",
                           **{key: metrics.get(key) for key in ("roc_auc", "roc_auc_ci", "accuracy") if key in metrics}}
         say(f"final fit: test {test_split!r} AUC {metrics.get('roc_auc', float('nan')):.4f} "
             f"(details in {out_dir / 'eval-test'})")
-    write_text_atomic(out_dir / "final.json", json.dumps(_json_safe(result), indent=2))
+    write_text_atomic(RunFolder(out_dir).final, json.dumps(_json_safe(result), indent=2))
     return result

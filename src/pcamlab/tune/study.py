@@ -261,7 +261,8 @@ def _objective(job: _Job, log: Callable[[str], None]):
         record = {"number": trial.number, "values": described, "state": "RUNNING"}
         try:
             if settings.protocol == "kfold":
-                result = run_kfold(config, run_dir, folds=settings.folds, groups="auto", progress=False, on_epoch=reporter)
+                result = run_kfold(config, run_dir, folds=settings.folds, groups="auto", progress=False, on_epoch=reporter,
+                                   on_step=_safe_point)
                 aucs = [float(row["val_auc"]) for row in result["folds"]]
                 auc = float(result["metrics"]["val_auc"]["mean"])
                 trial.set_user_attr("fold_aucs", aucs)

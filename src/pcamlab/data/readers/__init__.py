@@ -48,7 +48,15 @@ from pcamlab.data.readers.decode import (
 
 # The registered layouts: imported explicitly so a format name never depends on import order.
 from pcamlab.data.readers.folders import COURSE_FOLDER, FoldersReader
-from pcamlab.data.readers.h5 import H5_META_PATTERN, H5_PATTERN, H5_SPLITS, H5Reader
+from pcamlab.data.readers.h5 import (
+    H5_META_HEADER,
+    H5_META_PATTERN,
+    H5_PATTERN,
+    H5_SPLITS,
+    H5Reader,
+    meta_csv_path,
+    read_meta_csv,
+)
 from pcamlab.data.readers.kaggle import KAGGLE_LABELS, KAGGLE_SPLITS, KAGGLE_TEST_LABELS, KaggleReader
 from pcamlab.data.readers.splits import (
     ARCHIVE_SUFFIXES,
@@ -72,6 +80,9 @@ __all__ = [
     "H5_PATTERN",
     "H5_SPLITS",
     "H5_META_PATTERN",
+    "H5_META_HEADER",
+    "meta_csv_path",
+    "read_meta_csv",
     "KAGGLE_LABELS",
     "KAGGLE_TEST_LABELS",
     "KAGGLE_SPLITS",

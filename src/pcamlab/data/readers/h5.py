@@ -1,7 +1,11 @@
-"""The official PCam release: ``camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5``.
+"""The official PCam release: ``camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5`` and its meta CSVs.
 
 Source: the PCam README (https://github.com/basveeling/pcam): ``x`` holds uint8 ``(N, 96, 96, 3)`` RGB
-patches, ``y`` uint8 ``(N, 1, 1, 1)`` labels, 1 when the centre 32x32 region holds tumour.
+patches, ``y`` uint8 ``(N, 1, 1, 1)`` labels, 1 when the centre 32x32 region holds tumour. Beside them,
+``camelyonpatch_level_2_split_<split>_meta.csv`` describes patch i in row i: a pandas index column, then
+``coord_y``, ``coord_x`` (the patch's place in its slide), ``tumor_patch``, ``center_tumor_patch`` and
+``wsi`` (the slide). :func:`read_meta_csv` is the one reader of that file (k-fold grouping by slide,
+``data convert``, ``data info``), built on :func:`pcamlab.data.idcsv.read_row_csv`.
 """
 
 from __future__ import annotations
@@ -11,16 +15,63 @@ from pathlib import Path
 
 import numpy as np
 
+from pcamlab.data.idcsv import Column, RowTable, read_row_csv
 from pcamlab.data.readers.base import READERS, PatchReader, check_x_dataset, unknown_split
 from pcamlab.data.readers.decode import SKIP_HINT, BadImageError
 from pcamlab.errors import DataError, plain_line
 from pcamlab.fileio import printable
 
-__all__ = ["H5_PATTERN", "H5_SPLITS", "H5_META_PATTERN", "H5Reader"]
+__all__ = ["H5_PATTERN", "H5_SPLITS", "H5_META_PATTERN", "H5_META_HEADER", "H5Reader", "meta_csv_path",
+           "read_meta_csv"]
 
 H5_PATTERN = "camelyonpatch_level_2_split_{split}_{kind}.h5"
 H5_SPLITS = ("train", "valid", "test")
 H5_META_PATTERN = "camelyonpatch_level_2_split_{split}_meta.csv"  # slide of each row (column 'wsi')
+#: The header of PCam's meta CSVs (the first, unnamed column is pandas' index), as the release writes it.
+H5_META_HEADER = ("", "coord_y", "coord_x", "tumor_patch", "center_tumor_patch", "wsi")
+
+
+def meta_csv_path(root: str | os.PathLike, split: str) -> Path:
+    """``root/camelyonpatch_level_2_split_<split>_meta.csv`` (which need not exist)."""
+    return Path(root) / H5_META_PATTERN.format(split=split)
+
+
+def _slide_id(text: str) -> str:
+    if not text:
+        raise ValueError("every patch needs its slide id")
+    return text
+
+
+def read_meta_csv(path: str | os.PathLike, *, count: int | None = None, column: str = "wsi") -> RowTable:
+    """PCam's meta CSV of one split: row i describes patch i; ``column`` (the slide id) is read and checked.
+
+    The file follows the CSV rules of :mod:`pcamlab.data.idcsv` (BOM, CRLF, ``;``/tab separators, header
+    names in any case and spacing, the pandas index column, blank lines); the other columns are kept as
+    written (``table.to_csv(rows)`` writes chosen rows back, as ``data convert`` does).
+
+    Args:
+        path: the CSV (``camelyonpatch_level_2_split_<split>_meta.csv``, :func:`meta_csv_path`).
+        count: patches in the split; the number of rows must equal it when given.
+        column: the slide id column (PCam: ``wsi``); every row needs a value.
+
+    Returns:
+        A :class:`~pcamlab.data.idcsv.RowTable`; ``table.column(column)`` is the slide of each patch (str).
+
+    Raises:
+        DataError: a missing or unreadable file, no ``column`` in the header, a row without a slide id, or a
+            row count other than ``count``; the message names the file (and line).
+
+    Example:
+        >>> table = read_meta_csv(meta_csv_path("data/pcam", "train"), count=262144)
+        >>> table.column("wsi")[0]
+    """
+    table = read_row_csv(path, [Column(column, parse=_slide_id)], what="slide meta CSV")
+    if count is not None and len(table) != count:
+        raise DataError(
+            f"slide meta CSV {printable(table.path)!r} has {len(table)} rows but the split has {count} patches; "
+            "row i must describe patch i: use the meta CSV of the same split and release"
+        )
+    return table
 
 
 @READERS.register("h5")

@@ -3,8 +3,8 @@
 The way PCam was cut from Camelyon16 (Veeling et al. 2018; github.com/basveeling/pcam README):
 
 - patches of 96 x 96 pixels at 0.972 um/px (10x), read from the pyramid level nearest that resolution and
-  resampled when no level is within 5% (:func:`pcamlab.slide.predict.plan_grid`, the grid ``slide predict``
-  uses, so a model trained on the result sees its slides the same way);
+  resampled when no level is within 5% (:mod:`pcamlab.slide.tiles`: the grid, tile reader and tissue share
+  ``slide predict`` uses, so a model trained on the result sees its slides the same way);
 - label 1 when the centre 32 x 32 pixels hold annotated tumour: PCam's rule (any tumour pixel), or at
   least ``min_tumour_fraction`` of the centre with that option;
 - tissue only: a patch is a candidate when at least ``min_tissue_fraction`` of it is tissue by
@@ -58,17 +58,15 @@ from pcamlab.slide._model import PCAM_MPP
 from pcamlab.slide.annotations import SlideAnnotations, find_annotation_file, read_annotations
 from pcamlab.slide.batch import slide_folders
 from pcamlab.slide.cohort import STALE_AFTER, Cohort, Shard
-from pcamlab.slide.grid import Grid
-from pcamlab.slide.predict import plan_grid
-from pcamlab.slide.reader import open_slide, read_downsampled
-from pcamlab.slide.tissue import DEFAULT_SATURATION_THRESHOLD, TISSUE_METHODS, tissue_mask
+from pcamlab.slide.reader import open_slide
+from pcamlab.slide.tiles import plan_grid, read_tiles, tile_tissue
+from pcamlab.slide.tissue import DEFAULT_SATURATION_THRESHOLD, TISSUE_METHODS
 
 __all__ = ["FromSlidesOptions", "SlidePlan", "DatasetPlan", "FromSlidesResult", "assign_splits", "plan_dataset",
            "cut_slide", "assemble_dataset", "dataset_from_slides", "META_HEADER", "SPLITS"]
 
 SPLITS = ("train", "valid", "test")  # PCam's h5 splits
 META_HEADER = ["", "coord_y", "coord_x", "tumor_patch", "center_tumor_patch", "wsi"]  # PCam's meta CSV columns
-MASK_PIXELS_PER_PATCH = 8  # the tissue mask has about 8 x 8 pixels per patch
 REGION_PIXELS = 1024  # edge of one region read, in pixels of the level read (bounds memory)
 PLAN_FILE, SUMMARY_FILE, SLIDES_FILE = "plan.json", "from_slides.json", "slides.csv"
 
@@ -206,22 +204,6 @@ def assign_splits(labels: Mapping[str, int], *, valid_fraction: float, test_frac
     return result
 
 
-def _tile_fractions(mask: np.ndarray, grid: Grid, mask_downsample: float) -> np.ndarray:
-    """float32 (rows, cols): share of each patch that the mask calls tissue (an integral image)."""
-    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    integral[1:, 1:] = mask.cumsum(axis=0).cumsum(axis=1)
-    step = grid.stride * grid.level0_per_model_pixel / mask_downsample
-    size = grid.patch_size * grid.level0_per_model_pixel / mask_downsample
-    tops = np.clip(np.round(np.arange(grid.rows) * step).astype(int), 0, mask.shape[0])
-    lefts = np.clip(np.round(np.arange(grid.cols) * step).astype(int), 0, mask.shape[1])
-    bottoms = np.clip(np.round(np.arange(grid.rows) * step + size).astype(int), 0, mask.shape[0])
-    rights = np.clip(np.round(np.arange(grid.cols) * step + size).astype(int), 0, mask.shape[1])
-    area = np.maximum((bottoms - tops)[:, None] * (rights - lefts)[None, :], 1)
-    inside = integral[bottoms][:, rights] - integral[tops][:, rights] - integral[bottoms][:, lefts] \
-        + integral[tops][:, lefts]
-    return (inside / area).astype(np.float32)
-
-
 def _covered(geometry: Any, boxes: np.ndarray) -> np.ndarray:
     """float64 (N,): share of each box's area that ``geometry`` covers (only boxes near it are intersected)."""
     shares = np.zeros(len(boxes))
@@ -237,12 +219,9 @@ def _candidates(slide_path: Path, annotations: SlideAnnotations | None, options:
     """Every tissue patch of a slide with its labels: level-0 ``x``, ``y`` and ``label``, ``tumour_patch``."""
     with open_slide(slide_path, mpp=options.slide_mpp) as slide:
         grid = plan_grid(slide, options.patch_size, options.stride, options.mpp)
-        mask_downsample = max(1.0, grid.tile_size_level0 / MASK_PIXELS_PER_PATCH)
-        mask = tissue_mask(read_downsampled(slide, mask_downsample), method=options.tissue_method,
-                           threshold=options.tissue_threshold)
-    rows, cols = np.nonzero(_tile_fractions(mask, grid, mask_downsample) >= max(options.min_tissue_fraction, 1e-9))
-    scale = grid.stride * grid.level0_per_model_pixel
-    x, y = np.round(cols * scale).astype(np.int64), np.round(rows * scale).astype(np.int64)
+        _, _, fractions = tile_tissue(slide, grid, method=options.tissue_method, threshold=options.tissue_threshold)
+    rows, cols = np.nonzero(fractions >= max(options.min_tissue_fraction, 1e-9))
+    x, y = grid.tile_origins_level0(rows, cols)
     size = options.patch_size * grid.level0_per_model_pixel
     margin = (options.patch_size - options.centre_size) / 2 * grid.level0_per_model_pixel
     centre = options.centre_size * grid.level0_per_model_pixel
@@ -385,26 +364,6 @@ def plan_dataset(
     return dataset
 
 
-def _read_patches(slide, grid: Grid, x: np.ndarray, y: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (N, size, size, 3) patches with level-0 top-left corners ``x``, ``y``, read in one region."""
-    from PIL import Image
-
-    scale = grid.level0_per_model_pixel
-    left, top = int(x.min()), int(y.min())
-    width = int(np.ceil((x.max() - left) / scale)) + size  # patch pixels
-    height = int(np.ceil((y.max() - top) / scale)) + size
-    read_size = (max(1, int(round(width * grid.read_scale))), max(1, int(round(height * grid.read_scale))))
-    region = slide.read_region((left, top), grid.level, read_size)
-    if grid.read_scale != 1.0:
-        resample = Image.Resampling.BOX if grid.read_scale > 1 else Image.Resampling.BILINEAR
-        region = np.asarray(Image.fromarray(region).resize((width, height), resample))
-    patches = np.empty((len(x), size, size, 3), dtype=np.uint8)
-    for index, (column, row) in enumerate(zip(np.round((x - left) / scale).astype(int),
-                                              np.round((y - top) / scale).astype(int))):
-        patches[index] = region[row:row + size, column:column + size]
-    return patches
-
-
 def _done_path(work: Path, slide_id: str) -> Path:
     return work / f"{slide_id}.done.json"
 
@@ -442,7 +401,7 @@ def cut_slide(plan: SlidePlan, work: str | os.PathLike, options: FromSlidesOptio
             for value in np.unique(block):
                 stopping.check()
                 members = np.flatnonzero(block == value)
-                images[members] = _read_patches(slide, grid, x[members], y[members], size)
+                images[members] = read_tiles(slide, grid, x[members], y[members])
                 written += len(members)
                 if progress is not None:
                     progress(written)

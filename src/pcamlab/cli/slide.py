@@ -405,7 +405,8 @@ def run_summary(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pcamlab.errors import RunFolderError
-    from pcamlab.slide.cohort import cohort_status, slide_result_done
+    from pcamlab.slide.cohort import slide_result_done
+    from pcamlab.slide.cohort_status import cohort_status
 
     if not Path(args.results).is_dir():
         raise RunFolderError(f"results folder {args.results!r} does not exist or is not a folder; give the --out "
@@ -553,7 +554,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
           f"tile ROC AUC {number(pixel['tile_roc_auc'])}")
     wrong = slide["wrong"]
     if wrong:
-        print(f"  wrong slides, worst first: " + ", ".join(f"{row['slide']} ({row['error']})" for row in wrong[:5])
+        print("  wrong slides, worst first: " + ", ".join(f"{row['slide']} ({row['error']})" for row in wrong[:5])
               + (" ..." if len(wrong) > 5 else ""))
     for note in metrics["warnings"]:
         print(f"  note: {note}")

@@ -21,8 +21,9 @@ def register(subparsers) -> None:
     """Add ``pcamlab data`` and its subcommands to the top-level parser."""
     parser = subparsers.add_parser(
         "data",
-        help="inspect, convert and download PCam datasets",
-        description="Inspect, convert and download PCam datasets (h5, class folders, Kaggle layout).",
+        help="datasets: inspect, convert, download PCam, cut one from annotated slides (from-slides)",
+        description="Inspect, convert and download PCam datasets (h5, class folders, Kaggle layout), and cut a "
+        "PCam-layout dataset from annotated whole slides (from-slides).",
     )
     commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", title="subcommands")
     parser.set_defaults(func=lambda args: _print_help(parser))

@@ -1,5 +1,6 @@
-"""``pcamlab slide``: inspect whole-slide images (``info``), map their tumour with a patch model (``predict``), and
-say which slides of a cohort are done (``summary``).
+"""``pcamlab slide``: inspect whole-slide images (``info``), map their tumour with a patch model (``predict``), score
+the maps against annotations (``evaluate``), say which slides of a cohort are done (``summary``), and write a
+synthetic cohort (``synth-cohort``).
 
 A thin adapter over :mod:`pcamlab.slide`: ``info`` calls :func:`pcamlab.slide.slide_info`; ``predict``
 loads the model once and calls :func:`pcamlab.slide.predict_slide` per slide of its shard, one folder
@@ -17,8 +18,10 @@ __all__ = ["register", "register_evaluate", "parse_shard", "add_annotation_argum
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "slide", help="whole-slide images: info, and tumour heatmaps from a patch model",
-        description="Inspect whole-slide images and map their tumour with a trained patch model.",
+        "slide", help="whole-slide images: info, heatmaps, evaluation against annotations, cohorts, synthetic cohorts",
+        description="Inspect whole-slide images (info), map their tumour with a trained patch model (predict, "
+        "sharded over a cluster's workers), score the maps against annotations (evaluate), say which slides of a "
+        "cohort are done (summary), and write a synthetic cohort of real PCam patches (synth-cohort).",
     )
     commands = parser.add_subparsers(dest="slide_command", metavar="SUBCOMMAND", title="subcommands")
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])

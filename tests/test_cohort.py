@@ -20,7 +20,8 @@ import pytest
 from pcamlab import stopping
 from pcamlab.cli.main import main
 from pcamlab.errors import ConfigError, DataError
-from pcamlab.slide.cohort import Cohort, Shard, Worker, cohort_status, pick_device, resolve_shard
+from pcamlab.slide.cohort import Cohort, Shard, Worker, pick_device, resolve_shard
+from pcamlab.slide.cohort_status import cohort_status
 
 MODEL = Path(__file__).parent / "assets" / "slide_model.safetensors"
 

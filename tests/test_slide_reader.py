@@ -259,6 +259,65 @@ def test_data_from_slides_stops_at_a_damaged_slide_with_one_line(tmp_path, damag
         error = one_line_error(capsys)
         assert f"slide '{slide}' {words}" in error and "copy it again" in error, error
         assert not out.exists()
+    # found while planning (the file is cut short): nothing at all is written, not even OUT.partial/
+    assert not (tmp_path / "dataset-short.partial").exists()
+
+
+def test_a_damaged_tile_found_mid_cut_keeps_the_partial_resumable(tmp_path, damaged_slide, tissue_slide, capsys):
+    """The tissue mask reads a low level (intact), so the damaged level-0 tile is met while cutting patches."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    whole, case = folder / "whole.tif", folder / "case.tif"
+    whole.write_bytes(tissue_slide.path.read_bytes())
+    case.write_bytes(damaged_slide.read_bytes())
+    out = tmp_path / "data"
+    command = ["data", "from-slides", str(whole), str(case), "--out", str(out), "--max-per-slide", "1000"]
+    assert main(command) == 2
+    error = one_line_error(capsys)
+    assert f"slide '{case}' is damaged (a tile of level 0" in error and "copy it again" in error, error
+    assert f"the slides cut so far stay in '{out}.partial', and running the same again resumes there" in error
+    partial = out.with_name("data.partial")
+    assert (partial / "whole.done.json").is_file() and not (partial / "case.done.json").exists()
+    assert not out.exists() and not list(partial.glob(".case.npy.*"))  # no half-written patches of the damaged slide
+    case.write_bytes(tissue_slide.path.read_bytes())  # copied again from its source
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert "resuming: 1 of 2 slides already cut" in printed and f"wrote {out}" in printed
+    assert not partial.exists() and (out / "slides.csv").is_file()
+
+
+def test_from_slides_names_its_flag_for_the_slides_mpp(tmp_path, pools, capsys):
+    """from-slides' --mpp is the patches' resolution; the slides' level-0 mpp is --slide-mpp, in every message."""
+    from pcamlab.slide.dataset import FromSlidesOptions, plan_dataset
+
+    wrong = make_synthetic_slide(tmp_path / "wrong.tif", *pools, width=1920, height=1920, seed=1, mpp=0.0972)
+    bare = make_synthetic_slide(tmp_path / "bare.tif", *pools, width=960, height=960, seed=1, resolution_tags=False)
+    with pytest.raises(ResolutionError, match="^slide_mpp must be a positive number") as caught:
+        plan_dataset([wrong.path], annotations=None, options=FromSlidesOptions(slide_mpp=-1.0))
+    assert caught.value.parameters == ("slide_mpp",)
+    with pytest.raises(ResolutionError, match="give the level-0 resolution as slide_mpp"):
+        plan_dataset([bare.path], annotations=None)
+    for slide, extra, words in ((wrong.path, ["--slide-mpp", "-1"], "error: --slide-mpp must be a positive number"),
+                                (bare.path, [], "give the level-0 resolution as --slide-mpp (um/px")):
+        out = tmp_path / f"data-{slide.stem}"
+        assert main(["data", "from-slides", str(slide), "--out", str(out), *extra]) == 2
+        error = one_line_error(capsys)
+        assert words in error and "--mpp" not in error, error
+        assert not out.exists() and not out.with_name(f"{out.name}.partial").exists()
+    # an implausible mpp (tags 10x too fine): the reader's warning, printed under the slide's plan row
+    assert main(["data", "from-slides", str(wrong.path), "--out", str(tmp_path / "warned")]) == 0
+    printed = capsys.readouterr().out
+    assert "    warning: level-0 resolution 0.0972 um/px from the TIFF resolution tags is outside" in printed, printed
+    assert "give the right level-0 resolution as --slide-mpp (e.g. 0.25" in printed and "as --mpp" not in printed
+    facts = json.loads((tmp_path / "warned" / "from_slides.json").read_text())
+    assert "give the right level-0 resolution as slide_mpp" in facts["slides"][0]["warnings"][0]
+    # the right one given: a note says what it overrides, naming the flag
+    assert main(["data", "from-slides", str(wrong.path), "--out", str(tmp_path / "given"), "--slide-mpp", "0.972",
+                 "--valid-fraction", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert ("    note: the --slide-mpp given, 0.972 um/px, overrides the slide's own 0.0972 x 0.0972 um/px from the "
+            "TIFF resolution tags") in printed, printed
+    assert "warning:" not in printed
 
 
 def test_slide_info_verify_decodes_every_tile(damaged_slide, tissue_slide, capsys):

@@ -140,3 +140,23 @@ def test_cohort_from_the_real_dev_patches(tmp_path, shared_data):
     cohort = make_cohort(tmp_path / "c", normal_slides=1, tumour_slides=1, split="train", seed=0,
                          patches=shared_data / "pcam-jpg", pool_size=200, width=1536, height=1152)
     assert len(cohort.slides) == 2 and cohort.reference == {"normal_001": 0, "tumor_001": 1}
+
+
+def test_patch_pools_are_listed_by_the_walker(coloured_patches, tmp_path):
+    """sample_pools lists 0/ and 1/ as every command lists image files: hidden files and OS junk are skipped,
+    a suffix in capitals counts."""
+    from pcamlab.errors import DataError
+    from pcamlab.slide.synthetic import sample_pools
+
+    root = tmp_path / "patches"
+    for label in ("0", "1"):
+        (root / label).mkdir(parents=True)
+        for index, name in enumerate(["a.png", "b.JPG"]):
+            Image.fromarray(np.full((96, 96, 3), 40 * index + int(label), np.uint8)).save(
+                root / label / name, format="PNG" if name.endswith("png") else "JPEG")
+    for junk in (".hidden.jpg", "._a.png", ".DS_Store", "Thumbs.db"):  # not images: reading one would fail
+        (root / "0" / junk).write_bytes(b"\x00junk")
+    normal, tumour = sample_pools(root=root)
+    assert normal.shape == (2, 96, 96, 3) and tumour.shape == (2, 96, 96, 3)
+    with pytest.raises(DataError, match="no patches in"):
+        sample_pools(root=tmp_path / "missing")

@@ -10,7 +10,7 @@ __all__ = ["register", "run"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "compare",
-        help="compare the metrics of several run folders in one table",
+        help="compare the metrics of run folders (and tune studies' trials) in one table",
         description=(
             "Compare run folders: one row per metrics.json (the run folder and its eval-* subfolders) with "
             "facts from summary.json, config.yaml and history.csv, best first; a cross-validation folder shows its "

@@ -1,8 +1,10 @@
-"""``pcamlab data``: inspect (``info``), convert (``convert``) and download (``download``) datasets.
+"""``pcamlab data``: inspect (``info``), convert (``convert``), download (``download``) datasets, and cut one from
+annotated whole slides (``from-slides``).
 
 A thin adapter: each subcommand calls one library function (``pcamlab.data.info.dataset_info``,
-``pcamlab.data.convert.convert``, ``pcamlab.data.download.download_pcam``), imported inside the
-command so ``pcamlab --help`` stays fast, and prints what it did.
+``pcamlab.data.convert.convert``, ``pcamlab.data.download.download_pcam``,
+``pcamlab.slide.dataset.dataset_from_slides``), imported inside the command so ``pcamlab --help`` stays fast,
+and prints what it did.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ def register(subparsers) -> None:
     """Add ``pcamlab data`` and its subcommands to the top-level parser."""
     parser = subparsers.add_parser(
         "data",
-        help="inspect, convert and download PCam datasets",
-        description="Inspect, convert and download PCam datasets (h5, class folders, Kaggle layout).",
+        help="datasets: inspect, convert, download PCam, cut one from annotated slides (from-slides)",
+        description="Inspect, convert and download PCam datasets (h5, class folders, Kaggle layout), and cut a "
+        "PCam-layout dataset from annotated whole slides (from-slides).",
     )
     commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", title="subcommands")
     parser.set_defaults(func=lambda args: _print_help(parser))
@@ -189,7 +192,7 @@ def run_download(args: argparse.Namespace) -> int:
 
 def register_from_slides(commands) -> None:
     """``pcamlab data from-slides``: cut a PCam-layout dataset from annotated slides."""
-    from pcamlab.cli.slide import add_annotation_arguments
+    from pcamlab.cli.slide import add_annotation_arguments, add_cohort_arguments
 
     keep = argparse.SUPPRESS  # options not given keep FromSlidesOptions' defaults (declared once, there)
     parser = commands.add_parser(
@@ -231,13 +234,8 @@ def register_from_slides(commands) -> None:
                         help="HSV saturation below which a pixel is glass (default 0.07)")
     parser.add_argument("--seed", type=int, default=keep, help="seed of the split and sampling (default 0)")
     parser.add_argument("--no-resume", action="store_true", help="discard an unfinished OUT.partial/ and start again")
-    parser.add_argument("--shard", metavar="I/N", help="this worker's share of the slides to cut (default: from a "
-                        "Slurm array or torchrun, else all); workers share OUT.partial/, a lock per slide, and the "
-                        "one that finds every slide cut writes OUT (docs/cohorts.md)")
-    parser.add_argument("--no-steal", action="store_true", help="cut only this worker's share (by default it also "
-                        "takes the other shares' slides no live worker holds)")
-    parser.add_argument("--stale-after", type=float, default=300.0, metavar="SECONDS",
-                        help="take over a slide lock whose heartbeat is older than this (default 300)")
+    add_cohort_arguments(parser, "workers given the same --out share OUT.partial/ with a lock per slide, and the "
+                         "one that finds every slide cut writes OUT")
     parser.set_defaults(func=run_from_slides)
 
 
@@ -249,6 +247,8 @@ def _read_split_csv(path: str) -> dict[str, str]:
 
 def _print_plan(plan, already: int) -> None:
     from pathlib import Path
+
+    from pcamlab.cli.slide import remarks
 
     options = plan.options
     print(f"plan: {len(plan.slides)} slides; {options.patch_size} px patches at {options.mpp:g} um/px, stride "
@@ -263,8 +263,8 @@ def _print_plan(plan, already: int) -> None:
         source = Path(slide.annotation).name if slide.annotation else "none: normal slide"
         print(f"  {slide.slide_id:<{width}}  {slide.split:<5}  {slide.tissue_patches:>6}  {slide.tumour_candidates:>6}  "
               f"{counts[0]:>6}  {counts[1]:>6}  {source}")
-        for note in slide.notes:
-            print(f"    note: {note}")
+        for line in remarks(slide.notes, slide.warnings, prefix="    ", flags=SLIDE_MPP_FLAG):
+            print(line)
     for split, counts in plan.split_counts().items():
         print(f"  {split}: {counts[0] + counts[1]} patches ({counts[0]} label 0, {counts[1]} label 1)")
     for note in plan.notes:
@@ -273,9 +273,13 @@ def _print_plan(plan, already: int) -> None:
         print(f"resuming: {already} of {len(plan.slides)} slides already cut")
 
 
+SLIDE_MPP_FLAG = {"slide_mpp": "--slide-mpp"}  # from-slides' flag for the slides' level-0 mpp (--mpp: the patches')
+
+
 def run_from_slides(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from pcamlab import stopping
     from pcamlab.cli.slide import annotation_options, parse_shard
     from pcamlab.slide.cohort import resolve_shard
     from pcamlab.slide.dataset import FromSlidesOptions, dataset_from_slides
@@ -295,6 +299,12 @@ def run_from_slides(args: argparse.Namespace) -> int:
             annotation_options=annotation_options(args), resume=not args.no_resume,
             on_plan=_print_plan, progress=progress, shard=share, steal=not args.no_steal, stale_after=args.stale_after,
         )
+    except stopping.Stopped:
+        partial = Path(args.out).with_name(Path(args.out).name + ".partial")
+        if partial.exists():  # stopped while cutting (while planning, nothing was written)
+            print(f"from-slides: stopped; the slides cut so far are kept in {partial}, and the same command resumes "
+                  "there", file=sys.stderr)
+        raise
     finally:
         close()
     if not result.complete:

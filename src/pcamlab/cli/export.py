@@ -7,7 +7,7 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "export", help="export a checkpoint to ONNX or TorchScript, verified against torch",
+        "export", help="export a checkpoint to ONNX (fp32 or int8) or TorchScript, verified against torch",
         description="Export a checkpoint. By default the exported model takes uint8 RGB patches "
         "(B, H, W, 3) and normalises inside; outputs 'probability' and 'logit' (B,). The input contract "
         "is stored in the file. The export is checked on real sample patches against torch "

@@ -39,7 +39,8 @@ COMMAND_MODULES = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pcamlab",
-        description="Train, evaluate and explain CNN detectors of metastases in PCam patches.",
+        description="Train, evaluate and explain CNN detectors of metastases in PCam patches, and map whole "
+        "slides with them.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")

@@ -12,9 +12,10 @@ TOKEN_VARIABLE = "PCAMLAB_SERVE_TOKEN"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "serve", help="serve a model: web page + JSON API (predict, Grad-CAM, model card)",
+        "serve", help="serve a model: web page + JSON API (predict, Grad-CAM, slide heatmap jobs, model card)",
         description="Serve MODEL (a checkpoint .safetensors, or .onnx / .pt from pcamlab export) on a web page "
-        "and a versioned JSON API (/v1/model, /v1/predict, /v1/explain; OpenAPI at /docs). Binds to "
+        "and a versioned JSON API (/v1/model, /v1/predict, /v1/explain, and /v1/slides heatmap jobs on the slides "
+        "of --slide-root; OpenAPI at /docs). Binds to "
         f"127.0.0.1 unless --host says otherwise; --token (or ${TOKEN_VARIABLE}) requires "
         "'Authorization: Bearer TOKEN' on every API call.",
     )

@@ -1,5 +1,6 @@
-"""``pcamlab slide``: inspect whole-slide images (``info``), map their tumour with a patch model (``predict``), and
-say which slides of a cohort are done (``summary``).
+"""``pcamlab slide``: inspect whole-slide images (``info``), map their tumour with a patch model (``predict``), score
+the maps against annotations (``evaluate``), say which slides of a cohort are done (``summary``), and write a
+synthetic cohort (``synth-cohort``).
 
 A thin adapter over :mod:`pcamlab.slide`: ``info`` calls :func:`pcamlab.slide.slide_info`; ``predict``
 loads the model once and calls :func:`pcamlab.slide.predict_slide` per slide of its shard, one folder
@@ -9,16 +10,18 @@ per slide under ``--out``, with a progress bar in tiles per second.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 
-__all__ = ["register", "register_evaluate", "parse_shard", "add_annotation_arguments", "annotation_options"]
+__all__ = ["register", "register_evaluate", "parse_shard", "add_annotation_arguments", "annotation_options", "remarks",
+           "add_cohort_arguments"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "slide", help="whole-slide images: info, and tumour heatmaps from a patch model",
-        description="Inspect whole-slide images and map their tumour with a trained patch model.",
+        "slide", help="whole-slide images: info, heatmaps, evaluation against annotations, cohorts, synthetic cohorts",
+        description="Inspect whole-slide images (info), map their tumour with a trained patch model (predict, "
+        "sharded over a cluster's workers), score the maps against annotations (evaluate), say which slides of a "
+        "cohort are done (summary), and write a synthetic cohort of real PCam patches (synth-cohort).",
     )
     commands = parser.add_subparsers(dest="slide_command", metavar="SUBCOMMAND", title="subcommands")
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
@@ -71,20 +74,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "this CPU (pcamlab export [--quantize int8] writes them beside it), else torch; "
                          "torch|onnx|int8 to choose (default auto; always torch on a GPU)")
     predict.add_argument("--backend", choices=["openslide", "tiffslide"], help="force a slide reader")
-    predict.add_argument("--shard", metavar="I/N", help="this worker's share of the slides (1 <= I <= N; slide k "
-                         "goes to share k mod N + 1); default: from a Slurm array (SLURM_ARRAY_TASK_ID/COUNT) or "
-                         "torchrun (RANK/WORLD_SIZE), else all (see docs/cohorts.md)")
-    predict.add_argument("--no-steal", action="store_true", help="only this worker's share; by default a worker "
-                         "whose share is done also takes the other shares' unfinished, unlocked slides")
-    predict.add_argument("--stale-after", type=float, default=300.0, metavar="SECONDS",
-                         help="take over a slide lock whose heartbeat is older than this (a worker killed on another "
-                         "node; one killed on this node is noticed at once; default 300)")
+    add_cohort_arguments(predict, "workers given the same --out share it, with a lock per slide")
     predict.add_argument("--retry-failed", action="store_true",
                          help="try again the slides that failed before (a failure record in OUT/.cohort/failed)")
     predict.add_argument("--no-resume", action="store_true", help="start unfinished slides again from scratch")
     predict.set_defaults(func=run_predict)
     register_evaluate(commands)
     _register_summary(commands)
+
+
+def add_cohort_arguments(parser: argparse.ArgumentParser, shared: str) -> None:
+    """``--shard``, ``--no-steal`` and ``--stale-after``: a worker's share of a cohort (``slide predict``,
+    ``data from-slides``; :mod:`pcamlab.slide.cohort`). ``shared`` says what the workers share."""
+    parser.add_argument("--shard", metavar="I/N", help="this worker's share of the slides (1 <= I <= N; slide k goes "
+                        "to share k mod N + 1); default: from a Slurm array (SLURM_ARRAY_TASK_ID/COUNT) or torchrun "
+                        f"(RANK/WORLD_SIZE), else all; {shared} (see docs/cohorts.md)")
+    parser.add_argument("--no-steal", action="store_true", help="only this worker's share; by default a worker whose "
+                        "share is done also takes the other shares' unfinished slides that no live worker holds")
+    parser.add_argument("--stale-after", type=float, default=300.0, metavar="SECONDS",
+                        help="take over a slide lock whose heartbeat is older than this (a worker killed on another "
+                        "node; one killed on this node is noticed at once; default 300)")
 
 
 def add_annotation_arguments(parser: argparse.ArgumentParser, help: str, *, required: bool = False) -> None:
@@ -142,24 +151,17 @@ def _text_thumbnail(image, columns: int = 64) -> str:
     return "\n".join("".join(ramp[i] for i in row) for row in indices)
 
 
-@contextlib.contextmanager
-def _mpp_is_the_flag():
-    """The reader's resolution errors name its parameter ``mpp``: on these commands that is the flag ``--mpp``."""
-    from pcamlab.slide import ResolutionError
+def remarks(notes, warnings, prefix: str = "", flags: dict[str, str] | None = None) -> list[str]:
+    """The slide reader's notes and warnings (an overridden or implausible mpp) as printed lines.
 
-    try:
-        yield
-    except ResolutionError as error:
-        raise type(error)(str(error), parameters=("mpp",)) from None
-
-
-def _remarks(notes, warnings, prefix: str = "") -> list[str]:
-    """The reader's notes and warnings as printed lines, the parameter ``mpp`` shown as the flag ``--mpp``."""
+    The parameters they name become the command's flags: ``mpp`` -> ``--mpp`` (``slide info``, ``slide predict``)
+    unless ``flags`` says otherwise (``data from-slides``: ``{"slide_mpp": "--slide-mpp"}``).
+    """
     from pcamlab.cli.main import cli_message
 
-    flags = {"mpp": "--mpp"}
-    return ([f"{prefix}note: {cli_message(note, ('mpp',), flags)}" for note in notes]
-            + [f"{prefix}warning: {cli_message(warning, ('mpp',), flags)}" for warning in warnings])
+    flags = {"mpp": "--mpp"} if flags is None else flags
+    return ([f"{prefix}note: {cli_message(note, tuple(flags), flags)}" for note in notes]
+            + [f"{prefix}warning: {cli_message(warning, tuple(flags), flags)}" for warning in warnings])
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -168,7 +170,7 @@ def run_info(args: argparse.Namespace) -> int:
     from pcamlab.slide import open_slide
     from pcamlab.slide.reader import describe_mpp_source
 
-    with _mpp_is_the_flag(), open_slide(args.slide, mpp=args.mpp) as slide:
+    with open_slide(args.slide, mpp=args.mpp) as slide:
         info = slide.info()
         thumbnail = slide.thumbnail(args.size if args.thumbnail else 256)
         if args.verify:
@@ -230,7 +232,7 @@ def run_info(args: argparse.Namespace) -> int:
     if args.verify:
         print(f"verified  every tile of the {len(info.level_dimensions)} level(s) decodes ({decoded / 1e6:,.1f} "
               "megapixels)")
-    for line in _remarks(info.notes, info.warnings):
+    for line in remarks(info.notes, info.warnings):
         print(line)
     return 0
 
@@ -291,9 +293,9 @@ def run_predict(args: argparse.Namespace) -> int:
     mine = list(zip(share.take(keys), share.take(slides)))
     for key, slide_path in mine:
         try:
-            with _mpp_is_the_flag(), open_slide(slide_path, mpp=args.mpp, backend=args.backend) as slide:
+            with open_slide(slide_path, mpp=args.mpp, backend=args.backend) as slide:
                 plan_grid(slide, patch_size, args.stride or patch_size, target_mpp)
-                for line in _remarks(slide.notes, slide.warnings, prefix=f"{slide_path}: "):
+                for line in remarks(slide.notes, slide.warnings, prefix=f"{slide_path}: "):
                     print(line)
         except DataError as error:
             if len(slides) == 1:
@@ -366,13 +368,12 @@ def _predict_one(args: argparse.Namespace, predictor, slide_path, folder):
             bar.update(done_tiles - bar.n)
 
     try:
-        with _mpp_is_the_flag():
-            return predict_slide(
-                predictor, slide_path, folder, stride=args.stride, mpp=args.mpp, tissue_method=args.tissue_method,
-                tissue_threshold=args.tissue_threshold, min_tissue_fraction=args.min_tissue, threshold=args.threshold,
-                top_k=args.top_k, batch_size=args.batch_size, readers=args.readers, backend=args.backend,
-                resume=not args.no_resume, progress=progress,
-            )
+        return predict_slide(
+            predictor, slide_path, folder, stride=args.stride, mpp=args.mpp, tissue_method=args.tissue_method,
+            tissue_threshold=args.tissue_threshold, min_tissue_fraction=args.min_tissue, threshold=args.threshold,
+            top_k=args.top_k, batch_size=args.batch_size, readers=args.readers, backend=args.backend,
+            resume=not args.no_resume, progress=progress,
+        )
     except RunFolderError as error:  # main() shows the parameters it names as this command's flags
         if "out_dir" in error.parameters:
             raise
@@ -407,7 +408,8 @@ def run_summary(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pcamlab.errors import RunFolderError
-    from pcamlab.slide.cohort import cohort_status, slide_result_done
+    from pcamlab.slide.cohort import slide_result_done
+    from pcamlab.slide.cohort_status import cohort_status
 
     if not Path(args.results).is_dir():
         raise RunFolderError(f"results folder {args.results!r} does not exist or is not a folder; give the --out "
@@ -555,7 +557,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
           f"tile ROC AUC {number(pixel['tile_roc_auc'])}")
     wrong = slide["wrong"]
     if wrong:
-        print(f"  wrong slides, worst first: " + ", ".join(f"{row['slide']} ({row['error']})" for row in wrong[:5])
+        print("  wrong slides, worst first: " + ", ".join(f"{row['slide']} ({row['error']})" for row in wrong[:5])
               + (" ..." if len(wrong) > 5 else ""))
     for note in metrics["warnings"]:
         print(f"  note: {note}")

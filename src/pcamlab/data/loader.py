@@ -28,6 +28,11 @@ __all__ = ["InMemoryBatches", "StreamingBatches", "make_batch_source", "fits_in_
 Batch = tuple[torch.Tensor, torch.Tensor, int]
 
 
+def _batch_count(count: int, batch_size: int, drop_last: bool) -> int:
+    """Batches in an epoch of ``count`` samples: a last short batch counts unless ``drop_last``."""
+    return count // batch_size if drop_last else -(-count // batch_size)
+
+
 def _order(count: int, shuffle: bool, seed: int) -> np.ndarray:
     if not shuffle:
         return np.arange(count)
@@ -51,8 +56,7 @@ class InMemoryBatches:
         self.skipped = skipped  # unreadable files skipped while decoding
 
     def __len__(self) -> int:
-        count = len(self.labels)
-        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+        return _batch_count(len(self.labels), self.batch_size, self.drop_last)
 
     @property
     def num_samples(self) -> int:
@@ -144,8 +148,7 @@ class StreamingBatches:
         return len(self.bad_indices)
 
     def __len__(self) -> int:
-        count = len(self.reader)
-        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+        return _batch_count(len(self.reader), self.batch_size, self.drop_last)
 
     @property
     def num_samples(self) -> int:

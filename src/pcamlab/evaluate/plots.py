@@ -42,6 +42,8 @@ from pcamlab.fileio import save_png
 
 __all__ = [
     "DPI",
+    "new_figure",
+    "finish_rate_axes",
     "roc_operating_point",
     "confusion_matrix",
     "read_history",
@@ -59,7 +61,8 @@ POSITIVE_COLOUR = "#d62728"  # tumour
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "val_accuracy", "learning_rate")
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A figure of ``width`` x ``height`` inches at :data:`DPI` on the Agg canvas (no pyplot, nothing global)."""
     figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
@@ -68,6 +71,21 @@ def _new_figure(width: float, height: float) -> Figure:
 def _save(figure: Figure, path: str | os.PathLike) -> Path:
     """Write ``figure`` as PNG to ``path`` atomically and return the path."""
     return save_png(figure, path, dpi=DPI)
+
+
+def finish_rate_axes(axes, *, x_label: str, y_label: str, title: str, legend: str, legend_size: int = 8,
+                     square: bool = False) -> None:
+    """Finish axes whose x and y are rates in [0, 1] (ROC, precision-recall): both limits with a small margin,
+    equal aspect when ``square``, the labels, the title, a light grid and the legend at ``legend``."""
+    axes.set_xlim(-0.01, 1.01)
+    axes.set_ylim(-0.01, 1.01)
+    if square:
+        axes.set_aspect("equal")
+    axes.set_xlabel(x_label)
+    axes.set_ylabel(y_label)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc=legend, fontsize=legend_size)
 
 
 def _message_panel(axes, text: str) -> None:
@@ -129,7 +147,7 @@ def plot_roc(
         The path written.
     """
     labels, probabilities = validate_inputs(y_true, y_prob)
-    figure = _new_figure(5.2, 5.0)
+    figure = new_figure(5.2, 5.0)
     axes = figure.add_subplot()
     area = roc_auc(labels, probabilities) if auc is None else float(auc)
     if area is None:
@@ -149,21 +167,16 @@ def plot_roc(
             [point_x], [point_y], marker="o", markersize=8, color="black", linestyle="none",
             label=f"threshold {threshold:.3g}: TPR {point_y:.3f}, FPR {point_x:.3f}",
         )
-    axes.set_xlim(-0.01, 1.01)
-    axes.set_ylim(-0.01, 1.01)
-    axes.set_aspect("equal")
-    axes.set_xlabel("False positive rate (1 - specificity)")
-    axes.set_ylabel("True positive rate (sensitivity)")
-    axes.set_title(f"ROC curve ({labels.shape[0]} patches, {int(labels.sum())} tumour)")
-    axes.grid(alpha=0.3)
-    axes.legend(loc="lower right", fontsize=8)
+    finish_rate_axes(axes, x_label="False positive rate (1 - specificity)", y_label="True positive rate (sensitivity)",
+                     title=f"ROC curve ({labels.shape[0]} patches, {int(labels.sum())} tumour)", legend="lower right",
+                     square=True)
     return _save(figure, path)
 
 
 def plot_pr(y_true: Any, y_prob: Any, path: str | os.PathLike) -> Path:
     """Precision-recall curve with average precision (AP) and the prevalence (chance) line."""
     labels, probabilities = validate_inputs(y_true, y_prob)
-    figure = _new_figure(5.2, 5.0)
+    figure = new_figure(5.2, 5.0)
     axes = figure.add_subplot()
     area = average_precision(labels, probabilities)
     if area is None:
@@ -174,13 +187,8 @@ def plot_pr(y_true: Any, y_prob: Any, path: str | os.PathLike) -> Path:
     prevalence = float(labels.mean())
     axes.step(recall, precision, where="post", color=POSITIVE_COLOUR, linewidth=1.8, label=f"AP = {area:.4f}")
     axes.axhline(prevalence, linestyle="--", color="grey", linewidth=1, label=f"prevalence = {prevalence:.3f}")
-    axes.set_xlim(-0.01, 1.01)
-    axes.set_ylim(-0.01, 1.01)
-    axes.set_xlabel("Recall (sensitivity)")
-    axes.set_ylabel("Precision (positive predictive value)")
-    axes.set_title(f"Precision-recall curve ({labels.shape[0]} patches)")
-    axes.grid(alpha=0.3)
-    axes.legend(loc="lower left", fontsize=8)
+    finish_rate_axes(axes, x_label="Recall (sensitivity)", y_label="Precision (positive predictive value)",
+                     title=f"Precision-recall curve ({labels.shape[0]} patches)", legend="lower left")
     return _save(figure, path)
 
 
@@ -196,7 +204,7 @@ def plot_confusion_matrix(
     if len(class_names) != 2:
         raise ConfigError(f"class_names must name 2 classes (0 then 1); got {list(class_names)!r}")
     counts, rates = confusion_matrix(y_true, y_prob, threshold)
-    figure = _new_figure(9.0, 4.2)
+    figure = new_figure(9.0, 4.2)
     panels = figure.subplots(1, 2)
     titles = ("Counts", "Rates (each row sums to 1)")
     for axes, values, title in zip(panels, (counts, rates), titles):
@@ -223,7 +231,7 @@ def plot_reliability(y_true: Any, y_prob: Any, path: str | os.PathLike, bins: in
     labels, probabilities = validate_inputs(y_true, y_prob)
     table = reliability_bins(labels, probabilities, bins)
     error = expected_calibration_error(labels, probabilities, bins)
-    figure = _new_figure(5.2, 6.2)
+    figure = new_figure(5.2, 6.2)
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     edges = table["edges"]
     centres = (edges[:-1] + edges[1:]) / 2
@@ -279,7 +287,7 @@ def plot_score_histogram(
     labels, probabilities = validate_inputs(y_true, y_prob)
     if len(class_names) != 2:
         raise ConfigError(f"class_names must name 2 classes (0 then 1); got {list(class_names)!r}")
-    figure = _new_figure(6.0, 4.2)
+    figure = new_figure(6.0, 4.2)
     axes = figure.add_subplot()
     edges = np.linspace(0.0, 1.0, 41)
     for value, colour in ((0, NEGATIVE_COLOUR), (1, POSITIVE_COLOUR)):
@@ -384,7 +392,7 @@ def plot_training_curves(
         The path written.
     """
     columns = read_history(history)
-    figure = _new_figure(13.0, 4.0)
+    figure = new_figure(13.0, 4.0)
     loss_axes, score_axes, rate_axes = figure.subplots(1, 3)
     _plot_columns(loss_axes, columns, (("train_loss", "train"), ("val_loss", "validation")), "Loss")
     loss_axes.set_title("Loss")

@@ -6,6 +6,8 @@
   failed decode is, and ``verify_slide`` (every tile decoded).
 - :mod:`~pcamlab.slide.grid`: :class:`Grid`, where the tiles lie at the model's resolution.
 - :mod:`~pcamlab.slide.tissue`: the tissue mask (PCam's HSV-saturation rule, or Otsu).
+- :mod:`~pcamlab.slide.tiles`: the grid on the level nearest a target mpp, reading its tiles, their tissue
+  share (one reader for ``slide predict`` and ``data from-slides``).
 - :mod:`~pcamlab.slide.predict`: :func:`predict_slide`, tiled inference through a Predictor, resumable.
 - :mod:`~pcamlab.slide.outputs`: heatmap, overlay, GeoJSON for QuPath, CSV, HTML section.
 - :mod:`~pcamlab.slide.synthetic`: pyramidal TIFF slides of real PCam patches, with ground truth.
@@ -20,7 +22,7 @@ Example:
 
 from pcamlab.slide._model import PCAM_MPP, load_predictor
 from pcamlab.slide.grid import Grid
-from pcamlab.slide.predict import OUTPUT_FILES, SlideResult, plan_grid, predict_slide
+from pcamlab.slide.predict import OUTPUT_FILES, SlideResult, predict_slide
 from pcamlab.slide.reader import (
     BACKENDS,
     PLAUSIBLE_MPP,
@@ -33,6 +35,7 @@ from pcamlab.slide.reader import (
     slide_info,
 )
 from pcamlab.slide.synthetic import SyntheticSlide, make_synthetic_slide, read_truth, sample_pools
+from pcamlab.slide.tiles import plan_grid, read_tiles
 from pcamlab.slide.tissue import TISSUE_METHODS, tissue_mask
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "open_slide",
     "plan_grid",
     "predict_slide",
+    "read_tiles",
     "read_truth",
     "sample_pools",
     "slide_info",

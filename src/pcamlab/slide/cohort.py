@@ -20,7 +20,8 @@ what each one does, so that no slide is processed twice and none is lost when a 
   with ``steal=True`` (the default), the unfinished and unlocked slides of the other shares, each taken
   from the end of its share (the other worker works from the front, so the two meet in the middle).
   Passes repeat until nothing is left to take, so a slide released by a stopped worker is picked up too.
-- :func:`cohort_status`: done / failed / running / missing for every slide (``pcamlab slide summary``).
+- :func:`pcamlab.slide.cohort_status.cohort_status` (its own module): done / failed / running / missing for
+  every slide (``pcamlab slide summary``), from these locks, failure records and worker logs.
 
 Why stealing: a static share leaves a killed task's slides undone until it is resubmitted, and the
 slowest share sets the job's end; with stealing the live workers finish them and the array ends when
@@ -53,7 +54,7 @@ from pcamlab.slide.batch import shard as take_share
 from pcamlab.slide.batch import slide_folders
 
 __all__ = ["COHORT_DIR", "STALE_AFTER", "Shard", "resolve_shard", "local_rank", "pick_device", "Worker",
-           "Claim", "Cohort", "SlideState", "cohort_status", "slide_result_done"]
+           "Claim", "Cohort", "read_lock", "slide_result_done"]
 
 COHORT_DIR = ".cohort"  # RESULTS/.cohort holds locks/, failed/ and workers/
 STALE_AFTER = 300.0  # seconds without a heartbeat after which a lock of another host is taken over
@@ -295,7 +296,7 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
             try:
-                if _read_lock(self.path).get("token") != self.token:
+                if read_lock(self.path).get("token") != self.token:
                     self.lost = True
                     return
                 os.utime(self.path)  # on NFS the server sets the time
@@ -304,8 +305,8 @@ class _Heartbeat(threading.Thread):
                 return
 
 
-def _read_lock(path: Path) -> dict[str, Any]:
-    """The lock's JSON, or {} while its creator has not written it yet (or it is damaged)."""
+def read_lock(path: Path) -> dict[str, Any]:
+    """A lock's (or failure record's) JSON, or {} while its creator has not written it yet (or it is damaged)."""
     try:
         values = json.loads(path.read_text())
     except ValueError:
@@ -378,7 +379,7 @@ class Cohort:
         path = self.locks / f"{key}.lock"
         try:
             mtime = path.stat().st_mtime
-            values = _read_lock(path)
+            values = read_lock(path)
         except FileNotFoundError:
             return "free", None, ""
         holder = Worker.from_dict(values) if values.get("token") else None
@@ -527,7 +528,7 @@ def _remove_if(path: Path, belongs: Callable[[dict[str, Any]], bool]) -> bool:
         os.rename(path, aside)
     except FileNotFoundError:
         return False
-    if belongs(_read_lock(aside)):
+    if belongs(read_lock(aside)):
         aside.unlink()
         return True
     try:
@@ -545,96 +546,3 @@ def slide_result_done(results: str | os.PathLike) -> Callable[[str], bool]:
 
     results = Path(results)
     return lambda key: (results / key / OUTPUT_FILES["summary"]).is_file()
-
-
-@dataclass
-class SlideState:
-    """One slide of :func:`cohort_status`: ``state`` is done, failed, running or missing."""
-
-    key: str
-    slide: str | None
-    state: str
-    detail: str = ""
-    finished_by: list[str] = field(default_factory=list)  # workers that logged it done (one, unless redone)
-
-
-def cohort_status(results: str | os.PathLike, *, is_done: Callable[[str], bool], slides: Sequence[Any] | None = None,
-                  stale_after: float = STALE_AFTER) -> list[SlideState]:
-    """The state of every slide of a cohort's results folder.
-
-    Args:
-        results: the results folder the workers shared.
-        is_done: as for :class:`Cohort`.
-        slides: the cohort's slides; default every slide some worker was given (from the worker logs) and
-            every slide with a lock or failure record.
-        stale_after: as for :class:`Cohort`; a dead or stale lock counts as missing, not running.
-
-    Returns:
-        One :class:`SlideState` per slide, in the order of ``slides`` (else sorted by id).
-
-    Raises:
-        DataError: ``slides`` is None and the folder holds no cohort records (nothing tells which slides
-            belong to it), or two slides would share a result folder.
-    """
-    from pcamlab.errors import DataError
-
-    results = Path(results)
-    cohort = Cohort(results, is_done=is_done, stale_after=stale_after)
-    events: list[dict[str, Any]] = []
-    for log in sorted(cohort.logs.glob("*.jsonl")):
-        who = log.stem
-        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a killed worker
-            if isinstance(event, dict):
-                if event.get("event") == "start" and isinstance(event.get("worker"), dict):
-                    who = Worker.from_dict(event["worker"]).describe()
-                events.append({**event, "by": who})
-    if slides is None:  # every slide a worker was given, then any other with a lock or a failure record
-        named: dict[str, Any] = {}
-        for event in events:
-            if event.get("event") == "start":
-                given = event.get("slides", [])
-                named.update((folder.name, slide) for folder, slide in zip(slide_folders(given, results), given))
-        records = [*cohort.locks.glob("*.lock"), *cohort.failed.glob("*.json")]
-        for path in records:
-            named.setdefault(path.stem, _read_lock(path).get("slide") or path.stem)
-        if not named:
-            raise DataError(f"{str(results)!r} holds no cohort records ({COHORT_DIR}/ is missing or empty); pass the "
-                            "cohort's slides to say which results to expect", parameters=("slides",))
-        keys = sorted(named)
-        slides = [named[key] for key in keys]
-    else:
-        keys = [folder.name for folder in slide_folders(slides, results)]
-    finished: dict[str, list[str]] = {}
-    for event in events:
-        if event.get("event") == "done":
-            finished.setdefault(event.get("slide"), []).append(event["by"])
-    now = cohort.now()
-    states = []
-    for key, slide in zip(keys, slides):
-        done_by = finished.get(key, [])
-        if is_done(key):
-            states.append(SlideState(key, os.fspath(slide), "done", "", done_by))
-            continue
-        lock, holder, why = cohort.lock_state(key, now)
-        failure = cohort.failed / f"{key}.json"
-        if lock == "live":
-            states.append(SlideState(key, os.fspath(slide), "running",
-                                     f"on {holder.describe() if holder else 'a worker starting up'}, {why}"))
-        elif failure.exists():
-            try:
-                record = json.loads(failure.read_text())
-            except ValueError:
-                record = {}
-            worker = record.get("worker")
-            who = Worker.from_dict(worker).describe() if isinstance(worker, dict) else ""
-            states.append(SlideState(key, os.fspath(slide), "failed", str(record.get("error", "unreadable failure record"))
-                                     + (f" (on {who})" if who else "")))
-        else:
-            states.append(SlideState(key, os.fspath(slide), "missing",
-                                     f"a lock was left behind: {why}" if lock in ("dead", "stale") else ""))
-    cohort.close()
-    return states

@@ -3,8 +3,8 @@
 The way PCam was cut from Camelyon16 (Veeling et al. 2018; github.com/basveeling/pcam README):
 
 - patches of 96 x 96 pixels at 0.972 um/px (10x), read from the pyramid level nearest that resolution and
-  resampled when no level is within 5% (:func:`pcamlab.slide.predict.plan_grid`, the grid ``slide predict``
-  uses, so a model trained on the result sees its slides the same way);
+  resampled when no level is within 5% (:mod:`pcamlab.slide.tiles`: the grid, tile reader and tissue share
+  ``slide predict`` uses, so a model trained on the result sees its slides the same way);
 - label 1 when the centre 32 x 32 pixels hold annotated tumour: PCam's rule (any tumour pixel), or at
   least ``min_tumour_fraction`` of the centre with that option;
 - tissue only: a patch is a candidate when at least ``min_tissue_fraction`` of it is tissue by
@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -41,7 +42,7 @@ import json
 import os
 import shutil
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,17 +59,15 @@ from pcamlab.slide._model import PCAM_MPP
 from pcamlab.slide.annotations import SlideAnnotations, find_annotation_file, read_annotations
 from pcamlab.slide.batch import slide_folders
 from pcamlab.slide.cohort import STALE_AFTER, Cohort, Shard
-from pcamlab.slide.grid import Grid
-from pcamlab.slide.predict import plan_grid
-from pcamlab.slide.reader import open_slide, read_downsampled
-from pcamlab.slide.tissue import DEFAULT_SATURATION_THRESHOLD, TISSUE_METHODS, tissue_mask
+from pcamlab.slide.reader import ResolutionError, Slide, name_mpp, open_slide
+from pcamlab.slide.tiles import plan_grid, read_tiles, tile_tissue
+from pcamlab.slide.tissue import DEFAULT_SATURATION_THRESHOLD, TISSUE_METHODS
 
 __all__ = ["FromSlidesOptions", "SlidePlan", "DatasetPlan", "FromSlidesResult", "assign_splits", "plan_dataset",
            "cut_slide", "assemble_dataset", "dataset_from_slides", "META_HEADER", "SPLITS"]
 
 SPLITS = ("train", "valid", "test")  # PCam's h5 splits
 META_HEADER = ["", "coord_y", "coord_x", "tumor_patch", "center_tumor_patch", "wsi"]  # PCam's meta CSV columns
-MASK_PIXELS_PER_PATCH = 8  # the tissue mask has about 8 x 8 pixels per patch
 REGION_PIXELS = 1024  # edge of one region read, in pixels of the level read (bounds memory)
 PLAN_FILE, SUMMARY_FILE, SLIDES_FILE = "plan.json", "from_slides.json", "slides.csv"
 
@@ -128,7 +127,8 @@ class SlidePlan:
     y: list[int] = field(default_factory=list)
     label: list[int] = field(default_factory=list)  # centre holds tumour
     tumour_patch: list[int] = field(default_factory=list)  # any tumour in the patch
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # the reader's (e.g. slide_mpp overrides the slide's own), the annotations'
+    warnings: list[str] = field(default_factory=list)  # the reader's: an implausible level-0 mpp, with its remedy
 
     @property
     def counts(self) -> dict[int, int]:
@@ -206,22 +206,6 @@ def assign_splits(labels: Mapping[str, int], *, valid_fraction: float, test_frac
     return result
 
 
-def _tile_fractions(mask: np.ndarray, grid: Grid, mask_downsample: float) -> np.ndarray:
-    """float32 (rows, cols): share of each patch that the mask calls tissue (an integral image)."""
-    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    integral[1:, 1:] = mask.cumsum(axis=0).cumsum(axis=1)
-    step = grid.stride * grid.level0_per_model_pixel / mask_downsample
-    size = grid.patch_size * grid.level0_per_model_pixel / mask_downsample
-    tops = np.clip(np.round(np.arange(grid.rows) * step).astype(int), 0, mask.shape[0])
-    lefts = np.clip(np.round(np.arange(grid.cols) * step).astype(int), 0, mask.shape[1])
-    bottoms = np.clip(np.round(np.arange(grid.rows) * step + size).astype(int), 0, mask.shape[0])
-    rights = np.clip(np.round(np.arange(grid.cols) * step + size).astype(int), 0, mask.shape[1])
-    area = np.maximum((bottoms - tops)[:, None] * (rights - lefts)[None, :], 1)
-    inside = integral[bottoms][:, rights] - integral[tops][:, rights] - integral[bottoms][:, lefts] \
-        + integral[tops][:, lefts]
-    return (inside / area).astype(np.float32)
-
-
 def _covered(geometry: Any, boxes: np.ndarray) -> np.ndarray:
     """float64 (N,): share of each box's area that ``geometry`` covers (only boxes near it are intersected)."""
     shares = np.zeros(len(boxes))
@@ -233,16 +217,30 @@ def _covered(geometry: Any, boxes: np.ndarray) -> np.ndarray:
     return shares
 
 
+@contextlib.contextmanager
+def _open(path: str | os.PathLike, options: FromSlidesOptions) -> Iterator[Slide]:
+    """The slide, opened at the slides' level-0 mpp ``slide_mpp`` when given.
+
+    The reader's resolution errors (raised opening it, or by :func:`plan_grid` inside) name its parameter
+    ``mpp``; here that is the patches' resolution, so they are raised again naming ``slide_mpp``.
+    """
+    try:
+        with open_slide(path, mpp=options.slide_mpp) as slide:
+            yield slide
+    except ResolutionError as error:
+        raise error.naming("slide_mpp") from None
+
+
 def _candidates(slide_path: Path, annotations: SlideAnnotations | None, options: FromSlidesOptions) -> dict:
-    """Every tissue patch of a slide with its labels: level-0 ``x``, ``y`` and ``label``, ``tumour_patch``."""
-    with open_slide(slide_path, mpp=options.slide_mpp) as slide:
+    """Every tissue patch of a slide with its labels: level-0 ``x``, ``y`` and ``label``, ``tumour_patch``; and
+    the reader's ``notes`` and ``warnings`` (naming ``slide_mpp``)."""
+    with _open(slide_path, options) as slide:
         grid = plan_grid(slide, options.patch_size, options.stride, options.mpp)
-        mask_downsample = max(1.0, grid.tile_size_level0 / MASK_PIXELS_PER_PATCH)
-        mask = tissue_mask(read_downsampled(slide, mask_downsample), method=options.tissue_method,
-                           threshold=options.tissue_threshold)
-    rows, cols = np.nonzero(_tile_fractions(mask, grid, mask_downsample) >= max(options.min_tissue_fraction, 1e-9))
-    scale = grid.stride * grid.level0_per_model_pixel
-    x, y = np.round(cols * scale).astype(np.int64), np.round(rows * scale).astype(np.int64)
+        _, _, fractions = tile_tissue(slide, grid, method=options.tissue_method, threshold=options.tissue_threshold)
+        notes = [name_mpp(note, "slide_mpp") for note in slide.notes]
+        warnings = [name_mpp(warning, "slide_mpp") for warning in slide.warnings]
+    rows, cols = np.nonzero(fractions >= max(options.min_tissue_fraction, 1e-9))
+    x, y = grid.tile_origins_level0(rows, cols)
     size = options.patch_size * grid.level0_per_model_pixel
     margin = (options.patch_size - options.centre_size) / 2 * grid.level0_per_model_pixel
     centre = options.centre_size * grid.level0_per_model_pixel
@@ -258,7 +256,8 @@ def _candidates(slide_path: Path, annotations: SlideAnnotations | None, options:
         if not annotations.normal.is_empty:  # partial annotations: negatives only where normal is annotated
             keep &= label | (_covered(annotations.normal, centres) >= 1 - 1e-9)
         keep &= label | (tumour_share == 0)  # a centre with less tumour than min_tumour_fraction: neither class
-    return {"x": x[keep], "y": y[keep], "label": label[keep], "tumour_patch": tumour_patch[keep], "grid": grid}
+    return {"x": x[keep], "y": y[keep], "label": label[keep], "tumour_patch": tumour_patch[keep], "grid": grid,
+            "notes": notes, "warnings": warnings}
 
 
 def _quotas(available: list[tuple[int, int]], cap: int, balance: bool) -> list[tuple[int, int]]:
@@ -311,6 +310,10 @@ def plan_dataset(
     Raises:
         DataError: a bad slide or annotation file, a slide missing from ``reference``, a tumour slide without
             annotations, an annotated tumour slide the reference calls normal, no patches at all.
+        DamagedSlideError: a slide is cut short (found when it opens).
+        ResolutionError: a slide's level-0 mpp is missing or unusable, or ``options.slide_mpp`` is not a positive
+            number; the message names ``slide_mpp`` (the reader's warnings about an implausible mpp are in
+            ``SlidePlan.warnings``, naming it too).
         ConfigError: an option out of range.
     """
     options.validate()
@@ -344,7 +347,7 @@ def plan_dataset(
         file, notes = files[slide_id], []
         read = None
         if file is not None:
-            with open_slide(path, mpp=options.slide_mpp) as slide:
+            with _open(path, options) as slide:
                 dimensions = slide.dimensions
             read = read_annotations(file, slide_dimensions=dimensions, **dict(annotation_options or {}))
             notes += [f"{file.name}: {note}" for note in read.notes]
@@ -354,7 +357,7 @@ def plan_dataset(
         candidates = _candidates(path, read, options)
         plan = SlidePlan(slide_id, str(path), splits[slide_id], str(file) if file else None,
                          tissue_patches=len(candidates["x"]), tumour_candidates=int(candidates["label"].sum()),
-                         notes=notes)
+                         notes=[*candidates["notes"], *notes], warnings=candidates["warnings"])
         if read is not None and not read.tumour.is_empty and not plan.tumour_candidates:
             plan.notes.append("its tumour annotations cover no patch centre on tissue (no label-1 patches)")
         found.append((plan, candidates))
@@ -377,32 +380,15 @@ def plan_dataset(
             plan.tumour_patch = candidates["tumour_patch"][order].astype(int).tolist()
     dataset = DatasetPlan(options, [plan for plan, _ in found])
     if not any(plan.label for plan in dataset.slides):
-        raise DataError("no patches to cut: no slide has tissue patches at these settings (check the tissue rule, "
-                        "min_tissue_fraction and the slides' mpp)")
+        warned = [f"slide {plan.slide_id!r}: {plan.warnings[0]}" for plan in dataset.slides if plan.warnings]
+        raise DataError("no patches to cut: no slide has tissue patches at these settings; check the tissue rule, "
+                        "min_tissue_fraction and the slides' level-0 resolution (slide_mpp)"
+                        + (f" ({warned[0]}{f'; and {len(warned) - 1} more' if len(warned) > 1 else ''})"
+                           if warned else ""), parameters=("min_tissue_fraction", "slide_mpp"))
     for split, counts in dataset.split_counts().items():
         if options.balance and counts[1] == 0:
             dataset.notes.append(f"split {split} has no tumour patches: not balanced ({counts[0]} label-0 patches)")
     return dataset
-
-
-def _read_patches(slide, grid: Grid, x: np.ndarray, y: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (N, size, size, 3) patches with level-0 top-left corners ``x``, ``y``, read in one region."""
-    from PIL import Image
-
-    scale = grid.level0_per_model_pixel
-    left, top = int(x.min()), int(y.min())
-    width = int(np.ceil((x.max() - left) / scale)) + size  # patch pixels
-    height = int(np.ceil((y.max() - top) / scale)) + size
-    read_size = (max(1, int(round(width * grid.read_scale))), max(1, int(round(height * grid.read_scale))))
-    region = slide.read_region((left, top), grid.level, read_size)
-    if grid.read_scale != 1.0:
-        resample = Image.Resampling.BOX if grid.read_scale > 1 else Image.Resampling.BILINEAR
-        region = np.asarray(Image.fromarray(region).resize((width, height), resample))
-    patches = np.empty((len(x), size, size, 3), dtype=np.uint8)
-    for index, (column, row) in enumerate(zip(np.round((x - left) / scale).astype(int),
-                                              np.round((y - top) / scale).astype(int))):
-        patches[index] = region[row:row + size, column:column + size]
-    return patches
 
 
 def _done_path(work: Path, slide_id: str) -> Path:
@@ -432,7 +418,7 @@ def cut_slide(plan: SlidePlan, work: str | os.PathLike, options: FromSlidesOptio
         return 0
     size = options.patch_size
     x, y = np.asarray(plan.x, dtype=np.int64), np.asarray(plan.y, dtype=np.int64)
-    with open_slide(plan.path, mpp=options.slide_mpp) as slide:
+    with _open(plan.path, options) as slide:
         grid = plan_grid(slide, size, options.stride, options.mpp)
         span = max(1.0, REGION_PIXELS * grid.level_downsample)  # level-0 px per region side
         block = (y // span).astype(np.int64) * (int(slide.dimensions[0] // span) + 2) + (x // span).astype(np.int64)
@@ -442,7 +428,7 @@ def cut_slide(plan: SlidePlan, work: str | os.PathLike, options: FromSlidesOptio
             for value in np.unique(block):
                 stopping.check()
                 members = np.flatnonzero(block == value)
-                images[members] = _read_patches(slide, grid, x[members], y[members], size)
+                images[members] = read_tiles(slide, grid, x[members], y[members])
                 written += len(members)
                 if progress is not None:
                     progress(written)
@@ -538,7 +524,8 @@ def assemble_dataset(plan: DatasetPlan, work: str | os.PathLike, out: str | os.P
             "options": asdict(plan.options), "counts": plan.split_counts(),
             "slides": [{"slide": s.slide_id, "path": s.path, "split": s.split, "annotation": s.annotation,
                         "tissue_patches": s.tissue_patches, "tumour_candidates": s.tumour_candidates,
-                        "label_0": s.counts[0], "label_1": s.counts[1], "notes": s.notes} for s in plan.slides],
+                        "label_0": s.counts[0], "label_1": s.counts[1], "notes": s.notes, "warnings": s.warnings}
+                       for s in plan.slides],
             "notes": plan.notes, "plan_sha256": plan.fingerprint(),
         })
         os.replace(temporary, out)
@@ -591,7 +578,11 @@ def dataset_from_slides(
 
     Raises:
         RunFolderError: ``out`` exists, or ``<out>.partial/`` holds a different plan and ``resume`` is True.
-        DataError, ConfigError: as :func:`plan_dataset`.
+        DataError, ConfigError: as :func:`plan_dataset`, before anything is written (a slide found damaged,
+            or without a usable resolution, while planning leaves no ``<out>.partial/``).
+        DamagedSlideError: a tile does not decode while cutting; the slides cut so far stay in
+            ``<out>.partial/`` and the message says that running the same again resumes there.
+        pcamlab.stopping.Stopped: a stop was requested; ``<out>.partial/`` resumes.
     """
     out = Path(out)
     shard = shard or Shard(1, 1)
@@ -638,15 +629,17 @@ def dataset_from_slides(
         return out.exists() or _done_path(work, slide_id).is_file()
 
     with Cohort(work, is_done=is_done, stale_after=stale_after) as cohort, stopping.safe_points():
-        for claim in cohort.claim([slide.path for slide in plan.slides], shard=shard, steal=steal):
+        # A dataset needs every slide: one that failed before (e.g. damaged, since copied again) is tried again.
+        for claim in cohort.claim([slide.path for slide in plan.slides], shard=shard, steal=steal, retry_failed=True):
             stopping.check()
             slide, start = by_id[claim.key], done
             try:
                 done += cut_slide(slide, work, options, None if progress is None else
                                   (lambda count, start=start: progress(start + count, 2 * total)))
-            except DataError as error:  # e.g. a damaged slide: recorded for the other workers, then the error
+            except DataError as error:  # e.g. a damaged tile: recorded (OUT.partial/.cohort/failed), then the error
                 claim.fail(error)
-                raise
+                raise type(error)(f"{error}; the slides cut so far stay in {printable(work)!r}, and running the same "
+                                  "again resumes there", parameters=error.parameters) from None
             claim.finish(patches=len(slide.label))
             if progress is not None:
                 progress(done, 2 * total)

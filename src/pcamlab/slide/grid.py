@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 __all__ = ["Grid"]
 
 
@@ -62,6 +64,13 @@ class Grid:
         """Top-left level-0 pixel of tile (row, col)."""
         scale = self.stride * self.level0_per_model_pixel
         return int(round(col * scale)), int(round(row * scale))
+
+    def tile_origins_level0(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """int64 (N,) level-0 ``x`` and ``y`` of the top-left pixels of tiles (rows, cols): the same as
+        :meth:`tile_origin_level0`, for arrays."""
+        scale = self.stride * self.level0_per_model_pixel
+        return (np.round(np.asarray(cols) * scale).astype(np.int64),
+                np.round(np.asarray(rows) * scale).astype(np.int64))
 
     @property
     def map_width_level0(self) -> float:

@@ -6,7 +6,8 @@
    pixel (the ``mpp`` given, else its metadata, else its TIFF tags);
 2. choose the pyramid level nearest the model's training resolution (the input contract's ``mpp``,
    PCam's 0.972 um/px by default); when no level is within 5% of it, read the next finer level and
-   resample every region to the model's resolution (box filter);
+   resample every region to the model's resolution (box filter); :mod:`pcamlab.slide.tiles`, shared
+   with ``data from-slides``;
 3. lay a grid of ``patch_size`` tiles at ``stride`` over the slide, compute a tissue mask on a low
    level (:mod:`pcamlab.slide.tissue`) and keep the tiles with enough tissue;
 4. read regions with a bounded pool of reader threads running ahead of the model, predict them in
@@ -37,7 +38,6 @@ import concurrent.futures
 import functools
 import hashlib
 import json
-import math
 import os
 import shutil
 import threading
@@ -56,21 +56,12 @@ from pcamlab.runtime.fastest import SOURCE_HASH_KEY, runtime_of
 from pcamlab.slide import outputs
 from pcamlab.slide._model import PCAM_MPP, contract_value
 from pcamlab.slide.grid import Grid
-from pcamlab.slide.reader import (
-    DamagedSlideError,
-    ResolutionError,
-    Slide,
-    describe_mpp_source,
-    open_slide,
-    read_downsampled,
-)
-from pcamlab.slide.tissue import DEFAULT_SATURATION_THRESHOLD, tissue_mask
+from pcamlab.slide.reader import DamagedSlideError, Slide, open_slide
+from pcamlab.slide.tiles import LEVEL_TOLERANCE, plan_grid, read_tiles, tile_tissue
+from pcamlab.slide.tissue import DEFAULT_SATURATION_THRESHOLD
 
 __all__ = ["SlideResult", "plan_grid", "predict_slide", "OUTPUT_FILES", "LEVEL_TOLERANCE"]
 
-LEVEL_TOLERANCE = 0.05  # a level within 5% of the model's mpp is read as is; otherwise regions are resampled
-MAX_UPSAMPLING = 2.0  # a slide coarser than 2x the model's mpp is refused: its tiles would be mostly interpolation
-MASK_PIXELS_PER_TILE = 8  # the tissue mask has about 8 x 8 pixels per tile
 REGION_PIXELS = 1024  # edge of one reader's region in pixels of the level read (bounds reader memory)
 STATE_FILE = "state.json"
 RUN_KEY = "run"  # summary.json's record of what produced the folder: the resume state plus threshold and top_k
@@ -108,72 +99,6 @@ class SlideResult:
     files: dict[str, Path] = field(default_factory=dict)
     probability_map: np.ndarray | None = None
     skipped: bool = False  # True when out_dir already held this result (same slide, model and settings)
-
-
-def _choose_level(slide: Slide, mpp0: float, target_mpp: float) -> tuple[int, float]:
-    """(level, read_scale): the level nearest ``target_mpp``; resample from the next finer one if none is close."""
-    level_mpps = [mpp0 * downsample for downsample in slide.level_downsamples]
-    nearest = min(range(len(level_mpps)), key=lambda index: abs(math.log(level_mpps[index] / target_mpp)))
-    if abs(level_mpps[nearest] / target_mpp - 1) <= LEVEL_TOLERANCE:
-        return nearest, 1.0
-    finer = [index for index, value in enumerate(level_mpps) if value < target_mpp]
-    level = max(finer, key=lambda index: level_mpps[index]) if finer else 0  # coarsest finer level, else upsample
-    return level, target_mpp / level_mpps[level]
-
-
-def plan_grid(slide: Slide, patch_size: int, stride: int, target_mpp: float) -> Grid:
-    """The tile grid of ``slide`` for a model of ``patch_size`` pixels at ``target_mpp`` um/px.
-
-    Raises:
-        MissingResolutionError: the slide's mpp is unknown.
-        ResolutionError: the slide's level 0 is coarser than MAX_UPSAMPLING x ``target_mpp``.
-        ConfigError: ``stride`` does not divide ``patch_size``.
-        DataError: the model's patch does not fit in the slide at the model's resolution.
-    """
-    if not (isinstance(stride, int) and 1 <= stride <= patch_size and patch_size % stride == 0):
-        divisors = [d for d in range(patch_size, 0, -1) if patch_size % d == 0][:6]
-        raise ConfigError(f"stride must divide the model's patch size {patch_size} (e.g. {divisors}); got {stride!r}")
-    mpp0 = slide.require_mpp()
-    if mpp0 > MAX_UPSAMPLING * target_mpp:
-        source = describe_mpp_source(slide.mpp_source, slide.vendor)
-        raise ResolutionError(
-            f"slide {str(slide.path)!r} is {mpp0:.4g} um/px at level 0 (from {source}), coarser than "
-            f"{MAX_UPSAMPLING:g}x the model's {target_mpp:.4g} um/px (tiles would be upsampled "
-            f"{mpp0 / target_mpp:.3g}x); if that resolution is wrong, give the right one as mpp (e.g. 0.25 for a "
-            "40x scan), else use a model trained at a coarser resolution"
-        )
-    level, read_scale = _choose_level(slide, mpp0, target_mpp)
-    level_width, level_height = slide.level_dimensions[level]
-    model_width, model_height = int(level_width / read_scale), int(level_height / read_scale)
-    level_mpp = mpp0 * slide.level_downsamples[level]
-    if model_width < patch_size or model_height < patch_size:
-        raise DataError(
-            f"slide {str(slide.path)!r} is {model_width} x {model_height} pixels at the model's {target_mpp:.3g} "
-            f"um/px, smaller than the model's {patch_size} x {patch_size} patch; use a model with a smaller "
-            "patch_size or a larger slide"
-        )
-    return Grid(
-        level=level, level_downsample=slide.level_downsamples[level], read_scale=read_scale,
-        model_mpp=level_mpp * read_scale, patch_size=patch_size, stride=stride,
-        rows=(model_height - patch_size) // stride + 1, cols=(model_width - patch_size) // stride + 1,
-        slide_width_level0=slide.dimensions[0], slide_height_level0=slide.dimensions[1], mpp0=mpp0,
-    )
-
-
-def _tile_tissue_fraction(mask: np.ndarray, grid: Grid, mask_downsample: float) -> np.ndarray:
-    """float32 (rows, cols): share of each tile's footprint that the mask calls tissue (integral image)."""
-    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int32)  # < 2**31 mask pixels
-    integral[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.int32), axis=1, dtype=np.int32)
-    step = grid.stride * grid.level0_per_model_pixel / mask_downsample
-    size = grid.patch_size * grid.level0_per_model_pixel / mask_downsample
-    tops = np.clip(np.round(np.arange(grid.rows) * step).astype(int), 0, mask.shape[0])
-    lefts = np.clip(np.round(np.arange(grid.cols) * step).astype(int), 0, mask.shape[1])
-    bottoms = np.clip(np.round(np.arange(grid.rows) * step + size).astype(int), 0, mask.shape[0])
-    rights = np.clip(np.round(np.arange(grid.cols) * step + size).astype(int), 0, mask.shape[1])
-    area = np.maximum((bottoms - tops)[:, None] * (rights - lefts)[None, :], 1)
-    inside = (integral[bottoms][:, rights] - integral[tops][:, rights] - integral[bottoms][:, lefts]
-              + integral[tops][:, lefts])
-    return (inside / area).astype(np.float32)
 
 
 def _model_name(predictor: Any) -> str:
@@ -239,22 +164,7 @@ class _Readers:
 
     def read(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """uint8 (N, patch, patch, 3) tiles at (rows, cols), from one region read covering all of them."""
-        from PIL import Image
-
-        grid = self.grid
-        size, stride, scale = grid.patch_size, grid.stride, grid.read_scale
-        top, left = int(rows.min()) * stride, int(cols.min()) * stride  # model pixels
-        height, width = int(rows.max()) * stride + size - top, int(cols.max()) * stride + size - left
-        read_width, read_height = max(1, int(round(width * scale))), max(1, int(round(height * scale)))
-        origin = (int(round(left * grid.level0_per_model_pixel)), int(round(top * grid.level0_per_model_pixel)))
-        region = self._slide().read_region(origin, grid.level, (read_width, read_height))
-        if scale != 1.0:
-            resample = Image.Resampling.BOX if scale > 1 else Image.Resampling.BILINEAR
-            region = np.asarray(Image.fromarray(region).resize((width, height), resample))
-        tiles = np.empty((len(rows), size, size, 3), dtype=np.uint8)
-        for index, (row, col) in enumerate(zip((rows * stride - top).tolist(), (cols * stride - left).tolist())):
-            tiles[index] = region[row:row + size, col:col + size]
-        return tiles, rows, cols
+        return read_tiles(self._slide(), self.grid, *self.grid.tile_origins_level0(rows, cols)), rows, cols
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -489,11 +399,9 @@ def predict_slide(
         state = _state(slide, grid, predictor, settings)
         if finished:  # decided before the tissue mask: a finished slide is checked in milliseconds
             return _finished(out_dir, {**state, "threshold": threshold, "top_k": top_k})
-        mask_downsample = max(1.0, grid.tile_size_level0 / MASK_PIXELS_PER_TILE)
-        low = read_downsampled(slide, mask_downsample)
-        mask = tissue_mask(low, method=tissue_method, threshold=tissue_threshold)
+        mask, mask_downsample, fractions = tile_tissue(slide, grid, method=tissue_method, threshold=tissue_threshold)
         thumbnail = slide.thumbnail(1024)
-        tissue = _tile_tissue_fraction(mask, grid, mask_downsample) >= min_tissue_fraction
+        tissue = fractions >= min_tissue_fraction
         if not tissue.any():
             raise DataError(
                 f"no tissue found in slide {str(slide.path)!r} (tissue_method={tissue_method!r}, saturation "

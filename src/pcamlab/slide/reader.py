@@ -36,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ __all__ = [
     "Slide",
     "SlideInfo",
     "describe_mpp_source",
+    "name_mpp",
     "open_slide",
     "read_downsampled",
     "slide_info",
@@ -80,9 +82,27 @@ _INCH_UM = 25400.0
 class ResolutionError(DataError):
     """The slide's level-0 mpp is missing, not a positive number, or unusable; the remedy is the ``mpp`` given.
 
-    Messages name the parameter as ``mpp`` (open_slide's and predict_slide's); a caller whose own parameter
-    has another name (a command's flag) catches this type and says its own.
+    Messages name the parameter as ``mpp`` (open_slide's and predict_slide's) and list it in ``parameters``;
+    a caller whose own parameter has another name re-raises :meth:`naming` it (``data from-slides``'
+    ``slide_mpp``, where ``mpp`` is the patches' resolution).
     """
+
+    def __init__(self, *args: object, parameters: tuple[str, ...] = ("mpp",)):
+        super().__init__(*args, parameters=parameters)
+
+    def naming(self, parameter: str) -> ResolutionError:
+        """The same error (same type) with the parameter ``mpp`` called ``parameter`` in its message."""
+        return type(self)(name_mpp(str(self), parameter), parameters=(parameter,))
+
+
+def name_mpp(text: str, parameter: str) -> str:
+    """A message of the reader (an error, note or warning) with its parameter ``mpp`` called ``parameter``.
+
+    Example:
+        >>> name_mpp("give the level-0 resolution as mpp (um/px)", "slide_mpp")
+        'give the level-0 resolution as slide_mpp (um/px)'
+    """
+    return re.sub(r"(?<![\w./'-])mpp(?![\w=/'-])", parameter, text)  # the word, not openslide.mpp-x or a path
 
 
 class MissingResolutionError(ResolutionError):

@@ -81,6 +81,9 @@ def sample_pools(split: str = "valid", root: str | os.PathLike | None = None, *,
                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Real PCam patches by class from the sample shipped in pcamlab (or a folder of ``{0,1}/*.jpg``).
 
+    The image files directly in ``0/`` and ``1/`` are listed by :func:`pcamlab.data.walk.list_files`, as every
+    command lists image files.
+
     Args:
         split: the sample's split folder (``train`` or ``valid``) when ``root`` is None.
         root: a folder with ``0/`` and ``1/`` subfolders of 96 x 96 patches instead of the sample.
@@ -91,16 +94,18 @@ def sample_pools(split: str = "valid", root: str | os.PathLike | None = None, *,
         ``(normal, tumour)``: uint8 ``(N0, 96, 96, 3)`` label-0 and ``(N1, 96, 96, 3)`` label-1 patches.
 
     Raises:
-        DataError: the folder has no ``0/`` or ``1/`` JPEG/PNG patches.
+        DataError: the folder has no ``0/`` or ``1/`` image patches (JPEG, PNG, TIFF), or one cannot be listed.
     """
     from PIL import Image
 
     from pcamlab.data import sample_root
+    from pcamlab.data.walk import IMAGE_SUFFIXES, list_files
 
     folder = Path(root) if root is not None else sample_root() / split
     pools = []
     for label in ("0", "1"):
-        files = sorted([*(folder / label).glob("*.jpg"), *(folder / label).glob("*.png")])
+        # the walker every command lists image files with (hidden files and OS junk skipped, links followed)
+        files = list_files(folder / label, IMAGE_SUFFIXES, recursive=False) if (folder / label).is_dir() else []
         if not files:
             raise DataError(f"no patches in {str(folder / label)!r}; pass a folder with 0/ and 1/ subfolders of "
                             "96x96 patches (e.g. the pcam-jpg split folders)")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pcamlab.evaluate.plots import DPI, NEGATIVE_COLOUR, POSITIVE_COLOUR
+from pcamlab.evaluate.plots import DPI, NEGATIVE_COLOUR, POSITIVE_COLOUR, finish_rate_axes, new_figure
 from pcamlab.evaluate.report import CSS, figure_html, format_value, note_html
 from pcamlab.fileio import save_png, write_text_atomic
 from pcamlab.slide.evaluation.froc import FALSE_POSITIVE, HIT, ITC_HIT, FROCResult, SlideLesions
@@ -41,15 +41,6 @@ MARKERS = {HIT: ("o", "#39ff14", "hit"), FALSE_POSITIVE: ("x", "#ff3030", "false
            ITC_HIT: ("s", "#bbbbbb", "on an ITC region (ignored)")}
 
 
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
 def plot_slide_roc(path: str | Path, labels: np.ndarray, scores: Mapping[str, tuple[np.ndarray, Mapping[str, Any]]]) -> Path:
     """ROC curves of the out-of-fold slide scores.
 
@@ -61,7 +52,7 @@ def plot_slide_roc(path: str | Path, labels: np.ndarray, scores: Mapping[str, tu
     """
     from pcamlab.evaluate.metrics import roc_curve
 
-    figure = _figure(5.6, 5.2)
+    figure = new_figure(5.6, 5.2)
     axes = figure.add_subplot()
     for name, (values, summary) in scores.items():
         false_positive_rate, true_positive_rate, _ = roc_curve(labels, np.clip(values, 0, 1))
@@ -76,20 +67,16 @@ def plot_slide_roc(path: str | Path, labels: np.ndarray, scores: Mapping[str, tu
             axes.plot([1 - summary["specificity"]], [summary["sensitivity"]], marker="o", color=colour,
                       markeredgecolor="black", linestyle="none")
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
-    axes.set_xlim(-0.01, 1.01)
-    axes.set_ylim(-0.01, 1.01)
-    axes.set_aspect("equal")
-    axes.set_xlabel("False positive rate (1 - specificity), normal slides")
-    axes.set_ylabel("True positive rate (sensitivity), tumour slides")
-    axes.set_title(f"Slide-level ROC, out of fold ({len(labels)} slides, {int(np.sum(labels))} tumour)")
-    axes.grid(alpha=0.3)
-    axes.legend(loc="lower right", fontsize=7)
+    finish_rate_axes(axes, x_label="False positive rate (1 - specificity), normal slides",
+                     y_label="True positive rate (sensitivity), tumour slides",
+                     title=f"Slide-level ROC, out of fold ({len(labels)} slides, {int(np.sum(labels))} tumour)",
+                     legend="lower right", legend_size=7, square=True)
     return save_png(figure, path, dpi=DPI)
 
 
 def plot_froc(path: str | Path, curve: FROCResult) -> Path:
     """The FROC curve: sensitivity against average false positives per slide (log axis), the 6 read points."""
-    figure = _figure(6.0, 4.6)
+    figure = new_figure(6.0, 4.6)
     axes = figure.add_subplot()
     if curve.score is None:
         axes.text(0.5, 0.5, "FROC undefined: no lesion above the ITC size in the cohort", ha="center",
@@ -144,7 +131,7 @@ def plot_slide(path: str | Path, item: SlideInput, probability_map: np.ndarray, 
             thumbnail = None
     panels = 2 if thumbnail is not None else 1
     aspect = height_mm / max(width_mm, 1e-9)
-    figure = _figure(5.0 * panels, max(2.6, min(8.0, 4.6 * aspect + 0.9)))
+    figure = new_figure(5.0 * panels, max(2.6, min(8.0, 4.6 * aspect + 0.9)))
     axes_list = figure.subplots(1, panels, squeeze=False)[0]
     map_height = probability_map.shape[0] * item.cell_level0 * scale
     map_width = probability_map.shape[1] * item.cell_level0 * scale

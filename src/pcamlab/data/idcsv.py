@@ -307,25 +307,9 @@ def read_id_csv(
     path = Path(path).expanduser()
     wanted = [id_column, *columns]
     hint = ",".join(column.name for column in wanted)
-    if not path.is_file():
-        where = f"{what} " if what else ""
-        state = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise DataError(f"{where}{printable(path)!r} {state}; pass a CSV file with the columns {hint}")
     notes: list[str] = []
-    raw = path.read_bytes()
-    text = _decode(path, raw, hint)
-    if raw.startswith(b"\xef\xbb\xbf"):
-        notes.append(f"{path.name} starts with a UTF-8 byte-order mark (Excel's CSV UTF-8); ignored")
-    delimiter, sep_line = _dialect(path, text, notes)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    text, delimiter, sep_line, reader, header = _open_csv(path, hint, what, notes)
     try:
-        if sep_line:
-            next(reader, None)
-        header = next(reader, None)
-        while header is not None and not "".join(header).strip():  # blank lines before the header
-            header = next(reader, None)
-        if header is None:
-            raise DataError(f"{printable(path)!r} is empty; it must start with the header {hint}")
         header_line = reader.line_num
         if headerless and not _names_a_column(header, id_column):
             width = max(len(row) for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
@@ -352,6 +336,38 @@ def read_id_csv(
             notes.append(f"{path.name}: {count} {note}")
     return IdTable(path, tuple(column.name for column in columns), rows, lines, tuple(notes))
 
+
+
+def _open_csv(path: Path, hint: str, what: str, notes: list[str]):
+    """Read ``path`` as text and find its dialect and header row (the opening every CSV here shares).
+
+    Returns:
+        ``(text, delimiter, sep_line, reader, header)``: ``reader`` is positioned after the header.
+
+    Raises:
+        DataError: a missing file or a folder, a workbook or non-UTF-8 bytes, an empty file or invalid CSV.
+    """
+    if not path.is_file():
+        where = f"{what} " if what else ""
+        state = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise DataError(f"{where}{printable(path)!r} {state}; pass a CSV file with the columns {hint}")
+    raw = path.read_bytes()
+    text = _decode(path, raw, hint)
+    if raw.startswith(b"\xef\xbb\xbf"):
+        notes.append(f"{path.name} starts with a UTF-8 byte-order mark (Excel's CSV UTF-8); ignored")
+    delimiter, sep_line = _dialect(path, text, notes)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        if sep_line:
+            next(reader, None)
+        header = next(reader, None)
+        while header is not None and not "".join(header).strip():  # blank lines before the header
+            header = next(reader, None)
+    except csv.Error as error:
+        raise DataError(f"{printable(path)!r} line {reader.line_num} is not valid CSV ({error}); fix the quoting") from None
+    if header is None:
+        raise DataError(f"{printable(path)!r} is empty; it must start with the header {hint}")
+    return text, delimiter, sep_line, reader, header
 
 def _names_a_column(header: list[str], column: Column) -> bool:
     names = {header_key(name) for name in column.names()}
@@ -520,25 +536,9 @@ def read_row_csv(path: str | os.PathLike, columns: Sequence[Column], *, what: st
     path = Path(path).expanduser()
     wanted = list(columns)
     hint = ",".join(column.name for column in wanted)
-    if not path.is_file():
-        where = f"{what} " if what else ""
-        state = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise DataError(f"{where}{printable(path)!r} {state}; pass a CSV file with the columns {hint}")
     notes: list[str] = []
-    raw = path.read_bytes()
-    text = _decode(path, raw, hint)
-    if raw.startswith(b"\xef\xbb\xbf"):
-        notes.append(f"{path.name} starts with a UTF-8 byte-order mark (Excel's CSV UTF-8); ignored")
-    delimiter, sep_line = _dialect(path, text, notes)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    text, delimiter, sep_line, reader, header = _open_csv(path, hint, what, notes)
     try:
-        if sep_line:
-            next(reader, None)
-        header = next(reader, None)
-        while header is not None and not "".join(header).strip():  # blank lines before the header
-            header = next(reader, None)
-        if header is None:
-            raise DataError(f"{printable(path)!r} is empty; it must start with the header {hint}")
         positions = _locate_columns(path, header, wanted, reader.line_num)
         index_position = _index_column(path, header, positions, reader.line_num)
         values: dict[str, list[Any]] = {column.name: [] for column in wanted}

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pcamlab.config_ranges import check_field
-from pcamlab.errors import CheckpointError, DataError, RunFolderError
+from pcamlab.errors import CheckpointError, RunFolderError
 from pcamlab.fileio import atomic_path, printable, write_json_atomic
 from pcamlab.runfolder import RunFolder
 

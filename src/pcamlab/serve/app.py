@@ -45,7 +45,7 @@ from pcamlab.serve.inputs import TooManyPatches, UnsupportedUpload, Upload, deco
 from pcamlab.serve.limits import BodySizeLimit
 from pcamlab.serve.model import ExplainUnavailable, ServedModel
 from pcamlab.serve.pool import PoolBusy, WorkerPool
-from pcamlab.serve.slides import RESULT_FILES, JobNotFound, JobNotReady, SlideJobs, SlideNotFound, SlideQueueFull
+from pcamlab.serve.slides import JobNotFound, JobNotReady, SlideJobs, SlideNotFound, SlideQueueFull
 
 __all__ = ["API_VERSION", "ServeSettings", "check_token", "create_app", "STATIC_DIR"]
 

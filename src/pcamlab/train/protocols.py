@@ -48,7 +48,7 @@ from pcamlab.config import RunConfig, config_to_dict
 from pcamlab.data.combined import ConcatReader, SubsetReader
 from pcamlab.data.readers import PatchReader, read_meta_csv
 from pcamlab.data.readers import meta_csv_path as h5_meta_csv_path
-from pcamlab.errors import ConfigError, DataError, RunError, RunFolderError
+from pcamlab.errors import ConfigError, DataError, RunFolderError
 from pcamlab.fileio import json_safe, write_text_atomic
 from pcamlab.runfolder import RunFolder
 
@@ -775,7 +775,7 @@ def run_final(
     both = ConcatReader(parts)
     say(f"final fit: {_epochs_text(epochs)} ({source}) on {both.split} = "
         + " + ".join(str(len(part)) for part in parts) + f" = {len(both)} patches")
-    summary = train(final_config, out_dir, progress=progress, log=log, readers=(both, None), on_step=on_step)
+    train(final_config, out_dir, progress=progress, log=log, readers=(both, None), on_step=on_step)
     threshold, threshold_source = final_config.evaluate.threshold, "fixed"
     if final_config.evaluate.threshold_method != "fixed":
         threshold, threshold_source, chosen_on = _threshold_like_the_final_model(

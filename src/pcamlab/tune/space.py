@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pcamlab.config import CHOICES, RunConfig, config_from_dict, read_yaml
+from pcamlab.config import RunConfig, config_from_dict, read_yaml
 from pcamlab.errors import ConfigError, PcamlabError, did_you_mean
 
 __all__ = [

@@ -34,8 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("slide", metavar="SLIDE", help="slide file (.svs, .tif, .ndpi, .mrxs, ...)")
     info.add_argument("--mpp", type=float, help="level-0 microns per pixel; wins over the slide's metadata and "
                       "TIFF resolution tags (shown beside them)")
-    info.add_argument("--thumbnail", metavar="FILE", help="also write a PNG thumbnail (longer side --size)")
-    info.add_argument("--size", type=int, default=1024, help="thumbnail longer side in pixels (default 1024)")
+    info.add_argument("--thumbnail", metavar="FILE.png", help="also write a PNG thumbnail (longer side --size) to "
+                      "this new file (an existing file is never replaced)")
+    info.add_argument("--size", type=int, default=1024, help="thumbnail longer side in pixels, 16 to 16384 "
+                      "(default 1024)")
     info.add_argument("--json", action="store_true", help="print the facts as JSON")
     info.add_argument("--verify", action="store_true", help="also decode every tile of every level, so a damaged "
                       "tile is found now (exit 2) instead of mid-prediction (minutes for a 40x slide)")
@@ -170,6 +172,10 @@ def run_info(args: argparse.Namespace) -> int:
     from pcamlab.slide import open_slide
     from pcamlab.slide.reader import describe_mpp_source
 
+    from pcamlab.fileio import check_new_png, save_image_png
+
+    if args.thumbnail:  # before any reading: a slide, an annotation file or an earlier result is never replaced
+        check_new_png(args.thumbnail, "thumbnail")
     with open_slide(args.slide, mpp=args.mpp) as slide:
         info = slide.info()
         thumbnail = slide.thumbnail(args.size if args.thumbnail else 256)
@@ -192,12 +198,7 @@ def run_info(args: argparse.Namespace) -> int:
                                        **annotation_options(args))
         thumbnail = draw_annotations(thumbnail, annotations, info.level_dimensions[0][0] / thumbnail.shape[1])
     if args.thumbnail:
-        from PIL import Image
-
-        from pcamlab.fileio import atomic_path
-
-        with atomic_path(args.thumbnail) as temporary:
-            Image.fromarray(thumbnail).save(temporary, format="PNG")
+        save_image_png(thumbnail, args.thumbnail, parameter="thumbnail")
     if args.json:
         facts = info.to_dict()
         if args.verify:

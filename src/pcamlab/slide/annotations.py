@@ -343,22 +343,19 @@ class LabelMask(AnnotationFormat):
 
     @staticmethod
     def _pixels(path: Path) -> tuple[np.ndarray, float]:
-        """2-D integer labels and the factor of the level read relative to the file's first level."""
-        if path.read_bytes()[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-            import tifffile
+        """2-D integer labels and the factor of the level read relative to the file's first level.
 
-            with tifffile.TiffFile(path) as tiff:
-                levels = tiff.series[0].levels
-                full_width = levels[0].shape[1]
-                level = next((level for level in levels if np.prod(level.shape[:2]) <= MASK_MAX_PIXELS), levels[-1])
-                pixels = level.asarray()
-                factor = full_width / level.shape[1]
-        else:
-            from PIL import Image
+        Raises:
+            DataError: the image does not decode (truncated, damaged) or is not one channel of integers.
+        """
+        try:
+            pixels, factor = LabelMask._decode(path)
+        except (OSError, ValueError, SyntaxError, EOFError) as error:  # PIL's and tifffile's decode errors
+            from pcamlab.errors import plain_line
 
-            with Image.open(path) as image:
-                pixels = np.asarray(image if image.mode in ("L", "P", "I", "I;16", "1") else image.convert("RGB"))
-            factor = 1.0
+            raise DataError(f"label mask {printable(path)!r} does not decode ({type(error).__name__}: "
+                            f"{plain_line(error, 160)}): the file is truncated or damaged; copy or export it again"
+                            ) from None
         if pixels.ndim == 3:
             if pixels.shape[2] in (3, 4) and np.array_equal(pixels[..., 0], pixels[..., 1]) and \
                     np.array_equal(pixels[..., 0], pixels[..., 2]):
@@ -372,6 +369,25 @@ class LabelMask(AnnotationFormat):
             raise DataError(f"label mask {printable(path)!r} must be a 2-D integer image; got {pixels.dtype} "
                             f"{pixels.shape}")
         return pixels.astype(np.int64), factor
+
+    @staticmethod
+    def _decode(path: Path) -> tuple[np.ndarray, float]:
+        """The mask's pixels as decoded (any shape) and the factor of the level read; decoders' errors pass."""
+        with open(path, "rb") as stream:
+            magic = stream.read(4)
+        if magic in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tiff:
+                levels = tiff.series[0].levels
+                full_width = levels[0].shape[1]
+                level = next((level for level in levels if np.prod(level.shape[:2]) <= MASK_MAX_PIXELS), levels[-1])
+                return level.asarray(), full_width / level.shape[1]
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image.load()  # decodes the whole file here, so a truncated one fails inside the caller's try
+            return np.asarray(image if image.mode in ("L", "P", "I", "I;16", "1") else image.convert("RGB")), 1.0
 
 
 ANNOTATION_SUFFIXES: tuple[str, ...] = tuple(
@@ -473,6 +489,10 @@ def read_annotations(
     parts: dict[str, list[Any]] = {name: [] for name in CLASSES}
     counts: dict[tuple[str, str], int] = {}
     for name, geometry, label in regions:
+        geometry = shapely.force_2d(geometry)  # GeoJSON may carry a third coordinate (z); regions are 2-D
+        if geometry.is_empty or geometry.area == 0:  # collinear or repeated points: not a region, whatever its form
+            notes.append(f"region {label!r} ({name}) has no area and was left out")
+            continue
         if not geometry.is_valid:
             reason = shapely.is_valid_reason(geometry)
             if not repair:
@@ -488,6 +508,9 @@ def read_annotations(
         parts[_classify(name, mapping)].extend(polygons)
         key = (name, _classify(name, mapping))
         counts[key] = counts.get(key, 0) + 1
+    if not any(parts.values()):
+        raise DataError(f"annotation file {printable(path)!r} holds no regions with an area (" + "; ".join(notes)
+                        + "); export the annotations again, or remove the file for a slide without tumour")
     merged = {name: shapely.union_all(items) if items else MultiPolygon() for name, items in parts.items()}
     if slide_dimensions is not None:
         merged = _check_inside(path, merged, slide_dimensions, notes)

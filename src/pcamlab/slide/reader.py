@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from pcamlab.errors import DataError
+from pcamlab.errors import ConfigError, DataError
 from pcamlab.slide.integrity import (
     TIFFFILE_VENDORS,
     DamagedSlideError,
@@ -77,6 +77,7 @@ BACKGROUND_RGB = (255, 255, 255)  # transparent slide pixels (outside scanned re
 # Level-0 um/px that slide scanners produce: about 0.12 (80x) to 2 (5x); 0.25 at 40x, 0.5 at 20x (Camelyon16's
 # scanners: 0.226-0.243 um/px at 40x). A value outside is more likely a wrong tag than a real scan.
 PLAUSIBLE_MPP = (0.1, 2.0)
+THUMBNAIL_SIZES = (16, 16384)  # longer side of a thumbnail in pixels: enough to see, at most ~800 MB of RGB
 _CENTIMETRE_UM = 1e4
 _INCH_UM = 25400.0
 class ResolutionError(DataError):
@@ -341,8 +342,14 @@ class Slide:
         coarsest level when none is), block by block, so memory stays small whatever the slide size.
 
         Raises:
+            ConfigError: ``max_size`` is not an integer from 16 to 16384.
             DamagedSlideError: a block read does not decode.
         """
+        if isinstance(max_size, bool) or not isinstance(max_size, (int, np.integer)) or \
+                not THUMBNAIL_SIZES[0] <= max_size <= THUMBNAIL_SIZES[1]:
+            raise ConfigError(f"max_size (the thumbnail's longer side in pixels) must be an integer from "
+                              f"{THUMBNAIL_SIZES[0]} to {THUMBNAIL_SIZES[1]}; got {max_size!r}; e.g. 1024",
+                              parameters=("max_size",))
         return read_downsampled(self, max(self.dimensions) / max_size)
 
     def close(self) -> None:

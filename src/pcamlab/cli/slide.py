@@ -110,10 +110,19 @@ def add_annotation_arguments(parser: argparse.ArgumentParser, help: str, *, requ
                         help="refuse self-intersecting polygons instead of repairing them with a note")
 
 
+ANNOTATION_FLAGS = {"class_map": "--class-map", "mask_downsample": "--mask-downsample"}  # what annotation notes name
+
+
 def annotation_options(args: argparse.Namespace) -> dict:
     """``class_map``, ``mask_downsample`` and ``repair`` keyword arguments from the annotation flags."""
     from pcamlab.errors import ConfigError
 
+    if not args.annotations:
+        given = [flag for flag, value in (("--class-map", args.class_map), ("--mask-downsample", args.mask_downsample),
+                                          ("--no-repair", args.no_repair)) if value not in (None, False, [])]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} set(s) how annotations are read, but no --annotations was given; "
+                              "add --annotations FILE-or-FOLDER or drop them")
     class_map = {}
     for item in args.class_map:
         name, separator, kind = item.rpartition("=")
@@ -176,6 +185,7 @@ def run_info(args: argparse.Namespace) -> int:
 
     if args.thumbnail:  # before any reading: a slide, an annotation file or an earlier result is never replaced
         check_new_png(args.thumbnail, "thumbnail")
+    reading = annotation_options(args)
     with open_slide(args.slide, mpp=args.mpp) as slide:
         info = slide.info()
         thumbnail = slide.thumbnail(args.size if args.thumbnail else 256)
@@ -194,8 +204,7 @@ def run_info(args: argparse.Namespace) -> int:
     if args.annotations:
         from pcamlab.slide.annotations import draw_annotations, read_annotations
 
-        annotations = read_annotations(args.annotations, slide_dimensions=info.level_dimensions[0],
-                                       **annotation_options(args))
+        annotations = read_annotations(args.annotations, slide_dimensions=info.level_dimensions[0], **reading)
         thumbnail = draw_annotations(thumbnail, annotations, info.level_dimensions[0][0] / thumbnail.shape[1])
     if args.thumbnail:
         save_image_png(thumbnail, args.thumbnail, parameter="thumbnail")
@@ -255,7 +264,7 @@ def _annotation_text(facts: dict) -> str:
         sources = ", ".join(f"{item['name']} x{item['regions']}" for item in facts["source_classes"]
                             if item["class"] == name)
         lines.append(f"  {name:<8} {values['regions']:>7}  {area:>10}  {sources}")
-    lines += [f"note: {note}" for note in facts["notes"]]
+    lines += remarks(facts["notes"], [], flags=ANNOTATION_FLAGS)
     return "\n".join(lines)
 
 

@@ -309,10 +309,12 @@ class LabelMask(AnnotationFormat):
         if mask_downsample is None:
             if slide_dimensions is None:
                 raise DataError(f"label mask {printable(path)!r}: its downsample is unknown; give mask_downsample "
-                                "(level-0 pixels per mask pixel, e.g. 16) or the slide's dimensions")
+                                "(level-0 pixels per mask pixel, e.g. 16) or the slide's dimensions",
+                                parameters=("mask_downsample",))
             mask_downsample = slide_dimensions[0] / (labels.shape[1] * level_factor)
         if not (np.isfinite(mask_downsample) and mask_downsample > 0):
-            raise DataError(f"mask_downsample must be a positive number; got {mask_downsample!r}")
+            raise DataError(f"mask_downsample must be a positive number; got {mask_downsample!r}",
+                            parameters=("mask_downsample",))
         downsample = float(mask_downsample) * level_factor
         regions = []
         for value in np.unique(labels):
@@ -474,43 +476,43 @@ def read_annotations(
     mapping = {key.lower(): value for key, value in base.items()}
     for key, value in (class_map or {}).items():
         if value not in CLASSES:
-            raise DataError(f"class_map[{key!r}] must be one of {list(CLASSES)}; got {value!r}",
-                            parameters=("class_map",))
+            raise DataError(f"class_map maps {key!r} to {value!r}; a class must be one of {list(CLASSES)}, e.g. "
+                            f"class_map={ {key: TUMOUR}!r}", parameters=("class_map",))
         mapping[str(key).strip().lower()] = value
     regions, notes = reader.read(path, mask_downsample=mask_downsample, slide_dimensions=slide_dimensions)
+    if mask_downsample is not None and reader.name != "mask":
+        notes.append(f"mask_downsample {mask_downsample:g} is for label masks; this {reader.description} file, in "
+                     "level-0 pixels, does not use it")
     if not regions:
         raise DataError(f"annotation file {printable(path)!r} holds no regions (no polygons with an area); export "
                         "the annotations again, or remove the file for a slide without tumour")
     unknown = sorted({name for name, _, _ in regions if _classify(name, mapping) is None})
     if unknown:
         raise DataError(f"annotation file {printable(path)!r} has class(es) {unknown} that pcamlab does not know; "
-                        f"map each to one of {list(CLASSES)} with class_map (e.g. {{{unknown[0]!r}: 'tumour'}})",
+                        f"map each to one of {list(CLASSES)}, e.g. class_map={ {unknown[0]: TUMOUR}!r}",
                         parameters=("class_map",))
     parts: dict[str, list[Any]] = {name: [] for name in CLASSES}
     counts: dict[tuple[str, str], int] = {}
     for name, geometry, label in regions:
         geometry = shapely.force_2d(geometry)  # GeoJSON may carry a third coordinate (z); regions are 2-D
-        if geometry.is_empty or geometry.area == 0:  # collinear or repeated points: not a region, whatever its form
+        valid = geometry.is_valid
+        polygons = _polygons(geometry if valid else shapely.make_valid(geometry))
+        if not polygons or sum(polygon.area for polygon in polygons) == 0:  # collinear or repeated points
             notes.append(f"region {label!r} ({name}) has no area and was left out")
             continue
-        if not geometry.is_valid:
+        if not valid:
             reason = shapely.is_valid_reason(geometry)
             if not repair:
                 raise DataError(f"annotation file {printable(path)!r}: region {label!r} ({name}) is not a valid "
-                                f"polygon ({reason}); fix it, or pass repair=True to repair it",
-                                parameters=("repair",))
-            geometry = shapely.make_valid(geometry)
+                                f"polygon ({reason}); fix it in the annotation tool, or let pcamlab repair it "
+                                "(repair=True)", parameters=("repair",))
             notes.append(f"region {label!r} ({name}) was not a valid polygon ({reason}); repaired")
-        polygons = _polygons(geometry)
-        if not polygons:
-            notes.append(f"region {label!r} ({name}) has no area and was left out")
-            continue
         parts[_classify(name, mapping)].extend(polygons)
         key = (name, _classify(name, mapping))
         counts[key] = counts.get(key, 0) + 1
     if not any(parts.values()):
-        raise DataError(f"annotation file {printable(path)!r} holds no regions with an area (" + "; ".join(notes)
-                        + "); export the annotations again, or remove the file for a slide without tumour")
+        raise DataError(f"annotation file {printable(path)!r} holds no regions with an area (" + "; ".join(notes[:3])
+                        + ("; ..." if len(notes) > 3 else "") + "); export the annotations again, or remove the file for a slide without tumour")
     merged = {name: shapely.union_all(items) if items else MultiPolygon() for name, items in parts.items()}
     if slide_dimensions is not None:
         merged = _check_inside(path, merged, slide_dimensions, notes)

@@ -452,13 +452,13 @@ def register_synth_cohort(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--normal", type=int, default=2, help="normal slides (default 2)")
     parser.add_argument("--tumour", type=int, default=2, help="tumour slides (default 2)")
     parser.add_argument("--split", choices=["train", "valid"], default="valid",
-                        help="patches from this PCam split: train (slides normal_/tumor_NNN) or valid (test_NNN)")
+                        help="patches from this PCam split: train (slides normal_/tumor_NNN) or valid (test_NNN; default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
-    parser.add_argument("--width", type=int, default=4096, help="level-0 width in pixels (default 4096 = 4 mm)")
-    parser.add_argument("--height", type=int, default=3072, help="level-0 height in pixels (default 3072 = 3 mm)")
+    parser.add_argument("--width", type=int, default=4096, help="level-0 width in pixels, 768 to 50,000 (default 4096 = 4 mm)")
+    parser.add_argument("--height", type=int, default=3072, help="level-0 height in pixels, 768 to 50,000 (default 3072 = 3 mm)")
     parser.add_argument("--patches", metavar="DIR", help="folder with train/ and valid/ of 0/ 1/ patch folders "
                         "(e.g. ../shared/data/pcam-jpg; default: the sample shipped in pcamlab)")
-    parser.add_argument("--pool-size", type=int, default=2000, help="patches loaded per class (default 2000)")
+    parser.add_argument("--pool-size", type=int, default=2000, help="patches loaded per class, >= 1 (default 2000)")
     parser.set_defaults(func=run_synth_cohort)
 
 

@@ -166,6 +166,12 @@ def test_a_split_without_slides_and_unused_split_rows_are_noted(tmp_path, slide)
                         split_map={"case": "train", "other": "valid", "tumor_009": "valid"})
     assert any("not given" in note and "tumor_009" in note for note in plan.notes), plan.notes
     assert not any("got no slide" in note for note in plan.notes)
+    folder = tmp_path / "annotations"
+    folder.mkdir()
+    geojson(folder / "CASE.geojson", [SQUARE])  # ids are case-sensitive: this is not slide 'case'
+    plan = plan_dataset([slide], annotations=folder, options=options)
+    assert plan.slides[0].annotation is None
+    assert any("match no slide given" in note and "CASE.geojson" in note for note in plan.notes), plan.notes
 
 
 # 7. Pixels that are not square: a warning in info, an error wherever tiles are read.

@@ -56,7 +56,7 @@ from pcamlab.data.readers import H5_META_PATTERN
 from pcamlab.errors import ConfigError, DataError, RunError, RunFolderError
 from pcamlab.fileio import atomic_path, printable, write_json_atomic, write_text_atomic
 from pcamlab.slide._model import PCAM_MPP
-from pcamlab.slide.annotations import SlideAnnotations, find_annotation_file, read_annotations
+from pcamlab.slide.annotations import ANNOTATION_SUFFIXES, SlideAnnotations, find_annotation_file, read_annotations
 from pcamlab.slide.batch import slide_folders
 from pcamlab.slide.cohort import STALE_AFTER, Cohort, Shard
 from pcamlab.slide.reader import ResolutionError, Slide, name_mpp, open_slide
@@ -386,6 +386,18 @@ def plan_dataset(
                         + (f" ({warned[0]}{f'; and {len(warned) - 1} more' if len(warned) > 1 else ''})"
                            if warned else ""), parameters=("min_tissue_fraction", "slide_mpp"))
     dataset.notes.extend(_split_notes(dataset, labels, split_map))
+    if annotations is not None and Path(annotations).is_dir():
+        def slide_id_of(name: str) -> str:  # tumor_001.xml, tumor_001_mask.tif, tumor_001.mask.png -> tumor_001
+            stem = Path(name).stem
+            return next((stem[: -len(end)] for end in ("_mask", ".mask") if stem.endswith(end)), stem)
+
+        unmatched = sorted(path.name for path in Path(annotations).iterdir()
+                           if path.is_file() and path.suffix.lower() in ANNOTATION_SUFFIXES
+                           and not path.name.startswith(".") and slide_id_of(path.name) not in labels)
+        if unmatched:
+            dataset.notes.append(f"{len(unmatched)} annotation file(s) in {printable(annotations)} match no slide given "
+                                 f"and were not used: {unmatched[:5]}{' ...' if len(unmatched) > 5 else ''} (a file "
+                                 "is <slide id>.xml|.geojson|.png...; ids are case-sensitive)")
     for split, counts in dataset.split_counts().items():
         if options.balance and counts[1] == 0:
             dataset.notes.append(f"split {split} has no tumour patches: not balanced ({counts[0]} label-0 patches)")

@@ -58,8 +58,10 @@ def pyramid(image: np.ndarray, levels: int) -> list[np.ndarray]:
     return result
 
 
-def write_slide(path: str | Path, kind: str, image: np.ndarray, *, mpp: float = 0.25, levels: int = 3) -> Path:
-    """Write ``image`` as a ``levels``-level pyramid in format ``kind`` (one of :data:`FORMATS`) at ``mpp`` um/px."""
+def write_slide(path: str | Path, kind: str, image: np.ndarray, *, mpp: float = 0.25, levels: int = 3,
+                mpp_y: float | None = None) -> Path:
+    """Write ``image`` as a ``levels``-level pyramid in format ``kind`` (one of :data:`FORMATS`) at ``mpp`` um/px
+    (generic TIFF: ``mpp_y`` in y when given, for pixels that are not square)."""
     import tifffile
 
     path = Path(path)
@@ -67,7 +69,8 @@ def write_slide(path: str | Path, kind: str, image: np.ndarray, *, mpp: float = 
     tiles = {"tile": (TILE, TILE), "photometric": "rgb", "compression": "jpeg", "compressionargs": {"level": QUALITY}}
 
     def pixels_per_cm(level: int) -> dict:
-        return {"resolution": (1e4 / (mpp * 2 ** level),) * 2, "resolutionunit": "CENTIMETER"}
+        return {"resolution": (1e4 / (mpp * 2 ** level), 1e4 / ((mpp_y or mpp) * 2 ** level)),
+                "resolutionunit": "CENTIMETER"}
 
     if kind == "aperio-svs":
         height, width = image.shape[:2]

@@ -14,7 +14,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_text_atomic", "write_json_atomic", "json_safe", "printable", "publish", "save_png"]
+__all__ = ["atomic_path", "refuse_existing", "write_text_atomic", "write_json_atomic", "json_safe", "printable", "publish",
+           "save_png", "check_new_png", "save_image_png"]
 
 
 def publish(temporary: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -29,24 +30,74 @@ def publish(temporary: str | os.PathLike, target: str | os.PathLike) -> None:
     os.replace(temporary, target)
 
 
+def refuse_existing(path: str | os.PathLike, parameter: str, *, force: str | None = None) -> None:
+    """Raise :class:`~pcamlab.errors.RunFolderError` when ``path`` exists (a file, a folder or a link).
+
+    pcamlab never overwrites a file a person named: it may be a slide, an annotation file or an earlier
+    result. The message names ``parameter`` (and ``force``, the parameter that allows replacing, when there is one).
+
+    Example:
+        >>> refuse_existing("tumor_001.png", "thumbnail")
+    """
+    from pcamlab.errors import RunFolderError
+
+    path = Path(path)
+    if os.path.lexists(path):
+        what = "a folder" if path.is_dir() else "a file"
+        fix = f"choose another {parameter}" + (f" or pass {force}=True to replace it" if force else "")
+        raise RunFolderError(f"{printable(path)!r} already exists ({what}) and is never overwritten; {fix}",
+                             parameters=(parameter, *((force,) if force else ())))
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.
+def atomic_path(path: str | os.PathLike, *, replace: bool = True, parameter: str = "path") -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success it becomes ``path``, on error it is removed.
+
+    Args:
+        path: the file to write.
+        replace: True replaces an existing ``path``; False refuses one (before and, atomically, when
+            publishing: a hard link fails where a file appeared meanwhile, so nothing is ever overwritten).
+        parameter: the caller's parameter that named ``path``, for the message of an existing file.
+
+    Raises:
+        RunFolderError: ``replace`` is False and ``path`` exists.
 
     Example:
         >>> with atomic_path("runs/a/model.onnx") as temporary:
         ...     export_to(temporary)
     """
     path = Path(path)
+    if not replace:
+        refuse_existing(path, parameter)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
         yield temporary
-        publish(temporary, path)
+        if replace:
+            publish(temporary, path)
+        else:
+            _publish_new(temporary, path, parameter)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _publish_new(temporary: str, target: Path, parameter: str) -> None:
+    """Give ``temporary`` the name ``target`` only if no file has it (``link`` never replaces), then drop the temporary."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    try:
+        os.link(temporary, target)
+    except FileExistsError:
+        refuse_existing(target, parameter)
+        raise
+    except OSError:  # a file system without hard links (some network and FAT mounts): check, then rename
+        refuse_existing(target, parameter)
+        os.replace(temporary, target)
+        return
+    os.unlink(temporary)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -108,6 +159,40 @@ def write_json_atomic(path: str | os.PathLike, values: object, *, indent: int = 
     import json
 
     return write_text_atomic(path, json.dumps(json_safe(values), indent=indent, allow_nan=False) + "\n")
+
+
+def check_new_png(path: str | os.PathLike, parameter: str = "path") -> Path:
+    """``path`` as a Path when it may become a new PNG file: it ends in ``.png`` and does not exist.
+
+    Callers check this before long work, so a wrong name fails in a second, not after it.
+
+    Raises:
+        ConfigError: the path does not end in ``.png`` (PNG bytes under another suffix mislead every viewer).
+        RunFolderError: ``path`` exists.
+    """
+    from pcamlab.errors import ConfigError
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"{parameter} must end in .png (a PNG is written); got {printable(path)!r}; e.g. "
+                          f"{printable(path.with_suffix('.png'))!r}", parameters=(parameter,))
+    refuse_existing(path, parameter)
+    return path
+
+
+def save_image_png(image, path: str | os.PathLike, *, parameter: str = "path") -> Path:
+    """Write a uint8 ``(h, w)`` or ``(h, w, 3|4)`` array as a new PNG file, atomically; never replace a file.
+
+    Raises:
+        ConfigError: the path does not end in ``.png`` (PNG bytes under another suffix mislead every viewer).
+        RunFolderError: ``path`` exists.
+    """
+    from PIL import Image
+
+    path = check_new_png(path, parameter)
+    with atomic_path(path, replace=False, parameter=parameter) as temporary:
+        Image.fromarray(image).save(temporary, format="PNG")
+    return path
 
 
 def save_png(figure, path: str | os.PathLike, *, dpi: int = 120, **savefig_options) -> Path:

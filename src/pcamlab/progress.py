@@ -24,18 +24,27 @@ def progress_bar(description: str, enabled: bool = True, *, unit: str = "patch",
         description: the bar's label.
         enabled: False draws nothing (the callable still accepts calls).
         unit: what is counted (``patch``, ``step``, ``img``).
-        total: the total when known in advance (``progress`` may change it).
+        total: accepted for callers that know it; the bar appears at the first ``progress`` call, with its total.
     """
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total or 0, desc=description, unit=unit, disable=not enabled, leave=False, file=sys.stderr)
+    bars = []  # made at the first update, so a command that fails its checks prints its error alone
 
     def update(done: int, total: int, **postfix: str) -> None:
         """Show ``done`` of ``total``; keyword values (e.g. ``loss="0.412"``) are shown beside the bar."""
+        if not bars:
+            bars.append(tqdm(total=total, desc=description, unit=unit, disable=not enabled, leave=False,
+                             file=sys.stderr))
+        bar = bars[0]
         bar.total = total
         bar.n = done
         if postfix:
             bar.set_postfix(postfix, refresh=False)
         bar.refresh()
 
-    return update, bar.close
+    def close() -> None:
+        for bar in bars:
+            bar.close()
+
+    del total  # the first update gives it
+    return update, close

@@ -10,6 +10,7 @@ and prints what it did.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from pcamlab.cli._common import add_format_argument, progress_bar
@@ -186,7 +187,7 @@ def run_download(args: argparse.Namespace) -> int:
     paths = download_pcam(args.dest, base_url=args.base_url, files=args.files, progress=True)
     for path in paths:
         print(path)
-    print(f"ready: pcamlab data info {args.dest}")
+    print(f"ready: pcamlab data info {shlex.quote(str(args.dest))}")
     return 0
 
 
@@ -263,17 +264,19 @@ def _print_plan(plan, already: int) -> None:
         source = Path(slide.annotation).name if slide.annotation else "none: normal slide"
         print(f"  {slide.slide_id:<{width}}  {slide.split:<5}  {slide.tissue_patches:>6}  {slide.tumour_candidates:>6}  "
               f"{counts[0]:>6}  {counts[1]:>6}  {source}")
-        for line in remarks(slide.notes, slide.warnings, prefix="    ", flags=SLIDE_MPP_FLAG):
+        for line in remarks(slide.notes, slide.warnings, prefix="    ", flags=FROM_SLIDES_FLAGS):
             print(line)
     for split, counts in plan.split_counts().items():
         print(f"  {split}: {counts[0] + counts[1]} patches ({counts[0]} label 0, {counts[1]} label 1)")
-    for note in plan.notes:
-        print(f"note: {note}")
+    for line in remarks(plan.notes, [], flags=FROM_SLIDES_FLAGS):
+        print(line)
     if already:
         print(f"resuming: {already} of {len(plan.slides)} slides already cut")
 
 
-SLIDE_MPP_FLAG = {"slide_mpp": "--slide-mpp"}  # from-slides' flag for the slides' level-0 mpp (--mpp: the patches')
+# from-slides' flags for the parameters its notes name (--mpp is the patches' resolution, --slide-mpp the slides')
+FROM_SLIDES_FLAGS = {"slide_mpp": "--slide-mpp", "split_map": "--split-csv", "class_map": "--class-map",
+                     "mask_downsample": "--mask-downsample"}
 
 
 def run_from_slides(args: argparse.Namespace) -> int:
@@ -312,6 +315,7 @@ def run_from_slides(args: argparse.Namespace) -> int:
               f"{result.path}")
         return 0
     counts = ", ".join(f"{split} {c[0] + c[1]} ({c[1]} tumour)" for split, c in result.counts.items())
-    print(f"wrote {result.path}: {counts}; PCam h5 layout + meta CSVs, slides.csv")
-    print(f"next: pcamlab data info {Path(result.path)}")
+    missing = "" if "valid" in result.counts else " (no valid split: see the note above)"
+    print(f"wrote {result.path}: {counts}{missing}; PCam h5 layout + meta CSVs, slides.csv")
+    print(f"next: pcamlab data info {shlex.quote(str(result.path))}")
     return 0

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Library parameters whose name differs from the flag's destination (``train(config, out_dir)`` <- ``--out``).
 PARAMETER_DESTINATIONS = {"out_dir": "out", "out_path": "out", "batch_sizes": "batch_size", "precisions": "precision",
-                          "space_file": "space"}
+                          "space_file": "space", "max_size": "size", "path": "out",
+                          "normal_slides": "normal", "tumour_slides": "tumour", "split_map": "split_csv"}
 
 
 def _command_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
@@ -81,25 +82,46 @@ def cli_message(message: str, parameters: tuple[str, ...], flags: dict[str, str]
     """A library message as the command line says it: each named parameter becomes the command's flag.
 
     ``force=True`` -> ``--force``; ``exporter='legacy'`` -> ``--exporter legacy``; ``out`` -> ``--out``;
-    ``resume=False`` -> ``--no-resume`` where the command's flag is the negative one. Parameters the
+    ``resume=False`` -> ``--no-resume`` and ``repair=True`` -> ``without --no-repair`` where the command's flag
+    is the negative one; ``class_map={'a': 'b'}`` -> ``--class-map a=b`` (a repeatable flag). Parameters the
     command has no flag for stay as they are.
 
     Example:
         >>> cli_message("choose another out or pass force=True", ("out", "force"), {"out": "--out", "force": "--force"})
         'choose another --out or pass --force'
+        >>> cli_message("map it with class_map={'Carcinoma': 'tumour'}", ("class_map",), {"class_map": "--class-map"})
+        'map it with --class-map Carcinoma=tumour'
     """
     for parameter in parameters:
         flag = flags.get(parameter) or flags.get(PARAMETER_DESTINATIONS.get(parameter, ""))
         name = re.escape(parameter)
         negative = flags.get(f"no_{parameter}")
-        if negative:  # a --no-NAME flag: NAME=False is that flag
+        if negative:  # a --no-NAME flag: NAME=False is that flag, NAME=True is leaving it out
             message = re.sub(rf"(?<![\w.-]){name}=False\b", negative, message)
+            if not flag:
+                message = re.sub(rf"(?<![\w.-]){name}=True\b", f"without {negative}", message)
         if not flag:
             continue
+        # a mapping: NAME={'a': 'b'} is a repeatable flag, --flag a=b (quoted for a shell when it needs it)
+        message = re.sub(rf"(?<![\w.-]){name}=(\{{[^{{}}]*\}})", lambda match: _mapping_flags(match, flag), message)
         message = re.sub(rf"(?<![\w.-]){name}=True\b", flag, message)
         message = re.sub(rf"(?<![\w.-]){name}=(['\"]?)([^'\"\s,;)]+)\1", rf"{flag} \2", message)
         message = re.sub(rf"(?<![\w./'-]){name}(?![\w=/'-])", flag, message)  # not inside a path
     return message
+
+
+def _mapping_flags(match: re.Match, flag: str) -> str:
+    """``{'Carcinoma': 'tumour'}`` -> ``--class-map Carcinoma=tumour`` (unchanged when it is not a literal dict)."""
+    import ast
+    import shlex
+
+    try:
+        mapping = ast.literal_eval(match.group(1))
+    except (ValueError, SyntaxError):
+        return match.group(0)
+    if not isinstance(mapping, dict) or not mapping:
+        return match.group(0)
+    return " ".join(f"{flag} {shlex.quote(f'{key}={value}')}" for key, value in mapping.items())
 
 
 def main(argv: list[str] | None = None) -> int:

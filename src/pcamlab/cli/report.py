@@ -12,7 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(evaluations, explanations) into one HTML page with the images embedded.",
     )
     parser.add_argument("run", metavar="RUN", help="a run folder written by pcamlab train or pcamlab demo")
-    parser.add_argument("--out", metavar="FILE", help="HTML file to write (default RUN/report.html)")
+    parser.add_argument("--out", metavar="FILE", help="HTML file to write (default RUN/report.html, brought up to date "
+                        "on every run); an existing --out file is never replaced without --force")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.set_defaults(func=run)
 
 
@@ -30,6 +32,6 @@ def run(args: argparse.Namespace) -> int:
     history = RunFolder(folder).history
     if history.is_file():
         plot_training_curves(history, folder / "training_curves.png")
-    path = write_report(folder, args.out)
+    path = write_report(folder, args.out, force=args.force)
     print(f"report written to {path} (open it in a browser)")
     return 0

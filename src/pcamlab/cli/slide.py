@@ -34,8 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("slide", metavar="SLIDE", help="slide file (.svs, .tif, .ndpi, .mrxs, ...)")
     info.add_argument("--mpp", type=float, help="level-0 microns per pixel; wins over the slide's metadata and "
                       "TIFF resolution tags (shown beside them)")
-    info.add_argument("--thumbnail", metavar="FILE", help="also write a PNG thumbnail (longer side --size)")
-    info.add_argument("--size", type=int, default=1024, help="thumbnail longer side in pixels (default 1024)")
+    info.add_argument("--thumbnail", metavar="FILE.png", help="also write a PNG thumbnail (longer side --size) to "
+                      "this new file (an existing file is never replaced)")
+    info.add_argument("--size", type=int, default=1024, help="thumbnail longer side in pixels, 16 to 16384 "
+                      "(default 1024)")
     info.add_argument("--json", action="store_true", help="print the facts as JSON")
     info.add_argument("--verify", action="store_true", help="also decode every tile of every level, so a damaged "
                       "tile is found now (exit 2) instead of mid-prediction (minutes for a 40x slide)")
@@ -108,10 +110,19 @@ def add_annotation_arguments(parser: argparse.ArgumentParser, help: str, *, requ
                         help="refuse self-intersecting polygons instead of repairing them with a note")
 
 
+ANNOTATION_FLAGS = {"class_map": "--class-map", "mask_downsample": "--mask-downsample"}  # what annotation notes name
+
+
 def annotation_options(args: argparse.Namespace) -> dict:
     """``class_map``, ``mask_downsample`` and ``repair`` keyword arguments from the annotation flags."""
     from pcamlab.errors import ConfigError
 
+    if not args.annotations:
+        given = [flag for flag, value in (("--class-map", args.class_map), ("--mask-downsample", args.mask_downsample),
+                                          ("--no-repair", args.no_repair)) if value not in (None, False, [])]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} set(s) how annotations are read, but no --annotations was given; "
+                              "add --annotations FILE-or-FOLDER or drop them")
     class_map = {}
     for item in args.class_map:
         name, separator, kind = item.rpartition("=")
@@ -170,6 +181,11 @@ def run_info(args: argparse.Namespace) -> int:
     from pcamlab.slide import open_slide
     from pcamlab.slide.reader import describe_mpp_source
 
+    from pcamlab.fileio import check_new_png, save_image_png
+
+    if args.thumbnail:  # before any reading: a slide, an annotation file or an earlier result is never replaced
+        check_new_png(args.thumbnail, "thumbnail")
+    reading = annotation_options(args)
     with open_slide(args.slide, mpp=args.mpp) as slide:
         info = slide.info()
         thumbnail = slide.thumbnail(args.size if args.thumbnail else 256)
@@ -188,16 +204,10 @@ def run_info(args: argparse.Namespace) -> int:
     if args.annotations:
         from pcamlab.slide.annotations import draw_annotations, read_annotations
 
-        annotations = read_annotations(args.annotations, slide_dimensions=info.level_dimensions[0],
-                                       **annotation_options(args))
+        annotations = read_annotations(args.annotations, slide_dimensions=info.level_dimensions[0], **reading)
         thumbnail = draw_annotations(thumbnail, annotations, info.level_dimensions[0][0] / thumbnail.shape[1])
     if args.thumbnail:
-        from PIL import Image
-
-        from pcamlab.fileio import atomic_path
-
-        with atomic_path(args.thumbnail) as temporary:
-            Image.fromarray(thumbnail).save(temporary, format="PNG")
+        save_image_png(thumbnail, args.thumbnail, parameter="thumbnail")
     if args.json:
         facts = info.to_dict()
         if args.verify:
@@ -254,7 +264,7 @@ def _annotation_text(facts: dict) -> str:
         sources = ", ".join(f"{item['name']} x{item['regions']}" for item in facts["source_classes"]
                             if item["class"] == name)
         lines.append(f"  {name:<8} {values['regions']:>7}  {area:>10}  {sources}")
-    lines += [f"note: {note}" for note in facts["notes"]]
+    lines += remarks(facts["notes"], [], flags=ANNOTATION_FLAGS)
     return "\n".join(lines)
 
 
@@ -442,13 +452,13 @@ def register_synth_cohort(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--normal", type=int, default=2, help="normal slides (default 2)")
     parser.add_argument("--tumour", type=int, default=2, help="tumour slides (default 2)")
     parser.add_argument("--split", choices=["train", "valid"], default="valid",
-                        help="patches from this PCam split: train (slides normal_/tumor_NNN) or valid (test_NNN)")
+                        help="patches from this PCam split: train (slides normal_/tumor_NNN) or valid (test_NNN; default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
-    parser.add_argument("--width", type=int, default=4096, help="level-0 width in pixels (default 4096 = 4 mm)")
-    parser.add_argument("--height", type=int, default=3072, help="level-0 height in pixels (default 3072 = 3 mm)")
+    parser.add_argument("--width", type=int, default=4096, help="level-0 width in pixels, 768 to 50,000 (default 4096 = 4 mm)")
+    parser.add_argument("--height", type=int, default=3072, help="level-0 height in pixels, 768 to 50,000 (default 3072 = 3 mm)")
     parser.add_argument("--patches", metavar="DIR", help="folder with train/ and valid/ of 0/ 1/ patch folders "
                         "(e.g. ../shared/data/pcam-jpg; default: the sample shipped in pcamlab)")
-    parser.add_argument("--pool-size", type=int, default=2000, help="patches loaded per class (default 2000)")
+    parser.add_argument("--pool-size", type=int, default=2000, help="patches loaded per class, >= 1 (default 2000)")
     parser.set_defaults(func=run_synth_cohort)
 
 

@@ -458,10 +458,16 @@ def write_info_folder(
 
     Returns:
         The files written, ``info.json`` first.
+
+    Raises:
+        RunFolderError: ``out`` already holds one of these files (an earlier result is never replaced).
     """
-    from pcamlab.fileio import write_json_atomic
+    from pcamlab.fileio import refuse_existing, write_json_atomic
 
     out = Path(out)
+    names = ["info.json", *(f"contact_{split}.png" for split in info["splits"]), *(["augment.png"] if augment else [])]
+    for name in names:  # all checked before anything is written
+        refuse_existing(out / name, "out")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "info.json", info)
     written = [out / "info.json"]

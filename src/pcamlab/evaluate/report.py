@@ -26,9 +26,7 @@ import datetime
 import hashlib
 import html
 import math
-import os
 import tempfile
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ from typing import Any
 from pcamlab.data.runfiles import UNDEFINED, is_undefined, read_json, read_run_csv
 from pcamlab.data.walk import walk_files
 from pcamlab.errors import DataError
-from pcamlab.fileio import printable
+from pcamlab.fileio import atomic_path, printable, refuse_existing
 from pcamlab.runfolder import RunFolder
 
 __all__ = ["write_report", "FIGURE_CAPTIONS", "METRIC_DESCRIPTIONS", "MAX_IMAGE_BYTES", "CSS", "figure_html", "format_value",
@@ -676,19 +674,22 @@ def _folder_title(relative: Path) -> str:
     return name
 
 
-def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
+def write_report(run_dir: str | Path, path: str | Path | None = None, *, force: bool = False) -> Path:
     """Write one self-contained HTML report of a run folder.
 
     Args:
         run_dir: a run folder (``pcamlab train --out``), possibly with ``eval-*`` / ``explain-*``
             subfolders.
-        path: HTML file to write; None = ``run_dir/report.html``.
+        path: HTML file to write; None = ``run_dir/report.html`` (the run's own report, brought up to date
+            on every call).
+        force: replace an existing ``path`` (a file named by the caller is otherwise never replaced).
 
     Returns:
         The path written.
 
     Raises:
         DataError: ``run_dir`` is not a folder, or holds no run (nothing to report).
+        RunFolderError: ``path`` exists and ``force`` is False.
 
     Example:
         >>> write_report("runs/demo")
@@ -704,7 +705,10 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
             f"{str(run_dir)!r} is not a run folder: it holds none of {list(RUN_FILES)} nor an evaluation's "
             "metrics.json; pass a run folder written by pcamlab train (or an evaluation folder of pcamlab evaluate)"
         )
+    replace = path is None or force
     path = run_dir / "report.html" if path is None else Path(path)
+    if not replace:  # checked before the page is built, and again atomically when it is published
+        refuse_existing(path, "path", force="force")
 
     config_html, config_values = _config_section(run_dir)
     summary_html, _ = _summary_section(run_dir)
@@ -785,13 +789,7 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
         "<footer>Made by pcamlab. Research use only: not a medical device and not for diagnosis.</footer>"
         "</main></body></html>\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        temporary.write_text(printable(page), encoding="utf-8")  # file names that are not UTF-8 as \xNN
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    with atomic_path(path, replace=replace, parameter="path") as temporary:
+        Path(temporary).write_text(printable(page), encoding="utf-8")  # file names that are not UTF-8 as \xNN
     return path
 

@@ -309,10 +309,12 @@ class LabelMask(AnnotationFormat):
         if mask_downsample is None:
             if slide_dimensions is None:
                 raise DataError(f"label mask {printable(path)!r}: its downsample is unknown; give mask_downsample "
-                                "(level-0 pixels per mask pixel, e.g. 16) or the slide's dimensions")
+                                "(level-0 pixels per mask pixel, e.g. 16) or the slide's dimensions",
+                                parameters=("mask_downsample",))
             mask_downsample = slide_dimensions[0] / (labels.shape[1] * level_factor)
         if not (np.isfinite(mask_downsample) and mask_downsample > 0):
-            raise DataError(f"mask_downsample must be a positive number; got {mask_downsample!r}")
+            raise DataError(f"mask_downsample must be a positive number; got {mask_downsample!r}",
+                            parameters=("mask_downsample",))
         downsample = float(mask_downsample) * level_factor
         regions = []
         for value in np.unique(labels):
@@ -343,22 +345,19 @@ class LabelMask(AnnotationFormat):
 
     @staticmethod
     def _pixels(path: Path) -> tuple[np.ndarray, float]:
-        """2-D integer labels and the factor of the level read relative to the file's first level."""
-        if path.read_bytes()[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-            import tifffile
+        """2-D integer labels and the factor of the level read relative to the file's first level.
 
-            with tifffile.TiffFile(path) as tiff:
-                levels = tiff.series[0].levels
-                full_width = levels[0].shape[1]
-                level = next((level for level in levels if np.prod(level.shape[:2]) <= MASK_MAX_PIXELS), levels[-1])
-                pixels = level.asarray()
-                factor = full_width / level.shape[1]
-        else:
-            from PIL import Image
+        Raises:
+            DataError: the image does not decode (truncated, damaged) or is not one channel of integers.
+        """
+        try:
+            pixels, factor = LabelMask._decode(path)
+        except (OSError, ValueError, SyntaxError, EOFError) as error:  # PIL's and tifffile's decode errors
+            from pcamlab.errors import plain_line
 
-            with Image.open(path) as image:
-                pixels = np.asarray(image if image.mode in ("L", "P", "I", "I;16", "1") else image.convert("RGB"))
-            factor = 1.0
+            raise DataError(f"label mask {printable(path)!r} does not decode ({type(error).__name__}: "
+                            f"{plain_line(error, 160)}): the file is truncated or damaged; copy or export it again"
+                            ) from None
         if pixels.ndim == 3:
             if pixels.shape[2] in (3, 4) and np.array_equal(pixels[..., 0], pixels[..., 1]) and \
                     np.array_equal(pixels[..., 0], pixels[..., 2]):
@@ -372,6 +371,25 @@ class LabelMask(AnnotationFormat):
             raise DataError(f"label mask {printable(path)!r} must be a 2-D integer image; got {pixels.dtype} "
                             f"{pixels.shape}")
         return pixels.astype(np.int64), factor
+
+    @staticmethod
+    def _decode(path: Path) -> tuple[np.ndarray, float]:
+        """The mask's pixels as decoded (any shape) and the factor of the level read; decoders' errors pass."""
+        with open(path, "rb") as stream:
+            magic = stream.read(4)
+        if magic in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tiff:
+                levels = tiff.series[0].levels
+                full_width = levels[0].shape[1]
+                level = next((level for level in levels if np.prod(level.shape[:2]) <= MASK_MAX_PIXELS), levels[-1])
+                return level.asarray(), full_width / level.shape[1]
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image.load()  # decodes the whole file here, so a truncated one fails inside the caller's try
+            return np.asarray(image if image.mode in ("L", "P", "I", "I;16", "1") else image.convert("RGB")), 1.0
 
 
 ANNOTATION_SUFFIXES: tuple[str, ...] = tuple(
@@ -458,36 +476,43 @@ def read_annotations(
     mapping = {key.lower(): value for key, value in base.items()}
     for key, value in (class_map or {}).items():
         if value not in CLASSES:
-            raise DataError(f"class_map[{key!r}] must be one of {list(CLASSES)}; got {value!r}",
-                            parameters=("class_map",))
+            raise DataError(f"class_map maps {key!r} to {value!r}; a class must be one of {list(CLASSES)}, e.g. "
+                            f"class_map={ {key: TUMOUR}!r}", parameters=("class_map",))
         mapping[str(key).strip().lower()] = value
     regions, notes = reader.read(path, mask_downsample=mask_downsample, slide_dimensions=slide_dimensions)
+    if mask_downsample is not None and reader.name != "mask":
+        notes.append(f"mask_downsample {mask_downsample:g} is for label masks; this {reader.description} file, in "
+                     "level-0 pixels, does not use it")
     if not regions:
         raise DataError(f"annotation file {printable(path)!r} holds no regions (no polygons with an area); export "
                         "the annotations again, or remove the file for a slide without tumour")
     unknown = sorted({name for name, _, _ in regions if _classify(name, mapping) is None})
     if unknown:
         raise DataError(f"annotation file {printable(path)!r} has class(es) {unknown} that pcamlab does not know; "
-                        f"map each to one of {list(CLASSES)} with class_map (e.g. {{{unknown[0]!r}: 'tumour'}})",
+                        f"map each to one of {list(CLASSES)}, e.g. class_map={ {unknown[0]: TUMOUR}!r}",
                         parameters=("class_map",))
     parts: dict[str, list[Any]] = {name: [] for name in CLASSES}
     counts: dict[tuple[str, str], int] = {}
     for name, geometry, label in regions:
-        if not geometry.is_valid:
+        geometry = shapely.force_2d(geometry)  # GeoJSON may carry a third coordinate (z); regions are 2-D
+        valid = geometry.is_valid
+        polygons = _polygons(geometry if valid else shapely.make_valid(geometry))
+        if not polygons or sum(polygon.area for polygon in polygons) == 0:  # collinear or repeated points
+            notes.append(f"region {label!r} ({name}) has no area and was left out")
+            continue
+        if not valid:
             reason = shapely.is_valid_reason(geometry)
             if not repair:
                 raise DataError(f"annotation file {printable(path)!r}: region {label!r} ({name}) is not a valid "
-                                f"polygon ({reason}); fix it, or pass repair=True to repair it",
-                                parameters=("repair",))
-            geometry = shapely.make_valid(geometry)
+                                f"polygon ({reason}); fix it in the annotation tool, or let pcamlab repair it "
+                                "(repair=True)", parameters=("repair",))
             notes.append(f"region {label!r} ({name}) was not a valid polygon ({reason}); repaired")
-        polygons = _polygons(geometry)
-        if not polygons:
-            notes.append(f"region {label!r} ({name}) has no area and was left out")
-            continue
         parts[_classify(name, mapping)].extend(polygons)
         key = (name, _classify(name, mapping))
         counts[key] = counts.get(key, 0) + 1
+    if not any(parts.values()):
+        raise DataError(f"annotation file {printable(path)!r} holds no regions with an area (" + "; ".join(notes[:3])
+                        + ("; ..." if len(notes) > 3 else "") + "); export the annotations again, or remove the file for a slide without tumour")
     merged = {name: shapely.union_all(items) if items else MultiPolygon() for name, items in parts.items()}
     if slide_dimensions is not None:
         merged = _check_inside(path, merged, slide_dimensions, notes)

@@ -84,8 +84,12 @@ def slide_folders(slides: Sequence[str | os.PathLike], out: Path) -> list[Path]:
             name = Path(name).stem
         folder = out / name
         if folder in folders:
-            raise DataError(f"slides {folders[folder]!r} and {str(slide)!r} would both write to {str(folder)!r}; "
-                            "rename one, or predict them into different output folders")
+            if os.path.abspath(folders[folder]) == os.path.abspath(slide):
+                raise DataError(f"slide {printable(slide)!r} is given twice; give each slide once",
+                                parameters=("slides",))
+            raise DataError(f"slides {printable(folders[folder])!r} and {printable(slide)!r} have the same slide id "
+                            f"{name!r} (the file name without its suffix), which names each slide's results; rename "
+                            "one", parameters=("slides",))
         folders[folder] = str(slide)
         result.append(folder)
     return result

@@ -58,6 +58,7 @@ LESION_CATEGORIES: dict[str, tuple[float, float]] = {"macro": (2.2, 5.0), "micro
 COHORT_SPLITS = ("train", "valid")  # which PCam split the patches come from
 CENTRE = 32  # PCam's label region: the centre 32 x 32 pixels of a 96-pixel patch
 OUTLINE_VERTICES = 72
+SLIDE_SIDES = (8 * CELL_SIZE, 50_000)  # level-0 side in pixels: room for a lesion .. a Camelyon16 slide's longer side
 
 
 @dataclass(frozen=True)
@@ -270,19 +271,24 @@ def make_cohort(
         A :class:`Cohort`.
 
     Raises:
-        ConfigError: a count, size or split out of range.
+        ConfigError: a count, size (:data:`SLIDE_SIDES`), pool size or split out of range.
         RunFolderError: ``out`` exists and is not empty.
         DataError: the patch folder has no patches.
     """
     if split not in COHORT_SPLITS:
-        raise ConfigError(f"split must be one of {list(COHORT_SPLITS)}; got {split!r}")
+        raise ConfigError(f"split must be one of {list(COHORT_SPLITS)}; got {split!r}", parameters=("split",))
     if normal_slides < 0 or tumour_slides < 0 or normal_slides + tumour_slides < 1:
         raise ConfigError(f"normal_slides and tumour_slides must be >= 0 with at least one slide; got "
-                          f"{normal_slides} and {tumour_slides}")
+                          f"{normal_slides} and {tumour_slides}", parameters=("normal_slides", "tumour_slides"))
     if not 1 <= lesions_per_slide[0] <= lesions_per_slide[1]:
         raise ConfigError(f"lesions_per_slide must be (least, most) with 1 <= least <= most; got {lesions_per_slide}")
-    if width < 8 * CELL_SIZE or height < 8 * CELL_SIZE:
-        raise ConfigError(f"width and height must be >= {8 * CELL_SIZE} pixels; got {width} x {height}")
+    low, high = SLIDE_SIDES
+    if not (low <= width <= high and low <= height <= high):
+        raise ConfigError(f"width and height must be from {low} to {high:,} pixels (at {mpp:g} um/px a Camelyon16 "
+                          f"slide is about 25,000 x 50,000); got {width} x {height}", parameters=("width", "height"))
+    if isinstance(pool_size, bool) or not isinstance(pool_size, (int, np.integer)) or pool_size < 1:
+        raise ConfigError(f"pool_size (patches loaded per class) must be an integer >= 1; got {pool_size!r}; e.g. "
+                          "2000", parameters=("pool_size",))
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunFolderError(f"{printable(out)!r} exists and is not empty; a cohort is written into a new folder: "

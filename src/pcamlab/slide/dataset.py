@@ -56,7 +56,7 @@ from pcamlab.data.readers import H5_META_PATTERN
 from pcamlab.errors import ConfigError, DataError, RunError, RunFolderError
 from pcamlab.fileio import atomic_path, printable, write_json_atomic, write_text_atomic
 from pcamlab.slide._model import PCAM_MPP
-from pcamlab.slide.annotations import SlideAnnotations, find_annotation_file, read_annotations
+from pcamlab.slide.annotations import ANNOTATION_SUFFIXES, SlideAnnotations, find_annotation_file, read_annotations
 from pcamlab.slide.batch import slide_folders
 from pcamlab.slide.cohort import STALE_AFTER, Cohort, Shard
 from pcamlab.slide.reader import ResolutionError, Slide, name_mpp, open_slide
@@ -235,7 +235,7 @@ def _candidates(slide_path: Path, annotations: SlideAnnotations | None, options:
     """Every tissue patch of a slide with its labels: level-0 ``x``, ``y`` and ``label``, ``tumour_patch``; and
     the reader's ``notes`` and ``warnings`` (naming ``slide_mpp``)."""
     with _open(slide_path, options) as slide:
-        grid = plan_grid(slide, options.patch_size, options.stride, options.mpp)
+        grid = plan_grid(slide, options.patch_size, options.stride, options.mpp, target="patches")
         _, _, fractions = tile_tissue(slide, grid, method=options.tissue_method, threshold=options.tissue_threshold)
         notes = [name_mpp(note, "slide_mpp") for note in slide.notes]
         warnings = [name_mpp(warning, "slide_mpp") for warning in slide.warnings]
@@ -385,10 +385,48 @@ def plan_dataset(
                         "min_tissue_fraction and the slides' level-0 resolution (slide_mpp)"
                         + (f" ({warned[0]}{f'; and {len(warned) - 1} more' if len(warned) > 1 else ''})"
                            if warned else ""), parameters=("min_tissue_fraction", "slide_mpp"))
+    dataset.notes.extend(_split_notes(dataset, labels, split_map))
+    if annotations is not None and Path(annotations).is_dir():
+        def slide_id_of(name: str) -> str:  # tumor_001.xml, tumor_001_mask.tif, tumor_001.mask.png -> tumor_001
+            stem = Path(name).stem
+            return next((stem[: -len(end)] for end in ("_mask", ".mask") if stem.endswith(end)), stem)
+
+        unmatched = sorted(path.name for path in Path(annotations).iterdir()
+                           if path.is_file() and path.suffix.lower() in ANNOTATION_SUFFIXES
+                           and not path.name.startswith(".") and slide_id_of(path.name) not in labels)
+        if unmatched:
+            dataset.notes.append(f"{len(unmatched)} annotation file(s) in {printable(annotations)} match no slide given "
+                                 f"and were not used: {unmatched[:5]}{' ...' if len(unmatched) > 5 else ''} (a file "
+                                 "is <slide id>.xml|.geojson|.png...; ids are case-sensitive)")
     for split, counts in dataset.split_counts().items():
         if options.balance and counts[1] == 0:
             dataset.notes.append(f"split {split} has no tumour patches: not balanced ({counts[0]} label-0 patches)")
     return dataset
+
+
+def _split_notes(dataset: DatasetPlan, labels: Mapping[str, int], split_map: Mapping[str, str] | None) -> list[str]:
+    """What a person should know about the splits: a split asked for that got no slide (``pcamlab train`` needs
+    ``valid``), and rows of ``split_map`` that name no slide given (a typo, or a slide left out)."""
+    options, notes = dataset.options, []
+    members = {split: [plan for plan in dataset.slides if plan.split == split] for split in SPLITS}
+    tumour = sum(labels.values())
+    if split_map is not None:
+        unused = sorted(set(split_map) - set(labels))
+        if unused:
+            notes.append(f"the slide-to-split mapping names {len(unused)} slide(s) not given, left unused: "
+                         f"{unused[:5]}{' ...' if len(unused) > 5 else ''} (check the slide ids: file names "
+                         "without suffix)")
+        wanted = [split for split in ("train", "valid") if not members[split]]
+        why = "no row of the slide-to-split mapping puts a given slide there; add one (split_map)"
+    else:
+        wanted = [split for split, fraction in (("train", 1.0), ("valid", options.valid_fraction),
+                                                ("test", options.test_fraction)) if fraction > 0 and not members[split]]
+        why = (f"splits take whole slides, per class of slide ({tumour} tumour, {len(labels) - tumour} normal "
+               "given): give more slides (valid needs two of a class), or a slide-to-split mapping (split_map)")
+    for split in wanted:
+        need = "; pcamlab train needs a valid split" if split == "valid" else ""
+        notes.append(f"split {split} got no slide: {why}{need}")
+    return notes
 
 
 def _done_path(work: Path, slide_id: str) -> Path:
@@ -419,7 +457,7 @@ def cut_slide(plan: SlidePlan, work: str | os.PathLike, options: FromSlidesOptio
     size = options.patch_size
     x, y = np.asarray(plan.x, dtype=np.int64), np.asarray(plan.y, dtype=np.int64)
     with _open(plan.path, options) as slide:
-        grid = plan_grid(slide, size, options.stride, options.mpp)
+        grid = plan_grid(slide, size, options.stride, options.mpp, target="patches")
         span = max(1.0, REGION_PIXELS * grid.level_downsample)  # level-0 px per region side
         block = (y // span).astype(np.int64) * (int(slide.dimensions[0] // span) + 2) + (x // span).astype(np.int64)
         with atomic_path(work / f"{plan.slide_id}.npy") as temporary:

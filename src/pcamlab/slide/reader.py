@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from pcamlab.errors import DataError
+from pcamlab.errors import ConfigError, DataError
+from pcamlab.fileio import printable
 from pcamlab.slide.integrity import (
     TIFFFILE_VENDORS,
     DamagedSlideError,
@@ -77,6 +78,9 @@ BACKGROUND_RGB = (255, 255, 255)  # transparent slide pixels (outside scanned re
 # Level-0 um/px that slide scanners produce: about 0.12 (80x) to 2 (5x); 0.25 at 40x, 0.5 at 20x (Camelyon16's
 # scanners: 0.226-0.243 um/px at 40x). A value outside is more likely a wrong tag than a real scan.
 PLAUSIBLE_MPP = (0.1, 2.0)
+# x and y mpp closer than this share are one resolution (scanners round differently per axis); farther: not square
+SQUARE_TOLERANCE = 0.05
+THUMBNAIL_SIZES = (16, 16384)  # longer side of a thumbnail in pixels: enough to see, at most ~800 MB of RGB
 _CENTIMETRE_UM = 1e4
 _INCH_UM = 25400.0
 class ResolutionError(DataError):
@@ -247,6 +251,13 @@ class Slide:
                                   f"um/px from {describe_mpp_source(self.recorded_mpp_source, self.vendor)}{same}")
         else:
             self.mpp, self.mpp_source = self.recorded_mpp, self.recorded_mpp_source
+        if self.mpp is not None and not self.square_pixels:
+            x, y = self.mpp
+            self.warnings.append(
+                f"level-0 pixels are not square: {x:.4g} x {y:.4g} um/px from "
+                f"{describe_mpp_source(self.mpp_source, self.vendor)}; pcamlab reads square tiles, so predicting "
+                "or cutting patches from this slide is refused (tiles would be stretched and areas wrong); if the "
+                "recorded values are wrong, give the right level-0 resolution as mpp (used for both axes)")
         if self.mpp is not None:
             value = (self.mpp[0] + self.mpp[1]) / 2
             low, high = PLAUSIBLE_MPP
@@ -273,16 +284,33 @@ class Slide:
             return tags, "tiff-tags"
         return None, "missing"
 
+    @property
+    def square_pixels(self) -> bool:
+        """True when level-0 pixels are square within :data:`SQUARE_TOLERANCE` (or the mpp is unknown)."""
+        if self.mpp is None:
+            return True
+        x, y = self.mpp
+        return abs(x - y) <= SQUARE_TOLERANCE * max(x, y)
+
     def require_mpp(self) -> float:
-        """The level-0 microns per pixel (mean of x and y).
+        """The level-0 microns per pixel (x and y agree within :data:`SQUARE_TOLERANCE`; their mean).
 
         Raises:
             MissingResolutionError: none in the metadata or TIFF tags, and no ``mpp`` given.
+            ResolutionError: the pixels are not square (tiles are read square: they would be stretched).
         """
         if self.mpp is None:
             raise MissingResolutionError(
-                f"slide {str(self.path)!r} has no resolution (no microns-per-pixel in its metadata or TIFF "
+                f"slide {printable(self.path)!r} has no resolution (no microns-per-pixel in its metadata or TIFF "
                 "resolution tags); give the level-0 resolution as mpp (um/px, e.g. 0.25 for a 40x scan)"
+            )
+        if not self.square_pixels:
+            x, y = self.mpp
+            raise ResolutionError(
+                f"slide {printable(self.path)!r} has non-square level-0 pixels ({x:.4g} x {y:.4g} um/px from "
+                f"{describe_mpp_source(self.mpp_source, self.vendor)}); pcamlab reads square tiles, which would be "
+                "stretched; if the recorded values are wrong give the level-0 resolution as mpp (used for both "
+                "axes), else resample the slide to square pixels"
             )
         return (self.mpp[0] + self.mpp[1]) / 2
 
@@ -341,8 +369,14 @@ class Slide:
         coarsest level when none is), block by block, so memory stays small whatever the slide size.
 
         Raises:
+            ConfigError: ``max_size`` is not an integer from 16 to 16384.
             DamagedSlideError: a block read does not decode.
         """
+        if isinstance(max_size, bool) or not isinstance(max_size, (int, np.integer)) or \
+                not THUMBNAIL_SIZES[0] <= max_size <= THUMBNAIL_SIZES[1]:
+            raise ConfigError(f"max_size (the thumbnail's longer side in pixels) must be an integer from "
+                              f"{THUMBNAIL_SIZES[0]} to {THUMBNAIL_SIZES[1]}; got {max_size!r}; e.g. 1024",
+                              parameters=("max_size",))
         return read_downsampled(self, max(self.dimensions) / max_size)
 
     def close(self) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pcamlab.errors import ConfigError, DataError
-from pcamlab.fileio import atomic_path
+from pcamlab.fileio import atomic_path, printable
 from pcamlab.slide._model import PCAM_MPP  # 0.972 um/px (PCam README)
 
 __all__ = [
@@ -96,10 +96,20 @@ def sample_pools(split: str = "valid", root: str | os.PathLike | None = None, *,
     Raises:
         DataError: the folder has no ``0/`` or ``1/`` image patches (JPEG, PNG, TIFF), or one cannot be listed.
     """
-    from PIL import Image
-
     from pcamlab.data import sample_root
+    from pcamlab.data.readers import SKIP_HINT, BadImageError, decode_image_file
     from pcamlab.data.walk import IMAGE_SUFFIXES, list_files
+
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
+        raise ConfigError(f"limit (patches loaded per class) must be an integer >= 1; got {limit!r}; e.g. 2000",
+                          parameters=("limit",))
+
+    def decode(file: Path) -> np.ndarray:  # the decoder every command uses: one-line errors, 96 x 96 RGB checked
+        try:
+            return decode_image_file(file)
+        except BadImageError as error:
+            raise DataError(str(error).replace(f"delete it, or {SKIP_HINT} such files", "or delete it")
+                            + f" (patches folder {printable(folder)!r})") from None
 
     folder = Path(root) if root is not None else sample_root() / split
     pools = []
@@ -112,7 +122,7 @@ def sample_pools(split: str = "valid", root: str | os.PathLike | None = None, *,
         if limit is not None and len(files) > limit:
             chosen = np.random.default_rng([seed, int(label)]).choice(len(files), size=limit, replace=False)
             files = [files[index] for index in sorted(chosen)]
-        pools.append(np.stack([np.asarray(Image.open(file).convert("RGB")) for file in files]))
+        pools.append(np.stack([decode(file) for file in files]))
     return pools[0], pools[1]
 
 

@@ -48,8 +48,19 @@ def _choose_level(slide: Slide, mpp0: float, target_mpp: float) -> tuple[int, fl
     return level, target_mpp / level_mpps[level]
 
 
-def plan_grid(slide: Slide, patch_size: int, stride: int, target_mpp: float) -> Grid:
-    """The tile grid of ``slide`` for tiles of ``patch_size`` pixels at ``target_mpp`` um/px (a model's).
+# Whose tiles a grid reads, as messages say it: (owner of the resolution, fix when too coarse, fix when too small).
+TILE_TARGETS = {
+    "model": ("the model's", "use a model trained at a coarser resolution",
+              "use a model with a smaller patch_size or a larger slide"),
+    "patches": ("the patches'", "cut the patches at a coarser resolution", "cut smaller patches or use a larger slide"),
+}
+
+
+def plan_grid(slide: Slide, patch_size: int, stride: int, target_mpp: float, *, target: str = "model") -> Grid:
+    """The tile grid of ``slide`` for tiles of ``patch_size`` pixels at ``target_mpp`` um/px.
+
+    ``target`` says whose resolution that is in messages (:data:`TILE_TARGETS`): ``"model"`` (slide predict)
+    or ``"patches"`` (a dataset cut from slides).
 
     Raises:
         MissingResolutionError: the slide's mpp is unknown.
@@ -60,14 +71,15 @@ def plan_grid(slide: Slide, patch_size: int, stride: int, target_mpp: float) -> 
     if not (isinstance(stride, int) and 1 <= stride <= patch_size and patch_size % stride == 0):
         divisors = [d for d in range(patch_size, 0, -1) if patch_size % d == 0][:6]
         raise ConfigError(f"stride must divide the model's patch size {patch_size} (e.g. {divisors}); got {stride!r}")
+    whose, coarser_fix, smaller_fix = TILE_TARGETS[target]
     mpp0 = slide.require_mpp()
     if mpp0 > MAX_UPSAMPLING * target_mpp:
         source = describe_mpp_source(slide.mpp_source, slide.vendor)
         raise ResolutionError(
             f"slide {str(slide.path)!r} is {mpp0:.4g} um/px at level 0 (from {source}), coarser than "
-            f"{MAX_UPSAMPLING:g}x the model's {target_mpp:.4g} um/px (tiles would be upsampled "
+            f"{MAX_UPSAMPLING:g}x {whose} {target_mpp:.4g} um/px (tiles would be upsampled "
             f"{mpp0 / target_mpp:.3g}x); if that resolution is wrong, give the right one as mpp (e.g. 0.25 for a "
-            "40x scan), else use a model trained at a coarser resolution"
+            f"40x scan), else {coarser_fix}"
         )
     level, read_scale = _choose_level(slide, mpp0, target_mpp)
     level_width, level_height = slide.level_dimensions[level]
@@ -75,9 +87,8 @@ def plan_grid(slide: Slide, patch_size: int, stride: int, target_mpp: float) -> 
     level_mpp = mpp0 * slide.level_downsamples[level]
     if model_width < patch_size or model_height < patch_size:
         raise DataError(
-            f"slide {str(slide.path)!r} is {model_width} x {model_height} pixels at the model's {target_mpp:.3g} "
-            f"um/px, smaller than the model's {patch_size} x {patch_size} patch; use a model with a smaller "
-            "patch_size or a larger slide"
+            f"slide {str(slide.path)!r} is {model_width} x {model_height} pixels at {whose} {target_mpp:.3g} "
+            f"um/px, smaller than {whose} {patch_size} x {patch_size} patch; {smaller_fix}"
         )
     return Grid(
         level=level, level_downsample=slide.level_downsamples[level], read_scale=read_scale,

@@ -288,6 +288,15 @@ def _tree_symlink_loop(base, images):
     return ["a.tif", "sub/b.tif"], []
 
 
+def _tree_link_above_the_root(base, images):  # tester 1 item 1: `ln -s .. train/1/up` listed train/0 as label 1
+    _tif(base / "root" / "a.tif", images[0])
+    _tif(base / "root" / "sub" / "b.tif", images[1])
+    _tif(base / "sibling" / "c.tif", images[2])  # beside the root: another class folder, another split
+    (base / "root" / "up").symlink_to(base, target_is_directory=True)
+    (base / "root" / "sub" / "top").symlink_to(base / "root", target_is_directory=True)
+    return ["a.tif", "sub/b.tif"], []
+
+
 def _tree_folder_reached_twice(base, images):
     _tif(base / "root" / "a" / "x.tif", images[0])
     (base / "root" / "b").symlink_to(base / "root" / "a", target_is_directory=True)
@@ -426,6 +435,39 @@ def test_the_walker_says_what_it_skipped(tmp_path, patches):
     (tmp_path / "root" / "gone.tif").symlink_to(tmp_path / "nowhere.tif")
     notes = " | ".join(walk_files(tmp_path / "root", IMAGE_SUFFIXES).notes)
     assert "symbolic link loop" in notes and "1 hidden files skipped" in notes and "lead nowhere" in notes
+
+
+def test_class_folders_with_links_back_up_keep_every_label(tmp_path, patches, capsys):
+    """Tester 1 item 1: `ln -s .. train/1/up` read train/0's patches again as label 1 (and `../..` pulled
+    valid/ into train); a link back up is a loop: listed once, with a note, whatever the command."""
+    from pcamlab.cli.main import main
+
+    images = patches[0]  # 8 different patches
+    for label in (0, 1):
+        for n in range(2):
+            _tif(tmp_path / "L" / "train" / str(label) / f"{label}{n}.tif", images[label * 2 + n])
+            _tif(tmp_path / "L" / "valid" / str(label) / f"v{label}{n}.tif", images[4 + label * 2 + n])
+    (tmp_path / "L" / "train" / "1" / "up").symlink_to(Path(".."), target_is_directory=True)
+    (tmp_path / "L" / "train" / "1" / "root").symlink_to(Path("../.."), target_is_directory=True)
+    reader = open_split(tmp_path / "L", "train", "folders")
+    assert reader.class_counts() == {0: 2, 1: 2}
+    assert any("symbolic link loop" in note for note in reader.notes)
+    assert main(["data", "info", str(tmp_path / "L")]) == 0
+    out = capsys.readouterr().out
+    assert "different labels" not in out and "leakage" not in out and "symbolic link loop" in out
+
+
+def test_a_file_linked_under_both_labels_is_refused(tmp_path, patches, capsys):
+    """Tester 1 item 1: a patch reachable under 0/ and 1/ (a link from one class folder into the other)."""
+    from pcamlab.cli.main import main
+
+    for label in (0, 1):
+        _tif(tmp_path / "L" / "train" / str(label) / f"{label}.tif", patches[0][label])
+    (tmp_path / "L" / "train" / "1" / "zero").symlink_to(tmp_path / "L" / "train" / "0", target_is_directory=True)
+    with pytest.raises(DataError, match="both label 0 and label 1.*remove the link"):
+        open_split(tmp_path / "L", "train", "folders")
+    assert main(["data", "convert", str(tmp_path / "L"), str(tmp_path / "k"), "--to", "kaggle"]) == 2
+    assert "both label 0 and label 1" in capsys.readouterr().err and not (tmp_path / "k").exists()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -253,7 +253,10 @@ def train(
             say(f"continuing {source_run} (finished after epoch {first_epoch - 1}) into {out_dir}, "
                 f"up to epoch {train_config.epochs}; {source_run} is left as it is")
         else:
-            say(f"resuming {out_dir} at epoch {first_epoch}")
+            run_clock.continue_after(float(state.get("elapsed_seconds", 0.0)))  # resume.pt files before it: 0
+            say(f"resuming {out_dir} at epoch {first_epoch}"
+                + (f" ({run_clock.earlier_seconds / 60:.1f} of {train_config.time_budget_minutes} budget minutes used)"
+                   if run_clock.has_budget else ""))
     epoch_log = None
     if main_process:
         checkpointing.start_folder(out_dir, config, fresh_config=restore_from is None or source_run is not None,
@@ -298,8 +301,11 @@ def train(
                 history.append(row)
 
                 value = scores[data.monitor]
-                improved = early.update(epoch, value, crops.counts_for_patience(), learning_rate.factor)
-                plateau.update(improved, crops.counts_for_patience())
+                # an epoch cut short (the budget ran out, the caller stopped it) is scored and may be best, but is
+                # not a whole epoch without improvement: it never counts for patience
+                counts = crops.counts_for_patience() and not (result.out_of_time or result.stopped_by_caller)
+                improved = early.update(epoch, value, counts, learning_rate.factor)
+                plateau.update(improved, counts)
                 if improved and data.validated and config.evaluate.threshold_method != "fixed" and not data.one_class_valid:
                     from pcamlab.evaluate.thresholds import ThresholdSelector
 
@@ -313,7 +319,7 @@ def train(
                         metadata["threshold_chosen_on"] = threshold_chosen_on
                     resume_state = checkpointing.resume_state(
                         epoch, model=model, optimizer=optimizer, ema=ema, crops=crops, early=early, plateau=plateau,
-                        threshold=contract.threshold, validated=data.validated)
+                        threshold=contract.threshold, validated=data.validated, elapsed_seconds=run_clock.run_seconds())
                     checkpointing.save_epoch(out_dir, scored, config, contract, metadata, improved, resume_state)
                     epoch_log.pictures(scored, epoch, contract)
                 world.barrier()
@@ -326,16 +332,16 @@ def train(
                     f"{row['images_per_second']:.0f} img/s  {row['seconds']:.1f}s" + ("  *best" if improved and data.validated else ""))
                 if on_epoch is not None:
                     on_epoch(epoch, row)
-                reason = early.reason(crops.progressive)
-                if reason is not None:
-                    stop_reason, stopped_by = reason, "early_stop"
-                    break
-                if result.stopped_by_caller:
+                if result.stopped_by_caller:  # what cut the epoch short ended the run, not patience
                     stop_reason, stopped_by = f"stopped by the caller during epoch {epoch}", "caller"
                     break
                 if result.out_of_time:
                     stop_reason, stopped_by = (f"time budget of {train_config.time_budget_minutes} minutes reached "
                                                f"during epoch {epoch}"), "time_budget"
+                    break
+                reason = early.reason(crops.progressive)
+                if reason is not None:
+                    stop_reason, stopped_by = reason, "early_stop"
                     break
                 check_stop(world)
     except KeyboardInterrupt as interrupt:  # Ctrl+C, or SIGTERM/SIGINT answered at a safe point (stopping.Stopped)
@@ -413,7 +419,7 @@ def _summary(config: RunConfig, out_dir: Path, data, contract, early, history: l
         "deterministic": train_config.deterministic,
         "continued_from": str(source_run) if source_run is not None else None,
         "train_images_per_second_median": float(np.median(speeds)) if speeds else None,
-        "wall_seconds": round(clock.local(), 2),
+        "wall_seconds": round(clock.run_seconds(), 2),  # a resumed run's earlier processes included
         "skipped_steps": skipped_steps,  # batches a process could not train on (unreadable files left out)
         "data": data.facts(),
         "contract": contract.to_dict(),

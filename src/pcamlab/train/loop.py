@@ -156,7 +156,7 @@ def train(
         pcamlab.stopping.Stopped: SIGINT/SIGTERM (or ``stopping.request``) stopped the run between steps.
     """
     from pcamlab.config_ranges import check_combinations, check_ranges
-    from pcamlab.models import build_model, model_summary
+    from pcamlab.models import build_model, check_model_memory, model_summary
     from pcamlab.runtime.device import resolve_precision
     from pcamlab.runtime.memory import reuse_freed_memory
     from pcamlab.train import checkpointing, distributed
@@ -195,6 +195,7 @@ def train(
     if train_config.deterministic and train_config.time_budget_minutes > 0:
         say("note: train.time_budget_minutes follows the wall clock, so the last (partial) epoch of "
             "deterministic runs can end at different steps; every epoch before it repeats bit for bit")
+    check_model_memory(config.model)  # before any weight: a width of 100,000 is one line, not an allocation
     torch.manual_seed(train_config.seed)
     model = build_model(config.model)  # built once: checks model.options; its weights come from the seed
     device = world.device
@@ -206,7 +207,8 @@ def train(
     data = open_training_data(config, readers, say, progress)
     contract = data.contract
     model = model.to(device)
-    size = model_summary(model, input_size=contract.patch_size)
+    size = model_summary(model, input_size=contract.patch_size,  # a model the patches are too small for: one line
+                         described=f"model.name {config.model.name!r} with model.options {dict(config.model.options)}")
     transfer, loaded = load_pretrained_weights(model, config, say)
     if config.augment.crop_size:
         check_crop(model, config, contract.patch_size, device)

@@ -151,6 +151,21 @@ def test_an_epoch_cut_short_by_the_budget_is_the_budgets_stop_not_patiences(tiny
     assert state["stale_epochs"] == 1  # epoch 3, cut short, is not a whole epoch without improvement
 
 
+@pytest.mark.parametrize("layers, missing", [
+    ("[flatten, {dense: {units: 4}}]", "no nn.Conv2d layer"),
+    ("[{conv: {filters: 4, kernel: 96, padding: valid}}, flatten]", "no conv layer with a spatial output"),
+], ids=["no-conv", "no-spatial-conv"])
+def test_a_model_without_pictures_trains_with_a_note_said_before_training(tiny_data, tmp_path, layers, missing):
+    """Tester 1 item 4: the epoch pictures failed after a whole epoch and left a half run folder."""
+    lines = []
+    summary = train(_config(tiny_data, "model.name=spec", f"model.options={{layers: {layers}}}", "train.epochs=1",
+                            "data.cache=ram"), tmp_path / "run", progress=False, log=lines.append)
+    assert summary["finished"] and (tmp_path / "run" / "summary.json").is_file()
+    notes = [index for index, line in enumerate(lines) if line.startswith("note: no filter or Grad-CAM pictures")]
+    first_epoch = next(index for index, line in enumerate(lines) if line.startswith("epoch   1"))
+    assert notes and notes[0] < first_epoch and missing in lines[notes[0]], lines
+
+
 # -- the batch check: batch-norm that cannot train on a batch is one line, or a skipped step ----------------
 
 

@@ -266,8 +266,13 @@ def train(
         picture_samples = None  # fixed validation patches drawn in TensorBoard every epoch (RAM-cached data only)
         if data.validated and data.valid_source.kind == "ram":
             from pcamlab.explain.tensorboard import picture_samples as picture_samples_of
+            from pcamlab.explain.tensorboard import pictures_unavailable
 
             picture_samples = picture_samples_of(data.valid_source.images.numpy(), data.valid_source.labels.numpy())
+            missing = pictures_unavailable(model, picture_samples, contract) if len(picture_samples) else None
+            if missing is not None:  # known before the first step, not after the first epoch
+                say(f"note: no filter or Grad-CAM pictures in TensorBoard for this model ({missing})")
+                picture_samples = None
         epoch_log = checkpointing.EpochLog(out_dir, history, first_epoch, picture_samples)
     # where a chosen threshold comes from, so threshold-dependent numbers can say so (and when they are optimistic)
     threshold_chosen_on = None

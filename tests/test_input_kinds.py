@@ -576,3 +576,38 @@ def test_convert_stopped_by_a_signal_leaves_no_temporary_folder(tmp_path, signum
         restore()
     assert stopped.value.signum == signum and sent == [200]  # 200 valid patches: one chunk, then the stop check
     assert list(tmp_path.iterdir()) == []  # no destination, no temporary folder
+
+
+def test_a_killed_writers_temporaries_are_removed_with_a_note_by_the_next_writer(tmp_path, patches, checkpoint,
+                                                                                  capsys):
+    """Tester 1 item 7: kill -9 left `.p.csv.2vsxwrk3.tmp` and `cj2.tmp-20855-51b86c`; reruns neither removed nor
+    mentioned them. Every atomic writer goes through pcamlab.fileio, which removes its own dead temporaries."""
+    import subprocess
+    import sys
+
+    from pcamlab.cli.main import main
+    from pcamlab.fileio import remove_stale_temporaries, write_text_atomic
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that is no longer running
+    alive = os.getppid()  # a running process: its temporaries are left alone
+    (tmp_path / f".p.csv.{dead.pid}-abc123.tmp").write_text("half")
+    (tmp_path / f".p.csv.{alive}-abc123.tmp").write_text("still being written")
+    (tmp_path / f".other.csv.{dead.pid}-abc123.tmp").write_text("not p.csv's")
+    (tmp_path / f"cj2.tmp-{dead.pid}-51b86c").mkdir()
+    (tmp_path / f"cj2.tmp-{dead.pid}-51b86c" / "x.png").write_bytes(b"x" * 10)
+    write_text_atomic(tmp_path / "p.csv", "id,label\n")
+    left = sorted(path.name for path in tmp_path.iterdir())
+    assert left == sorted([f".other.csv.{dead.pid}-abc123.tmp", f".p.csv.{alive}-abc123.tmp",
+                           f"cj2.tmp-{dead.pid}-51b86c", "p.csv"])
+    assert remove_stale_temporaries(tmp_path / "cj2") == [tmp_path / f"cj2.tmp-{dead.pid}-51b86c"]
+    # the CLI says it: a predict rerun after its first try was killed
+    folder = tmp_path / "patches"
+    for index, image in enumerate(patches[0][:2]):
+        _tif(folder / f"{index}.tif", image)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / f".p.csv.{dead.pid}-zz.tmp").write_text("half")
+    assert main(["predict", str(checkpoint), str(folder), "--out", str(tmp_path / "out" / "p.csv")]) == 0
+    err = capsys.readouterr().err
+    assert f"note: removed {tmp_path / 'out' / f'.p.csv.{dead.pid}-zz.tmp'}" in err and "no longer running" in err
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["p.csv"]

@@ -26,9 +26,7 @@ import datetime
 import hashlib
 import html
 import math
-import os
 import tempfile
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ from typing import Any
 from pcamlab.data.runfiles import UNDEFINED, is_undefined, read_json, read_run_csv
 from pcamlab.data.walk import walk_files
 from pcamlab.errors import DataError
-from pcamlab.fileio import printable
+from pcamlab.fileio import write_text_atomic
 from pcamlab.runfolder import RunFolder
 
 __all__ = ["write_report", "FIGURE_CAPTIONS", "METRIC_DESCRIPTIONS", "MAX_IMAGE_BYTES", "CSS", "figure_html", "format_value",
@@ -785,13 +783,5 @@ def write_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
         "<footer>Made by pcamlab. Research use only: not a medical device and not for diagnosis.</footer>"
         "</main></body></html>\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        temporary.write_text(printable(page), encoding="utf-8")  # file names that are not UTF-8 as \xNN
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return path
+    return write_text_atomic(path, page)  # file names that are not UTF-8 as \xNN
 

@@ -189,3 +189,18 @@ def test_compare_shows_the_config_fields_that_differ(tmp_path, capsys):
     assert "| config field |" in capsys.readouterr().out
     assert main(["compare", str(first), str(make_run(tmp_path, "d", auc=0.5))]) == 0
     assert "config: the runs' config.yaml files agree" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["NaN", "0.9", True])
+def test_a_metric_that_is_not_a_number_is_undefined_and_sorts_last(tmp_path, value):
+    """Tester 1 item 3: "roc_auc": "0.9" (text) raised TypeError in the sort; true showed as "true", sorted first."""
+    make_run(tmp_path, "good", auc=0.91)
+    odd = make_run(tmp_path, "odd", auc=0.5)
+    metrics_path = odd / "eval-valid" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["roc_auc"] = value
+    metrics_path.write_text(json.dumps(metrics))
+    rows = compare_runs([tmp_path / "odd", tmp_path / "good"])
+    assert [row["run"] for row in rows] == ["good", "odd"] and rows[1]["roc_auc"] is None
+    odd_line = next(line for line in format_table(rows).splitlines() if line.startswith("odd"))
+    assert "true" not in odd_line and "—" in odd_line

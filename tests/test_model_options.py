@@ -78,8 +78,11 @@ def test_a_builder_option_without_a_declaration_is_a_programming_error():
 
 def test_no_model_file_raises_config_errors_of_its_own_outside_the_declared_checks():
     # Only the validator (options.py), spec's walk over the layer sequence (what depends on the layers
-    # before: one `fail`) and first_conv (a model without an RGB convolution) raise ConfigError in models/.
-    allowed = {("options.py", None), ("spec.py", "fail"), ("factory.py", "first_conv")}
+    # before: one `fail`), first_conv (a model without an RGB convolution), and the two checks of what options
+    # can build at all (check_model_memory: weights that fit in memory; count_flops: a patch size the model
+    # takes) raise ConfigError in models/.
+    allowed = {("options.py", None), ("spec.py", "fail"), ("factory.py", "first_conv"),
+               ("factory.py", "check_model_memory"), ("factory.py", "count_flops")}
     found = set()
     for path in MODELS_DIR.glob("*.py"):
         tree = ast.parse(path.read_text())
@@ -205,3 +208,53 @@ def test_check_number_refuses_bools_nan_and_floats_for_integers_in_one_shape():
         check_number("n", 2.0, Range(1), integer=True)
     with pytest.raises(ConfigError, match=r"got 20 \(a percentage\? use 0.2\)$"):
         check_number("p", 20, allowed)
+
+
+# -- tester 1 item 3: every command that builds a model from user options says in one line what cannot be built --
+
+
+@pytest.mark.parametrize("name, options", [("vgg-small", {"width": 100000}), ("fcn", {"stages": 40})])
+def test_a_model_too_large_for_memory_is_refused_before_any_weight_is_allocated(name, options):
+    from pcamlab.models import check_model_memory
+
+    with pytest.raises(ConfigError, match=rf"model.name '{name}' .* choose smaller options"):
+        check_model_memory(ModelConfig(name=name, options=options))
+    with pytest.raises(ConfigError, match="choose smaller options"):  # every command builds through build_model
+        build_model(ModelConfig(name=name, options=options))
+    with pytest.raises(ConfigError, match=r"training it needs at least .* \(16 bytes each\), more than the 0.0 GB"):
+        check_model_memory(ModelConfig(name="simple-cnn"), memory_bytes=1000)
+    assert check_model_memory(ModelConfig(name="simple-cnn", options={"width": 4})) > 0
+
+
+def test_a_model_the_patches_are_too_small_for_is_one_line(tmp_path, capsys):
+    from fixtures_data import write_tiny_h5
+
+    from pcamlab.cli.main import main
+    from pcamlab.models import model_summary
+
+    with pytest.raises(ConfigError, match=r"model.name 'fcn' cannot take 96x96 patches \(.*Output size is too small"):
+        model_summary(ModelConfig(name="fcn", options={"stages": 8}))
+    data = write_tiny_h5(tmp_path / "h5")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(out), "--no-progress", "--set", "model.name=fcn",
+                 "--set", "model.options.stages=8", "--set", "train.epochs=1", "--set", "train.batch_size=8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot take 96x96 patches" in err and not out.exists()  # no half run
+
+
+@pytest.mark.parametrize("size", ["0", "-5", "x"])
+def test_models_refuses_a_patch_side_below_one_in_one_line(size, capsys):
+    from pcamlab.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["models", f"--input-size={size}"])
+    assert exit_.value.code == 2 and "an integer >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [8, 100000])
+def test_models_shows_undefined_flops_for_models_that_cannot_take_the_size(size, capsys):
+    from pcamlab.cli.main import main
+
+    assert main(["models", f"--input-size={size}"]) == 0
+    out = capsys.readouterr().out
+    assert f"cannot take {size}x{size} patches" in out and "baseline" in out.split("cannot take")[-2].splitlines()[-1]

@@ -412,3 +412,31 @@ def test_unreadable_file_advice_is_the_flag_on_the_cli_and_absent_in_the_api(cli
     assert "pass --skip-bad to skip such files" in err and "config" not in err and "skip_bad" not in err
     detail = client.post("/v1/predict", files=[("files", ("bad.png", b"junk", "image/png"))]).json()["detail"]
     assert "leave it out of the request" in detail and "skip" not in detail
+
+
+def test_cli_serve_says_an_empty_token_variable_on_any_host_and_exits_with_the_signal(checkpoint_path, monkeypatch,
+                                                                                       capsys):
+    """Tester 1 item 10: PCAMLAB_SERVE_TOKEN="" on 127.0.0.1 served silently; SIGINT/SIGTERM exited 0, not 130/143;
+    a blank token's message did not say how many spaces it held."""
+    import signal
+
+    import uvicorn
+
+    from pcamlab.cli.main import main
+
+    def uvicorn_run(app, **options):  # what uvicorn.run does on a signal: shuts down, re-raises it, swallows it
+        try:
+            signal.raise_signal(stop_with)
+        except KeyboardInterrupt:
+            pass
+
+    monkeypatch.setattr(uvicorn, "run", uvicorn_run)
+    monkeypatch.setattr("pcamlab.cli.serve.check_port", lambda host, port: None)
+    monkeypatch.setenv("PCAMLAB_SERVE_TOKEN", "")
+    for stop_with, status in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        assert main(["serve", str(checkpoint_path), "--port", "8123"]) == status
+        err = capsys.readouterr().err
+        assert "PCAMLAB_SERVE_TOKEN is set but empty, which counts as unset: serving on 127.0.0.1 without a token" in err
+    monkeypatch.setenv("PCAMLAB_SERVE_TOKEN", "  ")
+    assert main(["serve", str(checkpoint_path)]) == 2
+    assert "is blank (2 whitespace characters" in capsys.readouterr().err

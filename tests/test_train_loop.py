@@ -3,6 +3,8 @@ the batch check against batch-norm, the stop flag, and the effect of EMA, gradie
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import os
 import signal
@@ -92,6 +94,76 @@ def test_run_clock_reads_a_scaled_clock():
     assert clock.fraction() == pytest.approx(10 / 60)  # 30 s of this machine = 10 s of one 3x faster
     with pytest.raises(ValueError, match="speed must be > 0"):
         scaled_clock(0)
+
+
+# One second per read of the clock: a run of 2 steps per epoch reads it 8 times an epoch, so a budget of one
+# minute ends in epoch 7 (the same reads every time, on any machine).
+COUNTED = ["train.epochs=1000", "train.max_steps_per_epoch=2", "train.schedule_over=budget", "train.scheduler=cosine",
+           "data.cache=stream"]
+
+
+def _counting_clock():
+    ticks = itertools.count()
+    return lambda: float(next(ticks))
+
+
+def _rates(run) -> list[float]:
+    with open(run / "history.csv") as file:
+        return [float(row["learning_rate"]) for row in csv.DictReader(file)]
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt_after(last_epoch):
+    def on_epoch(epoch, row):
+        if epoch == last_epoch:
+            raise _Interrupted
+    return on_epoch
+
+
+def test_a_resumed_budget_run_goes_on_with_its_budget_and_schedule(tiny_data, tmp_path):
+    """Tester 1 item 2: a resume started a new budget (the learning rate jumped back up, the run trained a whole
+    budget again and summary.json counted only the resumed part)."""
+    config = _config(tiny_data, *COUNTED, "train.time_budget_minutes=1")
+    whole = train(config, tmp_path / "whole", progress=False, clock=_counting_clock())
+    with pytest.raises(_Interrupted):
+        train(config, tmp_path / "run", progress=False, clock=_counting_clock(), on_epoch=_interrupt_after(3))
+    saved = torch.load(tmp_path / "run" / "resume.pt", weights_only=True)["elapsed_seconds"]
+    assert saved > 20
+    summary = train(config, tmp_path / "run", resume=True, progress=False, clock=_counting_clock())
+    rates = _rates(tmp_path / "run")
+    assert rates == sorted(rates, reverse=True), rates  # the cosine goes on down, it does not start again
+    assert summary["stopped_by"] == "time_budget" and abs(summary["epochs_run"] - whole["epochs_run"]) <= 1
+    assert summary["wall_seconds"] > 60 and summary["budget"]["used_at_end"] > 1  # the whole run is counted
+
+
+def test_an_epoch_cut_short_by_the_budget_is_the_budgets_stop_not_patiences(tiny_data, tmp_path):
+    """Tester 1 item 5: the epoch the budget ended counted for patience, and the stop was called early_stop."""
+    # epoch 3 reads the clock at 25 s and 27 s after its steps: a budget of 26 s ends it
+    config = _config(tiny_data, *COUNTED, f"train.time_budget_minutes={26 / 60}", "train.patience=2", "train.min_delta=1.0",
+                     "train.patience_lr_fraction=1")  # never improves after epoch 1; every epoch counts
+    summary = train(config, tmp_path / "run", progress=False, clock=_counting_clock())
+    assert summary["epochs_run"] == 3, summary["budget"]  # epochs 2 and 3 without improvement: patience 2 would also stop here
+    assert summary["stopped_by"] == "time_budget" and summary["stop_reason"].startswith("time budget of"), summary["budget"]
+    state = torch.load(tmp_path / "run" / "resume.pt", weights_only=True)
+    assert state["stale_epochs"] == 1  # epoch 3, cut short, is not a whole epoch without improvement
+
+
+@pytest.mark.parametrize("layers, missing", [
+    ("[flatten, {dense: {units: 4}}]", "no nn.Conv2d layer"),
+    ("[{conv: {filters: 4, kernel: 96, padding: valid}}, flatten]", "no conv layer with a spatial output"),
+], ids=["no-conv", "no-spatial-conv"])
+def test_a_model_without_pictures_trains_with_a_note_said_before_training(tiny_data, tmp_path, layers, missing):
+    """Tester 1 item 4: the epoch pictures failed after a whole epoch and left a half run folder."""
+    lines = []
+    summary = train(_config(tiny_data, "model.name=spec", f"model.options={{layers: {layers}}}", "train.epochs=1",
+                            "data.cache=ram"), tmp_path / "run", progress=False, log=lines.append)
+    assert summary["finished"] and (tmp_path / "run" / "summary.json").is_file()
+    notes = [index for index, line in enumerate(lines) if line.startswith("note: no filter or Grad-CAM pictures")]
+    first_epoch = next(index for index, line in enumerate(lines) if line.startswith("epoch   1"))
+    assert notes and notes[0] < first_epoch and missing in lines[notes[0]], lines
 
 
 # -- the batch check: batch-norm that cannot train on a batch is one line, or a skipped step ----------------

@@ -3,19 +3,82 @@
 Every file pcamlab writes (checkpoints, metrics, CSVs, exported models) is written to a temporary file
 beside its target and renamed into place, so an interrupted run never leaves a half-written file where
 a good one is expected.
+
+A temporary's name carries its writer's process id (``.<name>.<pid>-<random>.tmp`` beside a file,
+``<name>.tmp-<pid>-<random>`` for a folder). A writer killed with ``kill -9`` (or by the out-of-memory
+killer, or a power cut) cannot clean up; the next writer of the same output finds the temporaries whose
+process is gone and removes them (:func:`remove_stale_temporaries`), saying so on the ``pcamlab.fileio``
+logger (the CLI prints it as a ``note:`` line). A temporary of a process still running is left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["atomic_path", "refuse_existing", "write_text_atomic", "write_json_atomic", "json_safe", "printable", "publish",
-           "save_png", "check_new_png", "save_image_png"]
+           "save_png", "check_new_png", "save_image_png", "temporary_file", "temporary_folder_name",
+           "remove_stale_temporaries"]
+
+#: Where fileio says what it cleaned up (stale temporaries); the CLI prints these as ``note:`` lines.
+LOG = logging.getLogger("pcamlab.fileio")
+
+
+def temporary_folder_name(path: str | os.PathLike) -> Path:
+    """A temporary folder beside ``path`` named with this process's id: ``<name>.tmp-<pid>-<random>``."""
+    path = Path(path)
+    return path.parent / f"{path.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process (or not a pid we can ask about): not ours to judge
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of ``path`` whose writer is no longer running; returns what was removed.
+
+    Matches this module's names only (``.<name>.<pid>-*.tmp`` files, ``<name>.tmp-<pid>-*`` folders), so
+    nothing else beside ``path`` is touched. Each removal is said on :data:`LOG`.
+    """
+    path = Path(path)
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return []
+    patterns = (re.compile(rf"^\.{re.escape(path.name)}\.(\d+)-[^/]*\.tmp$"),
+                re.compile(rf"^{re.escape(path.name)}\.tmp-(\d+)-[0-9a-f]+$"))
+    removed = []
+    for entry in entries:
+        match = next((found for pattern in patterns if (found := pattern.match(entry.name))), None)
+        if match is None or int(match.group(1)) == os.getpid() or _running(int(match.group(1))):
+            continue
+        stale = Path(entry.path)
+        try:
+            size = sum(f.stat().st_size for f in stale.rglob("*") if f.is_file()) if entry.is_dir(follow_symlinks=False) \
+                else entry.stat(follow_symlinks=False).st_size
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+        except OSError:
+            continue
+        removed.append(stale)
+        LOG.warning("removed %s (%.1f MB), left by process %s that is no longer running (killed while writing %s)",
+                    printable(stale), size / 1e6, match.group(1), printable(path.name))
+    return removed
 
 
 def publish(temporary: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -49,6 +112,19 @@ def refuse_existing(path: str | os.PathLike, parameter: str, *, force: str | Non
                              parameters=(parameter, *((force,) if force else ())))
 
 
+def temporary_file(path: str | os.PathLike) -> tuple[int, str]:
+    """``tempfile.mkstemp`` beside ``path``, named ``.<name>.<pid>-<random>.tmp``, after removing the stale
+    temporaries of ``path`` (:func:`remove_stale_temporaries`). For writers that stream into the file
+    themselves; publish it with :func:`publish`. Most writers want :func:`atomic_path`.
+
+    Returns:
+        ``(open OS-level handle, temporary path)``, as ``mkstemp``.
+    """
+    path = Path(path)
+    remove_stale_temporaries(path)
+    return tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, replace: bool = True, parameter: str = "path") -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success it becomes ``path``, on error it is removed.
@@ -70,7 +146,7 @@ def atomic_path(path: str | os.PathLike, *, replace: bool = True, parameter: str
     if not replace:
         refuse_existing(path, parameter)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = temporary_file(path)
     os.close(handle)
     try:
         yield temporary

@@ -136,10 +136,26 @@ def main(argv: list[str] | None = None) -> int:
     from pcamlab import stopping
 
     restore = stopping.install()  # SIGINT/SIGTERM set a flag that loops check at safe points
+    notes = _show_file_notes()
     try:
         return _dispatch(parser, args)
     finally:
         restore()  # in-process callers (tests, notebooks) get their handlers back
+        notes()
+
+
+def _show_file_notes():
+    """Print what pcamlab.fileio cleaned up (a killed writer's temporaries) as ``note:`` lines on stderr."""
+    import logging
+
+    class NoteHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            print(f"note: {record.getMessage()}", file=sys.stderr)
+
+    logger, handler = logging.getLogger("pcamlab.fileio"), NoteHandler(logging.INFO)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return lambda: logger.removeHandler(handler)
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -23,8 +23,19 @@ def register(subparsers) -> None:
     parser.add_argument("names", nargs="*", metavar="NAME", help="models to show (default: all)")
     parser.add_argument("--options", action="store_true",
                         help="also list each model's options: default, allowed values, meaning (for model.options)")
-    parser.add_argument("--input-size", type=int, default=96, help="patch side for the FLOP count (default 96)")
+    parser.add_argument("--input-size", type=_patch_side, default=96,
+                        help="patch side in pixels for the FLOP count (default 96); a model that cannot take it shows —")
     parser.set_defaults(func=run)
+
+
+def _patch_side(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a patch side in pixels, an integer >= 1 (e.g. 96); got {text!r}")
+    return value
 
 
 def _shown(value) -> str:
@@ -54,11 +65,16 @@ def run(args: argparse.Namespace) -> int:
     name_width = max(len("model"), *(len(row["name"]) for row in rows))
     print(f"{'model':{name_width}s}  {'parameters':>11s}  {'MFLOPs':>8s}  description")
     for row in rows:
-        print(f"{row['name']:{name_width}s}  {row['parameters']:11,d}  {row['flops'] / 1e6:8.1f}  {row['description']}")
+        flops = "—" if row["flops"] is None else f"{row['flops'] / 1e6:.1f}"
+        print(f"{row['name']:{name_width}s}  {row['parameters']:11,d}  {flops:>8s}  {row['description']}")
         if args.options:
             _print_options(model_option_table(row["name"]), " " * (name_width + 2))
+    unfit = [row["name"] for row in rows if row["flops"] is None]
+    if unfit:
+        print(f"—: {', '.join(unfit)} cannot take {args.input_size}x{args.input_size} patches with their default "
+              "options (the feature map shrinks below 1x1, or a dense layer expects another size)")
     default = default_model()
-    if default.name in (row["name"] for row in rows):
+    if default.name in (row["name"] for row in rows) and default.name not in unfit:
         summary = model_summary(default, args.input_size)
         options = ", ".join(f"{key} {value}" for key, value in default.options.items())
         print(f"default model: {default.name} with {options} (configs/default.yaml, pcamlab demo, pcamlab bench): "

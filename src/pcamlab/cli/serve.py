@@ -50,10 +50,14 @@ def loopback(host: str) -> bool:
 def exposure_warning(host: str, token: str | None, empty_variable: bool = False) -> str | None:
     """The warning printed when the server is reachable from other machines without a token, else None.
 
-    ``empty_variable``: the token variable is set but empty (which counts as unset): the warning says so.
+    ``empty_variable``: the token variable is set but empty (which counts as unset): the warning says so,
+    on any host (someone who set it meant a token).
     """
-    if loopback(host) or token:
+    if token:
         return None
+    if loopback(host):  # only this machine can reach it: an unset token is the expected default, an empty one is not
+        return (f"pcamlab: warning: {TOKEN_VARIABLE} is set but empty, which counts as unset: serving on {host} "
+                "without a token; put a token in it, pass --token, or unset it") if empty_variable else None
     fix = (f"{TOKEN_VARIABLE} is set but empty, which counts as unset: put a token in it or pass --token"
            if empty_variable else f"pass --token or set {TOKEN_VARIABLE}")
     return f"pcamlab: warning: serving on {host} without a token: anyone who can reach this machine can use the API; {fix}"
@@ -107,6 +111,7 @@ def check_port(host: str, port: int) -> None:
 def run(args: argparse.Namespace) -> int:
     import importlib.util
 
+    from pcamlab import stopping
     from pcamlab.errors import ConfigError, RunError
 
     missing = [name for name in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(name) is None]
@@ -144,4 +149,7 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    # uvicorn answers SIGINT/SIGTERM by shutting down, passes the signal on to pcamlab's handler (which records
+    # it) and then swallows the KeyboardInterrupt: raise it again here, so the exit status is 130 or 143
+    stopping.check()
     return 0

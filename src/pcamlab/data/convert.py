@@ -1,6 +1,7 @@
 """Convert a PCam dataset between the official HDF5 layout, class folders and the Kaggle layout.
 
-The output is written into a temporary sibling folder ``<dst>.tmp-<pid>-<random>`` and renamed to
+The output is written into a temporary sibling folder ``<dst>.tmp-<pid>-<random>`` (one that a killed
+convert left is removed with a note, :func:`pcamlab.fileio.remove_stale_temporaries`) and renamed to
 ``dst`` only when every split is written, so a failed or interrupted conversion never leaves a
 half-written ``dst``. An existing ``dst`` is refused.
 
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -59,7 +59,7 @@ from pcamlab.data.readers import (
 )
 from pcamlab import stopping
 from pcamlab.errors import ConfigError, DataError, RunFolderError, did_you_mean
-from pcamlab.fileio import write_text_atomic
+from pcamlab.fileio import remove_stale_temporaries, temporary_folder_name, write_text_atomic
 from pcamlab.registry import Registry
 
 __all__ = ["WRITERS", "IMAGE_FORMATS", "convert", "convert_targets"]
@@ -168,7 +168,8 @@ def convert(
     notes = _notes(source, source_format, to, readers)
 
     destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.parent / f"{destination.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
+    remove_stale_temporaries(destination)  # a convert killed with kill -9 left its folder: removed, with a note
+    temporary = temporary_folder_name(destination)
     temporary.mkdir()
     writer = WRITERS.get(to)
     counter = _Counter(sum(len(reader) for reader in readers), progress, skip_bad)

@@ -6,8 +6,9 @@ the same rules:
 
 - **symbolic links are followed**, to files and to folders (a dataset assembled from links to a shared
   copy is common on clusters); a folder reached twice (two links to it, or a link back to a folder above
-  it: a loop) is listed once, the first time, and the repeat is said in a note; a link that leads nowhere
-  is skipped and said;
+  it: a loop) is listed once, the first time, and the repeat is said in a note. A link back up is never
+  followed, also when it leads above the walked root (``train/1/up -> ..`` would otherwise list
+  ``train/0/`` inside class folder ``1/``); a link that leads nowhere is skipped and said;
 - **OS junk is skipped**: ``.DS_Store``, ``Thumbs.db``, ``desktop.ini``, ``ehthumbs.db``, AppleDouble
   files ``._*``, ``__MACOSX/`` (macOS zip archives), ``$RECYCLE.BIN/``, ``System Volume Information/``;
 - **hidden entries are skipped**: any file or folder below the root whose name starts with ``.``. On
@@ -159,6 +160,12 @@ def walk_files(
                     continue
                 if inside_root and not target.is_relative_to(base):
                     listing.outside.append(path)
+                    continue
+                if target.is_dir() and _is_above(target, path):
+                    # a link back up (to the folder holding it or any folder above it, the root's own parents
+                    # included): following it would list the root's siblings under this root (another class
+                    # folder's patches under this label) or the same files again; a loop is listed once
+                    listing.repeats.append((path, target))
                     continue
             if _is_dir(entry):
                 if recursive and not is_skipped_name(entry.name, folder=True):

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from pcamlab.config import ModelConfig
-from pcamlab.fileio import json_safe, publish
+from pcamlab.fileio import json_safe, publish, temporary_file
 from pcamlab.errors import ConfigError, RunFolderError, did_you_mean
 
 __all__ = [
@@ -553,7 +553,7 @@ def write_results(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *, fo
         raise RunFolderError(f"{str(path)!r} already exists; choose another path or pass force=True to replace it",
                        parameters=("force",))
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = temporary_file(path)  # pid in the name: a killed writer's file is removed by the next one
     try:
         with os.fdopen(handle, "w", newline="", encoding="utf-8") as file:
             if suffix == ".json":

@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from pcamlab.errors import ConfigError, RunError, RunFolderError, did_you_mean, plain_line
-from pcamlab.fileio import json_safe, publish
+from pcamlab.fileio import json_safe, publish, temporary_file
 from pcamlab.runtime.checkpoint import Checkpoint, load_checkpoint
 from pcamlab.runtime.contract import InputContract
 from pcamlab.runtime.fastest import SOURCE_HASH_KEY, SPEED_KEY, TIMED_PATCHES, TIMED_REPEATS, file_sha256, time_predictor
@@ -375,7 +375,7 @@ def export_checkpoint(
     example = example_uint8 if input_kind == "uint8" else contract.to_model_input(example_uint8).contiguous()
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    handle, temporary = temporary_file(out)  # pid in the name: a killed writer's file is removed by the next one
     os.close(handle)
     report: dict[str, Any] = {"format": format, "input_kind": input_kind, "dynamo_error": None}
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 
 from pcamlab.config_ranges import check_field
 from pcamlab.errors import DataError, RunFolderError
-from pcamlab.fileio import publish
+from pcamlab.fileio import publish, temporary_file
 from pcamlab.runtime.predictor import load_predictor
 
 __all__ = ["CSV_COLUMNS", "PredictionResult", "predict_files"]
@@ -74,7 +73,7 @@ def _open_output(out: Path, force: bool) -> tuple[Any, str]:
         raise RunFolderError(f"out {str(out)!r} is a folder; pass a file name such as {str(out / 'predictions.csv')!r}",
                        parameters=("out",))
     out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    handle, temporary = temporary_file(out)  # pid in the name: a killed writer's file is removed by the next one
     return os.fdopen(handle, "w", newline="", encoding="utf-8"), temporary
 
 

@@ -100,22 +100,39 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _lookup(flat: Mapping[str, Any], aliases: Sequence[str]) -> Any:
-    """The first alias found: exact flattened path first, then the shallowest path ending in it."""
+def _lookup(flat: Mapping[str, Any], aliases: Sequence[str], numeric: bool = True) -> Any:
+    """The first alias found: exact flattened path first, then the shallowest path ending in it.
+
+    With ``numeric`` only a real number counts as found: a string (``"0.9"``, ``"NaN"``) or a boolean under a
+    metric's key is not a value of that metric, so it shows as undefined and sorts last.
+    """
     for alias in aliases:
-        if alias in flat and _usable(flat[alias]):
+        if alias in flat and _usable(flat[alias], numeric):
             return flat[alias]
     for alias in aliases:
         if "." in alias:
             continue
-        matches = sorted((key for key in flat if key.endswith("." + alias) and _usable(flat[key])), key=lambda k: k.count("."))
+        matches = sorted((key for key in flat if key.endswith("." + alias) and _usable(flat[key], numeric)),
+                         key=lambda k: k.count("."))
         if matches:
             return flat[matches[0]]
     return None
 
 
-def _usable(value: Any) -> bool:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _usable(value: Any, numeric: bool = False) -> bool:
+    if numeric and not _is_number(value):
+        return False
     return not (is_undefined(value) or isinstance(value, (list, tuple, Mapping)))
+
+
+def _typed(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with every number column holding a real number or None (undefined): never text or a boolean."""
+    return {column: value if column in TEXT_COLUMNS or _usable(value, numeric=True) else None
+            for column, value in row.items()}
 
 
 def _run_facts(run_dir: Path) -> dict[str, Any]:
@@ -124,7 +141,7 @@ def _run_facts(run_dir: Path) -> dict[str, Any]:
     summary_path = RunFolder(run_dir).summary
     flat = _flatten(read_json(summary_path)) if summary_path.is_file() else {}
     for column, aliases in SUMMARY_ALIASES.items():
-        facts[column] = _lookup(flat, aliases)
+        facts[column] = _lookup(flat, aliases, numeric=column not in TEXT_COLUMNS)
     config_path = RunFolder(run_dir).config
     if facts["model"] is None and config_path.is_file():
         import yaml
@@ -348,8 +365,9 @@ def compare_runs(run_dirs: Sequence[str | Path], sort_by: str = "roc_auc") -> li
             row["run"] = printable(name)
             row["evaluation"] = "" if path.parent == run_dir else path.parent.name
             for column, aliases in METRIC_ALIASES.items():
-                row[column] = _lookup(flat, aliases)
+                row[column] = _lookup(flat, aliases, numeric=column not in TEXT_COLUMNS)
             rows.append(row)
+    rows = [_typed(row) for row in rows]
     return sorted(rows, key=lambda row: _sort_key(row, sort_by))
 
 

@@ -17,16 +17,36 @@ import numpy as np
 import torch
 from torch import nn
 
+from pcamlab.errors import ConfigError
 from pcamlab.runtime.contract import InputContract
 from pcamlab.runtime.predictor import tensor_from_array
 
-__all__ = ["picture_samples", "write_epoch_pictures"]
+__all__ = ["picture_samples", "pictures_unavailable", "write_epoch_pictures"]
 
 
 def picture_samples(images: np.ndarray, labels: np.ndarray, per_class: int = 4) -> np.ndarray:
     """The first ``per_class`` tumour then the first ``per_class`` normal patches: uint8 (<= 2 * per_class, H, W, 3)."""
     picks = [*np.flatnonzero(labels == 1)[:per_class], *np.flatnonzero(labels == 0)[:per_class]]
     return images[picks]
+
+
+def pictures_unavailable(model: nn.Module, samples: np.ndarray, contract: InputContract) -> str | None:
+    """Why :func:`write_epoch_pictures` cannot draw this model, or None when it can (asked before training).
+
+    A model without a convolution reading the RGB input has no filters to draw; one without a convolution
+    whose output is still spatial at this patch size has no Grad-CAM layer. Drawing them once on one
+    sample finds out in a second, instead of after the first epoch.
+    """
+    from pcamlab.explain.filters import first_layer_tiles
+    from pcamlab.explain.gradcam import GradCAM
+
+    try:
+        first_layer_tiles(model)
+        device = next(model.parameters()).device
+        GradCAM(model)(contract.to_model_input(tensor_from_array(samples[:1]).to(device)))
+    except ConfigError as error:
+        return str(error)
+    return None
 
 
 def write_epoch_pictures(writer: Any, model: nn.Module, epoch: int, samples: np.ndarray, contract: InputContract) -> None:

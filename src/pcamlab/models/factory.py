@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -31,6 +32,7 @@ from pcamlab.registry import Registry
 __all__ = [
     "MODELS",
     "build_model",
+    "check_model_memory",
     "count_flops",
     "declared_options",
     "default_model",
@@ -179,7 +181,71 @@ def build_model(config: ModelConfig | str, **options: Any) -> nn.Module:
         config = ModelConfig(name=config)
     table = declared_options(config.name)
     given = {**config.options, **options} if isinstance(config.options, Mapping) else config.options
-    return MODELS.get(config.name)(**table.check("model.options", given))
+    checked = table.check("model.options", given)
+    builder = MODELS.get(config.name)
+    if torch.empty(()).device.type != "meta":  # real weights: first make sure they fit (shapes only, no memory)
+        check_model_memory(ModelConfig(name=config.name, options=dict(given)), bytes_per_parameter=4)
+    return builder(**checked)
+
+
+#: Bytes per parameter training needs at least, in fp32: the weight, its gradient and Adam's two moments.
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def machine_memory() -> int | None:
+    """Physical memory of this machine in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gigabytes(count: float) -> str:
+    return f"{count / 1e9:,.1f} GB" if count < 1e12 else f"{count / 1e12:,.1f} TB"
+
+
+def check_model_memory(config: ModelConfig, *, bytes_per_parameter: int = TRAINING_BYTES_PER_PARAMETER,
+                       memory_bytes: int | None = None) -> int:
+    """Refuse a model whose parameters alone cannot fit in memory, before any weight is allocated.
+
+    The model is built on PyTorch's ``meta`` device (shapes only), so a width of 100,000 is refused in
+    milliseconds instead of asking the allocator for hundreds of GB.
+
+    Args:
+        config: the model (name and options, already checked).
+        bytes_per_parameter: 4 to hold fp32 weights; :data:`TRAINING_BYTES_PER_PARAMETER` (16) to train them
+            (weight, gradient and Adam's two moments; activations come on top).
+        memory_bytes: the memory to fit in (default: this machine's physical memory).
+
+    Returns:
+        The parameter count.
+
+    Raises:
+        ConfigError: the parameters need more than ``memory_bytes``.
+    """
+    checked = declared_options(config.name).check("model.options", config.options)
+    try:
+        with torch.device("meta"):
+            model = MODELS.get(config.name)(**checked)
+    except (RuntimeError, NotImplementedError) as error:
+        if "overflow" not in str(error):
+            return 0  # a builder step the meta device lacks: nothing to measure (the real build checks itself)
+        model = None  # a tensor larger than 2**63 bytes: no machine holds it
+    parameters = sum(parameter.numel() for parameter in model.parameters()) if model is not None else None
+    memory = machine_memory() if memory_bytes is None else memory_bytes
+    needed = parameters * bytes_per_parameter if parameters is not None else None
+    if model is None or (memory and needed > memory):
+        use = "training it needs" if bytes_per_parameter >= TRAINING_BYTES_PER_PARAMETER else "its weights need"
+        if parameters is None:
+            size = "has a weight tensor over 2**63 bytes, more than any machine holds"
+        else:
+            size = (f"has {parameters:,} parameters: {use} at least {_gigabytes(needed)} ({bytes_per_parameter} bytes "
+                    f"each), more than the {_gigabytes(memory)} of memory here")
+        raise ConfigError(
+            f"model.name {config.name!r} with model.options {dict(config.options or {})} {size}; choose smaller "
+            "options (fewer stages or layers, a smaller width)"
+        )
+    return int(parameters)
 
 
 def _conv_macs(module: nn.Conv2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
@@ -199,7 +265,7 @@ def _linear_macs(module: nn.Linear, inputs: tuple[torch.Tensor, ...], output: to
     return output[0].numel() * module.in_features
 
 
-def count_flops(model: nn.Module, input_size: int = 96) -> int:
+def count_flops(model: nn.Module, input_size: int = 96, *, described: str | None = None) -> int:
     """Forward FLOPs for ONE patch of ``input_size`` x ``input_size``, counted as 2 x multiply-adds.
 
     What is counted: the multiply-adds of every ``nn.Conv2d`` (``in_channels / groups x kernel area``
@@ -208,6 +274,11 @@ def count_flops(model: nn.Module, input_size: int = 96) -> int:
     ``count_macs(inputs, output) -> int`` method (used by the group convolutions of
     ``p4m-densenet``). Not counted: biases, batch-norm, activations, pooling, additions and
     concatenations (together a few percent for these networks).
+
+    ``described`` names the model in messages (e.g. ``model.name 'fcn' with model.options {...}``).
+
+    Raises:
+        ConfigError: ``input_size`` is not an integer >= 1, or the model cannot take patches of that size.
     """
     total = 0
 
@@ -222,6 +293,8 @@ def count_flops(model: nn.Module, input_size: int = 96) -> int:
         elif isinstance(module, nn.Linear):
             total += _linear_macs(module, inputs, output)
 
+    if not isinstance(input_size, int) or isinstance(input_size, bool) or input_size < 1:
+        raise ConfigError(f"input_size must be a patch side in pixels, an integer >= 1; got {input_size!r}")
     # Shapes are all the hooks need: run a copy on the "meta" device (no arithmetic, no memory).
     model = copy.deepcopy(model).to("meta")
     handles = [
@@ -230,14 +303,24 @@ def count_flops(model: nn.Module, input_size: int = 96) -> int:
         if hasattr(module, "count_macs") or isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
     ]
     model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, 3, input_size, input_size, device="meta"))
-    for handle in handles:
-        handle.remove()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, input_size, input_size, device="meta"))
+    except (RuntimeError, ValueError) as error:  # a kernel larger than the feature map, a dense layer of another size
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"{described or 'model ' + type(model).__name__} cannot take {input_size}x{input_size} patches ({reason}); choose options "
+            "that keep its feature maps at least 1x1 (fewer stages, pooling layers or smaller kernels) or another "
+            "patch size"
+        ) from None
+    finally:
+        for handle in handles:
+            handle.remove()
     return 2 * total
 
 
-def model_summary(model_or_name: nn.Module | ModelConfig | str, input_size: int = 96) -> dict[str, int]:
+def model_summary(model_or_name: nn.Module | ModelConfig | str, input_size: int = 96, *,
+                  described: str | None = None) -> dict[str, int]:
     """Parameter count and forward FLOPs per patch (see :func:`count_flops` for what is counted).
 
     Args:
@@ -245,8 +328,13 @@ def model_summary(model_or_name: nn.Module | ModelConfig | str, input_size: int 
             (built with default options).
         input_size: side of the square input patch in pixels.
 
+        described: names the model in messages (default: its class, or its ``model.name``).
+
     Returns:
         ``{"parameters": int, "flops": int}``.
+
+    Raises:
+        ConfigError: the model cannot take ``input_size`` x ``input_size`` patches (see :func:`count_flops`).
 
     Example:
         >>> model_summary("baseline")["parameters"]
@@ -255,10 +343,12 @@ def model_summary(model_or_name: nn.Module | ModelConfig | str, input_size: int 
     if isinstance(model_or_name, (str, ModelConfig)):
         with torch.device("meta"):  # only shapes are needed: skip allocating and initialising weights
             model = build_model(model_or_name)
+        name = model_or_name if isinstance(model_or_name, str) else model_or_name.name
+        described = described or f"model.name {name!r}"
     else:
         model = model_or_name
     parameters = sum(parameter.numel() for parameter in model.parameters())
-    return {"parameters": int(parameters), "flops": count_flops(model, input_size)}
+    return {"parameters": int(parameters), "flops": count_flops(model, input_size, described=described)}
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d:
@@ -279,11 +369,21 @@ def model_table(names: list[str] | None = None, input_size: int = 96) -> list[di
         input_size: patch side used to count FLOPs.
 
     Returns:
-        A list of ``{"name", "parameters", "flops", "description", "options"}`` dicts, in ``names`` order.
+        A list of ``{"name", "parameters", "flops", "description", "options"}`` dicts, in ``names`` order;
+        ``flops`` is None for a model that cannot take ``input_size`` x ``input_size`` patches (its feature
+        map shrinks below 1x1, or its dense layer expects another size).
+
+    Raises:
+        ConfigError: ``input_size`` is not an integer >= 1.
     """
     rows = []
     for name in names or list_models():
-        summary = model_summary(name, input_size)
+        try:
+            summary = model_summary(name, input_size)
+        except ConfigError:
+            count_flops(nn.Identity(), input_size)  # a bad input_size is the caller's error: raised as such
+            with torch.device("meta"):
+                summary = {"parameters": sum(p.numel() for p in build_model(name).parameters()), "flops": None}
         rows.append({"name": name, **summary, "description": model_description(name),
                      "options": model_options(name)})
     return rows

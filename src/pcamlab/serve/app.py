@@ -76,7 +76,8 @@ def check_token(token: str | None, name: str = "token") -> str | None:
         return None
     stripped = token.strip()
     if not stripped:
-        raise ConfigError(f"{name} is blank ({token!r}); give a token, or leave it unset to serve without one",
+        blank = f"{len(token)} whitespace character{'s' if len(token) != 1 else ''}: {token!r}"
+        raise ConfigError(f"{name} is blank ({blank}); give a token, or leave it unset to serve without one",
                           parameters=(name,))
     bad = sorted({character for character in stripped if not " " <= character <= "~"})
     if bad:

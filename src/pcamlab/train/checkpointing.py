@@ -4,7 +4,7 @@ Per epoch (first process only): a row of ``history.csv`` and TensorBoard scalars
 ``last.safetensors`` and, when the monitored value improved, ``best.safetensors``, then ``resume.pt``
 (:func:`save_epoch`). ``resume.pt`` holds what a resumed run needs (raw weights, optimiser state, the
 epoch, early stopping's and the plateau schedule's state, the chosen threshold, EMA updates, whether the
-run was validated, whether the crops are over); it is loaded with ``weights_only=True``, so nothing in it
+run was validated, whether the crops are over, the run's seconds so far for its time budget); it is loaded with ``weights_only=True``, so nothing in it
 is executed. A finished run folder is never overwritten.
 
 Example:
@@ -149,9 +149,13 @@ def read_resume_state(folder: Path, validated: bool) -> dict[str, Any]:
 
 
 def resume_state(epoch: int, *, model, optimizer, ema, crops, early, plateau, threshold: float,
-                 validated: bool) -> dict[str, Any]:
-    """What ``resume.pt`` holds after epoch ``epoch``: raw weights, optimiser and every stateful rule's state."""
+                 validated: bool, elapsed_seconds: float) -> dict[str, Any]:
+    """What ``resume.pt`` holds after epoch ``epoch``: raw weights, optimiser and every stateful rule's state.
+
+    ``elapsed_seconds`` is the run's time when the epoch was saved (the run clock's); a resume goes on from it.
+    """
     return {
+        "elapsed_seconds": float(elapsed_seconds),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(), "epoch": epoch, **early.state_dict(),
         "plateau_factor": plateau.factor, "plateau_stale": plateau.stale, "threshold": threshold,

@@ -1,5 +1,9 @@
 """The run's clock: seconds since training started, one clock for every process, and the time budget.
 
+A resumed run goes on with the seconds its earlier processes used (stored in ``resume.pt`` at the end of
+each epoch, :meth:`RunClock.continue_after`): its budget, the schedule over the budget and the seconds in
+``summary.json`` count the whole run, not only the part after the resume.
+
 Every time the loop reads (the budget, the budget schedule, the crop switch at half the budget, the
 seconds in ``history.csv`` and ``summary.json``) comes from one :class:`RunClock`. Under ``torchrun``
 every process reads rank 0's elapsed seconds, so all of them see the same learning rate and stop after
@@ -43,6 +47,8 @@ class RunClock:
         self.read = read or time.perf_counter
         self.started = self.read()
         self.budget_seconds = 60.0 * budget_minutes
+        #: seconds the run had used in earlier processes (a resumed run: from ``resume.pt``), by rank 0's clock
+        self.earlier_seconds = 0.0
         self._broadcast: Callable[[float], float] = lambda value: value
         # the budget share at the last two budget checks (after each step of a budget run): a run stopped by its
         # budget stopped at the first check past it, previous <= 1 < last
@@ -52,13 +58,22 @@ class RunClock:
         """Read elapsed seconds through ``broadcast`` (``World.broadcast``: rank 0's value for every process)."""
         self._broadcast = broadcast
 
+    def continue_after(self, seconds: float) -> None:
+        """A resumed run: ``seconds`` were used before (up to the end of its last saved epoch); the budget,
+        the schedule over it and the run's seconds go on from there instead of starting again at 0."""
+        self.earlier_seconds = float(seconds)
+
     def local(self) -> float:
-        """Seconds since the start by this process's own clock (durations it reports, not decisions)."""
+        """Seconds since this process started by its own clock (durations it reports, not decisions)."""
         return self.read() - self.started
 
+    def run_seconds(self) -> float:
+        """Seconds of the whole run by this process's clock: the earlier processes' (resume) and this one's."""
+        return self.earlier_seconds + self.local()
+
     def elapsed(self) -> float:
-        """Seconds since the start by rank 0's clock: every process decides on this one number."""
-        return self._broadcast(self.read() - self.started)
+        """Seconds of the whole run by rank 0's clock (earlier processes included): every process decides on it."""
+        return self._broadcast(self.earlier_seconds + self.read() - self.started)
 
     @property
     def has_budget(self) -> bool:

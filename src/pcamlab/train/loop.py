@@ -156,7 +156,7 @@ def train(
         pcamlab.stopping.Stopped: SIGINT/SIGTERM (or ``stopping.request``) stopped the run between steps.
     """
     from pcamlab.config_ranges import check_combinations, check_ranges
-    from pcamlab.models import build_model, model_summary
+    from pcamlab.models import build_model, check_model_memory, model_summary
     from pcamlab.runtime.device import resolve_precision
     from pcamlab.runtime.memory import reuse_freed_memory
     from pcamlab.train import checkpointing, distributed
@@ -195,6 +195,7 @@ def train(
     if train_config.deterministic and train_config.time_budget_minutes > 0:
         say("note: train.time_budget_minutes follows the wall clock, so the last (partial) epoch of "
             "deterministic runs can end at different steps; every epoch before it repeats bit for bit")
+    check_model_memory(config.model)  # before any weight: a width of 100,000 is one line, not an allocation
     torch.manual_seed(train_config.seed)
     model = build_model(config.model)  # built once: checks model.options; its weights come from the seed
     device = world.device
@@ -206,7 +207,8 @@ def train(
     data = open_training_data(config, readers, say, progress)
     contract = data.contract
     model = model.to(device)
-    size = model_summary(model, input_size=contract.patch_size)
+    size = model_summary(model, input_size=contract.patch_size,  # a model the patches are too small for: one line
+                         described=f"model.name {config.model.name!r} with model.options {dict(config.model.options)}")
     transfer, loaded = load_pretrained_weights(model, config, say)
     if config.augment.crop_size:
         check_crop(model, config, contract.patch_size, device)
@@ -253,7 +255,10 @@ def train(
             say(f"continuing {source_run} (finished after epoch {first_epoch - 1}) into {out_dir}, "
                 f"up to epoch {train_config.epochs}; {source_run} is left as it is")
         else:
-            say(f"resuming {out_dir} at epoch {first_epoch}")
+            run_clock.continue_after(float(state.get("elapsed_seconds", 0.0)))  # resume.pt files before it: 0
+            say(f"resuming {out_dir} at epoch {first_epoch}"
+                + (f" ({run_clock.earlier_seconds / 60:.1f} of {train_config.time_budget_minutes} budget minutes used)"
+                   if run_clock.has_budget else ""))
     epoch_log = None
     if main_process:
         checkpointing.start_folder(out_dir, config, fresh_config=restore_from is None or source_run is not None,
@@ -261,8 +266,13 @@ def train(
         picture_samples = None  # fixed validation patches drawn in TensorBoard every epoch (RAM-cached data only)
         if data.validated and data.valid_source.kind == "ram":
             from pcamlab.explain.tensorboard import picture_samples as picture_samples_of
+            from pcamlab.explain.tensorboard import pictures_unavailable
 
             picture_samples = picture_samples_of(data.valid_source.images.numpy(), data.valid_source.labels.numpy())
+            missing = pictures_unavailable(model, picture_samples, contract) if len(picture_samples) else None
+            if missing is not None:  # known before the first step, not after the first epoch
+                say(f"note: no filter or Grad-CAM pictures in TensorBoard for this model ({missing})")
+                picture_samples = None
         epoch_log = checkpointing.EpochLog(out_dir, history, first_epoch, picture_samples)
     # where a chosen threshold comes from, so threshold-dependent numbers can say so (and when they are optimistic)
     threshold_chosen_on = None
@@ -298,8 +308,11 @@ def train(
                 history.append(row)
 
                 value = scores[data.monitor]
-                improved = early.update(epoch, value, crops.counts_for_patience(), learning_rate.factor)
-                plateau.update(improved, crops.counts_for_patience())
+                # an epoch cut short (the budget ran out, the caller stopped it) is scored and may be best, but is
+                # not a whole epoch without improvement: it never counts for patience
+                counts = crops.counts_for_patience() and not (result.out_of_time or result.stopped_by_caller)
+                improved = early.update(epoch, value, counts, learning_rate.factor)
+                plateau.update(improved, counts)
                 if improved and data.validated and config.evaluate.threshold_method != "fixed" and not data.one_class_valid:
                     from pcamlab.evaluate.thresholds import ThresholdSelector
 
@@ -313,7 +326,7 @@ def train(
                         metadata["threshold_chosen_on"] = threshold_chosen_on
                     resume_state = checkpointing.resume_state(
                         epoch, model=model, optimizer=optimizer, ema=ema, crops=crops, early=early, plateau=plateau,
-                        threshold=contract.threshold, validated=data.validated)
+                        threshold=contract.threshold, validated=data.validated, elapsed_seconds=run_clock.run_seconds())
                     checkpointing.save_epoch(out_dir, scored, config, contract, metadata, improved, resume_state)
                     epoch_log.pictures(scored, epoch, contract)
                 world.barrier()
@@ -326,16 +339,16 @@ def train(
                     f"{row['images_per_second']:.0f} img/s  {row['seconds']:.1f}s" + ("  *best" if improved and data.validated else ""))
                 if on_epoch is not None:
                     on_epoch(epoch, row)
-                reason = early.reason(crops.progressive)
-                if reason is not None:
-                    stop_reason, stopped_by = reason, "early_stop"
-                    break
-                if result.stopped_by_caller:
+                if result.stopped_by_caller:  # what cut the epoch short ended the run, not patience
                     stop_reason, stopped_by = f"stopped by the caller during epoch {epoch}", "caller"
                     break
                 if result.out_of_time:
                     stop_reason, stopped_by = (f"time budget of {train_config.time_budget_minutes} minutes reached "
                                                f"during epoch {epoch}"), "time_budget"
+                    break
+                reason = early.reason(crops.progressive)
+                if reason is not None:
+                    stop_reason, stopped_by = reason, "early_stop"
                     break
                 check_stop(world)
     except KeyboardInterrupt as interrupt:  # Ctrl+C, or SIGTERM/SIGINT answered at a safe point (stopping.Stopped)
@@ -413,7 +426,7 @@ def _summary(config: RunConfig, out_dir: Path, data, contract, early, history: l
         "deterministic": train_config.deterministic,
         "continued_from": str(source_run) if source_run is not None else None,
         "train_images_per_second_median": float(np.median(speeds)) if speeds else None,
-        "wall_seconds": round(clock.local(), 2),
+        "wall_seconds": round(clock.run_seconds(), 2),  # a resumed run's earlier processes included
         "skipped_steps": skipped_steps,  # batches a process could not train on (unreadable files left out)
         "data": data.facts(),
         "contract": contract.to_dict(),

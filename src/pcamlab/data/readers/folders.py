@@ -13,6 +13,7 @@ import numpy as np
 from pcamlab.data.readers.base import READERS, ImageFileReader, unknown_split
 from pcamlab.data.walk import IMAGE_SUFFIXES, is_skipped_name
 from pcamlab.errors import DataError
+from pcamlab.fileio import printable
 
 __all__ = ["COURSE_FOLDER", "FoldersReader"]
 
@@ -26,7 +27,8 @@ class FoldersReader(ImageFileReader):
     The course layout ``<root>/train+val/{train,valid}/{0,1}/`` is found and descended into, and
     so is a root that holds the class folders ``{0,1}/`` directly (its split is then its own folder
     name). A class folder's images are listed at any depth by the walker's rules (:mod:`pcamlab.data.walk`:
-    links followed, hidden files and OS junk skipped). Items are ordered by label, then path. Decoding uses
+    links followed, a link back up never, hidden files and OS junk skipped). A file reached under both
+    ``0/`` and ``1/`` (a link from one class folder into the other) is refused: a patch has one label. Items are ordered by label, then path. Decoding uses
     Pillow (TIFFs that Pillow cannot read fall back to tifffile).
     """
 
@@ -61,6 +63,7 @@ class FoldersReader(ImageFileReader):
             self.files += files
             labels += [label] * len(files)
         self.labels = np.asarray(labels, dtype=np.int64)
+        _refuse_files_under_both_labels(self.files, self.labels, split)
 
     @staticmethod
     def base(root: Path) -> Path:
@@ -88,4 +91,22 @@ class FoldersReader(ImageFileReader):
         return sorted(
             child.name for child in base.iterdir()
             if not is_skipped_name(child.name, folder=True) and child.is_dir() and cls._has_classes(child)
+        )
+
+
+def _refuse_files_under_both_labels(files: list[Path], labels: np.ndarray, split: str) -> None:
+    """Raise DataError when one file on disk is listed under label 0 and label 1 (through a link)."""
+    first_seen: dict[Path, tuple[Path, int]] = {}
+    clashes = []
+    for path, label in zip(files, labels):
+        real = path.resolve()
+        if real in first_seen and first_seen[real][1] != label:
+            clashes.append((path, first_seen[real][0]))
+        first_seen.setdefault(real, (path, int(label)))
+    if clashes:
+        path, other = clashes[0]
+        raise DataError(
+            f"{len(clashes)} files of split {split!r} are listed under both label 0 and label 1 through symbolic "
+            f"links (e.g. {printable(path)!r} is {printable(other)!r}); a patch has one label: remove the link "
+            "that leads from one class folder into the other"
         )

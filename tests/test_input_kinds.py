@@ -434,7 +434,7 @@ def test_the_walker_says_what_it_skipped(tmp_path, patches):
     _tif(tmp_path / "root" / ".hidden.tif", patches[0][0])
     (tmp_path / "root" / "gone.tif").symlink_to(tmp_path / "nowhere.tif")
     notes = " | ".join(walk_files(tmp_path / "root", IMAGE_SUFFIXES).notes)
-    assert "symbolic link loop" in notes and "1 hidden file skipped" in notes and "lead nowhere" in notes
+    assert "symbolic link loop" in notes and "1 hidden file skipped" in notes and "leads nowhere" in notes
 
 
 def test_predict_kaggle_lists_test_flat_with_the_same_notes_as_predict(tmp_path, patches, checkpoint, capsys):
@@ -452,11 +452,11 @@ def test_predict_kaggle_lists_test_flat_with_the_same_notes_as_predict(tmp_path,
     assert main(["predict", str(checkpoint), str(test), "--format", "kaggle", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert [line.split(",")[0] for line in out.read_text().splitlines()] == ["id", "aa", "bb"]
-    assert "1 hidden file skipped" in printed and "lead nowhere" in printed
+    assert "1 hidden file skipped" in printed and "leads nowhere" in printed
     assert "1 sub-folder of" in printed and "sub/" in printed and "read flat" in printed
     assert main(["predict", str(checkpoint), str(test), "--out", str(tmp_path / "plain.csv")]) == 0
     plain = capsys.readouterr().out
-    assert "1 hidden file skipped" in plain and "lead nowhere" in plain  # the same walker, the same notes
+    assert "1 hidden file skipped" in plain and "leads nowhere" in plain  # the same walker, the same notes
     assert "sub-folder" not in plain  # plain predict reads folders at any depth
 
 

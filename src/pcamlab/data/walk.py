@@ -115,13 +115,14 @@ class Listing:
         twice = [(link, target) for link, target in self.repeats if not _is_above(target, link)]
         if twice:
             link, target = twice[0]
-            notes.append(f"{len(twice)} folders reached twice through links (e.g. {printable(link)} -> "
+            notes.append(f"{_count(len(twice), 'folder')} reached twice through links (e.g. {printable(link)} -> "
                          f"{printable(target)}); their files are listed once")
         if self.broken:
-            notes.append(f"{len(self.broken)} symbolic links lead nowhere and were skipped, e.g. "
+            notes.append(f"{_count(len(self.broken), 'symbolic link')} {'leads' if len(self.broken) == 1 else 'lead'} nowhere, "
+                         "skipped, e.g. "
                          f"{printable(self.broken[0])}")
         if self.outside:
-            notes.append(f"{len(self.outside)} links lead outside {printable(self.root)} and were not followed, "
+            notes.append(f"{_count(len(self.outside), 'link')} leading outside {printable(self.root)} not followed, "
                          f"e.g. {printable(self.outside[0])}")
         return notes
 

@@ -104,6 +104,22 @@ def test_merge_keeps_options_of_the_same_model_and_drops_another_models(tmp_path
     assert other.model.name == "baseline" and other.model.options == {}
 
 
+def test_a_set_model_name_drops_the_files_options_like_a_later_file(tmp_path):
+    """Tester 1 item 11: --config spec-example.yaml --set model.name=fcn failed on the spec's options
+    ("model.options.layers is not an option of 'fcn'"): a later model.name drops the earlier model's options,
+    from --set as from a later --config; options given by --set (before or after the name) are kept."""
+    spec = REPO / "configs/models/spec-example.yaml"
+    config = load_config(spec, ["model.name=fcn"])
+    assert config.model.name == "fcn" and config.model.options == {}
+    config = load_config(spec, ["model.options.width=8", ("model.name", "fcn")])
+    assert config.model.name == "fcn" and config.model.options == {"width": 8}
+    (tmp_path / "a.yaml").write_text("model:\n  name: fcn\n  options: {width: 16}\n")
+    same = load_config(tmp_path / "a.yaml", ["model.name=fcn"])  # the same model keeps its options
+    assert same.model.options == {"width": 16}
+    back = load_config(tmp_path / "a.yaml", ["model.name=baseline", "model.name=fcn"])  # the last name counts
+    assert back.model.options == {"width": 16}
+
+
 def test_saved_config_keeps_its_file_list(tmp_path):
     import yaml
 

@@ -434,7 +434,79 @@ def test_the_walker_says_what_it_skipped(tmp_path, patches):
     _tif(tmp_path / "root" / ".hidden.tif", patches[0][0])
     (tmp_path / "root" / "gone.tif").symlink_to(tmp_path / "nowhere.tif")
     notes = " | ".join(walk_files(tmp_path / "root", IMAGE_SUFFIXES).notes)
-    assert "symbolic link loop" in notes and "1 hidden files skipped" in notes and "lead nowhere" in notes
+    assert "symbolic link loop" in notes and "1 hidden file skipped" in notes and "leads nowhere" in notes
+
+
+def test_predict_kaggle_lists_test_flat_with_the_same_notes_as_predict(tmp_path, patches, checkpoint, capsys):
+    """Tester 1 item 6: `predict --format kaggle` printed none of the walker's notes that plain `predict` prints
+    (hidden file, dangling link) and read test/sub/zz.tif although test/ is flat (as the Kaggle reader reads it)."""
+    from pcamlab.cli.main import main
+
+    test = tmp_path / "test"
+    _tif(test / "aa.tif", patches[0][0])
+    _tif(test / "bb.tif", patches[0][1])
+    _tif(test / ".hidden.tif", patches[0][2])
+    _tif(test / "sub" / "zz.tif", patches[0][3])
+    (test / "dangling.tif").symlink_to(tmp_path / "nowhere.tif")
+    out = tmp_path / "submission.csv"
+    assert main(["predict", str(checkpoint), str(test), "--format", "kaggle", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert [line.split(",")[0] for line in out.read_text().splitlines()] == ["id", "aa", "bb"]
+    assert "1 hidden file skipped" in printed and "leads nowhere" in printed
+    assert "1 sub-folder of" in printed and "sub/" in printed and "read flat" in printed
+    assert main(["predict", str(checkpoint), str(test), "--out", str(tmp_path / "plain.csv")]) == 0
+    plain = capsys.readouterr().out
+    assert "1 hidden file skipped" in plain and "leads nowhere" in plain  # the same walker, the same notes
+    assert "sub-folder" not in plain  # plain predict reads folders at any depth
+
+
+def test_os_junk_is_not_counted_as_hidden(tmp_path, patches):
+    """Tester 1 item 9: AppleDouble ._x.jpg (OS junk) was counted as a hidden file to rename."""
+    root = tmp_path / "root"
+    _tif(root / "a.tif", patches[0][0])
+    (root / "._a.tif").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (root / "._x.jpg").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    listing = walk_files(root, IMAGE_SUFFIXES)
+    assert [path.name for path in listing.files] == ["a.tif"] and listing.notes == []
+
+
+def test_a_folder_of_hidden_files_only_says_them_in_its_error(tmp_path, patches, predictor):
+    """Tester 1 item 9: a folder holding only .h.jpg said "holds no image file" without the hidden file."""
+    from pcamlab.deploy import predict_files
+
+    folder = tmp_path / "only_hidden"
+    folder.mkdir()
+    Image.fromarray(patches[0][0]).save(folder / ".h.jpg", format="JPEG")
+    with pytest.raises(DataError, match=r"holds no image file .*\(1 hidden file skipped: \.h\.jpg; rename it to "
+                                        r"include it\)"):
+        predict_files(predictor, [folder])
+    data = write_kaggle(tmp_path / "kaggle", *sample_patches(2, "train", seed=9))  # Kaggle test/ of hidden files only
+    (data / "test").mkdir()
+    _tif(data / "test" / ".h.tif", patches[0][0])
+    with pytest.raises(DataError, match=r"no \.tif images \(1 hidden file skipped: \.h\.tif; rename it"):
+        open_split(data, "test", "kaggle")
+    classes = tmp_path / "classes" / "train"  # class folders
+    _tif(classes / "0" / "a.tif", patches[0][0])
+    _tif(classes / "1" / ".b.tif", patches[0][1])
+    with pytest.raises(DataError, match=r"has no images \(1 hidden file skipped: \.b\.tif; rename it"):
+        open_split(tmp_path / "classes", "train", "folders")
+
+
+def test_id_notes_count_distinct_ids_and_show_a_real_cell(tmp_path):
+    """Tester 1 item 9: 1000 ids and one repeated row gave "1001 ids carry the file suffix", and the folder note
+    said "e.g. train/<id>.tif" for a test/ template."""
+    rows = [f"test/id{n}.tif,0" for n in range(1000)]
+    path = tmp_path / "sample_submission.csv"
+    path.write_text("\n".join(["id,label", *rows, rows[0]]) + "\n")
+    notes = " | ".join(read_id_csv(path, [Column("label", required=False, parse=str)]).notes)
+    assert "1000 ids carry the file suffix (e.g. test/id0.tif)" in notes
+    assert "1000 ids carry a folder (e.g. test/id0.tif)" in notes and "train/" not in notes
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,label\na,1.0\na,1.0\nb,0.0\n")
+    from pcamlab.data.idcsv import binary_label
+
+    notes = " | ".join(read_id_csv(labels, [Column("label", parse=binary_label)]).notes)
+    assert "labels.csv: 2 " in notes and "labels.csv: 3 " not in notes  # 1.0 labels: counted per id too
 
 
 def test_class_folders_with_links_back_up_keep_every_label(tmp_path, patches, capsys):

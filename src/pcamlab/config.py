@@ -316,17 +316,19 @@ def apply_overrides(values: dict[str, Any], overrides: list[str | tuple[str, Any
         overrides: ``"section.field=value"`` texts (``--set``), read by the field's type (see
             :func:`_parse_value`), or ``("section.field", value)`` pairs whose value is already typed
             (command-line flags such as ``--data``): used as they are, never re-parsed.
+
+    ``model.options`` belong to one model, as in :func:`merge_values`: an override that names another
+    ``model.name`` than ``values`` does drops the options of ``values`` (those of the earlier model, from
+    the config files); ``model.options.*`` overrides, in any order, are kept for the new model.
     """
     result = yaml.safe_load(yaml.safe_dump(values)) or {}
-    for item in overrides:
-        if isinstance(item, tuple):
-            key, value = item
-            parsed = True
-        elif "=" not in item:
-            raise ConfigError(f"override must look like section.field=value; got {item!r}")
-        else:
-            key, value = item.split("=", 1)
-            parsed = False
+    split = [_split_override(item) for item in overrides]
+    names = [value if parsed else _parse_value(value, _field_annotation(["model", "name"]))
+             for key, value, parsed in split if key.strip() == "model.name"]
+    model = result.get("model")
+    if names and isinstance(model, dict) and "name" in model and names[-1] != model["name"]:
+        model.pop("options", None)  # the earlier model's options; the new model's come from overrides
+    for key, value, parsed in split:
         parts = key.strip().split(".")
         if len(parts) < 2 or not all(parts):
             raise ConfigError(
@@ -340,6 +342,17 @@ def apply_overrides(values: dict[str, Any], overrides: list[str | tuple[str, Any
             node = child
         node[parts[-1]] = value if parsed else _parse_value(value, _field_annotation(parts))
     return result
+
+
+def _split_override(item: str | tuple[str, Any]) -> tuple[str, Any, bool]:
+    """``(key, value, parsed)`` of one override: a typed ``(key, value)`` pair or a ``key=value`` text."""
+    if isinstance(item, tuple):
+        key, value = item
+        return key, value, True
+    if "=" not in item:
+        raise ConfigError(f"override must look like section.field=value; got {item!r}")
+    key, value = item.split("=", 1)
+    return key, value, False
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -231,16 +231,17 @@ def _dialect(path: Path, text: str, notes: list[str]) -> tuple[str, bool]:
     return ",", False
 
 
-def _clean_id(text: str, suffixes: Sequence[str], counts: dict[str, int]) -> str:
-    identifier = text
+def _clean_id(text: str, suffixes: Sequence[str]) -> tuple[str, list[str]]:
+    """The id in ``text`` (folder and known suffix dropped) and what was dropped (``"folder"``, ``"suffix"``)."""
+    identifier, dropped = text, []
     if "/" in identifier or "\\" in identifier:
         identifier = re.split(r"[/\\]", identifier)[-1]
-        counts["folder"] += 1
+        dropped.append("folder")
     stem, dot, suffix = identifier.rpartition(".")
     if dot and stem and f".{suffix.lower()}" in suffixes:
         identifier = stem
-        counts["suffix"] += 1
-    return identifier
+        dropped.append("suffix")
+    return identifier, dropped
 
 
 def _locate_columns(path: Path, header: list[str], wanted: list[Column], line: int) -> dict[str, int]:
@@ -321,14 +322,15 @@ def read_id_csv(
                 next(reader, None)
         positions = _locate_columns(path, header, wanted, header_line)
         _note_layout(path, header, positions, wanted, notes)
-        rows, lines, counts, parsed_notes = _read_rows(path, reader, header, positions, wanted, id_suffixes, delimiter)
+        rows, lines, counts, examples, parsed_notes = _read_rows(path, reader, header, positions, wanted, id_suffixes,
+                                                                 delimiter)
     except csv.Error as error:
         raise DataError(f"{printable(path)!r} line {reader.line_num} is not valid CSV ({error}); fix the quoting") from None
     if not rows:
         raise DataError(f"{printable(path)!r} has a header but no rows; it must list {hint} for every item")
-    for count, note in (
-        (counts["suffix"], "ids carry the file suffix (e.g. <id>.tif); read without it"),
-        (counts["folder"], "ids carry a folder (e.g. train/<id>.tif); read the file name only"),
+    for count, note in (  # counted over distinct ids (a repeated row is one id), with a real cell as the example
+        (counts["suffix"], f"ids carry the file suffix (e.g. {examples.get('suffix')}); read without it"),
+        (counts["folder"], f"ids carry a folder (e.g. {examples.get('folder')}); read the file name only"),
         *((count, note) for note, count in parsed_notes.items()),
         (counts["repeated"], f"rows repeat an id{_same(columns)}; each id counted once"),
     ):
@@ -392,7 +394,8 @@ def _note_layout(path: Path, header: list[str], positions: dict[str, int], wante
 def _read_rows(path, reader, header, positions, wanted, id_suffixes, delimiter):
     rows: dict[str, dict[str, Any]] = {}
     lines: dict[str, int] = {}
-    counts = {"suffix": 0, "folder": 0, "repeated": 0}
+    counts = {"suffix": 0, "folder": 0, "repeated": 0}  # over distinct ids: a repeated row adds nothing
+    examples: dict[str, str] = {}  # the first cell that carried a folder / a suffix, shown in the note
     parsed_notes: dict[str, int] = {}
     id_position = positions[wanted[0].name]
     needed = max(positions.values()) + 1
@@ -411,15 +414,16 @@ def _read_rows(path, reader, header, positions, wanted, id_suffixes, delimiter):
                 f"columns ({delimiter.join(row)!r}); a separator inside a value? quote it or fix the row"
             )
         cell = row[id_position].strip()
-        identifier = _clean_id(cell, id_suffixes, counts)
-        identifier = _parse_cell(path, line, wanted[0], identifier, None, parsed_notes, shown=cell)
+        identifier, dropped = _clean_id(cell, id_suffixes)
+        row_notes: dict[str, int] = {}  # this row's notes, counted only when its id is new
+        identifier = _parse_cell(path, line, wanted[0], identifier, None, row_notes, shown=cell)
         values = {}
         for column in wanted[1:]:
             if column.name not in positions:
                 values[column.name] = column.default
                 continue
             values[column.name] = _parse_cell(path, line, column, row[positions[column.name]].strip(), identifier,
-                                              parsed_notes)
+                                              row_notes)
         if identifier in rows:
             if rows[identifier] != values:
                 name = next(key for key in values if values[key] != rows[identifier][key])
@@ -431,7 +435,12 @@ def _read_rows(path, reader, header, positions, wanted, id_suffixes, delimiter):
             continue
         rows[identifier] = values
         lines[identifier] = line
-    return rows, lines, counts, parsed_notes
+        for kind in dropped:
+            counts[kind] += 1
+            examples.setdefault(kind, cell)
+        for note, count in row_notes.items():
+            parsed_notes[note] = parsed_notes.get(note, 0) + count
+    return rows, lines, counts, examples, parsed_notes
 
 
 def _same(columns: Sequence[Column]) -> str:

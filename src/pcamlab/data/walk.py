@@ -16,7 +16,10 @@ the same rules:
   patches does not see it; hidden folders hold tools' copies and state (``.ipynb_checkpoints/`` holds
   Jupyter's copies of files, ``.git/``, ``.cache/``, ``.thumbnails/``), which would add duplicates or
   strangers to a dataset. Skipped hidden files with a wanted suffix are counted in a note, so nothing
-  vanishes unsaid. The root itself may be hidden (``~/.data/pcam`` is read).
+  vanishes unsaid (OS junk is not counted: it never was data). The root itself may be hidden
+  (``~/.data/pcam`` is read);
+- **a flat walk says what it left**: with ``recursive=False`` (the Kaggle ``train/`` and ``test/``
+  folders, whose ids are file names) sub-folders are not read, and a note counts them.
 
 Files come back sorted by their path below the root (the same order on every machine), each path as
 reached from the root (a file below a linked folder keeps the link in its path).
@@ -39,7 +42,7 @@ from pcamlab.errors import DataError
 from pcamlab.fileio import printable
 
 __all__ = ["IMAGE_SUFFIXES", "SLIDE_SUFFIXES", "JUNK_NAMES", "JUNK_FOLDERS", "Listing", "walk_files", "list_files",
-           "is_skipped_name"]
+           "is_skipped_name", "is_junk_name"]
 
 #: Patch image files pcamlab decodes (Pillow, with tifffile for TIFFs Pillow cannot read).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -57,6 +60,17 @@ def is_skipped_name(name: str, folder: bool = False) -> bool:
     return name.startswith(".") or lowered in JUNK_NAMES or (folder and lowered in JUNK_FOLDERS)
 
 
+def is_junk_name(name: str, folder: bool = False) -> bool:
+    """Whether an entry of this name is OS junk (``.DS_Store``, AppleDouble ``._*``, ``__MACOSX/``, ...), never
+    data: skipped without being counted, unlike a hidden file (``.name``), which a person may have hidden."""
+    lowered = name.lower()
+    return name.startswith("._") or lowered in JUNK_NAMES or (folder and lowered in JUNK_FOLDERS)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 @dataclass
 class Listing:
     """What :func:`walk_files` found.
@@ -64,7 +78,10 @@ class Listing:
     Attributes:
         root: the folder walked.
         files: the files with a wanted suffix, sorted by their path below ``root``.
-        hidden: hidden files with a wanted suffix that were skipped (``.name``, AppleDouble ``._name``).
+        hidden: hidden files with a wanted suffix that were skipped (``.name``; OS junk such as AppleDouble
+            ``._name`` is not counted).
+        not_walked: sub-folders not read because the walk was flat (``recursive=False``); hidden and junk
+            folders are not counted.
         repeats: folders reached a second time through a link (listed once), as ``(link, target)``.
         broken: links that lead nowhere.
         outside: links leading outside ``root`` (only with ``inside_root=True``), not followed.
@@ -73,6 +90,7 @@ class Listing:
     root: Path
     files: list[Path] = field(default_factory=list)
     hidden: list[Path] = field(default_factory=list)
+    not_walked: list[Path] = field(default_factory=list)
     repeats: list[tuple[Path, Path]] = field(default_factory=list)
     broken: list[Path] = field(default_factory=list)
     outside: list[Path] = field(default_factory=list)
@@ -82,8 +100,13 @@ class Listing:
         """One line for each kind of thing skipped (commands show them as ``note:`` lines)."""
         notes = []
         if self.hidden:
-            notes.append(f"{len(self.hidden)} hidden files skipped in {printable(self.root)} (names starting with "
-                         f"'.', e.g. {printable(self.hidden[0].name)}): rename them to include them")
+            them = "it" if len(self.hidden) == 1 else "them"
+            notes.append(f"{_count(len(self.hidden), 'hidden file')} skipped in {printable(self.root)} (names starting "
+                         f"with '.', e.g. {printable(self.hidden[0].name)}): rename {them} to include {them}")
+        if self.not_walked:
+            notes.append(f"{_count(len(self.not_walked), 'sub-folder')} of {printable(self.root)} not read (e.g. "
+                         f"{printable(self.not_walked[0].name)}/): this folder is read flat, its own files only; "
+                         "move the files up to include them")
         loops = [(link, target) for link, target in self.repeats if _is_above(target, link)]
         if loops:
             link, target = loops[0]
@@ -92,15 +115,33 @@ class Listing:
         twice = [(link, target) for link, target in self.repeats if not _is_above(target, link)]
         if twice:
             link, target = twice[0]
-            notes.append(f"{len(twice)} folders reached twice through links (e.g. {printable(link)} -> "
+            notes.append(f"{_count(len(twice), 'folder')} reached twice through links (e.g. {printable(link)} -> "
                          f"{printable(target)}); their files are listed once")
         if self.broken:
-            notes.append(f"{len(self.broken)} symbolic links lead nowhere and were skipped, e.g. "
+            notes.append(f"{_count(len(self.broken), 'symbolic link')} {'leads' if len(self.broken) == 1 else 'lead'} nowhere, "
+                         "skipped, e.g. "
                          f"{printable(self.broken[0])}")
         if self.outside:
-            notes.append(f"{len(self.outside)} links lead outside {printable(self.root)} and were not followed, "
+            notes.append(f"{_count(len(self.outside), 'link')} leading outside {printable(self.root)} not followed, "
                          f"e.g. {printable(self.outside[0])}")
         return notes
+
+    def nothing_found(self) -> str:
+        """What a "holds no file" message adds: the hidden files and unread sub-folders skipped, or ``""``.
+
+        Example: ``" (1 hidden file skipped: .h.jpg; rename it to include it)"``.
+        """
+        parts = []
+        if self.hidden:
+            them = "it" if len(self.hidden) == 1 else "them"
+            names = ", ".join(printable(path.name) for path in self.hidden[:3])
+            parts.append(f"{_count(len(self.hidden), 'hidden file')} skipped: {names}{', ...' if len(self.hidden) > 3 else ''}; "
+                         f"rename {them} to include {them}")
+        if self.not_walked:
+            names = ", ".join(f"{printable(path.name)}/" for path in self.not_walked[:3])
+            parts.append(f"{_count(len(self.not_walked), 'sub-folder')} not read: {names}"
+                         f"{', ...' if len(self.not_walked) > 3 else ''}; the folder is read flat")
+        return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _is_above(target: Path, link: Path) -> bool:
@@ -161,20 +202,23 @@ def walk_files(
                 if inside_root and not target.is_relative_to(base):
                     listing.outside.append(path)
                     continue
-                if target.is_dir() and _is_above(target, path):
+                if recursive and target.is_dir() and _is_above(target, path):
                     # a link back up (to the folder holding it or any folder above it, the root's own parents
                     # included): following it would list the root's siblings under this root (another class
                     # folder's patches under this label) or the same files again; a loop is listed once
                     listing.repeats.append((path, target))
                     continue
             if _is_dir(entry):
-                if recursive and not is_skipped_name(entry.name, folder=True):
-                    stack.append(path)
+                if not is_skipped_name(entry.name, folder=True):
+                    if recursive:
+                        stack.append(path)
+                    else:
+                        listing.not_walked.append(path)
                 continue
             if not entry.name.lower().endswith(wanted) or not _is_file(entry):
                 continue
             if is_skipped_name(entry.name):
-                if entry.name.lower() not in JUNK_NAMES:
+                if not is_junk_name(entry.name):
                     listing.hidden.append(path)
                 continue
             listing.files.append(path)

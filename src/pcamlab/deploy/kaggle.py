@@ -93,7 +93,9 @@ def predict_kaggle(
 
     Args:
         model: checkpoint, exported model, or loaded predictor (as for :func:`predict_files`).
-        inputs: the ``test/`` folder (or its ``.tif`` files).
+        inputs: the ``test/`` folder (or its ``.tif`` files). A folder is read flat (its own files; ids are
+            file names), as the Kaggle reader reads ``test/``, by the walker every command uses: hidden files,
+            links leading nowhere and sub-folders left out are said in ``result.notes``.
         out: submission CSV to write (atomically).
         template: ``sample_submission.csv``; rows follow its order and its ids must match the files
             exactly. Without it, rows follow the sorted file names.
@@ -115,12 +117,15 @@ def predict_kaggle(
     if out_path.exists() and not force:
         raise RunFolderError(f"{str(out_path)!r} already exists; choose another out or pass force=True to replace it",
                        parameters=("out", "force"))
-    files = kaggle_ids([source.path for source in collect_sources(inputs)])  # an .h5 input fails here: not .tif
-    order = list(files)
     notes: list[str] = []
+    # the test/ folder is read flat, as the Kaggle reader reads it (ids are file names): same walker, same notes
+    sources = collect_sources(inputs, notes=notes, recursive=False)
+    files = kaggle_ids([source.path for source in sources])  # an .h5 input fails here: not .tif
+    order = list(files)
     if template is not None:
         table = read_template_table(template)
-        wanted, notes = table.ids, list(table.notes)
+        wanted = table.ids
+        notes.extend(table.notes)
         missing = [identifier for identifier in wanted if identifier not in files]
         extra = sorted(set(files) - set(wanted))
         if missing or extra:

@@ -79,6 +79,7 @@ def collect_sources(
     skip_bad: bool = False,
     skipped: list[str] | None = None,
     notes: list[str] | None = None,
+    recursive: bool = True,
 ) -> list[PatchSource]:
     """Resolve inputs into a list of patch sources, checking each one.
 
@@ -91,7 +92,10 @@ def collect_sources(
         skip_bad: leave out h5 files that cannot be opened or hold no usable dataset ``x`` instead of
             raising; their names are appended to ``skipped``.
         skipped: list collecting the names of files left out.
-        notes: list collecting the walker's notes (hidden files skipped, link loops, broken links).
+        notes: list collecting the walker's notes (hidden files skipped, link loops, broken links, sub-folders
+            not read).
+        recursive: list folders at any depth (False: their own files only, as the Kaggle ``test/`` folder is
+            read; sub-folders are said in ``notes``).
 
     Returns:
         One source per image file or h5 file, in input order (folders sorted); a file reached
@@ -119,14 +123,15 @@ def collect_sources(
         if not path.exists():
             raise DataError(f"input {str(path)!r} does not exist; pass {_ACCEPTED}")
         if path.is_dir():
-            listing = walk_files(path, IMAGE_SUFFIXES)
+            listing = walk_files(path, IMAGE_SUFFIXES, recursive=recursive)
             images = listing.files
             if notes is not None:
                 notes.extend(listing.notes)
             if not images:
+                depth = " at any depth" if recursive else " directly inside it"
                 raise DataError(
-                    f"input folder {str(path)!r} holds no image file ({'/'.join(IMAGE_SUFFIXES)}) at any depth; "
-                    "pass a folder of patches, or the .h5 file itself for h5 data"
+                    f"input folder {str(path)!r} holds no image file ({'/'.join(IMAGE_SUFFIXES)}){depth}"
+                    f"{listing.nothing_found()}; pass a folder of patches, or the .h5 file itself for h5 data"
                 )
             for image in images:
                 add(PatchSource(image, "image", 1))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pcamlab.data.readers.decode import PATCH_SIZE, decode_image_file, validate_headers
-from pcamlab.data.walk import IMAGE_SUFFIXES, walk_files
+from pcamlab.data.walk import IMAGE_SUFFIXES, Listing, walk_files
 from pcamlab.errors import DataError, did_you_mean
 from pcamlab.fileio import printable
 from pcamlab.registry import Registry
@@ -198,10 +198,14 @@ class ImageFileReader(PatchReader):
 
     def list_images(self, folder: Path, *, recursive: bool = True) -> list[Path]:
         """The image files of ``folder`` by the walker's rules (:mod:`pcamlab.data.walk`); its notes join ``notes``."""
+        return self.walk_images(folder, recursive=recursive).files
+
+    def walk_images(self, folder: Path, *, recursive: bool = True) -> Listing:
+        """:meth:`list_images` with the whole :class:`~pcamlab.data.walk.Listing` (for "holds no image" messages)."""
         listing = walk_files(folder, IMAGE_SUFFIXES, recursive=recursive)
         if listing.notes:
             self.notes = [*self.notes, *listing.notes]
-        return listing.files
+        return listing
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         index = self._check_index(index)

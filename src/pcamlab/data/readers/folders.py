@@ -52,10 +52,11 @@ class FoldersReader(ImageFileReader):
             class_folder = folder / str(label)
             if not class_folder.is_dir():
                 continue
-            files = self.list_images(class_folder)
+            listing = self.walk_images(class_folder)
+            files = listing.files
             if not files:
-                others = sorted(path.name for path in class_folder.iterdir())[:3]
-                seen = f" (it holds {others}...)" if others else ""
+                others = sorted(path.name for path in class_folder.iterdir() if not is_skipped_name(path.name))[:3]
+                seen = listing.nothing_found() or (f" (it holds {others}...)" if others else "")
                 raise DataError(
                     f"class folder {str(class_folder)!r} has no images{seen}; put its "
                     f"{'/'.join(IMAGE_SUFFIXES)} patches there or remove the folder"

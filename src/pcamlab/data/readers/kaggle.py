@@ -133,9 +133,11 @@ class KaggleReader(ImageFileReader):
 
     def _open_test(self, root: Path) -> None:
         folder = root / "test"
-        self.files = self.list_images(folder, recursive=False)
+        listing = self.walk_images(folder, recursive=False)
+        self.files = listing.files
         if not self.files:
-            raise DataError(f"Kaggle test folder {str(folder)!r} has no .tif images; add them or remove it")
+            raise DataError(f"Kaggle test folder {str(folder)!r} has no .tif images{listing.nothing_found()}; "
+                            "add them or remove it")
         labels_path = root / KAGGLE_TEST_LABELS
         self.unlabeled = not labels_path.is_file()
         if self.unlabeled:

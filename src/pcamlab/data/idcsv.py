@@ -371,6 +371,20 @@ def _open_csv(path: Path, hint: str, what: str, notes: list[str]):
         raise DataError(f"{printable(path)!r} is empty; it must start with the header {hint}")
     return text, delimiter, sep_line, reader, header
 
+
+def _check_row(path: Path, line: int, row: list[str], needed: int, header: list[str], wanted, positions, delimiter: str) -> None:
+    """Refuse a row shorter than the columns read, or with filled cells past the header (a separator in a value)."""
+    if len(row) < needed:
+        raise DataError(
+            f"{printable(path)!r} line {line} is {delimiter.join(row)!r}; each row needs "
+            f"{' and '.join(_a(column.name) for column in wanted if column.name in positions)}: fix it"
+        )
+    if any(cell.strip() for cell in row[len(header):]):
+        raise DataError(
+            f"{printable(path)!r} line {line} has {len(row)} cells but the header names {len(header)} "
+            f"columns ({delimiter.join(row)!r}); a separator inside a value? quote it or fix the row"
+        )
+
 def _names_a_column(header: list[str], column: Column) -> bool:
     names = {header_key(name) for name in column.names()}
     return any(header_key(cell) in names for cell in header)
@@ -403,16 +417,7 @@ def _read_rows(path, reader, header, positions, wanted, id_suffixes, delimiter):
         line = reader.line_num
         if not "".join(row).strip():
             continue
-        if len(row) < needed:
-            raise DataError(
-                f"{printable(path)!r} line {line} is {delimiter.join(row)!r}; each row needs "
-                f"{' and '.join(_a(column.name) for column in wanted if column.name in positions)}: fix it"
-            )
-        if any(cell.strip() for cell in row[len(header):]):
-            raise DataError(
-                f"{printable(path)!r} line {line} has {len(row)} cells but the header names {len(header)} "
-                f"columns ({delimiter.join(row)!r}); a separator inside a value? quote it or fix the row"
-            )
+        _check_row(path, line, row, needed, header, wanted, positions, delimiter)
         cell = row[id_position].strip()
         identifier, dropped = _clean_id(cell, id_suffixes)
         row_notes: dict[str, int] = {}  # this row's notes, counted only when its id is new
@@ -559,16 +564,7 @@ def read_row_csv(path: str | os.PathLike, columns: Sequence[Column], *, what: st
             line = reader.line_num
             if not "".join(row).strip():
                 continue
-            if len(row) < needed:
-                raise DataError(
-                    f"{printable(path)!r} line {line} is {delimiter.join(row)!r}; each row needs "
-                    f"{' and '.join(_a(column.name) for column in wanted if column.name in positions)}: fix it"
-                )
-            if any(cell.strip() for cell in row[len(header):]):
-                raise DataError(
-                    f"{printable(path)!r} line {line} has {len(row)} cells but the header names {len(header)} "
-                    f"columns ({delimiter.join(row)!r}); a separator inside a value? quote it or fix the row"
-                )
+            _check_row(path, line, row, needed, header, wanted, positions, delimiter)
             for column in wanted:
                 value = column.default if column.name not in positions else _parse_cell(
                     path, line, column, row[positions[column.name]].strip(), None, parsed_notes)

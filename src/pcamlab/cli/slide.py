@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pcamlab.cli._common import seed_type
+
 __all__ = ["register", "register_evaluate", "parse_shard", "add_annotation_arguments", "annotation_options", "remarks",
            "add_cohort_arguments"]
 
@@ -443,7 +445,7 @@ def register_synth_cohort(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--tumour", type=int, default=2, help="tumour slides (default 2)")
     parser.add_argument("--split", choices=["train", "valid"], default="valid",
                         help="patches from this PCam split: train (slides normal_/tumor_NNN) or valid (test_NNN)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
+    parser.add_argument("--seed", type=seed_type, default=0, help="seed of everything (default 0)")
     parser.add_argument("--width", type=int, default=4096, help="level-0 width in pixels (default 4096 = 4 mm)")
     parser.add_argument("--height", type=int, default=3072, help="level-0 height in pixels (default 3072 = 3 mm)")
     parser.add_argument("--patches", metavar="DIR", help="folder with train/ and valid/ of 0/ 1/ patch folders "
@@ -517,7 +519,9 @@ def register_evaluate(commands: argparse._SubParsersAction) -> None:
                           help="longest axis of a lesion for the ITC rule (default major_axis, as the official code)")
     evaluate.add_argument("--report-slides", type=int, default=40,
                           help="most slides drawn in report.html, wrong ones first (default 40)")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the folds, the forest and the bootstrap")
+    evaluate.add_argument("--seed", type=seed_type, default=0, help="seed of the folds, the forest and the bootstrap")
+    evaluate.add_argument("--mixed-models", action="store_true", help="score results predicted by different models "
+                          "together (refused by default: their summary.json record different model_sha256)")
     evaluate.set_defaults(func=run_evaluate)
 
 
@@ -532,7 +536,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         evaluation = evaluate_slides(
             args.results, args.annotations, args.reference, args.out, detection=detection, top_k=args.top_k,
             threshold=args.threshold, aggregator=args.aggregator, folds=args.folds, seed=args.seed,
-            bootstrap=args.bootstrap, itc_axis=args.itc_axis, report_slides=args.report_slides, progress=update,
+            bootstrap=args.bootstrap, itc_axis=args.itc_axis, report_slides=args.report_slides,
+            mixed_models=args.mixed_models, progress=update,
             **annotation_options(args),
         )
     finally:

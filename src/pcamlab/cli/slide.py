@@ -261,7 +261,12 @@ def _annotation_text(facts: dict) -> str:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    """Predict the slides of this worker's share (then, unless --no-steal, any left undone), one lock each."""
+    """Predict the slides of this worker's share (then, unless --no-steal, any left undone), one lock each.
+
+    Exit 0 when every slide it was given is done or held by a live worker (each held one is named: "left to
+    HOST pid N (running, ...)"); 2 when a slide failed now or was skipped for its failure record.
+    """
+    import shlex
     from pathlib import Path
 
     from pcamlab import stopping
@@ -343,9 +348,21 @@ def run_predict(args: argparse.Namespace) -> int:
                 f"({summary['tiles_per_second'] or 0:,.0f} tiles/s), {summary['seconds']:.1f} s -> {result.out_dir}"
             )
             done += 1
-    print(f"{done} slide(s) done, {skipped} already finished, {failed} failed{where}"
-          + (f"; see pcamlab slide summary {args.out}" if failed or share.count > 1 else ""))
-    return 2 if failed else 0
+        passed_over = dict(cohort.passed_over)
+    failed_before = sorted(key for key, why in passed_over.items() if why == "failed before")
+    for key in failed_before:
+        print(f"{key}: skipped: failed before (see {cohort.failed / key}.json; --retry-failed tries it again)")
+    left = {key: why for key, why in passed_over.items() if why != "failed before"}
+    for key, why in left.items():
+        print(f"{key}: {why}")
+    counts = [f"{done} slide(s) done", f"{skipped} already finished", f"{failed} failed"]
+    if failed_before:
+        counts.append(f"{len(failed_before)} skipped: failed before (use --retry-failed)")
+    if left:
+        counts.append(f"{len(left)} left to other workers")
+    print(", ".join(counts) + where + (f"; see pcamlab slide summary {shlex.quote(str(args.out))}"
+                                       if failed or failed_before or left or share.count > 1 else ""))
+    return 2 if failed or failed_before else 0
 
 
 def _predict_one(args: argparse.Namespace, predictor, slide_path, folder):

@@ -341,6 +341,9 @@ class Cohort:
         self.log_path = self.logs / f"{self.worker.name}.jsonl"
         self._held: dict[str, tuple[Claim, _Heartbeat]] = {}
         self._start: dict[str, Any] | None = None
+        self._logged = False  # this worker's log holds its start line
+        self._worked = False  # some slide was settled with an event, or held when the worker stopped
+        self.passed_over: dict[str, str] = {}  # after claim(): undone slides it did not take, and why
         self._probe = self.locks / f".clock.{self.worker.token}"
 
     def __enter__(self) -> Cohort:
@@ -352,10 +355,14 @@ class Cohort:
     def close(self) -> None:
         """Release every lock still held (a loop ended by an error or a stop: the slide is free for others;
         its partial result stays for whoever resumes it) and remove the cohort folders when they are empty."""
+        if self._held:
+            self._worked = True  # stopped mid-slide: its log says which slides the cohort has
         for claim, _ in list(self._held.values()):
             claim.release()
         self._probe.unlink(missing_ok=True)
-        for folder in (self.locks, self.root, *([self.results] if self._made_results else [])):
+        if self._logged and not self._worked:  # a worker that took no slide leaves no log
+            self.log_path.unlink(missing_ok=True)
+        for folder in (self.locks, self.logs, self.root, *([self.results] if self._made_results else [])):
             # a run that wrote nothing leaves nothing
             try:
                 folder.rmdir()
@@ -465,15 +472,23 @@ class Cohort:
                 order += other.take(keys)[::-1]
         self._start = {"event": "start", "worker": self.worker.__dict__, "shard": str(shard), "steal": steal,
                        "slides": [os.fspath(slide) for slide in slides], "time": time.time()}
+        self._log(None)  # at once: `slide summary` counts the whole cohort while the first slide runs
         offered: set[str] = set()  # a slide this worker gave back unfinished is not taken again by it
         taken = True
         while taken:
             taken = False
+            passed: dict[str, str] = {}
             for key in order:
-                if key in offered or self.is_done(key) or (not retry_failed and (self.failed / f"{key}.json").exists()):
+                if key in offered or self.is_done(key):
+                    continue
+                if not retry_failed and (self.failed / f"{key}.json").exists():
+                    passed[key] = "failed before"
                     continue
                 got, took_over = self._try_lock(key, by_key[key])
                 if not got:
+                    state, holder, why = self.lock_state(key)
+                    passed[key] = (f"left to {holder.describe() if holder else 'a worker starting up'} (running, {why})"
+                                   if state == "live" else "locked by another worker")
                     continue
                 claim = Claim(by_key[key], key, took_over, self)
                 heartbeat = _Heartbeat(self.locks / f"{key}.lock", self.worker.token,
@@ -488,6 +503,7 @@ class Cohort:
                 yield claim
                 if not claim.settled:
                     claim.release()
+            self.passed_over = passed
 
     def _settle(self, claim: Claim, event: str | None, facts: dict[str, Any]) -> None:
         if claim.settled:
@@ -506,15 +522,21 @@ class Cohort:
             self._log({"event": event, "slide": claim.key, "took_over": claim.took_over, **facts})
         _remove_if(self.locks / f"{claim.key}.lock", lambda values: values.get("token") == self.worker.token)
 
-    def _log(self, entry: dict[str, Any]) -> None:
-        """Append one line to this worker's own log (only this process writes it: safe on NFS)."""
+    def _log(self, entry: dict[str, Any] | None) -> None:
+        """Append one line to this worker's own log (only this process writes it: safe on NFS); its start line
+        (the slides it was given) first. ``None``: the start line alone."""
         self.logs.mkdir(parents=True, exist_ok=True)
-        lines = [] if self.log_path.exists() or self._start is None else [self._start]
-        lines.append({**entry, "time": time.time()})
+        lines = [] if self._logged or self._start is None else [self._start]
+        if entry is not None:
+            lines.append({**entry, "time": time.time()})
+            self._worked = True
+        if not lines:
+            return
         with open(self.log_path, "a", encoding="utf-8") as handle:
             handle.writelines(json.dumps(json_safe(line)) + "\n" for line in lines)
             handle.flush()
             os.fsync(handle.fileno())
+        self._logged = self._logged or self._start is not None
 
 
 def _remove_if(path: Path, belongs: Callable[[dict[str, Any]], bool]) -> bool:

@@ -43,6 +43,8 @@ def finish(results: Path, claim) -> None:
     ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "1"}, (3, 3)),  # --array=1-3
     ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "2",
       "SLURM_ARRAY_TASK_STEP": "3"}, (2, 3)),  # --array=2-8:3 runs tasks 2, 5, 8
+    ({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "0",
+      "SLURM_ARRAY_TASK_MAX": "4", "SLURM_ARRAY_TASK_STEP": "2"}, (3, 3)),  # --array=0-4:2
     ({"RANK": "2", "WORLD_SIZE": "4"}, (3, 4)),
     ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", "RANK": "1", "WORLD_SIZE": "4"}, (6, 8)),
 ])
@@ -55,6 +57,11 @@ def test_the_share_comes_from_slurm_or_torchrun(environ, expected):
 @pytest.mark.parametrize("environ, message", [
     ({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "1"},
      "not one of 2 evenly spaced tasks"),  # --array=1,4: a list, no position to compute
+    ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "1",
+      "SLURM_ARRAY_TASK_MAX": "4", "SLURM_ARRAY_TASK_STEP": "1"},
+     r"not one of 2 evenly spaced tasks from 1 in steps of 1 up to 4 .*--array=1-2:"),  # ... refused in every task
+    ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "0",
+      "SLURM_ARRAY_TASK_MAX": "4", "SLURM_ARRAY_TASK_STEP": "2"}, r"--array=0-4:2:"),  # a step array: its own form
     ({"SLURM_ARRAY_TASK_ID": "2"}, "SLURM_ARRAY_TASK_COUNT is not set"),
     ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "3"}, "SLURM_ARRAY_TASK_ID must be an integer; got 'x'"),
     ({"RANK": "1"}, "WORLD_SIZE is not set"),
@@ -357,3 +364,19 @@ def test_from_slides_workers_share_the_slides_and_the_last_one_assembles(tmp_pat
     assert late.complete and late.resumed_slides == len(cohort.slides)
     with pytest.raises(RunFolderError, match="exists"):
         run(tmp_path / "shared")  # one worker alone: an existing dataset is refused, as before
+
+
+def test_the_no_tissue_message_names_slide_predicts_flags():
+    import argparse
+
+    from pcamlab.cli.main import _command_flags, build_parser, cli_message
+    from pcamlab.cli.slide import PREDICT_FLAGS
+
+    message = "no tissue found in slide 'a.tif' (...); check the slide, or lower tissue_threshold / min_tissue_fraction"
+    parameters = ("tissue_threshold", "min_tissue_fraction")
+    expected = "check the slide, or lower --tissue-threshold / --min-tissue"
+    assert cli_message(message, parameters, PREDICT_FLAGS).endswith(expected)  # a cohort's per-slide line
+    parser = build_parser()
+    args = parser.parse_args(["slide", "predict", "m.safetensors", "a.tif", "--out", "o"])
+    assert cli_message(message, parameters, _command_flags(parser, args)).endswith(expected)  # one slide: main()
+    assert isinstance(args, argparse.Namespace)

@@ -656,3 +656,33 @@ def test_results_of_two_models_are_refused_unless_asked_for(cohort, tmp_path, ca
     assert sorted((row["model_sha256"], row["slides"]) for row in metrics["models"]) == [("a" * 64, 4), ("b" * 64, 2)]
     assert metrics["options"]["seed"] == 7 and metrics["options"]["folds"] == 2
     assert any("2 different models" in note for note in metrics["warnings"])
+
+
+def write_tumour_asap(path: Path, box: tuple[float, float, float, float]) -> Path:
+    left, top, right, bottom = box
+    points = "".join(f'<Coordinate Order="{order}" X="{x}" Y="{y}"/>' for order, (x, y) in
+                     enumerate([(left, top), (right, top), (right, bottom), (left, bottom)]))
+    path.write_text('<?xml version="1.0"?><ASAP_Annotations><Annotations><Annotation Name="A" Type="Polygon" '
+                    f'PartOfGroup="Tumor"><Coordinates>{points}</Coordinates></Annotation></Annotations>'
+                    '<AnnotationGroups><Group Name="Tumor" PartOfGroup="None"/></AnnotationGroups></ASAP_Annotations>')
+    return path
+
+
+def test_annotation_notes_two_formats_that_disagree_and_files_of_no_slide(cohort, tmp_path, capsys):
+    results, annotations, reference = cohort
+    write_tumour_asap(annotations / "t1.xml", (0, 0, 480, 480))  # t1 again, elsewhere: the XML wins, noted
+    write_tumour_asap(annotations / "t2.xml", (LESION[0] * CELL, LESION[0] * CELL, LESION[1] * CELL,
+                                               LESION[1] * CELL))  # the same outline: no note
+    write_tumour_geojson(annotations / "x9.geojson", (0, 0, 480, 480))  # a slide of no reference, no result
+    out = tmp_path / "evaluation"
+    assert main(["slide", "evaluate", str(results), "--annotations", str(annotations), "--reference", str(reference),
+                 "--out", str(out), "--bootstrap", "0", "--folds", "2"]) == 0, capsys.readouterr().err
+    warnings = json.loads((out / "metrics.json").read_text())["warnings"]
+    assert any(note.startswith("t1: 't1.xml' and 't1.geojson' outline different tumour") for note in warnings), warnings
+    assert not any(note.startswith("t2:") for note in warnings), warnings
+    assert any("1 annotation file(s) name a slide in neither" in note and "x9" in note for note in warnings)
+    for name in ("t3.geojson",):
+        (annotations / name).unlink()
+    error = one_line_error(capsys, ["slide", "evaluate", str(results), "--annotations", str(annotations),
+                                    "--reference", str(reference), "--out", str(tmp_path / "e2")])
+    assert "tumour slide 't3' has no annotation file" in error and "label it normal" not in error

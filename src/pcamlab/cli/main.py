@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Library parameters whose name differs from the flag's destination (``train(config, out_dir)`` <- ``--out``).
 PARAMETER_DESTINATIONS = {"out_dir": "out", "out_path": "out", "batch_sizes": "batch_size", "precisions": "precision",
-                          "space_file": "space"}
+                          "space_file": "space", "min_tissue_fraction": "min_tissue"}
 
 
 def _command_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:

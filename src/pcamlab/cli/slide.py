@@ -260,6 +260,10 @@ def _annotation_text(facts: dict) -> str:
     return "\n".join(lines)
 
 
+# predict_slide's parameters named in its messages -> slide predict's flags (a cohort's per-slide failure lines)
+PREDICT_FLAGS = {"mpp": "--mpp", "tissue_threshold": "--tissue-threshold", "min_tissue_fraction": "--min-tissue"}
+
+
 def run_predict(args: argparse.Namespace) -> int:
     """Predict the slides of this worker's share (then, unless --no-steal, any left undone), one lock each.
 
@@ -330,7 +334,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 claim.fail(error)
                 from pcamlab.cli.main import cli_message
 
-                message = cli_message(str(error), error.parameters, {"mpp": "--mpp"})
+                message = cli_message(str(error), error.parameters, PREDICT_FLAGS)
                 print(f"{claim.slide}: FAILED: {message} (recorded in {cohort.failed / claim.key}.json)")
                 failed += 1
                 continue

@@ -124,11 +124,16 @@ def resolve_shard(shard: tuple[int, int] | None = None, environ: Mapping[str, st
         tasks = _integer(environ, "SLURM_ARRAY_TASK_COUNT")
         first = _integer(environ, "SLURM_ARRAY_TASK_MIN", 0)
         step = _integer(environ, "SLURM_ARRAY_TASK_STEP", 1)
+        last = _integer(environ, "SLURM_ARRAY_TASK_MAX", first + (max(tasks, 1) - 1) * max(step, 1))
         offset = task_id - first
-        if tasks < 1 or step < 1 or offset < 0 or offset % step or offset // step >= tasks:
+        # SLURM_ARRAY_TASK_MAX too: every task of a list array (--array=1,4) sees the same environment, so each
+        # one refuses, not only those whose id falls off the range
+        if (tasks < 1 or step < 1 or offset < 0 or offset % step or offset // step >= tasks
+                or last != first + (tasks - 1) * step):
+            hint = f"{first}-{first + (max(tasks, 1) - 1) * max(step, 1)}" + (f":{step}" if step > 1 else "")
             raise ConfigError(
                 f"Slurm array task {task_id} is not one of {tasks} evenly spaced tasks from {first} in steps of "
-                f"{step} (a list array such as 1,4?); submit a range of tasks (0-{max(tasks, 1) - 1}: "
+                f"{step} up to {last} (a list array such as 1,4?); submit a range of tasks (e.g. --array={hint}: "
                 "finished slides are skipped) or give the share explicitly with shard=(index, count)",
                 parameters=("shard",))
         task = offset // step

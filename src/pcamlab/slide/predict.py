@@ -419,7 +419,8 @@ def predict_slide(
             raise DataError(
                 f"no tissue found in slide {str(slide.path)!r} (tissue_method={tissue_method!r}, saturation "
                 f"threshold {tissue_threshold}, {mask.mean():.1%} of the mask is tissue, no tile has "
-                f"{min_tissue_fraction:.0%}); check the slide, or lower tissue_threshold / min_tissue_fraction"
+                f"{min_tissue_fraction:.0%}); check the slide, or lower tissue_threshold / min_tissue_fraction",
+                parameters=("tissue_threshold", "min_tissue_fraction"),
             )
         info = slide.info()
 

@@ -41,7 +41,7 @@ from pcamlab import stopping
 from pcamlab.config_ranges import SEED, Range, check_number
 from pcamlab.errors import DataError, RunFolderError
 from pcamlab.fileio import atomic_path, printable, staged_folder, write_json_atomic
-from pcamlab.slide.annotations import find_annotation_file, rasterize, read_annotations
+from pcamlab.slide.annotations import ANNOTATION_SUFFIXES, find_annotation_file, rasterize, read_annotations
 import pcamlab.slide.evaluation.froc as froc_module
 from pcamlab.slide.evaluation.inputs import SlideInput
 from pcamlab.slide.evaluation.detections import DetectionOptions, detect
@@ -149,6 +149,15 @@ def load_cohort(results: str | os.PathLike, annotations: str | os.PathLike, refe
     if not annotations.exists():
         raise DataError(f"annotations {printable(annotations)!r} does not exist; pass the folder of <slide id>.xml "
                         "/ .geojson annotation files")
+    if annotations.is_dir():
+        known = set(labels) | set(folders)
+        orphans = sorted({path.name.split(".")[0] for path in annotations.iterdir() if path.is_file()
+                          and path.suffix.lower() in ANNOTATION_SUFFIXES and not path.name.startswith(".")}
+                         - known)
+        orphans = [name for name in orphans if name.removesuffix("_mask") not in known]
+        if orphans:
+            notes.append(f"{len(orphans)} annotation file(s) name a slide in neither the reference nor the results "
+                         "(not scored): " + ", ".join(orphans[:5]) + (" ..." if len(orphans) > 5 else ""))
     cohort = []
     for slide, label in labels.items():
         folder = folders[slide]
@@ -161,11 +170,13 @@ def load_cohort(results: str | os.PathLike, annotations: str | os.PathLike, refe
         if path is not None:
             slide_annotations = read_annotations(path, slide_dimensions=dimensions, class_map=class_map,
                                                  mask_downsample=mask_downsample, repair=repair)
+        if path is not None and annotations.is_dir():
+            _note_other_formats(notes, slide, path, slide_annotations, dimensions, class_map, mask_downsample, repair)
         has_tumour = slide_annotations is not None and not slide_annotations.tumour.is_empty
         if label == 1 and not has_tumour:
             what = "no annotation file" if path is None else f"no tumour region in {printable(path)!r}"
             raise DataError(f"tumour slide {slide!r} has {what} under {printable(annotations)!r}; lesion and pixel "
-                            f"scores need its tumour outlined (<slide id>.xml or .geojson), or label it normal")
+                            "scores need its tumour outlined (<slide id>.xml or .geojson)")
         if label == 0 and has_tumour:
             raise DataError(f"slide {slide!r} is normal in the reference but {printable(path)!r} outlines tumour; "
                             "fix the reference label or the annotation file")
@@ -173,6 +184,29 @@ def load_cohort(results: str | os.PathLike, annotations: str | os.PathLike, refe
                                  float(grid["stride"]) * scale, float(grid["patch_size"]) * scale,
                                  float(grid["mpp0"]), dimensions))
     return cohort
+
+
+def _note_other_formats(notes: list[str], slide: str, path: Path, read, dimensions, class_map, mask_downsample,
+                        repair) -> None:
+    """A note when the folder holds the slide's annotation in another format too and its tumour differs from
+    the file that was read (:func:`find_annotation_file`: ASAP XML wins over GeoJSON, GeoJSON over a mask)."""
+    for suffix in ANNOTATION_SUFFIXES:
+        other = path.with_name(f"{slide}{suffix}")
+        if other == path or not other.is_file():
+            continue
+        try:
+            second = read_annotations(other, slide_dimensions=dimensions, class_map=class_map,
+                                      mask_downsample=mask_downsample, repair=repair)
+        except DataError as error:
+            notes.append(f"{slide}: {printable(path.name)!r} was read; {printable(other.name)!r} is unreadable ({error})")
+            continue
+        first_tumour = read.tumour if read is not None else None
+        differs = (first_tumour is None) != (second.tumour is None) or (
+            first_tumour is not None and first_tumour.symmetric_difference(second.tumour).area
+            > 0.01 * max(first_tumour.area, second.tumour.area, 1.0))
+        if differs:
+            notes.append(f"{slide}: {printable(path.name)!r} and {printable(other.name)!r} outline different tumour; "
+                         f"{printable(path.name)!r} was read (ASAP XML wins over GeoJSON, GeoJSON over a mask)")
 
 
 def _load_maps(item: SlideInput) -> tuple[np.ndarray, np.ndarray]:

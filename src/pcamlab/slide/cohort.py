@@ -355,13 +355,14 @@ class Cohort:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        self.close()
+        self.close(stopped=isinstance(error, KeyboardInterrupt))
 
-    def close(self) -> None:
+    def close(self, *, stopped: bool = False) -> None:
         """Release every lock still held (a loop ended by an error or a stop: the slide is free for others;
-        its partial result stays for whoever resumes it) and remove the cohort folders when they are empty."""
-        if self._held:
-            self._worked = True  # stopped mid-slide: its log says which slides the cohort has
+        its partial result stays for whoever resumes it) and remove the cohort folders when they are empty.
+        This worker's log goes too when it settled no slide, unless ``stopped`` mid-slide."""
+        if self._held and stopped:
+            self._worked = True  # stopped mid-slide (SIGTERM, Ctrl+C): its log says which slides the cohort has
         for claim, _ in list(self._held.values()):
             claim.release()
         self._probe.unlink(missing_ok=True)

@@ -43,6 +43,8 @@ def finish(results: Path, claim) -> None:
     ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "1"}, (3, 3)),  # --array=1-3
     ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "2",
       "SLURM_ARRAY_TASK_STEP": "3"}, (2, 3)),  # --array=2-8:3 runs tasks 2, 5, 8
+    ({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "0",
+      "SLURM_ARRAY_TASK_MAX": "4", "SLURM_ARRAY_TASK_STEP": "2"}, (3, 3)),  # --array=0-4:2
     ({"RANK": "2", "WORLD_SIZE": "4"}, (3, 4)),
     ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", "RANK": "1", "WORLD_SIZE": "4"}, (6, 8)),
 ])
@@ -55,6 +57,11 @@ def test_the_share_comes_from_slurm_or_torchrun(environ, expected):
 @pytest.mark.parametrize("environ, message", [
     ({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "1"},
      "not one of 2 evenly spaced tasks"),  # --array=1,4: a list, no position to compute
+    ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "1",
+      "SLURM_ARRAY_TASK_MAX": "4", "SLURM_ARRAY_TASK_STEP": "1"},
+     r"not one of 2 evenly spaced tasks from 1 in steps of 1 up to 4 .*--array=1-2:"),  # ... refused in every task
+    ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "0",
+      "SLURM_ARRAY_TASK_MAX": "4", "SLURM_ARRAY_TASK_STEP": "2"}, r"--array=0-4:2:"),  # a step array: its own form
     ({"SLURM_ARRAY_TASK_ID": "2"}, "SLURM_ARRAY_TASK_COUNT is not set"),
     ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "3"}, "SLURM_ARRAY_TASK_ID must be an integer; got 'x'"),
     ({"RANK": "1"}, "WORLD_SIZE is not set"),
@@ -116,6 +123,7 @@ def test_a_live_lock_is_passed_over_and_a_stale_one_taken_over_after_stale_after
     now = [time.time()]
     thief = Cohort(tmp_path, is_done=done_marker(tmp_path), stale_after=300, clock=lambda: now[0])
     assert [claim.key for claim in thief.claim(slides)] == ["b"]  # a is live: passed over
+    assert thief.passed_over["a"].startswith("left to node-elsewhere pid 4242 (running, heartbeat")
     now[0] += 299
     assert [claim.key for claim in thief.claim(slides)] == ["b"]  # b was given back unsettled; a still live
     now[0] += 2  # 301 s without a heartbeat
@@ -218,7 +226,10 @@ def test_the_heartbeat_keeps_a_lock_fresh_and_a_stopped_worker_releases_it(tmp_p
                     stopping.check()
     finally:
         stopping.clear()
-    assert not lock.exists() and not (tmp_path / ".cohort").exists()  # released, nothing written
+    assert not lock.exists() and not (tmp_path / ".cohort" / "locks").exists()  # released
+    # its log stays: it was given two slides, and `slide summary` counts both (its first is not finished)
+    states = cohort_status(tmp_path, is_done=done_marker(tmp_path))
+    assert [(state.key, state.state) for state in states] == [("a", "missing"), ("b", "missing")]
     del claims
 
 
@@ -236,6 +247,23 @@ def test_failures_are_recorded_skipped_and_retried_on_request(tmp_path):
         assert list(cohort.claim(slides)) == []  # done or failed: nothing to take
         retried = list(cohort.claim(slides, retry_failed=True))
         assert [claim.key for claim in retried] == ["b"]
+
+
+def test_summary_counts_every_slide_while_the_first_is_in_progress(tmp_path):
+    slides = ["a.svs", "b.svs", "c.svs"]
+    worker = Cohort(tmp_path, is_done=done_marker(tmp_path))
+    claims = worker.claim(slides)
+    first = next(claims)  # working on a; killed now (-9: no close), its log must already list the cohort
+    states = cohort_status(tmp_path, is_done=done_marker(tmp_path))
+    assert [(state.key, state.state) for state in states] == [("a", "running"), ("b", "missing"), ("c", "missing")]
+    first.release()
+    worker.close()
+    idle = Cohort(tmp_path / "idle", is_done=done_marker(tmp_path / "idle"))
+    (tmp_path / "idle" / "a").mkdir(parents=True)
+    (tmp_path / "idle" / "a" / "summary.json").write_text("{}")
+    assert list(idle.claim(["a.svs"])) == []
+    idle.close()
+    assert not (tmp_path / "idle" / ".cohort").exists()  # a worker that took no slide leaves no log
 
 
 def test_status_says_done_failed_running_and_missing(tmp_path, capsys):
@@ -289,9 +317,18 @@ def test_a_cohort_with_a_damaged_slide_finishes_the_rest_and_records_the_failure
     assert (out / ".cohort" / "failed" / "damaged.json").is_file()
     assert main(["slide", "summary", str(out)]) == 1
     assert "3 slide(s): 2 done, 1 failed, 0 running, 0 missing" in capsys.readouterr().out
-    assert main(command) == 0  # again: the failed slide is not retried, the finished ones are checked and kept
+    assert main(command) == 2  # again: the failed slide is not retried (and says so), the finished ones are kept
     printed = capsys.readouterr().out
-    assert printed.count("already finished") == 3 and "0 slide(s) done, 2 already finished, 0 failed" in printed
+    assert printed.count("already finished") == 3 and "damaged: skipped: failed before" in printed
+    assert "0 slide(s) done, 2 already finished, 0 failed, 1 skipped: failed before (use --retry-failed)" in printed
+    # a slide locked by a live worker elsewhere is named, and left to it
+    fresh = make_synthetic_slide(tmp_path / "fresh.tif", *pools, width=960, height=960, seed=5).path
+    (out / ".cohort" / "locks").mkdir(parents=True, exist_ok=True)
+    (out / ".cohort" / "locks" / "fresh.lock").write_text(json.dumps(other_host().__dict__))
+    assert main(["slide", "predict", str(MODEL), str(fresh), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fresh: left to node-elsewhere pid 4242 (running, heartbeat" in printed, printed
+    assert "0 slide(s) done, 0 already finished, 0 failed, 1 left to other workers" in printed
 
 
 def test_from_slides_workers_share_the_slides_and_the_last_one_assembles(tmp_path):
@@ -327,3 +364,19 @@ def test_from_slides_workers_share_the_slides_and_the_last_one_assembles(tmp_pat
     assert late.complete and late.resumed_slides == len(cohort.slides)
     with pytest.raises(RunFolderError, match="exists"):
         run(tmp_path / "shared")  # one worker alone: an existing dataset is refused, as before
+
+
+def test_the_no_tissue_message_names_slide_predicts_flags():
+    import argparse
+
+    from pcamlab.cli.main import _command_flags, build_parser, cli_message
+    from pcamlab.cli.slide import PREDICT_FLAGS
+
+    message = "no tissue found in slide 'a.tif' (...); check the slide, or lower tissue_threshold / min_tissue_fraction"
+    parameters = ("tissue_threshold", "min_tissue_fraction")
+    expected = "check the slide, or lower --tissue-threshold / --min-tissue"
+    assert cli_message(message, parameters, PREDICT_FLAGS).endswith(expected)  # a cohort's per-slide line
+    parser = build_parser()
+    args = parser.parse_args(["slide", "predict", "m.safetensors", "a.tif", "--out", "o"])
+    assert cli_message(message, parameters, _command_flags(parser, args)).endswith(expected)  # one slide: main()
+    assert isinstance(args, argparse.Namespace)

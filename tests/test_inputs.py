@@ -415,7 +415,7 @@ def test_every_numeric_config_field_has_a_declared_range():
         ("train.epochs=0", "train.epochs must be >= 1"),
         ("train.batch_size=0", "train.batch_size must be >= 1"),
         ("train.gamma=0", "train.gamma must be in (0, 1]"),
-        ("train.seed=-1", "train.seed must be >= 0"),
+        ("train.seed=-1", "train.seed must be in [0, 4294967295]"),
         ("data.valid_fraction=10", "data.valid_fraction must be in (0, 1) (a fraction of the labelled patches); got 10.0 (a percentage? use 0.1)"),
         ("data.num_workers=-2", "data.num_workers must be >= 0"),
         ("augment.blur=2", "augment.blur must be in [0, 1] (a probability)"),

@@ -190,6 +190,9 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, predictor, slide, resul
     message = capsys.readouterr().err.strip()
     assert "unfinished run of other settings (differs in: grid.stride" in message, message
     assert "pass --no-resume to start again (or pass another --out)" in message and len(message.splitlines()) == 1
+    # what a run killed while writing its pictures leaves: temporaries that must not reach the finished folder
+    (partial / ".thumbnail.png.np3em12y.tmp").write_bytes(b"half")
+    (partial / "probability_map.tmp.npy").write_bytes(b"half")
     seen = []
     resumed = predict_slide(predictor, slide.path, out, batch_size=64,
                             progress=lambda done, total: seen.append((done, total)))
@@ -197,6 +200,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, predictor, slide, resul
     assert np.allclose(np.load(resumed.files["tile_probabilities"]), np.load(result.files["tile_probabilities"]),
                        atol=1e-5, equal_nan=True)
     assert not partial.exists()
+    assert not [path.name for path in out.rglob("*") if ".tmp" in path.name]
     assert predict_slide(predictor, slide.path, out, batch_size=64).skipped  # same model and settings: done
 
 

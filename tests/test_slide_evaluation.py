@@ -528,3 +528,161 @@ def test_synthetic_cohort_predicted_then_evaluated(tmp_path, capsys):
     assert metrics["pixel"]["tile_roc_auc"] > 0.8  # the test model tells the cohort's tumour tiles apart
     assert metrics["slide"]["scores"]["max"]["roc_auc"] is not None
     assert len(list((out / "detections").glob("*.csv"))) == 6
+
+
+# ---- tester 3's defects: ranges, seeds, two writers of one out_dir, mixed models ----
+
+
+def test_smoothing_wider_than_the_map_is_the_same_gaussian_and_fast():
+    import time
+
+    from scipy import ndimage
+
+    from pcamlab.slide.evaluation.detections import _smooth
+
+    values = np.random.default_rng(0).random((30, 40))
+    for sigma in (0.7, 9.9, 10.0, 100.0, 3000.0):  # below and above the map's size (kernel radius 4 sigma)
+        assert np.allclose(_smooth(values, sigma), ndimage.gaussian_filter(values, sigma, mode="constant"),
+                           rtol=1e-9, atol=1e-15)
+    started = time.perf_counter()
+    _smooth(values, 1e9 / 7.8)  # the tester's sigma: minutes and gigabytes before
+    assert time.perf_counter() - started < 1.0
+
+
+def test_every_evaluate_number_has_a_declared_range(cohort, tmp_path, capsys):
+    results, annotations, reference = cohort
+    out = tmp_path / "evaluation"
+    base = ["slide", "evaluate", str(results), "--annotations", str(annotations), "--reference", str(reference),
+            "--out", str(out)]
+    for flag, value, shown in (("--smoothing-um", "1e9", "--smoothing-um must be a number in [0, 2000]"),
+                               ("--min-distance-um", "1e12", "--min-distance-um must be a number in [0, 10000]"),
+                               ("--detection-threshold", "1.5", "--detection-threshold must be a number in [0, 1]"),
+                               ("--threshold", "2", "--threshold must be a number in [0, 1]"),
+                               ("--folds", "1000", "--folds must be an integer in [2, 100]"),
+                               ("--bootstrap", "1000000000", "--bootstrap must be an integer in [0, 100000]"),
+                               ("--top-k", "0", "--top-k must be an integer in [1, 1000000]"),
+                               ("--report-slides", "-1", "--report-slides must be an integer in [0, 10000]")):
+        assert shown in one_line_error(capsys, [*base, flag, value]), flag
+    with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 4294967295\]; got -1"):
+        from pcamlab.slide.evaluation import evaluate_slides
+
+        evaluate_slides(results, annotations, reference, out, seed=-1)
+    for seed in ("-1", "99999999999"):  # argparse refuses it: exit 2, the range in the message
+        with pytest.raises(SystemExit) as stopped:
+            main([*base, "--seed", seed])
+        assert stopped.value.code == 2 and "--seed: must be an integer in [0, 4294967295]" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_every_seed_option_of_every_command_has_the_seed_range():
+    import argparse
+
+    from pcamlab.cli._common import seed_type
+    from pcamlab.cli.main import build_parser
+
+    found = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, f"{path} {name}")
+            elif "--seed" in action.option_strings:
+                found.append((path, action.type))
+
+    walk(build_parser(), "pcamlab")
+    assert len(found) >= 7 and all(kind is seed_type for _, kind in found), found
+    assert seed_type("0") == 0 and seed_type(str(2**32 - 1)) == 2**32 - 1
+    for text in ("-1", str(2**32), "1.5", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"\[0, 4294967295\]"):
+            seed_type(text)
+    from pcamlab.config import RunConfig
+    from pcamlab.config_ranges import check_ranges
+
+    config = RunConfig()
+    config.train.seed = 2**32
+    with pytest.raises(ConfigError, match="train.seed"):
+        check_ranges(config)
+
+
+def test_two_evaluations_into_one_out_dir_one_wins_the_other_is_refused(cohort, tmp_path, capsys):
+    import subprocess
+
+    from pcamlab.errors import RunFolderError
+    from pcamlab.fileio import _host, staged_folder
+
+    results, annotations, reference = cohort
+    out = tmp_path / "evaluation"
+    argv = ["slide", "evaluate", str(results), "--annotations", str(annotations), "--reference", str(reference),
+            "--out", str(out), "--bootstrap", "0", "--folds", "2"]
+    other = subprocess.Popen(["sleep", "30"])  # a live process that is writing out_dir now
+    try:
+        staging = tmp_path / f".evaluation.{other.pid}@{_host()}.abc123.partial"
+        (staging / "detections").mkdir(parents=True)
+        (staging / "detections" / "t1.csv").write_text("")
+        error = one_line_error(capsys, argv)
+        assert f"is being written by pid {other.pid}" in error and "--out" in error
+        assert (staging / "detections" / "t1.csv").is_file()  # its files untouched
+    finally:
+        other.kill()
+        other.wait()
+    # the writer died: its staging folder is left over and removed; this run writes out_dir
+    assert main(argv) == 0, capsys.readouterr().err
+    assert not staging.exists() and (out / "metrics.json").is_file()
+    # out_dir finished by another process while this one was writing: refused, nothing of this run kept
+    late = tmp_path / "late"
+    with pytest.raises(RunFolderError, match="already exists and holds files"):
+        with staged_folder(late) as mine:
+            (mine / "a.txt").write_text("mine")
+            late.mkdir()
+            (late / "a.txt").write_text("theirs")
+    assert (late / "a.txt").read_text() == "theirs" and not list(tmp_path.glob(".late.*"))
+
+
+def test_results_of_two_models_are_refused_unless_asked_for(cohort, tmp_path, capsys):
+    results, annotations, reference = cohort
+    for slide, model in (("t1", "a" * 64), ("t2", "a" * 64), ("t3", "b" * 64), ("n1", "a" * 64), ("n2", "b" * 64),
+                         ("n3", "a" * 64)):
+        summary = json.loads((results / slide / "summary.json").read_text())
+        summary["run"] = {"model_sha256": model}
+        (results / slide / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "evaluation"
+    argv = ["slide", "evaluate", str(results), "--annotations", str(annotations), "--reference", str(reference),
+            "--out", str(out), "--bootstrap", "0", "--folds", "2", "--seed", "7"]
+    error = one_line_error(capsys, argv)
+    assert "come from 2 different models" in error and "--mixed-models" in error and not out.exists()
+    assert main([*argv, "--mixed-models"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted((row["model_sha256"], row["slides"]) for row in metrics["models"]) == [("a" * 64, 4), ("b" * 64, 2)]
+    assert metrics["options"]["seed"] == 7 and metrics["options"]["folds"] == 2
+    assert any("2 different models" in note for note in metrics["warnings"])
+
+
+def write_tumour_asap(path: Path, box: tuple[float, float, float, float]) -> Path:
+    left, top, right, bottom = box
+    points = "".join(f'<Coordinate Order="{order}" X="{x}" Y="{y}"/>' for order, (x, y) in
+                     enumerate([(left, top), (right, top), (right, bottom), (left, bottom)]))
+    path.write_text('<?xml version="1.0"?><ASAP_Annotations><Annotations><Annotation Name="A" Type="Polygon" '
+                    f'PartOfGroup="Tumor"><Coordinates>{points}</Coordinates></Annotation></Annotations>'
+                    '<AnnotationGroups><Group Name="Tumor" PartOfGroup="None"/></AnnotationGroups></ASAP_Annotations>')
+    return path
+
+
+def test_annotation_notes_two_formats_that_disagree_and_files_of_no_slide(cohort, tmp_path, capsys):
+    results, annotations, reference = cohort
+    write_tumour_asap(annotations / "t1.xml", (0, 0, 480, 480))  # t1 again, elsewhere: the XML wins, noted
+    write_tumour_asap(annotations / "t2.xml", (LESION[0] * CELL, LESION[0] * CELL, LESION[1] * CELL,
+                                               LESION[1] * CELL))  # the same outline: no note
+    write_tumour_geojson(annotations / "x9.geojson", (0, 0, 480, 480))  # a slide of no reference, no result
+    out = tmp_path / "evaluation"
+    assert main(["slide", "evaluate", str(results), "--annotations", str(annotations), "--reference", str(reference),
+                 "--out", str(out), "--bootstrap", "0", "--folds", "2"]) == 0, capsys.readouterr().err
+    warnings = json.loads((out / "metrics.json").read_text())["warnings"]
+    assert any(note.startswith("t1: 't1.xml' and 't1.geojson' outline different tumour") for note in warnings), warnings
+    assert not any(note.startswith("t2:") for note in warnings), warnings
+    assert any("1 annotation file(s) name a slide in neither" in note and "x9" in note for note in warnings)
+    for name in ("t3.geojson",):
+        (annotations / name).unlink()
+    error = one_line_error(capsys, ["slide", "evaluate", str(results), "--annotations", str(annotations),
+                                    "--reference", str(reference), "--out", str(tmp_path / "e2")])
+    assert "tumour slide 't3' has no annotation file" in error and "label it normal" not in error

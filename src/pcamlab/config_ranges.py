@@ -27,7 +27,7 @@ from typing import Any
 
 from pcamlab.errors import ConfigError
 
-__all__ = ["Range", "RANGES", "COMBINATIONS", "check_field", "check_number", "check_ranges", "check_combinations"]
+__all__ = ["Range", "SEED", "check_seed", "RANGES", "COMBINATIONS", "check_field", "check_number", "check_ranges", "check_combinations"]
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,38 @@ class Range:
         return True
 
     def describe(self) -> str:
-        """``in [0, 1)``, ``>= 1``, ``> 0``, ..."""
+        """``in [0, 1)``, ``>= 1``, ``> 0``, ``in [0, 4294967295]``, ..."""
+        low, high = _bound(self.low), _bound(self.high)
         if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
         if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        return f"{'<' if self.high_open else '<='} {self.high:g}"
+            return f"{'>' if self.low_open else '>='} {low}"
+        return f"{'<' if self.high_open else '<='} {high}"
+
+
+def _bound(value: float | None) -> str:
+    """A bound as written: whole numbers in full (``4294967295``, not ``4.29497e+09``), others with ``:g``."""
+    if value is None:
+        return ""
+    if float(value).is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return f"{value:g}"
+
+
+SEED = Range(0, 2**32 - 1, example="0")
+"""The one range of every seed (config fields, ``--seed`` options, library ``seed`` parameters):
+scikit-learn's ``check_random_state`` refuses anything outside ``0..2**32 - 1``."""
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """Raise one ConfigError unless ``value`` is an integer seed in :data:`SEED`; returns it.
+
+    Example:
+        >>> check_seed(-1)
+        Traceback (most recent call last):
+        pcamlab.errors.ConfigError: seed must be an integer in [0, 4294967295]; got -1; use e.g. 0
+    """
+    return check_number(name, value, SEED, integer=True)
 
 
 def _probability(example: str, meaning: str = "a probability") -> Range:
@@ -84,7 +110,7 @@ def _at_least(low: float, example: str, meaning: str = "") -> Range:
 # typical values: the field comments in pcamlab.config and the papers they cite.
 RANGES: dict[str, Range] = {
     "data.valid_fraction": _fraction("0.1", "a fraction of the labelled patches"),
-    "data.seed": _at_least(0, "0"),
+    "data.seed": SEED,
     "data.memory_budget_gb": _at_least(0, "4", "gigabytes"),
     "data.num_workers": _at_least(0, "2"),
     "augment.brightness": Range(0, 1, example="0.1", meaning="a relative change, 0 = off"),
@@ -116,7 +142,7 @@ RANGES: dict[str, Range] = {
     "train.patience": _at_least(0, "5", "epochs, 0 = never stop early"),
     "train.min_delta": _at_least(0, "0.001"),
     "train.patience_lr_fraction": Range(0, 1, low_open=True, example="0.1", meaning="a fraction of the peak learning rate, 1 = every epoch counts"),
-    "train.seed": _at_least(0, "0"),
+    "train.seed": SEED,
     "train.max_steps_per_epoch": _at_least(0, "100", "0 = a full epoch"),
     "train.time_budget_minutes": _at_least(0, "15", "minutes, 0 = no limit"),
     "train.threads": _at_least(0, "2", "0 = torch's default"),
@@ -160,7 +186,7 @@ def check_number(name: str, value: Any, allowed: Range, *, integer: bool = False
     kind = "an integer" if integer else "a number"
     numeric = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, numeric) or not allowed.contains(value):
-        raise ConfigError(_message(name, value, allowed, kind))
+        raise ConfigError(_message(name, value, allowed, kind), parameters=(name,))
     return value if integer else float(value)
 
 

@@ -14,18 +14,21 @@ logger (the CLI prints it as a ``note:`` line). A temporary of a process still r
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import logging
 import math
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["atomic_path", "refuse_existing", "write_text_atomic", "write_json_atomic", "json_safe", "printable", "publish",
            "save_png", "check_new_png", "save_image_png", "temporary_file", "temporary_folder_name",
-           "remove_stale_temporaries"]
+           "remove_stale_temporaries", "staged_folder", "folder_in_progress"]
 
 #: Where fileio says what it cleaned up (stale temporaries); the CLI prints these as ``note:`` lines.
 LOG = logging.getLogger("pcamlab.fileio")
@@ -285,3 +288,95 @@ def save_png(figure, path: str | os.PathLike, *, dpi: int = 120, **savefig_optio
     with atomic_path(path) as temporary, open(temporary, "wb") as stream:
         figure.savefig(stream, format="png", dpi=dpi, **savefig_options)
     return path
+
+
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9_-]*)\.[A-Za-z0-9_]+\.partial$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def folder_in_progress(target: str | os.PathLike) -> str | None:
+    """Who is building ``target`` in a :func:`staged_folder` now (``"pid 123 on node7"``), or None.
+
+    Staging folders of processes of this host that have ended (killed runs) are removed on the way; one of
+    another host counts as in progress (its liveness cannot be told from here).
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return None
+    for path in sorted(target.parent.glob(f".{glob.escape(target.name)}.*.partial")):
+        match = _STAGING.match(path.name)
+        if match is None or match["name"] != target.name:
+            continue
+        pid, host = int(match["pid"]), match["host"]
+        if host == _host() and (pid == os.getpid() or not _alive(pid)):
+            if pid != os.getpid():
+                shutil.rmtree(path, ignore_errors=True)  # left by a killed run
+            continue
+        return f"pid {pid} on {host or 'another host'} (staging in {printable(path)!r})"
+    return None
+
+
+@contextlib.contextmanager
+def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """Build the output folder ``target`` in a private hidden staging folder and rename it into place whole.
+
+    The staging folder (``.NAME.<pid>@<host>.<random>.partial`` beside ``target``) is this process's own, so
+    two processes asked for the same ``target`` never share or delete each other's files. On success it is
+    renamed onto ``target`` (an empty ``target`` folder is replaced; a file or a folder with files is never
+    touched); on error, or when ``target`` was finished by another process meanwhile, it is removed.
+
+    Raises:
+        RunFolderError: another live process is building ``target`` now (at entry), or ``target`` holds files
+            (at entry or, written meanwhile by another process, at the end). Its ``parameters`` name ``out_dir``.
+
+    Example:
+        >>> with staged_folder("evaluation") as staging:
+        ...     write_json_atomic(staging / "metrics.json", metrics)
+    """
+    from pcamlab.errors import RunFolderError
+
+    target = Path(target)
+
+    def refuse_finished() -> None:
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise RunFolderError(f"{printable(target)!r} already exists and holds files (finished by another process "
+                                 "meanwhile?); a finished output is never overwritten: choose another out_dir or "
+                                 "delete it", parameters=("out_dir",))
+
+    refuse_finished()
+    holder = folder_in_progress(target)
+    if holder is not None:
+        raise RunFolderError(f"{printable(target)!r} is being written by {holder}; wait for it, or choose another "
+                             "out_dir", parameters=("out_dir",))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}@{_host()}.", suffix=".partial",
+                                    dir=target.parent))
+    try:
+        yield staging
+        refuse_finished()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it 0700; a result folder is shared like any other
+        try:
+            os.rename(staging, target)  # atomic; replaces an empty folder, fails on one with files or a file
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise
+            refuse_finished()
+            raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -31,3 +31,17 @@ def progress_bar(description: str, enabled: bool = True, unit: str = "patch"):
     from pcamlab.progress import progress_bar as bar
 
     return bar(description, enabled and sys.stderr.isatty(), unit=unit)
+
+
+def seed_type(text: str) -> int:
+    """argparse ``type`` of every ``--seed``: an integer in :data:`pcamlab.config_ranges.SEED` (0..2**32-1, the
+    seeds scikit-learn, NumPy and PyTorch all accept), refused at parse time with the allowed range."""
+    from pcamlab.config_ranges import SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not SEED.contains(value):
+        raise argparse.ArgumentTypeError(f"must be an integer {SEED.describe()}; got {text!r}; use e.g. {SEED.example}")
+    return value

@@ -13,7 +13,7 @@ import argparse
 import shlex
 import sys
 
-from pcamlab.cli._common import add_format_argument, progress_bar
+from pcamlab.cli._common import add_format_argument, progress_bar, seed_type
 
 __all__ = ["register"]
 
@@ -41,7 +41,7 @@ def register(subparsers) -> None:
     info.add_argument("--config", action="append", default=[],
                       help="run config YAML whose augment section --augment uses (repeatable: merged in order)")
     info.add_argument("--per-class", type=int, default=16, help="patches per class on each contact sheet")
-    info.add_argument("--seed", type=int, default=0, help="seed of the drawn patches and of Kaggle splits")
+    info.add_argument("--seed", type=seed_type, default=0, help="seed of the drawn patches and of Kaggle splits")
     info.add_argument("--valid-fraction", type=float, default=0.1, help="Kaggle layout: held-out fraction")
     info.add_argument("--skip-bad", action="store_true", help="count unreadable images instead of stopping")
     info.set_defaults(func=run_info)
@@ -63,7 +63,7 @@ def register(subparsers) -> None:
     )
     convert.add_argument("--splits", nargs="+", help="splits to convert (default: all)")
     convert.add_argument("--valid-fraction", type=float, default=0.1, help="Kaggle source: held-out fraction")
-    convert.add_argument("--seed", type=int, default=0, help="Kaggle source: seed of the train/valid split")
+    convert.add_argument("--seed", type=seed_type, default=0, help="Kaggle source: seed of the train/valid split")
     convert.add_argument("--skip-bad", action="store_true", help="leave out unreadable images, count them")
     convert.set_defaults(func=run_convert)
 
@@ -233,7 +233,7 @@ def register_from_slides(commands) -> None:
                         help="tissue rule (default: HSV saturation, PCam's)")
     parser.add_argument("--tissue-threshold", type=float, default=keep,
                         help="HSV saturation below which a pixel is glass (default 0.07)")
-    parser.add_argument("--seed", type=int, default=keep, help="seed of the split and sampling (default 0)")
+    parser.add_argument("--seed", type=seed_type, default=keep, help="seed of the split and sampling (default 0)")
     parser.add_argument("--no-resume", action="store_true", help="discard an unfinished OUT.partial/ and start again")
     add_cohort_arguments(parser, "workers given the same --out share OUT.partial/ with a lock per slide, and the "
                          "one that finds every slide cut writes OUT")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pcamlab.cli._common import seed_type
+
 __all__ = ["register", "run"]
 
 
@@ -30,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--n", type=int, default=256, help="patches drawn at random from the split (default: 256)")
     parser.add_argument("--per-group", type=int, default=6, help="patches per Grad-CAM group (default: 6)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random draw (default: 0)")
+    parser.add_argument("--seed", type=seed_type, default=0, help="seed of the random draw (default: 0)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.set_defaults(func=run)
 

@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Library parameters whose name differs from the flag's destination (``train(config, out_dir)`` <- ``--out``).
 PARAMETER_DESTINATIONS = {"out_dir": "out", "out_path": "out", "batch_sizes": "batch_size", "precisions": "precision",
                           "space_file": "space", "max_size": "size", "path": "out",
-                          "normal_slides": "normal", "tumour_slides": "tumour", "split_map": "split_csv"}
+                          "normal_slides": "normal", "tumour_slides": "tumour", "split_map": "split_csv",
+                          "min_tissue_fraction": "min_tissue"}
 
 
 def _command_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pcamlab.cli._common import seed_type
+
 __all__ = ["register", "register_evaluate", "parse_shard", "add_annotation_arguments", "annotation_options", "remarks",
            "add_cohort_arguments"]
 
@@ -268,8 +270,17 @@ def _annotation_text(facts: dict) -> str:
     return "\n".join(lines)
 
 
+# predict_slide's parameters named in its messages -> slide predict's flags (a cohort's per-slide failure lines)
+PREDICT_FLAGS = {"mpp": "--mpp", "tissue_threshold": "--tissue-threshold", "min_tissue_fraction": "--min-tissue"}
+
+
 def run_predict(args: argparse.Namespace) -> int:
-    """Predict the slides of this worker's share (then, unless --no-steal, any left undone), one lock each."""
+    """Predict the slides of this worker's share (then, unless --no-steal, any left undone), one lock each.
+
+    Exit 0 when every slide it was given is done or held by a live worker (each held one is named: "left to
+    HOST pid N (running, ...)"); 2 when a slide failed now or was skipped for its failure record.
+    """
+    import shlex
     from pathlib import Path
 
     from pcamlab import stopping
@@ -333,7 +344,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 claim.fail(error)
                 from pcamlab.cli.main import cli_message
 
-                message = cli_message(str(error), error.parameters, {"mpp": "--mpp"})
+                message = cli_message(str(error), error.parameters, PREDICT_FLAGS)
                 print(f"{claim.slide}: FAILED: {message} (recorded in {cohort.failed / claim.key}.json)")
                 failed += 1
                 continue
@@ -351,9 +362,21 @@ def run_predict(args: argparse.Namespace) -> int:
                 f"({summary['tiles_per_second'] or 0:,.0f} tiles/s), {summary['seconds']:.1f} s -> {result.out_dir}"
             )
             done += 1
-    print(f"{done} slide(s) done, {skipped} already finished, {failed} failed{where}"
-          + (f"; see pcamlab slide summary {args.out}" if failed or share.count > 1 else ""))
-    return 2 if failed else 0
+        passed_over = dict(cohort.passed_over)
+    failed_before = sorted(key for key, why in passed_over.items() if why == "failed before")
+    for key in failed_before:
+        print(f"{key}: skipped: failed before (see {cohort.failed / key}.json; --retry-failed tries it again)")
+    left = {key: why for key, why in passed_over.items() if why != "failed before"}
+    for key, why in left.items():
+        print(f"{key}: {why}")
+    counts = [f"{done} slide(s) done", f"{skipped} already finished", f"{failed} failed"]
+    if failed_before:
+        counts.append(f"{len(failed_before)} skipped: failed before (use --retry-failed)")
+    if left:
+        counts.append(f"{len(left)} left to other workers")
+    print(", ".join(counts) + where + (f"; see pcamlab slide summary {shlex.quote(str(args.out))}"
+                                       if failed or failed_before or left or share.count > 1 else ""))
+    return 2 if failed or failed_before else 0
 
 
 def _predict_one(args: argparse.Namespace, predictor, slide_path, folder):
@@ -453,7 +476,7 @@ def register_synth_cohort(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--tumour", type=int, default=2, help="tumour slides (default 2)")
     parser.add_argument("--split", choices=["train", "valid"], default="valid",
                         help="patches from this PCam split: train (slides normal_/tumor_NNN) or valid (test_NNN; default)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
+    parser.add_argument("--seed", type=seed_type, default=0, help="seed of everything (default 0)")
     parser.add_argument("--width", type=int, default=4096, help="level-0 width in pixels, 768 to 50,000 (default 4096 = 4 mm)")
     parser.add_argument("--height", type=int, default=3072, help="level-0 height in pixels, 768 to 50,000 (default 3072 = 3 mm)")
     parser.add_argument("--patches", metavar="DIR", help="folder with train/ and valid/ of 0/ 1/ patch folders "
@@ -527,7 +550,9 @@ def register_evaluate(commands: argparse._SubParsersAction) -> None:
                           help="longest axis of a lesion for the ITC rule (default major_axis, as the official code)")
     evaluate.add_argument("--report-slides", type=int, default=40,
                           help="most slides drawn in report.html, wrong ones first (default 40)")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the folds, the forest and the bootstrap")
+    evaluate.add_argument("--seed", type=seed_type, default=0, help="seed of the folds, the forest and the bootstrap")
+    evaluate.add_argument("--mixed-models", action="store_true", help="score results predicted by different models "
+                          "together (refused by default: their summary.json record different model_sha256)")
     evaluate.set_defaults(func=run_evaluate)
 
 
@@ -542,7 +567,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         evaluation = evaluate_slides(
             args.results, args.annotations, args.reference, args.out, detection=detection, top_k=args.top_k,
             threshold=args.threshold, aggregator=args.aggregator, folds=args.folds, seed=args.seed,
-            bootstrap=args.bootstrap, itc_axis=args.itc_axis, report_slides=args.report_slides, progress=update,
+            bootstrap=args.bootstrap, itc_axis=args.itc_axis, report_slides=args.report_slides,
+            mixed_models=args.mixed_models, progress=update,
             **annotation_options(args),
         )
     finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from pcamlab.cli._common import add_config_arguments
+from pcamlab.cli._common import add_config_arguments, seed_type
 
 __all__ = ["register", "run"]
 
@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--protocol", choices=["holdout", "kfold"], default="holdout",
                         help="trial score: best validation AUC (holdout) or its mean over k folds of train (kfold)")
     search.add_argument("--folds", type=int, default=5, metavar="K", help="k for --protocol kfold (default 5)")
-    search.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    search.add_argument("--seed", type=seed_type, default=0, help="sampler seed (default 0)")
     scale = parser.add_argument_group("scale-out")
     scale.add_argument("--workers", type=int, default=1, metavar="N", help="trial processes on this machine (default 1)")
     scale.add_argument("--threads", type=int, default=0, metavar="T", help="torch threads per worker (default: cores / workers)")

@@ -124,11 +124,16 @@ def resolve_shard(shard: tuple[int, int] | None = None, environ: Mapping[str, st
         tasks = _integer(environ, "SLURM_ARRAY_TASK_COUNT")
         first = _integer(environ, "SLURM_ARRAY_TASK_MIN", 0)
         step = _integer(environ, "SLURM_ARRAY_TASK_STEP", 1)
+        last = _integer(environ, "SLURM_ARRAY_TASK_MAX", first + (max(tasks, 1) - 1) * max(step, 1))
         offset = task_id - first
-        if tasks < 1 or step < 1 or offset < 0 or offset % step or offset // step >= tasks:
+        # SLURM_ARRAY_TASK_MAX too: every task of a list array (--array=1,4) sees the same environment, so each
+        # one refuses, not only those whose id falls off the range
+        if (tasks < 1 or step < 1 or offset < 0 or offset % step or offset // step >= tasks
+                or last != first + (tasks - 1) * step):
+            hint = f"{first}-{first + (max(tasks, 1) - 1) * max(step, 1)}" + (f":{step}" if step > 1 else "")
             raise ConfigError(
                 f"Slurm array task {task_id} is not one of {tasks} evenly spaced tasks from {first} in steps of "
-                f"{step} (a list array such as 1,4?); submit a range of tasks (0-{max(tasks, 1) - 1}: "
+                f"{step} up to {last} (a list array such as 1,4?); submit a range of tasks (e.g. --array={hint}: "
                 "finished slides are skipped) or give the share explicitly with shard=(index, count)",
                 parameters=("shard",))
         task = offset // step
@@ -341,21 +346,29 @@ class Cohort:
         self.log_path = self.logs / f"{self.worker.name}.jsonl"
         self._held: dict[str, tuple[Claim, _Heartbeat]] = {}
         self._start: dict[str, Any] | None = None
+        self._logged = False  # this worker's log holds its start line
+        self._worked = False  # some slide was settled with an event, or held when the worker stopped
+        self.passed_over: dict[str, str] = {}  # after claim(): undone slides it did not take, and why
         self._probe = self.locks / f".clock.{self.worker.token}"
 
     def __enter__(self) -> Cohort:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        self.close()
+        self.close(stopped=isinstance(error, KeyboardInterrupt))
 
-    def close(self) -> None:
+    def close(self, *, stopped: bool = False) -> None:
         """Release every lock still held (a loop ended by an error or a stop: the slide is free for others;
-        its partial result stays for whoever resumes it) and remove the cohort folders when they are empty."""
+        its partial result stays for whoever resumes it) and remove the cohort folders when they are empty.
+        This worker's log goes too when it settled no slide, unless ``stopped`` mid-slide."""
+        if self._held and stopped:
+            self._worked = True  # stopped mid-slide (SIGTERM, Ctrl+C): its log says which slides the cohort has
         for claim, _ in list(self._held.values()):
             claim.release()
         self._probe.unlink(missing_ok=True)
-        for folder in (self.locks, self.root, *([self.results] if self._made_results else [])):
+        if self._logged and not self._worked:  # a worker that took no slide leaves no log
+            self.log_path.unlink(missing_ok=True)
+        for folder in (self.locks, self.logs, self.root, *([self.results] if self._made_results else [])):
             # a run that wrote nothing leaves nothing
             try:
                 folder.rmdir()
@@ -465,15 +478,23 @@ class Cohort:
                 order += other.take(keys)[::-1]
         self._start = {"event": "start", "worker": self.worker.__dict__, "shard": str(shard), "steal": steal,
                        "slides": [os.fspath(slide) for slide in slides], "time": time.time()}
+        self._log(None)  # at once: `slide summary` counts the whole cohort while the first slide runs
         offered: set[str] = set()  # a slide this worker gave back unfinished is not taken again by it
         taken = True
         while taken:
             taken = False
+            passed: dict[str, str] = {}
             for key in order:
-                if key in offered or self.is_done(key) or (not retry_failed and (self.failed / f"{key}.json").exists()):
+                if key in offered or self.is_done(key):
+                    continue
+                if not retry_failed and (self.failed / f"{key}.json").exists():
+                    passed[key] = "failed before"
                     continue
                 got, took_over = self._try_lock(key, by_key[key])
                 if not got:
+                    state, holder, why = self.lock_state(key)
+                    passed[key] = (f"left to {holder.describe() if holder else 'a worker starting up'} (running, {why})"
+                                   if state == "live" else "locked by another worker")
                     continue
                 claim = Claim(by_key[key], key, took_over, self)
                 heartbeat = _Heartbeat(self.locks / f"{key}.lock", self.worker.token,
@@ -488,6 +509,7 @@ class Cohort:
                 yield claim
                 if not claim.settled:
                     claim.release()
+            self.passed_over = passed
 
     def _settle(self, claim: Claim, event: str | None, facts: dict[str, Any]) -> None:
         if claim.settled:
@@ -506,15 +528,21 @@ class Cohort:
             self._log({"event": event, "slide": claim.key, "took_over": claim.took_over, **facts})
         _remove_if(self.locks / f"{claim.key}.lock", lambda values: values.get("token") == self.worker.token)
 
-    def _log(self, entry: dict[str, Any]) -> None:
-        """Append one line to this worker's own log (only this process writes it: safe on NFS)."""
+    def _log(self, entry: dict[str, Any] | None) -> None:
+        """Append one line to this worker's own log (only this process writes it: safe on NFS); its start line
+        (the slides it was given) first. ``None``: the start line alone."""
         self.logs.mkdir(parents=True, exist_ok=True)
-        lines = [] if self.log_path.exists() or self._start is None else [self._start]
-        lines.append({**entry, "time": time.time()})
+        lines = [] if self._logged or self._start is None else [self._start]
+        if entry is not None:
+            lines.append({**entry, "time": time.time()})
+            self._worked = True
+        if not lines:
+            return
         with open(self.log_path, "a", encoding="utf-8") as handle:
             handle.writelines(json.dumps(json_safe(line)) + "\n" for line in lines)
             handle.flush()
             os.fsync(handle.fileno())
+        self._logged = self._logged or self._start is not None
 
 
 def _remove_if(path: Path, belongs: Callable[[dict[str, Any]], bool]) -> bool:

@@ -225,6 +225,18 @@ def _predict_tiles(predictor: Any, readers: _Readers, chunks: list, tiles_grid: 
     return done
 
 
+def _remove_leftovers(partial: Path) -> None:
+    """Remove from a resumed partial folder everything but its tile grid and state: the killed run's temporary
+    files (``.thumbnail.png.*.tmp``, ``probability_map.tmp.npy``) and outputs it had begun, all written again."""
+    for path in partial.iterdir():
+        if path.name in (TILE_FILE, STATE_FILE):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def _open_partial(partial: Path, state: dict[str, Any], shape: tuple[int, int], resume: bool) -> np.ndarray:
     """The memory-mapped tile grid of the partial folder: reopened when its state matches, else new."""
     state_path = partial / STATE_FILE
@@ -240,6 +252,7 @@ def _open_partial(partial: Path, state: dict[str, Any], shape: tuple[int, int], 
             try:
                 tiles = np.load(partial / TILE_FILE, mmap_mode="r+")
                 if tiles.shape == shape and tiles.dtype == np.float32:
+                    _remove_leftovers(partial)
                     return tiles
             except (OSError, ValueError):
                 pass
@@ -406,7 +419,8 @@ def predict_slide(
             raise DataError(
                 f"no tissue found in slide {str(slide.path)!r} (tissue_method={tissue_method!r}, saturation "
                 f"threshold {tissue_threshold}, {mask.mean():.1%} of the mask is tissue, no tile has "
-                f"{min_tissue_fraction:.0%}); check the slide, or lower tissue_threshold / min_tissue_fraction"
+                f"{min_tissue_fraction:.0%}); check the slide, or lower tissue_threshold / min_tissue_fraction",
+                parameters=("tissue_threshold", "min_tissue_fraction"),
             )
         info = slide.info()
 

@@ -29,11 +29,21 @@ from typing import Any
 
 import numpy as np
 
+from pcamlab.config_ranges import Range, check_number
 from pcamlab.errors import ConfigError, did_you_mean
 
-__all__ = ["DETECTION_METHODS", "DetectionOptions", "detect"]
+__all__ = ["DETECTION_METHODS", "DETECTION_RANGES", "DetectionOptions", "detect"]
 
 DETECTION_METHODS = ("local_maxima", "components")
+# The allowed range of each number of DetectionOptions, declared once (field -> (name in messages, range)).
+# The message names the evaluate_slides / CLI option (detection_threshold -> --detection-threshold).
+# Upper bounds: a Gaussian wider than a macro-metastasis (> 2 mm, AJCC; Camelyon16's largest class) only
+# flattens the map, and 10 mm between two lesions is more than most lymph-node sections hold.
+DETECTION_RANGES = {
+    "threshold": ("detection_threshold", Range(0, 1, example="0.5", meaning="a probability")),
+    "smoothing_um": ("smoothing_um", Range(0, 2000, example="50", meaning="um; 0 = no smoothing")),
+    "min_distance_um": ("min_distance_um", Range(0, 10000, example="200", meaning="um")),
+}
 
 
 @dataclass(frozen=True)
@@ -59,13 +69,8 @@ class DetectionOptions:
             raise ConfigError(f"detection method must be one of {list(DETECTION_METHODS)}; got "
                               f"{self.method!r}{did_you_mean(self.method, DETECTION_METHODS)}",
                               parameters=("method",))
-        if not (isinstance(self.threshold, (int, float)) and 0 <= self.threshold <= 1):
-            raise ConfigError(f"detection threshold must be a probability in [0, 1]; got {self.threshold!r}",
-                              parameters=("threshold",))
-        for name in ("smoothing_um", "min_distance_um"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ConfigError(f"{name} must be a length in um >= 0; got {value!r}", parameters=(name,))
+        for field_name, (name, allowed) in DETECTION_RANGES.items():
+            check_number(name, getattr(self, field_name), allowed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +96,31 @@ def _suppress(points: list[tuple[float, int, int]], distance: float) -> list[tup
     return kept
 
 
+def _smooth(values: np.ndarray, sigma: float) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(values, sigma, mode="constant")``, in time bounded by the map's size.
+
+    Outside the map the constant mode pads zeros, so the kernel's taps beyond the map's extent add nothing;
+    when the kernel (radius ``4 sigma``, scipy's default ``truncate``) is wider than the map, only the taps
+    that can reach another cell are applied, weighted as in the full kernel. The same numbers; without this a
+    wide sigma took minutes and gigabytes in a C loop no stop request could interrupt.
+    """
+    from scipy import ndimage, special
+
+    full = int(4.0 * sigma + 0.5)  # scipy's kernel radius
+    if full < max(values.shape):
+        return ndimage.gaussian_filter(values, sigma, mode="constant")
+    smoothed = values
+    for axis in (0, 1):
+        radius = values.shape[axis] - 1
+        taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+        if full <= 1_000_000:  # the full kernel's sum, exactly
+            total = float(np.exp(-0.5 * (np.arange(-full, full + 1) / sigma) ** 2).sum())
+        else:  # its integral: the sum of a Gaussian this wide differs by far less than float precision
+            total = sigma * math.sqrt(2 * math.pi) * float(special.erf((full + 0.5) / (sigma * math.sqrt(2))))
+        smoothed = ndimage.correlate1d(smoothed, taps / total, axis=axis, mode="constant")
+    return smoothed
+
+
 def detect(probability_map: np.ndarray, cell_level0: float, mpp: float,
            options: DetectionOptions = DetectionOptions()) -> np.ndarray:
     """Detections of one slide's map.
@@ -106,7 +136,6 @@ def detect(probability_map: np.ndarray, cell_level0: float, mpp: float,
     Returns:
         float64 ``(N, 3)``: probability, x, y (integer-valued level-0 pixels), highest probability first.
     """
-    from scipy import ndimage
     from skimage import feature, measure
 
     values = np.nan_to_num(np.asarray(probability_map, dtype=np.float64), nan=0.0)
@@ -122,7 +151,7 @@ def detect(probability_map: np.ndarray, cell_level0: float, mpp: float,
             points.append((values[best[0], best[1]], best[0], best[1]))
     else:
         sigma = options.smoothing_um / cell_um
-        smoothed = ndimage.gaussian_filter(values, sigma, mode="constant") if sigma > 0 else values
+        smoothed = _smooth(values, sigma) if sigma > 0 else values
         floor = np.nextafter(options.threshold, -np.inf)  # peak_local_max keeps values > floor: >= threshold
         peaks = feature.peak_local_max(smoothed, min_distance=1, threshold_abs=floor, exclude_border=False)
         points = _suppress([(smoothed[row, col], row, col) for row, col in peaks.tolist()],

@@ -13,8 +13,9 @@ them), the cohort's reference CSV (``slide,label``) and the annotations (a folde
 - ``slide_roc.png``, ``froc.png``; ``slides/<slide id>.png`` for the slides shown in the report;
 - ``report.html``: one self-contained page (see :mod:`pcamlab.slide.evaluation.report`).
 
-Everything is written in a hidden ``.NAME.partial`` folder beside ``out_dir`` and renamed to it when
-complete; a finished ``out_dir`` is never overwritten. Every input is checked before any slide is scored:
+Everything is written in this process's own hidden staging folder beside ``out_dir``
+(:func:`pcamlab.fileio.staged_folder`) and renamed to it when complete; a finished ``out_dir`` is never
+overwritten, and a second evaluation into the same ``out_dir`` while one runs is refused at once. Every input is checked before any slide is scored:
 a reference slide without a result folder, a tumour slide without annotation, a normal slide whose
 annotation holds tumour, annotations that do not fit the slide, a cohort of one class: one line each.
 
@@ -29,7 +30,6 @@ import csv
 import json
 import math
 import os
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +38,10 @@ from typing import Any
 import numpy as np
 
 from pcamlab import stopping
-from pcamlab.errors import ConfigError, DataError, RunFolderError
-from pcamlab.fileio import atomic_path, printable, write_json_atomic
-from pcamlab.slide.annotations import find_annotation_file, rasterize, read_annotations
+from pcamlab.config_ranges import SEED, Range, check_number
+from pcamlab.errors import DataError, RunFolderError
+from pcamlab.fileio import atomic_path, printable, staged_folder, write_json_atomic
+from pcamlab.slide.annotations import ANNOTATION_SUFFIXES, find_annotation_file, rasterize, read_annotations
 import pcamlab.slide.evaluation.froc as froc_module
 from pcamlab.slide.evaluation.inputs import SlideInput
 from pcamlab.slide.evaluation.detections import DetectionOptions, detect
@@ -53,7 +54,7 @@ from pcamlab.slide.evaluation.slide_level import (
     top_k_mean,
     wrong_slides,
 )
-from pcamlab.slide.predict import OUTPUT_FILES
+from pcamlab.slide.predict import OUTPUT_FILES, RUN_KEY
 from pcamlab.slide.reference import read_reference
 
 __all__ = ["EVALUATION_FILES", "SlideInput", "SlideEvaluation", "load_cohort", "evaluate_slides"]
@@ -148,6 +149,15 @@ def load_cohort(results: str | os.PathLike, annotations: str | os.PathLike, refe
     if not annotations.exists():
         raise DataError(f"annotations {printable(annotations)!r} does not exist; pass the folder of <slide id>.xml "
                         "/ .geojson annotation files")
+    if annotations.is_dir():
+        known = set(labels) | set(folders)
+        orphans = sorted({path.name.split(".")[0] for path in annotations.iterdir() if path.is_file()
+                          and path.suffix.lower() in ANNOTATION_SUFFIXES and not path.name.startswith(".")}
+                         - known)
+        orphans = [name for name in orphans if name.removesuffix("_mask") not in known]
+        if orphans:
+            notes.append(f"{len(orphans)} annotation file(s) name a slide in neither the reference nor the results "
+                         "(not scored): " + ", ".join(orphans[:5]) + (" ..." if len(orphans) > 5 else ""))
     cohort = []
     for slide, label in labels.items():
         folder = folders[slide]
@@ -160,11 +170,13 @@ def load_cohort(results: str | os.PathLike, annotations: str | os.PathLike, refe
         if path is not None:
             slide_annotations = read_annotations(path, slide_dimensions=dimensions, class_map=class_map,
                                                  mask_downsample=mask_downsample, repair=repair)
+        if path is not None and annotations.is_dir():
+            _note_other_formats(notes, slide, path, slide_annotations, dimensions, class_map, mask_downsample, repair)
         has_tumour = slide_annotations is not None and not slide_annotations.tumour.is_empty
         if label == 1 and not has_tumour:
             what = "no annotation file" if path is None else f"no tumour region in {printable(path)!r}"
             raise DataError(f"tumour slide {slide!r} has {what} under {printable(annotations)!r}; lesion and pixel "
-                            f"scores need its tumour outlined (<slide id>.xml or .geojson), or label it normal")
+                            "scores need its tumour outlined (<slide id>.xml or .geojson)")
         if label == 0 and has_tumour:
             raise DataError(f"slide {slide!r} is normal in the reference but {printable(path)!r} outlines tumour; "
                             "fix the reference label or the annotation file")
@@ -172,6 +184,29 @@ def load_cohort(results: str | os.PathLike, annotations: str | os.PathLike, refe
                                  float(grid["stride"]) * scale, float(grid["patch_size"]) * scale,
                                  float(grid["mpp0"]), dimensions))
     return cohort
+
+
+def _note_other_formats(notes: list[str], slide: str, path: Path, read, dimensions, class_map, mask_downsample,
+                        repair) -> None:
+    """A note when the folder holds the slide's annotation in another format too and its tumour differs from
+    the file that was read (:func:`find_annotation_file`: ASAP XML wins over GeoJSON, GeoJSON over a mask)."""
+    for suffix in ANNOTATION_SUFFIXES:
+        other = path.with_name(f"{slide}{suffix}")
+        if other == path or not other.is_file():
+            continue
+        try:
+            second = read_annotations(other, slide_dimensions=dimensions, class_map=class_map,
+                                      mask_downsample=mask_downsample, repair=repair)
+        except DataError as error:
+            notes.append(f"{slide}: {printable(path.name)!r} was read; {printable(other.name)!r} is unreadable ({error})")
+            continue
+        first_tumour = read.tumour if read is not None else None
+        differs = (first_tumour is None) != (second.tumour is None) or (
+            first_tumour is not None and first_tumour.symmetric_difference(second.tumour).area
+            > 0.01 * max(first_tumour.area, second.tumour.area, 1.0))
+        if differs:
+            notes.append(f"{slide}: {printable(path.name)!r} and {printable(other.name)!r} outline different tumour; "
+                         f"{printable(path.name)!r} was read (ASAP XML wins over GeoJSON, GeoJSON over a mask)")
 
 
 def _load_maps(item: SlideInput) -> tuple[np.ndarray, np.ndarray]:
@@ -277,13 +312,36 @@ def _refuse_out(out_dir: Path) -> None:
                              "choose another out_dir or delete it", parameters=("out_dir",))
 
 
-def _partial_folder(out_dir: Path) -> Path:
-    """A fresh hidden ``.NAME.partial`` folder beside ``out_dir`` (a killed earlier one is removed)."""
-    partial = out_dir.parent / f".{out_dir.name}.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    return partial
+# The allowed range of every number evaluate_slides takes, declared once (parameter -> (range, integer)).
+# Camelyon16's own values: dilation 75 um, ITC 275 um (Evaluation_FROC.py); larger than 1 mm / 10 mm is no
+# longer that rule. 100 folds and 100,000 resamples are far past where the estimates stop changing.
+OPTION_RANGES: dict[str, tuple[Range, bool]] = {
+    "top_k": (Range(1, 1_000_000, example="10", meaning="tiles"), True),
+    "folds": (Range(2, 100, example="5"), True),
+    "bootstrap": (Range(0, 100_000, example="1000", meaning="resamples; 0 = no CI"), True),
+    "report_slides": (Range(0, 10_000, example="40"), True),
+    "threshold": (Range(0, 1, example="0.5", meaning="a probability"), False),
+    "dilation_um": (Range(0, 1000, example="75", meaning="um"), False),
+    "itc_um": (Range(0, 10_000, example="275", meaning="um"), False),
+    "seed": (SEED, True),
+}
+
+
+def _check_options(values: Mapping[str, Any]) -> None:
+    """One ConfigError naming the first option out of :data:`OPTION_RANGES` (None: not given)."""
+    for name, (allowed, integer) in OPTION_RANGES.items():
+        if values.get(name) is not None:
+            check_number(name, values[name], allowed, integer=integer)
+
+
+def _models(cohort: list[SlideInput]) -> dict[str, list[str]]:
+    """model_sha256 (or the model's name when a summary has no hash) -> the slides predicted with it."""
+    models: dict[str, list[str]] = {}
+    for item in cohort:
+        run = item.summary.get(RUN_KEY) or {}
+        model = run.get("model_sha256") or item.summary.get("model_sha256") or item.summary.get("model") or "unknown"
+        models.setdefault(str(model), []).append(item.slide)
+    return models
 
 
 def evaluate_slides(
@@ -306,6 +364,7 @@ def evaluate_slides(
     mask_downsample: float | None = None,
     repair: bool = True,
     report_slides: int = 40,
+    mixed_models: bool = False,
     progress: Callable[[int, int], object] | None = None,
 ) -> SlideEvaluation:
     """Score a cohort's slide predictions at slide, lesion and pixel level and write the evaluation folder.
@@ -327,35 +386,55 @@ def evaluate_slides(
         class_map, mask_downsample, repair: how annotation files are read (extra class names -> tumour,
             normal or exclude; a label mask's downsample; repair self-intersecting polygons).
         report_slides: most slides drawn in the report (wrong slides first).
+        mixed_models: score results predicted by different models together (their ``summary.json`` record
+            different ``model_sha256``); refused by default, since such a cohort scores no one model.
         progress: ``progress(slides_done, slides_total)`` after each slide.
 
     Returns:
         A :class:`SlideEvaluation`.
 
     Raises:
-        DataError: bad input (see :func:`load_cohort`), detections outside a slide.
-        ConfigError: an option out of range.
-        RunFolderError: ``out_dir`` is a file or holds files.
+        DataError: bad input (see :func:`load_cohort`), detections outside a slide, results of different
+            models (unless ``mixed_models``).
+        ConfigError: an option out of its range (:data:`OPTION_RANGES`, :data:`DETECTION_RANGES`).
+        RunFolderError: ``out_dir`` is a file or holds files, or another process is writing it now
+            (:func:`pcamlab.fileio.staged_folder`).
 
     Example:
         >>> evaluation = evaluate_slides("results", "annotations", "reference.csv", "evaluation", folds=5)
         >>> evaluation.metrics["lesion"]["froc"]
     """
-    from pcamlab.slide.evaluation import report as report_module
-
     out_dir = Path(out_dir)
-    for name, value, low in (("top_k", top_k, 1), ("folds", folds, 2), ("report_slides", report_slides, 0),
-                             ("bootstrap", bootstrap, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"{name} must be an integer >= {low}; got {value!r}", parameters=(name,))
-    if threshold is not None and not 0 <= threshold <= 1:
-        raise ConfigError(f"threshold must be a probability in [0, 1]; got {threshold!r}", parameters=("threshold",))
+    _check_options({"top_k": top_k, "folds": folds, "bootstrap": bootstrap, "report_slides": report_slides,
+                    "threshold": threshold, "dilation_um": dilation_um, "itc_um": itc_um, "seed": seed})
     lesion_options = {"dilation_um": dilation_um, "itc_um": itc_um, "itc_axis": itc_axis}
     froc_module.evaluation_mask(np.zeros((1, 1)), 1.0, 1.0, **lesion_options)  # checks the options at once
     _refuse_out(out_dir)  # before the inputs are read
     notes: list[str] = []
     cohort = load_cohort(results, annotations, reference, class_map=class_map, mask_downsample=mask_downsample,
                          repair=repair, notes=notes)
+    models = _models(cohort)
+    if len(models) > 1 and not mixed_models:
+        shown = "; ".join(f"{model[:12]}: {', '.join(slides[:3])}{' ...' if len(slides) > 3 else ''} "
+                          f"({len(slides)} slide(s))" for model, slides in models.items())
+        raise DataError(f"the results of {printable(results)!r} come from {len(models)} different models "
+                        f"(model_sha256 of summary.json: {shown}); predict every slide with one model, or pass "
+                        "mixed_models=True to score them together anyway", parameters=("mixed_models",))
+    if len(models) > 1:
+        notes.append(f"the slides were predicted by {len(models)} different models (mixed_models=True)")
+    with staged_folder(out_dir) as partial:  # refuses at once when another process writes out_dir now
+        return _evaluate(cohort, partial, out_dir, notes, models, results=results, reference=reference,
+                         detection=detection, top_k=top_k, threshold=threshold, aggregator=aggregator, folds=folds,
+                         seed=seed, bootstrap=bootstrap, lesion_options=lesion_options, report_slides=report_slides,
+                         mixed_models=mixed_models, progress=progress)
+
+
+def _evaluate(cohort: list[SlideInput], partial: Path, out_dir: Path, notes: list[str], models: dict[str, list[str]],
+              *, results, reference, detection: DetectionOptions, top_k: int, threshold: float | None, aggregator: str,
+              folds: int, seed: int, bootstrap: int, lesion_options: dict[str, Any], report_slides: int,
+              mixed_models: bool, progress) -> SlideEvaluation:
+    """The body of :func:`evaluate_slides`: score the checked cohort and write everything into ``partial``."""
+    from pcamlab.slide.evaluation import report as report_module
 
     scored: list[_Scored] = []
     with stopping.safe_points():
@@ -418,31 +497,26 @@ def evaluate_slides(
     rows = [rows[i] for i in order]
     scored = [scored[i] for i in order]
     metrics = {"results": printable(Path(results).resolve()), "reference": printable(Path(reference).resolve()),
+               "models": [{"model_sha256": model, "slides": len(slides)} for model, slides in models.items()],
+               "options": {"seed": seed, "folds": folds, "bootstrap": bootstrap, "top_k": top_k, "threshold": threshold,
+                           "aggregator": aggregator, "report_slides": report_slides, "mixed_models": mixed_models,
+                           "detection": detection.to_dict(), **lesion_options},
                "slide": slide_metrics, "lesion": lesion_metrics, "pixel": pixel_metrics, "warnings": notes}
 
-    _refuse_out(out_dir)  # again: another process may have written it meanwhile
-    partial = _partial_folder(out_dir)
-    try:
-        files = {key: partial / name for key, name in EVALUATION_FILES.items()}
-        for entry in scored:
-            froc_module.write_detections_csv(files["detections"] / f"{entry.item.slide}.csv", entry.lesions.detections)
-        _write_slides_csv(files["slides_csv"], rows)
-        report_module.plot_slide_roc(files["slide_roc"], labels[order], {
-            name: (validated[name].scores[order], slide_metrics["scores"][name]) for name in validated})
-        report_module.plot_froc(files["froc"], curve)
-        pictures = {}
-        with stopping.safe_points():
-            for entry in scored[:report_slides]:
-                stopping.check()
-                probability_map, _ = _load_maps(entry.item)
-                pictures[entry.item.slide] = report_module.plot_slide(
-                    files["pictures"] / f"{entry.item.slide}.png", entry.item, probability_map, entry.lesions)
-        write_json_atomic(files["metrics"], metrics)
-        report_module.write_evaluation_report(files["report"], metrics, rows, files, pictures)
-        if out_dir.exists():
-            out_dir.rmdir()  # checked empty above
-        os.replace(partial, out_dir)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    files = {key: partial / name for key, name in EVALUATION_FILES.items()}
+    for entry in scored:
+        froc_module.write_detections_csv(files["detections"] / f"{entry.item.slide}.csv", entry.lesions.detections)
+    _write_slides_csv(files["slides_csv"], rows)
+    report_module.plot_slide_roc(files["slide_roc"], labels[order], {
+        name: (validated[name].scores[order], slide_metrics["scores"][name]) for name in validated})
+    report_module.plot_froc(files["froc"], curve)
+    pictures = {}
+    with stopping.safe_points():
+        for entry in scored[:report_slides]:
+            stopping.check()
+            probability_map, _ = _load_maps(entry.item)
+            pictures[entry.item.slide] = report_module.plot_slide(
+                files["pictures"] / f"{entry.item.slide}.png", entry.item, probability_map, entry.lesions)
+    write_json_atomic(files["metrics"], metrics)
+    report_module.write_evaluation_report(files["report"], metrics, rows, files, pictures)
     return SlideEvaluation(out_dir, metrics, rows, {key: out_dir / name for key, name in EVALUATION_FILES.items()})

@@ -354,14 +354,14 @@ def test_from_slides_workers_share_the_slides_and_the_last_one_assembles(tmp_pat
     done = sorted(path.name for path in (tmp_path / "shared.partial").glob("*.done.json"))
     assert done == sorted(f"{Path(slide).stem}.done.json" for slide in cohort.slides[0::2])
     second = run(tmp_path / "shared", Shard(2, 2), steal=False)
-    assert second.complete and not (tmp_path / "shared.partial").exists()
+    assert second.complete and second.written and not (tmp_path / "shared.partial").exists()
     for name in ("camelyonpatch_level_2_split_train_x.h5", "camelyonpatch_level_2_split_valid_y.h5"):
         with h5py.File(tmp_path / "alone" / name) as one, h5py.File(tmp_path / "shared" / name) as two:
             key = next(iter(one))
             assert np.array_equal(one[key][:], two[key][:])
     assert second.counts == alone.counts
     late = run(tmp_path / "shared", Shard(1, 2))  # an array task that starts after the dataset is written
-    assert late.complete and late.resumed_slides == len(cohort.slides)
+    assert late.complete and late.resumed_slides == len(cohort.slides) and not late.written  # says so, writes nothing
     with pytest.raises(RunFolderError, match="exists"):
         run(tmp_path / "shared")  # one worker alone: an existing dataset is refused, as before
 

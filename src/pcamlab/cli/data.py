@@ -271,7 +271,7 @@ def _print_plan(plan, already: int) -> None:
     for line in remarks(plan.notes, [], flags=FROM_SLIDES_FLAGS):
         print(line)
     if already:
-        print(f"resuming: {already} of {len(plan.slides)} slides already cut")
+        print(f"resuming: {already} of {len(plan.slides)} slides already cut (by an earlier run or another worker)")
 
 
 # from-slides' flags for the parameters its notes name (--mpp is the patches' resolution, --slide-mpp the slides')
@@ -315,6 +315,10 @@ def run_from_slides(args: argparse.Namespace) -> int:
               f"{result.path}")
         return 0
     counts = ", ".join(f"{split} {c[0] + c[1]} ({c[1]} tumour)" for split, c in result.counts.items())
+    if not result.written:  # e.g. a late array task: another worker of the same plan wrote it
+        print(f"already complete: {result.path} holds this plan's dataset ({counts}), written by another worker; "
+              "nothing to do")
+        return 0
     missing = "" if "valid" in result.counts else " (no valid split: see the note above)"
     print(f"wrote {result.path}: {counts}{missing}; PCam h5 layout + meta CSVs, slides.csv")
     print(f"next: pcamlab data info {shlex.quote(str(result.path))}")

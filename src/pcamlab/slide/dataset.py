@@ -168,6 +168,7 @@ class FromSlidesResult:
     resumed_slides: int
     notes: tuple[str, ...]
     complete: bool = True  # False: this worker's slides are cut, others still cut theirs (the last one assembles)
+    written: bool = True  # False: ``path`` was already complete (another worker of the same plan wrote it)
 
 
 def assign_splits(labels: Mapping[str, int], *, valid_fraction: float, test_fraction: float, seed: int,
@@ -641,7 +642,7 @@ def dataset_from_slides(
                                  "(finished datasets are never overwritten)", parameters=("out",))
         return FromSlidesResult(out, plan.split_counts(),
                                 tuple((s.slide_id, s.split, s.counts[0], s.counts[1]) for s in plan.slides),
-                                len(plan.slides), tuple(plan.notes))
+                                len(plan.slides), tuple(plan.notes), written=False)
     if work.exists():
         previous = None
         try:
@@ -662,6 +663,7 @@ def dataset_from_slides(
     total = sum(len(slide.label) for slide in plan.slides)
     done = sum(len(slide.label) for slide in plan.slides if _done_path(work, slide.slide_id).is_file())
     by_id = {slide.slide_id: slide for slide in plan.slides}
+    written = False
 
     def is_done(slide_id: str) -> bool:  # a finished dataset counts every slide done (its work folder is gone)
         return out.exists() or _done_path(work, slide_id).is_file()
@@ -686,8 +688,9 @@ def dataset_from_slides(
                 if mine and not out.exists():
                     assemble_dataset(plan, work, out, None if progress is None else
                                      (lambda count, _: progress(total + count, 2 * total)))
+                    written = True
     if out.exists():
         shutil.rmtree(work, ignore_errors=True)
     return FromSlidesResult(out, plan.split_counts(),
                             tuple((s.slide_id, s.split, s.counts[0], s.counts[1]) for s in plan.slides),
-                            already, tuple(plan.notes), complete=out.exists())
+                            already, tuple(plan.notes), complete=out.exists(), written=written)

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from pcamlab.runfolder import RunFolder
 from fixtures_data import write_tiny_h5
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +71,7 @@ class Command:
     window: float  # first guess (s) of how long it works once its stop handler is installed
     resume_state: tuple[str, ...] = ()  # names a stopped run may leave for its resume
     stopped: Callable[[dict, Path], None] = field(default=lambda inputs, work: None)  # more checks after a stop
+    done: Callable[[Path], bool] = field(default=lambda work: False)  # the work was whole before the stop landed
 
 
 # -- the commands ------------------------------------------------------------------------------
@@ -158,7 +161,8 @@ def _convert_finished(inputs: dict, work: Path) -> None:
 
 
 COMMANDS = {
-    "train": Command("train", _train_args, _train_resume, _train_finished, window=4.0),
+    "train": Command("train", _train_args, _train_resume, _train_finished, window=4.0,
+                     done=lambda work: RunFolder(work / "run").finished()),
     "tune": Command("tune", _tune_args, _tune_resume, _tune_finished, window=25.0, stopped=_tune_stopped),
     "slide predict": Command("slide predict", _slide_args, _slide_args, _slide_finished, window=3.0,
                              resume_state=(".*.partial",)),
@@ -276,6 +280,9 @@ def _stop_once(command: Command, inputs: dict, work: Path, signum: int, delay: f
     leftovers = _leftovers(work, command.resume_state)
     assert leftovers == [], f"{command.name} stopped {delay:.2f} s in left temporary files: {leftovers}"
     command.stopped(inputs, work)
+    if command.done(work):  # the signal landed after the run had finished (its last lines): nothing to resume
+        command.finished(inputs, work)
+        return worked
     resumed = subprocess.run([sys.executable, "-m", "pcamlab", *command.resume(inputs, work)], capture_output=True, text=True,
                              timeout=600, env={**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"})
     assert resumed.returncode == 0, f"{command.name}: the resume failed after a stop {delay:.2f} s in:\n{resumed.stdout[-2000:]}{resumed.stderr[-2000:]}"

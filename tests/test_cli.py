@@ -332,3 +332,26 @@ def test_sigterm_stops_a_command_like_ctrl_c_so_its_cleanup_runs(tmp_path):
             process.kill()
     assert process.returncode == 143 and marker.read_text() == "started cleaned"
     assert "pcamlab: terminated (SIGTERM)" in stderr
+
+
+def test_an_error_raised_while_cleaning_up_after_a_stop_exits_as_the_stop(capsys):
+    """A SIGINT landing inside an import leaves a half-initialised module; cleanup code that imports it again fails
+    (seen: ImportError from torch._inductor in the training loop's restore of torch settings). The command was
+    stopped: it exits 130/143 with one line, not 1 with a traceback."""
+    import signal
+
+    from pcamlab import stopping
+    from pcamlab.cli import main as cli
+
+    def stopped_then_cleanup_fails(args):
+        try:
+            raise stopping.Stopped(signal.SIGTERM)
+        finally:
+            raise ImportError("cannot import name 'IndentedBuffer' from partially initialized module")
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["models"])
+    args.func = stopped_then_cleanup_fails
+    assert cli._dispatch(parser, args) == 143
+    err = capsys.readouterr().err
+    assert "while stopping: ImportError" in err and "terminated (SIGTERM)" in err and "Traceback" not in err

@@ -165,8 +165,15 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from pcamlab.fileio import printable
 
     try:
-        result = args.func(args)
-        sys.stdout.flush()  # here, so a closed pipe is caught below and not at interpreter exit
+        try:
+            result = args.func(args)
+            sys.stdout.flush()  # here, so a closed pipe is caught below and not at interpreter exit
+        except Exception as error:  # an error raised while cleaning up after Ctrl+C/SIGTERM is the stop's
+            stop = _stop_behind(error)
+            if stop is None or args.debug:
+                raise
+            print(f"pcamlab: while stopping: {plain_line(printable(f'{type(error).__name__}: {error}'))}", file=sys.stderr)
+            raise stop from None
     except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly, as other Unix tools do
         _silence_stdout()
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the closed pipe
@@ -187,6 +194,22 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print("pcamlab: terminated (SIGTERM)" if signum == 15 else "pcamlab: interrupted", file=sys.stderr)
         return 128 + signum  # 130 for SIGINT, 143 for SIGTERM
     return int(result or 0)
+
+
+def _stop_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl+C/SIGTERM (:class:`pcamlab.stopping.Stopped`) during whose handling ``error`` was raised, if any.
+
+    A stop can land anywhere outside a loop's safe points, e.g. inside an import, which leaves a half-initialised
+    module that the cleanup code then trips over; the command was stopped, and exits as stopped (130/143).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error.__context__
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__context__
+    return None
 
 
 def _silence_stdout() -> None:

@@ -25,7 +25,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 
-__all__ = ["Stopped", "install", "safe_points", "check", "requested", "request", "clear"]
+__all__ = ["Stopped", "install", "safe_points", "check", "requested", "request", "clear", "children_ignore_interrupt"]
 
 _HANDLED = (signal.SIGINT, signal.SIGTERM)
 _requested: int | None = None  # the signal number of the first unanswered stop request
@@ -119,3 +119,23 @@ def clear() -> None:
     """Forget a pending request (a test, or a worker that starts fresh)."""
     global _requested
     _requested = None
+
+
+@contextlib.contextmanager
+def children_ignore_interrupt() -> Iterator[None]:
+    """Start child processes inside this block: they begin with SIGINT ignored until they :func:`install`.
+
+    A spawned Python child (``multiprocessing`` "spawn") resets handlers to the default on exec, so a Ctrl+C
+    sent to the process group while it still imports raises KeyboardInterrupt inside an import (printed as
+    "Exception ignored", the child half-started). An ignored signal stays ignored across exec: the child
+    installs pcamlab's handling once it is ready, and the parent, which got the same Ctrl+C, passes the stop
+    on. The parent ignores SIGINT only while the children start (milliseconds).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)

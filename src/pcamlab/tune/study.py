@@ -787,8 +787,9 @@ def _run_workers(job: _Job, workers: int, storage, *, local: bool, log: Callable
     stop_signal = context.Value("i", 0, lock=False)
     processes = [context.Process(target=_worker_entry, args=(dataclasses.replace(job, worker=index), log, stop_signal, os.getpid()),
                                  daemon=False) for index in range(workers)]
-    for process in processes:
-        process.start()
+    with stopping.children_ignore_interrupt():  # a Ctrl+C while they import must not half-start them
+        for process in processes:
+            process.start()
     try:
         while any(process.is_alive() for process in processes):
             stopping.check()  # a safe point: while the workers run

@@ -297,16 +297,6 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def folder_in_progress(target: str | os.PathLike) -> str | None:
     """Who is building ``target`` in a :func:`staged_folder` now (``"pid 123 on node7"``), or None.
 
@@ -321,7 +311,7 @@ def folder_in_progress(target: str | os.PathLike) -> str | None:
         if match is None or match["name"] != target.name:
             continue
         pid, host = int(match["pid"]), match["host"]
-        if host == _host() and (pid == os.getpid() or not _alive(pid)):
+        if host == _host() and (pid == os.getpid() or not _running(pid)):
             if pid != os.getpid():
                 shutil.rmtree(path, ignore_errors=True)  # left by a killed run
             continue

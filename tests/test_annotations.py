@@ -197,6 +197,7 @@ def test_rasterize_pixel_centres_holes_and_islands():
     ("suffix", "suffix '.txt'"),
     ("two_points", "has 2 coordinates"),
     ("outside", "outside the slide.*another slide"),
+    ("far_outside", r"outside the slide \(bounds x 100\.\.1e\+300, "),  # 3 digits, not 301
     ("no_features", "holds no regions"),
     ("missing", "does not exist"),
 ])
@@ -231,6 +232,8 @@ def test_bad_annotation_files_fail_with_one_line(tmp_path, case, pattern):
         write_asap(path, [("Tumor", SQUARE[:2])])
     elif case == "outside":
         write_asap(path, [("Tumor", [(x + 5000, y) for x, y in SQUARE])])
+    elif case == "far_outside":
+        write_asap(path, [("Tumor", [(100.0, 100.0), (1e300, 100.0), (1e300, 500.0), (100.0, 500.0)])])
     elif case == "no_features":
         path = tmp_path / "bad.geojson"
         path.write_text('{"type": "FeatureCollection", "features": []}')
@@ -277,3 +280,22 @@ def test_read_reference(tmp_path):
         path.write_text(text)
         with pytest.raises(DataError, match=pattern):
             read_reference(path)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-8-sig"])
+def test_text_annotations_in_utf16_or_with_a_bom_read_as_utf8(tmp_path, encoding):
+    """A UTF-16 ASAP XML (ASAP on Windows) was 'not of that format'; GeoJSON in UTF-16 was 'not valid JSON'."""
+    xml = write_asap(tmp_path / "a.xml", [("Tumor", SQUARE)])
+    geojson = write_geojson(tmp_path / "a.geojson", [("Tumor", {"type": "Polygon", "coordinates": [[list(p) for p in SQUARE]]})])
+    for path in (xml, geojson):
+        text = path.read_text()
+        if encoding == "utf-16-be":
+            recoded = b"\xfe\xff" + text.encode("utf-16-be")
+            if path.suffix == ".xml":
+                recoded = b"\xfe\xff" + text.replace('version="1.0"', 'version="1.0" encoding="UTF-16"').encode("utf-16-be")
+        else:
+            recoded = text.replace('version="1.0"', 'version="1.0" encoding="UTF-16"').encode(encoding) \
+                if path.suffix == ".xml" and encoding == "utf-16" else text.encode(encoding)
+        other = tmp_path / f"{encoding}{path.suffix}"
+        other.write_bytes(recoded)
+        assert read_annotations(other).tumour.area == pytest.approx(read_annotations(path).tumour.area)

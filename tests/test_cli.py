@@ -355,3 +355,19 @@ def test_an_error_raised_while_cleaning_up_after_a_stop_exits_as_the_stop(capsys
     assert cli._dispatch(parser, args) == 143
     err = capsys.readouterr().err
     assert "while stopping: ImportError" in err and "terminated (SIGTERM)" in err and "Traceback" not in err
+
+
+def test_evaluate_follows_the_recipes_tta_unless_told(tiny_folders, tmp_path, capsys):
+    """A recipe with evaluate.tta (configs/default.yaml) is evaluated with 8-view TTA by default; --no-tta and --tta win."""
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_folders), "--out", str(run), *TINY_TRAIN, "--set", "evaluate.tta=true"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "best.safetensors"), "--data", str(tiny_folders)]) == 0
+    printed = capsys.readouterr().out
+    recipe = json.loads((run / "eval-valid-tta" / "metrics.json").read_text())
+    assert recipe["tta"] is True and "with 8-view TTA (the recipe's evaluate.tta" in printed
+    assert recipe["tta_effect"]["roc_auc_with_tta"] == pytest.approx(recipe["roc_auc"], abs=1e-9)
+    assert main(["evaluate", str(run / "best.safetensors"), "--data", str(tiny_folders), "--no-tta"]) == 0
+    plain = json.loads((run / "eval-valid" / "metrics.json").read_text())
+    assert plain["tta"] is False and plain["roc_auc"] == pytest.approx(recipe["tta_effect"]["roc_auc_without_tta"], abs=1e-9)
+    assert main(["evaluate", str(run / "best.safetensors"), "--tta", "--no-tta"]) == 2  # one or the other

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -118,8 +120,15 @@ def test_resume_after_a_kill_gives_the_same_dataset(cohort, dataset, tmp_path):
     assert 1 <= len(done) < len(cohort.slides)
     with pytest.raises(RunFolderError, match="unfinished run with other"):
         dataset_from_slides(cohort.slides, out, annotations=cohort.annotations_dir, options=_options(seed=9))
+    # what kill -9 leaves: a half-written temporary of a file the resumed run may never write again
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / "data.partial" / f".slides.csv.{int(dead.stdout)}-abc123.tmp"
+    leftover.write_bytes(b"half")
+    seen_at_plan = []
     result = dataset_from_slides(cohort.slides, out, annotations=cohort.annotations_dir, options=_options(),
-                                 reference=read_reference(cohort.reference_csv))
+                                 reference=read_reference(cohort.reference_csv),
+                                 on_plan=lambda plan, already: seen_at_plan.append(leftover.exists()))
+    assert seen_at_plan == [False]  # removed when the resume began, not only with the folder at the end
     assert result.resumed_slides == len(done) and not (tmp_path / "data.partial").exists()
     for split in result.counts:
         for kind in "xy":

@@ -160,3 +160,18 @@ def test_patch_pools_are_listed_by_the_walker(coloured_patches, tmp_path):
     assert normal.shape == (2, 96, 96, 3) and tumour.shape == (2, 96, 96, 3)
     with pytest.raises(DataError, match="no patches in"):
         sample_pools(root=tmp_path / "missing")
+
+
+def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path):
+    """kill -9 left `.NAME.*.partial/` beside the cohort forever; the cohort now stages like every output folder."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys\nfrom pcamlab.fileio import staged_folder\n"
+            "with staged_folder(sys.argv[1]) as s:\n    (s / 'half.tif').write_bytes(b'x')\n    os._exit(9)\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "cohort")], check=False)
+    left = list(tmp_path.glob(".cohort.*.partial"))
+    assert len(left) == 1  # what kill -9 leaves
+    cohort = make_cohort(tmp_path / "cohort", normal_slides=1, tumour_slides=0, split="valid", seed=1,
+                         width=1536, height=1152)
+    assert cohort.root.is_dir() and not list(tmp_path.glob(".cohort.*.partial"))

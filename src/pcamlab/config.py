@@ -104,6 +104,7 @@ class TrainConfig:
     l1: float = 0.0  # L1 penalty on weights, added to the loss
     grad_clip: float = 0.0  # clip the global gradient norm to this value (0 = off)
     ema_decay: float = 0.0  # exponential moving average of weights used for validation/checkpoints (0 = off; ~0.999)
+    swa_lr_fraction: float = 0.0  # stochastic weight averaging (Izmailov et al. 2018) of the epochs ending with the learning rate at or below this fraction of its peak, batch-norm recomputed; becomes best.safetensors when it validates better (0 = off)
     freeze_backbone_epochs: int = 0  # transfer learning: train only the head for this many epochs first
     backbone_lr_factor: float = 1.0  # transfer learning: backbone learning rate = factor x learning_rate
     monitor: str = "val_auc"  # val_auc | val_loss: picks the best checkpoint and drives early stopping

@@ -137,6 +137,7 @@ RANGES: dict[str, Range] = {
     "train.l1": _at_least(0, "1e-5"),
     "train.grad_clip": _at_least(0, "1.0", "0 = off"),
     "train.ema_decay": Range(0, 1, high_open=True, example="0.999", meaning="0 = off"),
+    "train.swa_lr_fraction": Range(0, 1, example="0.3", meaning="a fraction of the peak learning rate, 0 = off"),
     "train.freeze_backbone_epochs": _at_least(0, "2"),
     "train.backbone_lr_factor": Range(0, 10, example="0.1"),
     "train.patience": _at_least(0, "5", "epochs, 0 = never stop early"),

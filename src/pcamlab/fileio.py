@@ -28,7 +28,7 @@ from pathlib import Path
 
 __all__ = ["atomic_path", "refuse_existing", "write_text_atomic", "write_json_atomic", "json_safe", "printable", "publish",
            "save_png", "check_new_png", "save_image_png", "temporary_file", "temporary_folder_name",
-           "remove_stale_temporaries", "staged_folder", "folder_in_progress"]
+           "remove_stale_temporaries", "staged_folder", "folder_in_progress", "process_running"]
 
 #: Where fileio says what it cleaned up (stale temporaries); the CLI prints these as ``note:`` lines.
 LOG = logging.getLogger("pcamlab.fileio")
@@ -40,7 +40,8 @@ def temporary_folder_name(path: str | os.PathLike) -> Path:
     return path.parent / f"{path.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}"
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (``kill(pid, 0)``); another user's process counts as running."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -50,23 +51,28 @@ def _running(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+def remove_stale_temporaries(path: str | os.PathLike, *, every_name: bool = False) -> list[Path]:
     """Remove the temporaries of ``path`` whose writer is no longer running; returns what was removed.
 
     Matches this module's names only (``.<name>.<pid>-*.tmp`` files, ``<name>.tmp-<pid>-*`` folders), so
     nothing else beside ``path`` is touched. Each removal is said on :data:`LOG`.
+
+    Args:
+        every_name: ``path`` is a folder: remove the stale temporaries of every file in it (a resumed work
+            folder, whose killed writer may have been writing a file the resumed run never writes again).
     """
     path = Path(path)
+    folder, name = (path, r"[^/]+?") if every_name else (path.parent, re.escape(path.name))
     try:
-        entries = list(os.scandir(path.parent))
+        entries = list(os.scandir(folder))
     except OSError:
         return []
-    patterns = (re.compile(rf"^\.{re.escape(path.name)}\.(\d+)-[^/]*\.tmp$"),
-                re.compile(rf"^{re.escape(path.name)}\.tmp-(\d+)-[0-9a-f]+$"))
+    patterns = (re.compile(rf"^\.{name}\.(\d+)-[^/]*\.tmp$"),
+                re.compile(rf"^{name}\.tmp-(\d+)-[0-9a-f]+$"))
     removed = []
     for entry in entries:
         match = next((found for pattern in patterns if (found := pattern.match(entry.name))), None)
-        if match is None or int(match.group(1)) == os.getpid() or _running(int(match.group(1))):
+        if match is None or int(match.group(1)) == os.getpid() or process_running(int(match.group(1))):
             continue
         stale = Path(entry.path)
         try:
@@ -80,7 +86,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
             continue
         removed.append(stale)
         LOG.warning("removed %s (%.1f MB), left by process %s that is no longer running (killed while writing %s)",
-                    printable(stale), size / 1e6, match.group(1), printable(path.name))
+                    printable(stale), size / 1e6, match.group(1), printable(stale.name if every_name else path.name))
     return removed
 
 
@@ -311,7 +317,7 @@ def folder_in_progress(target: str | os.PathLike) -> str | None:
         if match is None or match["name"] != target.name:
             continue
         pid, host = int(match["pid"]), match["host"]
-        if host == _host() and (pid == os.getpid() or not _running(pid)):
+        if host == _host() and (pid == os.getpid() or not process_running(pid)):
             if pid != os.getpid():
                 shutil.rmtree(path, ignore_errors=True)  # left by a killed run
             continue

@@ -52,6 +52,7 @@ class RunFolder:
     SUMMARY: ClassVar[str] = "summary.json"
     BEST: ClassVar[str] = "best.safetensors"
     LAST: ClassVar[str] = "last.safetensors"
+    SWA: ClassVar[str] = "swa.safetensors"  # train.swa_lr_fraction: the average of the decayed tail's epochs
     RESUME: ClassVar[str] = "resume.pt"
     TENSORBOARD: ClassVar[str] = "tensorboard"
     FOLDS: ClassVar[str] = "folds.csv"  # cross-validation: which patches each fold holds out
@@ -88,6 +89,10 @@ class RunFolder:
     @property
     def last(self) -> Path:
         return self.path / self.LAST
+
+    @property
+    def swa(self) -> Path:
+        return self.path / self.SWA
 
     @property
     def resume_state(self) -> Path:

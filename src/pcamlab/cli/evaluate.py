@@ -20,7 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="valid", help="split to score: valid or test (default valid)")
     add_format_argument(parser, "data layout (default: the model's own at its own data, else auto)")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: <run>/eval-<split> for a run folder's checkpoint, else <folder>/<model name>-eval-<split>)")
-    parser.add_argument("--tta", action="store_true", help="average over the 8 dihedral transforms")
+    tta = parser.add_mutually_exclusive_group()
+    tta.add_argument("--tta", action="store_const", const=True, default=None,
+                     help="average over the 8 dihedral transforms (default: as the model's recipe says, evaluate.tta)")
+    tta.add_argument("--no-tta", dest="tta", action="store_const", const=False, help="score the patches as they are")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the checkpoint's)")
     parser.add_argument("--batch-size", type=int, default=256,
                         help="patches scored per step (default 256; on a CPU, forward passes of at most 32)")
@@ -61,14 +64,16 @@ def run(args: argparse.Namespace) -> int:
     from pcamlab.evaluate.run import default_out_dir, evaluate_checkpoint
     from pcamlab.runfolder import RunFolder
 
-    out = Path(args.out) if args.out else default_out_dir(args.checkpoint, args.split, tta=args.tta)
+    out = Path(args.out) if args.out else None
     update, close = progress_bar("decoding")
     metrics = evaluate_checkpoint(
         args.checkpoint, args.data, args.split, out, format=args.format, tta=args.tta,
         threshold=args.threshold, batch_size=args.batch_size, device=args.device, force=args.force, progress=update,
     )
     close()
-    print(f"evaluated    split {metrics['split']!r} of {metrics['data']}")
+    out = out or default_out_dir(args.checkpoint, args.split, tta=metrics["tta"])
+    print(f"evaluated    split {metrics['split']!r} of {metrics['data']}"
+          + (" with 8-view TTA (the recipe's evaluate.tta; --no-tta scores without)" if metrics["tta"] and args.tta is None else ""))
     if metrics.get("fold"):
         print(f"note: this is the dataset's {metrics['split']!r} split, not the held-out part of {metrics['fold']}; "
               f"that fold's own validation AUC is in {RunFolder(Path(args.checkpoint).parent).history}")

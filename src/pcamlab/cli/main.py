@@ -36,8 +36,19 @@ COMMAND_MODULES = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the project's error shape: one line naming the command and the fix, exit code 2.
+
+    argparse prints the whole usage block above a bad argument's message; here the message is the one
+    line and ``--help`` is named for the rest (every sub-command's parser is of this class).
+    """
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="pcamlab",
         description="Train, evaluate and explain CNN detectors of metastases in PCam patches, and map whole "
         "slides with them.",

@@ -115,7 +115,7 @@ def evaluate_checkpoint(
     out_dir: str | Path | None = None,
     *,
     format: str | None = None,
-    tta: bool = False,
+    tta: bool | None = None,
     threshold: float | None = None,
     batch_size: int = 256,
     device: str = "cpu",
@@ -133,6 +133,7 @@ def evaluate_checkpoint(
         out_dir: folder for metrics.json, predictions.csv and the plots; None = :func:`default_out_dir`.
         format: data layout (a reader name or ``auto``); None = the model's own at its own data, else ``auto``.
         tta: average over the 8 dihedral transforms; the metrics then also report the AUC without TTA.
+            None = what the model's recipe says (``evaluate.tta`` in its run config; off for a model without one).
         threshold: decision threshold; default the one stored with the model.
         batch_size: patches per inference batch.
         device: ``cpu`` or ``cuda[:N]`` (torch runtimes).
@@ -157,6 +158,8 @@ def evaluate_checkpoint(
     check_field("evaluate.threshold", threshold, name="threshold")
     check_field("evaluate.batch_size", batch_size, name="batch_size")
     predictor = load_predictor(checkpoint_path, device=device)  # a bad model file is said first, not the output
+    if tta is None:  # the recipe's own evaluation
+        tta = bool(predictor.config.evaluate.tta) if predictor.config is not None else False
     out_dir = default_out_dir(checkpoint_path, split, tta=tta) if out_dir is None else Path(out_dir)
     if (out_dir / "metrics.json").exists() and not force:
         raise RunFolderError(

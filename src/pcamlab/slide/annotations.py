@@ -154,7 +154,15 @@ class AnnotationFormat:
         raise NotImplementedError
 
 
+def _text_encoding(head: bytes) -> str:
+    """The encoding of an annotation text file from its byte-order mark: UTF-16 (ASAP on Windows can write it), else UTF-8."""
+    return "utf-16" if head.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
+
+
 def _text_head(head: bytes) -> bytes:
+    """The file's first bytes as UTF-8 without byte-order mark and leading blanks, for sniffing its format."""
+    if _text_encoding(head) == "utf-16":
+        head = head.decode("utf-16", errors="ignore").encode("utf-8", errors="ignore")
     return head.lstrip(b"\xef\xbb\xbf \t\r\n")
 
 
@@ -244,7 +252,8 @@ class QuPathGeoJson(AnnotationFormat):
         from shapely.geometry import shape
 
         try:
-            document = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+            raw = Path(path).read_bytes()
+            document = json.loads(raw.decode(_text_encoding(raw[:4])))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise DataError(f"{printable(path)!r} is not valid JSON ({error}); export it again from QuPath "
                             "(File > Export objects as GeoJSON)") from None
@@ -523,6 +532,11 @@ def read_annotations(
                             tuple((name, kind, count) for (name, kind), count in counts.items()))
 
 
+def _px(value: float) -> str:
+    """A coordinate for a message: whole pixels, or 3 significant digits when absurdly large (1e300 is not 301 digits)."""
+    return f"{value:.0f}" if abs(value) < 1e9 else f"{value:.3g}"
+
+
 def _check_inside(path: Path, merged: dict[str, Any], slide_dimensions: tuple[int, int],
                   notes: list[str]) -> dict[str, Any]:
     width, height = slide_dimensions
@@ -533,13 +547,13 @@ def _check_inside(path: Path, merged: dict[str, Any], slide_dimensions: tuple[in
     slack_x, slack_y = OUTSIDE_TOLERANCE * width, OUTSIDE_TOLERANCE * height
     if left < -slack_x or top < -slack_y or right > width + slack_x or bottom > height + slack_y:
         raise DataError(
-            f"annotation file {printable(path)!r} has regions outside the slide (bounds x {left:.0f}..{right:.0f}, "
-            f"y {top:.0f}..{bottom:.0f} level-0 px; the slide is {width} x {height}): it was made for another slide "
+            f"annotation file {printable(path)!r} has regions outside the slide (bounds x {_px(left)}..{_px(right)}, "
+            f"y {_px(top)}..{_px(bottom)} level-0 px; the slide is {width} x {height}): it was made for another slide "
             "or another level; pass the annotation file of this slide"
         )
     if left < 0 or top < 0 or right > width or bottom > height:
-        notes.append(f"regions reaching past the slide's edge (bounds x {left:.0f}..{right:.0f}, y {top:.0f}.."
-                     f"{bottom:.0f}; slide {width} x {height}) were clipped to it")
+        notes.append(f"regions reaching past the slide's edge (bounds x {_px(left)}..{_px(right)}, y {_px(top)}.."
+                     f"{_px(bottom)}; slide {width} x {height}) were clipped to it")
         frame = shapely.box(0, 0, width, height)
         merged = {name: geometry.intersection(frame) for name, geometry in merged.items()}
     return merged

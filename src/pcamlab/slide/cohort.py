@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from pcamlab.errors import ConfigError
-from pcamlab.fileio import json_safe, write_json_atomic
+from pcamlab.fileio import json_safe, process_running, write_json_atomic
 from pcamlab.slide.batch import shard as take_share
 from pcamlab.slide.batch import slide_folders
 
@@ -243,12 +243,8 @@ class Worker:
             return False
         if self.pid == os.getpid():
             return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
+        if not process_running(self.pid):
             return True
-        except PermissionError:
-            pass
         return self.process_start is not None and _process_start(self.pid) not in (None, self.process_start)
 
     @classmethod

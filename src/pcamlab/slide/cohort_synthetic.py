@@ -34,8 +34,6 @@ import csv
 import io
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +44,7 @@ from shapely.geometry import MultiPolygon, Polygon
 
 from pcamlab import stopping
 from pcamlab.errors import ConfigError, RunFolderError
-from pcamlab.fileio import printable, write_text_atomic
+from pcamlab.fileio import printable, staged_folder, write_text_atomic
 from pcamlab.slide._model import PCAM_MPP
 from pcamlab.slide.synthetic import CELL_SIZE, GLASS, NORMAL, TUMOUR, sample_pools, tissue_layout, write_slide
 
@@ -305,26 +303,15 @@ def make_cohort(
         names = [f"normal_{index + 1:03d}" for index in range(normal_slides)]
         names += [f"tumor_{index + 1:03d}" for index in range(tumour_slides)]
     rows, cols = -(-height // CELL_SIZE), -(-width // CELL_SIZE)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    final, out = out, Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    final = out
+    # the whole cohort appears at once; a killed run's staging folder is removed by the next run (fileio)
+    with staged_folder(final) as out:
         slides, all_lesions = _write_cohort(out, names, kinds, normal_pool, tumour_pool, rows, cols, seed=seed,
                                             tissue_fraction=tissue_fraction, lesions_per_slide=lesions_per_slide,
                                             mpp=mpp, jpeg_quality=jpeg_quality, test_naming=test_naming,
                                             progress=progress)
-        out.chmod(0o777 & ~_umask())
-        os.replace(out, final)  # the whole cohort appears at once (an empty ``final`` folder is replaced)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
     reference = {name: kind for name, kind in zip(names, kinds)}
     return Cohort(final, tuple(final / "slides" / path.name for path in slides), reference, tuple(all_lesions))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_cohort(out: Path, names: list[str], kinds: list[int], normal_pool: np.ndarray, tumour_pool: np.ndarray,

@@ -54,7 +54,7 @@ from pcamlab import stopping
 from pcamlab.data.convert import WRITERS
 from pcamlab.data.readers import H5_META_PATTERN
 from pcamlab.errors import ConfigError, DataError, RunError, RunFolderError
-from pcamlab.fileio import atomic_path, printable, write_json_atomic, write_text_atomic
+from pcamlab.fileio import atomic_path, printable, remove_stale_temporaries, write_json_atomic, write_text_atomic
 from pcamlab.slide._model import PCAM_MPP
 from pcamlab.slide.annotations import ANNOTATION_SUFFIXES, SlideAnnotations, find_annotation_file, read_annotations
 from pcamlab.slide.batch import slide_folders
@@ -656,6 +656,8 @@ def dataset_from_slides(
                                  "settings; run with the same ones to resume it, or pass resume=False to start "
                                  "again", parameters=("resume",))
     work.mkdir(parents=True, exist_ok=True)
+    if shard.count == 1:  # one worker: a killed run's half-written files (said on the log); with several, a pid
+        remove_stale_temporaries(work, every_name=True)  # may be another node's live writer, so each slide's own only
     write_json_atomic(work / PLAN_FILE, record)
     already = sum(_done_path(work, slide.slide_id).is_file() for slide in plan.slides)
     if on_plan is not None:

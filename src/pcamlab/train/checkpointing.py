@@ -149,7 +149,7 @@ def read_resume_state(folder: Path, validated: bool) -> dict[str, Any]:
 
 
 def resume_state(epoch: int, *, model, optimizer, ema, crops, early, plateau, threshold: float,
-                 validated: bool, elapsed_seconds: float) -> dict[str, Any]:
+                 validated: bool, elapsed_seconds: float, swa=None) -> dict[str, Any]:
     """What ``resume.pt`` holds after epoch ``epoch``: raw weights, optimiser and every stateful rule's state.
 
     ``elapsed_seconds`` is the run's time when the epoch was saved (the run clock's); a resume goes on from it.
@@ -162,10 +162,12 @@ def resume_state(epoch: int, *, model, optimizer, ema, crops, early, plateau, th
         "ema_updates": ema.updates if ema is not None else 0,
         "validated": validated,  # False: a final fit (run_folder_protocol reads it)
         **crops.state_dict(),  # progressive resizing reached full patches: no crops after a resume
+        **(swa.state_dict() if swa is not None else {}),  # the tail average so far (train.swa_lr_fraction)
     }
 
 
-def restore(state: dict[str, Any], folder: Path, *, model, optimizer, ema, crops, early, plateau, device) -> int:
+def restore(state: dict[str, Any], folder: Path, *, model, optimizer, ema, crops, early, plateau, device,
+            swa=None) -> int:
     """Put ``state`` (from ``folder/resume.pt``) back into the run's objects; returns the first epoch to train.
 
     The weight average is read from ``folder/last.safetensors`` (the checkpoints hold the averaged weights).
@@ -181,6 +183,8 @@ def restore(state: dict[str, Any], folder: Path, *, model, optimizer, ema, crops
     crops.load_state_dict(state, epochs_done=first_epoch - 1)
     early.load_state_dict(state)
     plateau.factor, plateau.stale = float(state["plateau_factor"]), int(state["plateau_stale"])
+    if swa is not None:
+        swa.load_state_dict(state)
     return first_epoch
 
 

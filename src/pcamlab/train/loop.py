@@ -7,7 +7,9 @@
 (:mod:`.checkpointing`). The rules with state across epochs live in small objects the loop asks:
 the crop schedule (:class:`.crops.CropSchedule`), the best epoch and early stopping
 (:class:`.early_stopping.EarlyStopping`, with the budget rule), the learning rate
-(:class:`.schedule.LearningRate`), the weight average (:class:`.ema.ModelEma`) and the clock
+(:class:`.schedule.LearningRate`), the weight average (:class:`.ema.ModelEma`), the average of the decayed
+tail's epochs (:class:`.swa.TailAverage`, ``train.swa_lr_fraction``: validated after the last epoch, written
+to ``swa.safetensors`` and to ``best.safetensors`` when it beats the best epoch) and the clock
 (:class:`.clock.RunClock`).
 
 A finished run folder is never overwritten: a new run needs a new ``out_dir``; ``resume=True``
@@ -145,7 +147,8 @@ def train(
 
     Returns:
         The run summary (also written to ``summary.json``); ``stopped_by`` is ``epochs``, ``early_stop``,
-        ``time_budget`` or ``caller``, with ``stop_reason`` in words.
+        ``time_budget`` or ``caller``, with ``stop_reason`` in words; with ``train.swa_lr_fraction``, ``swa``
+        (epochs averaged, validation scores) and ``best_is_swa``.
 
     Raises:
         RunError: the output folder holds a run, training diverged, nothing to resume, or
@@ -170,6 +173,7 @@ def train(
         check_batch_size, check_crop, load_pretrained_weights, make_optimizer, with_resolved_options,
     )
     from pcamlab.train.schedule import LearningRate, Plateau
+    from pcamlab.train.swa import TailAverage
 
     run_clock = RunClock(config.train.time_budget_minutes, clock)
     out_dir = Path(out_dir)
@@ -216,6 +220,7 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config, loaded)
     ema = ModelEma(model, train_config.ema_decay) if train_config.ema_decay > 0 else None
+    tail = TailAverage(ema.model if ema is not None else model, train_config.swa_lr_fraction) if train_config.swa_lr_fraction > 0 else None
     trained = world.wrap(model)  # DistributedDataParallel when several processes, else the model itself
     steps_per_epoch = len(data.train_source)
     if train_config.max_steps_per_epoch > 0:
@@ -246,7 +251,8 @@ def train(
     if restore_from is not None:
         state = checkpointing.read_resume_state(restore_from, data.validated)
         first_epoch = checkpointing.restore(state, restore_from, model=model, optimizer=optimizer, ema=ema, crops=crops,
-                                            early=early, plateau=plateau, device=device)
+                                            early=early, plateau=plateau, device=device,
+                                            swa=tail if source_run is None else None)
         contract = contract.replace(threshold=float(state["threshold"]), threshold_source=config.evaluate.threshold_method)
         history = checkpointing.read_history(restore_from, first_epoch)
         if source_run is not None:
@@ -291,6 +297,9 @@ def train(
                                          say=say, progress=progress, on_step=on_step)
                 skipped_steps += result.skipped_steps
                 scored = step.scored
+                if tail is not None and not result.stopped_by_caller:
+                    tail.after_epoch(scored, epoch=epoch, learning_rate_factor=learning_rate.factor,
+                                     whole_epoch=not crops.cropping)
                 if data.validated:
                     scores = validate(scored, data.valid_source, contract, device, lambda: check_stop(world))
                 else:
@@ -326,7 +335,8 @@ def train(
                         metadata["threshold_chosen_on"] = threshold_chosen_on
                     resume_state = checkpointing.resume_state(
                         epoch, model=model, optimizer=optimizer, ema=ema, crops=crops, early=early, plateau=plateau,
-                        threshold=contract.threshold, validated=data.validated, elapsed_seconds=run_clock.run_seconds())
+                        threshold=contract.threshold, validated=data.validated, elapsed_seconds=run_clock.run_seconds(),
+                        swa=tail)
                     checkpointing.save_epoch(out_dir, scored, config, contract, metadata, improved, resume_state)
                     epoch_log.pictures(scored, epoch, contract)
                 world.barrier()
@@ -358,10 +368,13 @@ def train(
         if epoch_log is not None:
             epoch_log.close()
 
+    swa_result = None
+    if tail is not None:
+        swa_result, contract = _finish_tail_average(tail, config, out_dir, data, contract, early, device, world, say)
     summary = _summary(config, out_dir, data, contract, early, history, size=size, device=device, world=world,
                        precision=precision, stop=(stop_reason, stopped_by, epoch), clock=run_clock,
                        learning_rate_factor=learning_rate.factor, skipped_steps=skipped_steps, source_run=source_run,
-                       threshold_chosen_on=threshold_chosen_on, transfer=transfer)
+                       threshold_chosen_on=threshold_chosen_on, transfer=transfer, swa=swa_result)
     stop_reason = summary["stop_reason"]
     if main_process:
         write_json_atomic(RunFolder(out_dir).summary, summary)
@@ -387,7 +400,8 @@ def _stopped_message(interrupt: KeyboardInterrupt, out_dir: Path, epoch: int, sa
 
 def _summary(config: RunConfig, out_dir: Path, data, contract, early, history: list[dict[str, Any]], *, size, device,
              world, precision: str, stop: tuple[str, str, int], clock, learning_rate_factor: float, skipped_steps: int,
-             source_run: Path | None, threshold_chosen_on: dict | None, transfer: dict | None) -> dict[str, Any]:
+             source_run: Path | None, threshold_chosen_on: dict | None, transfer: dict | None,
+             swa: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run summary written to ``summary.json``; ``stop`` is ``(reason, stopped_by, last epoch)``."""
     train_config = config.train
     stop_reason, stopped_by, epoch = stop
@@ -399,6 +413,8 @@ def _summary(config: RunConfig, out_dir: Path, data, contract, early, history: l
         stop_reason += f" ({stopped:.0%} of the budget used, learning rate at {learning_rate_factor:.1%} of its peak)"
     speeds = [float(row["images_per_second"]) for row in history]
     best_row = next((row for row in history if int(row["epoch"]) == early.best_epoch), history[-1])
+    if swa is not None and swa["chosen"]:
+        best_row = swa["scores"]
     summary = {
         "finished": True,
         "stop_reason": stop_reason,
@@ -436,4 +452,65 @@ def _summary(config: RunConfig, out_dir: Path, data, contract, early, history: l
     }
     if transfer is not None:
         summary["pretrained"] = transfer
+    if swa is not None:  # best_epoch stays the best single epoch; "best" is the average's when it is best.safetensors
+        summary["swa"] = {key: value for key, value in swa.items() if key != "scores"}
+        summary["best_is_swa"] = swa["chosen"]
     return summary
+
+
+def _finish_tail_average(tail, config: RunConfig, out_dir: Path, data, contract, early, device, world,
+                         say: Callable[[str], None]) -> tuple[dict[str, Any] | None, Any]:
+    """Batch-norm statistics, validation and ``swa.safetensors`` for the tail average (``train.swa_lr_fraction``).
+
+    Returns ``(result, contract)``: ``result`` None when fewer than 2 epochs were averaged (the average of one
+    epoch is that epoch), else the epochs averaged, the patches its batch-norm statistics came from, its
+    validation scores and whether it became ``best.safetensors``; ``contract`` carries the threshold
+    chosen on the average's validation scores when it became best.
+    """
+    from pcamlab.runtime.checkpoint import save_checkpoint
+    from pcamlab.train.early_stopping import is_better
+    from pcamlab.train.epoch import check_stop, validate
+
+    averaged = len(tail.epochs)
+    if averaged < 2:
+        say(f"note: train.swa_lr_fraction {config.train.swa_lr_fraction}: {averaged} epoch"
+            f"{'' if averaged == 1 else 's'} ended with the learning rate at or below that fraction of its peak, "
+            "so there is no average of weights (it needs 2); raise the fraction or train longer")
+        return None, contract
+    batches = (contract.to_model_input(images.to(device, non_blocking=True))
+               for images, labels, _ in data.train_source.epoch(seed=config.train.seed * 7919)
+               if len(labels))
+    patches = tail.recompute_batch_norm(batches)
+    check_stop(world)
+    result: dict[str, Any] = {"epochs": list(tail.epochs), "lr_fraction": config.train.swa_lr_fraction,
+                              "batch_norm_patches": patches, "chosen": False}
+    text = (f"swa: the average of epochs {tail.epochs[0]}-{tail.epochs[-1]} ({averaged} epochs"
+            + (f"; batch-norm statistics from {patches:,} training patches)" if patches else ")"))
+    if not data.validated:  # a final fit: no way to compare, the average is kept beside the last epoch
+        say(f"{text} written to {RunFolder(out_dir).swa}")
+        if world.rank == 0:
+            save_checkpoint(RunFolder(out_dir).swa, tail.model, config, contract,
+                            {"epoch": tail.epochs[-1], "swa_epochs": tail.epochs})
+        return result, contract
+    scores = validate(tail.model, data.valid_source, contract, device, lambda: check_stop(world))
+    value = scores[data.monitor]
+    chosen = is_better(value, early.best_value, data.monitor, 0.0)
+    result.update(chosen=chosen, val_auc=round(scores["val_auc"], 6), val_loss=round(scores["val_loss"], 6),
+                  scores={key: float(scores[key]) for key in ("val_auc", "val_loss", "val_accuracy")})
+    if chosen and config.evaluate.threshold_method != "fixed" and not data.one_class_valid:
+        from pcamlab.evaluate.thresholds import ThresholdSelector
+
+        selector = ThresholdSelector(config.evaluate.threshold_method, config.evaluate.target_sensitivity)
+        chosen_threshold = float(selector.fit(scores["labels"], scores["probabilities"]).threshold_)
+        contract = contract.replace(threshold=chosen_threshold, threshold_source=config.evaluate.threshold_method)
+    if world.rank == 0:
+        metadata = {"epoch": tail.epochs[-1], "swa_epochs": tail.epochs, data.monitor: value, "val_auc": scores["val_auc"],
+                    "val_loss": scores["val_loss"]}
+        save_checkpoint(RunFolder(out_dir).swa, tail.model, config, contract, metadata)
+        if chosen:
+            save_checkpoint(RunFolder(out_dir).best, tail.model, config, contract, metadata)
+    best_text = f"{early.best_value:.4f} at epoch {early.best_epoch}" if early.best_value is not None else "none"
+    say(f"{text}: {data.monitor} {value:.4f} (best epoch: {best_text})"
+        + (f" -> best.safetensors and {RunFolder(out_dir).SWA}" if chosen else f"; kept as {RunFolder(out_dir).SWA} only"))
+    return result, contract
+

@@ -8,8 +8,9 @@ checkpoints. The clock starts in the parent just before the process starts.
 While a run trains, the weights of the model the loop validates (the EMA model when
 ``train.ema_decay`` > 0) are copied at fixed wall times (:func:`snapshot_times`; copying takes
 milliseconds, the only cost the benchmark adds to a run). After training, the same process scores every
-copy and the recipe's final ``best.safetensors`` on the validation split in **fp32** (whatever the
-training precision), without test-time augmentation. Scoring happens after the clock stops: a point's
+copy and the recipe's final ``best.safetensors`` (the tail average when ``train.swa_lr_fraction`` made one
+that validated best) on the validation split in **fp32** (whatever the training precision), without
+test-time augmentation (a recipe whose ``evaluate.tta`` is on is scored with it by ``pcamlab evaluate``). Scoring happens after the clock stops: a point's
 time is when its weights existed, not when they were scored. ``valid_subset`` scores a fixed, seeded
 subset of the validation split instead of all of it (faster, noisier); the report says which.
 

@@ -370,4 +370,7 @@ def test_evaluate_follows_the_recipes_tta_unless_told(tiny_folders, tmp_path, ca
     assert main(["evaluate", str(run / "best.safetensors"), "--data", str(tiny_folders), "--no-tta"]) == 0
     plain = json.loads((run / "eval-valid" / "metrics.json").read_text())
     assert plain["tta"] is False and plain["roc_auc"] == pytest.approx(recipe["tta_effect"]["roc_auc_without_tta"], abs=1e-9)
-    assert main(["evaluate", str(run / "best.safetensors"), "--tta", "--no-tta"]) == 2  # one or the other
+    with pytest.raises(SystemExit) as both:  # one or the other, refused by argparse in one line
+        main(["evaluate", str(run / "best.safetensors"), "--tta", "--no-tta"])
+    assert both.value.code == 2
+    assert "not allowed with argument --tta" in capsys.readouterr().err

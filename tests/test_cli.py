@@ -108,6 +108,16 @@ def relative_run(tiny_folders, tmp_path_factory):
     return base / "run", base / "dm"
 
 
+def test_a_runs_other_checkpoints_get_their_own_evaluation_folders(relative_run, tiny_folders, capsys):
+    """best.safetensors -> <run>/eval-valid; last.safetensors beside it -> <run>/last-eval-valid, never the same."""
+    run, _ = relative_run
+    for name, folder in (("best", "eval-valid"), ("last", "last-eval-valid")):
+        assert main(["evaluate", str(run / f"{name}.safetensors"), "--data", str(tiny_folders)]) == 0
+        assert (run / folder / "metrics.json").is_file(), folder
+    assert json.loads((run / "last-eval-valid" / "metrics.json").read_text())["checkpoint"].endswith("last.safetensors")
+    capsys.readouterr()
+
+
 def test_models_outside_a_run_folder_get_their_own_evaluation_folder(relative_run, tiny_folders, tmp_path, capsys):
     run, _ = relative_run
     for name in ("m", "q"):  # two model files side by side (as /tmp/m.onnx and /tmp/q.onnx)

@@ -100,8 +100,12 @@ def test_the_average_chosen_as_best_is_what_best_safetensors_holds(tiny_data, tm
     import pcamlab.train.early_stopping as early_stopping
 
     monkeypatch.setattr(early_stopping, "is_better", lambda value, best, monitor, delta: True)
-    summary = train(_config(tiny_data, "train.epochs=3", "train.swa_lr_fraction=1"), tmp_path / "swa-best", progress=False)
+    lines: list[str] = []
+    summary = train(_config(tiny_data, "train.epochs=3", "train.swa_lr_fraction=1"), tmp_path / "swa-best", progress=False,
+                    log=lines.append)
     assert summary["best_is_swa"] and summary["best"]["val_auc"] == pytest.approx(summary["swa"]["val_auc"], abs=1e-6)
+    done = [line for line in lines if line.startswith("done:")]
+    assert len(done) == 1 and f"{summary['best']['val_auc']:.4f} from the average of epochs 1-3" in done[0], done
     best, average = (load_file(str(tmp_path / "swa-best" / name)) for name in ("best.safetensors", "swa.safetensors"))
     assert all(torch.equal(best[name], average[name]) for name in average)
 
@@ -129,8 +133,19 @@ def test_too_few_tail_epochs_is_a_note_not_an_average(tiny_data, tmp_path):
     lines: list[str] = []
     summary = train(_config(tiny_data, "train.epochs=3", "train.swa_lr_fraction=0.01"), tmp_path / "run",
                     progress=False, log=lines.append)
-    assert "swa" not in summary and not (tmp_path / "run" / "swa.safetensors").exists()
-    assert any("there is no average of weights (it needs 2)" in line for line in lines)
+    assert not (tmp_path / "run" / "swa.safetensors").exists()
+    assert summary["swa"]["averaged"] is False and summary["best_is_swa"] is False and summary["swa"]["lr_fraction"] == 0.01
+    assert any("there is no average of weights (it needs 2)" in line and "raise the fraction" in line for line in lines)
+
+
+def test_crop_epochs_in_the_tail_are_named_as_the_reason(tiny_data, tmp_path):
+    """Crops in every epoch (crop_epochs 0): the learning rate qualifies, the crops do not; the note says so."""
+    lines: list[str] = []
+    summary = train(_config(tiny_data, "train.epochs=3", "train.swa_lr_fraction=1", "augment.crop_size=48",
+                            "augment.crop_epochs=0"), tmp_path / "run", progress=False, log=lines.append)
+    assert summary["swa"]["averaged"] is False and summary["swa"]["crop_epochs_in_tail"]
+    note = next(line for line in lines if "there is no average of weights" in line)
+    assert "crop epoch" in note and "augment.crop_epochs" in note and "raise the fraction" not in note, note
 
 
 def test_the_fraction_is_checked():

@@ -68,6 +68,7 @@ def test_time_to_auc_on_the_sample_writes_table_json_and_plot(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "| default |" in printed and "native bf16" in printed and "torch threads" in printed
+    assert "One seed;" in printed and "note: --minutes" not in printed  # no budget to cut off here
     result = json.loads((out / "time_to_auc.json").read_text())
     run = result["runs"]["default"][0]
     assert run["scored_patches"] == 64 and run["epochs_run"] == 1
@@ -89,3 +90,12 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="at least one recipe"):
         run_time_to_auc({}, "sample", tmp_path / "b")
     assert main(["bench", "--time-to-auc", "--config", "configs/default.yaml"]) == 2  # no --out
+
+
+def test_a_horizon_shorter_than_the_recipes_budget_is_said(tmp_path, capsys):
+    """--minutes 0.1 on the 15-minute default: the note says the schedule is cut off, before any run starts."""
+    main(["bench", "--time-to-auc", "--config", "configs/default.yaml", "--data", str(tmp_path / "absent"),
+          "--minutes", "0.1", "--out", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    assert "note: --minutes 0.1 ends default before its 15-minute budget" in printed
+    assert "--set train.time_budget_minutes=0.1" in printed

@@ -227,7 +227,7 @@ def test_a_stop_request_keeps_the_resume_state_and_resumes_to_identical_weights(
     finally:
         stopping.clear()
     assert lines[-1] == (f"stopped by SIGTERM in epoch 2: the resume state of epoch 1 is {stopped / 'resume.pt'}; "
-                         f"resume=True on {stopped} continues from epoch 2")
+                         f"`pcamlab train --resume --out {stopped}` (resume=True from Python) continues from epoch 2")
     assert torch.load(stopped / "resume.pt", weights_only=True)["epoch"] == 1 and not (stopped / "summary.json").exists()
     train(_config(tiny_data, *options), stopped, resume=True, progress=False)
     expected, resumed = load_file(str(straight / "last.safetensors")), load_file(str(stopped / "last.safetensors"))

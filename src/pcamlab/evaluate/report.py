@@ -667,7 +667,7 @@ def _folder_title(relative: Path) -> str:
     if str(relative) in ("", "."):
         return "Run folder"
     name = str(relative)
-    if name.startswith("eval-") or name.startswith("eval"):
+    if name.startswith("eval") or "-eval-" in name:  # eval-valid; last-eval-valid, swa-eval-valid (other checkpoints)
         return f"Evaluation: {name}"
     if name.startswith("explain"):
         return f"Explanation: {name}"

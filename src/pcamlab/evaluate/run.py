@@ -33,9 +33,10 @@ def _in_run_folder(model: Path) -> bool:
 def default_out_dir(model_path: str | Path, split: str, *, tta: bool = False) -> Path:
     """The folder an evaluation of ``model_path`` on ``split`` is written to when none is given.
 
-    A checkpoint of a run folder: ``<run>/eval-<split>[-tta]`` (one run, one model). Any other model
-    file (an exported ``.onnx`` / ``.pt``, a copied checkpoint): ``<folder>/<stem>-eval-<split>[-tta]``,
-    so two models in one folder never share (and refuse) one output folder.
+    A run folder's ``best.safetensors``: ``<run>/eval-<split>[-tta]``. Any other model file (the run's
+    ``last.safetensors`` or ``swa.safetensors``, an exported ``.onnx`` / ``.pt``, a copied checkpoint):
+    ``<folder>/<stem>-eval-<split>[-tta]``, so two models in one folder never share (and refuse) one
+    output folder.
 
     Example:
         >>> default_out_dir("/tmp/m.onnx", "valid")
@@ -43,7 +44,8 @@ def default_out_dir(model_path: str | Path, split: str, *, tta: bool = False) ->
     """
     model = Path(model_path)
     name = f"eval-{split}{'-tta' if tta else ''}"
-    return model.parent / (name if _in_run_folder(model) else f"{model.stem}-{name}")
+    best = _in_run_folder(model) and model.name == RunFolder.BEST
+    return model.parent / (name if best else f"{model.stem}-{name}")
 
 
 def fold_of(model_path: str | Path) -> str | None:

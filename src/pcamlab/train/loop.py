@@ -384,7 +384,12 @@ def train(
     else:
         best_value = early.best_value
         best_text = "n/a" if best_value is None or (isinstance(best_value, float) and math.isnan(best_value)) else f"{best_value:.4f}"
-        say(f"done: {stop_reason}; best {data.monitor} {best_text} at epoch {early.best_epoch}")
+        if swa_result is not None and swa_result["chosen"]:
+            epochs = swa_result["epochs"]
+            say(f"done: {stop_reason}; best {data.monitor} {swa_result['scores'][data.monitor]:.4f} from the average of "
+                f"epochs {epochs[0]}-{epochs[-1]} (best.safetensors; the best single epoch: {best_text} at epoch {early.best_epoch})")
+        else:
+            say(f"done: {stop_reason}; best {data.monitor} {best_text} at epoch {early.best_epoch}")
     return summary
 
 
@@ -393,9 +398,9 @@ def _stopped_message(interrupt: KeyboardInterrupt, out_dir: Path, epoch: int, sa
     what = f"stopped by {interrupt.name}" if isinstance(interrupt, stopping.Stopped) else "interrupted"
     if saved <= 0:
         return (f"{what} during epoch {max(epoch, 1)}: no epoch finished, so there is no resume state; "
-                f"resume=True on {out_dir} starts it again from epoch 1")
+                f"`pcamlab train --resume --out {out_dir}` (resume=True from Python) starts it again from epoch 1")
     return (f"{what} in epoch {epoch}: the resume state of epoch {saved} is {RunFolder(out_dir).resume_state}; "
-            f"resume=True on {out_dir} continues from epoch {saved + 1}")
+            f"`pcamlab train --resume --out {out_dir}` (resume=True from Python) continues from epoch {saved + 1}")
 
 
 def _summary(config: RunConfig, out_dir: Path, data, contract, early, history: list[dict[str, Any]], *, size, device,
@@ -473,17 +478,24 @@ def _finish_tail_average(tail, config: RunConfig, out_dir: Path, data, contract,
 
     averaged = len(tail.epochs)
     if averaged < 2:
-        say(f"note: train.swa_lr_fraction {config.train.swa_lr_fraction}: {averaged} epoch"
-            f"{'' if averaged == 1 else 's'} ended with the learning rate at or below that fraction of its peak, "
-            "so there is no average of weights (it needs 2); raise the fraction or train longer")
-        return None, contract
+        crops = len(tail.crop_epochs_in_tail)
+        fraction = config.train.swa_lr_fraction
+        say(f"note: train.swa_lr_fraction {fraction}: {averaged} full-patch epoch"
+            f"{'' if averaged == 1 else 's'} ended with the learning rate at or below that fraction of its peak"
+            + (f" ({crops} crop epoch{'' if crops == 1 else 's'} also did; crop epochs, augment.crop_epochs, are never averaged)"
+               if crops else "")
+            + ", so there is no average of weights (it needs 2); "
+            + ("train more epochs on full patches (fewer augment.crop_epochs, or more train.epochs)" if crops or fraction >= 1
+               else "raise the fraction or train longer"))
+        return {"epochs": list(tail.epochs), "lr_fraction": fraction, "crop_epochs_in_tail": list(tail.crop_epochs_in_tail),
+                "averaged": False, "chosen": False}, contract
     batches = (contract.to_model_input(images.to(device, non_blocking=True))
                for images, labels, _ in data.train_source.epoch(seed=config.train.seed * 7919)
                if len(labels))
     patches = tail.recompute_batch_norm(batches)
     check_stop(world)
     result: dict[str, Any] = {"epochs": list(tail.epochs), "lr_fraction": config.train.swa_lr_fraction,
-                              "batch_norm_patches": patches, "chosen": False}
+                              "batch_norm_patches": patches, "averaged": True, "chosen": False}
     text = (f"swa: the average of epochs {tail.epochs[0]}-{tail.epochs[-1]} ({averaged} epochs"
             + (f"; batch-norm statistics from {patches:,} training patches)" if patches else ")"))
     if not data.validated:  # a final fit: no way to compare, the average is kept beside the last epoch

@@ -52,6 +52,7 @@ class TailAverage:
         for parameter in self.averaged.parameters():
             parameter.requires_grad_(False)
         self.epochs: list[int] = []
+        self.crop_epochs_in_tail: list[int] = []  # crop epochs that ended in the tail: not averaged (said in the note)
 
     @property
     def model(self) -> nn.Module:
@@ -67,7 +68,11 @@ class TailAverage:
             whole_epoch: False for a crop epoch (progressive resizing), which is never averaged. An epoch
                 cut short by the time budget is averaged: its weights are as trained as any.
         """
-        if not whole_epoch or learning_rate_factor > self.lr_fraction + 1e-12 or epoch in self.epochs:
+        if learning_rate_factor > self.lr_fraction + 1e-12 or epoch in self.epochs:
+            return False
+        if not whole_epoch:
+            if epoch not in self.crop_epochs_in_tail:
+                self.crop_epochs_in_tail.append(epoch)
             return False
         self.averaged.update_parameters(model)
         self.epochs.append(epoch)

@@ -254,7 +254,7 @@ def format_markdown(result: dict[str, Any]) -> str:
     scored = next(iter(result["summary"].values()))["scored_patches"] if result["summary"] else 0
     lines += [
         "",
-        f"Median of {result['seeds']} seeds; wall time from the command's start (imports, decoding, training, the "
+        (f"Median of {result['seeds']} seeds" if result["seeds"] > 1 else "One seed") + f"; wall time from the command's start (imports, decoding, training, the "
         f"loop's validation and checkpoints). CPU: {cpu['model']} ({', '.join(cpu['extensions']) or 'no AVX2'}, "
         f"native bf16 {'yes' if cpu['native_bf16'] else 'no'}), {result['threads']} torch threads, 1-minute load "
         f"average {result['load_average']['before']} before / {result['load_average']['after']} after. AUC in fp32 "

@@ -46,6 +46,7 @@ def test_the_average_is_the_mean_of_the_tail_epochs_only():
     restored = TailAverage(nn.Linear(3, 1), lr_fraction=0.25)
     restored.load_state_dict(tail.state_dict())
     assert restored.epochs == [3, 4, 5] and torch.equal(restored.model.weight, tail.model.weight)
+    assert tail.crop_epochs_in_tail == [2] and restored.crop_epochs_in_tail == [2]  # the crop epoch in the tail, kept on resume
     with torch.no_grad():
         net.weight.fill_(0.0)
     restored.after_epoch(net, epoch=6, learning_rate_factor=0.0, whole_epoch=True)

@@ -93,11 +93,6 @@ def run_time_to_auc(args: argparse.Namespace) -> int:
         if name in recipes:
             raise ConfigError(f"two recipes are named {name!r} (--config {path}); give the files different names")
         recipes[name] = load_config(path, args.overrides)
-        budget = recipes[name].train.time_budget_minutes
-        if budget and args.minutes < budget:
-            print(f"note: --minutes {args.minutes:g} ends {name} before its {budget:g}-minute budget: "
-                  f"its schedule{' (schedule_over: budget)' if recipes[name].train.schedule_over == 'budget' else ''} "
-                  f"is cut off, not decayed; pass --minutes {budget:g} or --set train.time_budget_minutes={args.minutes:g}")
     result = measure(
         recipes, args.data, args.out, seeds=args.seeds, minutes=args.minutes, interval=args.interval,
         valid_subset=args.valid_subset, threads=args.threads, log=print,

@@ -103,12 +103,13 @@ class TailAverage:
         return seen
 
     def state_dict(self) -> dict[str, Any]:
-        """What ``resume.pt`` keeps: the average, how many weights it holds and which epochs."""
+        """What ``resume.pt`` keeps: the average, how many weights it holds, which epochs, which crop epochs it passed over."""
         return {"swa_state": {k: v.detach().cpu() for k, v in self.averaged.state_dict().items()},
-                "swa_epochs": list(self.epochs)}
+                "swa_epochs": list(self.epochs), "swa_crop_epochs_in_tail": list(self.crop_epochs_in_tail)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from a resume state; a state from a run without an average leaves it empty."""
         if "swa_state" in state:
             self.averaged.load_state_dict(state["swa_state"])
             self.epochs = [int(epoch) for epoch in state.get("swa_epochs", [])]
+            self.crop_epochs_in_tail = [int(epoch) for epoch in state.get("swa_crop_epochs_in_tail", [])]

@@ -319,7 +319,8 @@ def run_time_to_auc(
         interval: seconds between weight copies (0 = the growing spacing of :func:`snapshot_times`).
         valid_subset: score this many validation patches (a fixed seeded subset; 0 = all).
         threads: torch threads in each run (sets ``train.threads``; 0 = the recipe's own / torch's).
-        log: called with one line per finished run.
+        log: called with one line per finished run, and with a note for each recipe whose time budget
+            is longer than ``minutes`` (its schedule is cut off before it decays).
 
     Returns:
         ``{"summary": summarise_runs(...), "runs": {name: [per-seed result]}, "cpu", "markdown", ...}``,
@@ -343,6 +344,12 @@ def run_time_to_auc(
         raise RunError(f"output folder {str(out_dir)!r} already holds results; choose another one")
     out_dir.mkdir(parents=True, exist_ok=True)
     say = log or (lambda line: None)
+    for name, config in recipes.items():  # a horizon inside the budget measures a schedule that never decays
+        budget = config.train.time_budget_minutes
+        if budget and minutes < budget:
+            say(f"note: --minutes {minutes:g} ends {name} before its {budget:g}-minute budget: "
+                f"its schedule{' (schedule_over: budget)' if config.train.schedule_over == 'budget' else ''} "
+                f"is cut off, not decayed; pass --minutes {budget:g} or --set train.time_budget_minutes={minutes:g}")
     load_before = cpu_description()["load_average"]
     context = multiprocessing.get_context("spawn")
     runs: dict[str, list[dict[str, Any]]] = {}

@@ -378,8 +378,12 @@ def test_evaluate_follows_the_recipes_tta_unless_told(tiny_folders, tmp_path, ca
     assert recipe["tta"] is True and "with 8-view TTA (the recipe's evaluate.tta" in printed
     assert recipe["tta_effect"]["roc_auc_with_tta"] == pytest.approx(recipe["roc_auc"], abs=1e-9)
     assert main(["evaluate", str(run / "best.safetensors"), "--data", str(tiny_folders), "--no-tta"]) == 0
+    assert "without TTA (--no-tta overrides the recipe's evaluate.tta" in capsys.readouterr().out
     plain = json.loads((run / "eval-valid" / "metrics.json").read_text())
-    assert plain["tta"] is False and plain["roc_auc"] == pytest.approx(recipe["tta_effect"]["roc_auc_without_tta"], abs=1e-9)
+    assert plain["recipe_tta"] is True and plain["tta"] is False and plain["roc_auc"] == pytest.approx(recipe["tta_effect"]["roc_auc_without_tta"], abs=1e-9)
+    assert main(["evaluate", str(run / "best.safetensors"), "--data", str(tiny_folders), "--tta", "--out",
+                 str(tmp_path / "asked")]) == 0
+    assert "with 8-view TTA (--tta)" in capsys.readouterr().out
     with pytest.raises(SystemExit) as both:  # one or the other, refused by argparse in one line
         main(["evaluate", str(run / "best.safetensors"), "--tta", "--no-tta"])
     assert both.value.code == 2

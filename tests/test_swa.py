@@ -77,7 +77,7 @@ def test_a_run_averages_its_tail_writes_swa_and_keeps_the_better_as_best(tiny_da
                     progress=False, on_epoch=remember, log=lines.append)
     # cosine over 5 epochs of 3 steps: the last steps of epochs 1..5 are at 2/15, 5/15, 8/15, 11/15, 14/15 of it,
     # learning-rate factors 0.96, 0.75, 0.45, 0.17, 0.01 -> epochs 3-5
-    assert summary["swa"]["epochs"] == [3, 4, 5]
+    assert summary["swa"]["epochs"] == [3, 4, 5] and summary["swa"]["weights"] == "model"
     average = load_file(str(tmp_path / "run" / "swa.safetensors"))
     for name, tensor in average.items():
         if "running" in name or "num_batches" in name:
@@ -94,6 +94,26 @@ def test_a_run_averages_its_tail_writes_swa_and_keeps_the_better_as_best(tiny_da
         assert summary["swa"]["val_auc"] <= history_best
     assert any(line.startswith("swa: the average of epochs 3-5 (3 epochs") for line in lines)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["swa"]["epochs"] == [3, 4, 5]
+
+
+def test_with_ema_the_tail_averages_the_ema_weights_and_says_so(tiny_data, tmp_path):
+    """train.ema_decay + train.swa_lr_fraction: last.safetensors holds the EMA's weights each epoch; the average is theirs."""
+    epoch_weights = []
+
+    def remember(epoch, row):
+        epoch_weights.append(load_file(str(tmp_path / "run" / "last.safetensors")))
+
+    lines: list[str] = []
+    summary = train(_config(tiny_data, "train.epochs=5", "train.swa_lr_fraction=0.7", "train.ema_decay=0.9"),
+                    tmp_path / "run", progress=False, on_epoch=remember, log=lines.append)
+    assert summary["swa"]["epochs"] == [3, 4, 5] and summary["swa"]["weights"] == "ema"
+    average = load_file(str(tmp_path / "run" / "swa.safetensors"))
+    for name, tensor in average.items():
+        if "running" not in name and "num_batches" not in name:
+            expected = torch.stack([weights[name] for weights in epoch_weights[2:]]).mean(0)
+            assert torch.allclose(tensor, expected, atol=1e-6), name
+    assert any(line.startswith("swa: the average of epochs 3-5 of the EMA's weights (train.ema_decay 0.9)")
+               for line in lines)
 
 
 def test_the_average_chosen_as_best_is_what_best_safetensors_holds(tiny_data, tmp_path, monkeypatch):

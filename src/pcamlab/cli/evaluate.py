@@ -57,6 +57,17 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def tta_words(*, used: bool, asked: bool | None, recipe: bool | None) -> str:
+    """How the patches were scored and who decided it, for the first line: the recipe or a flag, and whether
+    the flag overrode the recipe (``recipe`` None: a model file without a recipe)."""
+    if asked is None:
+        return " with 8-view TTA (the recipe's evaluate.tta; --no-tta scores without)" if used else ""
+    if used:
+        return " with 8-view TTA (--tta" + ("; the recipe evaluates without)" if recipe is False else ")")
+    return (" without TTA (--no-tta overrides the recipe's evaluate.tta, which scores with 8-view TTA)"
+            if recipe else " without TTA (--no-tta)")
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -73,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     close()
     out = out or default_out_dir(args.checkpoint, args.split, tta=metrics["tta"])
     print(f"evaluated    split {metrics['split']!r} of {metrics['data']}"
-          + (" with 8-view TTA (the recipe's evaluate.tta; --no-tta scores without)" if metrics["tta"] and args.tta is None else ""))
+          + tta_words(used=metrics["tta"], asked=args.tta, recipe=metrics.get("recipe_tta")))
     if metrics.get("fold"):
         print(f"note: this is the dataset's {metrics['split']!r} split, not the held-out part of {metrics['fold']}; "
               f"that fold's own validation AUC is in {RunFolder(Path(args.checkpoint).parent).history}")

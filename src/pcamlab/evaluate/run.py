@@ -198,6 +198,7 @@ def evaluate_checkpoint(
         "skipped_files": skipped,
         "data_notes": list(reader.notes),
         "tta": tta,
+        "recipe_tta": bool(config.evaluate.tta) if config is not None else None,  # what the recipe asks for
         "model": config.model.name if config is not None else None,
         "epoch": predictor.metadata.get("epoch"),
     }

@@ -494,9 +494,13 @@ def _finish_tail_average(tail, config: RunConfig, out_dir: Path, data, contract,
                if len(labels))
     patches = tail.recompute_batch_norm(batches)
     check_stop(world)
+    of_ema = config.train.ema_decay > 0  # with train.ema_decay the tail averages the EMA's weights, not the raw ones
     result: dict[str, Any] = {"epochs": list(tail.epochs), "lr_fraction": config.train.swa_lr_fraction,
-                              "batch_norm_patches": patches, "averaged": True, "chosen": False}
-    text = (f"swa: the average of epochs {tail.epochs[0]}-{tail.epochs[-1]} ({averaged} epochs"
+                              "batch_norm_patches": patches, "averaged": True, "chosen": False,
+                              "weights": "ema" if of_ema else "model"}
+    text = (f"swa: the average of epochs {tail.epochs[0]}-{tail.epochs[-1]}"
+            + (f" of the EMA's weights (train.ema_decay {config.train.ema_decay})" if of_ema else "")
+            + f" ({averaged} epochs"
             + (f"; batch-norm statistics from {patches:,} training patches)" if patches else ")"))
     if not data.validated:  # a final fit: no way to compare, the average is kept beside the last epoch
         say(f"{text} written to {RunFolder(out_dir).swa}")

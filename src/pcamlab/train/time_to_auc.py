@@ -287,8 +287,9 @@ def plot_curves(result: dict[str, Any], path: str | os.PathLike) -> Path:
     axis.set_ylabel("validation AUC (fp32)")
     axis.set_ylim(0.5, 1.0)
     cpu = result["cpu"]
-    axis.set_title(f"Time to AUC, {cpu['model']}, {result['threads']} threads, load {result['load_average']['before']}",
-                   fontsize=9)
+    load = result["load_average"]
+    axis.set_title(f"Time to AUC, {cpu['model']}, {result['threads']} threads, "
+                   f"load {load['before']} before / {load['after']} after", fontsize=9)
     axis.legend(loc="lower right", fontsize=8)
     axis.grid(True, which="both", alpha=0.3)
     figure.tight_layout()

@@ -63,7 +63,7 @@ def test_time_to_auc_on_the_sample_writes_table_json_and_plot(tmp_path, capsys):
         "bench", "--time-to-auc", "--config", "configs/default.yaml", "--data", "sample", "--seeds", "1",
         "--minutes", "0.5", "--interval", "0.5", "--set", "model.options.width=4", "--set", "train.epochs=1",
         "--set", "train.max_steps_per_epoch=3", "--set", "train.time_budget_minutes=0",
-        "--set", "train.schedule_over=epochs", "--valid-subset", "64", "--out", str(out),
+        "--set", "train.schedule_over=epochs", "--valid-subset", "64", "--out", str(out), "--first-seed", "2",
     ])
     assert code == 0
     printed = capsys.readouterr().out
@@ -71,6 +71,8 @@ def test_time_to_auc_on_the_sample_writes_table_json_and_plot(tmp_path, capsys):
     assert "One seed;" in printed and "note: --minutes" not in printed  # no budget to cut off here
     result = json.loads((out / "time_to_auc.json").read_text())
     run = result["runs"]["default"][0]
+    assert run["seed"] == 2 and (out / "runs" / "default-seed2" / "best.safetensors").exists()  # --first-seed
+    assert load_config(out / "runs" / "default-seed2" / "config.yaml").train.seed == 2
     assert run["scored_patches"] == 64 and run["epochs_run"] == 1
     curve = run["curve"]
     assert curve[-1]["final"] and all(0.0 <= p["auc"] <= 1.0 for p in curve)
@@ -87,6 +89,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     config = load_config("configs/default.yaml")
     with pytest.raises(ConfigError, match="seeds must be >= 1"):
         run_time_to_auc({"d": config}, "sample", tmp_path / "a", seeds=0)
+    with pytest.raises(ConfigError, match="first_seed must be >= 0"):
+        run_time_to_auc({"d": config}, "sample", tmp_path / "c", first_seed=-1)
     with pytest.raises(ConfigError, match="at least one recipe"):
         run_time_to_auc({}, "sample", tmp_path / "b")
     assert main(["bench", "--time-to-auc", "--config", "configs/default.yaml"]) == 2  # no --out

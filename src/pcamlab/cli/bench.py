@@ -68,6 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--data", metavar="PATH", default="../shared/data/pcam-jpg",
                        help="dataset root with train and valid splits (default ../shared/data/pcam-jpg)")
     group.add_argument("--seeds", type=int, default=3, help="runs per recipe; the table gives medians (default 3)")
+    group.add_argument("--first-seed", type=int, default=0, metavar="K",
+                       help="seeds K..K+SEEDS-1 (default 0): adds seeds to a benchmark that ran the first ones")
     group.add_argument("--minutes", type=float, default=15.0,
                        help="horizon: stop a run still training then (default 15)")
     group.add_argument("--interval", type=float, default=0.0,
@@ -94,7 +96,7 @@ def run_time_to_auc(args: argparse.Namespace) -> int:
             raise ConfigError(f"two recipes are named {name!r} (--config {path}); give the files different names")
         recipes[name] = load_config(path, args.overrides)
     result = measure(
-        recipes, args.data, args.out, seeds=args.seeds, minutes=args.minutes, interval=args.interval,
+        recipes, args.data, args.out, seeds=args.seeds, first_seed=args.first_seed, minutes=args.minutes, interval=args.interval,
         valid_subset=args.valid_subset, threads=args.threads, log=print,
     )
     print(result["markdown"], end="")

@@ -302,6 +302,7 @@ def run_time_to_auc(
     out_dir: str | os.PathLike,
     *,
     seeds: int = 3,
+    first_seed: int = 0,
     minutes: float = 15.0,
     interval: float = 0.0,
     valid_subset: int = 0,
@@ -311,10 +312,12 @@ def run_time_to_auc(
     """Train every recipe ``seeds`` times from scratch and measure its validation AUC against wall time.
 
     Args:
-        recipes: name -> run config; ``data.path`` is replaced by ``data``, ``train.seed`` by 0..seeds-1.
+        recipes: name -> run config; ``data.path`` is replaced by ``data``, ``train.seed`` by
+            first_seed..first_seed+seeds-1.
         data: dataset root with train and valid splits (e.g. ``../shared/data/pcam-jpg``).
         out_dir: new folder for ``time_to_auc.{json,md,png}`` and the run folders (``runs/NAME-seedK``).
         seeds: runs per recipe (the table reports medians).
+        first_seed: the first seed (e.g. 1 to add seeds 1 and 2 to a benchmark that ran seed 0).
         minutes: horizon: a run still training then is stopped (its partial epoch is validated and
             checkpointed like a time budget's); its recipe is otherwise unchanged.
         interval: seconds between weight copies (0 = the growing spacing of :func:`snapshot_times`).
@@ -329,13 +332,15 @@ def run_time_to_auc(
         curves in ``time_to_auc.png``).
 
     Raises:
-        ConfigError: no recipe, seeds < 1, minutes <= 0, or a negative interval / subset.
+        ConfigError: no recipe, seeds < 1, first_seed < 0, minutes <= 0, or a negative interval / subset.
         RunError: ``out_dir`` already holds results, or a run failed (its error is quoted).
     """
     if not recipes:
         raise ConfigError("time-to-AUC needs at least one recipe (a run config)")
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1; got {seeds}")
+    if first_seed < 0:
+        raise ConfigError(f"first_seed must be >= 0; got {first_seed}")
     if valid_subset < 0:
         raise ConfigError(f"valid_subset must be >= 0 patches (0 = the whole validation split); got {valid_subset}")
     horizon = 60.0 * minutes
@@ -356,7 +361,7 @@ def run_time_to_auc(
     runs: dict[str, list[dict[str, Any]]] = {}
     for name, config in recipes.items():
         runs[name] = []
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             values = config_to_dict(config)
             values["data"]["path"] = str(data)
             values["train"]["seed"] = seed

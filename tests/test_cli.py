@@ -384,6 +384,11 @@ def test_evaluate_follows_the_recipes_tta_unless_told(tiny_folders, tmp_path, ca
     assert main(["evaluate", str(run / "best.safetensors"), "--data", str(tiny_folders), "--tta", "--out",
                  str(tmp_path / "asked")]) == 0
     assert "with 8-view TTA (--tta)" in capsys.readouterr().out
+    plain_run = tmp_path / "plain-run"  # a recipe without TTA: the first line says the recipe decided
+    assert main(["train", "--data", str(tiny_folders), "--out", str(plain_run), *TINY_TRAIN, "--set", "evaluate.tta=false"]) == 0
+    assert "no --config, so pcamlab's built-in field defaults" in capsys.readouterr().out  # and the train said so
+    assert main(["evaluate", str(plain_run / "best.safetensors"), "--data", str(tiny_folders)]) == 0
+    assert "without TTA (the recipe's evaluate.tta is off" in capsys.readouterr().out
     with pytest.raises(SystemExit) as both:  # one or the other, refused by argparse in one line
         main(["evaluate", str(run / "best.safetensors"), "--tta", "--no-tta"])
     assert both.value.code == 2

@@ -112,7 +112,7 @@ def test_with_ema_the_tail_averages_the_ema_weights_and_says_so(tiny_data, tmp_p
         if "running" not in name and "num_batches" not in name:
             expected = torch.stack([weights[name] for weights in epoch_weights[2:]]).mean(0)
             assert torch.allclose(tensor, expected, atol=1e-6), name
-    assert any(line.startswith("swa: the average of epochs 3-5 of the EMA's weights (train.ema_decay 0.9)")
+    assert any(line.startswith("swa: the average of epochs 3-5 (3 epochs of the EMA's weights, train.ema_decay 0.9;")
                for line in lines)
 
 
@@ -167,6 +167,23 @@ def test_crop_epochs_in_the_tail_are_named_as_the_reason(tiny_data, tmp_path):
     assert summary["swa"]["averaged"] is False and summary["swa"]["crop_epochs_in_tail"]
     note = next(line for line in lines if "there is no average of weights" in line)
     assert "crop epoch" in note and "augment.crop_epochs" in note and "raise the fraction" not in note, note
+    assert "set augment.crop_size=0" in note and "fewer augment.crop_epochs" not in note, note  # 0 is already fewest
+
+
+def test_the_average_carries_its_own_threshold_and_where_it_was_chosen(tiny_data, tmp_path):
+    """swa.safetensors: a threshold chosen on the average's validation scores, labelled, so evaluate can say so."""
+    from pcamlab.evaluate.run import evaluate_checkpoint
+    from pcamlab.runtime.predictor import load_predictor
+
+    summary = train(_config(tiny_data, "train.epochs=5", "train.swa_lr_fraction=0.7", "evaluate.threshold_method=youden"),
+                    tmp_path / "run", progress=False)
+    average = load_predictor(tmp_path / "run" / "swa.safetensors")
+    assert average.metadata["threshold_chosen_on"]["method"] == "youden"
+    assert average.contract.threshold_source == "youden"
+    if summary["best_is_swa"]:
+        assert load_predictor(tmp_path / "run" / "best.safetensors").contract.threshold == average.contract.threshold
+    metrics = evaluate_checkpoint(tmp_path / "run" / "swa.safetensors", None, "valid", tmp_path / "eval")
+    assert metrics["threshold_origin"]["optimistic"] is True  # measured on the split it was chosen on
 
 
 def test_the_fraction_is_checked():

@@ -51,6 +51,18 @@ def test_milestones_are_the_median_over_seeds_and_a_miss_counts_as_never():
     })
 
 
+def test_a_copy_just_after_a_milestone_time_is_not_printed_as_that_time():
+    """A copy at 60.4 s reaching 0.90 is after "AUC @ 1 min" (last copy at or before 60 s): printed as 61 s, not 60 s."""
+    row = summarise_runs({"r": [_run([(30, 0.85), (60.4, 0.91)])]})["r"]
+    assert row["auc_at_seconds"]["60"] == 0.85
+    table = format_markdown({
+        "summary": {"r": row}, "cpu": {"model": "cpu", "extensions": [], "native_bf16": False}, "seeds": 1,
+        "threads": 2, "load_average": {"before": 1, "after": 1}, "valid_subset": 0, "data": "d",
+        "interval_text": "5 s", "minutes": 15,
+    })
+    assert "| r | 30 s | 61 s |" in table and "means the seeds differ" in table
+
+
 def test_a_run_stopped_at_the_horizon_reports_no_auc_after_it():
     row = summarise_runs({"r": [_run([(10, 0.8), (61, 0.9)], horizon_stop=True)]})["r"]
     assert row["auc_at_seconds"]["60"] == 0.8

@@ -220,14 +220,14 @@ def test_a_stop_request_keeps_the_resume_state_and_resumes_to_identical_weights(
             stopping.request(signal.SIGTERM)  # as the signal handler would
         return False
 
-    stopped, lines = tmp_path / "stopped", []
+    stopped, lines = tmp_path / "a stopped run", []  # a space: the suggested command quotes the path
     try:
         with pytest.raises(stopping.Stopped):
             train(_config(tiny_data, *options), stopped, progress=False, log=lines.append, on_step=stop_in_epoch_two)
     finally:
         stopping.clear()
     assert lines[-1] == (f"stopped by SIGTERM in epoch 2: the resume state of epoch 1 is {stopped / 'resume.pt'}; "
-                         f"`pcamlab train --resume --out {stopped}` (resume=True from Python) continues from epoch 2")
+                         f"`pcamlab train --resume --out '{stopped}'` (resume=True from Python) continues from epoch 2")
     assert torch.load(stopped / "resume.pt", weights_only=True)["epoch"] == 1 and not (stopped / "summary.json").exists()
     train(_config(tiny_data, *options), stopped, resume=True, progress=False)
     expected, resumed = load_file(str(straight / "last.safetensors")), load_file(str(stopped / "last.safetensors"))

@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
     parser.add_argument("--peak-size", type=int, help="side of the peak-FLOP/s matmul (default 2048 fp32, 1024 bf16)")
-    parser.add_argument("--out", metavar="FILE", help="also write the rows to FILE (.json or .csv)")
+    parser.add_argument("--out", metavar="PATH", help="also write the rows to PATH (.json or .csv); with --time-to-auc "
+                        "a new folder for the results and runs (required there)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     group = parser.add_argument_group(
         "time to AUC", "--time-to-auc trains each --config from scratch on --data, once per seed, each in a fresh "

@@ -61,7 +61,10 @@ def tta_words(*, used: bool, asked: bool | None, recipe: bool | None) -> str:
     """How the patches were scored and who decided it, for the first line: the recipe or a flag, and whether
     the flag overrode the recipe (``recipe`` None: a model file without a recipe)."""
     if asked is None:
-        return " with 8-view TTA (the recipe's evaluate.tta; --no-tta scores without)" if used else ""
+        if used:
+            return " with 8-view TTA (the recipe's evaluate.tta; --no-tta scores without)"
+        return (" without TTA (the recipe's evaluate.tta is off; --tta averages the 8 dihedral views)" if recipe is False
+                else " without TTA (--tta averages the 8 dihedral views)")
     if used:
         return " with 8-view TTA (--tta" + ("; the recipe evaluates without)" if recipe is False else ")")
     return (" without TTA (--no-tta overrides the recipe's evaluate.tta, which scores with 8-view TTA)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -87,4 +88,4 @@ def _say_where_auto_looks(checkpoint: str, report: dict) -> None:
     sibling = export_sibling(checkpoint, runtime)
     if Path(report["path"]).resolve() != sibling.resolve():
         print(f"note: pcamlab predict --runtime auto looks for {sibling} beside the checkpoint, so it will not use "
-              f"{report['path']}; pass the file itself (pcamlab predict {report['path']} ...) or export without --out")
+              f"{report['path']}; pass the file itself (pcamlab predict {shlex.quote(str(report['path']))} ...) or export without --out")

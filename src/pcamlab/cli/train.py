@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from pcamlab.cli._common import add_config_arguments, add_format_argument
 
@@ -138,6 +139,11 @@ def run(args: argparse.Namespace) -> int:
         if len(args.config) > 1:
             _print(f"config: merged {' < '.join(args.config)} (a later file wins field by field; "
                   "the resolved config lists them in config_files)")
+        elif not args.config:
+            _print(f"config: no --config, so pcamlab's built-in field defaults ({config.model.name} with its builder's "
+                   f"options, {config.train.epochs} epochs, time budget {config.train.time_budget_minutes:g} min, "
+                   f"evaluate.tta {str(config.evaluate.tta).lower()}); the recommended recipe is --config "
+                   "configs/default.yaml (the default model at width 16, 15 minutes, TTA)")
     progress = not args.no_progress and sys.stderr.isatty()
 
     if args.protocol == "kfold":
@@ -174,7 +180,7 @@ def _refuse_resuming_a_finished_run(args: argparse.Namespace) -> None:
         ran = run.read_summary().get("epochs_run")
         raise ConfigError(
             f"run {args.out!r} already finished ({ran} epochs) and is never overwritten; to train it further, "
-            f"write a new folder: pcamlab train --continue {args.out} --out NEW --set train.epochs=N (N > {ran})"
+            f"write a new folder: pcamlab train --continue {shlex.quote(str(args.out))} --out NEW --set train.epochs=N (N > {ran})"
         )
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import statistics
 import time
 from pathlib import Path
@@ -187,7 +188,7 @@ def open_fastest(model: str | os.PathLike, runtime: str = "auto", device: str = 
         flag = " --quantize int8" if runtime == "int8" else ""
         force = " --force" if export_sibling(path, runtime).exists() else ""
         raise CheckpointError(f"runtime {runtime!r} for {str(path)!r}: {reason}; write it with: "
-                              f"pcamlab export {path}{flag}{force}")
+                              f"pcamlab export {shlex.quote(str(path))}{flag}{force}")
     found = {candidate: _export_of(path, candidate, digest) for candidate in AUTO_ORDER}
     usable = {candidate: entry for candidate, entry in found.items() if entry[0] is not None}
     if not usable:

@@ -36,6 +36,7 @@ import contextlib
 import functools
 import math
 import os
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -370,7 +371,8 @@ def train(
 
     swa_result = None
     if tail is not None:
-        swa_result, contract = _finish_tail_average(tail, config, out_dir, data, contract, early, device, world, say)
+        swa_result, contract = _finish_tail_average(tail, config, out_dir, data, contract, early, device, world, say,
+                                                     threshold_chosen_on)
     summary = _summary(config, out_dir, data, contract, early, history, size=size, device=device, world=world,
                        precision=precision, stop=(stop_reason, stopped_by, epoch), clock=run_clock,
                        learning_rate_factor=learning_rate.factor, skipped_steps=skipped_steps, source_run=source_run,
@@ -398,9 +400,9 @@ def _stopped_message(interrupt: KeyboardInterrupt, out_dir: Path, epoch: int, sa
     what = f"stopped by {interrupt.name}" if isinstance(interrupt, stopping.Stopped) else "interrupted"
     if saved <= 0:
         return (f"{what} during epoch {max(epoch, 1)}: no epoch finished, so there is no resume state; "
-                f"`pcamlab train --resume --out {out_dir}` (resume=True from Python) starts it again from epoch 1")
+                f"`pcamlab train --resume --out {shlex.quote(str(out_dir))}` (resume=True from Python) starts it again from epoch 1")
     return (f"{what} in epoch {epoch}: the resume state of epoch {saved} is {RunFolder(out_dir).resume_state}; "
-            f"`pcamlab train --resume --out {out_dir}` (resume=True from Python) continues from epoch {saved + 1}")
+            f"`pcamlab train --resume --out {shlex.quote(str(out_dir))}` (resume=True from Python) continues from epoch {saved + 1}")
 
 
 def _summary(config: RunConfig, out_dir: Path, data, contract, early, history: list[dict[str, Any]], *, size, device,
@@ -464,13 +466,15 @@ def _summary(config: RunConfig, out_dir: Path, data, contract, early, history: l
 
 
 def _finish_tail_average(tail, config: RunConfig, out_dir: Path, data, contract, early, device, world,
-                         say: Callable[[str], None]) -> tuple[dict[str, Any] | None, Any]:
+                         say: Callable[[str], None], threshold_chosen_on: dict | None = None,
+                         ) -> tuple[dict[str, Any] | None, Any]:
     """Batch-norm statistics, validation and ``swa.safetensors`` for the tail average (``train.swa_lr_fraction``).
 
     Returns ``(result, contract)``: ``result`` None when fewer than 2 epochs were averaged (the average of one
     epoch is that epoch), else the epochs averaged, the patches its batch-norm statistics came from, its
     validation scores and whether it became ``best.safetensors``; ``contract`` carries the threshold
-    chosen on the average's validation scores when it became best.
+    chosen on the average's validation scores when it became best. ``swa.safetensors`` always carries a
+    threshold chosen on the average's own scores (and ``threshold_chosen_on``, so evaluate can say where).
     """
     from pcamlab.runtime.checkpoint import save_checkpoint
     from pcamlab.train.early_stopping import is_better
@@ -485,8 +489,10 @@ def _finish_tail_average(tail, config: RunConfig, out_dir: Path, data, contract,
             + (f" ({crops} crop epoch{'' if crops == 1 else 's'} also did; crop epochs, augment.crop_epochs, are never averaged)"
                if crops else "")
             + ", so there is no average of weights (it needs 2); "
-            + ("train more epochs on full patches (fewer augment.crop_epochs, or more train.epochs)" if crops or fraction >= 1
-               else "raise the fraction or train longer"))
+            + (("every epoch trains on crops (augment.crop_epochs 0); set augment.crop_size=0 for full patches"
+                if config.augment.crop_size and not config.augment.crop_epochs else
+                "train more epochs on full patches (fewer augment.crop_epochs, or more train.epochs)")
+               if crops or fraction >= 1 else "raise the fraction or train longer"))
         return {"epochs": list(tail.epochs), "lr_fraction": fraction, "crop_epochs_in_tail": list(tail.crop_epochs_in_tail),
                 "averaged": False, "chosen": False}, contract
     batches = (contract.to_model_input(images.to(device, non_blocking=True))
@@ -498,9 +504,8 @@ def _finish_tail_average(tail, config: RunConfig, out_dir: Path, data, contract,
     result: dict[str, Any] = {"epochs": list(tail.epochs), "lr_fraction": config.train.swa_lr_fraction,
                               "batch_norm_patches": patches, "averaged": True, "chosen": False,
                               "weights": "ema" if of_ema else "model"}
-    text = (f"swa: the average of epochs {tail.epochs[0]}-{tail.epochs[-1]}"
-            + (f" of the EMA's weights (train.ema_decay {config.train.ema_decay})" if of_ema else "")
-            + f" ({averaged} epochs"
+    text = (f"swa: the average of epochs {tail.epochs[0]}-{tail.epochs[-1]} ({averaged} epochs"
+            + (f" of the EMA's weights, train.ema_decay {config.train.ema_decay}" if of_ema else "")
             + (f"; batch-norm statistics from {patches:,} training patches)" if patches else ")"))
     if not data.validated:  # a final fit: no way to compare, the average is kept beside the last epoch
         say(f"{text} written to {RunFolder(out_dir).swa}")
@@ -513,18 +518,23 @@ def _finish_tail_average(tail, config: RunConfig, out_dir: Path, data, contract,
     chosen = is_better(value, early.best_value, data.monitor, 0.0)
     result.update(chosen=chosen, val_auc=round(scores["val_auc"], 6), val_loss=round(scores["val_loss"], 6),
                   scores={key: float(scores[key]) for key in ("val_auc", "val_loss", "val_accuracy")})
-    if chosen and config.evaluate.threshold_method != "fixed" and not data.one_class_valid:
+    average_contract = contract  # the average's own threshold, not the best epoch's
+    if config.evaluate.threshold_method != "fixed" and not data.one_class_valid:
         from pcamlab.evaluate.thresholds import ThresholdSelector
 
         selector = ThresholdSelector(config.evaluate.threshold_method, config.evaluate.target_sensitivity)
         chosen_threshold = float(selector.fit(scores["labels"], scores["probabilities"]).threshold_)
-        contract = contract.replace(threshold=chosen_threshold, threshold_source=config.evaluate.threshold_method)
+        average_contract = contract.replace(threshold=chosen_threshold, threshold_source=config.evaluate.threshold_method)
+    if chosen:
+        contract = average_contract
     if world.rank == 0:
         metadata = {"epoch": tail.epochs[-1], "swa_epochs": tail.epochs, data.monitor: value, "val_auc": scores["val_auc"],
                     "val_loss": scores["val_loss"]}
-        save_checkpoint(RunFolder(out_dir).swa, tail.model, config, contract, metadata)
+        if threshold_chosen_on is not None:
+            metadata["threshold_chosen_on"] = threshold_chosen_on
+        save_checkpoint(RunFolder(out_dir).swa, tail.model, config, average_contract, metadata)
         if chosen:
-            save_checkpoint(RunFolder(out_dir).best, tail.model, config, contract, metadata)
+            save_checkpoint(RunFolder(out_dir).best, tail.model, config, average_contract, metadata)
     best_text = f"{early.best_value:.4f} at epoch {early.best_epoch}" if early.best_value is not None else "none"
     say(f"{text}: {data.monitor} {value:.4f} (best epoch: {best_text})"
         + (f" -> best.safetensors and {RunFolder(out_dir).SWA}" if chosen else f"; kept as {RunFolder(out_dir).SWA} only"))

@@ -24,6 +24,7 @@ import csv
 import html
 import io
 import math
+import shlex
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -310,7 +311,7 @@ def write_outputs(study, out_dir: str | Path, settings, base: dict[str, Any], ta
         header = (f"# Best trial {best.number} of study {study.study_name!r}: validation AUC {row['val_auc']:.4f}"
                   + (f" (95% CI {row['val_auc_ci_low']:.4f}-{row['val_auc_ci_high']:.4f})" if row["val_auc_ci_low"] is not None else "")
                   + (f", {row['latency_ms']:.2f} ms/patch" if row["latency_ms"] is not None else "")
-                  + f"\n# {described}\n# Train it: pcamlab train --config {out_dir / 'best.yaml'} --out runs/NAME\n")
+                  + f"\n# {described}\n# Train it: pcamlab train --config {shlex.quote(str(out_dir / 'best.yaml'))} --out runs/NAME\n")
         config = _best_config(best, out_dir, settings, task, base)
         files["best"] = write_text_atomic(out_dir / "best.yaml", header + yaml.safe_dump(config, sort_keys=False))
     figures = _figures(study, settings, task, out_dir)

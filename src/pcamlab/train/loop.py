@@ -323,12 +323,8 @@ def train(
                 counts = crops.counts_for_patience() and not (result.out_of_time or result.stopped_by_caller)
                 improved = early.update(epoch, value, counts, learning_rate.factor)
                 plateau.update(improved, counts)
-                if improved and data.validated and config.evaluate.threshold_method != "fixed" and not data.one_class_valid:
-                    from pcamlab.evaluate.thresholds import ThresholdSelector
-
-                    selector = ThresholdSelector(config.evaluate.threshold_method, config.evaluate.target_sensitivity)
-                    chosen = float(selector.fit(scores["labels"], scores["probabilities"]).threshold_)
-                    contract = contract.replace(threshold=chosen, threshold_source=config.evaluate.threshold_method)
+                if improved and data.validated:
+                    contract = _threshold_chosen(config, data, scores, contract)
                 if main_process:
                     epoch_log.write(row, learning_rate.value, scores if data.validated else None)
                     metadata = {"epoch": epoch, data.monitor: value, "val_auc": scores["val_auc"], "val_loss": scores["val_loss"]}
@@ -465,6 +461,18 @@ def _summary(config: RunConfig, out_dir: Path, data, contract, early, history: l
     return summary
 
 
+def _threshold_chosen(config: RunConfig, data, scores: dict[str, Any], contract):
+    """``contract`` with the threshold ``evaluate.threshold_method`` chooses on these validation scores; unchanged
+    for ``fixed`` or a one-class validation split (nothing to choose on)."""
+    if config.evaluate.threshold_method == "fixed" or data.one_class_valid:
+        return contract
+    from pcamlab.evaluate.thresholds import choose_threshold
+
+    chosen = float(choose_threshold(scores["labels"], scores["probabilities"], config.evaluate.threshold_method,
+                                    config.evaluate.target_sensitivity))
+    return contract.replace(threshold=chosen, threshold_source=config.evaluate.threshold_method)
+
+
 def _finish_tail_average(tail, config: RunConfig, out_dir: Path, data, contract, early, device, world,
                          say: Callable[[str], None], threshold_chosen_on: dict | None = None,
                          ) -> tuple[dict[str, Any] | None, Any]:
@@ -518,13 +526,7 @@ def _finish_tail_average(tail, config: RunConfig, out_dir: Path, data, contract,
     chosen = is_better(value, early.best_value, data.monitor, 0.0)
     result.update(chosen=chosen, val_auc=round(scores["val_auc"], 6), val_loss=round(scores["val_loss"], 6),
                   scores={key: float(scores[key]) for key in ("val_auc", "val_loss", "val_accuracy")})
-    average_contract = contract  # the average's own threshold, not the best epoch's
-    if config.evaluate.threshold_method != "fixed" and not data.one_class_valid:
-        from pcamlab.evaluate.thresholds import ThresholdSelector
-
-        selector = ThresholdSelector(config.evaluate.threshold_method, config.evaluate.target_sensitivity)
-        chosen_threshold = float(selector.fit(scores["labels"], scores["probabilities"]).threshold_)
-        average_contract = contract.replace(threshold=chosen_threshold, threshold_source=config.evaluate.threshold_method)
+    average_contract = _threshold_chosen(config, data, scores, contract)  # the average's own, not the best epoch's
     if chosen:
         contract = average_contract
     if world.rank == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -173,6 +174,7 @@ def test_crop_epochs_in_the_tail_are_named_as_the_reason(tiny_data, tmp_path):
 def test_the_average_carries_its_own_threshold_and_where_it_was_chosen(tiny_data, tmp_path):
     """swa.safetensors: a threshold chosen on the average's validation scores, labelled, so evaluate can say so."""
     from pcamlab.evaluate.run import evaluate_checkpoint
+    from pcamlab.evaluate.thresholds import choose_threshold
     from pcamlab.runtime.predictor import load_predictor
 
     summary = train(_config(tiny_data, "train.epochs=5", "train.swa_lr_fraction=0.7", "evaluate.threshold_method=youden"),
@@ -184,6 +186,10 @@ def test_the_average_carries_its_own_threshold_and_where_it_was_chosen(tiny_data
         assert load_predictor(tmp_path / "run" / "best.safetensors").contract.threshold == average.contract.threshold
     metrics = evaluate_checkpoint(tmp_path / "run" / "swa.safetensors", None, "valid", tmp_path / "eval")
     assert metrics["threshold_origin"]["optimistic"] is True  # measured on the split it was chosen on
+    with open(tmp_path / "eval" / "predictions.csv") as handle:  # the average's own scores (fp32, 6 decimals)
+        rows = list(csv.DictReader(handle))
+    own = choose_threshold([int(row["label"]) for row in rows], [float(row["probability"]) for row in rows], "youden")
+    assert average.contract.threshold == pytest.approx(own, abs=1e-5)
 
 
 def test_the_fraction_is_checked():
